@@ -1,0 +1,89 @@
+/**
+ * Test harness for kernels: one shared Gpu per test file, seeded random inputs, poisoned outputs,
+ * explicit tolerances that print numbers on failure.
+ */
+import { Gpu } from '../src/runtime/gpu.js';
+import type { Tensor, DType } from '../src/runtime/tensor.js';
+import { f32ArrayToBf16, f32ArrayToF16, roundToBf16, bf16ArrayToF32, f16ArrayToF32 } from '../src/runtime/half.js';
+
+/** mulberry32: small, seeded, reproducible. */
+export function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Uniform values in [-scale, scale). */
+export function randn(n: number, seed: number, scale = 1): Float32Array {
+  const r = rng(seed);
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) out[i] = (r() * 2 - 1) * scale;
+  return out;
+}
+
+let gpu: Gpu | null = null;
+export async function getGpu(): Promise<Gpu> {
+  if (!gpu) gpu = await Gpu.create();
+  return gpu;
+}
+export function releaseGpu(): void {
+  gpu?.destroy();
+  gpu = null;
+}
+
+/** Upload host f32 values as `dtype`; returns the tensor and the values the GPU actually holds. */
+export function uploadAs(g: Gpu, x: Float32Array, shape: number[], dtype: DType = 'f32'): { t: Tensor; exact: Float32Array } {
+  if (dtype === 'bf16') {
+    const bits = f32ArrayToBf16(x);
+    return { t: g.upload(bits, shape, 'bf16'), exact: bf16ArrayToF32(bits) };
+  }
+  if (dtype === 'f16') {
+    const bits = f32ArrayToF16(x);
+    return { t: g.upload(bits, shape, 'f16'), exact: f16ArrayToF32(bits) };
+  }
+  return { t: g.upload(x, shape, dtype), exact: x };
+}
+export { roundToBf16 };
+
+/** Fill a fresh output-sized buffer with NaN so a kernel that skips elements is caught. */
+export function poison(g: Gpu, t: Tensor): void {
+  g.writeInto(t, new Float32Array(t.numel).fill(NaN));
+}
+
+export interface CloseResult {
+  pass: boolean;
+  maxAbs: number;
+  worst: number;
+  msg: string;
+}
+
+/** Elementwise |a - ref| <= atol + rtol * |ref|; NaN anywhere fails. */
+export function compare(name: string, got: ArrayLike<number>, ref: ArrayLike<number>, atol: number, rtol: number): CloseResult {
+  if (got.length !== ref.length) return { pass: false, maxAbs: Infinity, worst: -1, msg: `${name}: length ${got.length} vs ref ${ref.length}` };
+  let maxAbs = 0, worst = -1, bad = 0, firstBad = -1;
+  for (let i = 0; i < ref.length; i++) {
+    const d = Math.abs(got[i] - ref[i]);
+    if (!(d <= atol + rtol * Math.abs(ref[i]))) {
+      bad++;
+      if (firstBad < 0) firstBad = i;
+    }
+    if (!(d <= maxAbs)) {
+      maxAbs = Number.isNaN(d) ? Infinity : d;
+      worst = i;
+    }
+  }
+  const msg = `${name}: maxAbs=${maxAbs.toExponential(3)} at ${worst} (got ${got[worst]}, ref ${ref[worst]}), ${bad}/${ref.length} outside atol=${atol} rtol=${rtol}` +
+    (firstBad >= 0 ? `, first bad ${firstBad}: got ${got[firstBad]} ref ${ref[firstBad]}` : '');
+  return { pass: bad === 0, maxAbs, worst, msg };
+}
+
+/** Jest assertion with the numbers in the failure message. */
+export function expectClose(name: string, got: ArrayLike<number>, ref: ArrayLike<number>, atol: number, rtol = 0): void {
+  const r = compare(name, got, ref, atol, rtol);
+  if (!r.pass) throw new Error(r.msg);
+}

@@ -1,0 +1,65 @@
+/**
+ * The commander program. Commands live one per file (`register(program)`); this file only wires them,
+ * maps errors to one-line messages with documented exit codes, and makes sure the process exits.
+ */
+import { Command, CommanderError } from 'commander';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { dirname, join } from 'node:path';
+import { ExitCode, Step1xError } from '../errors.js';
+import { register as registerInspect } from './inspect.js';
+import { register as registerDevices } from './devices.js';
+import { register as registerGolden } from './golden.js';
+
+export function packageVersion(): string {
+  const here = dirname(fileURLToPath(import.meta.url));
+  for (const p of [join(here, '../../package.json'), join(here, '../../../package.json')]) {
+    try {
+      return JSON.parse(readFileSync(p, 'utf8')).version as string;
+    } catch {
+      /* try next */
+    }
+  }
+  return '0.0.0';
+}
+
+export function buildProgram(): Command {
+  const program = new Command();
+  program
+    .name('step1x')
+    .description('Step1X-Edit image editing on any GPU through WebGPU')
+    .version(packageVersion(), '-V, --version')
+    .showHelpAfterError('(run "step1x --help" for usage)')
+    .exitOverride();
+  registerInspect(program);
+  registerDevices(program);
+  registerGolden(program);
+  return program;
+}
+
+export function reportError(e: unknown): number {
+  if (e instanceof CommanderError) {
+    if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return 0;
+    return ExitCode.USAGE; // commander already printed the message
+  }
+  if (e instanceof Step1xError) {
+    process.stderr.write(`step1x: error: ${e.message}\n`);
+    return e.code;
+  }
+  const err = e as Error;
+  process.stderr.write(`step1x: internal error: ${err?.message ?? String(e)}\n`);
+  if (process.env.STEP1X_DEBUG) process.stderr.write(`${err?.stack}\n`);
+  return ExitCode.GPU;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  let code = 0;
+  try {
+    await buildProgram().parseAsync(argv);
+  } catch (e) {
+    code = reportError(e);
+  }
+  process.exitCode = code;
+  // Dawn may keep handles alive after the device is destroyed; never hang at the end of a command.
+  setTimeout(() => process.exit(code), 50).unref();
+}

@@ -1,0 +1,164 @@
+/**
+ * Adapter and device acquisition on Dawn (npm `webgpu`). The only place a GPUDevice is created.
+ *
+ * - Requests the adapter's real limits (binding size, buffer size, workgroup storage) and only the
+ *   features we use (`shader-f16`, `subgroups`, `timestamp-query`) when present.
+ * - No adapter → Step1xError(NO_GPU) naming the fix, never a stack trace.
+ * - Uncaptured errors and device loss are recorded and rethrown at the next sync point
+ *   (flush / readback), so a bad dispatch surfaces as an error where the caller awaits.
+ * - `destroy()` must be called when a command ends: Dawn keeps Node's event loop alive otherwise.
+ */
+import { ExitCode, Step1xError } from '../errors.js';
+
+export const WANTED_FEATURES = ['shader-f16', 'subgroups', 'timestamp-query'] as const;
+
+export interface DeviceOptions {
+  /** Pretend the device can bind at most this many bytes per storage binding (tests the split paths). */
+  maxBindingBytes?: number;
+  /** Vulkan/Dawn backend toggles passed to `create()`. */
+  dawnFlags?: string[];
+  powerPreference?: GPUPowerPreference;
+}
+
+export interface AdapterDescription {
+  vendor: string;
+  architecture: string;
+  device: string;
+  description: string;
+  isFallbackAdapter: boolean;
+  features: string[];
+  limits: Record<string, number>;
+}
+
+const instances: GPU[] = [];
+let dawn: { create(flags: string[]): GPU; globals: object } | undefined;
+
+async function loadDawn(): Promise<{ create(flags: string[]): GPU; globals: object }> {
+  if (dawn) return dawn;
+  if (!process.env.XDG_RUNTIME_DIR) process.env.XDG_RUNTIME_DIR = '/tmp';
+  try {
+    const mod = (await import('webgpu')) as unknown as { create(flags: string[]): GPU; globals: object };
+    dawn = mod;
+  } catch (e) {
+    throw new Step1xError(
+      `cannot load the WebGPU binding (npm "webgpu"/Dawn): ${(e as Error).message}. Run "npm ci" in the step1x directory.`,
+      ExitCode.NO_GPU,
+    );
+  }
+  Object.assign(globalThis, dawn.globals);
+  return dawn;
+}
+
+const NO_ADAPTER_HELP =
+  'no WebGPU adapter found. Install a GPU driver with Vulkan (Linux), Metal (macOS) or D3D12 (Windows) support; ' +
+  'on a Linux machine without a GPU install Mesa lavapipe: add bookworm-backports and run ' +
+  '"apt-get install -t bookworm-backports mesa-vulkan-drivers libvulkan1" (see README, Set-up)';
+
+export async function requestAdapter(opts: DeviceOptions = {}): Promise<GPUAdapter> {
+  const { create } = await loadDawn();
+  // The GPU instance must outlive every adapter and device made from it: if it is garbage-collected,
+  // Dawn tears down the instance under a live device and the process aborts. Keep it module-level.
+  const gpu = create(opts.dawnFlags ?? []);
+  instances.push(gpu);
+  let adapter: GPUAdapter | null = null;
+  try {
+    adapter = await gpu.requestAdapter({ powerPreference: opts.powerPreference ?? 'high-performance' });
+  } catch {
+    adapter = null;
+  }
+  if (!adapter) throw new Step1xError(NO_ADAPTER_HELP, ExitCode.NO_GPU);
+  return adapter;
+}
+
+export function describeAdapter(adapter: GPUAdapter): AdapterDescription {
+  const info = adapter.info;
+  const limits: Record<string, number> = {};
+  const l = adapter.limits as unknown as Record<string, number>;
+  for (const k of LIMIT_NAMES) if (typeof l[k] === 'number') limits[k] = l[k];
+  return {
+    vendor: info?.vendor ?? '',
+    architecture: info?.architecture ?? '',
+    device: info?.device ?? '',
+    description: info?.description ?? '',
+    isFallbackAdapter: Boolean((info as unknown as { isFallbackAdapter?: boolean })?.isFallbackAdapter),
+    features: [...adapter.features].sort(),
+    limits,
+  };
+}
+
+const LIMIT_NAMES = [
+  'maxStorageBufferBindingSize',
+  'maxBufferSize',
+  'maxComputeWorkgroupStorageSize',
+  'maxComputeInvocationsPerWorkgroup',
+  'maxComputeWorkgroupSizeX',
+  'maxComputeWorkgroupSizeY',
+  'maxComputeWorkgroupSizeZ',
+  'maxComputeWorkgroupsPerDimension',
+  'maxStorageBuffersPerShaderStage',
+  'maxUniformBufferBindingSize',
+  'minStorageBufferOffsetAlignment',
+  'minUniformBufferOffsetAlignment',
+  'maxBindGroups',
+];
+
+export interface DeviceHandle {
+  adapter: GPUAdapter;
+  device: GPUDevice;
+  features: Set<string>;
+  /** Effective per-binding byte limit (may be lowered by options for tests). */
+  maxBindingBytes: number;
+  maxBufferBytes: number;
+  maxWorkgroupStorage: number;
+  maxWorkgroupsPerDim: number;
+  /** First uncaptured error or loss reason; thrown at the next sync point. */
+  pendingError: Error | null;
+  lost: boolean;
+}
+
+export async function createDevice(opts: DeviceOptions = {}): Promise<DeviceHandle> {
+  const adapter = await requestAdapter(opts);
+  const al = adapter.limits;
+  const requiredLimits: Record<string, number> = {};
+  for (const k of LIMIT_NAMES) {
+    if (k.startsWith('min')) continue;
+    const v = (al as unknown as Record<string, number>)[k];
+    if (typeof v === 'number') requiredLimits[k] = v;
+  }
+  const requiredFeatures = WANTED_FEATURES.filter((f) => adapter.features.has(f)) as GPUFeatureName[];
+  let device: GPUDevice;
+  try {
+    device = await adapter.requestDevice({ requiredFeatures, requiredLimits, label: 'step1x' });
+  } catch (e) {
+    throw new Step1xError(`WebGPU device request failed: ${(e as Error).message}`, ExitCode.NO_GPU);
+  }
+  const handle: DeviceHandle = {
+    adapter,
+    device,
+    features: new Set(requiredFeatures),
+    maxBindingBytes: Math.min(device.limits.maxStorageBufferBindingSize, opts.maxBindingBytes ?? Infinity),
+    maxBufferBytes: device.limits.maxBufferSize,
+    maxWorkgroupStorage: device.limits.maxComputeWorkgroupStorageSize,
+    maxWorkgroupsPerDim: device.limits.maxComputeWorkgroupsPerDimension,
+    pendingError: null,
+    lost: false,
+  };
+  device.addEventListener('uncapturederror', (ev) => {
+    const err = (ev as GPUUncapturedErrorEvent).error;
+    if (!handle.pendingError) {
+      const oom = err.constructor?.name === 'GPUOutOfMemoryError' || /out of memory/i.test(err.message);
+      handle.pendingError = new Step1xError(
+        oom
+          ? `out of GPU memory: ${err.message.split('\n')[0]}. Try a smaller --size or --vram-budget`
+          : `GPU error: ${err.message}`,
+        oom ? ExitCode.GPU_OOM : ExitCode.GPU,
+      );
+    }
+  });
+  void device.lost.then((info) => {
+    handle.lost = true;
+    if (info.reason !== 'destroyed' && !handle.pendingError)
+      handle.pendingError = new Step1xError(`GPU device lost: ${info.message}`, ExitCode.GPU);
+  });
+  return handle;
+}
