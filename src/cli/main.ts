@@ -10,6 +10,7 @@ import { ExitCode, Step1xError } from '../errors.js';
 import { register as registerInspect } from './inspect.js';
 import { register as registerDevices } from './devices.js';
 import { register as registerGolden } from './golden.js';
+import { register as registerDownload } from './download.js';
 
 export function packageVersion(): string {
   const here = dirname(fileURLToPath(import.meta.url));
@@ -34,6 +35,7 @@ export function buildProgram(): Command {
   registerInspect(program);
   registerDevices(program);
   registerGolden(program);
+  registerDownload(program);
   return program;
 }
 

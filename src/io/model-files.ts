@@ -1,0 +1,143 @@
+/**
+ * Where the model lives. Resolution order:
+ *   1. `--model DIR` (the official `inference.py --model_path` layout)
+ *   2. `$STEP1X_MODEL`
+ *   3. the Hugging Face cache (`$HF_HOME/hub` or `~/.cache/huggingface/hub`): repos
+ *      `stepfun-ai/Step1X-Edit` (DiT + VAE) and `Qwen/Qwen2.5-VL-7B-Instruct`
+ * A directory in the official layout:
+ *   step1x-edit-i1258.safetensors | step1x-edit-v1p1-official.safetensors   DiT + connector (bf16)
+ *   vae.safetensors                                                          FLUX AutoEncoder (f32)
+ *   Qwen2.5-VL-7B-Instruct/                                                  sharded Qwen2.5-VL + tokenizer
+ *   step1x.json (optional)                                                   hyper-parameters of tiny models
+ * Missing files → one error naming each missing file, its size and how to get it. No GPU here.
+ */
+import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { ExitCode, Step1xError } from '../errors.js';
+
+export const DIT_FILES = ['step1x-edit-i1258.safetensors', 'step1x-edit-v1p1-official.safetensors'];
+export const VAE_FILE = 'vae.safetensors';
+export const QWEN_DIR = 'Qwen2.5-VL-7B-Instruct';
+export const QWEN_REQUIRED = ['config.json', 'tokenizer.json', 'model.safetensors.index.json'];
+export const HF_REPO_STEP1X = 'stepfun-ai/Step1X-Edit';
+export const HF_REPO_QWEN = 'Qwen/Qwen2.5-VL-7B-Instruct';
+
+export interface ModelFiles {
+  /** Where the files were found: the directory, `$STEP1X_MODEL`, or the HF cache. */
+  source: string;
+  dit: string;
+  vae: string;
+  qwenDir: string;
+  /** step1x.json when present (tiny models); absent for the real model. */
+  hparamsPath?: string;
+  hparams?: Step1xHparams;
+}
+
+/** `step1x.json` (format `step1x-tiny-hparams/1`): official constructor argument names. */
+export interface Step1xHparams {
+  format?: string;
+  dit?: Record<string, unknown>;
+  connector?: Record<string, unknown>;
+  ae?: Record<string, unknown>;
+  embedder?: { max_length?: number; drop_prefix_tokens?: number; min_pixels?: number; max_pixels?: number };
+}
+
+const SIZES: Record<string, string> = {
+  'step1x-edit-i1258.safetensors': '24.9 GB',
+  [VAE_FILE]: '335 MB',
+  [QWEN_DIR]: '16.6 GB (5 shards + tokenizer/config files)',
+};
+
+function hfHub(): string {
+  const home = process.env.HF_HOME ?? join(homedir(), '.cache', 'huggingface');
+  return process.env.HF_HUB_CACHE ?? join(home, 'hub');
+}
+
+/** Snapshot directory of a repo in the HF cache (refs/main first, else the newest snapshot). */
+export function hfSnapshot(repo: string, hub = hfHub()): string | undefined {
+  const base = join(hub, `models--${repo.replace('/', '--')}`);
+  const snaps = join(base, 'snapshots');
+  if (!existsSync(snaps)) return undefined;
+  try {
+    const ref = readFileSync(join(base, 'refs', 'main'), 'utf8').trim();
+    if (ref && existsSync(join(snaps, ref))) return join(snaps, ref);
+  } catch {
+    /* no refs/main */
+  }
+  const all = readdirSync(snaps)
+    .map((d) => join(snaps, d))
+    .filter((d) => statSync(d).isDirectory())
+    .sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs);
+  return all[0];
+}
+
+function readHparams(path: string): Step1xHparams {
+  let j: unknown;
+  try {
+    j = JSON.parse(readFileSync(path, 'utf8'));
+  } catch (e) {
+    throw new Step1xError(`${path}: not valid JSON (${(e as Error).message})`, ExitCode.WEIGHTS);
+  }
+  if (!j || typeof j !== 'object' || Array.isArray(j)) throw new Step1xError(`${path}: must hold a JSON object`, ExitCode.WEIGHTS);
+  return j as Step1xHparams;
+}
+
+function missingMessage(where: string, missing: string[]): string {
+  const lines = missing.map((m) => `  - ${m}${SIZES[m.split('/').pop()!] ? ` (${SIZES[m.split('/').pop()!]})` : ''}`);
+  return (
+    `model files missing in ${where}:\n${lines.join('\n')}\n` +
+    `Get them with the Hugging Face CLI:\n` +
+    `  huggingface-cli download ${HF_REPO_STEP1X} step1x-edit-i1258.safetensors vae.safetensors --local-dir DIR\n` +
+    `  huggingface-cli download ${HF_REPO_QWEN} --local-dir DIR/${QWEN_DIR}\n` +
+    `then pass --model DIR (or set STEP1X_MODEL=DIR). Files already in the Hugging Face cache are found automatically.`
+  );
+}
+
+/** Files of a model directory in the official layout, or an error listing what is missing. */
+export function modelFilesInDir(dir: string, source = dir): ModelFiles {
+  const root = resolve(dir);
+  if (!existsSync(root) || !statSync(root).isDirectory())
+    throw new Step1xError(`model directory not found: ${dir}`, ExitCode.WEIGHTS);
+  const missing: string[] = [];
+  const dit = DIT_FILES.map((f) => join(root, f)).find((p) => existsSync(p));
+  if (!dit) missing.push(DIT_FILES[0]);
+  const vae = join(root, VAE_FILE);
+  if (!existsSync(vae)) missing.push(VAE_FILE);
+  const qwenDir = join(root, QWEN_DIR);
+  if (!existsSync(qwenDir)) missing.push(QWEN_DIR);
+  else for (const f of QWEN_REQUIRED) if (!existsSync(join(qwenDir, f))) missing.push(`${QWEN_DIR}/${f}`);
+  if (missing.length) throw new Step1xError(missingMessage(root, missing), ExitCode.WEIGHTS);
+  const hp = join(root, 'step1x.json');
+  const files: ModelFiles = { source, dit: dit!, vae, qwenDir };
+  if (existsSync(hp)) {
+    files.hparamsPath = hp;
+    files.hparams = readHparams(hp);
+  }
+  return files;
+}
+
+/** Resolve `--model`, `$STEP1X_MODEL`, then the Hugging Face cache. */
+export function resolveModelFiles(modelOpt?: string): ModelFiles {
+  if (modelOpt) return modelFilesInDir(modelOpt);
+  if (process.env.STEP1X_MODEL) return modelFilesInDir(process.env.STEP1X_MODEL, '$STEP1X_MODEL');
+  const hub = hfHub();
+  const s = hfSnapshot(HF_REPO_STEP1X, hub);
+  const q = hfSnapshot(HF_REPO_QWEN, hub);
+  const missing: string[] = [];
+  let dit: string | undefined;
+  if (s) dit = DIT_FILES.map((f) => join(s, f)).find((p) => existsSync(p));
+  if (!dit) missing.push(`${HF_REPO_STEP1X}: ${DIT_FILES[0]}`);
+  const vae = s ? join(s, VAE_FILE) : undefined;
+  if (!vae || !existsSync(vae)) missing.push(`${HF_REPO_STEP1X}: ${VAE_FILE}`);
+  // The Qwen weights may also sit inside the Step1X snapshot in the official layout.
+  const qwenDir = q ?? (s && existsSync(join(s, QWEN_DIR)) ? join(s, QWEN_DIR) : undefined);
+  if (!qwenDir) missing.push(`${HF_REPO_QWEN} (${SIZES[QWEN_DIR]})`);
+  else for (const f of QWEN_REQUIRED) if (!existsSync(join(qwenDir, f))) missing.push(`${HF_REPO_QWEN}: ${f}`);
+  if (missing.length)
+    throw new Step1xError(
+      `no --model given, $STEP1X_MODEL unset, and the Hugging Face cache (${hub}) lacks files. ` + missingMessage(hub, missing),
+      ExitCode.WEIGHTS,
+    );
+  return { source: `Hugging Face cache ${hub}`, dit: dit!, vae: vae!, qwenDir: qwenDir! };
+}
