@@ -1,0 +1,200 @@
+/**
+ * `step1x edit <image|-> <instruction> [-o out.png|-]` and `step1x batch <manifest.json>`.
+ * Thin: parse and validate options, resolve the model, render progress, write outputs atomically.
+ * All numerics live in src/pipeline/edit-pipeline.ts.
+ */
+import type { Command } from 'commander';
+import { basename, dirname, extname, join, resolve } from 'node:path';
+import { accessSync, constants, existsSync, readFileSync, statSync } from 'node:fs';
+import { ExitCode, Step1xError } from '../errors.js';
+import { resolveModelFiles } from '../io/model-files.js';
+import { EditPipeline, type EditRequest, type EditResult, type Progress } from '../pipeline/edit-pipeline.js';
+import { readInputImage, writeOutputPng, type OutputTarget } from '../pipeline/output.js';
+import { createReporter, fmtBytes, fmtSeconds, type Reporter } from './progress.js';
+import { packageVersion } from './main.js';
+
+export interface EditCliOptions {
+  output?: string;
+  model?: string;
+  steps: string;
+  cfg: string;
+  seed: string;
+  size: string;
+  negative: string;
+  nativeSize?: boolean;
+  noise?: string;
+  json?: boolean;
+  quiet?: boolean;
+  vramBudget?: string;
+  sampleEncode?: boolean;
+  ignoreExif?: boolean;
+}
+
+function intOpt(name: string, v: string, min: number, max: number): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min || n > max) throw new Step1xError(`--${name} must be an integer in [${min}, ${max}], got "${v}"`, ExitCode.USAGE);
+  return n;
+}
+
+function floatOpt(name: string, v: string, min: number, max: number): number {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < min || n > max) throw new Step1xError(`--${name} must be a number in [${min}, ${max}], got "${v}"`, ExitCode.USAGE);
+  return n;
+}
+
+/** "12GB", "800MiB", "2e9" → bytes. */
+export function parseBytes(v: string): number {
+  const m = /^\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*(b|kb|mb|gb|tb|kib|mib|gib|tib)?\s*$/i.exec(v);
+  if (!m) throw new Step1xError(`--vram-budget: cannot parse "${v}" (e.g. 12GB, 8000MiB)`, ExitCode.USAGE);
+  const mult: Record<string, number> = { b: 1, kb: 1e3, mb: 1e6, gb: 1e9, tb: 1e12, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3, tib: 1024 ** 4 };
+  const n = Number(m[1]) * mult[(m[2] ?? 'b').toLowerCase()];
+  if (!(n > 0)) throw new Step1xError(`--vram-budget must be positive, got "${v}"`, ExitCode.USAGE);
+  return Math.floor(n);
+}
+
+/** Fail before any model work if the output cannot be written. */
+export function checkWritable(path: string): void {
+  const dir = dirname(resolve(path));
+  if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new Step1xError(`cannot write ${path}: directory ${dir} does not exist`, ExitCode.OUTPUT);
+  try {
+    accessSync(dir, constants.W_OK);
+  } catch {
+    throw new Step1xError(`cannot write ${path}: directory ${dir} is not writable`, ExitCode.OUTPUT);
+  }
+  if (existsSync(path) && statSync(path).isDirectory()) throw new Step1xError(`cannot write ${path}: it is a directory`, ExitCode.OUTPUT);
+}
+
+export function requestFromOptions(o: EditCliOptions): Omit<EditRequest, 'image' | 'instruction'> {
+  return {
+    steps: intOpt('steps', o.steps, 1, 1000),
+    cfg: floatOpt('cfg', o.cfg, 0, 100),
+    seed: intOpt('seed', o.seed, 0, Number.MAX_SAFE_INTEGER),
+    size: intOpt('size', o.size, 16, 4096),
+    negative: o.negative,
+    nativeSize: Boolean(o.nativeSize),
+    sampleEncode: Boolean(o.sampleEncode),
+    noisePath: o.noise,
+  };
+}
+
+function render(rep: Reporter, p: Progress, t0: number): void {
+  if (p.stage === 'sample' && p.step !== undefined && p.total) {
+    const el = (Date.now() - t0) / 1000;
+    const eta = p.step > 0 ? (el / p.step) * (p.total - p.step) : NaN;
+    rep.update(`sampling step ${p.step}/${p.total}${p.step > 0 ? `, ETA ${fmtSeconds(eta)}` : ''}`);
+  } else if (p.done) rep.done(p.message ?? p.stage);
+  else rep.update(p.message ?? p.stage);
+}
+
+async function runOne(pipe: EditPipeline, req: EditRequest, target: OutputTarget, rep: Reporter, meta: Record<string, string>): Promise<EditResult> {
+  let t0 = Date.now();
+  const it = pipe.run(req);
+  for (;;) {
+    const r = await it.next();
+    if (r.done) {
+      await writeOutputPng(target, r.value.image, { ...meta, ...r.value.parameters });
+      return r.value;
+    }
+    if (r.value.stage === 'sample' && r.value.step === 0) t0 = Date.now();
+    render(rep, r.value, t0);
+  }
+}
+
+function summary(res: EditResult, output: string): Record<string, unknown> {
+  return {
+    output,
+    seed: res.seed,
+    width: res.image.width,
+    height: res.image.height,
+    working_size: res.workingSize,
+    timings_s: res.timings,
+    peak_gpu_bytes: res.peakGpuBytes,
+    peak_rss_bytes: process.resourceUsage().maxRSS * 1024,
+  };
+}
+
+export function register(program: Command): void {
+  const common = (c: Command) =>
+    c
+      .option('--model <dir>', 'model directory in the official layout (default: $STEP1X_MODEL, then the Hugging Face cache)')
+      .option('--steps <n>', 'sampling steps', '28')
+      .option('--cfg <g>', 'classifier-free guidance scale', '6.0')
+      .option('--seed <n>', 'noise seed (documented xoshiro128** + Box-Muller RNG, see README)', '42')
+      .option('--size <n>', 'size level: working area ≈ size², sides floored to multiples of 16 (official size_level)', '512')
+      .option('--negative <text>', 'negative prompt (the official code hard-codes "")', '')
+      .option('--native-size', 'keep the working resolution instead of resizing back to the input size (avoids the resize-back blur)')
+      .option('--vram-budget <bytes>', 'GPU memory budget, e.g. 12GB: models are loaded per stage and streamed block by block when they do not fit')
+      .option('--sample-encode', 'sample the VAE posterior like the official code (default: its mean, deterministic)')
+      .option('--ignore-exif', 'ignore EXIF orientation, as the official code does')
+      .option('--json', 'print one JSON result line (stdout, or stderr when the image goes to stdout)')
+      .option('--quiet', 'no progress output');
+
+  common(
+    program
+      .command('edit')
+      .description('edit an image with an instruction')
+      .argument('<image>', 'input image (PNG, JPEG, WebP, ...) or - for stdin')
+      .argument('<instruction>', 'what to change, e.g. "make it winter"')
+      .option('-o, --output <file>', 'output PNG, or - for stdout (default: <input>-edited.png)')
+      .option('--noise <file>', 'initial latent noise [1, 16, H/8, W/8] from a safetensors file holding that one tensor'),
+  ).action(async (image: string, instruction: string, o: EditCliOptions) => {
+    const base = requestFromOptions(o);
+    if (!instruction.trim()) throw new Step1xError('the instruction is empty', ExitCode.USAGE);
+    const output = o.output ?? (image === '-' ? '-' : join(dirname(image), `${basename(image, extname(image))}-edited.png`));
+    if (output === '-' && process.stdout.isTTY) throw new Step1xError('refusing to write a PNG to a terminal: pass -o FILE or redirect stdout', ExitCode.USAGE);
+    if (output !== '-') checkWritable(output);
+    const img = await readInputImage(image, { ignoreExif: o.ignoreExif });
+    const files = resolveModelFiles(o.model);
+    const rep = createReporter({ quiet: o.quiet });
+    const pipe = await EditPipeline.load(files, { vramBudget: o.vramBudget ? parseBytes(o.vramBudget) : undefined, onProgress: (p) => render(rep, p, Date.now()) });
+    try {
+      const meta = { 'step1x:version': packageVersion(), model: files.dit.split(/[\\/]/).pop()! };
+      const res = await runOne(pipe, { ...base, image: img, instruction }, { path: output }, rep, meta);
+      rep.done(`wrote ${output === '-' ? 'stdout' : output} (${res.image.width}×${res.image.height}) in ${fmtSeconds(res.timings.total ?? 0)}, peak GPU ${fmtBytes(res.peakGpuBytes)}`);
+      if (o.json) (output === '-' ? process.stderr : process.stdout).write(`${JSON.stringify(summary(res, output))}\n`);
+    } finally {
+      rep.stop();
+      pipe.dispose();
+    }
+  });
+
+  common(
+    program
+      .command('batch')
+      .description('edit many images with the official manifest format {"image.png": "instruction", ...}; models load once')
+      .argument('<manifest>', 'JSON manifest mapping image file names to instructions')
+      .requiredOption('--input-dir <dir>', 'directory holding the manifest images')
+      .requiredOption('--output-dir <dir>', 'directory for the outputs (named after the inputs, with .png)'),
+  ).action(async (manifest: string, o: EditCliOptions & { inputDir: string; outputDir: string }) => {
+    const base = requestFromOptions(o);
+    let entries: [string, string][];
+    try {
+      const j = JSON.parse(readFileSync(manifest, 'utf8')) as unknown;
+      if (!j || typeof j !== 'object' || Array.isArray(j)) throw new Error('expected a JSON object {"image.png": "instruction", ...}');
+      entries = Object.entries(j as Record<string, unknown>).map(([k, v]) => {
+        if (typeof v !== 'string') throw new Error(`instruction for "${k}" is not a string`);
+        return [k, v];
+      });
+    } catch (e) {
+      throw new Step1xError(`manifest ${manifest}: ${(e as Error).message}`, ExitCode.USAGE);
+    }
+    for (const [f] of entries) if (!existsSync(join(o.inputDir, f))) throw new Step1xError(`manifest ${manifest}: ${join(o.inputDir, f)} not found`, ExitCode.INPUT);
+    checkWritable(join(o.outputDir, 'x.png'));
+    const files = resolveModelFiles(o.model);
+    const rep = createReporter({ quiet: o.quiet });
+    const pipe = await EditPipeline.load(files, { vramBudget: o.vramBudget ? parseBytes(o.vramBudget) : undefined, onProgress: (p) => render(rep, p, Date.now()) });
+    try {
+      for (const [i, [f, instruction]] of entries.entries()) {
+        const out = join(o.outputDir, `${basename(f, extname(f))}.png`);
+        const img = await readInputImage(join(o.inputDir, f), { ignoreExif: o.ignoreExif });
+        const meta = { 'step1x:version': packageVersion(), model: files.dit.split(/[\\/]/).pop()! };
+        const res = await runOne(pipe, { ...base, image: img, instruction }, { path: out }, rep, meta);
+        rep.done(`[${i + 1}/${entries.length}] ${f} → ${out} (${fmtSeconds(res.timings.total ?? 0)})`);
+        if (o.json) process.stdout.write(`${JSON.stringify(summary(res, out))}\n`);
+      }
+    } finally {
+      rep.stop();
+      pipe.dispose();
+    }
+  });
+}

@@ -1,0 +1,156 @@
+/**
+ * Normalisation and modulation ops (shaders/norm.wgsl).
+ *
+ * Row ops (layerNorm, rmsNorm, softmax) run one workgroup per row of x viewed as [rows, C]; rows are
+ * folded into a 2-D grid (row counts over 65535) and split into 256-byte-aligned chunks when x is
+ * larger than the device's binding limit. Elementwise ops (modulate, gatedResidual, swiglu) split the
+ * same way along token rows; the [B, C] operands are indexed by the global row, so chunks may cross
+ * batch boundaries.
+ */
+import type { Tensor, DType } from '../runtime/tensor.js';
+import { f32u } from '../runtime/gpu.js';
+import type { Defines } from '../runtime/shader-source.js';
+import { fail, fmtShape } from '../errors.js';
+import { grid1d, requireF32, sameShape } from './util.js';
+import { rowChunks } from './layout.js';
+
+const WIDEN: Record<string, string> = { bf16: 'bf16_at', f16: 'f16_at' };
+
+function lastDim(op: string, x: Tensor): number {
+  if (x.rank < 1) fail(`${op}: x must have at least one dimension, got ${fmtShape(x.shape)}`);
+  const C = x.shape[x.rank - 1];
+  if (C < 1) fail(`${op}: last dimension of x ${fmtShape(x.shape)} must be >= 1`);
+  return C;
+}
+
+/** Affine parameter: rank-1 [C], f32/bf16/f16. */
+function checkParam(op: string, name: string, p: Tensor, C: number, x: Tensor): DType {
+  if (p.numel !== C || p.rank !== 1)
+    fail(`${op}: ${name} ${fmtShape(p.shape)} must be [${C}] to match x ${fmtShape(x.shape)}`);
+  if (p.dtype !== 'f32' && p.dtype !== 'bf16' && p.dtype !== 'f16')
+    fail(`${op}: ${name} dtype ${p.dtype} not supported (expected f32/bf16/f16)`);
+  return p.dtype;
+}
+
+type RowOp = 'layer_norm' | 'rms_norm' | 'softmax';
+
+function rowOp(op: RowOp, x: Tensor, w: Tensor | undefined, b: Tensor | undefined, eps: number): Tensor {
+  requireF32(op, ['x', x]);
+  const C = lastDim(op, x);
+  const rows = x.numel / C;
+  const g = x.gpu;
+  const defines: Defines = { ROWS: true, OP: op };
+  const params: Tensor[] = [];
+  if (w) {
+    const dt = checkParam(op, 'w', w, C, x);
+    Object.assign(defines, { HAS_W: true, W_DT: dt, W_AT: WIDEN[dt] ?? 'none' });
+    params.push(w);
+  }
+  if (b) {
+    const dt = checkParam(op, 'b', b, C, x);
+    Object.assign(defines, { HAS_B: true, B_DT: dt, B_AT: WIDEN[dt] ?? 'none', B_BINDING: 3 + params.length });
+    params.push(b);
+  }
+  const out = g.empty(x.shape, 'f32', op);
+  const x2 = x.reshape([rows, C]);
+  const o2 = out.reshape([rows, C]);
+  const chunks = rowChunks(op, rows, [C * 4], g.maxBindingBytes);
+  for (const [start, count] of chunks) {
+    const whole = chunks.length === 1;
+    const xs = whole ? x2 : x2.rows(start, count);
+    const os = whole ? o2 : o2.rows(start, count);
+    const [wx, wy] = grid1d(count, 1);
+    g.dispatch({
+      file: 'norm.wgsl',
+      defines,
+      uniforms: [count, C, wx, f32u(eps)],
+      bindings: [xs, os, ...params],
+      workgroups: [wx, wy],
+    });
+    if (!whole) {
+      xs.dispose();
+      os.dispose();
+    }
+  }
+  x2.dispose();
+  o2.dispose();
+  return out;
+}
+
+/** torch.nn.LayerNorm over the last dim (biased variance); w/b optional (elementwise_affine=False). */
+export function layerNorm(x: Tensor, w?: Tensor, b?: Tensor, eps = 1e-6): Tensor {
+  return rowOp('layer_norm', x, w, b, eps);
+}
+
+/** x * rsqrt(mean(x²) + eps) * w, in f32 (Qwen2 RMSNorm, FLUX QK-norm). */
+export function rmsNorm(x: Tensor, w: Tensor, eps = 1e-6): Tensor {
+  return rowOp('rms_norm', x, w, undefined, eps);
+}
+
+/** Max-subtracted softmax over the last dim. */
+export function softmax(x: Tensor): Tensor {
+  return rowOp('softmax', x, undefined, undefined, 0);
+}
+
+// ---- elementwise modulation ---------------------------------------------------------------------
+
+/** A per-batch vector [B, C] (or [B, 1, C], FLUX's `out[:, None, :]`) matching x [B, L, C]. */
+function checkPerBatch(op: string, name: string, v: Tensor, x: Tensor): void {
+  requireF32(op, [name, v]);
+  const [B, , C] = x.shape;
+  const ok = (v.rank === 2 && v.shape[0] === B && v.shape[1] === C) || (v.rank === 3 && v.shape[0] === B && v.shape[1] === 1 && v.shape[2] === C);
+  if (!ok) fail(`${op}: ${name} ${fmtShape(v.shape)} must be [${B}, ${C}] to match x ${fmtShape(x.shape)}`);
+}
+
+function ew(op: 'modulate' | 'gated' | 'swiglu', x: Tensor, big: Tensor[], small: Tensor[], L: number, C: number): Tensor {
+  const g = x.gpu;
+  const rows = x.numel / C;
+  const out = g.empty(x.shape, 'f32', op);
+  const flat = (t: Tensor) => t.reshape([rows, C]);
+  const x2 = flat(x), o2 = flat(out), big2 = big.map(flat);
+  const chunks = rowChunks(op, rows, [C * 4], g.maxBindingBytes);
+  for (const [start, count] of chunks) {
+    const whole = chunks.length === 1;
+    const view = (t: Tensor) => (whole ? t : t.rows(start, count));
+    const xs = view(x2), os = view(o2), bigs = big2.map(view);
+    const n = count * C;
+    const [wx, wy] = grid1d(n);
+    // binding order per OP: see shaders/norm.wgsl header
+    const bindings = op === 'modulate' ? [xs, ...small, os] : op === 'gated' ? [xs, small[0], bigs[0], os] : [xs, bigs[0], os];
+    g.dispatch({ file: 'norm.wgsl', entry: 'ew', defines: { EW: true, OP: op }, uniforms: [n, C, L, start, wx], bindings, workgroups: [wx, wy] });
+    if (!whole) for (const t of [xs, os, ...bigs]) t.dispose();
+  }
+  for (const t of [x2, o2, ...big2]) t.dispose();
+  return out;
+}
+
+function checkTokens(op: string, x: Tensor): [number, number] {
+  requireF32(op, ['x', x]);
+  if (x.rank !== 3 || x.shape[2] < 1) fail(`${op}: x must be [B, L, C], got ${fmtShape(x.shape)}`);
+  return [x.shape[1], x.shape[2]];
+}
+
+/** (1 + scale) * x + shift, with shift/scale [B, C] broadcast over the L tokens of x [B, L, C]. */
+export function modulate(x: Tensor, shift: Tensor, scale: Tensor): Tensor {
+  const [L, C] = checkTokens('modulate', x);
+  checkPerBatch('modulate', 'shift', shift, x);
+  checkPerBatch('modulate', 'scale', scale, x);
+  return ew('modulate', x, [], [shift, scale], L, C);
+}
+
+/** x + gate * y, gate [B, C] broadcast over tokens; x, y [B, L, C]. */
+export function gatedResidual(x: Tensor, gate: Tensor, y: Tensor): Tensor {
+  const [L, C] = checkTokens('gatedResidual', x);
+  checkPerBatch('gatedResidual', 'gate', gate, x);
+  requireF32('gatedResidual', ['y', y]);
+  sameShape('gatedResidual', x, y, 'x', 'y');
+  return ew('gated', x, [y], [gate], L, C);
+}
+
+/** silu(gate) * up, same shapes (any rank). */
+export function swiglu(gate: Tensor, up: Tensor): Tensor {
+  requireF32('swiglu', ['gate', gate], ['up', up]);
+  sameShape('swiglu', gate, up, 'gate', 'up');
+  // purely elementwise: treat as [numel, 1] so chunks can split anywhere (64-element granularity)
+  return ew('swiglu', gate, [up], [], 1, 1);
+}
