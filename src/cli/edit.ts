@@ -8,8 +8,8 @@ import { basename, dirname, extname, join, resolve } from 'node:path';
 import { accessSync, constants, existsSync, readFileSync, statSync } from 'node:fs';
 import { ExitCode, Step1xError } from '../errors.js';
 import { resolveModelFiles } from '../io/model-files.js';
-import { EditPipeline, type EditRequest, type EditResult, type Progress } from '../pipeline/edit-pipeline.js';
-import { readInputImage, writeOutputPng, type OutputTarget } from '../pipeline/output.js';
+import type { EditPipeline, EditRequest, EditResult, Progress } from '../pipeline/edit-pipeline.js';
+import { installInterruptCleanup, readInputImage, writeOutputPng, type OutputTarget } from '../pipeline/output.js';
 import { createReporter, fmtBytes, fmtSeconds, type Reporter } from './progress.js';
 import { packageVersion } from './main.js';
 
@@ -138,6 +138,7 @@ export function register(program: Command): void {
       .option('-o, --output <file>', 'output PNG, or - for stdout (default: <input>-edited.png)')
       .option('--noise <file>', 'initial latent noise [1, 16, H/8, W/8] from a safetensors file holding that one tensor'),
   ).action(async (image: string, instruction: string, o: EditCliOptions) => {
+    installInterruptCleanup();
     const base = requestFromOptions(o);
     if (!instruction.trim()) throw new Step1xError('the instruction is empty', ExitCode.USAGE);
     const output = o.output ?? (image === '-' ? '-' : join(dirname(image), `${basename(image, extname(image))}-edited.png`));
@@ -146,6 +147,7 @@ export function register(program: Command): void {
     const img = await readInputImage(image, { ignoreExif: o.ignoreExif });
     const files = resolveModelFiles(o.model);
     const rep = createReporter({ quiet: o.quiet });
+    const { EditPipeline } = await import('../pipeline/edit-pipeline.js'); // models load only for edits
     const pipe = await EditPipeline.load(files, { vramBudget: o.vramBudget ? parseBytes(o.vramBudget) : undefined, onProgress: (p) => render(rep, p, Date.now()) });
     try {
       const meta = { 'step1x:version': packageVersion(), model: files.dit.split(/[\\/]/).pop()! };
@@ -166,6 +168,7 @@ export function register(program: Command): void {
       .requiredOption('--input-dir <dir>', 'directory holding the manifest images')
       .requiredOption('--output-dir <dir>', 'directory for the outputs (named after the inputs, with .png)'),
   ).action(async (manifest: string, o: EditCliOptions & { inputDir: string; outputDir: string }) => {
+    installInterruptCleanup();
     const base = requestFromOptions(o);
     let entries: [string, string][];
     try {
@@ -182,6 +185,7 @@ export function register(program: Command): void {
     checkWritable(join(o.outputDir, 'x.png'));
     const files = resolveModelFiles(o.model);
     const rep = createReporter({ quiet: o.quiet });
+    const { EditPipeline } = await import('../pipeline/edit-pipeline.js'); // models load only for edits
     const pipe = await EditPipeline.load(files, { vramBudget: o.vramBudget ? parseBytes(o.vramBudget) : undefined, onProgress: (p) => render(rep, p, Date.now()) });
     try {
       for (const [i, [f, instruction]] of entries.entries()) {

@@ -11,6 +11,7 @@ import { register as registerInspect } from './inspect.js';
 import { register as registerDevices } from './devices.js';
 import { register as registerGolden } from './golden.js';
 import { register as registerDownload } from './download.js';
+import { register as registerEdit } from './edit.js';
 
 export function packageVersion(): string {
   const here = dirname(fileURLToPath(import.meta.url));
@@ -32,6 +33,7 @@ export function buildProgram(): Command {
     .version(packageVersion(), '-V, --version')
     .showHelpAfterError('(run "step1x --help" for usage)')
     .exitOverride();
+  registerEdit(program);
   registerInspect(program);
   registerDevices(program);
   registerGolden(program);

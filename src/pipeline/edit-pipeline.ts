@@ -1,0 +1,217 @@
+/**
+ * The edit pipeline, as the official `ImageGenerator.generate_image` (inference.py):
+ *   preprocess   input_process_image at size_level (PIL bicubic, sides multiples of 16)
+ *   embed        Qwen2.5-VL over [instruction, negative] with the reference image → llm_embedding, mask
+ *   encode       VAE encode of the reference (posterior mean by default; the official code samples)
+ *   sample       get_schedule + prepare + denoise with CFG (DiT + connector)
+ *   decode       unpack + VAE decode, clamp, to_pil_image truncation
+ *   postprocess  PIL bicubic resize back to the input size (unless nativeSize)
+ * Each model is loaded when its stage runs and freed after it (Qwen and the DiT never share the GPU),
+ * under an optional GPU byte budget that makes the big models stream their blocks from disk.
+ * `run()` yields progress events and returns the result; a `trace` sees every intermediate under the
+ * golden names of the `e2e` case (`mid.*`, `out.*`), which is how the golden kinds check each stage.
+ */
+import { Gpu } from '../runtime/gpu.js';
+import { ExitCode, Step1xError, fmtShape } from '../errors.js';
+import type { ModelFiles } from '../io/model-files.js';
+import { SafetensorsFile } from '../io/safetensors.js';
+import { resize, type RgbImage } from '../io/resize.js';
+import { inputProcessImage, qwenProcessImage, STEP1X_MAX_PIXELS, STEP1X_MIN_PIXELS } from '../models/qwen25vl/processor.js';
+import { QwenTokenizer } from '../models/qwen25vl/tokenizer.js';
+import { buildStep1xInputIds } from '../models/qwen25vl/prompt.js';
+import { initialNoise } from './rng.js';
+import { runDenoise, runEmbed, runVaeDecode, runVaeEncode, type Trace } from './stages.js';
+
+export interface EditRequest {
+  image: RgbImage;
+  instruction: string;
+  negative?: string;
+  steps?: number;
+  cfg?: number;
+  seed?: number;
+  /** size_level (official default 512). */
+  size?: number;
+  nativeSize?: boolean;
+  /** Sample the VAE posterior (official) instead of taking its mean. */
+  sampleEncode?: boolean;
+  /** Initial noise [1, 16, H/8, W/8]: given directly, or a safetensors file holding that one tensor. */
+  noise?: Float32Array;
+  noisePath?: string;
+}
+
+export interface Progress {
+  stage: 'load' | 'preprocess' | 'embed' | 'encode' | 'sample' | 'decode' | 'postprocess';
+  step?: number;
+  total?: number;
+  message?: string;
+  /** A stage finished (message says what it did). */
+  done?: boolean;
+}
+
+export interface EditResult {
+  image: RgbImage;
+  workingSize: [number, number];
+  seed: number;
+  timings: Record<string, number>;
+  peakGpuBytes: number;
+  /** Parameters recorded in the output PNG. */
+  parameters: Record<string, string>;
+}
+
+export interface LoadOptions {
+  vramBudget?: number;
+  gpu?: Gpu;
+  onProgress?: (p: Progress) => void;
+}
+
+/** Read `--noise FILE`: a safetensors file holding exactly one tensor of shape [1, 16, h, w]. */
+export async function readNoiseFile(path: string, h: number, w: number): Promise<Float32Array> {
+  const f = await SafetensorsFile.open(path);
+  try {
+    const names = [...f.tensors.keys()];
+    if (names.length !== 1) throw new Step1xError(`--noise ${path}: expected exactly one tensor, found ${names.length} (${names.slice(0, 5).join(', ')})`, ExitCode.USAGE);
+    const info = f.tensors.get(names[0])!;
+    const want = [1, 16, h, w];
+    if (info.shape.length !== 4 || info.shape.some((d, i) => d !== want[i]))
+      throw new Step1xError(`--noise ${path}: tensor "${names[0]}" has shape ${fmtShape(info.shape)}, this edit needs ${fmtShape(want)}`, ExitCode.USAGE);
+    return await f.readF32(names[0]);
+  } finally {
+    await f.close();
+  }
+}
+
+export class EditPipeline {
+  private constructor(
+    readonly gpu: Gpu,
+    readonly files: ModelFiles,
+    readonly tokenizer: QwenTokenizer,
+    private readonly opts: LoadOptions,
+    private readonly ownsGpu: boolean,
+  ) {}
+
+  /** Checks the files and acquires the GPU; models are loaded per stage by `run()`. */
+  static async load(files: ModelFiles, opts: LoadOptions = {}): Promise<EditPipeline> {
+    opts.onProgress?.({ stage: 'load', message: 'opening the GPU and the tokenizer' });
+    const tokenizer = QwenTokenizer.load(files.qwenDir);
+    const gpu = opts.gpu ?? (await Gpu.create());
+    return new EditPipeline(gpu, files, tokenizer, opts, !opts.gpu);
+  }
+
+  async *run(req: EditRequest, trace?: Trace): AsyncGenerator<Progress, EditResult> {
+    const g = this.gpu;
+    const steps = req.steps ?? 28, cfg = req.cfg ?? 6.0, seed = req.seed ?? 42, size = req.size ?? 512;
+    const negative = req.negative ?? '';
+    const timings: Record<string, number> = {};
+    const tStart = performance.now();
+    let t0 = tStart;
+    const lap = (name: string) => {
+      const now = performance.now();
+      timings[name] = +((now - t0) / 1000).toFixed(3);
+      t0 = now;
+    };
+    g.pool.resetPeak();
+    const emb = this.files.hparams?.embedder ?? {};
+
+    // -- preprocess -------------------------------------------------------------------------------
+    yield { stage: 'preprocess', message: 'resizing the input' };
+    const photo = req.image;
+    const ref = inputProcessImage(photo, size); // [h, w, 3] u8, sides multiples of 16
+    trace?.('mid.ref_resized_u8', ref.data, [ref.height, ref.width, 3], 'u8');
+    const qp = qwenProcessImage(ref, { minPixels: emb.min_pixels ?? STEP1X_MIN_PIXELS, maxPixels: emb.max_pixels ?? STEP1X_MAX_PIXELS });
+    trace?.('mid.qwen_fetched_u8', qp.fetched.data, [qp.fetched.height, qp.fetched.width, 3], 'u8');
+    trace?.('mid.qwen_resized_u8', qp.resized.data, [qp.resized.height, qp.resized.width, 3], 'u8');
+    trace?.('mid.image_grid_thw', Int32Array.from(qp.gridThw), [1, 3], 'i64');
+    trace?.('mid.pixel_values', qp.pixelValues, [qp.numPatches, qp.pixelValues.length / qp.numPatches]);
+    const prompts = [req.instruction, negative].map((c) => buildStep1xInputIds(this.tokenizer, c, qp.numImageTokens, { maxLength: emb.max_length, dropPrefix: emb.drop_prefix_tokens }));
+    (['cond', 'uncond'] as const).forEach((k, i) => {
+      trace?.(`mid.input_ids.${k}`, prompts[i].inputIds, [prompts[i].inputIds.length], 'i64');
+      trace?.(`mid.attention_mask.${k}`, prompts[i].attentionMask, [prompts[i].attentionMask.length], 'i64');
+    });
+    const lh = ref.height / 8, lw = ref.width / 8;
+    let noise = req.noise;
+    if (!noise && req.noisePath) noise = await readNoiseFile(req.noisePath, lh, lw);
+    noise ??= initialNoise(seed, lh, lw);
+    if (noise.length !== 16 * lh * lw) throw new Step1xError(`noise has ${noise.length} values, this edit needs [1, 16, ${lh}, ${lw}]`, ExitCode.USAGE);
+    lap('preprocess');
+
+    // -- embed: Qwen2.5-VL, loaded for this stage only --------------------------------------------
+    yield { stage: 'embed', message: 'Qwen2.5-VL: embedding the instruction and the image' };
+    const embedded = await runEmbed(g, this.files, prompts, qp, { budget: this.opts.vramBudget, maxLength: emb.max_length, drop: emb.drop_prefix_tokens, trace, onInfo: (m) => this.opts.onProgress?.({ stage: 'embed', message: m }) });
+    lap('embed');
+    yield { stage: 'embed', done: true, message: `embedded ${prompts.map((p) => p.inputIds.length).join(' + ')} tokens (${timings.embed}s)` };
+
+    // -- encode the reference ---------------------------------------------------------------------
+    yield { stage: 'encode', message: 'VAE: encoding the reference image' };
+    const refLatent = await runVaeEncode(g, this.files, ref, { sampleSeed: req.sampleEncode ? seed + 1 : undefined, trace });
+    lap('encode');
+
+    // -- sample -----------------------------------------------------------------------------------
+    // The denoise loop reports through a callback; relay its events as they happen.
+    const queue: Progress[] = [];
+    let wake: (() => void) | null = null;
+    let finished = false;
+    const sampling = runDenoise(g, this.files, {
+      noise, refLatent, lh, lw, llmEmbedding: embedded.embeddings, mask: embedded.mask, T: embedded.maxLength, steps, cfg,
+      budget: this.opts.vramBudget, trace,
+      onStep: (i, n) => {
+        queue.push({ stage: 'sample', step: i, total: n });
+        wake?.();
+      },
+    }).finally(() => {
+      finished = true;
+      wake?.();
+    });
+    yield { stage: 'sample', step: 0, total: steps };
+    while (!finished || queue.length) {
+      if (queue.length) yield queue.shift()!;
+      else await new Promise<void>((r) => (wake = r));
+      wake = null;
+    }
+    const latent = await sampling;
+    lap('sample');
+    yield { stage: 'sample', done: true, message: `sampled ${steps} steps at ${ref.width}×${ref.height} (${timings.sample}s)` };
+
+    // -- decode -----------------------------------------------------------------------------------
+    yield { stage: 'decode', message: 'VAE: decoding' };
+    const small = await runVaeDecode(g, this.files, latent, lh, lw, trace);
+    lap('decode');
+
+    // -- postprocess: resize back (PIL bicubic) unless the user keeps the working size --------------
+    const out = req.nativeSize || (small.width === photo.width && small.height === photo.height) ? small : resize(small, photo.width, photo.height, 'bicubic');
+    trace?.('out.rgb_u8', out.data, [out.height, out.width, 3], 'u8');
+    lap('postprocess');
+    timings.total = +((performance.now() - tStart) / 1000).toFixed(3);
+    return {
+      image: out,
+      workingSize: [ref.width, ref.height],
+      seed,
+      timings,
+      peakGpuBytes: g.pool.peakLiveBytes,
+      parameters: {
+        instruction: req.instruction,
+        negative,
+        seed: req.noise || req.noisePath ? `${seed} (noise from ${req.noisePath ?? 'caller'})` : String(seed),
+        steps: String(steps),
+        cfg: String(cfg),
+        size: String(size),
+        'working-size': `${ref.width}x${ref.height}`,
+        'vae-encode': req.sampleEncode ? 'sample' : 'mean',
+        models: [this.files.dit, this.files.vae, this.files.qwenDir].map((p) => p.split(/[\\/]/).pop()).join(', '),
+      },
+    };
+  }
+
+  /** Convenience: run to completion, forwarding progress to a callback. */
+  async edit(req: EditRequest, onProgress?: (p: Progress) => void, trace?: Trace): Promise<EditResult> {
+    const it = this.run(req, trace);
+    for (;;) {
+      const r = await it.next();
+      if (r.done) return r.value;
+      onProgress?.(r.value);
+    }
+  }
+
+  dispose(): void {
+    if (this.ownsGpu) this.gpu.destroy();
+  }
+}

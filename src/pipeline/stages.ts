@@ -1,0 +1,206 @@
+/**
+ * The model stages of an edit, each loading its model, running it, and freeing it before returning.
+ * Without a GPU budget the weights are kept resident; when that runs out of GPU memory, the stage is
+ * retried once with its blocks streamed from disk, and the fallback is reported. Host arrays go in and
+ * out, so the GPU holds at most one model at a time.
+ *
+ * `Trace` receives intermediates under the golden `e2e` names (mid.*, out.*); golden kinds and
+ * `step1x golden` use it, the CLI passes none.
+ */
+import type { Gpu } from '../runtime/gpu.js';
+import { ExitCode, Step1xError } from '../errors.js';
+import type { ModelFiles } from '../io/model-files.js';
+import { Checkpoint, checkKeys } from '../io/checkpoint.js';
+import type { RgbImage } from '../io/resize.js';
+import { AutoEncoder, type AeConfig } from '../models/vae.js';
+import { Step1XEdit } from '../models/dit.js';
+import { configFromCheckpoint, expectedDitKeys } from '../models/dit-config.js';
+import { QwenVL } from '../models/qwen25vl/model.js';
+import { embedPrompts, type EmbedderOutput } from '../models/qwen25vl/embedder.js';
+import type { QwenProcessed } from '../models/qwen25vl/processor.js';
+import type { Step1xPrompt } from '../models/qwen25vl/prompt.js';
+import { getSchedule, denoise } from './sampling.js';
+import { prepare, imageSeqLen, unpack2x2Host } from './prepare.js';
+import { randnF32 } from './rng.js';
+
+export type Trace = (name: string, data: Float32Array | Int32Array | Uint8Array, shape: number[], kind?: 'f32' | 'i64' | 'u8') => void;
+
+/** Run `stage(budget)`; on GPU out-of-memory without a budget, free everything and retry streaming. */
+async function withOomFallback<T>(g: Gpu, what: string, budget: number | undefined, stage: (budget: number | undefined) => Promise<T>, info?: (m: string) => void): Promise<T> {
+  try {
+    return await stage(budget);
+  } catch (e) {
+    if (!(e instanceof Step1xError) || e.code !== ExitCode.GPU_OOM || budget !== undefined) throw e;
+    g.pool.trim();
+    g.flush();
+    info?.(`${what}: out of GPU memory with all weights resident; retrying with weights streamed from disk`);
+    return stage(0);
+  }
+}
+
+export interface EmbedOptions {
+  budget?: number;
+  maxLength?: number;
+  drop?: number;
+  trace?: Trace;
+  onInfo?: (m: string) => void;
+}
+
+/** Qwen2.5-VL over the prompts (cond, uncond) with the same image → llm_embedding [B, maxLength, D], mask. */
+export async function runEmbed(g: Gpu, files: ModelFiles, prompts: Step1xPrompt[], qp: QwenProcessed, o: EmbedOptions = {}): Promise<EmbedderOutput> {
+  const inputs = prompts.map((p) => ({ inputIds: p.inputIds, attentionMask: p.attentionMask, pixelValues: qp.pixelValues, gridThw: [qp.gridThw] as [number, number, number][] }));
+  return withOomFallback(g, 'Qwen2.5-VL', o.budget, async (budget) => {
+    const model = await QwenVL.load(g, files.qwenDir, budget !== undefined ? { gpuBudgetBytes: budget } : {});
+    try {
+      if (model.streamed.text || model.streamed.vision) o.onInfo?.(`Qwen2.5-VL: streaming ${model.streamed.text ? 'text' : ''}${model.streamed.text && model.streamed.vision ? ' and ' : ''}${model.streamed.vision ? 'vision' : ''} layers from disk under the GPU budget`);
+      const names = ['cond', 'uncond'];
+      const out = await embedPrompts(g, model, inputs, {
+        maxLength: o.maxLength,
+        dropPrefixTokens: o.drop,
+        trace: o.trace ? { visionOut: async (t) => o.trace!('mid.vision_out', await g.readF32(t), [...t.shape].slice(-2)) } : undefined,
+        onFinalNorm: o.trace ? (b, data, L) => o.trace!(`mid.llm_last_hidden.${names[b] ?? b}`, data, [L, data.length / L]) : undefined,
+      });
+      o.trace?.('mid.llm_embedding', out.embeddings, [out.batch, out.maxLength, out.hidden]);
+      o.trace?.('mid.mask', out.mask, [out.batch, out.maxLength], 'i64');
+      return out;
+    } finally {
+      await model.dispose();
+      g.pool.trim();
+    }
+  }, o.onInfo);
+}
+
+/** to_tensor(img)·2 − 1 as [1, 3, H, W] f32 (u8/255 in f32, then ×2 − 1 in f32 like torch). */
+export function imageToModelInput(img: RgbImage): Float32Array {
+  const { width: W, height: H, data } = img;
+  const out = new Float32Array(3 * H * W);
+  const f = Math.fround;
+  for (let c = 0; c < 3; c++)
+    for (let i = 0; i < H * W; i++) out[c * H * W + i] = f(f(f(data[i * 3 + c] / 255) * 2) - 1);
+  return out;
+}
+
+/** decoded [1, 3, H, W] → clamp(−1, 1)·0.5 + 0.5 → to_pil_image (truncating ×255) → RGB u8. */
+export function modelOutputToImage(x: Float32Array, H: number, W: number): RgbImage {
+  const data = new Uint8Array(H * W * 3);
+  const f = Math.fround;
+  for (let c = 0; c < 3; c++)
+    for (let i = 0; i < H * W; i++) {
+      const v = Math.min(1, Math.max(-1, x[c * H * W + i]));
+      const u = f(f(v * 0.5) + 0.5);
+      data[i * 3 + c] = Math.min(255, Math.max(0, Math.trunc(f(u * 255))));
+    }
+  return { width: W, height: H, data };
+}
+
+function aeBase(files: ModelFiles): Partial<AeConfig> {
+  return (files.hparams?.ae ?? {}) as Partial<AeConfig>;
+}
+
+/** VAE encode of the reference → ref latent [1, 16, h/8, w/8] (mean path, or sampled with a seed). */
+export async function runVaeEncode(g: Gpu, files: ModelFiles, ref: RgbImage, o: { sampleSeed?: number; eps?: Float32Array; trace?: Trace } = {}): Promise<Float32Array> {
+  const vae = await AutoEncoder.load(g, files.vae, aeBase(files));
+  const x = g.upload(imageToModelInput(ref), [1, 3, ref.height, ref.width]);
+  try {
+    const zc = vae.config.z_channels, lh = ref.height / 8, lw = ref.width / 8;
+    const eps = o.eps ?? (o.sampleSeed !== undefined ? randnF32(zc * lh * lw, o.sampleSeed) : undefined);
+    const r = await vae.encode(x, eps ? { sample: eps } : {});
+    try {
+      o.trace?.('mid.ref_moments', await g.readF32(r.moments), [...r.moments.shape]);
+      const latent = await g.readF32(r.latent);
+      o.trace?.(eps ? 'mid.ref_latent_sampled' : 'mid.ref_latent', latent, [...r.latent.shape]);
+      return latent;
+    } finally {
+      for (const t of [r.moments, r.mean, r.logvar, r.latent]) t.dispose();
+    }
+  } finally {
+    x.dispose();
+    vae.dispose();
+    g.pool.trim();
+  }
+}
+
+export interface DenoiseStageOptions {
+  noise: Float32Array; // [1, 16, lh, lw]
+  refLatent: Float32Array; // [1, 16, lh, lw]
+  lh: number;
+  lw: number;
+  llmEmbedding: Float32Array; // [2, T, Cllm]
+  mask: Int32Array | Float32Array; // [2, T]
+  T: number;
+  steps: number;
+  cfg: number;
+  budget?: number;
+  trace?: Trace;
+  onStep?: (done: number, total: number) => void;
+  onInfo?: (m: string) => void;
+}
+
+/** Load the DiT + connector and run the official denoise loop → packed latent [1, N, 64]. */
+export async function runDenoise(g: Gpu, files: ModelFiles, o: DenoiseStageOptions): Promise<Float32Array> {
+  const B = 2;
+  const timesteps = getSchedule(o.steps, imageSeqLen(o.lh, o.lw));
+  o.trace?.('mid.timesteps', timesteps, [timesteps.length]);
+  const prep = prepare(o.noise, o.refLatent, [1, 16, o.lh, o.lw], B, o.T);
+  const L = prep.img.length / B / prep.channels;
+  o.trace?.('mid.img', prep.img, [B, L, prep.channels]);
+  o.trace?.('mid.img_ids', prep.imgIds, [B, L, 3]);
+  o.trace?.('mid.txt_ids', prep.txtIds, [B, o.T, 3]);
+  const mask = Float32Array.from(o.mask);
+  return withOomFallback(g, 'DiT', o.budget, async (budget) => {
+    const ckpt = await Checkpoint.open(files.dit);
+    let model: Step1XEdit | undefined;
+    try {
+      const shapeOf = (n: string) => (ckpt.has(n) ? ckpt.info(n).shape : undefined);
+      const cfg = configFromCheckpoint(ckpt.keys(), shapeOf, files.hparams ?? {}, files.dit);
+      checkKeys(ckpt, expectedDitKeys(cfg), { what: 'DiT checkpoint' });
+      model = await Step1XEdit.load(g, ckpt, cfg, budget !== undefined ? { budgetBytes: budget } : {});
+      if (model.streamedBlocks) o.onInfo?.(`DiT: streaming ${model.streamedBlocks} blocks from disk under the GPU budget`);
+      const pred = model.predictor({ llmEmbedding: o.llmEmbedding, mask, imgIds: prep.imgIds, txtIds: prep.txtIds, T: o.T, L });
+      try {
+        const out = await denoise(pred, prep.img, B, {
+          timesteps,
+          cfgGuidance: o.cfg,
+          channels: prep.channels,
+          onStep: (s) => {
+            o.trace?.(`mid.step${s.step}.t_vec`, new Float32Array(B).fill(s.tCurr), [B]);
+            o.trace?.(`mid.step${s.step}.pred_raw`, s.predRaw, [B, L, prep.channels]);
+            o.trace?.(`mid.step${s.step}.pred_guided`, s.predGuided, [1, L, prep.channels]);
+            o.trace?.(`mid.step${s.step}.latent_after`, s.latentAfter, [1, L, prep.channels]);
+            o.onStep?.(s.step + 1, s.total);
+          },
+        });
+        o.trace?.('mid.latent_packed', out, [1, L / 2, prep.channels]);
+        return out;
+      } finally {
+        pred.dispose();
+      }
+    } finally {
+      model?.dispose();
+      await ckpt.close();
+      g.pool.trim();
+    }
+  }, o.onInfo);
+}
+
+/** Unpack [1, N, 64] → latent [1, 16, lh, lw], VAE decode, clamp, truncate to u8. */
+export async function runVaeDecode(g: Gpu, files: ModelFiles, packed: Float32Array, lh: number, lw: number, trace?: Trace): Promise<RgbImage> {
+  const latent = unpack2x2Host(packed, 1, 16, lh / 2, lw / 2);
+  trace?.('mid.latent', latent, [1, 16, lh, lw]);
+  const vae = await AutoEncoder.load(g, files.vae, aeBase(files));
+  const z = g.upload(latent, [1, 16, lh, lw]);
+  try {
+    const dec = await vae.decode(z);
+    const [, , H, W] = dec.shape;
+    const x = await g.readF32(dec);
+    dec.dispose();
+    trace?.('mid.decoded', x, [1, 3, H, W]);
+    const img = modelOutputToImage(x, H, W);
+    trace?.('out.rgb_small_u8', img.data, [H, W, 3], 'u8');
+    return img;
+  } finally {
+    z.dispose();
+    vae.dispose();
+    g.pool.trim();
+  }
+}
