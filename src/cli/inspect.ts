@@ -1,3 +1,202 @@
+/**
+ * `step1x inspect <path>`: what is in a checkpoint or an output image, without a GPU.
+ *   - safetensors file, sharded directory (or its index.json), or a directory with one .safetensors:
+ *     a table of name / dtype / shape / bytes and totals. Reads headers only: instant on a 25 GB file.
+ *   - a model directory in the official layout (several checkpoints): one summary line per checkpoint.
+ *   - PNG: size, format and the tEXt/zTXt/iTXt chunks (the parameters step1x writes into its outputs).
+ * `--json` prints one JSON object instead.
+ */
 import type { Command } from 'commander';
-/** Placeholder: replaced by the owner of the `inspect` command. */
-export function register(_program: Command): void {}
+import { readdir, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Checkpoint } from '../io/checkpoint.js';
+import { numelOfShape, ST_DTYPE_BYTES } from '../io/safetensors.js';
+import { isPngFile, readPngInfo, type PngInfo } from '../io/png-text.js';
+import { ExitCode, Step1xError, fmtShape } from '../errors.js';
+
+interface InspectOptions {
+  json?: boolean;
+  filter?: string;
+}
+
+const out = (s: string) => process.stdout.write(s + '\n');
+
+let epipeGuard = false;
+/** `step1x inspect big.safetensors | head` closes the pipe early: end quietly, not with a stack trace. */
+export function exitQuietlyOnEpipe(): void {
+  if (epipeGuard) return;
+  epipeGuard = true;
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code === 'EPIPE') process.exit(0);
+    throw e;
+  });
+}
+const group = (n: number) => n.toLocaleString('en-US');
+
+export function humanBytes(n: number): string {
+  const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  let v = n;
+  while (v >= 1024 && i < u.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return i === 0 ? `${n} B` : `${v.toFixed(v < 10 ? 2 : 1)} ${u[i]}`;
+}
+
+function summarize(ck: Checkpoint, filter?: string) {
+  const rows = ck
+    .keys()
+    .filter((k) => !filter || k.includes(filter))
+    .map((name) => {
+      const t = ck.info(name);
+      const numel = numelOfShape(t.shape);
+      return { name, dtype: t.dtype, shape: t.shape, params: numel, bytes: numel * ST_DTYPE_BYTES[t.dtype], file: t.file };
+    });
+  const totals = {
+    count: rows.length,
+    params: rows.reduce((s, r) => s + r.params, 0),
+    bytes: rows.reduce((s, r) => s + r.bytes, 0),
+  };
+  const byDtype: Record<string, number> = {};
+  for (const r of [...rows].sort((a, b) => (a.dtype < b.dtype ? -1 : a.dtype > b.dtype ? 1 : 0))) byDtype[r.dtype] = (byDtype[r.dtype] ?? 0) + r.params;
+  const files = ck.files.map((f) => ({ path: f.path, size: f.fileSize, tensors: f.tensors.size, metadata: f.metadata }));
+  return { rows, totals, byDtype, files };
+}
+
+const fmtDtypes = (byDtype: Record<string, number>) =>
+  Object.entries(byDtype)
+    .map(([d, n]) => `${d} ${group(n)}`)
+    .join(', ');
+
+export async function inspectCheckpoint(path: string, opts: InspectOptions): Promise<void> {
+  const ck = await Checkpoint.open(path);
+  try {
+    const { rows, totals, byDtype, files } = summarize(ck, opts.filter);
+    if (opts.json) {
+      out(JSON.stringify({ kind: 'safetensors', path, files, metadata: ck.metadata, tensors: rows, totals, paramsByDtype: byDtype }, null, 1));
+      return;
+    }
+    out(`${path}: ${ck.files.length === 1 ? 'safetensors file' : `sharded checkpoint, ${ck.files.length} files`}`);
+    for (const f of files)
+      out(`  ${f.path}  ${humanBytes(f.size)}, ${f.tensors} tensors${Object.keys(f.metadata).length ? `, metadata ${JSON.stringify(f.metadata)}` : ''}`);
+    const wName = Math.max(4, ...rows.map((r) => r.name.length));
+    const wShape = Math.max(5, ...rows.map((r) => fmtShape(r.shape).length));
+    const wBytes = Math.max(5, ...rows.map((r) => group(r.bytes).length));
+    out('');
+    out(`${'name'.padEnd(wName)}  ${'dtype'.padEnd(7)} ${'shape'.padEnd(wShape)}  ${'bytes'.padStart(wBytes)}`);
+    for (const r of rows) out(`${r.name.padEnd(wName)}  ${r.dtype.padEnd(7)} ${fmtShape(r.shape).padEnd(wShape)}  ${group(r.bytes).padStart(wBytes)}`);
+    out('');
+    const dt = fmtDtypes(byDtype);
+    out(
+      `total${opts.filter ? ` (matching "${opts.filter}")` : ''}: ${group(totals.count)} tensors, ${group(totals.params)} parameters${dt ? ` (${dt})` : ''}, ` +
+        `${group(totals.bytes)} bytes (${humanBytes(totals.bytes)})`,
+    );
+  } finally {
+    await ck.close();
+  }
+}
+
+const COLOR_TYPES: Record<number, string> = { 0: 'grayscale', 2: 'RGB', 3: 'palette', 4: 'grayscale+alpha', 6: 'RGBA' };
+
+export async function inspectPng(path: string, opts: InspectOptions): Promise<PngInfo> {
+  const info = await readPngInfo(path);
+  if (opts.json) {
+    out(JSON.stringify({ kind: 'png', path, ...info }, null, 1));
+    return info;
+  }
+  out(
+    `${path}: PNG ${info.width}x${info.height}, ${info.bitDepth}-bit ${COLOR_TYPES[info.colorType] ?? `color type ${info.colorType}`}` +
+      `${info.interlaced ? ', interlaced' : ''}, ${group(info.fileSize)} bytes`,
+  );
+  out(`chunks: ${info.chunks.join(' ')}`);
+  if (!info.text.length) out('no text chunks');
+  for (const t of info.text) {
+    const lines = t.text.split('\n');
+    out(`${t.keyword} (${t.type}): ${lines[0]}`);
+    for (const l of lines.slice(1)) out(`  ${l}`);
+  }
+  return info;
+}
+
+export async function inspectPath(path: string, opts: InspectOptions): Promise<void> {
+  let st;
+  try {
+    st = await stat(path);
+  } catch {
+    throw new Step1xError(`inspect: ${path}: no such file or directory`, ExitCode.INPUT);
+  }
+  if (st.isFile() && (await isPngFile(path))) {
+    await inspectPng(path, opts);
+    return;
+  }
+  if (st.isFile() && /\.(jpe?g|webp|gif|bmp)$/i.test(path))
+    throw new Step1xError(`inspect: ${path}: only PNG images carry step1x parameters; nothing to show`, ExitCode.INPUT);
+  if (st.isDirectory()) {
+    const parts = await modelDirParts(path);
+    if (parts.length > 1) return inspectModelDir(path, parts, opts);
+  }
+  await inspectCheckpoint(path, opts);
+}
+
+/**
+ * The checkpoints of a model directory in the official layout (DiT file, vae.safetensors,
+ * Qwen2.5-VL-7B-Instruct/ sharded): its .safetensors files and its subdirectories holding a
+ * *.safetensors.index.json. Empty when the directory is itself one checkpoint (has an index).
+ */
+async function modelDirParts(dir: string): Promise<string[]> {
+  // Hugging Face cache snapshots hold symlinks: classify entries by what they point to.
+  const kinds = await Promise.all(
+    (await readdir(dir)).map(async (name) => {
+      const s = await stat(join(dir, name)).catch(() => null);
+      return { name, file: !!s?.isFile(), dir: !!s?.isDirectory() };
+    }),
+  );
+  if (kinds.some((e) => e.file && e.name.endsWith('.safetensors.index.json'))) return [];
+  const parts = kinds.filter((e) => e.file && e.name.endsWith('.safetensors')).map((e) => join(dir, e.name));
+  for (const e of kinds.filter((x) => x.dir)) {
+    const sub = await readdir(join(dir, e.name)).catch(() => [] as string[]);
+    if (sub.some((n) => n.endsWith('.safetensors.index.json'))) parts.push(join(dir, e.name));
+  }
+  return parts.sort();
+}
+
+/** One summary line per checkpoint of a model directory (headers only). */
+async function inspectModelDir(dir: string, parts: string[], opts: InspectOptions): Promise<void> {
+  const items = [];
+  for (const p of parts) {
+    const ck = await Checkpoint.open(p);
+    try {
+      const { totals, byDtype, files } = summarize(ck, opts.filter);
+      items.push({ path: p, files: files.length, totals, paramsByDtype: byDtype });
+    } finally {
+      await ck.close();
+    }
+  }
+  if (opts.json) {
+    out(JSON.stringify({ kind: 'directory', path: dir, checkpoints: items }, null, 1));
+    return;
+  }
+  out(`${dir}: model directory, ${items.length} checkpoints`);
+  const w = Math.max(...items.map((i) => i.path.length));
+  for (const i of items)
+    out(
+      `  ${i.path.padEnd(w)}  ${i.files > 1 ? `${i.files} shards, ` : ''}${group(i.totals.count)} tensors, ` +
+        `${group(i.totals.params)} parameters (${fmtDtypes(i.paramsByDtype)}), ${humanBytes(i.totals.bytes)}`,
+    );
+  const all = items.reduce((s, i) => s + i.totals.params, 0);
+  out(`total: ${group(all)} parameters, ${humanBytes(items.reduce((s, i) => s + i.totals.bytes, 0))}; run "step1x inspect <checkpoint>" for its tensors`);
+}
+
+export function register(program: Command): void {
+  program
+    .command('inspect')
+    .description('show the tensors of a safetensors file / sharded checkpoint directory, or the size and text chunks of a PNG')
+    .argument('<path>', '.safetensors file, checkpoint directory (sharded with *.safetensors.index.json), or .png')
+    .option('--json', 'print JSON instead of a table')
+    .option('--filter <text>', 'only tensors whose name contains this text')
+    .action(async (path: string, opts: InspectOptions) => {
+      exitQuietlyOnEpipe();
+      await inspectPath(path, opts);
+    });
+}

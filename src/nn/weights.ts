@@ -1,0 +1,42 @@
+/**
+ * Bridge from a Checkpoint (host, lazy positional reads) to GPU tensors. One tensor is read at a time,
+ * so host memory peaks at the size of the largest single weight, whatever the checkpoint size.
+ *
+ *   BF16 → packed 'bf16' tensor (two per u32, shaders widen exactly) unless as: 'f32'
+ *   F16  → 'f16'                                                     unless as: 'f32'
+ *   F32  → 'f32'
+ *   F64, I64, I16, I8, U8, BOOL → 'f32' (converted on the host); I32 → 'i32' unless as: 'f32'
+ */
+import type { Gpu } from '../runtime/gpu.js';
+import type { Tensor } from '../runtime/tensor.js';
+import type { Checkpoint } from '../io/checkpoint.js';
+import { bytesToF32, numelOfShape } from '../io/safetensors.js';
+import { ExitCode, Step1xError, fmtShape } from '../errors.js';
+
+export interface LoadWeightOptions {
+  /** 'native' (default) keeps bf16/f16 packed; 'f32' widens on the host. */
+  as?: 'native' | 'f32';
+  /** Expected shape: a mismatch is a WEIGHTS error naming the tensor and both shapes. */
+  shape?: readonly number[];
+}
+
+export async function loadWeight(g: Gpu, ckpt: Checkpoint, name: string, opts: LoadWeightOptions = {}): Promise<Tensor> {
+  const info = ckpt.info(name);
+  if (opts.shape && (opts.shape.length !== info.shape.length || opts.shape.some((d, i) => d !== info.shape[i])))
+    throw new Step1xError(`${ckpt.path}: tensor "${name}" has shape ${fmtShape(info.shape)}, the model expects ${fmtShape(opts.shape)}`, ExitCode.WEIGHTS);
+  const bytes = await ckpt.readBytes(name);
+  const n = numelOfShape(info.shape);
+  const native = (opts.as ?? 'native') === 'native';
+  // readBytes returns a fresh buffer at offset 0, so typed views are aligned.
+  if (native && info.dtype === 'BF16') return g.upload(new Uint16Array(bytes.buffer, bytes.byteOffset, n), info.shape, 'bf16', name);
+  if (native && info.dtype === 'F16') return g.upload(new Uint16Array(bytes.buffer, bytes.byteOffset, n), info.shape, 'f16', name);
+  if (native && info.dtype === 'I32') return g.upload(new Int32Array(bytes.buffer, bytes.byteOffset, n), info.shape, 'i32', name);
+  if (info.dtype === 'F8_E4M3' || info.dtype === 'F8_E5M2')
+    throw new Step1xError(`${ckpt.path}: tensor "${name}" is ${info.dtype}; fp8 weights are not supported`, ExitCode.WEIGHTS);
+  return g.upload(bytesToF32(ckpt.path, info, bytes), info.shape, 'f32', name);
+}
+
+/** Load `name` if the checkpoint has it, else undefined (optional biases). */
+export async function loadOptional(g: Gpu, ckpt: Checkpoint, name: string, opts: LoadWeightOptions = {}): Promise<Tensor | undefined> {
+  return ckpt.has(name) ? loadWeight(g, ckpt, name, opts) : undefined;
+}
