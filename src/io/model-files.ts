@@ -49,6 +49,11 @@ const SIZES: Record<string, string> = {
   [QWEN_DIR]: '16.6 GB (5 shards + tokenizer/config files)',
 };
 
+/** A required file, or its gzip-compressed form (the tokenizer of the in-repo test model). */
+function hasFile(dir: string, f: string): boolean {
+  return existsSync(join(dir, f)) || existsSync(join(dir, `${f}.gz`));
+}
+
 function hfHub(): string {
   const home = process.env.HF_HOME ?? join(homedir(), '.cache', 'huggingface');
   return process.env.HF_HUB_CACHE ?? join(home, 'hub');
@@ -106,7 +111,7 @@ export function modelFilesInDir(dir: string, source = dir): ModelFiles {
   if (!existsSync(vae)) missing.push(VAE_FILE);
   const qwenDir = join(root, QWEN_DIR);
   if (!existsSync(qwenDir)) missing.push(QWEN_DIR);
-  else for (const f of QWEN_REQUIRED) if (!existsSync(join(qwenDir, f))) missing.push(`${QWEN_DIR}/${f}`);
+  else for (const f of QWEN_REQUIRED) if (!hasFile(qwenDir, f)) missing.push(`${QWEN_DIR}/${f}`);
   if (missing.length) throw new Step1xError(missingMessage(root, missing), ExitCode.WEIGHTS);
   const hp = join(root, 'step1x.json');
   const files: ModelFiles = { source, dit: dit!, vae, qwenDir };
@@ -133,7 +138,7 @@ export function resolveModelFiles(modelOpt?: string): ModelFiles {
   // The Qwen weights may also sit inside the Step1X snapshot in the official layout.
   const qwenDir = q ?? (s && existsSync(join(s, QWEN_DIR)) ? join(s, QWEN_DIR) : undefined);
   if (!qwenDir) missing.push(`${HF_REPO_QWEN} (${SIZES[QWEN_DIR]})`);
-  else for (const f of QWEN_REQUIRED) if (!existsSync(join(qwenDir, f))) missing.push(`${HF_REPO_QWEN}: ${f}`);
+  else for (const f of QWEN_REQUIRED) if (!hasFile(qwenDir, f)) missing.push(`${HF_REPO_QWEN}: ${f}`);
   if (missing.length)
     throw new Step1xError(
       `no --model given, $STEP1X_MODEL unset, and the Hugging Face cache (${hub}) lacks files. ` + missingMessage(hub, missing),

@@ -10,6 +10,7 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { gunzipSync } from 'node:zlib';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { Step1xError, ExitCode } from '../../errors.js';
 
@@ -35,10 +36,15 @@ export class QwenTokenizer {
     readonly dir: string,
   ) {}
 
-  /** Load from a model directory (or a direct path to tokenizer.json). */
+  /**
+   * Load from a model directory (or a direct path to tokenizer.json). A gzip-compressed
+   * `tokenizer.json.gz` is accepted in place of `tokenizer.json` (the in-repo test model ships one).
+   */
   static load(pathOrDir: string): QwenTokenizer {
-    const file = pathOrDir.endsWith('.json') ? pathOrDir : join(pathOrDir, 'tokenizer.json');
-    const dir = pathOrDir.endsWith('.json') ? join(pathOrDir, '..') : pathOrDir;
+    const direct = /\.json(\.gz)?$/.test(pathOrDir);
+    let file = direct ? pathOrDir : join(pathOrDir, 'tokenizer.json');
+    const dir = direct ? join(pathOrDir, '..') : pathOrDir;
+    if (!existsSync(file) && existsSync(`${file}.gz`)) file = `${file}.gz`;
     if (!existsSync(file))
       throw new Step1xError(`tokenizer: ${file} not found (expected the Qwen2.5-VL model directory)`, ExitCode.WEIGHTS);
     const tj = readJson(file);
@@ -91,7 +97,8 @@ export class QwenTokenizer {
 
 function readJson(file: string): any {
   try {
-    return JSON.parse(readFileSync(file, 'utf8'));
+    const raw = readFileSync(file);
+    return JSON.parse((file.endsWith('.gz') ? gunzipSync(raw) : raw).toString('utf8'));
   } catch (e) {
     throw new Step1xError(`tokenizer: cannot read ${file}: ${(e as Error).message}`, ExitCode.WEIGHTS);
   }
