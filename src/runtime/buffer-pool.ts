@@ -71,6 +71,15 @@ export class BufferPool {
     this.cachedBytes = 0;
   }
 
+  /**
+   * Destroy a buffer handed out by `acquire` that no command has used yet (a failed allocation):
+   * it is neither cached nor counted as live any more.
+   */
+  discard(pb: PooledBuffer): void {
+    this.liveBytes -= pb.size;
+    pb.buffer.destroy();
+  }
+
   /** Called by the runtime right after a submit: nothing unsubmitted refers to these any more. */
   collect(): void {
     for (const pb of this.toDestroy) pb.buffer.destroy();

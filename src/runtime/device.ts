@@ -114,6 +114,8 @@ export interface DeviceHandle {
   /** First uncaptured error or loss reason; thrown at the next sync point. */
   pendingError: Error | null;
   lost: boolean;
+  /** Set when the device was lost (not by our own destroy()): every later sync point throws it. */
+  lostError: Step1xError | null;
 }
 
 export async function createDevice(opts: DeviceOptions = {}): Promise<DeviceHandle> {
@@ -142,6 +144,7 @@ export async function createDevice(opts: DeviceOptions = {}): Promise<DeviceHand
     maxWorkgroupsPerDim: device.limits.maxComputeWorkgroupsPerDimension,
     pendingError: null,
     lost: false,
+    lostError: null,
   };
   device.addEventListener('uncapturederror', (ev) => {
     const err = (ev as GPUUncapturedErrorEvent).error;
@@ -155,10 +158,19 @@ export async function createDevice(opts: DeviceOptions = {}): Promise<DeviceHand
       );
     }
   });
-  void device.lost.then((info) => {
-    handle.lost = true;
-    if (info.reason !== 'destroyed' && !handle.pendingError)
-      handle.pendingError = new Step1xError(`GPU device lost: ${info.message}`, ExitCode.GPU);
-  });
+  void device.lost.then((info) => markDeviceLost(handle, info));
   return handle;
+}
+
+/**
+ * Record a device loss. A loss we caused (reason 'destroyed') is silent; any other makes every later
+ * sync point throw, since nothing recorded on a lost device ever runs.
+ */
+export function markDeviceLost(handle: DeviceHandle, info: { reason: string; message: string }): void {
+  handle.lost = true;
+  if (info.reason === 'destroyed') return;
+  handle.lostError = new Step1xError(
+    `GPU device lost (${info.reason}): ${info.message || 'no message'}. The driver may have reset (a kernel ran too long, or memory ran out); rerun, or lower --vram-budget / --size`,
+    ExitCode.GPU,
+  );
 }

@@ -10,10 +10,11 @@
  */
 import { createDevice, describeAdapter, type DeviceHandle, type DeviceOptions, type AdapterDescription } from './device.js';
 import { BufferPool } from './buffer-pool.js';
-import { Storage, Tensor, type DType, numelOf, storageBytes } from './tensor.js';
+import { Storage, Tensor, type DType, DTYPE_BYTES, numelOf, storageBytes } from './tensor.js';
+import { Profiler, type ProfileReport } from './profiler.js';
 import { preprocess, pipelineKey, type Defines } from './shader-source.js';
 import { bf16ArrayToF32, f16ArrayToF32 } from './half.js';
-import { ExitCode, Step1xError, fail } from '../errors.js';
+import { ExitCode, Step1xError, fail, fmtShape } from '../errors.js';
 
 /** A uniform scalar: plain numbers are u32; wrap signed or float values. */
 export type Uniform = number | { i32: number } | { f32: number };
@@ -34,12 +35,20 @@ export type HostData = Float32Array | Int32Array | Uint32Array | Uint16Array;
 const UNIFORM_SLOT = 256;
 const MAX_BATCH = 256;
 
-let active: Gpu | null = null;
+/** Live runtimes, oldest first: `current()` is the newest one not yet destroyed. */
+const live: Gpu[] = [];
 
 export class Gpu {
   readonly device: GPUDevice;
   readonly pool: BufferPool;
   private pipelines = new Map<string, GPUComputePipeline>();
+  /**
+   * Per pipeline key: binding numbers declared read-only (`var<storage, read>` or `var<storage>`).
+   * A misaligned view bound anywhere else is copied back after the dispatch (conservative: a
+   * declaration the pattern misses counts as written).
+   */
+  private readOnly = new Map<string, Set<number>>();
+  private profiler: Profiler | null = null;
   private encoder: GPUCommandEncoder | null = null;
   private pass: GPUComputePassEncoder | null = null;
   private uniformHost = new ArrayBuffer(UNIFORM_SLOT * MAX_BATCH);
@@ -61,14 +70,16 @@ export class Gpu {
 
   static async create(opts: DeviceOptions = {}): Promise<Gpu> {
     const g = new Gpu(await createDevice(opts));
-    active = g;
+    live.push(g);
+    if (process.env.STEP1X_PROFILE === '1') g.enableProfiling();
     return g;
   }
 
   /** The most recently created, not yet destroyed runtime. */
   static current(): Gpu {
-    if (!active) fail('no GPU runtime: call Gpu.create() first');
-    return active;
+    const g = live[live.length - 1];
+    if (!g) fail('no GPU runtime: call Gpu.create() first');
+    return g;
   }
 
   get maxBindingBytes(): number {
@@ -100,13 +111,48 @@ export class Gpu {
     } catch (e) {
       throw new Step1xError(`cannot allocate ${label || 'tensor'} [${shape}]: ${(e as Error).message}`, ExitCode.GPU_OOM);
     }
-    return new Tensor(new Storage(this, pb), shape, dtype, 0, label);
+    return new Tensor(new Storage(this, pb, numelOf(shape) * DTYPE_BYTES[dtype]), shape, dtype, 0, label);
+  }
+
+  /**
+   * Like `empty()`, but waits for the driver's verdict on a newly created buffer: an allocation the
+   * device cannot back (WebGPU reports it asynchronously through an 'out-of-memory' error scope, the
+   * buffer object is returned anyway) rejects with Step1xError(GPU_OOM) instead of failing later at an
+   * unrelated sync point. Pipelines use it for big buffers so that they can fall back to streaming.
+   */
+  async allocChecked(shape: readonly number[], dtype: DType = 'f32', label = ''): Promise<Tensor> {
+    const bytes = storageBytes(dtype, numelOf(shape));
+    const what = `${label || 'tensor'} ${fmtShape(shape)} ${dtype} (${(bytes / 2 ** 20).toFixed(1)} MiB)`;
+    this.device.pushErrorScope('out-of-memory');
+    this.device.pushErrorScope('validation');
+    let pb;
+    let thrown: unknown;
+    try {
+      pb = this.pool.acquire(bytes, label);
+    } catch (e) {
+      thrown = e;
+    }
+    // Pop both scopes before awaiting, so that no other work's errors land in them.
+    const popped = [this.device.popErrorScope(), this.device.popErrorScope()];
+    const [validation, oom] = await Promise.all(popped);
+    if (thrown || !pb) throw new Step1xError(`cannot allocate ${what}: ${(thrown as Error).message}`, ExitCode.GPU_OOM);
+    const err = oom ?? validation;
+    if (err) {
+      this.pool.discard(pb);
+      throw new Step1xError(
+        `out of GPU memory allocating ${what}: ${err.message.split('\n')[0]}. ` +
+          'Lower --vram-budget so that weights are streamed, or use a smaller --size',
+        ExitCode.GPU_OOM,
+      );
+    }
+    return new Tensor(new Storage(this, pb, numelOf(shape) * DTYPE_BYTES[dtype]), shape, dtype, 0, label);
   }
 
   upload(data: HostData, shape: readonly number[], dtype: DType = 'f32', label = ''): Tensor {
     const n = numelOf(shape);
-    const expectLen = dtype === 'bf16' || dtype === 'f16' ? n : n;
-    if (data.length !== expectLen) fail(`upload ${label}: ${data.length} values for shape [${shape}]`);
+    if (data.length !== n) fail(`upload ${label}: ${data.length} values for shape ${fmtShape(shape)}`);
+    if (data.BYTES_PER_ELEMENT !== DTYPE_BYTES[dtype])
+      fail(`upload ${label}: ${data.constructor.name} cannot hold ${dtype} values (bf16/f16 take Uint16Array bits)`);
     const t = this.empty(shape, dtype, label);
     this.writeInto(t, data);
     return t;
@@ -114,6 +160,15 @@ export class Gpu {
 
   /** Overwrite a tensor's contents from the host (flushes pending work first: the buffer may be reused). */
   writeInto(t: Tensor, data: HostData): void {
+    t.assertAlive();
+    if (data.byteLength > t.numel * DTYPE_BYTES[t.dtype])
+      fail(`writeInto: ${data.byteLength} bytes do not fit ${t.toString()} (${t.numel * DTYPE_BYTES[t.dtype]} bytes)`);
+    // queue.writeBuffer writes whole words. An odd count of 16-bit values ends in half a word; the pad is
+    // harmless at the end of the storage, but inside a view it would zero the next tensor element.
+    if (data.byteLength % 4 && t.byteOffset + data.byteLength < t.storage.bytes)
+      fail(`writeInto: odd number of 16-bit values into ${t.toString()}, which shares its last word with the next element`);
+    // Recorded commands may still read the old contents (or the previous owner of a pooled buffer):
+    // submit them first, so that the write is ordered after them on the queue.
     if (this.pending) this.flush();
     const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
     const padded = bytes.byteLength % 4 ? (() => {
@@ -126,14 +181,16 @@ export class Gpu {
 
   // ---- pipelines and dispatch ---------------------------------------------------------------------
 
-  pipeline(file: string, entry = 'main', defines: Defines = {}): GPUComputePipeline {
-    const key = pipelineKey(file, entry, defines);
+  pipeline(file: string, entry = 'main', defines: Defines = {}, key = pipelineKey(file, entry, defines)): GPUComputePipeline {
     let p = this.pipelines.get(key);
     if (!p) {
       const code = preprocess(file, defines);
       const module = this.device.createShaderModule({ code, label: key });
       p = this.device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: entry }, label: key });
       this.pipelines.set(key, p);
+      const ro = new Set<number>();
+      for (const m of code.matchAll(/@binding\(\s*(\d+)\s*\)[^;]*?var\s*<\s*storage\s*(?:,\s*read\s*)?>/g)) ro.add(Number(m[1]));
+      this.readOnly.set(key, ro);
     }
     return p;
   }
@@ -144,46 +201,62 @@ export class Gpu {
     if (x > maxWg || y > maxWg || z > maxWg)
       fail(`${k.file}: dispatch [${x},${y},${z}] exceeds maxComputeWorkgroupsPerDimension ${maxWg}`);
     if (x === 0 || y === 0 || z === 0) return;
-    const pipe = this.pipeline(k.file, k.entry ?? 'main', k.defines ?? {});
-    if (this.uniformCount >= MAX_BATCH) this.flush();
+    // Validate everything before recording anything, so that a failed call leaves no half-recorded state.
+    for (const [i, t] of k.bindings.entries()) {
+      t.assertAlive();
+      if (t.byteLength > this.handle.maxBindingBytes)
+        fail(`${k.file}: binding ${i + 1} ${t.toString()} is ${t.byteLength} bytes, over the device's binding limit ${this.handle.maxBindingBytes}`);
+    }
+    if (k.uniforms && k.uniforms.length * 4 > UNIFORM_SLOT) fail(`${k.file}: ${k.uniforms.length} uniforms, at most ${UNIFORM_SLOT / 4}`);
+    k.uniforms?.forEach((u, i) => {
+      if (typeof u === 'number' && (!Number.isInteger(u) || u < 0 || u > 0xffffffff)) fail(`${k.file}: uniform ${i} = ${u} is not a u32`);
+    });
+    const entry = k.entry ?? 'main';
+    const key = pipelineKey(k.file, entry, k.defines ?? {});
+    const pipe = this.pipeline(k.file, entry, k.defines ?? {}, key);
+    if (this.uniformCount >= MAX_BATCH || this.profiler?.full) this.flush();
     const entries: GPUBindGroupEntry[] = [];
     if (k.uniforms) {
       const slot = this.uniformCount++;
       const dv = new DataView(this.uniformHost, slot * UNIFORM_SLOT, UNIFORM_SLOT);
-      if (k.uniforms.length * 4 > UNIFORM_SLOT) fail(`${k.file}: too many uniforms`);
       k.uniforms.forEach((u, i) => {
-        if (typeof u === 'number') {
-          if (!Number.isInteger(u) || u < 0 || u > 0xffffffff) fail(`${k.file}: uniform ${i} = ${u} is not a u32`);
-          dv.setUint32(i * 4, u, true);
-        } else if ('i32' in u) dv.setInt32(i * 4, u.i32, true);
+        if (typeof u === 'number') dv.setUint32(i * 4, u, true);
+        else if ('i32' in u) dv.setInt32(i * 4, u.i32, true);
         else dv.setFloat32(i * 4, u.f32, true);
       });
       entries.push({ binding: 0, resource: { buffer: this.uniformBuf, offset: slot * UNIFORM_SLOT, size: Math.max(16, Math.ceil(k.uniforms.length / 4) * 16) } });
     }
-    const temps: Tensor[] = [];
+    // Storage bindings need 256-byte-aligned offsets: bind an aligned copy of a misaligned view, and
+    // copy it back after the dispatch when the shader may write it (read_write binding).
+    const temps: { view: Tensor; copy: Tensor; writeBack: boolean }[] = [];
+    const readOnly = this.readOnly.get(key);
     k.bindings.forEach((t, i) => {
-      t.assertAlive();
       let b = t;
       if (t.byteOffset % 256 !== 0) {
         b = this.copy(t);
-        temps.push(b);
+        temps.push({ view: t, copy: b, writeBack: !readOnly?.has(i + 1) });
       }
-      if (b.byteLength > this.handle.maxBindingBytes)
-        fail(`${k.file}: binding ${i + 1} ${t.toString()} is ${b.byteLength} bytes, over the device's binding limit ${this.handle.maxBindingBytes}`);
       entries.push({ binding: i + 1, resource: { buffer: b.storage.pooled.buffer, offset: b.byteOffset, size: Math.max(4, b.byteLength) } });
     });
-    const bg = this.device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries });
-    const pass = this.beginPass();
+    const bg = this.device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries, label: key });
+    const timestampWrites = this.profiler?.passTimestamps(key);
+    if (timestampWrites) this.endPass();
+    const pass = timestampWrites ? this.enc().beginComputePass({ timestampWrites, label: key }) : this.beginPass();
     pass.setPipeline(pipe);
     pass.setBindGroup(0, bg);
     pass.dispatchWorkgroups(x, y, z);
+    if (timestampWrites) pass.end();
     this.pending++;
     this.dispatchCount++;
-    for (const t of temps) t.dispose();
+    for (const t of temps) {
+      if (t.writeBack) this.copyInto(t.copy, t.view);
+      t.copy.dispose();
+    }
   }
 
   /** Contiguous copy of a tensor (same dtype), e.g. to realign a view for binding. */
   copy(src: Tensor, label = src.label): Tensor {
+    src.assertAlive();
     const out = this.empty(src.shape, src.dtype, label);
     this.copyInto(src, out);
     return out;
@@ -193,7 +266,10 @@ export class Gpu {
     src.assertAlive();
     dst.assertAlive();
     const n = src.byteLength;
-    if (dst.byteOffset + dstByteOffset + n > dst.storage.pooled.size) fail('copyInto: destination too small');
+    if (dstByteOffset < 0 || dstByteOffset + n > dst.byteLength)
+      fail(`copyInto: ${src.toString()} (${n} bytes) does not fit ${dst.toString()} (${dst.byteLength} bytes) at byte ${dstByteOffset}`);
+    if ((dst.byteOffset + dstByteOffset) % 4 || src.byteOffset % 4)
+      fail(`copyInto: byte offsets must be multiples of 4 (src ${src.byteOffset}, dst ${dst.byteOffset + dstByteOffset})`);
     this.endPass();
     this.enc().copyBufferToBuffer(src.storage.pooled.buffer, src.byteOffset, dst.storage.pooled.buffer, dst.byteOffset + dstByteOffset, n);
     this.pending++;
@@ -216,15 +292,40 @@ export class Gpu {
 
   /** Submit everything recorded so far. */
   flush(): void {
-    this.throwPending();
-    if (!this.encoder) return;
+    if (this.handle.pendingError || this.handle.lostError) {
+      // The batch recorded since the error is built on an invalid object (a pipeline whose WGSL did not
+      // compile, a bad binding); submitting it would only raise the next error. Drop it and report.
+      this.discardBatch();
+      this.throwPending();
+    }
+    if (!this.encoder) {
+      this.pool.collect();
+      return;
+    }
     this.endPass();
     if (this.uniformCount) this.device.queue.writeBuffer(this.uniformBuf, 0, this.uniformHost, 0, this.uniformCount * UNIFORM_SLOT);
+    const afterSubmit = this.profiler?.beforeSubmit(this.encoder);
     this.device.queue.submit([this.encoder.finish()]);
+    afterSubmit?.();
     this.encoder = null;
     this.uniformCount = 0;
     this.pending = 0;
     this.pool.collect();
+    this.throwPending();
+  }
+
+  private discardBatch(): void {
+    try {
+      this.pass?.end();
+    } catch {
+      /* the pass may already be invalid */
+    }
+    this.pass = null;
+    this.encoder = null;
+    this.uniformCount = 0;
+    this.pending = 0;
+    this.pool.collect();
+    this.profiler?.discard();
   }
 
   /** Wait until the GPU has finished all submitted work; surfaces GPU errors. */
@@ -235,6 +336,7 @@ export class Gpu {
   }
 
   private throwPending(): void {
+    if (this.handle.lostError) throw this.handle.lostError;
     const e = this.handle.pendingError;
     if (e) {
       this.handle.pendingError = null;
@@ -246,21 +348,24 @@ export class Gpu {
     t.assertAlive();
     const n = t.byteLength;
     const staging = this.device.createBuffer({ size: Math.max(4, n), usage: 0x1 /* MAP_READ */ | 0x8 /* COPY_DST */ });
-    this.endPass();
-    this.enc().copyBufferToBuffer(t.storage.pooled.buffer, t.byteOffset, staging, 0, n);
-    this.pending++;
-    this.flush();
     try {
-      await staging.mapAsync(0x1);
-    } catch (e) {
+      this.endPass();
+      this.enc().copyBufferToBuffer(t.storage.pooled.buffer, t.byteOffset, staging, 0, n);
+      this.pending++;
+      this.flush();
+      try {
+        await staging.mapAsync(0x1);
+      } catch (e) {
+        this.throwPending();
+        throw new Step1xError(`GPU readback of ${t.toString()} failed: ${(e as Error).message}`, ExitCode.GPU);
+      }
       this.throwPending();
-      throw new Step1xError(`GPU readback failed: ${(e as Error).message}`, ExitCode.GPU);
+      const copy = new Uint8Array(staging.getMappedRange().slice(0));
+      staging.unmap();
+      return copy;
+    } finally {
+      staging.destroy();
     }
-    this.throwPending();
-    const copy = new Uint8Array(staging.getMappedRange().slice(0));
-    staging.unmap();
-    staging.destroy();
-    return copy;
   }
 
   /** Host copy: f32 for float dtypes (bf16/f16 widened), Int32Array / Uint32Array for integers. */
@@ -285,8 +390,51 @@ export class Gpu {
     return r instanceof Float32Array ? r : Float32Array.from(r);
   }
 
+  // ---- profiling ----------------------------------------------------------------------------------
+
+  /**
+   * Start recording time per pipeline key (also on with STEP1X_PROFILE=1). GPU timestamps when the
+   * device has 'timestamp-query' (`cpuOnly` forces the CPU fallback: wall time per flush).
+   */
+  enableProfiling(opts: { cpuOnly?: boolean } = {}): void {
+    if (this.profiler) return;
+    this.flush();
+    this.profiler = new Profiler(this.device, !opts.cpuOnly && this.hasFeature('timestamp-query'));
+  }
+
+  /** Stop profiling and drop its measurements. */
+  disableProfiling(): void {
+    if (!this.profiler) return;
+    this.flush();
+    this.profiler.destroy();
+    this.profiler = null;
+  }
+
+  get profiling(): boolean {
+    return this.profiler !== null;
+  }
+
+  /**
+   * Waits for all submitted work and returns the table (key, count, total ms, mean µs) sorted by total
+   * time; `print` also writes it to stderr, `reset` clears the counters afterwards.
+   */
+  async profileReport(opts: { print?: boolean; reset?: boolean } = {}): Promise<ProfileReport> {
+    if (!this.profiler) {
+      const note = 'profiling is off: set STEP1X_PROFILE=1 or call gpu.enableProfiling()';
+      return { mode: 'off', rows: [], note, text: note };
+    }
+    await this.sync();
+    await this.profiler.settle();
+    const r = this.profiler.report();
+    if (opts.print) process.stderr.write(r.text + '\n');
+    if (opts.reset) this.profiler.reset();
+    return r;
+  }
+
   /** Destroy the device so Node can exit; the object is unusable afterwards. */
   destroy(): void {
+    // STEP1X_PROFILE=1 without an explicit report: print what has been measured (settled readbacks).
+    if (this.profiler && process.env.STEP1X_PROFILE === '1') process.stderr.write(this.profiler.report().text + '\n');
     try {
       this.pass?.end();
     } catch {
@@ -297,7 +445,10 @@ export class Gpu {
     this.pool.trim();
     this.pool.collect();
     this.uniformBuf.destroy();
+    this.profiler?.destroy();
+    this.profiler = null;
     this.device.destroy();
-    if (active === this) active = null;
+    const i = live.indexOf(this);
+    if (i >= 0) live.splice(i, 1);
   }
 }

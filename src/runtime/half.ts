@@ -56,9 +56,24 @@ export function bf16ArrayToF32(bits: Uint16Array): Float32Array {
   return out;
 }
 
+/** f32 bit pattern of an f16 normal, Inf or NaN (sign and NaN payload kept); -1 for zero/subnormal. */
+function f16ToF32BitsNormal(h: number): number {
+  const e = (h >> 10) & 0x1f;
+  if (e === 0) return -1;
+  const sign = (h & 0x8000) << 16;
+  const m = (h & 0x3ff) << 13;
+  return (sign | (e === 31 ? 0x7f800000 : (e + 112) << 23) | m) >>> 0;
+}
+
 export function f16ArrayToF32(bits: Uint16Array): Float32Array {
   const out = new Float32Array(bits.length);
-  for (let i = 0; i < bits.length; i++) out[i] = f16BitsToF32(bits[i]);
+  const o32 = new Uint32Array(out.buffer);
+  // Written as bits: reading a NaN into a JS number would lose its sign and payload.
+  for (let i = 0; i < bits.length; i++) {
+    const b = f16ToF32BitsNormal(bits[i]);
+    if (b >= 0) o32[i] = b;
+    else out[i] = f16BitsToF32(bits[i]);
+  }
   return out;
 }
 

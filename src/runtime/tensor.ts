@@ -36,6 +36,8 @@ export class Storage {
   constructor(
     readonly gpu: Gpu,
     readonly pooled: PooledBuffer,
+    /** Bytes the tensor it was made for holds (numel × element size, unpadded); the buffer may be larger. */
+    readonly bytes = pooled.size,
   ) {}
   retain(): void {
     this.refs++;
@@ -99,6 +101,7 @@ export class Tensor {
    */
   rows(start: number, count: number): Tensor {
     this.assertAlive();
+    if (this.rank === 0) fail(`rows(${start}, ${count}) of a scalar tensor (shape [])`);
     if (start < 0 || count < 0 || start + count > this.shape[0])
       fail(`rows(${start}, ${count}) out of range for shape ${fmtShape(this.shape)}`);
     const rowElems = this.numel / (this.shape[0] || 1);

@@ -1,0 +1,186 @@
+/**
+ * `npm run bench` (after `npm run build`): kernel timings as a table of shape, variant, ms, GFLOP/s, GB/s.
+ *
+ *   node dist/kernels-test/bench.js            default set, sized for lavapipe (a few minutes on 2 cores)
+ *   node dist/kernels-test/bench.js --full     the real Step1X-Edit sizes at 1024² (a real GPU)
+ *   node dist/kernels-test/bench.js --tiles    also sweep tiled-kernel geometries at 1024³ (tuning)
+ *
+ * GEMM rows use DiT-like shapes (K = 3072, N = 3072 / 12288, bf16 weights as in the checkpoint) and
+ * M = N = K = 1024 f32 tiled vs naive with their ratio. Attention and conv2d rows are added when
+ * src/ops/attention.ts / src/ops/conv.ts exist (imported dynamically; skipped with a note otherwise).
+ * Timing: one warm-up run (pipeline compile), then repeats between `await g.sync()` calls; the repeat
+ * count adapts so each row takes about a second.
+ */
+import { Gpu } from '../src/runtime/gpu.js';
+import type { Tensor, DType } from '../src/runtime/tensor.js';
+import { f32ArrayToBf16 } from '../src/runtime/half.js';
+import { linear, DEFAULT_TILE, type LinearOptions, type TileConfig } from '../src/ops/linear.js';
+import { randn } from './harness.js';
+
+const args = new Set(process.argv.slice(2));
+const FULL = args.has('--full');
+const TILES = args.has('--tiles');
+
+interface Row {
+  shape: string;
+  variant: string;
+  ms: number;
+  cpu: number;
+  gflops: number;
+  gbs: number;
+  note?: string;
+}
+const rows: Row[] = [];
+
+function fmtRow(r: Row): string {
+  return `| ${r.shape.padEnd(38)} | ${r.variant.padEnd(20)} | ${r.ms.toFixed(2).padStart(10)} | ${r.gflops.toFixed(2).padStart(8)} | ${r.gbs.toFixed(2).padStart(7)} | ${r.cpu.toFixed(0).padStart(7)} |${r.note ? ' ' + r.note : ''}`;
+}
+
+/**
+ * ms of `run` (records GPU work, returns a tensor to free): one warm-up (pipeline compile), then repeats,
+ * each between `await g.sync()` calls; the minimum is reported (robust when other processes share the
+ * CPU), with the process CPU time of that repeat (lavapipe's worker threads run inside this process).
+ */
+async function time(g: Gpu, run: () => Tensor, targetMs = FULL ? 3000 : 1000): Promise<{ ms: number; cpu: number }> {
+  run().dispose();
+  await g.sync();
+  let best = { ms: Infinity, cpu: Infinity };
+  let spent = 0;
+  for (let i = 0; i < 20 && (i < 2 || spent < targetMs); i++) {
+    const c0 = process.cpuUsage();
+    const t0 = performance.now();
+    run().dispose();
+    await g.sync();
+    const ms = performance.now() - t0;
+    const c = process.cpuUsage(c0);
+    spent += ms;
+    if (ms < best.ms) best = { ms, cpu: (c.user + c.system) / 1000 };
+  }
+  return best;
+}
+
+function record(shape: string, variant: string, t: { ms: number; cpu: number }, flops: number, bytes: number, note?: string): Row {
+  const ms = t.ms;
+  const r = { shape, variant, ms, cpu: t.cpu, gflops: flops / ms / 1e6, gbs: bytes / ms / 1e6, note };
+  rows.push(r);
+  console.log(fmtRow(r));
+  return r;
+}
+
+function upload(g: Gpu, n: number, shape: number[], dtype: DType, seed: number): Tensor {
+  const x = randn(n, seed, 0.5);
+  return dtype === 'bf16' ? g.upload(f32ArrayToBf16(x), shape, 'bf16') : g.upload(x, shape, 'f32');
+}
+
+async function benchLinear(g: Gpu, M: number, K: number, N: number, wdt: DType, opts: LinearOptions = {}, label?: string): Promise<Row | null> {
+  const shape = `linear M=${M} K=${K} N=${N} w=${wdt}`;
+  let x: Tensor | null = null, w: Tensor | null = null;
+  try {
+    x = upload(g, M * K, [M, K], 'f32', 1);
+    w = upload(g, N * K, [N, K], wdt, 2);
+    const xt = x, wt = w;
+    const t = await time(g, () => linear(xt, wt, undefined, opts));
+    const bytes = M * K * 4 + N * K * (wdt === 'bf16' ? 2 : 4) + M * N * 4;
+    const v = label ?? opts.variant ?? (M <= 4 ? 'auto (gemv)' : 'auto (tiled)');
+    return record(shape, v, t, 2 * M * N * K, bytes);
+  } catch (e) {
+    // e.g. a 1.5 GB output over the device's maxBufferSize: report and go on with the other rows
+    console.log(`(${shape} failed: ${(e as Error).message.split('\n')[0]})`);
+    return null;
+  } finally {
+    x?.dispose();
+    w?.dispose();
+  }
+}
+
+async function optional<T>(path: string, name: string): Promise<T | null> {
+  try {
+    const mod = (await import(path)) as Record<string, unknown>;
+    if (typeof mod[name] !== 'function') throw new Error(`${name} is not exported`);
+    return mod[name] as T;
+  } catch (e) {
+    console.log(`(skipping ${name}: ${(e as Error).message.split('\n')[0]})`);
+    return null;
+  }
+}
+
+type AttentionFn = (q: Tensor, k: Tensor, v: Tensor) => Tensor;
+type Conv2dFn = (x: Tensor, w: Tensor, b?: Tensor, opts?: { stride?: 1 | 2; pad?: [number, number, number, number] }) => Tensor;
+
+async function benchAttention(g: Gpu, L: number, H: number, Dh: number): Promise<void> {
+  const attention = await optional<AttentionFn>('../src/ops/attention.js', 'attention');
+  if (!attention) return;
+  const shape = [1, L, H, Dh];
+  const n = L * H * Dh;
+  const [q, k, v] = [1, 2, 3].map((s) => upload(g, n, shape, 'f32', s));
+  try {
+    const ms = await time(g, () => attention(q, k, v));
+    record(`attention L=${L} H=${H} Dh=${Dh}`, 'default', ms, 4 * H * L * L * Dh, 4 * n * 4);
+  } catch (e) {
+    console.log(`(attention L=${L} failed: ${(e as Error).message.split('\n')[0]})`);
+  }
+  for (const t of [q, k, v]) t.dispose();
+}
+
+async function benchConv(g: Gpu, C: number, O: number, S: number): Promise<void> {
+  const conv2d = await optional<Conv2dFn>('../src/ops/conv.js', 'conv2d');
+  if (!conv2d) return;
+  const x = upload(g, C * S * S, [1, C, S, S], 'f32', 4);
+  const w = upload(g, O * C * 9, [O, C, 3, 3], 'f32', 5);
+  try {
+    const ms = await time(g, () => conv2d(x, w, undefined, { pad: [1, 1, 1, 1] }));
+    record(`conv2d 3x3 ${C}->${O} ${S}x${S}`, 'default', ms, 2 * O * C * 9 * S * S, (C + O) * S * S * 4 + O * C * 36);
+  } catch (e) {
+    console.log(`(conv2d ${C}->${O} ${S}² failed: ${(e as Error).message.split('\n')[0]})`);
+  }
+  x.dispose();
+  w.dispose();
+}
+
+async function main(): Promise<void> {
+  const g = await Gpu.create();
+  const d = g.describe();
+  console.log(`device: ${d.vendor} ${d.architecture} ${d.description} (${FULL ? 'full sizes' : 'default sizes'})`);
+  console.log(`| ${'shape'.padEnd(38)} | ${'variant'.padEnd(20)} | ${'ms'.padStart(10)} | ${'GFLOP/s'.padStart(8)} | ${'GB/s'.padStart(7)} | ${'CPU ms'.padStart(7)} |`);
+  console.log(`|${'-'.repeat(40)}|${'-'.repeat(22)}|${'-'.repeat(12)}|${'-'.repeat(10)}|${'-'.repeat(9)}|${'-'.repeat(9)}|`);
+  try {
+    // Tiled vs naive at 1024³ f32: the acceptance ratio (tiled must be >= 2x naive on lavapipe).
+    const S = 1024;
+    const tiled = await benchLinear(g, S, S, S, 'f32', { variant: 'tiled' });
+    const naive = await benchLinear(g, S, S, S, 'f32', { variant: 'naive' });
+    if (tiled && naive) {
+      const ratio = naive.ms / tiled.ms;
+      console.log(`tiled / naive speed-up at ${S}³ f32: ${ratio.toFixed(2)}x wall, ${(naive.cpu / tiled.cpu).toFixed(2)}x CPU time` +
+        (ratio >= 2 ? '' : '  (below the 2x target)'));
+    }
+    if (TILES) {
+      const cfgs: TileConfig[] = [
+        { tm: 8, tn: 4, wgm: 1, wgn: 32 }, { tm: 4, tn: 4, wgm: 4, wgn: 16 }, { tm: 8, tn: 4, wgm: 2, wgn: 32 },
+        { tm: 8, tn: 2, wgm: 1, wgn: 64 }, { tm: 4, tn: 8, wgm: 1, wgn: 32 }, { tm: 12, tn: 4, wgm: 1, wgn: 32 },
+      ];
+      for (const t of cfgs)
+        await benchLinear(g, S, S, S, 'f32', { variant: 'tiled', tile: t }, `tiled ${t.tm}x${t.tn} wg ${t.wgn}x${t.wgm}`);
+    }
+    const Ms = FULL ? [1, 4, 64, 256, 1024, 2 * (4096 + 4096 + 640)] : [1, 4, 64, 256];
+    const Ns = FULL ? [3072, 9216, 12288, 21504] : [3072];
+    for (const N of Ns) for (const M of Ms) await benchLinear(g, M, 3072, N, 'bf16');
+    if (!FULL) for (const M of [1, 64]) await benchLinear(g, M, 3072, 12288, 'bf16');
+    await benchLinear(g, FULL ? 4096 : 64, 3072, 3072, 'f32');
+    await benchLinear(g, FULL ? 4096 : 64, 12288, 3072, 'bf16');
+    if (FULL) await benchAttention(g, 8832, 24, 128);
+    else await benchAttention(g, 256, 24, 128);
+    if (FULL) {
+      await benchConv(g, 512, 512, 128);
+      await benchConv(g, 256, 256, 512);
+      await benchConv(g, 128, 128, 1024);
+    } else await benchConv(g, 128, 128, 64);
+    console.log(`default tile: ${DEFAULT_TILE.tm}x${DEFAULT_TILE.tn} per invocation, workgroup ${DEFAULT_TILE.wgn}x${DEFAULT_TILE.wgm}`);
+  } finally {
+    g.destroy();
+  }
+}
+
+main().catch((e) => {
+  console.error(e instanceof Error ? e.message : e);
+  process.exit(1);
+});

@@ -1,0 +1,46 @@
+/** Plain-TS f64 references for the GEMM family (shaders/gemm.wgsl). Inputs are the exact values the GPU holds. */
+import { silu, geluTanh, geluErf } from './elementwise.js';
+
+export type Act = 'silu' | 'gelu_tanh' | 'gelu_erf' | undefined;
+
+const ACTS: Record<string, (v: number) => number> = { silu, gelu_tanh: geluTanh, gelu_erf: geluErf };
+
+/** out[m, n] = act(sum_k x[m, k] * w[n, k] + b[n]); x [M, K], w [N, K] row-major. */
+export function linear(x: ArrayLike<number>, w: ArrayLike<number>, M: number, N: number, K: number, b?: ArrayLike<number>, act?: Act): Float64Array {
+  const out = new Float64Array(M * N);
+  const f = act ? ACTS[act] : (v: number) => v;
+  for (let m = 0; m < M; m++)
+    for (let n = 0; n < N; n++) {
+      let s = 0;
+      for (let k = 0; k < K; k++) s += x[m * K + k] * w[n * K + k];
+      out[m * N + n] = f(s + (b ? b[n] : 0));
+    }
+  return out;
+}
+
+/** Batched a [B, M, K] x b [B|1, K, N] (bBatched = false: one b for every batch). */
+export function matmul(a: ArrayLike<number>, b: ArrayLike<number>, B: number, M: number, K: number, N: number, bBatched: boolean): Float64Array {
+  const out = new Float64Array(B * M * N);
+  for (let z = 0; z < B; z++) {
+    const bo = bBatched ? z * K * N : 0;
+    for (let m = 0; m < M; m++)
+      for (let n = 0; n < N; n++) {
+        let s = 0;
+        for (let k = 0; k < K; k++) s += a[(z * M + m) * K + k] * b[bo + k * N + n];
+        out[(z * M + m) * N + n] = s;
+      }
+  }
+  return out;
+}
+
+/** Sum of |x_k * w_k| per output: the scale of f32 rounding error (used to size tolerances). */
+export function absDotMax(x: ArrayLike<number>, w: ArrayLike<number>, M: number, N: number, K: number): number {
+  let mx = 0;
+  for (let m = 0; m < M; m++)
+    for (let n = 0; n < N; n++) {
+      let s = 0;
+      for (let k = 0; k < K; k++) s += Math.abs(x[m * K + k] * w[n * K + k]);
+      mx = Math.max(mx, s);
+    }
+  return mx;
+}

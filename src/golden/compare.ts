@@ -1,0 +1,98 @@
+/**
+ * Golden comparisons: the case.json `tolerance` list (first entry whose glob matches wins; `*` matches
+ * any run of characters, dots included; everything else is literal) and the three entry forms:
+ *   {atol, rtol}                    |x − ref| ≤ atol + rtol·|ref| elementwise (NaN fails)
+ *   {exact: true}                   bitwise-equal values (ints, masks, u8 inputs)
+ *   {u8_max_diff, u8_max_fraction}  max |x − ref| ≤ u8_max_diff and at most that fraction of values differ
+ * Every comparison also reports maxAbs and relL2 = ‖x − ref‖ / ‖ref‖ (null when ‖ref‖ = 0).
+ */
+export interface Tolerance {
+  match: string;
+  atol?: number;
+  rtol?: number;
+  exact?: boolean;
+  u8_max_diff?: number;
+  u8_max_fraction?: number;
+}
+
+export interface TensorResult {
+  name: string;
+  /** null when not compared (skipped / missing / size mismatch) or not finite. */
+  maxAbs: number | null;
+  relL2: number | null;
+  pass: boolean;
+  skipped: boolean;
+}
+
+/** A result plus a human-readable note for the text report. */
+export interface TensorDetail extends TensorResult {
+  note: string;
+}
+
+export function globToRegExp(glob: string): RegExp {
+  return new RegExp('^' + glob.split('*').map((s) => s.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('.*') + '$', 's');
+}
+
+export function findTolerance(list: readonly Tolerance[], name: string): Tolerance | undefined {
+  return list.find((t) => typeof t?.match === 'string' && globToRegExp(t.match).test(name));
+}
+
+export function describeTolerance(t: Tolerance): string {
+  if (t.exact) return 'exact';
+  if (t.u8_max_diff !== undefined) return `u8_max_diff ${t.u8_max_diff}, u8_max_fraction ${t.u8_max_fraction ?? 0}`;
+  return `atol ${t.atol ?? 0}, rtol ${t.rtol ?? 0}`;
+}
+
+function num(v: number | null): string {
+  return v === null ? 'null' : v === 0 ? '0' : v.toExponential(3);
+}
+
+/** Compare a computed tensor with its reference under `tol` (undefined tol = failure). */
+export function compareTensor(name: string, got: ArrayLike<number>, ref: ArrayLike<number>, tol: Tolerance | undefined): TensorDetail {
+  if (got.length !== ref.length)
+    return { name, maxAbs: null, relL2: null, pass: false, skipped: false, note: `computed ${got.length} values, reference has ${ref.length}` };
+  let maxAbs = 0, d2 = 0, r2 = 0, bad = 0, differ = 0, firstBad = -1, nan = false;
+  const exact = !!tol?.exact, u8 = tol?.u8_max_diff !== undefined;
+  const atol = tol?.atol ?? 0, rtol = tol?.rtol ?? 0;
+  for (let i = 0; i < ref.length; i++) {
+    const a = got[i], r = ref[i];
+    const d = Math.abs(a - r);
+    if (Number.isNaN(d)) {
+      // NaN in both is "equal" only for exact comparisons of identical bit patterns
+      if (!(exact && Number.isNaN(a) && Number.isNaN(r))) nan = true;
+    } else {
+      if (d > maxAbs) maxAbs = d;
+      d2 += d * d;
+    }
+    if (Number.isFinite(r)) r2 += r * r;
+    if (d !== 0 && !(exact && Number.isNaN(a) && Number.isNaN(r))) differ++;
+    const ok = exact ? (a === r || (Number.isNaN(a) && Number.isNaN(r))) : u8 ? true : d <= atol + rtol * Math.abs(r);
+    if (!ok) {
+      bad++;
+      if (firstBad < 0) firstBad = i;
+    }
+  }
+  const n = ref.length;
+  const relL2 = nan ? null : r2 > 0 ? Math.sqrt(d2) / Math.sqrt(r2) : null;
+  const mAbs = nan ? null : maxAbs;
+  if (!tol) return { name, maxAbs: mAbs, relL2, pass: false, skipped: false, note: 'no tolerance entry matches this name' };
+  let pass: boolean;
+  let note: string;
+  if (u8) {
+    const frac = n ? differ / n : 0;
+    pass = !nan && maxAbs <= (tol.u8_max_diff ?? 0) && frac <= (tol.u8_max_fraction ?? 0);
+    note = `${differ}/${n} values differ (${(100 * frac).toFixed(3)}%)`;
+  } else {
+    pass = !nan && bad === 0;
+    note = bad ? `${bad}/${n} outside; first at ${firstBad}: got ${got[firstBad]}, ref ${ref[firstBad]}` : `${n} values`;
+    if (nan) note += ', NaN in the result';
+  }
+  return { name, maxAbs: mAbs, relL2, pass, skipped: false, note: `${note} (${describeTolerance(tol)})` };
+}
+
+/** One line of the text report. */
+export function formatDetail(d: TensorDetail): string {
+  const status = d.skipped ? 'SKIP' : d.pass ? 'PASS' : 'FAIL';
+  const nums = d.skipped || (d.maxAbs === null && d.relL2 === null && !d.pass && d.note.startsWith('not computed')) ? '' : `maxAbs=${num(d.maxAbs)} relL2=${num(d.relL2)} `;
+  return `${status} ${d.name.padEnd(32)} ${nums}${d.note}`;
+}

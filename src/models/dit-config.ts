@@ -1,0 +1,297 @@
+/**
+ * Hyper-parameters of Step1XEdit (`Step1XParams`) and its Qwen2Connector, and the checkpoint key set
+ * they imply.
+ *
+ * Sources, in order: the real values (defaults below), then `step1x.json` / a golden `spec`
+ * (official constructor argument names), then the checkpoint's tensor shapes: every value a shape
+ * determines (hidden, depths, head dim via the q/k-norm scale, MLP width, in/out/context/vec dims,
+ * connector widths and depth) is taken from the shapes, and a step1x.json value that contradicts a
+ * shape is an error naming both. Only `axes_dim`, `theta` and the connector's `heads_num` cannot be
+ * seen in shapes (the refiner has no q/k norm); they come from step1x.json or the real defaults.
+ */
+import { ExitCode, Step1xError, fail } from '../errors.js';
+import type { Checkpoint } from '../io/checkpoint.js';
+
+/** `Step1XParams` (modules/model_edit.py). */
+export interface DitParams {
+  in_channels: number;
+  out_channels: number;
+  vec_in_dim: number;
+  context_in_dim: number;
+  hidden_size: number;
+  mlp_ratio: number;
+  num_heads: number;
+  depth: number;
+  depth_single_blocks: number;
+  axes_dim: number[];
+  theta: number;
+  qkv_bias: boolean;
+}
+
+/** `Qwen2Connector(in_channels, hidden_size, heads_num, depth)` (modules/connector_edit.py). */
+export interface ConnectorParams {
+  in_channels: number;
+  hidden_size: number;
+  heads_num: number;
+  depth: number;
+}
+
+export interface Step1xConfig {
+  dit: DitParams;
+  connector: ConnectorParams;
+}
+
+export const REAL_DIT: Readonly<DitParams> = Object.freeze({
+  in_channels: 64, out_channels: 64, vec_in_dim: 768, context_in_dim: 4096, hidden_size: 3072, mlp_ratio: 4.0,
+  num_heads: 24, depth: 19, depth_single_blocks: 38, axes_dim: [16, 56, 56], theta: 10000, qkv_bias: true,
+});
+
+export const REAL_CONNECTOR: Readonly<ConnectorParams> = Object.freeze({ in_channels: 3584, hidden_size: 4096, heads_num: 32, depth: 2 });
+
+/** Width of the connector's global output y (`global_proj_out = Linear(in_channels, 768)`, hard-coded). */
+export const CONNECTOR_GLOBAL_DIM = 768;
+/** Sinusoidal timestep feature size of time_in and the connector's t_embedder. */
+export const TIME_FREQ_DIM = 256;
+
+export const headDim = (p: DitParams): number => p.hidden_size / p.num_heads;
+/** `int(hidden_size * mlp_ratio)` as in Python. */
+export const mlpHidden = (hidden: number, ratio: number): number => Math.floor(hidden * ratio);
+
+/** Throws a USAGE error unless the parameters describe a constructible model. */
+export function validateConfig(c: Step1xConfig): void {
+  const d = c.dit, k = c.connector;
+  const ints: [string, number][] = [
+    ['dit.in_channels', d.in_channels], ['dit.out_channels', d.out_channels], ['dit.vec_in_dim', d.vec_in_dim],
+    ['dit.context_in_dim', d.context_in_dim], ['dit.hidden_size', d.hidden_size], ['dit.num_heads', d.num_heads],
+    ['dit.depth', d.depth], ['dit.depth_single_blocks', d.depth_single_blocks], ['connector.in_channels', k.in_channels],
+    ['connector.hidden_size', k.hidden_size], ['connector.heads_num', k.heads_num], ['connector.depth', k.depth],
+  ];
+  for (const [n, v] of ints) if (!Number.isInteger(v) || v < (n.includes('depth') ? 0 : 1)) fail(`step1x config: ${n} = ${v} is not a valid size`);
+  if (d.hidden_size % d.num_heads) fail(`step1x config: dit.hidden_size ${d.hidden_size} is not divisible by num_heads ${d.num_heads}`);
+  const hd = headDim(d);
+  if (!Array.isArray(d.axes_dim) || d.axes_dim.some((a) => !Number.isInteger(a) || a < 0 || a % 2))
+    fail(`step1x config: dit.axes_dim ${JSON.stringify(d.axes_dim)} must be even integers`);
+  if (d.axes_dim.reduce((a, b) => a + b, 0) !== hd)
+    fail(`step1x config: sum of dit.axes_dim ${JSON.stringify(d.axes_dim)} must equal the head dim ${hd}`);
+  if (d.axes_dim.length !== 3) fail(`step1x config: dit.axes_dim must have 3 entries (ids are (0, row, col)), got ${d.axes_dim.length}`);
+  if (k.hidden_size % k.heads_num) fail(`step1x config: connector.hidden_size ${k.hidden_size} is not divisible by heads_num ${k.heads_num}`);
+  if (k.hidden_size !== d.context_in_dim)
+    fail(`step1x config: connector.hidden_size ${k.hidden_size} must equal dit.context_in_dim ${d.context_in_dim}`);
+  if (d.vec_in_dim !== CONNECTOR_GLOBAL_DIM) fail(`step1x config: dit.vec_in_dim must be ${CONNECTOR_GLOBAL_DIM} (connector.global_proj_out), got ${d.vec_in_dim}`);
+  if (!(d.theta > 0) || !(d.mlp_ratio > 0)) fail(`step1x config: theta ${d.theta} and mlp_ratio ${d.mlp_ratio} must be positive`);
+}
+
+/**
+ * Every tensor name → shape of `Step1XEdit.state_dict()` for this config (the real config gives exactly
+ * the 817 tensors of step1x-edit-i1258.safetensors), in the checkpoint's order.
+ */
+export function expectedDitKeys(c: Step1xConfig): Map<string, number[]> {
+  const d = c.dit, k = c.connector, H = d.hidden_size, hd = headDim(d), M = mlpHidden(H, d.mlp_ratio);
+  const m = new Map<string, number[]>();
+  const lin = (p: string, out: number, inp: number, bias = true) => {
+    m.set(`${p}.weight`, [out, inp]);
+    if (bias) m.set(`${p}.bias`, [out]);
+  };
+  lin('img_in', H, d.in_channels);
+  lin('time_in.in_layer', H, TIME_FREQ_DIM);
+  lin('time_in.out_layer', H, H);
+  lin('vector_in.in_layer', H, d.vec_in_dim);
+  lin('vector_in.out_layer', H, H);
+  lin('txt_in', H, d.context_in_dim);
+  for (let i = 0; i < d.depth; i++) {
+    for (const s of ['img', 'txt']) {
+      const p = `double_blocks.${i}.${s}`;
+      lin(`${p}_mod.lin`, 6 * H, H);
+      lin(`${p}_attn.qkv`, 3 * H, H, d.qkv_bias);
+      m.set(`${p}_attn.norm.query_norm.scale`, [hd]);
+      m.set(`${p}_attn.norm.key_norm.scale`, [hd]);
+      lin(`${p}_attn.proj`, H, H);
+      lin(`${p}_mlp.0`, M, H);
+      lin(`${p}_mlp.2`, H, M);
+    }
+  }
+  for (let i = 0; i < d.depth_single_blocks; i++) {
+    const p = `single_blocks.${i}`;
+    lin(`${p}.linear1`, 3 * H + M, H);
+    lin(`${p}.linear2`, H, H + M);
+    m.set(`${p}.norm.query_norm.scale`, [hd]);
+    m.set(`${p}.norm.key_norm.scale`, [hd]);
+    lin(`${p}.modulation.lin`, 3 * H, H);
+  }
+  lin('final_layer.linear', d.out_channels, H);
+  lin('final_layer.adaLN_modulation.1', 2 * H, H);
+  // Qwen2Connector
+  const CH = k.hidden_size, CM = mlpHidden(CH, 4.0);
+  m.set('connector.scale_factor', [1]);
+  lin('connector.S.input_embedder', CH, k.in_channels);
+  lin('connector.S.t_embedder.mlp.0', CH, TIME_FREQ_DIM);
+  lin('connector.S.t_embedder.mlp.2', CH, CH);
+  lin('connector.S.c_embedder.linear_1', CH, k.in_channels);
+  lin('connector.S.c_embedder.linear_2', CH, CH);
+  for (let i = 0; i < k.depth; i++) {
+    const p = `connector.S.individual_token_refiner.blocks.${i}`;
+    m.set(`${p}.norm1.weight`, [CH]);
+    m.set(`${p}.norm1.bias`, [CH]);
+    lin(`${p}.self_attn_qkv`, 3 * CH, CH);
+    lin(`${p}.self_attn_proj`, CH, CH);
+    m.set(`${p}.norm2.weight`, [CH]);
+    m.set(`${p}.norm2.bias`, [CH]);
+    lin(`${p}.mlp.fc1`, CM, CH);
+    lin(`${p}.mlp.fc2`, CH, CM);
+    lin(`${p}.adaLN_modulation.1`, 2 * CH, CH);
+  }
+  lin('connector.global_proj_out', CONNECTOR_GLOBAL_DIM, k.in_channels);
+  return m;
+}
+
+/** Shape lookup: a Checkpoint's `info(name).shape`, or undefined when absent. */
+export type ShapeOf = (name: string) => readonly number[] | undefined;
+
+function countIndexed(names: Iterable<string>, prefix: string): number {
+  let n = 0;
+  const re = new RegExp(`^${prefix.replace(/\./g, '\\.')}\\.(\\d+)\\.`);
+  for (const k of names) {
+    const mm = re.exec(k);
+    if (mm) n = Math.max(n, Number(mm[1]) + 1);
+  }
+  return n;
+}
+
+/**
+ * The config of a checkpoint: real defaults, overridden by `hparams` (step1x.json's `dit` / `connector`
+ * or a golden spec), then checked against / completed from the tensor shapes.
+ */
+export function configFromCheckpoint(names: readonly string[], shapeOf: ShapeOf, hparams: { dit?: Record<string, unknown>; connector?: Record<string, unknown> } = {}, source = 'checkpoint'): Step1xConfig {
+  const given = { dit: { ...(hparams.dit ?? {}) } as Partial<DitParams>, connector: { ...(hparams.connector ?? {}) } as Partial<ConnectorParams> };
+  const inferred = { dit: {} as Partial<DitParams>, connector: {} as Partial<ConnectorParams> };
+  const need = (name: string, dim: number): number => {
+    const s = shapeOf(name);
+    if (!s) throw new Step1xError(`${source}: checkpoint has no tensor "${name}" needed to size the DiT`, ExitCode.WEIGHTS);
+    return s[dim];
+  };
+  const D = inferred.dit, K = inferred.connector;
+  D.hidden_size = need('img_in.weight', 0);
+  D.in_channels = need('img_in.weight', 1);
+  D.out_channels = need('final_layer.linear.weight', 0);
+  D.context_in_dim = need('txt_in.weight', 1);
+  D.vec_in_dim = need('vector_in.in_layer.weight', 1);
+  D.depth = countIndexed(names, 'double_blocks');
+  D.depth_single_blocks = countIndexed(names, 'single_blocks');
+  const qn = shapeOf('double_blocks.0.img_attn.norm.query_norm.scale') ?? shapeOf('single_blocks.0.norm.query_norm.scale');
+  if (qn) D.num_heads = D.hidden_size / qn[0];
+  const mlp = shapeOf('double_blocks.0.img_mlp.0.weight');
+  const lin1 = shapeOf('single_blocks.0.linear1.weight');
+  if (mlp) D.mlp_ratio = mlp[0] / D.hidden_size;
+  else if (lin1) D.mlp_ratio = (lin1[0] - 3 * D.hidden_size) / D.hidden_size;
+  if (D.depth > 0) D.qkv_bias = shapeOf('double_blocks.0.img_attn.qkv.bias') !== undefined;
+  K.in_channels = need('connector.global_proj_out.weight', 1);
+  K.hidden_size = need('connector.S.input_embedder.weight', 0);
+  K.depth = countIndexed(names, 'connector.S.individual_token_refiner.blocks');
+
+  const conflicts: string[] = [];
+  const merge = <T extends object>(what: string, real: T, giv: Partial<T>, inf: Partial<T>): T => {
+    const out = { ...real, ...giv } as T;
+    for (const [key, v] of Object.entries(inf) as [keyof T, unknown][]) {
+      if (v === undefined) continue;
+      const gv = giv[key];
+      if (gv !== undefined && JSON.stringify(gv) !== JSON.stringify(v)) conflicts.push(`${what}.${String(key)}: step1x.json says ${JSON.stringify(gv)}, tensor shapes say ${JSON.stringify(v)}`);
+      (out as Record<string, unknown>)[key as string] = v;
+    }
+    return out;
+  };
+  const cfg: Step1xConfig = {
+    dit: merge('dit', { ...REAL_DIT, axes_dim: [...REAL_DIT.axes_dim] }, given.dit, D),
+    connector: merge('connector', { ...REAL_CONNECTOR }, given.connector, K),
+  };
+  if (conflicts.length) throw new Step1xError(`${source}: hyper-parameters disagree with the checkpoint: ${conflicts.join('; ')}`, ExitCode.WEIGHTS);
+  validateConfig(cfg);
+  return cfg;
+}
+
+/** Parameter count of a config (for memory planning and messages). */
+export function paramCount(c: Step1xConfig): number {
+  let n = 0;
+  for (const s of expectedDitKeys(c).values()) n += s.reduce((a, b) => a * b, 1);
+  return n;
+}
+
+// ---- GPU memory plan ------------------------------------------------------------------------------
+
+export interface DitLoadOptions {
+  /**
+   * GPU byte budget (weights + activations, as counted by g.pool). Blocks that do not fit stay on disk
+   * and are streamed: block i+1 is read while block i computes, and freed after use. Undefined = every
+   * block resident.
+   */
+  budgetBytes?: number;
+  /** Bytes to reserve for activations when planning against the budget (see estimateActivationBytes). */
+  activationBytes?: number;
+  /** Stream every block whatever the budget (tests). */
+  streamAll?: boolean;
+}
+
+/** Pool-bucket size of a buffer (mirrors runtime/buffer-pool.ts) so budgets match g.pool.liveBytes. */
+export function pooledBytes(bytes: number): number {
+  const b = Math.max(256, Math.ceil(bytes / 4) * 4);
+  if (b <= 1 << 20) return 2 ** Math.ceil(Math.log2(b));
+  if (b <= 256 << 20) return Math.ceil(b / (1 << 20)) * (1 << 20);
+  return Math.ceil(b / 256) * 256;
+}
+
+/** Rough f32 activation peak of one forward (the single block's linear1 output and its neighbours). */
+export function estimateActivationBytes(cfg: DitParams, B: number, L: number, T: number): number {
+  const H = cfg.hidden_size, M = mlpHidden(H, cfg.mlp_ratio), S = B * (T + L);
+  return 4 * S * (3 * H + M) * 2 + 4 * S * H * 6;
+}
+
+/** A transformer block in execution order: double blocks, then single blocks. */
+export type Slot = { kind: 'double' | 'single'; i: number; prefix: string; bytes: number };
+export interface ResidencyPlan {
+  slots: Slot[];
+  /** Pool bytes of the non-block weights (embedders, final layer, connector). */
+  fixedBytes: number;
+  /** Indices into `slots` (double blocks, then single blocks) kept on the GPU. */
+  resident: Set<number>;
+}
+
+/**
+ * Which blocks stay resident under `opts.budgetBytes`: all when everything fits next to the activation
+ * reserve; otherwise the first blocks in execution order while they fit beside the non-block weights,
+ * the reserve and two streamed blocks (current + read-ahead); the rest are streamed.
+ */
+export function planResidency(ckpt: Checkpoint, d: DitParams, opts: DitLoadOptions = {}): ResidencyPlan {
+  const keys = ckpt.keys();
+  const tensorBytes = (k: string) => {
+    const info = ckpt.info(k);
+    const n = info.shape.reduce((a, b) => a * b, 1);
+    return pooledBytes(n * (info.dtype === 'BF16' || info.dtype === 'F16' ? 2 : 4));
+  };
+  const bytesOf = (prefix: string) => keys.filter((k) => k.startsWith(prefix)).reduce((s, k) => s + tensorBytes(k), 0);
+  const slots: Slot[] = [];
+  for (let i = 0; i < d.depth; i++) slots.push({ kind: 'double', i, prefix: `double_blocks.${i}.`, bytes: bytesOf(`double_blocks.${i}.`) });
+  for (let i = 0; i < d.depth_single_blocks; i++) slots.push({ kind: 'single', i, prefix: `single_blocks.${i}.`, bytes: bytesOf(`single_blocks.${i}.`) });
+  const blockTotal = slots.reduce((s, b) => s + b.bytes, 0);
+  // scale_factor is read to the host, never uploaded
+  const fixedBytes = keys.filter((k) => !/^(double|single)_blocks\./.test(k) && k !== 'connector.scale_factor').reduce((s, k) => s + tensorBytes(k), 0);
+  const act = opts.activationBytes ?? 0;
+  const resident = new Set<number>();
+  const budget = opts.budgetBytes;
+  if (!opts.streamAll && (budget === undefined || fixedBytes + blockTotal + act <= budget)) slots.forEach((_, j) => resident.add(j));
+  else if (!opts.streamAll) {
+    const b = budget as number;
+    const maxBlock = Math.max(0, ...slots.map((s) => s.bytes));
+    let avail = b - fixedBytes - act - 2 * maxBlock;
+    const mib = (x: number) => `${(x / 2 ** 20).toFixed(1)} MiB`;
+    if (avail < 0)
+      throw new Step1xError(
+        `GPU budget ${mib(b)} is too small for the DiT: non-block weights ${mib(fixedBytes)} + 2 streamed blocks ${mib(2 * maxBlock)} + activations ${mib(act)}`,
+        ExitCode.GPU_OOM,
+      );
+    for (let j = 0; j < slots.length && slots[j].bytes <= avail; j++) {
+      resident.add(j);
+      avail -= slots[j].bytes;
+    }
+  }
+  return { slots, fixedBytes, resident };
+}
+

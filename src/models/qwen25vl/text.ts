@@ -1,0 +1,168 @@
+/**
+ * Qwen2.5-VL language model (transformers' Qwen2_5_VLTextModel), checkpoint prefix `model.`:
+ *   embed_tokens   rows gathered on the HOST from the checkpoint (only the needed rows' bytes are
+ *                  read; the 152064×3584 bf16 table is never uploaded), image-pad tokens replaced by
+ *                  the vision output in order (masked_scatter)
+ *   layers         h += o_proj(attn(mrope(q), mrope(k), v)) over input_layernorm(h);
+ *                  h += down(silu(gate)·up) over post_attention_layernorm(h)
+ *                  q/k/v biased, o_proj and the MLP not; GQA (28 query / 4 KV heads, Dh 128 real);
+ *                  causal; flash-attention-2 mask semantics: keys with mask 0 never attended, query
+ *                  rows with mask 0 get attention output exactly 0 before o_proj
+ *   norm           final RMSNorm (f32)
+ * Several sequences (e.g. [instruction, ""]) run layer-major: each layer's weights are loaded
+ * once (streamed or resident) and applied to every sequence, each at its own length (B = 1 each).
+ */
+import type { Gpu } from '../../runtime/gpu.js';
+import type { Tensor } from '../../runtime/tensor.js';
+import type { Checkpoint } from '../../io/checkpoint.js';
+import { loadWeight } from '../../nn/weights.js';
+import { rmsNorm, swiglu } from '../../ops/norm.js';
+import { add } from '../../ops/elementwise.js';
+import { attention } from '../../ops/attention.js';
+import { applyRopeHalf } from './rope-compat.js';
+import { ExitCode, fail } from '../../errors.js';
+import type { QwenTextConfig } from './config.js';
+import { DecoderLayerWeights, LayerSet, gatherEmbeddingRows, tensorBytes } from './loader.js';
+import { mropeCosSin } from './positions.js';
+
+/** One sequence's state through the decoder (B = 1). */
+export interface TextSequence {
+  /** [1, L, D] hidden state (replaced after every layer). */
+  h: Tensor;
+  cos: Tensor;
+  sin: Tensor;
+  keyMask?: Tensor;
+  queryMask?: Tensor;
+}
+
+/** One decoder layer on one sequence: returns the new hidden state [1, L, D] (input `s.h` left alive). */
+export function decoderLayer(c: QwenTextConfig, w: DecoderLayerWeights, s: TextSequence): Tensor {
+  const L = s.h.shape[1], H = c.numAttentionHeads, Hkv = c.numKeyValueHeads, Dh = c.headDim;
+  const x = rmsNorm(s.h, w.input_layernorm, c.rmsNormEps);
+  const q0 = w.self_attn.q_proj.forward(x), k0 = w.self_attn.k_proj.forward(x), v0 = w.self_attn.v_proj.forward(x);
+  x.dispose();
+  const q1 = q0.reshape([1, L, H, Dh]), k1 = k0.reshape([1, L, Hkv, Dh]), v = v0.reshape([1, L, Hkv, Dh]);
+  q0.dispose(); k0.dispose(); v0.dispose();
+  const q = applyRopeHalf(q1, s.cos, s.sin), k = applyRopeHalf(k1, s.cos, s.sin);
+  q1.dispose(); k1.dispose();
+  const a = attention(q, k, v, { causal: true, keyMask: s.keyMask, queryMask: s.queryMask });
+  q.dispose(); k.dispose(); v.dispose();
+  const a2 = a.reshape([1, L, H * Dh]);
+  a.dispose();
+  const o = w.self_attn.o_proj.forward(a2);
+  a2.dispose();
+  const h1 = add(s.h, o);
+  o.dispose();
+  const x2 = rmsNorm(h1, w.post_attention_layernorm, c.rmsNormEps);
+  const gate = w.mlp.gate_proj.forward(x2), up = w.mlp.up_proj.forward(x2);
+  x2.dispose();
+  const act = swiglu(gate, up);
+  gate.dispose(); up.dispose();
+  const d = w.mlp.down_proj.forward(act);
+  act.dispose();
+  const h2 = add(h1, d);
+  h1.dispose(); d.dispose();
+  return h2;
+}
+
+export class QwenTextModel {
+  private constructor(
+    readonly cfg: QwenTextConfig,
+    readonly ckpt: Checkpoint,
+    readonly layers: LayerSet<DecoderLayerWeights>,
+    readonly norm: Tensor,
+  ) {}
+
+  static sizes(ckpt: Checkpoint, cfg: QwenTextConfig): { blocks: number; fixed: number } {
+    const names = Array.from({ length: cfg.numHiddenLayers }, (_, i) => DecoderLayerWeights.names(i)).flat();
+    return { blocks: tensorBytes(ckpt, names), fixed: tensorBytes(ckpt, ['model.norm.weight']) };
+  }
+
+  static async load(g: Gpu, ckpt: Checkpoint, cfg: QwenTextConfig, streamed: boolean): Promise<QwenTextModel> {
+    const layers = new LayerSet(cfg.numHiddenLayers, (i) => DecoderLayerWeights.load(g, ckpt, i), streamed);
+    const m = new QwenTextModel(cfg, ckpt, layers, await loadWeight(g, ckpt, 'model.norm.weight'));
+    try {
+      await layers.preload();
+    } catch (e) {
+      await m.dispose();
+      throw e;
+    }
+    return m;
+  }
+
+  /**
+   * Build a sequence's GPU state: embeddings (host gather + image rows from `imageEmbeds`
+   * [n_image_tokens, D], in order), M-RoPE tables from position ids [3, L], masks when any is 0.
+   */
+  async prepare(g: Gpu, inputIds: Int32Array, positionIds: Int32Array, attentionMask: Int32Array | null,
+    imageTokenId: number, imageEmbeds: Tensor | null): Promise<TextSequence> {
+    const c = this.cfg, L = inputIds.length, D = c.hiddenSize;
+    const rows = await gatherEmbeddingRows(this.ckpt, inputIds);
+    const h = g.upload(rows, [1, L, D], 'f32', 'inputs_embeds');
+    // masked_scatter: image-pad positions take the vision rows in order; copy each contiguous run
+    let used = 0;
+    for (let i = 0; i < L; ) {
+      if (inputIds[i] !== imageTokenId) {
+        i++;
+        continue;
+      }
+      let j = i;
+      while (j < L && inputIds[j] === imageTokenId) j++;
+      const n = j - i;
+      if (!imageEmbeds || used + n > imageEmbeds.shape[0])
+        fail(`image features and image tokens do not match: more than ${imageEmbeds?.shape[0] ?? 0} image tokens (id ${imageTokenId}) in input_ids`, ExitCode.USAGE);
+      const src = imageEmbeds.rows(used, n);
+      g.copyInto(src, h, i * D * 4);
+      src.dispose();
+      used += n;
+      i = j;
+    }
+    if (imageEmbeds && used !== imageEmbeds.shape[0])
+      fail(`image features and image tokens do not match: tokens ${used}, features ${imageEmbeds.shape[0]}`, ExitCode.USAGE);
+    const { cos, sin } = mropeCosSin(positionIds, L, c.headDim, c.ropeTheta, c.mropeSection);
+    const seq: TextSequence = {
+      h,
+      cos: g.upload(cos, [1, L, c.headDim], 'f32', 'mrope.cos'),
+      sin: g.upload(sin, [1, L, c.headDim], 'f32', 'mrope.sin'),
+    };
+    if (attentionMask && attentionMask.some((m) => m === 0)) {
+      const m = Float32Array.from(attentionMask, (v) => (v ? 1 : 0));
+      seq.keyMask = g.upload(m, [1, L], 'f32', 'key_mask');
+      seq.queryMask = g.upload(m, [1, L], 'f32', 'query_mask');
+    }
+    return seq;
+  }
+
+  /** One decoder layer on one sequence (see decoderLayer). */
+  layer(w: DecoderLayerWeights, s: TextSequence): Tensor {
+    return decoderLayer(this.cfg, w, s);
+  }
+
+  /**
+   * Run all layers over every sequence (layer-major) and the final norm. `onLayer(i, s, h)` sees
+   * each raw decoder-layer output [1, L, D]. Returns the final normed states; the sequences'
+   * tensors are disposed.
+   */
+  async forward(seqs: TextSequence[], onLayer?: (layer: number, seq: number, h: Tensor) => Promise<void>): Promise<Tensor[]> {
+    try {
+      for (let i = 0; i < this.cfg.numHiddenLayers; i++) {
+        const w = await this.layers.get(i);
+        for (let s = 0; s < seqs.length; s++) {
+          const h = this.layer(w, seqs[s]);
+          seqs[s].h.dispose();
+          seqs[s].h = h;
+        }
+        this.layers.release(i, w);
+        if (onLayer) for (let s = 0; s < seqs.length; s++) await onLayer(i, s, seqs[s].h);
+      }
+      return seqs.map((s) => rmsNorm(s.h, this.norm, this.cfg.rmsNormEps));
+    } finally {
+      for (const s of seqs) for (const t of [s.h, s.cos, s.sin, s.keyMask, s.queryMask]) t?.dispose();
+    }
+  }
+
+  async dispose(): Promise<void> {
+    this.norm.dispose();
+    await this.layers.dispose();
+  }
+}

@@ -1,0 +1,183 @@
+/**
+ * Scaled dot-product attention (shaders/attention.wgsl): flash-style online softmax, never an Lq×Lk
+ * buffer. Token-major: q [B, Lq, H, Dh], k/v [B, Lk, Hkv, Dh] → out [B, Lq, H, Dh], all f32.
+ *
+ * Variants are chosen by Dh (register and shared-memory tiling, ≤ 16 KiB workgroup storage whatever
+ * the device offers). When q/k/v/out/mask do not fit one binding (g.maxBindingBytes) the work is split
+ * per batch, along query tokens (independent) and along key tokens (the running max/sum/accumulator is
+ * carried between key chunks in `out` and a small [nq, H, 2] state buffer, then normalised).
+ */
+import type { Tensor } from '../runtime/tensor.js';
+import type { Gpu, Uniform } from '../runtime/gpu.js';
+import { f32u } from '../runtime/gpu.js';
+import { fail, fmtShape } from '../errors.js';
+import { grid1d, requireF32 } from './util.js';
+
+export interface AttentionOptions {
+  /** Default 1/sqrt(Dh). */
+  scale?: number;
+  /** Key j visible to query i iff j <= i + Lk - Lq (the lower triangle when Lq == Lk). */
+  causal?: boolean;
+  /** [B, Lk] f32 0/1: keys with 0 are never attended to. */
+  keyMask?: Tensor;
+  /** [B, Lq, Lk] f32 0/1: arbitrary boolean mask (1 = attend). */
+  mask?: Tensor;
+  /** [Lq] i32 segment id per position (needs Lq == Lk): attend only within the same id. */
+  segments?: Tensor;
+  /** [B, Lq] f32 0/1: rows with 0 get exactly 0 (flash-attention unpad semantics). */
+  queryMask?: Tensor;
+}
+
+/** Workgroup storage we allow ourselves: the WebGPU default, whatever the device offers. */
+const WG_STORAGE = 16384;
+
+interface Variant {
+  DH: number; BQ: number; TPR: number; BK: number; DC: number; VK: number; SH: number;
+  QK2: boolean; QK4: boolean; PV2: boolean;
+}
+
+/**
+ * Tiling by head dim: TPR lanes per query row split Dh (≤ 32 accumulators per lane); the q·k phase runs
+ * in NCH ∈ {1, 2, 4} head-dim chunks and the p·v phase in 1 or 2 key sub-tiles, as explicit phases
+ * (see the shader header). First fit in 16 KiB by: most query rows, fewest phases, most keys.
+ */
+export function attentionVariant(dh: number): Variant {
+  const TPR = dh <= 16 ? 4 : dh <= 128 ? 8 : dh <= 512 ? 16 : 32;
+  const nc = Math.ceil(dh / TPR);
+  const dhp = nc * TPR;
+  const cands: (Variant & { phases: number })[] = [];
+  for (const BQ of [32, 16, 8])
+    for (const BK of [32, 16, 8, 4])
+      for (const nch of [1, 2, 4])
+        for (const nvk of [1, 2]) {
+          const DC = Math.ceil(dh / nch / 4) * 4;
+          const VK = BK / nvk;
+          const SH = Math.max(BQ * DC + BK * (DC + 1), VK * dhp);
+          const floats = SH + BQ * BK + BQ * TPR + 1; // sh, pp, red, flag
+          if (floats * 4 > WG_STORAGE || DC * (nch - 1) >= dh) continue;
+          cands.push({ DH: dh, BQ, TPR, BK, DC, VK, SH, QK2: nch >= 2, QK4: nch === 4, PV2: nvk === 2, phases: nch + nvk });
+        }
+  if (!cands.length) fail(`attention: no tiling of head dim ${dh} fits ${WG_STORAGE} bytes of workgroup storage`);
+  cands.sort((a, b) => b.BQ - a.BQ || a.phases - b.phases || b.BK - a.BK);
+  const { phases: _p, ...v } = cands[0];
+  return v;
+}
+
+function check(cond: boolean, msg: string): void {
+  if (!cond) fail(`attention: ${msg}`);
+}
+
+export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions = {}): Tensor {
+  requireF32('attention', ['q', q], ['k', k], ['v', v]);
+  check(q.rank === 4 && k.rank === 4 && v.rank === 4, `q ${fmtShape(q.shape)}, k ${fmtShape(k.shape)}, v ${fmtShape(v.shape)} must be [B, L, H, Dh]`);
+  const [B, Lq, H, Dh] = q.shape;
+  const [Bk, Lk, Hkv, Dhk] = k.shape;
+  check(Bk === B && Dhk === Dh, `k ${fmtShape(k.shape)} does not match q ${fmtShape(q.shape)} (batch and head dim)`);
+  check(v.shape.every((d, i) => d === k.shape[i]), `v ${fmtShape(v.shape)} must have k's shape ${fmtShape(k.shape)}`);
+  check(Hkv > 0 && H % Hkv === 0, `kv heads ${Hkv} (k ${fmtShape(k.shape)}) must divide query heads ${H} (q ${fmtShape(q.shape)})`);
+  check(Lk > 0 && Dh > 0, `k ${fmtShape(k.shape)} has no keys or an empty head dim`);
+  const { keyMask, mask, segments, queryMask } = opts;
+  if (keyMask) {
+    requireF32('attention', ['keyMask', keyMask]);
+    check(keyMask.numel === B * Lk, `keyMask ${fmtShape(keyMask.shape)} must be [B, Lk] = [${B},${Lk}]`);
+  }
+  if (mask) {
+    requireF32('attention', ['mask', mask]);
+    check(mask.numel === B * Lq * Lk, `mask ${fmtShape(mask.shape)} must be [B, Lq, Lk] = [${B},${Lq},${Lk}]`);
+  }
+  if (queryMask) {
+    requireF32('attention', ['queryMask', queryMask]);
+    check(queryMask.numel === B * Lq, `queryMask ${fmtShape(queryMask.shape)} must be [B, Lq] = [${B},${Lq}]`);
+  }
+  if (segments) {
+    check(segments.dtype === 'i32', `segments must be i32, got ${segments.dtype}`);
+    check(Lq === Lk && segments.numel === Lq, `segments ${fmtShape(segments.shape)} must be [Lq] with Lq == Lk (q ${fmtShape(q.shape)}, k ${fmtShape(k.shape)})`);
+  }
+  const g = q.gpu;
+  const out = g.empty([B, Lq, H, Dh], 'f32', 'attention');
+  if (B * Lq * H === 0) return out;
+
+  const scale = opts.scale ?? 1 / Math.sqrt(Dh);
+  const vr = attentionVariant(Dh);
+  const limit = g.maxBindingBytes;
+  const qRow = H * Dh * 4, kRow = Hkv * Dh * 4, mRow = mask ? Lk * 4 : 0;
+  const whole = B * Lq * Math.max(qRow, mRow) <= limit && B * Lk * kRow <= limit;
+  const ctx: Ctx = { g, vr, B, Lq, Lk, H, Hkv, Dh, scale, causal: !!opts.causal, keyMask, mask, segments, queryMask };
+  if (whole) {
+    run(ctx, { q, k, v, out, mask, nb: B, bOff: 0, q0: 0, nq: Lq, k0: 0, nk: Lk, stateIn: false, finalize: true });
+    return out;
+  }
+  // Split: per batch; query rows in chunks that fit (q/out rows, mask rows); keys likewise.
+  const fitRows = (rowBytes: number, n: number, what: string): number => {
+    let r = Math.floor(limit / rowBytes);
+    check(r >= 1, `one ${what} row (${rowBytes} bytes) exceeds the device's binding limit ${limit}`);
+    if (r >= 64) r -= r % 64; // keep chunk views 256-byte aligned where possible
+    return Math.min(r, n);
+  };
+  const nqMax = fitRows(Math.max(qRow, mRow), Lq, 'query');
+  const nkMax = fitRows(kRow, Lk, 'key');
+  const q2 = q.reshape([B * Lq, H * Dh]), k2 = k.reshape([B * Lk, Hkv * Dh]), v2 = v.reshape([B * Lk, Hkv * Dh]);
+  const o2 = out.reshape([B * Lq, H * Dh]);
+  const mk2 = mask?.reshape([B * Lq, Lk]);
+  for (let b = 0; b < B; b++) {
+    for (let q0 = 0; q0 < Lq; q0 += nqMax) {
+      const nq = Math.min(nqMax, Lq - q0);
+      const qv = q2.rows(b * Lq + q0, nq);
+      const mv = mk2?.rows(b * Lq + q0, nq);
+      const outOff = (b * Lq + q0) * qRow;
+      // Output views must be bound in place (the runtime copies misaligned views: writes would be lost).
+      const ov = outOff % 256 === 0 ? o2.rows(b * Lq + q0, nq) : g.empty([nq, H * Dh], 'f32', 'attention chunk');
+      const nChunks = Math.ceil(Lk / nkMax);
+      const ml = nChunks > 1 ? g.empty([nq, H, 2], 'f32', 'attention state') : undefined;
+      for (let c = 0; c < nChunks; c++) {
+        const k0 = c * nkMax, nk = Math.min(nkMax, Lk - k0);
+        const kv = k2.rows(b * Lk + k0, nk), vv = v2.rows(b * Lk + k0, nk);
+        run(ctx, { q: qv, k: kv, v: vv, out: ov, mask: mv, ml, nb: 1, bOff: b, q0, nq, k0, nk, stateIn: c > 0, finalize: c === nChunks - 1 });
+        kv.dispose();
+        vv.dispose();
+      }
+      if (ov.byteOffset !== outOff) g.copyInto(ov, out, outOff);
+      for (const t of [qv, mv, ov, ml]) t?.dispose();
+    }
+  }
+  for (const t of [q2, k2, v2, o2, mk2]) t?.dispose();
+  return out;
+}
+
+interface Ctx {
+  g: Gpu; vr: Variant; B: number; Lq: number; Lk: number; H: number; Hkv: number; Dh: number; scale: number; causal: boolean;
+  keyMask?: Tensor; mask?: Tensor; segments?: Tensor; queryMask?: Tensor;
+}
+interface Chunk {
+  q: Tensor; k: Tensor; v: Tensor; out: Tensor; mask?: Tensor; ml?: Tensor;
+  nb: number; bOff: number; q0: number; nq: number; k0: number; nk: number; stateIn: boolean; finalize: boolean;
+}
+
+function run(c: Ctx, ch: Chunk): void {
+  const { vr } = c;
+  const defines: Record<string, number | boolean> = { ...vr };
+  const bindings = [ch.q, ch.k, ch.v, ch.out];
+  const add = (name: string, t: Tensor | undefined, flag: string): void => {
+    if (!t) return;
+    bindings.push(t);
+    defines[flag] = true;
+    defines[name] = bindings.length; // binding numbers start at 1 (0 is the uniform block)
+  };
+  add('B_ML', ch.ml, 'STATE');
+  add('B_KEYMASK', c.keyMask, 'KEYMASK');
+  add('B_MASK', ch.mask, 'MASK');
+  add('B_SEG', c.segments, 'SEG');
+  add('B_QMASK', c.queryMask, 'QMASK');
+  // Skipping whole key tiles pays when masks blank out large regions (windows, padding).
+  if (c.keyMask || ch.mask || c.segments) defines.SKIP = true;
+  const nQt = Math.ceil(ch.nq / vr.BQ);
+  const [wx, wy] = grid1d(nQt * c.H * ch.nb, 1);
+  const uniforms: Uniform[] = [
+    ch.nq, ch.nk, c.H, c.Hkv,
+    ch.q0, ch.k0, c.Lq, c.Lk,
+    ch.bOff, ch.nb, nQt, wx,
+    c.causal ? 1 : 0, ch.stateIn ? 1 : 0, ch.finalize ? 1 : 0, f32u(c.scale * Math.LOG2E),
+    vr.DC, vr.VK,
+  ];
+  c.g.dispatch({ file: 'attention.wgsl', defines, uniforms, bindings, workgroups: [wx, wy] });
+}

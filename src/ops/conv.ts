@@ -1,0 +1,245 @@
+/**
+ * Convolution family (shaders/conv2d.wgsl, shaders/groupnorm.wgsl): conv2d, nearest 2x upsampling,
+ * GroupNorm (optionally fused with SiLU).
+ *
+ * Tensors larger than `gpu.maxBindingBytes` (the real VAE decoder at 1024² has 128 × 1024² f32 = 512 MB
+ * activations) are processed in blocks that each fit one binding:
+ *   conv2d    blocks of whole channel planes: input channels [c0, c1) × output channels [o0, o1) per
+ *             batch item; later input blocks accumulate onto the partial sums in the output, in the same
+ *             k order, so the result is bitwise identical to the unsplit one.
+ *   upsample  blocks of whole planes.
+ *   groupNorm reductions run over fixed 1024-element pieces (independent of the split), then a
+ *             per-element apply pass over arbitrary element ranges.
+ * Blocks are bound as windows starting at the 256-byte-aligned offset below them (no copies).
+ */
+import { Tensor, DTYPE_BYTES } from '../runtime/tensor.js';
+import { f32u } from '../runtime/gpu.js';
+import { fail, fmtShape } from '../errors.js';
+import { grid1d, requireF32 } from './util.js';
+
+/** A binding window over elements [start, start + count) of t: the view and the offset of `start` in it. */
+function win(t: Tensor, start: number, count: number): { v: Tensor; off: number } {
+  t.assertAlive();
+  const eb = DTYPE_BYTES[t.dtype];
+  const abs = t.byteOffset + start * eb;
+  const aligned = abs - (abs % 256);
+  const off = (abs - aligned) / eb;
+  t.storage.retain();
+  return { v: new Tensor(t.storage, [off + count], t.dtype, aligned, t.label), off };
+}
+
+/** Elements of `bytesPerElem` that surely fit one binding window (256 bytes of alignment slack). */
+function budget(t: Tensor, bytesPerElem = 4): number {
+  return Math.floor((t.gpu.maxBindingBytes - 256) / bytesPerElem);
+}
+
+export interface Conv2dOpts {
+  stride?: 1 | 2;
+  /** [top, bottom, left, right] zero padding; default 0 (as torch's Conv2d default). */
+  pad?: [number, number, number, number];
+  /** Added after the bias (`res + conv(x)`), same shape/layout as the output. */
+  residual?: Tensor;
+  /** x is token-major [B, H*W, C] of the given spatial size instead of [B, C, H, W]. */
+  inTokens?: [number, number];
+  /** Write the output token-major [B, Ho*Wo, O] instead of [B, O, Ho, Wo]. */
+  outTokens?: boolean;
+  /** Convolve the nearest-2x upsampled x (2H x 2W) without materialising it (FLUX VAE Upsample). */
+  upsample2x?: boolean;
+}
+
+/** 2-D convolution, f32 activations, weights [O, C, kh, kw] f32|bf16, bias [O] f32. */
+export function conv2d(x: Tensor, w: Tensor, b?: Tensor, opts: Conv2dOpts = {}): Tensor {
+  requireF32('conv2d', ['x', x]);
+  if (w.rank !== 4) fail(`conv2d: w must be [O, C, kh, kw], got ${fmtShape(w.shape)}`);
+  if (w.dtype !== 'f32' && w.dtype !== 'bf16') fail(`conv2d: w dtype ${w.dtype} not supported (f32/bf16)`);
+  const [O, Cw, KH, KW] = w.shape;
+  let B: number, C: number, H: number, W: number;
+  if (opts.inTokens) {
+    [H, W] = opts.inTokens;
+    if (x.rank !== 3 || x.shape[1] !== H * W) fail(`conv2d: x ${fmtShape(x.shape)} is not [B, ${H}*${W}, C] tokens`);
+    [B, , C] = x.shape;
+  } else {
+    if (x.rank !== 4) fail(`conv2d: x must be [B, C, H, W], got ${fmtShape(x.shape)}`);
+    [B, C, H, W] = x.shape;
+  }
+  if (C !== Cw) fail(`conv2d: x ${fmtShape(x.shape)} has ${C} channels but w ${fmtShape(w.shape)} expects ${Cw}`);
+  const stride = opts.stride ?? 1;
+  if (stride !== 1 && stride !== 2) fail(`conv2d: stride ${stride} not supported (1 or 2)`);
+  const [pt, pb, pl, pr] = opts.pad ?? [0, 0, 0, 0];
+  const ups = opts.upsample2x ? 1 : 0;
+  const Hv = H << ups, Wv = W << ups; // the (virtual) input the kernel slides over
+  if ([pt, pb, pl, pr].some((p) => !Number.isInteger(p) || p < 0 || p >= Math.max(KH, KW)))
+    fail(`conv2d: pad [${opts.pad}] must be integers in [0, kernel size)`);
+  const Ho = Math.floor((Hv + pt + pb - KH) / stride) + 1;
+  const Wo = Math.floor((Wv + pl + pr - KW) / stride) + 1;
+  if (Ho < 1 || Wo < 1) fail(`conv2d: x ${fmtShape(x.shape)} is smaller than the ${KH}x${KW} kernel`);
+  const M = Ho * Wo, HW = H * W, KK = KH * KW;
+  const outShape = opts.outTokens ? [B, M, O] : [B, O, Ho, Wo];
+  if (b) {
+    requireF32('conv2d', ['b', b]);
+    if (b.numel !== O) fail(`conv2d: bias ${fmtShape(b.shape)} does not match w ${fmtShape(w.shape)}`);
+  }
+  const res = opts.residual;
+  if (res) {
+    requireF32('conv2d', ['residual', res]);
+    if (res.rank !== outShape.length || res.shape.some((d, i) => d !== outShape[i]))
+      fail(`conv2d: residual ${fmtShape(res.shape)} must have the output shape ${fmtShape(outShape)}`);
+  }
+
+  // Block sizes: whole planes per binding (token-major tensors must fit whole per batch item).
+  const g = x.gpu;
+  const lim = budget(x), limW = budget(w, DTYPE_BYTES[w.dtype]);
+  const cBlk = opts.inTokens ? (HW * C <= lim ? C : 0) : Math.min(C, Math.floor(lim / HW));
+  const oBlk = Math.min(O, Math.floor(limW / (C * KK)), opts.outTokens ? (M * O <= lim ? O : 0) : Math.floor(lim / M));
+  if (cBlk < 1 || oBlk < 1)
+    fail(`conv2d: x ${fmtShape(x.shape)} / w ${fmtShape(w.shape)} cannot be split under the binding limit ${g.maxBindingBytes} bytes`);
+
+  const out = g.empty(outShape, 'f32', 'conv2d');
+  const RM = 4, RN = O >= 8 ? 8 : 4;
+  let slot = 3;
+  const defines: Record<string, string | number | boolean> = {
+    KH, KW, STRIDE: stride, UPS: ups, WDT: w.dtype, RM, RN,
+    IN_NHWC: !!opts.inTokens, OUT_NHWC: !!opts.outTokens,
+    HAS_BIAS: !!b, RESIDUAL: !!res,
+  };
+  if (b) defines.B_BIAS = slot++;
+  if (res) defines.B_RES = slot++;
+  defines.B_OUT = slot;
+  const mTiles = Math.ceil(M / (64 * RM));
+  const gx = Math.min(mTiles, g.maxWorkgroupsPerDim), gz = Math.ceil(mTiles / gx);
+
+  for (let bi = 0; bi < B; bi++) {
+    for (let o0 = 0; o0 < O; o0 += oBlk) {
+      const no = Math.min(oBlk, O - o0);
+      // output block: channels [o0, o0+no) of item bi (planes), or the whole token-major item
+      const ow = opts.outTokens ? win(out, bi * M * O, M * O) : win(out, (bi * O + o0) * M, no * M);
+      const oOff = opts.outTokens ? ow.off + o0 : ow.off;
+      const rw = res ? (opts.outTokens ? win(res, bi * M * O, M * O) : win(res, (bi * O + o0) * M, no * M)) : null;
+      const ww = win(w, o0 * C * KK, no * C * KK);
+      for (let c0 = 0; c0 < C; c0 += cBlk) {
+        const nc = Math.min(cBlk, C - c0);
+        const xw = opts.inTokens ? win(x, bi * HW * C, HW * C) : win(x, (bi * C + c0) * HW, nc * HW);
+        const xOff = opts.inTokens ? xw.off + c0 : xw.off;
+        const bindings = [xw.v, ww.v];
+        if (b) bindings.push(b);
+        if (rw) bindings.push(rw.v);
+        bindings.push(ow.v);
+        g.dispatch({
+          file: 'conv2d.wgsl',
+          defines,
+          uniforms: [nc, H, W, C, no, Ho, Wo, O, c0, o0, pt, pl, xOff, ww.off, oOff, rw ? (opts.outTokens ? rw.off + o0 : rw.off) : 0,
+            c0 > 0 ? 1 : 0, c0 + nc >= C ? 1 : 0, gx, 0],
+          bindings,
+          workgroups: [gx, Math.ceil(no / RN), gz],
+        });
+        xw.v.dispose();
+      }
+      ow.v.dispose();
+      rw?.v.dispose();
+      ww.v.dispose();
+    }
+  }
+  return out;
+}
+
+/** Nearest-neighbour 2x upsampling of [B, C, H, W] (torch interpolate(scale_factor=2, mode='nearest')). */
+export function upsampleNearest2x(x: Tensor): Tensor {
+  requireF32('upsampleNearest2x', ['x', x]);
+  if (x.rank !== 4) fail(`upsampleNearest2x: x must be [B, C, H, W], got ${fmtShape(x.shape)}`);
+  const [B, C, H, W] = x.shape;
+  const g = x.gpu;
+  const out = g.empty([B, C, 2 * H, 2 * W], 'f32', 'upsample2x');
+  const planes = B * C, HW = H * W;
+  const blk = Math.min(planes, Math.floor(budget(x) / (4 * HW)));
+  if (blk < 1) fail(`upsampleNearest2x: a plane of x ${fmtShape(x.shape)} does not fit the binding limit`);
+  for (let p0 = 0; p0 < planes; p0 += blk) {
+    const np = Math.min(blk, planes - p0);
+    const xw = win(x, p0 * HW, np * HW), ow = win(out, p0 * 4 * HW, np * 4 * HW);
+    const n = np * 4 * HW;
+    const [gx, gy] = grid1d(n);
+    g.dispatch({
+      file: 'conv2d.wgsl',
+      entry: 'upsample2x',
+      defines: { UPSAMPLE: true },
+      uniforms: [n, H, W, xw.off, ow.off, gx],
+      bindings: [xw.v, ow.v],
+      workgroups: [gx, gy],
+    });
+    xw.v.dispose();
+    ow.v.dispose();
+  }
+  return out;
+}
+
+const PIECE = 1024; // must equal PIECE in shaders/groupnorm.wgsl
+
+/**
+ * GroupNorm over [B, C, H, W]: per (batch, group of C/groups channels) mean and variance (two passes,
+ * f32), then (x - mean) / sqrt(var + eps) * w[c] + b[c]; `opts.silu` fuses x*sigmoid(x) after it.
+ */
+export function groupNorm(x: Tensor, groups: number, w?: Tensor, b?: Tensor, eps = 1e-6, opts: { silu?: boolean } = {}): Tensor {
+  requireF32('groupNorm', ['x', x]);
+  if (x.rank < 2) fail(`groupNorm: x must be [B, C, ...], got ${fmtShape(x.shape)}`);
+  const [B, C] = x.shape;
+  const HW = x.numel / (B * C || 1);
+  if (!Number.isInteger(groups) || groups < 1 || C % groups !== 0) fail(`groupNorm: ${groups} groups do not divide C=${C} of x ${fmtShape(x.shape)}`);
+  if (!!w !== !!b) fail('groupNorm: give both w and b or neither');
+  if (w && b) {
+    requireF32('groupNorm', ['w', w], ['b', b]);
+    if (w.numel !== C || b.numel !== C) fail(`groupNorm: w ${fmtShape(w.shape)} / b ${fmtShape(b.shape)} must have C=${C} elements`);
+  }
+  const g = x.gpu;
+  const Cg = C / groups, S = Cg * HW, P = Math.ceil(S / PIECE), GT = B * groups, Q = GT * P;
+  const out = g.empty(x.shape, 'f32', 'groupnorm');
+  if (x.numel === 0) return out;
+  const part = g.empty([Q], 'f32', 'groupnorm.part');
+  const stats = g.empty([2 * GT], 'f32', 'groupnorm.stats');
+  const lim = budget(x);
+  if (lim < PIECE) fail(`groupNorm: binding limit ${g.maxBindingBytes} bytes is below one ${PIECE}-element piece`);
+  const pieceStart = (q: number) => Math.floor(q / P) * S + (q % P) * PIECE;
+  const pieceEnd = (q: number) => Math.min(pieceStart(q) + PIECE, (Math.floor(q / P) + 1) * S);
+  const uni = (o: Partial<Record<'q0' | 'nq' | 'base' | 'ybase' | 'e0' | 'n' | 'wgx' | 'xo' | 'yo', number>>) => [
+    S, P, GT, o.q0 ?? 0, o.nq ?? 0, o.base ?? 0, o.ybase ?? 0, o.e0 ?? 0, o.n ?? 0, HW, C, Cg, o.wgx ?? 0, f32u(eps), o.xo ?? 0, o.yo ?? 0,
+  ];
+  const perDispatch = Math.floor(lim / PIECE);
+  for (const pass of ['mean', 'sq'] as const) {
+    for (let q0 = 0; q0 < Q; q0 += perDispatch) {
+      const nq = Math.min(perDispatch, Q - q0);
+      const base = pieceStart(q0);
+      const xw = win(x, base, pieceEnd(q0 + nq - 1) - base);
+      const [gx, gy] = grid1d(nq, 1);
+      g.dispatch({
+        file: 'groupnorm.wgsl',
+        defines: { ENTRY: 'partial', PASS: pass },
+        uniforms: uni({ q0, nq, base, xo: xw.off, wgx: gx }),
+        bindings: pass === 'mean' ? [xw.v, part] : [xw.v, stats, part],
+        workgroups: [gx, gy],
+      });
+      xw.v.dispose();
+    }
+    g.dispatch({
+      file: 'groupnorm.wgsl',
+      defines: { ENTRY: 'finalize', PASS: pass },
+      uniforms: uni({}),
+      bindings: [part, stats],
+      workgroups: [Math.ceil(GT / 64)],
+    });
+  }
+  for (let e0 = 0; e0 < x.numel; e0 += lim) {
+    const n = Math.min(lim, x.numel - e0);
+    const xw = win(x, e0, n), yw = win(out, e0, n);
+    const [gx, gy] = grid1d(n);
+    g.dispatch({
+      file: 'groupnorm.wgsl',
+      defines: { ENTRY: 'apply', AFFINE: !!w, SILU: !!opts.silu },
+      uniforms: uni({ e0, n, base: e0, ybase: e0, xo: xw.off, yo: yw.off, wgx: gx }),
+      bindings: w && b ? [xw.v, stats, w, b, yw.v] : [xw.v, stats, yw.v],
+      workgroups: [gx, gy],
+    });
+    xw.v.dispose();
+    yw.v.dispose();
+  }
+  part.dispose();
+  stats.dispose();
+  return out;
+}
