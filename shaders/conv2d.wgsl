@@ -16,10 +16,10 @@
 //   out(o, m) = out[o_off + o*Ho*Wo + m] or, with OUT_NHWC, out[o_off + m*OT + o].
 //   With UPS == 1 the kernel convolves the nearest-2x upsampled input (pixel (y, x) of the 2H x 2W image
 //   is x(y/2, x/2)) without materialising it (saves the decoder's largest tensor at full resolution).
-// Defines: KH, KW (kernel size), STRIDE, UPS = 0 | 1, WDT = f32 | bf16, RM (pixels per invocation), RN (output
-//   channels per invocation), HAS_BIAS, RESIDUAL, IN_NHWC, OUT_NHWC, B_BIAS / B_RES / B_OUT (binding slots).
-// Dispatch: workgroup 64; x (+ z*wg_x when folded) = ceil(Ho*Wo / (64*RM)) pixel tiles, y = ceil(O / RN);
-//   invocation li of tile t computes pixels t*64*RM + i*64 + li, i < RM.
+// Defines: KH, KW (kernel size), STRIDE, UPS = 0 | 1, WDT = f32 | bf16, RN = 4 | 8 (output channels per
+//   invocation; each invocation computes 4 pixels), HAS_BIAS, RESIDUAL, IN_NHWC, OUT_NHWC, B_BIAS / B_RES / B_OUT (binding slots).
+// Dispatch: workgroup 64; x (+ z*wg_x when folded) = ceil(Ho*Wo / 256) pixel tiles, y = ceil(O / RN);
+//   invocation li of tile t computes pixels t*256 + i*64 + li, i < 4.
 //   Register tiles only, no workgroup memory or barriers (barriers are costly on CPU drivers).
 //
 // upsample2x (entry `upsample2x`): out(p, oy, ox) = x(p, oy/2, ox/2) for planes p of a [P, H, W] block.
@@ -90,55 +90,23 @@ fn out_index(o: u32, m: u32) -> u32 {
 #endif
 }
 
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let M = U.Ho * U.Wo;
-  // pixel i of this invocation is tile + i*64 + li: neighbouring lanes touch neighbouring pixels
-  // (coalesced on GPUs, contiguous vector lanes on CPU drivers)
-  let mbase = (wid.z * U.wg_x + wid.x) * 64u * RM + li;
-  let nbase = wid.y * RN;
-  if (mbase >= M) { return; }
-  // top-left input tap of each of this invocation's RM output pixels
-  var iy0: array<i32, RM>;
-  var ix0: array<i32, RM>;
-  for (var i = 0u; i < RM; i++) {
-    let m = min(mbase + i * 64u, M - 1u);
-    iy0[i] = i32((m / U.Wo) * STRIDE) - i32(U.padT);
-    ix0[i] = i32((m % U.Wo) * STRIDE) - i32(U.padL);
+// Partial sums of output channel n at pixels mb + 64*i (or 0 for the first input block).
+fn acc_init(n: u32, mb: u32, M: u32) -> vec4<f32> {
+  var a = vec4<f32>(0.0);
+  if (U.accum == 0u || n >= U.O) { return a; }
+  for (var i = 0u; i < 4u; i++) {
+    let m = mb + i * 64u;
+    if (m < M) { a[i] = out[U.o_off + out_index(n, m)]; }
   }
-  var acc: array<array<f32, RN>, RM>;
-  for (var i = 0u; i < RM; i++) {
-    for (var j = 0u; j < RN; j++) {
-      let m = mbase + i * 64u;
-      let n = nbase + j;
-      if (U.accum != 0u && m < M && n < U.O) { acc[i][j] = out[U.o_off + out_index(n, m)]; } else { acc[i][j] = 0.0; }
-    }
-  }
-  let KK = u32(KH * KW);
-  let wrow = U.CT * KK;
-  // clamp rows past O onto the last valid one: their sums are computed but never stored
-  var wbase: array<u32, RN>;
-  for (var j = 0u; j < RN; j++) { wbase[j] = U.w_off + min(nbase + j, U.O - 1u) * wrow + U.c0 * KK; }
-  for (var c = 0u; c < U.C; c++) {
-    for (var ky = 0; ky < KH; ky++) {
-      for (var kx = 0; kx < KW; kx++) {
-        var xv: array<f32, RM>;
-        for (var i = 0u; i < RM; i++) { xv[i] = xload(c, iy0[i] + ky, ix0[i] + kx); }
-        let kofs = c * KK + u32(ky * KW + kx);
-        for (var j = 0u; j < RN; j++) {
-          let wv = wload(wbase[j] + kofs);
-          for (var i = 0u; i < RM; i++) { acc[i][j] = acc[i][j] + xv[i] * wv; }
-        }
-      }
-    }
-  }
-  for (var i = 0u; i < RM; i++) {
-    let m = mbase + i * 64u;
-    if (m >= M) { continue; }
-    for (var j = 0u; j < RN; j++) {
-      let n = nbase + j;
-      if (n >= U.O) { continue; }
-      var v = acc[i][j];
+  return a;
+}
+
+fn store(n: u32, mb: u32, M: u32, a: vec4<f32>) {
+  if (n >= U.O) { return; }
+  for (var i = 0u; i < 4u; i++) {
+    let m = mb + i * 64u;
+    if (m < M) {
+      var v = a[i];
       let oi = out_index(n, m);
       if (U.finish != 0u) {
 #ifdef HAS_BIAS
@@ -151,5 +119,73 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       out[U.o_off + oi] = v;
     }
   }
+}
+
+// Each invocation: 4 pixels (mb + 64*i, so neighbouring lanes touch neighbouring pixels: coalesced on
+// GPUs, contiguous vector lanes on CPU drivers) x RN output channels, in vec4 registers (explicit
+// variables rather than arrays: arrays made CPU drivers' compile time explode).
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let M = U.Ho * U.Wo;
+  let mb = (wid.z * U.wg_x + wid.x) * 256u + li;
+  let nb = wid.y * RN;
+  if (mb >= M) { return; }
+  let mv = min(vec4<u32>(mb) + vec4<u32>(0u, 64u, 128u, 192u), vec4<u32>(M - 1u));
+  // top-left input tap of the 4 output pixels
+  let iy0 = vec4<i32>((mv / U.Wo) * STRIDE) - vec4<i32>(i32(U.padT));
+  let ix0 = vec4<i32>((mv % U.Wo) * STRIDE) - vec4<i32>(i32(U.padL));
+  let KK = u32(KH * KW);
+  let wrow = U.CT * KK;
+  let wb = U.w_off + U.c0 * KK;
+  // rows past O are clamped onto the last valid one: computed, never stored
+  let last = U.O - 1u;
+  var a0 = acc_init(nb, mb, M);
+  var a1 = acc_init(nb + 1u, mb, M);
+  var a2 = acc_init(nb + 2u, mb, M);
+  var a3 = acc_init(nb + 3u, mb, M);
+  let w0 = wb + min(nb, last) * wrow;
+  let w1 = wb + min(nb + 1u, last) * wrow;
+  let w2 = wb + min(nb + 2u, last) * wrow;
+  let w3 = wb + min(nb + 3u, last) * wrow;
+#if RN == 8
+  var a4 = acc_init(nb + 4u, mb, M);
+  var a5 = acc_init(nb + 5u, mb, M);
+  var a6 = acc_init(nb + 6u, mb, M);
+  var a7 = acc_init(nb + 7u, mb, M);
+  let w4 = wb + min(nb + 4u, last) * wrow;
+  let w5 = wb + min(nb + 5u, last) * wrow;
+  let w6 = wb + min(nb + 6u, last) * wrow;
+  let w7 = wb + min(nb + 7u, last) * wrow;
+#endif
+  for (var c = 0u; c < U.C; c++) {
+    for (var ky = 0; ky < KH; ky++) {
+      let iy = iy0 + vec4<i32>(ky);
+      for (var kx = 0; kx < KW; kx++) {
+        let ix = ix0 + vec4<i32>(kx);
+        let xv = vec4<f32>(xload(c, iy.x, ix.x), xload(c, iy.y, ix.y), xload(c, iy.z, ix.z), xload(c, iy.w, ix.w));
+        let k = c * KK + u32(ky * KW + kx);
+        a0 = a0 + xv * wload(w0 + k);
+        a1 = a1 + xv * wload(w1 + k);
+        a2 = a2 + xv * wload(w2 + k);
+        a3 = a3 + xv * wload(w3 + k);
+#if RN == 8
+        a4 = a4 + xv * wload(w4 + k);
+        a5 = a5 + xv * wload(w5 + k);
+        a6 = a6 + xv * wload(w6 + k);
+        a7 = a7 + xv * wload(w7 + k);
+#endif
+      }
+    }
+  }
+  store(nb, mb, M, a0);
+  store(nb + 1u, mb, M, a1);
+  store(nb + 2u, mb, M, a2);
+  store(nb + 3u, mb, M, a3);
+#if RN == 8
+  store(nb + 4u, mb, M, a4);
+  store(nb + 5u, mb, M, a5);
+  store(nb + 6u, mb, M, a6);
+  store(nb + 7u, mb, M, a7);
+#endif
 }
 #endif

@@ -205,6 +205,20 @@ describe('dit_tiny golden (GPU)', () => {
     await io.close();
   });
 
+  test('Step1XEdit.open on a model directory file with its step1x.json (tiny_e2e)', async () => {
+    const { Step1XEdit } = await import('../src/models/dit.js');
+    const dir = join(goldenCase('tiny_e2e'), 'model');
+    const hp = JSON.parse(readFileSync(join(dir, 'step1x.json'), 'utf8'));
+    const g = await getGpu();
+    const m = await Step1XEdit.open(g, join(dir, 'step1x-edit-i1258.safetensors'), hp, { streamAll: true });
+    expect(m.cfg).toEqual(hp.dit);
+    expect(m.connector.cfg).toEqual(hp.connector);
+    expect(m.streamedBlocks).toBe(hp.dit.depth + hp.dit.depth_single_blocks);
+    await m.close();
+    // the real defaults cannot describe this file: the error names the mismatch
+    await expect(Step1XEdit.open(g, join(dir, 'step1x-edit-i1258.safetensors'))).rejects.toThrow(/axes_dim/);
+  });
+
   test('tiny binding limit (ops split along tokens) still matches', async () => {
     const { ctx, check, io, g } = await goldenCtx('dit_tiny');
     const saved = g.maxBindingBytes;

@@ -131,3 +131,22 @@ test('formatTable aligns columns, prints - for unmeasured times and sums the tot
     'total 12.500 ms; note',
   ]);
 });
+
+test('STEP1X_PROFILE=1 turns profiling on at Gpu.create', async () => {
+  await getGpu(); // keep the shared runtime; this one is extra
+  const { Gpu } = await import('../src/runtime/gpu.js');
+  const saved = process.env.STEP1X_PROFILE;
+  process.env.STEP1X_PROFILE = '1';
+  const g2 = await Gpu.create();
+  try {
+    expect(g2.profiling).toBe(true);
+    const x = g2.upload(new Float32Array(64), [64]);
+    g2.dispatch({ file: 'prof/inc-nou.wgsl', bindings: [x], workgroups: [1] });
+    expect((await g2.profileReport()).rows.map((r) => [r.key, r.count])).toEqual([['prof/inc-nou.wgsl:main', 1]]);
+    x.dispose();
+  } finally {
+    g2.destroy(); // prints the table to stderr
+    if (saved === undefined) delete process.env.STEP1X_PROFILE;
+    else process.env.STEP1X_PROFILE = saved;
+  }
+});

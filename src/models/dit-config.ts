@@ -238,10 +238,15 @@ export function pooledBytes(bytes: number): number {
   return Math.ceil(b / 256) * 256;
 }
 
-/** Rough f32 activation peak of one forward (the single block's linear1 output and its neighbours). */
+/**
+ * Conservative f32 activation peak of one forward over S = B·(T+L) tokens: inside a single block
+ * q, k, v, their rotated copies and the attention output (~7·S·H) live next to the GELU'd MLP branch
+ * (S·M), later attn + mlp + their concat (2·S·(H+M)); plus the residual streams. 4·S·(8H + 2M) bytes
+ * (≈ 3.5 GB for the real model at 1024² with CFG).
+ */
 export function estimateActivationBytes(cfg: DitParams, B: number, L: number, T: number): number {
   const H = cfg.hidden_size, M = mlpHidden(H, cfg.mlp_ratio), S = B * (T + L);
-  return 4 * S * (3 * H + M) * 2 + 4 * S * H * 6;
+  return 4 * S * (8 * H + 2 * M);
 }
 
 /** A transformer block in execution order: double blocks, then single blocks. */

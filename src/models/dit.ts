@@ -371,16 +371,23 @@ export class Step1XEdit {
     const plan = planResidency(ckpt, d, opts);
     const slots = plan.slots;
     const residentIdx = plan.resident;
-    const L = (n: string) => Linear.load(g, ckpt, n);
-    const img_in = await L('img_in');
-    const time_in = await MLPEmbedder.load(g, ckpt, 'time_in');
-    const vector_in = await MLPEmbedder.load(g, ckpt, 'vector_in');
-    const txt_in = await L('txt_in');
-    const final_layer = await LastLayer.load(g, ckpt, 'final_layer');
-    const connector = await Qwen2Connector.load(g, ckpt, cfg.connector);
-    const resident = new Map<number, Block>();
-    for (const j of residentIdx) resident.set(j, await loadSlot(g, ckpt, slots[j], d));
-    return new Step1XEdit(g, ckpt, d, img_in, time_in, vector_in, txt_in, final_layer, connector, slots, resident);
+    // on a failure part-way (bad tensor, out of memory) free what was already uploaded
+    const loaded: { dispose(): void }[] = [];
+    const keep = <T extends { dispose(): void }>(x: T): T => (loaded.push(x), x);
+    try {
+      const img_in = keep(await Linear.load(g, ckpt, 'img_in'));
+      const time_in = keep(await MLPEmbedder.load(g, ckpt, 'time_in'));
+      const vector_in = keep(await MLPEmbedder.load(g, ckpt, 'vector_in'));
+      const txt_in = keep(await Linear.load(g, ckpt, 'txt_in'));
+      const final_layer = keep(await LastLayer.load(g, ckpt, 'final_layer'));
+      const connector = keep(await Qwen2Connector.load(g, ckpt, cfg.connector));
+      const resident = new Map<number, Block>();
+      for (const j of residentIdx) resident.set(j, keep(await loadSlot(g, ckpt, slots[j], d)));
+      return new Step1XEdit(g, ckpt, d, img_in, time_in, vector_in, txt_in, final_layer, connector, slots, resident);
+    } catch (e) {
+      for (const x of loaded) x.dispose();
+      throw e;
+    }
   }
 
   /**

@@ -95,10 +95,10 @@ export function conv2d(x: Tensor, w: Tensor, b?: Tensor, opts: Conv2dOpts = {}):
     fail(`conv2d: x ${fmtShape(x.shape)} / w ${fmtShape(w.shape)} cannot be split under the binding limit ${g.maxBindingBytes} bytes`);
 
   const out = g.empty(outShape, 'f32', 'conv2d');
-  const RM = 4, RN = O >= 8 ? 8 : 4;
+  const RM = 4, RN = O >= 8 ? 8 : 4; // pixels x output channels per invocation (RM fixed by the shader)
   let slot = 3;
   const defines: Record<string, string | number | boolean> = {
-    KH, KW, STRIDE: stride, UPS: ups, WDT: w.dtype, RM, RN,
+    KH, KW, STRIDE: stride, UPS: ups, WDT: w.dtype, RN,
     IN_NHWC: !!opts.inTokens, OUT_NHWC: !!opts.outTokens,
     HAS_BIAS: !!b, RESIDUAL: !!res,
   };
