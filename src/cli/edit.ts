@@ -156,6 +156,7 @@ export function register(program: Command): void {
       if (o.json) (output === '-' ? process.stderr : process.stdout).write(`${JSON.stringify(summary(res, output))}\n`);
     } finally {
       rep.stop();
+      if (pipe.gpu.profiling) await pipe.gpu.profileReport({ print: true }); // STEP1X_PROFILE=1
       pipe.dispose();
     }
   });
@@ -198,6 +199,7 @@ export function register(program: Command): void {
       }
     } finally {
       rep.stop();
+      if (pipe.gpu.profiling) await pipe.gpu.profileReport({ print: true }); // STEP1X_PROFILE=1
       pipe.dispose();
     }
   });
