@@ -71,15 +71,17 @@ fn wload(i: u32) -> f32 { return w[i]; }
 @group(0) @binding(B_OUT) var<storage, read_write> out: array<f32>;
 
 // (iy, ix) are coordinates in the (virtually upsampled, UPS == 1) input of size (H << UPS, W << UPS).
+// Branch-free (select on a clamped, always valid index): keeps SIMD lanes together on CPU drivers.
 fn xload(c: u32, iy: i32, ix: i32) -> f32 {
-  if (iy < 0 || ix < 0 || iy >= i32(U.H << UPS) || ix >= i32(U.W << UPS)) { return 0.0; }
-  let sy = u32(iy) >> UPS;
-  let sx = u32(ix) >> UPS;
+  let ok = iy >= 0 && ix >= 0 && iy < i32(U.H << UPS) && ix < i32(U.W << UPS);
+  let sy = min(u32(max(iy, 0)) >> UPS, U.H - 1u);
+  let sx = min(u32(max(ix, 0)) >> UPS, U.W - 1u);
 #ifdef IN_NHWC
-  return x[U.x_off + (sy * U.W + sx) * U.CT + c];
+  let v = x[U.x_off + (sy * U.W + sx) * U.CT + c];
 #else
-  return x[U.x_off + c * U.H * U.W + sy * U.W + sx];
+  let v = x[U.x_off + c * U.H * U.W + sy * U.W + sx];
 #endif
+  return select(0.0, v, ok);
 }
 
 fn out_index(o: u32, m: u32) -> u32 {

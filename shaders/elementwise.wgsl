@@ -13,16 +13,7 @@ struct Params { n: u32, n_b: u32, wg_x: u32, alpha: f32, beta: f32 }
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 #endif
 
-fn erf_approx(x: f32) -> f32 {
-  // Abramowitz–Stegun 7.1.26 is too coarse (1.5e-7 abs is fine for f32 but we use a tighter series):
-  // erf via erfc rational approximation (Numerical Recipes erfcc), |err| < 1.2e-7.
-  let z = abs(x);
-  let t = 1.0 / (1.0 + 0.5 * z);
-  let r = t * exp(-z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 +
-          t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 +
-          t * (-0.82215223 + t * 0.17087277)))))))));
-  return select(r - 1.0, 1.0 - r, x >= 0.0);
-}
+#include "common/math.wgsl"
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
@@ -30,14 +21,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   if (i >= U.n) { return; }
   let x = a[i];
 #if OP == silu
-  out[i] = x / (1.0 + exp(-x));
+  out[i] = silu_f(x);
 #endif
 #if OP == gelu_tanh
-  let c = 0.7978845608028654 * (x + 0.044715 * x * x * x);
-  out[i] = 0.5 * x * (1.0 + tanh(clamp(c, -15.0, 15.0)));
+  out[i] = gelu_tanh_f(x);
 #endif
 #if OP == gelu_erf
-  out[i] = 0.5 * x * (1.0 + erf_approx(x * 0.7071067811865476));
+  out[i] = gelu_erf_f(x);
 #endif
 #if OP == scale
   out[i] = x * U.alpha + U.beta;

@@ -28,6 +28,7 @@
 //   gemv   M <= 4 (all rows of x at once, so weights are read exactly once): workgroup 64 per 4 output
 //          columns, K split over the lanes, one workgroup barrier; ceil(N / 4) groups.
 #include "common/dtype.wgsl"
+#include "common/math.wgsl"
 
 struct Params {
   M: u32, N: u32, K: u32, K4: u32,
@@ -128,27 +129,16 @@ fn bias_at(n: u32) -> f32 {
 #endif
 }
 
-fn erf_approx(v: f32) -> f32 {
-  // Same erfc rational approximation as elementwise.wgsl (|err| < 1.2e-7), kept in sync by hand.
-  let z = abs(v);
-  let t = 1.0 / (1.0 + 0.5 * z);
-  let r = t * exp(-z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 +
-          t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 +
-          t * (-0.82215223 + t * 0.17087277)))))))));
-  return select(r - 1.0, 1.0 - r, v >= 0.0);
-}
-
 fn finish(s: f32, n: u32) -> f32 {
   let v = s + bias_at(n);
 #if ACT == silu
-  return v / (1.0 + exp(-v));
+  return silu_f(v);
 #endif
 #if ACT == gelu_tanh
-  let c = 0.7978845608028654 * (v + 0.044715 * v * v * v);
-  return 0.5 * v * (1.0 + tanh(clamp(c, -15.0, 15.0)));
+  return gelu_tanh_f(v);
 #endif
 #if ACT == gelu_erf
-  return 0.5 * v * (1.0 + erf_approx(v * 0.7071067811865476));
+  return gelu_erf_f(v);
 #endif
 #if ACT == none
   return v;

@@ -228,6 +228,8 @@ export interface DitLoadOptions {
   activationBytes?: number;
   /** Stream every block whatever the budget (tests). */
   streamAll?: boolean;
+  /** Keep at most this many blocks resident (the first in execution order); the rest are streamed. */
+  maxResidentBlocks?: number;
 }
 
 /** Pool-bucket size of a buffer (mirrors runtime/buffer-pool.ts) so budgets match g.pool.liveBytes. */
@@ -297,6 +299,7 @@ export function planResidency(ckpt: Checkpoint, d: DitParams, opts: DitLoadOptio
       avail -= slots[j].bytes;
     }
   }
+  if (opts.maxResidentBlocks !== undefined) for (const j of [...resident]) if (j >= opts.maxResidentBlocks) resident.delete(j);
   return { slots, fixedBytes, resident };
 }
 

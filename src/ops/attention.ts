@@ -39,7 +39,7 @@ interface Variant {
 /**
  * Tiling by head dim: TPR lanes per query row split Dh (≤ 32 accumulators per lane); the q·k phase runs
  * in NCH ∈ {1, 2, 4} head-dim chunks and the p·v phase in 1 or 2 key sub-tiles, as explicit phases
- * (see the shader header). First fit in 16 KiB by: most query rows, fewest phases, most keys.
+ * (see the shader header), within 16 KiB of workgroup storage.
  */
 export function attentionVariant(dh: number): Variant {
   const TPR = dh <= 16 ? 4 : dh <= 128 ? 8 : dh <= 512 ? 16 : 32;
@@ -58,7 +58,9 @@ export function attentionVariant(dh: number): Variant {
           cands.push({ DH: dh, BQ, TPR, BK, DC, VK, SH, QK2: nch >= 2, QK4: nch === 4, PV2: nvk === 2, phases: nch + nvk });
         }
   if (!cands.length) fail(`attention: no tiling of head dim ${dh} fits ${WG_STORAGE} bytes of workgroup storage`);
-  cands.sort((a, b) => b.BQ - a.BQ || a.phases - b.phases || b.BK - a.BK);
+  // K/V reuse first (query rows), then at least 16 keys per tile (barriers per key), then fewer phases
+  // (lavapipe compile time), then more keys.
+  cands.sort((a, b) => b.BQ - a.BQ || Math.min(b.BK, 16) - Math.min(a.BK, 16) || a.phases - b.phases || b.BK - a.BK);
   const { phases: _p, ...v } = cands[0];
   return v;
 }
