@@ -119,7 +119,8 @@ const CASES: Case[] = [
   { B: 2, Lq: 17, Lk: 17, H: 2, Hkv: 2, Dh: 128, seed: 16, queryMask: true, keyMask: true },
   // the VAE mid-block: one head of 512
   { B: 1, Lq: 70, Lk: 70, H: 1, Hkv: 1, Dh: 512, seed: 17 },
-  { B: 2, Lq: 3, Lk: 17, H: 1, Hkv: 1, Dh: 512, seed: 18, mask: true },
+  // (mask flags are Dh-independent; keeping this one causal reuses the same pipeline: ~7 s less compile)
+  { B: 2, Lq: 3, Lk: 17, H: 1, Hkv: 1, Dh: 512, seed: 18, causal: true },
 ];
 
 describe('attention', () => {

@@ -92,35 +92,36 @@ fn out_index(o: u32, m: u32) -> u32 {
 #endif
 }
 
-// Partial sums of output channel n at pixels mb + 64*i (or 0 for the first input block).
+// Partial sum of output channel n at pixel m (0 for the first input block or outside the output).
+fn acc1(n: u32, m: u32, M: u32) -> f32 {
+  if (U.accum == 0u || n >= U.O || m >= M) { return 0.0; }
+  return out[U.o_off + out_index(n, m)];
+}
+
 fn acc_init(n: u32, mb: u32, M: u32) -> vec4<f32> {
-  var a = vec4<f32>(0.0);
-  if (U.accum == 0u || n >= U.O) { return a; }
-  for (var i = 0u; i < 4u; i++) {
-    let m = mb + i * 64u;
-    if (m < M) { a[i] = out[U.o_off + out_index(n, m)]; }
+  return vec4<f32>(acc1(n, mb, M), acc1(n, mb + 64u, M), acc1(n, mb + 128u, M), acc1(n, mb + 192u, M));
+}
+
+fn store1(n: u32, m: u32, M: u32, a: f32) {
+  if (n >= U.O || m >= M) { return; }
+  var v = a;
+  let oi = out_index(n, m);
+  if (U.finish != 0u) {
+#ifdef HAS_BIAS
+    v = v + bias[U.o0 + n];
+#endif
+#ifdef RESIDUAL
+    v = res[U.r_off + oi] + v;
+#endif
   }
-  return a;
+  out[U.o_off + oi] = v;
 }
 
 fn store(n: u32, mb: u32, M: u32, a: vec4<f32>) {
-  if (n >= U.O) { return; }
-  for (var i = 0u; i < 4u; i++) {
-    let m = mb + i * 64u;
-    if (m < M) {
-      var v = a[i];
-      let oi = out_index(n, m);
-      if (U.finish != 0u) {
-#ifdef HAS_BIAS
-        v = v + bias[U.o0 + n];
-#endif
-#ifdef RESIDUAL
-        v = res[U.r_off + oi] + v;
-#endif
-      }
-      out[U.o_off + oi] = v;
-    }
-  }
+  store1(n, mb, M, a.x);
+  store1(n, mb + 64u, M, a.y);
+  store1(n, mb + 128u, M, a.z);
+  store1(n, mb + 192u, M, a.w);
 }
 
 // Each invocation: 4 pixels (mb + 64*i, so neighbouring lanes touch neighbouring pixels: coalesced on
