@@ -94,6 +94,13 @@ export class EditPipeline {
     opts.onProgress?.({ stage: 'load', message: 'opening the GPU and the tokenizer' });
     const tokenizer = QwenTokenizer.load(files.qwenDir);
     const gpu = opts.gpu ?? (await Gpu.create());
+    if (opts.vramBudget !== undefined) {
+      // The pool keeps freed buffers for reuse; they occupy GPU memory too. Give them a tenth of the
+      // budget and plan the models against the rest, so live + cached stays within the budget.
+      const cache = Math.floor(opts.vramBudget / 10);
+      gpu.pool.maxCachedBytes = Math.min(gpu.pool.maxCachedBytes, cache);
+      opts = { ...opts, vramBudget: opts.vramBudget - cache };
+    }
     return new EditPipeline(gpu, files, tokenizer, opts, !opts.gpu);
   }
 

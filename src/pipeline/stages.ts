@@ -10,11 +10,9 @@
 import type { Gpu } from '../runtime/gpu.js';
 import { ExitCode, Step1xError } from '../errors.js';
 import type { ModelFiles } from '../io/model-files.js';
-import { Checkpoint, checkKeys } from '../io/checkpoint.js';
 import type { RgbImage } from '../io/resize.js';
 import { AutoEncoder, type AeConfig } from '../models/vae.js';
 import { Step1XEdit } from '../models/dit.js';
-import { configFromCheckpoint, expectedDitKeys } from '../models/dit-config.js';
 import { QwenVL } from '../models/qwen25vl/model.js';
 import { embedPrompts, type EmbedderOutput } from '../models/qwen25vl/embedder.js';
 import type { QwenProcessed } from '../models/qwen25vl/processor.js';
@@ -148,13 +146,8 @@ export async function runDenoise(g: Gpu, files: ModelFiles, o: DenoiseStageOptio
   o.trace?.('mid.txt_ids', prep.txtIds, [B, o.T, 3]);
   const mask = Float32Array.from(o.mask);
   return withOomFallback(g, 'DiT', o.budget, async (budget) => {
-    const ckpt = await Checkpoint.open(files.dit);
-    let model: Step1XEdit | undefined;
+    const model = await Step1XEdit.open(g, files.dit, files.hparams ?? {}, budget !== undefined ? { budgetBytes: budget } : {});
     try {
-      const shapeOf = (n: string) => (ckpt.has(n) ? ckpt.info(n).shape : undefined);
-      const cfg = configFromCheckpoint(ckpt.keys(), shapeOf, files.hparams ?? {}, files.dit);
-      checkKeys(ckpt, expectedDitKeys(cfg), { what: 'DiT checkpoint' });
-      model = await Step1XEdit.load(g, ckpt, cfg, budget !== undefined ? { budgetBytes: budget } : {});
       if (model.streamedBlocks) o.onInfo?.(`DiT: streaming ${model.streamedBlocks} blocks from disk under the GPU budget`);
       const pred = model.predictor({ llmEmbedding: o.llmEmbedding, mask, imgIds: prep.imgIds, txtIds: prep.txtIds, T: o.T, L });
       try {
@@ -176,8 +169,7 @@ export async function runDenoise(g: Gpu, files: ModelFiles, o: DenoiseStageOptio
         pred.dispose();
       }
     } finally {
-      model?.dispose();
-      await ckpt.close();
+      await model.close();
       g.pool.trim();
     }
   }, o.onInfo);
