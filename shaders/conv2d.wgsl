@@ -11,13 +11,14 @@
 //   w_off; row o of the window = output channel o0 + o, row stride CT*KH*KW, column (c0 + c)*KH*KW + ...);
 //   B_BIAS bias (f32 [OT], HAS_BIAS only); B_RES res (f32, layout of out, at r_off; RESIDUAL only);
 //   B_OUT out (f32, window at o_off).
-// Layouts: x(b, c, y, x) = x[x_off + c*H*W + y*W + x] (NCHW block) or, with IN_NHWC,
-//   x[x_off + (y*W + x)*CT + c] (token-major [HW, CT], block offset folded into x_off);
-//   out(o, m) = out[o_off + o*Ho*Wo + m] or, with OUT_NHWC, out[o_off + m*OT + o].
-//   With UPS == 1 the kernel convolves the nearest-2x upsampled input (pixel (y, x) of the 2H x 2W image
-//   is x(y/2, x/2)) without materialising it (saves the decoder's largest tensor at full resolution).
-// Defines: KH, KW (kernel size), STRIDE, UPS = 0 | 1, WDT = f32 | bf16, RN = 4 | 8 (output channels per
-//   invocation; each invocation computes 4 pixels), HAS_BIAS, RESIDUAL, IN_NHWC, OUT_NHWC, B_BIAS / B_RES / B_OUT (binding slots).
+// Layouts (uniform strides, so one pipeline serves every layout): x(c, y, x) = x[x_off + c*xs_c + y*xs_y +
+//   x*xs_x] (NCHW block: H*W, W, 1; token-major [HW, CT]: 1, W*CT, CT with the block's first channel folded
+//   into x_off); out(o, m) = out[o_off + o*os_o + m*os_m] (NCHW: Ho*Wo, 1; token-major: 1, OT).
+//   `stride` is the conv stride; with ups == 1 the kernel convolves the nearest-2x upsampled input (pixel
+//   (y, x) of the 2H x 2W image is x(y/2, x/2)) without materialising it (saves the decoder's largest
+//   tensor). Kernel size KH x KW is a uniform too (unrolled 3x3 taps doubled CPU drivers' compile time).
+// Defines: WDT = f32 | bf16, RN = 4 | 8 (output channels per invocation; each invocation computes 4
+//   pixels), HAS_BIAS, RESIDUAL, B_BIAS / B_RES / B_OUT (binding slots).
 // Dispatch: workgroup 64; x (+ z*wg_x when folded) = ceil(Ho*Wo / 256) pixel tiles, y = ceil(O / RN);
 //   invocation li of tile t computes pixels t*256 + i*64 + li, i < 4.
 //   Register tiles only, no workgroup memory or barriers (barriers are costly on CPU drivers).
@@ -32,7 +33,9 @@ struct Params {
   O: u32, Ho: u32, Wo: u32, OT: u32,
   c0: u32, o0: u32, padT: u32, padL: u32,
   x_off: u32, w_off: u32, o_off: u32, r_off: u32,
-  accum: u32, finish: u32, wg_x: u32, _pad: u32,
+  accum: u32, finish: u32, wg_x: u32, KH: u32,
+  KW: u32, stride: u32, ups: u32, xs_c: u32,
+  xs_y: u32, xs_x: u32, os_o: u32, os_m: u32,
 }
 
 #ifdef UPSAMPLE
@@ -70,26 +73,18 @@ fn wload(i: u32) -> f32 { return w[i]; }
 #endif
 @group(0) @binding(B_OUT) var<storage, read_write> out: array<f32>;
 
-// (iy, ix) are coordinates in the (virtually upsampled, UPS == 1) input of size (H << UPS, W << UPS).
+// (iy, ix) are coordinates in the (virtually upsampled when ups == 1) input of size (H << ups, W << ups).
 // Branch-free (select on a clamped, always valid index): keeps SIMD lanes together on CPU drivers.
 fn xload(c: u32, iy: i32, ix: i32) -> f32 {
-  let ok = iy >= 0 && ix >= 0 && iy < i32(U.H << UPS) && ix < i32(U.W << UPS);
-  let sy = min(u32(max(iy, 0)) >> UPS, U.H - 1u);
-  let sx = min(u32(max(ix, 0)) >> UPS, U.W - 1u);
-#ifdef IN_NHWC
-  let v = x[U.x_off + (sy * U.W + sx) * U.CT + c];
-#else
-  let v = x[U.x_off + c * U.H * U.W + sy * U.W + sx];
-#endif
+  let ok = iy >= 0 && ix >= 0 && iy < i32(U.H << U.ups) && ix < i32(U.W << U.ups);
+  let sy = min(u32(max(iy, 0)) >> U.ups, U.H - 1u);
+  let sx = min(u32(max(ix, 0)) >> U.ups, U.W - 1u);
+  let v = x[U.x_off + c * U.xs_c + sy * U.xs_y + sx * U.xs_x];
   return select(0.0, v, ok);
 }
 
 fn out_index(o: u32, m: u32) -> u32 {
-#ifdef OUT_NHWC
-  return m * U.OT + o;
-#else
-  return o * U.Ho * U.Wo + m;
-#endif
+  return o * U.os_o + m * U.os_m;
 }
 
 // Partial sum of output channel n at pixel m (0 for the first input block or outside the output).
@@ -135,9 +130,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   if (mb >= M) { return; }
   let mv = min(vec4<u32>(mb) + vec4<u32>(0u, 64u, 128u, 192u), vec4<u32>(M - 1u));
   // top-left input tap of the 4 output pixels
-  let iy0 = vec4<i32>((mv / U.Wo) * STRIDE) - vec4<i32>(i32(U.padT));
-  let ix0 = vec4<i32>((mv % U.Wo) * STRIDE) - vec4<i32>(i32(U.padL));
-  let KK = u32(KH * KW);
+  let iy0 = vec4<i32>((mv / U.Wo) * U.stride) - vec4<i32>(i32(U.padT));
+  let ix0 = vec4<i32>((mv % U.Wo) * U.stride) - vec4<i32>(i32(U.padL));
+  let KK = U.KH * U.KW;
   let wrow = U.CT * KK;
   let wb = U.w_off + U.c0 * KK;
   // rows past O are clamped onto the last valid one: computed, never stored
@@ -161,12 +156,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let w7 = wb + min(nb + 7u, last) * wrow;
 #endif
   for (var c = 0u; c < U.C; c++) {
-    for (var ky = 0; ky < KH; ky++) {
-      let iy = iy0 + vec4<i32>(ky);
-      for (var kx = 0; kx < KW; kx++) {
-        let ix = ix0 + vec4<i32>(kx);
+    for (var ky = 0u; ky < U.KH; ky++) {
+      let iy = iy0 + vec4<i32>(i32(ky));
+      for (var kx = 0u; kx < U.KW; kx++) {
+        let ix = ix0 + vec4<i32>(i32(kx));
         let xv = vec4<f32>(xload(c, iy.x, ix.x), xload(c, iy.y, ix.y), xload(c, iy.z, ix.z), xload(c, iy.w, ix.w));
-        let k = c * KK + u32(ky * KW + kx);
+        let k = c * KK + ky * U.KW + kx;
         a0 = a0 + xv * wload(w0 + k);
         a1 = a1 + xv * wload(w1 + k);
         a2 = a2 + xv * wload(w2 + k);

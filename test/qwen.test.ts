@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { SafetensorsFile } from '../src/io/safetensors.js';
 import { loadQwenConfig } from '../src/models/qwen25vl/config.js';
 import {
-  getRopeIndex, getWindowIndex, visionRotPosIds, invertPermutation, cuSeqlensToSegments, mropeCosSin, visionCosSin, type GridThw,
+  getRopeIndex, getWindowIndex, visionRotPosIds, invertPermutation, cuSeqlensToSegments, type GridThw,
 } from '../src/models/qwen25vl/positions.js';
 import { goldenCase } from './util/golden-path.js';
 
@@ -53,22 +53,6 @@ describe('qwen25vl host-side index logic vs golden', () => {
     expect(b.cuWindowSeqlens).toEqual([0, 32, 40, 72, 80, 84]);
     expect(Array.from(b.windowIndex)).toEqual([0, 1, 2, 3, 5, 6, 7, 8, 4, 9, 10, 11, 12, 13, 15, 16, 17, 18, 14, 19, 20]);
     expect(Array.from(cuSeqlensToSegments([0, 2, 5], 5))).toEqual([0, 0, 1, 1, 1]);
-  });
-
-  test('rope tables: text (p,p,p) equals plain 1-D rope; vision halves repeat', () => {
-    const L = 5, Dh = 8;
-    const pos = new Int32Array(3 * L);
-    for (let a = 0; a < 3; a++) for (let l = 0; l < L; l++) pos[a * L + l] = l + 3;
-    const { cos, sin } = mropeCosSin(pos, L, Dh, 10000, [1, 2, 1]);
-    for (let l = 0; l < L; l++)
-      for (let j = 0; j < Dh / 2; j++) {
-        const ang = (l + 3) / Math.pow(10000, (2 * j) / Dh);
-        expect(Math.abs(cos[l * Dh + j] - Math.cos(ang))).toBeLessThan(1e-5);
-        expect(sin[l * Dh + j + Dh / 2]).toBe(sin[l * Dh + j]);
-      }
-    const vt = visionCosSin(Int32Array.from([2, 3]), 8);
-    // Dh 8: [h*inv0, h*inv1, w*inv0, w*inv1] twice, inv over dim 4 = [1, 0.01]
-    expect(Array.from(vt.sin.slice(0, 4)).map((x) => +x.toFixed(5))).toEqual([Math.sin(2), Math.sin(0.02), Math.sin(3), Math.sin(0.03)].map((x) => +x.toFixed(5)));
   });
 
   test('getRopeIndex: masked tokens get 1 and are skipped', () => {
@@ -355,6 +339,7 @@ describe('qwen25vl on the tiny_e2e model directory (sharded, real vocabulary)', 
 // ---- one REAL-size decoder layer (MLP weights 129.5 MiB > the 128 MiB binding limit) vs host f64 ----
 
 import { decoderLayer, type TextSequence } from '../src/models/qwen25vl/text.js';
+import { mropeCosSin } from '../src/ops/rope-tables.js';
 import { DecoderLayerWeights } from '../src/models/qwen25vl/loader.js';
 import { Linear } from '../src/nn/linear.js';
 import { rng } from '../kernels-test/harness.js';
@@ -367,19 +352,18 @@ describe('qwen25vl real-size decoder layer (GPU)', () => {
     const KV = Hkv * Dh;
     const r = rng(77);
     const f32 = new Float32Array(1), u32 = new Uint32Array(f32.buffer);
-    /** random bf16 bits in [off - s, off + s): 4096 seeded values drawn by an inline LCG (fast for 68 M weights) */
-    let lcg = 12345;
+    /**
+     * random bf16 bits in [off - s, off + s): a seeded block of 2^20 - 3 values tiled with set() (JS loops
+     * over 68 M elements are slow under jest's vm; the odd period keeps rows from repeating)
+     */
     const bf = (n: number, s: number, off = 0) => {
-      const table = new Uint16Array(4096);
-      for (let i = 0; i < 4096; i++) {
+      const block = new Uint16Array(Math.min(n, (1 << 20) - 3));
+      for (let i = 0; i < block.length; i++) {
         f32[0] = off + (r() * 2 - 1) * s;
-        table[i] = u32[0] >>> 16;
+        block[i] = u32[0] >>> 16;
       }
       const bits = new Uint16Array(n);
-      for (let i = 0; i < n; i++) {
-        lcg = (Math.imul(lcg, 1664525) + 1013904223) >>> 0;
-        bits[i] = table[lcg >>> 20];
-      }
+      for (let o = 0; o < n; o += block.length) bits.set(o + block.length <= n ? block : block.subarray(0, n - o), o);
       return bits;
     };
     const wide = (bits: Uint16Array) => new Float32Array(new Uint32Array(Array.from(bits, (b) => b << 16)).buffer);
@@ -400,7 +384,7 @@ describe('qwen25vl real-size decoder layer (GPU)', () => {
     const h = Float32Array.from({ length: L * D }, () => (r() * 2 - 1) * 2);
     const pos = Int32Array.from([0, 1, 2, 0, 1, 5, 0, 1, 6]); // [3, L] t/h/w (distinct axes), token 1 masked (position 1)
     const mask = Float32Array.from([1, 0, 1]);
-    const { cos, sin } = mropeCosSin(pos, L, Dh, c.ropeTheta, c.mropeSection);
+    const { cos, sin } = mropeCosSin(pos, 1, L, Dh, c.ropeTheta, [...c.mropeSection]);
     const s: TextSequence = { h: g.upload(h, [1, L, D]), cos: g.upload(cos, [1, L, Dh]), sin: g.upload(sin, [1, L, Dh]),
       keyMask: g.upload(mask, [1, L]), queryMask: g.upload(mask, [1, L]) };
     const t0 = Date.now();

@@ -87,6 +87,24 @@ describe('VAE loader key check (real key set, header-only fake)', () => {
     }
   });
 
+  test('the header-only fake (all zeros) loads onto the GPU and runs at the real channel counts', async () => {
+    const g = await getGpu();
+    const p = join(dir, 'vae.safetensors');
+    const live0 = g.pool.liveBytes;
+    const ae = await AutoEncoder.load(g, p);
+    expect(g.pool.liveBytes - live0).toBeGreaterThanOrEqual(83819683 * 4); // every real parameter, f32
+    const img = g.upload(new Float32Array(3 * 16 * 16).fill(0.5), [1, 3, 16, 16]);
+    const enc = await ae.encode(img);
+    expect(enc.moments.shape).toEqual([1, 32, 2, 2]);
+    const dec = await ae.decode(enc.latent); // mid attention: one head of Dh = 512
+    expect(dec.shape).toEqual([1, 3, 16, 16]);
+    expect([...(await g.readF32(dec))].every((v) => v === 0)).toBe(true); // zero weights, zero biases
+    for (const t of [img, enc.moments, enc.mean, enc.logvar, enc.latent, dec]) t.dispose();
+    ae.dispose();
+    await g.sync();
+    expect(g.pool.liveBytes).toBe(live0);
+  });
+
   test('a removed key or a changed shape fails naming it', async () => {
     const entries = await shapesJsonEntries(realShapes);
     const removed = 'decoder.up.2.block.1.norm2.bias';

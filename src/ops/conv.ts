@@ -98,13 +98,15 @@ export function conv2d(x: Tensor, w: Tensor, b?: Tensor, opts: Conv2dOpts = {}):
   const RM = 4, RN = O >= 8 ? 8 : 4; // pixels x output channels per invocation (RM fixed by the shader)
   let slot = 3;
   const defines: Record<string, string | number | boolean> = {
-    KH, KW, STRIDE: stride, UPS: ups, WDT: w.dtype, RN,
-    IN_NHWC: !!opts.inTokens, OUT_NHWC: !!opts.outTokens,
+    WDT: w.dtype, RN,
     HAS_BIAS: !!b, RESIDUAL: !!res,
   };
   if (b) defines.B_BIAS = slot++;
   if (res) defines.B_RES = slot++;
   defines.B_OUT = slot;
+  // element strides (see shaders/conv2d.wgsl): x channel / row / column, out channel / pixel
+  const xs = opts.inTokens ? [1, W * C, C] : [HW, W, 1];
+  const os = opts.outTokens ? [1, O] : [M, 1];
   const mTiles = Math.ceil(M / (64 * RM));
   const gx = Math.min(mTiles, g.maxWorkgroupsPerDim), gz = Math.ceil(mTiles / gx);
 
@@ -128,7 +130,7 @@ export function conv2d(x: Tensor, w: Tensor, b?: Tensor, opts: Conv2dOpts = {}):
           file: 'conv2d.wgsl',
           defines,
           uniforms: [nc, H, W, C, no, Ho, Wo, O, c0, o0, pt, pl, xOff, ww.off, oOff, rw ? (opts.outTokens ? rw.off + o0 : rw.off) : 0,
-            c0 > 0 ? 1 : 0, c0 + nc >= C ? 1 : 0, gx, 0],
+            c0 > 0 ? 1 : 0, c0 + nc >= C ? 1 : 0, gx, KH, KW, stride, ups, ...xs, ...os],
           bindings,
           workgroups: [gx, Math.ceil(no / RN), gz],
         });

@@ -61,10 +61,16 @@ export class QwenVL {
     let visual: QwenVisionTower | null = null;
     try {
       const vs = QwenVisionTower.sizes(ckpt, cfg.vision);
-      visual = await QwenVisionTower.load(g, ckpt, cfg.vision, shouldStream(mode, vs.blocks, vs.fixed, budget));
       const ts = QwenTextModel.sizes(ckpt, cfg.text);
-      // the towers run one after the other, but the vision tower's fixed part stays loaded
-      const text = await QwenTextModel.load(g, ckpt, cfg.text, shouldStream(mode, ts.blocks, ts.fixed + vs.fixed, budget));
+      // Everything resident when it all fits. Otherwise the text layers (the bulk) stream, and the
+      // vision blocks stay resident only if they fit next to the fixed parts and the two text layers a
+      // streamed step holds (current + prefetched): both towers' weights are live at the same time.
+      const fixed = vs.fixed + ts.fixed;
+      const streamText = shouldStream(mode, vs.blocks + ts.blocks, fixed, budget);
+      const textWorking = streamText ? (2 * ts.blocks) / cfg.text.numHiddenLayers : ts.blocks;
+      const streamVision = mode === 'auto' ? streamText && shouldStream(mode, vs.blocks, fixed + textWorking, budget) : mode === 'always';
+      visual = await QwenVisionTower.load(g, ckpt, cfg.vision, streamVision);
+      const text = await QwenTextModel.load(g, ckpt, cfg.text, streamText);
       return new QwenVL(cfg, ckpt, visual, text);
     } catch (e) {
       await visual?.dispose();

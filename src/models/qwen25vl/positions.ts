@@ -1,16 +1,13 @@
 /**
  * Host-side index logic of Qwen2.5-VL (pure TS, no GPU), ported from transformers'
  * Qwen2_5_VisionTransformerPretrainedModel.rot_pos_emb / get_window_index and
- * Qwen2_5_VLModel.get_rope_index, plus the RoPE cos/sin tables both towers use.
- * Tables mimic torch's float32 arithmetic (inv_freq, angle = pos * inv_freq rounded to f32) so that
- * cos/sin match the reference to ~1 ulp even at positions of several hundred.
+ * Qwen2_5_VLModel.get_rope_index. The RoPE cos/sin tables themselves are ops/rope-tables.ts
+ * (visionRopeCosSin, mropeCosSin).
  */
 import { fail } from '../../errors.js';
 
 /** One image's (t, h, w) grid in 14-px patches (processor output `image_grid_thw`). */
 export type GridThw = readonly [number, number, number];
-
-const f = Math.fround;
 
 /**
  * (h, w) patch coordinates [N, 2] in the processor's patch order (2×2 merge blocks contiguous),
@@ -104,60 +101,6 @@ export function permuteRows<T extends Float32Array | Int32Array>(x: T, width: nu
   const out = new (x.constructor as { new (n: number): T })(perm.length * width);
   for (let i = 0; i < perm.length; i++) out.set(x.subarray(perm[i] * width, perm[i] * width + width), i * width);
   return out;
-}
-
-/** torch float32 `1 / theta ** (arange(0, dim, 2) / dim)`. */
-export function ropeInvFreq(dim: number, theta: number): Float32Array {
-  const out = new Float32Array(dim / 2);
-  for (let j = 0; j < dim / 2; j++) out[j] = f(1 / f(Math.pow(theta, f((2 * j) / dim))));
-  return out;
-}
-
-/**
- * Vision 2-D RoPE tables [N, Dh] for patch coordinates `posIds` [N, 2] (already in the order the
- * blocks see them): freqs = [h·inv, w·inv] (Dh/4 each, inv over dim Dh/2, theta 10000), emb = cat(freqs, freqs).
- */
-export function visionCosSin(posIds: Int32Array, headDim: number, theta = 10000): { cos: Float32Array; sin: Float32Array } {
-  const n = posIds.length / 2, q = headDim / 4;
-  const inv = ropeInvFreq(headDim / 2, theta);
-  const cos = new Float32Array(n * headDim), sin = new Float32Array(n * headDim);
-  for (let i = 0; i < n; i++)
-    for (let a = 0; a < 2; a++)
-      for (let j = 0; j < q; j++) {
-        const ang = f(posIds[i * 2 + a] * inv[j]);
-        const c = Math.cos(ang), s = Math.sin(ang);
-        for (const d of [a * q + j, 2 * q + a * q + j]) {
-          cos[i * headDim + d] = c;
-          sin[i * headDim + d] = s;
-        }
-      }
-  return { cos, sin };
-}
-
-/**
- * Text M-RoPE tables [L, Dh] from position ids [3, L]: rotary dim j (of Dh/2, repeated for both
- * halves) uses axis t for j < s0, h for j < s0+s1, w otherwise (apply_multimodal_rotary_pos_emb).
- */
-export function mropeCosSin(
-  positionIds: Int32Array,
-  L: number,
-  headDim: number,
-  theta: number,
-  section: readonly [number, number, number],
-): { cos: Float32Array; sin: Float32Array } {
-  const half = headDim / 2;
-  if (section[0] + section[1] + section[2] !== half) fail(`mrope_section [${section}] must sum to head_dim/2 = ${half}`);
-  const inv = ropeInvFreq(headDim, theta);
-  const axis = new Int32Array(half).map((_, j) => (j < section[0] ? 0 : j < section[0] + section[1] ? 1 : 2));
-  const cos = new Float32Array(L * headDim), sin = new Float32Array(L * headDim);
-  for (let l = 0; l < L; l++)
-    for (let j = 0; j < half; j++) {
-      const ang = f(positionIds[axis[j] * L + l] * inv[j]);
-      const c = Math.cos(ang), s = Math.sin(ang);
-      cos[l * headDim + j] = cos[l * headDim + half + j] = c;
-      sin[l * headDim + j] = sin[l * headDim + half + j] = s;
-    }
-  return { cos, sin };
 }
 
 export interface RopeIndexOptions {

@@ -19,11 +19,11 @@ import { loadWeight } from '../../nn/weights.js';
 import { rmsNorm, swiglu } from '../../ops/norm.js';
 import { add } from '../../ops/elementwise.js';
 import { attention } from '../../ops/attention.js';
-import { applyRopeHalf } from './rope-compat.js';
+import { applyRopeHalf } from '../../ops/rope.js';
+import { mropeCosSin } from '../../ops/rope-tables.js';
 import { ExitCode, fail } from '../../errors.js';
 import type { QwenTextConfig } from './config.js';
 import { DecoderLayerWeights, LayerSet, gatherEmbeddingRows, tensorBytes } from './loader.js';
-import { mropeCosSin } from './positions.js';
 
 /** One sequence's state through the decoder (B = 1). */
 export interface TextSequence {
@@ -119,7 +119,7 @@ export class QwenTextModel {
     }
     if (imageEmbeds && used !== imageEmbeds.shape[0])
       fail(`image features and image tokens do not match: tokens ${used}, features ${imageEmbeds.shape[0]}`, ExitCode.USAGE);
-    const { cos, sin } = mropeCosSin(positionIds, L, c.headDim, c.ropeTheta, c.mropeSection);
+    const { cos, sin } = mropeCosSin(positionIds, 1, L, c.headDim, c.ropeTheta, [...c.mropeSection]);
     const seq: TextSequence = {
       h,
       cos: g.upload(cos, [1, L, c.headDim], 'f32', 'mrope.cos'),

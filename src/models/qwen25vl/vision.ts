@@ -22,12 +22,13 @@ import { rmsNorm, swiglu } from '../../ops/norm.js';
 import { add } from '../../ops/elementwise.js';
 import { gatherRows } from '../../ops/layout.js';
 import { attention } from '../../ops/attention.js';
-import { applyRopeHalf } from './rope-compat.js';
+import { applyRopeHalf } from '../../ops/rope.js';
+import { visionRopeCosSin } from '../../ops/rope-tables.js';
 import { fail, fmtShape } from '../../errors.js';
 import type { QwenVisionConfig } from './config.js';
 import { LayerSet, VisionBlockWeights, tensorBytes } from './loader.js';
 import {
-  cuSeqlensToSegments, fullAttentionCuSeqlens, getWindowIndex, invertPermutation, permuteRows, visionCosSin, visionRotPosIds, type GridThw,
+  cuSeqlensToSegments, fullAttentionCuSeqlens, getWindowIndex, invertPermutation, permuteRows, type GridThw,
 } from './positions.js';
 
 export interface VisionTrace {
@@ -89,10 +90,10 @@ export class QwenVisionTower {
 
     // host-side index logic
     const { windowIndex, cuWindowSeqlens } = getWindowIndex(grids, c.windowSize, c.spatialMergeSize, c.patchSize);
-    const posIds = permuteRows(visionRotPosIds(grids, c.spatialMergeSize), 2 * unit, windowIndex);
-    const { cos, sin } = visionCosSin(posIds, Dh);
-    const cosT = g.upload(cos, [1, N, Dh], 'f32', 'vision.cos');
-    const sinT = g.upload(sin, [1, N, Dh], 'f32', 'vision.sin');
+    // 2-D rope tables in the processor's patch order, then reordered like the hidden states
+    const tables = visionRopeCosSin(grids.map((x) => [...x] as [number, number, number]), c.spatialMergeSize, Dh);
+    const cosT = g.upload(permuteRows(tables.cos, unit * Dh, windowIndex), [1, N, Dh], 'f32', 'vision.cos');
+    const sinT = g.upload(permuteRows(tables.sin, unit * Dh, windowIndex), [1, N, Dh], 'f32', 'vision.sin');
     const segWin = g.upload(cuSeqlensToSegments(cuWindowSeqlens, N), [N], 'i32', 'vision.window_segments');
     const segFull = g.upload(cuSeqlensToSegments(fullAttentionCuSeqlens(grids), N), [N], 'i32', 'vision.frame_segments');
 
