@@ -1,13 +1,32 @@
 /**
- * Qwen2.5-VL: host-side index logic (pure TS) and the full model against the qwen_vl golden cases.
+ * Qwen2.5-VL: host-side index logic (pure TS), the loader (real key set, header-only fake of the real
+ * sharded checkpoint, residency plan), the full model against the qwen_vl golden cases (resident and
+ * streamed), the embedder batch, the tiny_e2e model directory, and one real-size decoder layer.
  */
+import { readFileSync } from 'node:fs';
+import { mkdtemp, rm, copyFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { getGpu, releaseGpu, compare, rng } from '../kernels-test/harness.js';
+import type { Gpu } from '../src/runtime/gpu.js';
 import { SafetensorsFile } from '../src/io/safetensors.js';
+import { shapesJsonEntries } from '../src/io/checkpoint.js';
+import { Linear } from '../src/nn/linear.js';
+import { mropeCosSin } from '../src/ops/rope-tables.js';
+import type { GoldenContext } from '../src/golden/registry.js';
+import { runQwenVl } from '../src/golden/kinds/qwen_vl.js';
 import { loadQwenConfig } from '../src/models/qwen25vl/config.js';
 import {
   getRopeIndex, getWindowIndex, visionRotPosIds, invertPermutation, cuSeqlensToSegments, type GridThw,
 } from '../src/models/qwen25vl/positions.js';
-import { goldenCase } from './util/golden-path.js';
+import { qwenExpectedShapes, openQwenCheckpoint, residencyPlan, DecoderLayerWeights, LM_HEAD } from '../src/models/qwen25vl/loader.js';
+import { QwenVL, type QwenLoadOptions } from '../src/models/qwen25vl/model.js';
+import { embedPrompts } from '../src/models/qwen25vl/embedder.js';
+import { decoderLayer, type TextSequence } from '../src/models/qwen25vl/text.js';
+import { goldenCase, REPO_ROOT } from './util/golden-path.js';
+import { writeFakeShardedQwen } from './util/fake-checkpoint.js';
+
+afterAll(releaseGpu);
 
 const CASES = ['qwen_vl_tiny', 'qwen_vl_tiny_mask'];
 
@@ -70,13 +89,6 @@ describe('qwen25vl host-side index logic vs golden', () => {
 
 // ---- loader: key set, header-only fake of the real sharded checkpoint ------------------------------
 
-import { mkdtemp, rm, writeFile, copyFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { shapesJsonEntries } from '../src/io/checkpoint.js';
-import { qwenExpectedShapes, openQwenCheckpoint, LM_HEAD } from '../src/models/qwen25vl/loader.js';
-import { writeFakeShardedQwen } from './util/fake-checkpoint.js';
-import { REPO_ROOT } from './util/golden-path.js';
-
 const REAL_QWEN = join(REPO_ROOT, '../shared/golden/real_shapes_qwen');
 
 describe('qwen25vl loader', () => {
@@ -106,6 +118,16 @@ describe('qwen25vl loader', () => {
       await copyFile(join(REAL_QWEN, 'config.json'), join(ok, 'config.json'));
       const ck = await openQwenCheckpoint(ok, cfg);
       expect(ck.keys().length).toBe(729);
+      // residency under budgets, from the real byte sizes (vision blocks 1.26 GiB, text layers 13.2 GiB)
+      const { QwenVisionTower } = await import('../src/models/qwen25vl/vision.js');
+      const { QwenTextModel } = await import('../src/models/qwen25vl/text.js');
+      const vs = QwenVisionTower.sizes(ck, cfg.vision), ts = QwenTextModel.sizes(ck, cfg.text);
+      expect(vs.blocks + vs.fixed + ts.blocks + ts.fixed).toBe(2 * (8292166656 - 152064 * 3584 * 2)); // all but embed_tokens, lm_head
+      const GiB = 2 ** 30;
+      expect(residencyPlan('auto', vs, ts, 28, 16 * GiB)).toEqual({ streamVision: false, streamText: false });
+      expect(residencyPlan('auto', vs, ts, 28, 3 * GiB)).toEqual({ streamVision: false, streamText: true });
+      expect(residencyPlan('auto', vs, ts, 28, 1 * GiB)).toEqual({ streamVision: true, streamText: true });
+      expect(residencyPlan('never', vs, ts, 28, 1)).toEqual({ streamVision: false, streamText: false });
       // a few embedding rows are read by byte range (sparse file: zeros), never the whole table
       const { gatherEmbeddingRows } = await import('../src/models/qwen25vl/loader.js');
       const rows = await gatherEmbeddingRows(ck, Int32Array.from([0, 151655, 152063]));
@@ -123,7 +145,6 @@ describe('qwen25vl loader', () => {
       const noHead = join(root, 'nohead');
       await writeFakeShardedQwen(noHead, params.filter((p) => p.name !== LM_HEAD));
       await (await openQwenCheckpoint(noHead, cfg)).close();
-      await writeFile(join(root, 'unused'), '');
     } finally {
       await rm(root, { recursive: true, force: true });
     }
@@ -131,16 +152,6 @@ describe('qwen25vl loader', () => {
 });
 
 // ---- GPU: the whole model against the qwen_vl golden cases ----------------------------------------
-
-import { readFileSync } from 'node:fs';
-import { getGpu, releaseGpu, compare } from '../kernels-test/harness.js';
-import type { Gpu } from '../src/runtime/gpu.js';
-import type { GoldenContext } from '../src/golden/registry.js';
-import { runQwenVl } from '../src/golden/kinds/qwen_vl.js';
-import { QwenVL, type QwenLoadOptions } from '../src/models/qwen25vl/model.js';
-import { embedPrompts } from '../src/models/qwen25vl/embedder.js';
-
-afterAll(releaseGpu);
 
 interface Emitted { data: Float32Array | Int32Array | Uint8Array; shape: number[]; kind: string }
 
@@ -337,12 +348,6 @@ describe('qwen25vl on the tiny_e2e model directory (sharded, real vocabulary)', 
 });
 
 // ---- one REAL-size decoder layer (MLP weights 129.5 MiB > the 128 MiB binding limit) vs host f64 ----
-
-import { decoderLayer, type TextSequence } from '../src/models/qwen25vl/text.js';
-import { mropeCosSin } from '../src/ops/rope-tables.js';
-import { DecoderLayerWeights } from '../src/models/qwen25vl/loader.js';
-import { Linear } from '../src/nn/linear.js';
-import { rng } from '../kernels-test/harness.js';
 
 describe('qwen25vl real-size decoder layer (GPU)', () => {
   test('D 3584, MLP 18944, 28/4 heads, Dh 128, L 3 with a masked token: matches host f64', async () => {

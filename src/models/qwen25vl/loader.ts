@@ -261,3 +261,22 @@ export function shouldStream(mode: 'auto' | 'always' | 'never', blockBytes: numb
   if (!(budgetBytes > 0)) fail(`GPU budget must be a positive byte count, got ${budgetBytes}`, ExitCode.USAGE);
   return blockBytes + fixedBytes > budgetBytes;
 }
+
+export interface TowerBytes {
+  blocks: number;
+  fixed: number;
+}
+
+/**
+ * Which towers stream under `budgetBytes`. Everything resident when it all fits; otherwise the text
+ * layers (the bulk) stream, and the vision blocks stay resident only if they fit next to the fixed
+ * parts and the two text layers a streamed step holds (current + prefetched), since both towers'
+ * weights are live at the same time.
+ */
+export function residencyPlan(mode: 'auto' | 'always' | 'never', vision: TowerBytes, text: TowerBytes, textLayers: number, budgetBytes: number): { streamVision: boolean; streamText: boolean } {
+  if (mode !== 'auto') return { streamVision: mode === 'always', streamText: mode === 'always' };
+  const fixed = vision.fixed + text.fixed;
+  const streamText = shouldStream(mode, vision.blocks + text.blocks, fixed, budgetBytes);
+  const textWorking = streamText ? (2 * text.blocks) / textLayers : text.blocks;
+  return { streamVision: streamText && shouldStream(mode, vision.blocks, fixed + textWorking, budgetBytes), streamText };
+}

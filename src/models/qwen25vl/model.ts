@@ -8,7 +8,7 @@ import type { Gpu } from '../../runtime/gpu.js';
 import type { Tensor } from '../../runtime/tensor.js';
 import type { Checkpoint } from '../../io/checkpoint.js';
 import { loadQwenConfig, type QwenVLConfig } from './config.js';
-import { openQwenCheckpoint, shouldStream } from './loader.js';
+import { openQwenCheckpoint, residencyPlan } from './loader.js';
 import { QwenVisionTower, type VisionTrace } from './vision.js';
 import { QwenTextModel } from './text.js';
 import { getRopeIndex, type GridThw } from './positions.js';
@@ -62,13 +62,7 @@ export class QwenVL {
     try {
       const vs = QwenVisionTower.sizes(ckpt, cfg.vision);
       const ts = QwenTextModel.sizes(ckpt, cfg.text);
-      // Everything resident when it all fits. Otherwise the text layers (the bulk) stream, and the
-      // vision blocks stay resident only if they fit next to the fixed parts and the two text layers a
-      // streamed step holds (current + prefetched): both towers' weights are live at the same time.
-      const fixed = vs.fixed + ts.fixed;
-      const streamText = shouldStream(mode, vs.blocks + ts.blocks, fixed, budget);
-      const textWorking = streamText ? (2 * ts.blocks) / cfg.text.numHiddenLayers : ts.blocks;
-      const streamVision = mode === 'auto' ? streamText && shouldStream(mode, vs.blocks, fixed + textWorking, budget) : mode === 'always';
+      const { streamVision, streamText } = residencyPlan(mode, vs, ts, cfg.text.numHiddenLayers, budget);
       visual = await QwenVisionTower.load(g, ckpt, cfg.vision, streamVision);
       const text = await QwenTextModel.load(g, ckpt, cfg.text, streamText);
       return new QwenVL(cfg, ckpt, visual, text);
