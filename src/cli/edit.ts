@@ -143,8 +143,8 @@ export function register(program: Command): void {
     if (!instruction.trim()) throw new Step1xError('the instruction is empty', ExitCode.USAGE);
     const output = o.output ?? (image === '-' ? '-' : join(dirname(image), `${basename(image, extname(image))}-edited.png`));
     if (output === '-' && process.stdout.isTTY) throw new Step1xError('refusing to write a PNG to a terminal: pass -o FILE or redirect stdout', ExitCode.USAGE);
-    if (output !== '-') checkWritable(output);
     const img = await readInputImage(image, { ignoreExif: o.ignoreExif });
+    if (output !== '-') checkWritable(output);
     const files = resolveModelFiles(o.model);
     const rep = createReporter({ quiet: o.quiet });
     const { EditPipeline } = await import('../pipeline/edit-pipeline.js'); // models load only for edits
