@@ -15,7 +15,9 @@ export interface Reporter {
 export function createReporter(opts: { quiet?: boolean; stream?: NodeJS.WriteStream } = {}): Reporter {
   const stream = opts.stream ?? process.stderr;
   if (opts.quiet) return { update() {}, done() {}, fail() {}, stop() {} };
-  if (stream.isTTY) {
+  // A pseudo-terminal that reports no width (some `script`/CI set-ups) would make the spinner's
+  // line-clearing arithmetic run away: use plain lines there.
+  if (stream.isTTY && (stream.columns ?? 0) > 0) {
     let sp: Ora | null = null;
     const spin = (): Ora => (sp ??= ora({ stream, discardStdin: false }).start());
     return {
@@ -38,9 +40,11 @@ export function createReporter(opts: { quiet?: boolean; stream?: NodeJS.WriteStr
   let lastAt = 0;
   return {
     update: (t) => {
-      // Plain mode: throttle repeated updates to one line a second.
+      // Plain mode: a new stage always prints; updates within a stage (same first word, e.g. the
+      // sampling steps) at most once a second.
       const now = Date.now();
-      if (t !== last && now - lastAt >= 1000) {
+      const sameStage = t.split(' ')[0] === last.split(' ')[0];
+      if (t !== last && (!sameStage || now - lastAt >= 1000)) {
         stream.write(`${t}\n`);
         last = t;
         lastAt = now;
