@@ -1,20 +1,9 @@
-import { getGpu, releaseGpu, randn, uploadAs, expectClose } from './harness.js';
+import { getGpu, releaseGpu, randn, uploadAs, expectClose, withBindingLimit } from './harness.js';
 import * as ref from './ref/conv.js';
 import { conv2d, upsampleNearest2x, groupNorm } from '../src/ops/conv.js';
 import type { Gpu } from '../src/runtime/gpu.js';
 
 afterAll(releaseGpu);
-
-/** Run `f` with a forced small binding limit (exercises the block-splitting paths). */
-async function withLimit<T>(g: Gpu, bytes: number, f: () => Promise<T>): Promise<T> {
-  const saved = g.maxBindingBytes;
-  g.maxBindingBytes = bytes;
-  try {
-    return await f();
-  } finally {
-    g.maxBindingBytes = saved;
-  }
-}
 
 type Pad = [number, number, number, number];
 const CASES: { name: string; B: number; C: number; H: number; W: number; O: number; K: number; stride: 1 | 2; pad: Pad; bias: boolean }[] = [
@@ -44,7 +33,7 @@ describe('conv2d', () => {
         expectClose(`conv2d ${c.name}`, got, r.out, 2e-5, 1e-5);
         // split into blocks of whole planes under a tiny binding limit: bitwise identical
         const limit = Math.max(1024, 256 + 4 * Math.max(c.H * c.W, r.Ho * r.Wo, c.C * c.K * c.K) + 4);
-        const y2 = await withLimit(g, limit, async () => g.readF32(conv2d(xt, wt, bt, { stride: c.stride, pad: c.pad })));
+        const y2 = await withBindingLimit(g, limit, async () => g.readF32(conv2d(xt, wt, bt, { stride: c.stride, pad: c.pad })));
         expectClose(`conv2d ${c.name} split (limit ${limit})`, y2, got, 0);
         for (const t of [xt, wt, y, bt]) t?.dispose();
       });
@@ -82,7 +71,7 @@ describe('conv2d of the upsampled input (fused nearest 2x)', () => {
     expectClose('fused upsample conv', got, r.out, 2e-5, 1e-5);
     const u = upsampleNearest2x(xt);
     expectClose('fused == upsample then conv', await g.readF32(conv2d(u, wt, bt, { pad: [1, 1, 1, 1] })), got, 0);
-    const y2 = await withLimit(g, 1024, async () => g.readF32(conv2d(xt, wt, bt, { pad: [1, 1, 1, 1], upsample2x: true })));
+    const y2 = await withBindingLimit(g, 1024, async () => g.readF32(conv2d(xt, wt, bt, { pad: [1, 1, 1, 1], upsample2x: true })));
     expectClose('fused upsample conv split', y2, got, 0);
   });
 });
@@ -96,7 +85,7 @@ describe('upsampleNearest2x', () => {
     expect(y.shape).toEqual([2, 3, 10, 14]);
     const r = ref.upsampleNearest2x(x, 6, 5, 7);
     expectClose('upsample', await g.readF32(y), r, 0);
-    const y2 = await withLimit(g, 1024, async () => g.readF32(upsampleNearest2x(xt)));
+    const y2 = await withBindingLimit(g, 1024, async () => g.readF32(upsampleNearest2x(xt)));
     expectClose('upsample split', y2, r, 0);
   });
 });
@@ -121,7 +110,7 @@ describe('groupNorm', () => {
       const got = await g.readF32(y);
       const r = ref.groupNorm(x, c.B, c.C, HW, c.G, c.affine ? wv : null, c.affine ? bv : null, 1e-6, c.silu);
       expectClose('groupNorm', got, r, 2e-5, 2e-5);
-      const y2 = await withLimit(g, 4096 + 512, async () => g.readF32(groupNorm(xt, c.G, wt, bt, 1e-6, { silu: c.silu })));
+      const y2 = await withBindingLimit(g, 4096 + 512, async () => g.readF32(groupNorm(xt, c.G, wt, bt, 1e-6, { silu: c.silu })));
       expectClose('groupNorm split', y2, got, 0);
     });
   test('bad groups', async () => {

@@ -87,3 +87,21 @@ export function expectClose(name: string, got: ArrayLike<number>, ref: ArrayLike
   const r = compare(name, got, ref, atol, rtol);
   if (!r.pass) throw new Error(r.msg);
 }
+
+/** Hand the next allocation of this size a NaN-filled buffer (the pool reuses the last freed buffer of a size class). */
+export function primePoison(g: Gpu, shape: number[]): void {
+  const t = g.empty(shape, 'f32', 'poison');
+  poison(g, t);
+  t.dispose();
+}
+
+/** Run `f` with a small binding limit so the split paths are taken; always restores the limit. */
+export async function withBindingLimit<T>(g: Gpu, bytes: number, f: () => Promise<T>): Promise<T> {
+  const saved = g.maxBindingBytes;
+  g.maxBindingBytes = bytes;
+  try {
+    return await f();
+  } finally {
+    g.maxBindingBytes = saved;
+  }
+}

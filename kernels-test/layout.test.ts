@@ -1,4 +1,4 @@
-import { getGpu, releaseGpu, randn, rng, expectClose, uploadAs, poison } from './harness.js';
+import { getGpu, releaseGpu, randn, rng, expectClose, uploadAs, poison, primePoison, withBindingLimit } from './harness.js';
 import type { Gpu } from '../src/runtime/gpu.js';
 import type { Tensor } from '../src/runtime/tensor.js';
 import * as ref from './ref/layout.js';
@@ -11,23 +11,6 @@ import { concat, slice, chunkLast, permute, pack2x2, unpack2x2, cast, gatherRows
 afterAll(releaseGpu);
 
 // Layout ops move bits: every comparison is exact (atol = 0).
-
-/** Hand the next allocation of this size a NaN-filled buffer (the pool reuses the last freed buffer of a size class). */
-function primePoison(g: Gpu, shape: number[]): void {
-  const t = g.empty(shape, 'f32', 'poison');
-  poison(g, t);
-  t.dispose();
-}
-
-async function withBindingLimit<T>(g: Gpu, bytes: number, f: () => Promise<T>): Promise<T> {
-  const saved = g.maxBindingBytes;
-  g.maxBindingBytes = bytes;
-  try {
-    return await f();
-  } finally {
-    g.maxBindingBytes = saved;
-  }
-}
 
 const numel = (s: number[]) => s.reduce((a, b) => a * b, 1);
 const read = async (g: Gpu, t: Tensor) => Array.from(await g.read(t));

@@ -1,28 +1,10 @@
-import { getGpu, releaseGpu, randn, expectClose, uploadAs, poison } from './harness.js';
+import { getGpu, releaseGpu, randn, expectClose, uploadAs, poison, primePoison, withBindingLimit } from './harness.js';
 import type { Gpu } from '../src/runtime/gpu.js';
 import type { DType } from '../src/runtime/tensor.js';
 import * as ref from './ref/norm.js';
 import { layerNorm, rmsNorm, softmax, modulate, gatedResidual, swiglu } from '../src/ops/norm.js';
 
 afterAll(releaseGpu);
-
-/** Hand the next allocation of this size a NaN-filled buffer (the pool reuses the last freed buffer of a size class). */
-function primePoison(g: Gpu, shape: number[]): void {
-  const t = g.empty(shape, 'f32', 'poison');
-  poison(g, t);
-  t.dispose();
-}
-
-/** Run `f` with a small binding limit so the row-split paths are taken; always restores the limit. */
-async function withBindingLimit<T>(g: Gpu, bytes: number, f: () => Promise<T>): Promise<T> {
-  const saved = g.maxBindingBytes;
-  g.maxBindingBytes = bytes;
-  try {
-    return await f();
-  } finally {
-    g.maxBindingBytes = saved;
-  }
-}
 
 // f32 reductions over up to 5120 elements with inputs ~5 ± 3: observed max error ~1e-6; the bound leaves headroom.
 const NORM_ATOL = 3e-5, NORM_RTOL = 1e-5;

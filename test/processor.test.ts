@@ -11,20 +11,9 @@ import {
   qwenProcessImage, smartResize, inputProcessSize, inputProcessImage, pyRound, toTensorToPilRoundtrip,
 } from '../src/models/qwen25vl/processor.js';
 import { goldenCase } from './util/golden-path.js';
+import { goldenIo, u8Image } from './util/golden-io.js';
 
-const files: SafetensorsFile[] = [];
-async function io(caseName: string): Promise<SafetensorsFile> {
-  const f = await SafetensorsFile.open(join(goldenCase(caseName), 'io.safetensors'));
-  files.push(f);
-  return f;
-}
-afterAll(async () => {
-  for (const f of files) await f.close();
-});
-async function u8Image(f: SafetensorsFile, name: string): Promise<RgbImage> {
-  const [h, w] = f.tensors.get(name)!.shape;
-  return { width: w, height: h, data: await f.readBytes(name) };
-}
+const io = goldenIo();
 function expectSameU8(got: RgbImage, ref: RgbImage, label: string): void {
   expect([label, got.height, got.width]).toEqual([label, ref.height, ref.width]);
   let n = 0;

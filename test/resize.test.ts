@@ -9,24 +9,9 @@ import { randomFillSync } from 'node:crypto';
 import { SafetensorsFile } from '../src/io/safetensors.js';
 import { resize, precomputeCoeffs, type RgbImage, type ResampleFilter } from '../src/io/resize.js';
 import { goldenCase } from './util/golden-path.js';
+import { goldenIo, u8Image } from './util/golden-io.js';
 
-const files: SafetensorsFile[] = [];
-async function io(caseName: string): Promise<SafetensorsFile> {
-  const f = await SafetensorsFile.open(join(goldenCase(caseName), 'io.safetensors'));
-  files.push(f);
-  return f;
-}
-afterAll(async () => {
-  for (const f of files) await f.close();
-});
-
-async function u8Image(f: SafetensorsFile, name: string): Promise<RgbImage> {
-  const info = f.tensors.get(name);
-  if (!info) throw new Error(`${f.path}: no tensor ${name}`);
-  const [h, w, c] = info.shape;
-  expect(c).toBe(3);
-  return { width: w, height: h, data: await f.readBytes(name) };
-}
+const io = goldenIo();
 
 /** counts of differing values and the max difference, printed on failure */
 function compareU8(got: RgbImage, ref: RgbImage, label: string): { nDiff: number; maxDiff: number } {
