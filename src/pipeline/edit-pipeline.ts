@@ -160,6 +160,7 @@ export class EditPipeline {
     const sampling = runDenoise(g, this.files, {
       noise, refLatent, lh, lw, llmEmbedding: embedded.embeddings, mask: embedded.mask, T: embedded.maxLength, steps, cfg,
       budget: this.opts.vramBudget, trace,
+      onInfo: (m) => this.opts.onProgress?.({ stage: 'sample', message: m }),
       onStep: (i, n) => {
         queue.push({ stage: 'sample', step: i, total: n });
         wake?.();

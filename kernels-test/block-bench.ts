@@ -1,0 +1,211 @@
+/**
+ * One DiT double-stream block and one single-stream block at the real Step1X-Edit sizes, with random bf16
+ * weights in the checkpoint's shapes and dtypes (every tensor of a block is BF16 there, biases and QK-norm
+ * scales included): time per block and peak GPU bytes (`g.pool.peakLiveBytes`).
+ *
+ *   node dist/kernels-test/block-bench.js            hidden 3072, 24 heads, mlp 12288, B 2,
+ *                                                    L = 4096 + 4096 image + 640 text tokens (a real GPU)
+ *   node dist/kernels-test/block-bench.js --small    hidden 128, 2 heads, mlp 512, B 2, L = 24 + 24 + 16 (lavapipe)
+ *   options: --iters N (timed repeats, default 5 full / 3 small), --batch N, --json FILE (results as JSON)
+ *
+ * Timing: one warm-up forward (pipeline compile), then N forwards, each followed by `await g.sync()`;
+ * min and mean wall ms. Peak bytes are measured over one forward after `g.pool.resetPeak()`, reported
+ * as the total (weights + inputs + transients) and the transient part above what was live before it.
+ */
+import { writeFileSync } from 'node:fs';
+import { Gpu } from '../src/runtime/gpu.js';
+import type { Tensor } from '../src/runtime/tensor.js';
+import { Linear } from '../src/nn/linear.js';
+import { DoubleStreamBlock, SingleStreamBlock, RopePe, type StreamWeights, type QKNorm } from '../src/models/dit-blocks.js';
+import { fluxPe } from '../src/ops/rope-tables.js';
+
+const argv = process.argv.slice(2);
+const SMALL = argv.includes('--small');
+const opt = (name: string, def: number): number => {
+  const i = argv.indexOf(name);
+  return i >= 0 && i + 1 < argv.length ? Number(argv[i + 1]) : def;
+};
+const optStr = (name: string): string | undefined => {
+  const i = argv.indexOf(name);
+  return i >= 0 && i + 1 < argv.length ? argv[i + 1] : undefined;
+};
+
+const H = SMALL ? 128 : 3072;
+const HEADS = SMALL ? 2 : 24;
+const M = SMALL ? 512 : 12288;
+const HD = H / HEADS;
+const AXES = SMALL ? [8, 28, 28] : [16, 56, 56]; // sum = head dim
+const T = SMALL ? 16 : 640; // text tokens
+const LIMG = SMALL ? 48 : 8192; // image tokens: noise half + reference half (2 × 4096 at 1024²)
+const B = opt('--batch', 2);
+const ITERS = opt('--iters', SMALL ? 3 : 5);
+const JSON_OUT = optStr('--json');
+
+// ---- random data ----------------------------------------------------------------------------------
+
+let seed = 0x9e3779b9;
+/** Uniform in [-scale, scale) rounded (truncated) to bf16 bits; xorshift32, cheap enough for 400M values. */
+function randBf16(n: number, scale: number): Uint16Array {
+  const out = new Uint16Array(n);
+  const f = new Float32Array(1);
+  const u = new Uint32Array(f.buffer);
+  let s = seed >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    f[0] = (s / 4294967296 * 2 - 1) * scale;
+    out[i] = u[0] >>> 16;
+  }
+  seed = (seed + 0x6d2b79f5) >>> 0;
+  return out;
+}
+function randF32(n: number, scale: number): Float32Array {
+  const out = new Float32Array(n);
+  let s = seed >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    out[i] = (s / 4294967296 * 2 - 1) * scale;
+  }
+  seed = (seed + 0x6d2b79f5) >>> 0;
+  return out;
+}
+
+/** A Linear with bf16 weight [N, K] and bf16 bias [N], as in the checkpoint (init scale ~ 1/sqrt(K)). */
+function lin(g: Gpu, N: number, K: number, name: string): Linear {
+  const w = g.upload(randBf16(N * K, 1 / Math.sqrt(K)), [N, K], 'bf16', `${name}.weight`);
+  const b = g.upload(randBf16(N, 0.02), [N], 'bf16', `${name}.bias`);
+  return new Linear(w, b, name);
+}
+function qkNorm(g: Gpu, name: string): QKNorm {
+  // RMSNorm scales near 1: 1 + U(-0.1, 0.1), truncated to bf16
+  const one = (n: string) => {
+    const f = randF32(HD, 0.1).map((v) => 1 + v);
+    const u = new Uint32Array(f.buffer);
+    return { scale: g.upload(Uint16Array.from(u, (b) => b >>> 16), [HD], 'bf16', n) };
+  };
+  return { query_norm: one(`${name}.query_norm.scale`), key_norm: one(`${name}.key_norm.scale`) };
+}
+function stream(g: Gpu, p: string): StreamWeights {
+  return {
+    mod: { lin: lin(g, 6 * H, H, `${p}_mod.lin`) },
+    attn: { qkv: lin(g, 3 * H, H, `${p}_attn.qkv`), norm: qkNorm(g, `${p}_attn.norm`), proj: lin(g, H, H, `${p}_attn.proj`) },
+    mlp: [lin(g, M, H, `${p}_mlp.0`), lin(g, H, M, `${p}_mlp.2`)],
+  };
+}
+
+// ---- timing -------------------------------------------------------------------------------------
+
+interface Timing {
+  minMs: number;
+  meanMs: number;
+  peakBytes: number;
+  transientPeakBytes: number;
+}
+
+async function timeBlock(g: Gpu, run: () => Tensor[]): Promise<Timing> {
+  // warm-up: compiles every pipeline
+  run().forEach((t) => t.dispose());
+  await g.sync();
+  // peak over one forward
+  const before = g.pool.liveBytes;
+  g.pool.resetPeak();
+  run().forEach((t) => t.dispose());
+  await g.sync();
+  const peakBytes = g.pool.peakLiveBytes;
+  const times: number[] = [];
+  for (let i = 0; i < ITERS; i++) {
+    const t0 = performance.now();
+    run().forEach((t) => t.dispose());
+    await g.sync();
+    times.push(performance.now() - t0);
+  }
+  return {
+    minMs: Math.min(...times),
+    meanMs: times.reduce((a, b) => a + b, 0) / times.length,
+    peakBytes,
+    transientPeakBytes: peakBytes - before,
+  };
+}
+
+const gib = (b: number) => (b / 2 ** 30).toFixed(3);
+
+async function main(): Promise<void> {
+  const g = await Gpu.create();
+  const d = g.describe();
+  const L = T + LIMG;
+  console.log(`device: ${d.vendor} ${d.architecture} ${d.description}`);
+  console.log(`blocks: hidden ${H}, heads ${HEADS} × ${HD}, mlp ${M}, batch ${B}, tokens ${T} text + ${LIMG} image = ${L}, iters ${ITERS}`);
+  const results: Record<string, unknown>[] = [];
+  try {
+    // shared inputs: activations f32 (as in the model), rope table for the joint sequence (batch-1, broadcast)
+    const ids = new Float32Array(L * 3);
+    const side = Math.max(1, Math.round(Math.sqrt(LIMG / 2)));
+    for (let i = 0; i < LIMG; i++) {
+      const j = i % (LIMG / 2);
+      ids[(T + i) * 3 + 0] = i < LIMG / 2 ? 0 : 1;
+      ids[(T + i) * 3 + 1] = Math.floor(j / side);
+      ids[(T + i) * 3 + 2] = j % side;
+    }
+    const pe = RopePe.build(g, fluxPe(ids, 1, L, AXES, 10000), 1, L, HD);
+    const img = g.upload(randF32(B * LIMG * H, 1), [B, LIMG, H], 'f32', 'img');
+    const txt = g.upload(randF32(B * T * H, 1), [B, T, H], 'f32', 'txt');
+    const joint = g.upload(randF32(B * L * H, 1), [B, L, H], 'f32', 'joint');
+    const siluVec = g.upload(randF32(B * H, 1), [B, H], 'f32', 'siluVec');
+    const inputBytes = g.pool.liveBytes;
+
+    // attention FLOPs over the joint sequence: QKᵀ and PV, 2·2·L²·hd per head
+    const attnFlops = 4 * B * HEADS * L * L * HD;
+
+    {
+      const live0 = g.pool.liveBytes;
+      const blk = new DoubleStreamBlock(HEADS, stream(g, 'img'), stream(g, 'txt'));
+      const weightBytes = g.pool.liveBytes - live0;
+      const linFlops = 2 * B * L * (H * 3 * H + H * H + 2 * H * M) + 2 * 2 * B * 6 * H * H;
+      const t = await timeBlock(g, () => blk.forward(img, txt, siluVec, pe));
+      const flops = linFlops + attnFlops;
+      results.push({ block: 'double', ...t, weightBytes, inputBytes, flops, tflops: flops / t.minMs / 1e9 });
+      blk.dispose();
+    }
+    {
+      const live0 = g.pool.liveBytes;
+      const blk = new SingleStreamBlock(HEADS, M, lin(g, 3 * H + M, H, 'linear1'), lin(g, H, H + M, 'linear2'), qkNorm(g, 'norm'), {
+        lin: lin(g, 3 * H, H, 'modulation.lin'),
+      });
+      const weightBytes = g.pool.liveBytes - live0;
+      const linFlops = 2 * B * L * (H * (3 * H + M) + (H + M) * H) + 2 * B * 3 * H * H;
+      const t = await timeBlock(g, () => [blk.forward(joint, siluVec, pe)]);
+      const flops = linFlops + attnFlops;
+      results.push({ block: 'single', ...t, weightBytes, inputBytes, flops, tflops: flops / t.minMs / 1e9 });
+      blk.dispose();
+    }
+    for (const t of [img, txt, joint, siluVec]) t.dispose();
+    pe.dispose();
+
+    console.log(`| block  | min ms     | mean ms    | TFLOP/s | weights GiB | peak GiB | transient GiB |`);
+    console.log(`|--------|------------|------------|---------|-------------|----------|---------------|`);
+    for (const r of results) {
+      const x = r as { block: string; minMs: number; meanMs: number; tflops: number; weightBytes: number; peakBytes: number; transientPeakBytes: number };
+      console.log(
+        `| ${x.block.padEnd(6)} | ${x.minMs.toFixed(2).padStart(10)} | ${x.meanMs.toFixed(2).padStart(10)} | ${x.tflops.toFixed(2).padStart(7)} | ` +
+          `${gib(x.weightBytes).padStart(11)} | ${gib(x.peakBytes).padStart(8)} | ${gib(x.transientPeakBytes).padStart(13)} |`,
+      );
+    }
+    const summary = { device: `${d.vendor} ${d.architecture} ${d.description}`, H, heads: HEADS, mlp: M, B, T, Limg: LIMG, iters: ITERS, results };
+    console.log('RESULT ' + JSON.stringify(summary));
+    if (JSON_OUT) writeFileSync(JSON_OUT, JSON.stringify(summary, null, 2) + '\n');
+  } finally {
+    g.destroy();
+  }
+}
+
+main().catch((e) => {
+  console.error(e instanceof Error ? (e.stack ?? e.message) : e);
+  process.exit(1);
+});
