@@ -41,12 +41,18 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 
 step "node"
 mkdir -p /tmp/step1x-node/bin
-xz -dc .device/node.xz > /tmp/step1x-node/bin/node && chmod +x /tmp/step1x-node/bin/node || { echo "FATAL: cannot unpack node"; exit 1; }
+# xz may not be installed there: python3's lzma / tarfile always are
+unxz() { if command -v xz >/dev/null; then xz -dc "$1"; else python3 -c 'import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), sys.stdout.buffer)' "$1"; fi; }
+untarxz() {
+  if command -v xz >/dev/null; then tar -xJf "$1"
+  else python3 -c 'import tarfile,sys; t=tarfile.open(sys.argv[1], "r:xz"); t.extractall(".", **({"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}))' "$1"; fi
+}
+unxz .device/node.xz > /tmp/step1x-node/bin/node && chmod +x /tmp/step1x-node/bin/node || { echo "FATAL: cannot unpack node"; exit 1; }
 export PATH=/tmp/step1x-node/bin:$PATH
 node --version || { echo "FATAL: node does not run here"; exit 1; }
 if [[ ! -f node_modules/webgpu/dist/linux-x64/dawn.node ]]; then
   rm -rf node_modules
-  tar -xJf .device/node_modules.tar.xz || { echo "FATAL: cannot unpack node_modules"; exit 1; }
+  untarxz .device/node_modules.tar.xz || { echo "FATAL: cannot unpack node_modules"; exit 1; }
 fi
 [[ -f dist/kernels-test/bench.js && -f dist/kernels-test/block-bench.js ]] || { echo "FATAL: dist/ missing: carry [\"dist\", \".device\"] after npm run build"; exit 1; }
 

@@ -38,7 +38,11 @@ rm -rf .device/stage
 say "node $(node --version) -> .device/node.xz"
 NODE_BIN=$(readlink -f "$(command -v node)")
 if [[ ! -f .device/node.xz || .device/node.xz -ot "$NODE_BIN" || "$(cat .device/node.version 2>/dev/null)" != "$(node --version)" ]]; then
-  xz -9 -T0 -c "$NODE_BIN" > .device/node.xz.tmp && mv .device/node.xz.tmp .device/node.xz
+  # the distro's node carries debug info (94 MiB): strip a copy first (82 MiB), then xz -9
+  if command -v strip >/dev/null; then strip -o /tmp/step1x-node.stripped "$NODE_BIN"; else cp "$NODE_BIN" /tmp/step1x-node.stripped; fi
+  /tmp/step1x-node.stripped --version >/dev/null || { echo "FATAL: stripped node does not run" >&2; exit 1; }
+  xz -9 -T0 -c /tmp/step1x-node.stripped > .device/node.xz.tmp && mv .device/node.xz.tmp .device/node.xz
+  rm -f /tmp/step1x-node.stripped
   node --version > .device/node.version
 fi
 echo "node: $(mib "$(stat -c %s "$NODE_BIN")") -> $(mib "$(stat -c %s .device/node.xz)")"
@@ -56,6 +60,8 @@ done
 # webgpu: only the linux-x64 dawn.node (the package ships every platform, 132 MB)
 find .device/stage/node_modules/webgpu/dist -mindepth 1 -maxdepth 1 ! -name linux-x64 -exec rm -rf {} +
 rm -rf .device/stage/node_modules/webgpu/build
+# dawn.node ships its symbol table (21.5 MB): --strip-unneeded keeps the dynamic symbols Node needs (17.5 MB)
+command -v strip >/dev/null && strip --strip-unneeded .device/stage/node_modules/webgpu/dist/linux-x64/dawn.node
 # sharp's non-linux-x64 prebuilt packages, if any were installed
 find .device/stage/node_modules/@img -mindepth 1 -maxdepth 1 -name 'sharp-*' ! -name '*linux-x64' -exec rm -rf {} + 2>/dev/null || true
 find .device/stage/node_modules \( -name '*.d.ts' -o -name '*.d.mts' -o -name '*.d.cts' -o -name '*.map' -o -name '*.md' -o -name '*.markdown' \) -type f -delete

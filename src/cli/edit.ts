@@ -156,7 +156,10 @@ export function register(program: Command): void {
       if (o.json) (output === '-' ? process.stderr : process.stdout).write(`${JSON.stringify(summary(res, output))}\n`);
     } finally {
       rep.stop();
-      if (pipe.gpu.profiling) await pipe.gpu.profileReport({ print: true }); // STEP1X_PROFILE=1
+      if (pipe.gpu.profiling) {
+        await pipe.gpu.profileReport({ print: true }); // STEP1X_PROFILE=1: complete numbers, printed once
+        pipe.gpu.disableProfiling();
+      }
       pipe.dispose();
     }
   });
@@ -199,7 +202,10 @@ export function register(program: Command): void {
       }
     } finally {
       rep.stop();
-      if (pipe.gpu.profiling) await pipe.gpu.profileReport({ print: true }); // STEP1X_PROFILE=1
+      if (pipe.gpu.profiling) {
+        await pipe.gpu.profileReport({ print: true }); // STEP1X_PROFILE=1: complete numbers, printed once
+        pipe.gpu.disableProfiling();
+      }
       pipe.dispose();
     }
   });

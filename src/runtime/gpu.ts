@@ -12,7 +12,8 @@ import { createDevice, describeAdapter, type DeviceHandle, type DeviceOptions, t
 import { BufferPool } from './buffer-pool.js';
 import { Storage, Tensor, type DType, DTYPE_BYTES, numelOf, storageBytes } from './tensor.js';
 import { Profiler, type ProfileReport } from './profiler.js';
-import { preprocess, pipelineKey, type Defines } from './shader-source.js';
+import { pipelineKey, type Defines } from './shader-source.js';
+import { PipelineCache } from './pipeline-cache.js';
 import { bf16ArrayToF32, f16ArrayToF32 } from './half.js';
 import { ExitCode, Step1xError, fail, fmtShape } from '../errors.js';
 
@@ -41,13 +42,7 @@ const live: Gpu[] = [];
 export class Gpu {
   readonly device: GPUDevice;
   readonly pool: BufferPool;
-  private pipelines = new Map<string, GPUComputePipeline>();
-  /**
-   * Per pipeline key: binding numbers declared read-only (`var<storage, read>` or `var<storage>`).
-   * A misaligned view bound anywhere else is copied back after the dispatch (conservative: a
-   * declaration the pattern misses counts as written).
-   */
-  private readOnly = new Map<string, Set<number>>();
+  private readonly pipelines: PipelineCache;
   private profiler: Profiler | null = null;
   private encoder: GPUCommandEncoder | null = null;
   private pass: GPUComputePassEncoder | null = null;
@@ -61,6 +56,7 @@ export class Gpu {
   private constructor(readonly handle: DeviceHandle) {
     this.device = handle.device;
     this.pool = new BufferPool(this.device, handle.maxBufferBytes);
+    this.pipelines = new PipelineCache(this.device);
     this.uniformBuf = this.device.createBuffer({
       size: UNIFORM_SLOT * MAX_BATCH,
       usage: 0x40 /* UNIFORM */ | 0x8 /* COPY_DST */,
@@ -182,17 +178,7 @@ export class Gpu {
   // ---- pipelines and dispatch ---------------------------------------------------------------------
 
   pipeline(file: string, entry = 'main', defines: Defines = {}, key = pipelineKey(file, entry, defines)): GPUComputePipeline {
-    let p = this.pipelines.get(key);
-    if (!p) {
-      const code = preprocess(file, defines);
-      const module = this.device.createShaderModule({ code, label: key });
-      p = this.device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: entry }, label: key });
-      this.pipelines.set(key, p);
-      const ro = new Set<number>();
-      for (const m of code.matchAll(/@binding\(\s*(\d+)\s*\)[^;]*?var\s*<\s*storage\s*(?:,\s*read\s*)?>/g)) ro.add(Number(m[1]));
-      this.readOnly.set(key, ro);
-    }
-    return p;
+    return this.pipelines.get(file, entry, defines, key).pipeline;
   }
 
   dispatch(k: Kernel): void {
@@ -213,7 +199,7 @@ export class Gpu {
     });
     const entry = k.entry ?? 'main';
     const key = pipelineKey(k.file, entry, k.defines ?? {});
-    const pipe = this.pipeline(k.file, entry, k.defines ?? {}, key);
+    const { pipeline: pipe, readOnly } = this.pipelines.get(k.file, entry, k.defines ?? {}, key);
     if (this.uniformCount >= MAX_BATCH || this.profiler?.full) this.flush();
     const entries: GPUBindGroupEntry[] = [];
     if (k.uniforms) {
@@ -229,12 +215,11 @@ export class Gpu {
     // Storage bindings need 256-byte-aligned offsets: bind an aligned copy of a misaligned view, and
     // copy it back after the dispatch when the shader may write it (read_write binding).
     const temps: { view: Tensor; copy: Tensor; writeBack: boolean }[] = [];
-    const readOnly = this.readOnly.get(key);
     k.bindings.forEach((t, i) => {
       let b = t;
       if (t.byteOffset % 256 !== 0) {
         b = this.copy(t);
-        temps.push({ view: t, copy: b, writeBack: !readOnly?.has(i + 1) });
+        temps.push({ view: t, copy: b, writeBack: !readOnly.has(i + 1) });
       }
       entries.push({ binding: i + 1, resource: { buffer: b.storage.pooled.buffer, offset: b.byteOffset, size: Math.max(4, b.byteLength) } });
     });
