@@ -21,7 +21,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/step1x-out}
 mkdir -p "$OUT"
-exec > >(tee "$OUT/device-check.log") 2>&1
+# the whole run goes to $OUT/device-check.log too (a pipe, not exec > >(tee): tee must finish before we exit)
+main() {
 T_BENCH=${T_BENCH:-210}
 T_BLOCK=${T_BLOCK:-120}
 T_TORCH=${T_TORCH:-100}
@@ -115,3 +116,7 @@ fi
 step "summary (ours / PyTorch; ratio > 1 = we are slower)"
 python3 bench/torch_ref.py --summarize "$OUT"
 echo "total $(elapsed)s"
+return "$NO_ADAPTER"
+}
+main "$@" 2>&1 | tee "$OUT/device-check.log"
+exit "${PIPESTATUS[0]}"

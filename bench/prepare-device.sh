@@ -76,11 +76,12 @@ trap 'rm -rf "$SIM"' EXIT
 git ls-files -z --cached --others --exclude-standard | grep -zv '^test/golden/' | xargs -0 cp --parents -t "$SIM" 2>/dev/null || true
 cp -a dist "$SIM/dist"
 mv .device/stage/node_modules "$SIM/node_modules"
+xz -dc .device/node.xz > "$SIM/node-bin" && chmod +x "$SIM/node-bin"   # the carried (stripped) node itself
 (
   cd "$SIM"
   set +e
-  timeout 120 node bin/step1x.js devices > devices.log 2>&1; rc1=$?
-  timeout 300 node dist/kernels-test/block-bench.js --small > block.log 2>&1; rc2=$?
+  timeout 120 ./node-bin bin/step1x.js devices > devices.log 2>&1; rc1=$?
+  timeout 300 ./node-bin dist/kernels-test/block-bench.js --small > block.log 2>&1; rc2=$?
   if ((rc1 == 5)); then echo "devices: no WebGPU adapter here (exit 5): the modules loaded, which is what this checks"
   elif ((rc1 != 0)); then echo "FATAL: step1x devices failed ($rc1) with the staged node_modules:"; cat devices.log; exit 1
   else head -3 devices.log; fi

@@ -6,7 +6,8 @@
  *   node dist/kernels-test/block-bench.js            hidden 3072, 24 heads, mlp 12288, B 2,
  *                                                    L = 4096 + 4096 image + 640 text tokens (a real GPU)
  *   node dist/kernels-test/block-bench.js --small    hidden 128, 2 heads, mlp 512, B 2, L = 24 + 24 + 16 (lavapipe)
- *   options: --iters N (timed repeats, default 5 full / 3 small), --batch N, --json FILE (results as JSON)
+ *   options: --iters N (timed repeats, default 5 full / 3 small), --batch N, --json FILE (results as JSON),
+ *            --tokens T,LIMG (text and image token counts, e.g. 640,2048 for 512²; LIMG even)
  *
  * Timing: one warm-up forward (pipeline compile), then N forwards, each followed by `await g.sync()`;
  * min and mean wall ms. Peak bytes are measured over one forward after `g.pool.resetPeak()`, reported
@@ -35,8 +36,9 @@ const HEADS = SMALL ? 2 : 24;
 const M = SMALL ? 512 : 12288;
 const HD = H / HEADS;
 const AXES = SMALL ? [8, 28, 28] : [16, 56, 56]; // sum = head dim
-const T = SMALL ? 16 : 640; // text tokens
-const LIMG = SMALL ? 48 : 8192; // image tokens: noise half + reference half (2 × 4096 at 1024²)
+const TOKENS = optStr('--tokens')?.split(',').map(Number); // --tokens T,LIMG overrides the token counts
+const T = TOKENS?.[0] ?? (SMALL ? 16 : 640); // text tokens
+const LIMG = TOKENS?.[1] ?? (SMALL ? 48 : 8192); // image tokens: noise half + reference half (2 × 4096 at 1024²)
 const B = opt('--batch', 2);
 const ITERS = opt('--iters', SMALL ? 3 : 5);
 const JSON_OUT = optStr('--json');
