@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { goldenCase, REPO_ROOT } from './util/golden-path.js';
 import { getGpu, releaseGpu, compare } from '../kernels-test/harness.js';
+import { compareTensor, findTolerance, formatDetail } from '../src/golden/compare.js';
 import { Checkpoint, checkKeys, expectedFromShapesJson } from '../src/io/checkpoint.js';
 import { SafetensorsFile, buildHeader } from '../src/io/safetensors.js';
 import { configFromCheckpoint, estimateActivationBytes, expectedDitKeys, paramCount, planResidency, REAL_CONNECTOR, REAL_DIT } from '../src/models/dit-config.js';
@@ -99,8 +100,6 @@ describe('config and keys (CPU)', () => {
 
 // ---- GPU golden -----------------------------------------------------------------------------------
 
-type Tol = { match: string; atol?: number; rtol?: number; exact?: boolean };
-const globRe = (g: string) => new RegExp('^' + g.split('*').map((s) => s.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('.*') + '$');
 
 /** A minimal golden context (the runner's contract) that collects emitted tensors. */
 async function goldenCtx(name: string) {
@@ -125,11 +124,9 @@ async function goldenCtx(name: string) {
     for (const r of required) if (!emitted.has(r)) bad.push(`${r} not emitted`);
     for (const [n, t] of emitted) {
       if (!io.tensors.has(n)) continue;
-      const tol: Tol = caseJson.tolerance.find((e: Tol) => globRe(e.match).test(n));
-      const ref = await io.readF32(n);
-      const r = compare(n, t.data, ref, tol.exact ? 0 : tol.atol ?? 0, tol.exact ? 0 : tol.rtol ?? 0);
-      lines.push(r.msg);
-      if (!r.pass) bad.push(r.msg);
+      const d = compareTensor(n, t.data, await io.readF32(n), findTolerance(caseJson.tolerance, n));
+      lines.push(formatDetail(d));
+      if (!d.pass) bad.push(formatDetail(d));
     }
     if (bad.length) throw new Error(bad.join('\n'));
     return lines;

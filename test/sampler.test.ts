@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { goldenCase } from './util/golden-path.js';
 import { getGpu, releaseGpu, compare } from '../kernels-test/harness.js';
+import { compareTensor, findTolerance, formatDetail } from '../src/golden/compare.js';
 import { SafetensorsFile } from '../src/io/safetensors.js';
 import type { runSampler as RunSampler } from '../src/golden/kinds/sampler.js';
 
@@ -15,8 +16,6 @@ afterAll(releaseGpu);
 
 const runSampler: typeof RunSampler = async (...a) => (await import('../src/golden/kinds/sampler.js')).runSampler(...a);
 
-type Tol = { match: string; atol?: number; rtol?: number; exact?: boolean };
-const globRe = (g: string) => new RegExp('^' + g.split('*').map((s) => s.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('.*') + '$');
 
 async function goldenCtx(name: string) {
   const caseDir = goldenCase(name);
@@ -37,10 +36,9 @@ async function goldenCtx(name: string) {
     for (const n of io.tensors.keys()) if (!n.startsWith('in.') && !emitted.has(n)) bad.push(`${n} not emitted`);
     for (const [n, data] of emitted) {
       if (!io.tensors.has(n)) continue;
-      const tol: Tol = caseJson.tolerance.find((e: Tol) => globRe(e.match).test(n));
-      const r = compare(n, data, await io.readF32(n), tol.exact ? 0 : tol.atol ?? 0, tol.exact ? 0 : tol.rtol ?? 0);
-      lines.push(r.msg);
-      if (!r.pass) bad.push(r.msg);
+      const d = compareTensor(n, data, await io.readF32(n), findTolerance(caseJson.tolerance, n));
+      lines.push(formatDetail(d));
+      if (!d.pass) bad.push(formatDetail(d));
     }
     if (bad.length) throw new Error(bad.join('\n'));
     return lines;
