@@ -7,18 +7,18 @@
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { Checkpoint, checkKeys, expectedFromShapesJson, shapesJsonEntries } from '../src/io/checkpoint.js';
 import { SafetensorsFile, writeSafetensors } from '../src/io/safetensors.js';
 import { ExitCode, Step1xError } from '../src/errors.js';
 import { f32ArrayToBf16, f32ArrayToF16, roundToBf16, bf16ArrayToF32, f16ArrayToF32 } from '../src/runtime/half.js';
 import { writeHeaderOnlyFake, writeFakeShardedQwen, writeMalformedCases } from './util/fake-checkpoint.js';
-import { REPO_ROOT } from './util/golden-path.js';
+import { REPO_ROOT, goldenCase } from './util/golden-path.js';
 import { getGpu, releaseGpu, randn, expectClose } from '../kernels-test/harness.js';
 import { loadWeight } from '../src/nn/weights.js';
 import { Linear } from '../src/nn/linear.js';
 
-const SHARED = join(REPO_ROOT, '../shared/golden');
+const SHARED = dirname(goldenCase('real_shapes')); // test/golden (in-repo copies), else ../shared/golden
 const haveShapes = existsSync(join(SHARED, 'real_shapes/vae.json'));
 const itShapes = haveShapes ? test : test.skip;
 

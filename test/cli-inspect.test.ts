@@ -8,13 +8,13 @@ import { mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { existsSync, statSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { PNG } from 'pngjs';
 import { buildProgram, reportError } from '../src/cli/main.js';
 import { writeSafetensors } from '../src/io/safetensors.js';
 import { encodeChunk, encodeITXtChunk, insertPngChunks, readPngTextChunks } from '../src/io/png-text.js';
 import { writeFakeShardedQwen, writeHeaderOnlyFake, writeMalformedCases, type MalformedCase } from './util/fake-checkpoint.js';
-import { REPO_ROOT } from './util/golden-path.js';
+import { REPO_ROOT, goldenCase } from './util/golden-path.js';
 
 interface RunResult {
   code: number;
@@ -113,7 +113,7 @@ describe('step1x inspect on checkpoints', () => {
   });
 
   test('a fake of the real model directory (DiT 24.9 GB + VAE + 5-shard Qwen) summarizes instantly', async () => {
-    const shapes = join(REPO_ROOT, '../shared/golden');
+    const shapes = dirname(goldenCase('real_shapes'));
     if (!existsSync(join(shapes, 'real_shapes_qwen/params.json'))) return;
     const { shapesJsonEntries } = await import('../src/io/checkpoint.js');
     const m = join(dir, 'model');
@@ -133,7 +133,7 @@ describe('step1x inspect on checkpoints', () => {
   });
 
   test('a 25 GB sparse fake of the real DiT prints instantly', async () => {
-    const shapes = join(REPO_ROOT, '../shared/golden/real_shapes/dit_step1x-edit-i1258.json');
+    const shapes = join(goldenCase('real_shapes'), 'dit_step1x-edit-i1258.json');
     if (!existsSync(shapes)) return;
     const { shapesJsonEntries } = await import('../src/io/checkpoint.js');
     const p = join(dir, 'step1x-edit-i1258.safetensors');

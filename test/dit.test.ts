@@ -22,7 +22,7 @@ const runDit: typeof RunDit = async (...a) => (await import('../src/golden/kinds
 afterAll(releaseGpu);
 
 
-const realShapesPath = join(REPO_ROOT, '../shared/golden/real_shapes/dit_step1x-edit-i1258.json');
+const realShapesPath = join(goldenCase('real_shapes'), 'dit_step1x-edit-i1258.json');
 const REAL = { dit: { ...REAL_DIT, axes_dim: [...REAL_DIT.axes_dim] }, connector: { ...REAL_CONNECTOR } };
 
 /** A sparse safetensors file with the given header and no real data (reads would return zeros). */

@@ -89,7 +89,7 @@ describe('qwen25vl host-side index logic vs golden', () => {
 
 // ---- loader: key set, header-only fake of the real sharded checkpoint ------------------------------
 
-const REAL_QWEN = join(REPO_ROOT, '../shared/golden/real_shapes_qwen');
+const REAL_QWEN = goldenCase('real_shapes_qwen');
 
 describe('qwen25vl loader', () => {
   test('expected key set from the real config equals real_shapes_qwen/params.json (729 incl. lm_head)', async () => {
