@@ -105,3 +105,13 @@ export async function withBindingLimit<T>(g: Gpu, bytes: number, f: () => Promis
     g.maxBindingBytes = saved;
   }
 }
+
+/** A tiny test kernel: out[i] = a[i] * alpha + beta over n f32 values; 64 threads per workgroup, 1-D grid. */
+export const AFFINE_WGSL = `struct P { n: u32, alpha: f32, beta: f32 }
+@group(0) @binding(0) var<uniform> U: P;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  if (gid.x < U.n) { out[gid.x] = a[gid.x] * U.alpha + U.beta; }
+}`;

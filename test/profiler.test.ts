@@ -1,5 +1,5 @@
 /** Profiler (src/runtime/profiler.ts) on the real device: GPU timestamps (lavapipe has them) and the CPU fallback. */
-import { getGpu, releaseGpu, randn, expectClose } from '../kernels-test/harness.js';
+import { getGpu, releaseGpu, randn, expectClose, AFFINE_WGSL } from '../kernels-test/harness.js';
 import { f32u, type Gpu } from '../src/runtime/gpu.js';
 import type { Tensor } from '../src/runtime/tensor.js';
 import { defineShader } from '../src/runtime/shader-source.js';
@@ -10,14 +10,7 @@ afterAll(releaseGpu);
 // out[i] = a[i] * alpha + beta over n f32 values.
 defineShader(
   'prof/affine.wgsl',
-  `struct P { n: u32, alpha: f32, beta: f32 }
-@group(0) @binding(0) var<uniform> U: P;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  if (gid.x < U.n) { out[gid.x] = a[gid.x] * U.alpha + U.beta; }
-}`,
+  AFFINE_WGSL,
 );
 // x[i] += 1 (a second key).
 defineShader(

@@ -3,7 +3,7 @@
  * bindings, upload/readback of every dtype, batching, queue ordering, the buffer pool, binding limits,
  * GPU error surfacing, allocation failures and the profiler. Test kernels are registered in memory.
  */
-import { getGpu, releaseGpu, randn, expectClose } from '../kernels-test/harness.js';
+import { getGpu, releaseGpu, randn, expectClose, AFFINE_WGSL } from '../kernels-test/harness.js';
 import { f32u, Gpu } from '../src/runtime/gpu.js';
 import { markDeviceLost } from '../src/runtime/device.js';
 import type { Tensor } from '../src/runtime/tensor.js';
@@ -16,14 +16,7 @@ afterAll(releaseGpu);
 // out[i] = a[i] * alpha + beta over n f32 values; 64 threads per workgroup, 1-D grid.
 defineShader(
   'rt/affine.wgsl',
-  `struct P { n: u32, alpha: f32, beta: f32 }
-@group(0) @binding(0) var<uniform> U: P;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  if (gid.x < U.n) { out[gid.x] = a[gid.x] * U.alpha + U.beta; }
-}`,
+  AFFINE_WGSL,
 );
 // out[i + off] = a[i] * 2 (the output may overlap the input's storage when the input is a bound copy).
 defineShader(

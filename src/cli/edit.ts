@@ -7,7 +7,7 @@ import type { Command } from 'commander';
 import { basename, dirname, extname, join, resolve } from 'node:path';
 import { accessSync, constants, existsSync, readFileSync, statSync } from 'node:fs';
 import { ExitCode, Step1xError } from '../errors.js';
-import { resolveModelFiles } from '../io/model-files.js';
+import { resolveModelFiles, type ModelFiles } from '../io/model-files.js';
 import type { EditPipeline, EditRequest, EditResult, Progress } from '../pipeline/edit-pipeline.js';
 import { installInterruptCleanup, readInputImage, writeOutputPng, type OutputTarget } from '../pipeline/output.js';
 import { createReporter, fmtBytes, fmtSeconds, type Reporter } from './progress.js';
@@ -100,6 +100,25 @@ async function runOne(pipe: EditPipeline, req: EditRequest, target: OutputTarget
   }
 }
 
+/**
+ * Load the pipeline (models load per stage inside it), run `fn` with the PNG metadata common to every
+ * output, then print the STEP1X_PROFILE report once and release the GPU, whatever happened.
+ */
+async function withPipeline(files: ModelFiles, o: EditCliOptions, rep: Reporter, fn: (pipe: EditPipeline, meta: Record<string, string>) => Promise<void>): Promise<void> {
+  const { EditPipeline } = await import('../pipeline/edit-pipeline.js'); // models load only for edits
+  const pipe = await EditPipeline.load(files, { vramBudget: o.vramBudget ? parseBytes(o.vramBudget) : undefined, onProgress: (p) => render(rep, p, Date.now()) });
+  try {
+    await fn(pipe, { 'step1x:version': packageVersion(), model: files.dit.split(/[\\/]/).pop()! });
+  } finally {
+    rep.stop();
+    if (pipe.gpu.profiling) {
+      await pipe.gpu.profileReport({ print: true }); // STEP1X_PROFILE=1: complete numbers, printed once
+      pipe.gpu.disableProfiling();
+    }
+    pipe.dispose();
+  }
+}
+
 function summary(res: EditResult, output: string): Record<string, unknown> {
   return {
     output,
@@ -147,21 +166,11 @@ export function register(program: Command): void {
     if (output !== '-') checkWritable(output);
     const files = resolveModelFiles(o.model);
     const rep = createReporter({ quiet: o.quiet });
-    const { EditPipeline } = await import('../pipeline/edit-pipeline.js'); // models load only for edits
-    const pipe = await EditPipeline.load(files, { vramBudget: o.vramBudget ? parseBytes(o.vramBudget) : undefined, onProgress: (p) => render(rep, p, Date.now()) });
-    try {
-      const meta = { 'step1x:version': packageVersion(), model: files.dit.split(/[\\/]/).pop()! };
+    await withPipeline(files, o, rep, async (pipe, meta) => {
       const res = await runOne(pipe, { ...base, image: img, instruction }, { path: output }, rep, meta);
       rep.done(`wrote ${output === '-' ? 'stdout' : output} (${res.image.width}×${res.image.height}) in ${fmtSeconds(res.timings.total ?? 0)}, peak GPU ${fmtBytes(res.peakGpuBytes)}`);
       if (o.json) (output === '-' ? process.stderr : process.stdout).write(`${JSON.stringify(summary(res, output))}\n`);
-    } finally {
-      rep.stop();
-      if (pipe.gpu.profiling) {
-        await pipe.gpu.profileReport({ print: true }); // STEP1X_PROFILE=1: complete numbers, printed once
-        pipe.gpu.disableProfiling();
-      }
-      pipe.dispose();
-    }
+    });
   });
 
   common(
@@ -189,24 +198,14 @@ export function register(program: Command): void {
     checkWritable(join(o.outputDir, 'x.png'));
     const files = resolveModelFiles(o.model);
     const rep = createReporter({ quiet: o.quiet });
-    const { EditPipeline } = await import('../pipeline/edit-pipeline.js'); // models load only for edits
-    const pipe = await EditPipeline.load(files, { vramBudget: o.vramBudget ? parseBytes(o.vramBudget) : undefined, onProgress: (p) => render(rep, p, Date.now()) });
-    try {
+    await withPipeline(files, o, rep, async (pipe, meta) => {
       for (const [i, [f, instruction]] of entries.entries()) {
         const out = join(o.outputDir, `${basename(f, extname(f))}.png`);
         const img = await readInputImage(join(o.inputDir, f), { ignoreExif: o.ignoreExif });
-        const meta = { 'step1x:version': packageVersion(), model: files.dit.split(/[\\/]/).pop()! };
         const res = await runOne(pipe, { ...base, image: img, instruction }, { path: out }, rep, meta);
         rep.done(`[${i + 1}/${entries.length}] ${f} → ${out} (${fmtSeconds(res.timings.total ?? 0)})`);
         if (o.json) process.stdout.write(`${JSON.stringify(summary(res, out))}\n`);
       }
-    } finally {
-      rep.stop();
-      if (pipe.gpu.profiling) {
-        await pipe.gpu.profileReport({ print: true }); // STEP1X_PROFILE=1: complete numbers, printed once
-        pipe.gpu.disableProfiling();
-      }
-      pipe.dispose();
-    }
+    });
   });
 }
