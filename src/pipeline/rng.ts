@@ -12,7 +12,8 @@
  */
 import { roundToBf16 } from '../runtime/half.js';
 
-function splitmix64(seed: bigint): () => bigint {
+/** SplitMix64 (Steele, Lea & Flood 2014), the seeder of xoshiro: 64-bit outputs as bigints. */
+export function splitmix64(seed: bigint): () => bigint {
   let x = seed & 0xffffffffffffffffn;
   return () => {
     x = (x + 0x9e3779b97f4a7c15n) & 0xffffffffffffffffn;

@@ -23,16 +23,29 @@ import { randnF32 } from './rng.js';
 
 export type Trace = (name: string, data: Float32Array | Int32Array | Uint8Array, shape: number[], kind?: 'f32' | 'i64' | 'u8') => void;
 
-/** Run `stage(budget)`; on GPU out-of-memory without a budget, free everything and retry streaming. */
-async function withOomFallback<T>(g: Gpu, what: string, budget: number | undefined, stage: (budget: number | undefined) => Promise<T>, info?: (m: string) => void): Promise<T> {
+/**
+ * Test seam: the next `residentLoads` stage loads with every weight resident (no budget) fail as GPU
+ * out-of-memory, as a failed allocation would; tests of the streaming fallback set it, nothing else does.
+ */
+export const oomInjection = { residentLoads: 0 };
+
+/**
+ * Run `stage(budget)`; on GPU out-of-memory without a budget, free everything and retry with every block
+ * streamed (`stage(undefined, true)`).
+ */
+async function withOomFallback<T>(g: Gpu, what: string, budget: number | undefined, stage: (budget: number | undefined, streamAll?: boolean) => Promise<T>, info?: (m: string) => void): Promise<T> {
   try {
+    if (budget === undefined && oomInjection.residentLoads > 0) {
+      oomInjection.residentLoads--;
+      throw new Step1xError(`${what}: out of GPU memory (injected by a test)`, ExitCode.GPU_OOM);
+    }
     return await stage(budget);
   } catch (e) {
     if (!(e instanceof Step1xError) || e.code !== ExitCode.GPU_OOM || budget !== undefined) throw e;
     g.pool.trim();
     g.flush();
     info?.(`${what}: out of GPU memory with all weights resident; retrying with weights streamed from disk`);
-    return stage(0);
+    return stage(undefined, true);
   }
 }
 
@@ -47,8 +60,8 @@ export interface EmbedOptions {
 /** Qwen2.5-VL over the prompts (cond, uncond) with the same image → llm_embedding [B, maxLength, D], mask. */
 export async function runEmbed(g: Gpu, files: ModelFiles, prompts: Step1xPrompt[], qp: QwenProcessed, o: EmbedOptions = {}): Promise<EmbedderOutput> {
   const inputs = prompts.map((p) => ({ inputIds: p.inputIds, attentionMask: p.attentionMask, pixelValues: qp.pixelValues, gridThw: [qp.gridThw] as [number, number, number][] }));
-  return withOomFallback(g, 'Qwen2.5-VL', o.budget, async (budget) => {
-    const model = await QwenVL.load(g, files.qwenDir, budget !== undefined ? { gpuBudgetBytes: budget } : {});
+  return withOomFallback(g, 'Qwen2.5-VL', o.budget, async (budget, streamAll) => {
+    const model = await QwenVL.load(g, files.qwenDir, streamAll ? { stream: 'always' } : budget !== undefined ? { gpuBudgetBytes: budget } : {});
     try {
       if (model.streamed.text || model.streamed.vision) o.onInfo?.(`Qwen2.5-VL: streaming ${model.streamed.text ? 'text' : ''}${model.streamed.text && model.streamed.vision ? ' and ' : ''}${model.streamed.vision ? 'vision' : ''} layers from disk under the GPU budget`);
       const names = ['cond', 'uncond'];
@@ -145,8 +158,8 @@ export async function runDenoise(g: Gpu, files: ModelFiles, o: DenoiseStageOptio
   o.trace?.('mid.img_ids', prep.imgIds, [B, L, 3]);
   o.trace?.('mid.txt_ids', prep.txtIds, [B, o.T, 3]);
   const mask = Float32Array.from(o.mask);
-  return withOomFallback(g, 'DiT', o.budget, async (budget) => {
-    const model = await Step1XEdit.open(g, files.dit, files.hparams ?? {}, budget !== undefined ? { budgetBytes: budget } : {});
+  return withOomFallback(g, 'DiT', o.budget, async (budget, streamAll) => {
+    const model = await Step1XEdit.open(g, files.dit, files.hparams ?? {}, streamAll ? { streamAll: true } : budget !== undefined ? { budgetBytes: budget } : {});
     try {
       if (model.streamedBlocks) o.onInfo?.(`DiT: streaming ${model.streamedBlocks} blocks from disk under the GPU budget`);
       const pred = model.predictor({ llmEmbedding: o.llmEmbedding, mask, imgIds: prep.imgIds, txtIds: prep.txtIds, T: o.T, L });
