@@ -16,6 +16,7 @@ import { readPngTextChunks } from '../src/io/png-text.js';
 import { inputProcessImage } from '../src/models/qwen25vl/processor.js';
 import { ExitCode, Step1xError } from '../src/errors.js';
 import { goldenCase } from './util/golden-path.js';
+import { testUnless } from './util/skip.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'step1x-img-'));
 const files: SafetensorsFile[] = [];
@@ -85,7 +86,7 @@ describe('decode matches the goldens', () => {
   // The official example photo is not part of the repo (1.4 MB); set STEP1X_EXAMPLES to a checkout's
   // examples/ directory to run this JPEG check.
   const jpg = join(process.env.STEP1X_EXAMPLES ?? '/nonexistent', '0000.jpg');
-  (existsSync(jpg) ? test : test.skip)('examples/0000.jpg → input_process_image(512) == qwen_processor in.photo0000.image_u8', async () => {
+  testUnless(existsSync(jpg) ? undefined : `${jpg} not found: set STEP1X_EXAMPLES to a Step1X-Edit checkout's examples/ (the photo is not in the repo)`, 'examples/0000.jpg → input_process_image(512) == qwen_processor in.photo0000.image_u8', async () => {
     const img = await readImage(jpg);
     expect([img.width, img.height, img.format]).toEqual([1024, 1536, 'jpeg']);
     const ref = inputProcessImage(img, 512);
@@ -116,6 +117,38 @@ describe('pixel conventions', () => {
     expect([a.width, a.height, a.orientation, a.orientationApplied]).toEqual([1, 2, 6, true]);
     const b = await decodeImage(jpg, { ignoreExif: true });
     expect([b.width, b.height, b.orientationApplied]).toEqual([2, 1, false]);
+  });
+
+  test('EXIF orientations 3, 6, 8 rotate the pixels (checked against a rotation written here); ignoreExif keeps the stored order', async () => {
+    // 48 × 32 of 16 × 16 blocks in six colours (block edges on the JPEG's 16-px MCU grid, so decoded blocks stay flat)
+    const W = 48, H = 32, colours = [[250, 10, 10], [10, 250, 10], [10, 10, 250], [240, 240, 20], [20, 240, 240], [240, 20, 240]];
+    const raw = Buffer.alloc(W * H * 3);
+    for (let y = 0; y < H; y++) for (let x = 0; x < W; x++) raw.set(colours[Math.floor(y / 16) * 3 + Math.floor(x / 16)], (y * W + x) * 3);
+    /** Display order of a stored [h, w] image under an EXIF orientation: 3 = 180°, 6 = 90° clockwise, 8 = 90° counter-clockwise. */
+    const orient = (d: Uint8Array, w: number, h: number, o: number) => {
+      const [ow, oh] = o === 3 ? [w, h] : [h, w];
+      const out = new Uint8Array(d.length);
+      for (let y = 0; y < oh; y++)
+        for (let x = 0; x < ow; x++) {
+          const [sx, sy] = o === 3 ? [w - 1 - x, h - 1 - y] : o === 6 ? [y, h - 1 - x] : [w - 1 - y, x];
+          out.set(d.subarray((sy * w + sx) * 3, (sy * w + sx) * 3 + 3), (y * ow + x) * 3);
+        }
+      return { width: ow, height: oh, data: out };
+    };
+    for (const o of [3, 6, 8]) {
+      const jpg = await sharp(raw, { raw: { width: W, height: H, channels: 3 } }).jpeg({ quality: 100 }).withMetadata({ orientation: o }).toBuffer();
+      const stored = await decodeImage(jpg, { ignoreExif: true });
+      expect([stored.width, stored.height, stored.orientation, stored.orientationApplied]).toEqual([W, H, o, false]);
+      // the stored pixels are the blocks as written (JPEG ±6)
+      for (const [x, y, c] of [[8, 8, 0], [40, 8, 2], [8, 24, 3], [40, 24, 5]] as const)
+        for (let k = 0; k < 3; k++) expect(Math.abs(stored.data[(y * W + x) * 3 + k] - colours[c][k])).toBeLessThanOrEqual(6);
+      const shown = await decodeImage(jpg);
+      const want = orient(stored.data, W, H, o);
+      expect([shown.width, shown.height, shown.orientationApplied]).toEqual([want.width, want.height, true]);
+      let differ = 0;
+      for (let i = 0; i < want.data.length; i++) if (want.data[i] !== shown.data[i]) differ++;
+      if (differ) throw new Error(`orientation ${o}: ${differ} of ${want.data.length} values differ from the rotated stored pixels`);
+    }
   });
 
   test('embedded ICC profile: no colour transform', async () => {

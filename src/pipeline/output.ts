@@ -56,6 +56,9 @@ async function writeAtomic(path: string, bytes: Uint8Array): Promise<void> {
     } finally {
       await fh.close();
     }
+    // test seam: hold the finished temporary file before the rename, so that a test can interrupt there
+    const hold = Number(process.env.STEP1X_TEST_HOLD_OUTPUT_MS ?? 0);
+    if (hold > 0) await new Promise((r) => setTimeout(r, hold));
     await rename(tmp, path);
   } catch (e) {
     await unlink(tmp).catch(() => undefined);
