@@ -96,7 +96,7 @@ for (const f of files) {
 symlinkSync(realpathSync(join(ROOT, 'node_modules')), join(repo, 'node_modules'));
 console.log(`mutants: scratch copy ${repo} (${files.length} files)`);
 
-const jest = ['--experimental-vm-modules', '--no-warnings', 'node_modules/jest/bin/jest.js', '--runInBand'];
+const jest = ['--experimental-vm-modules', '--no-warnings', 'node_modules/jest/bin/jest.js', '--runInBand', '--verbose'];
 const results = [];
 for (const m of selected) {
   const t0 = Date.now();
