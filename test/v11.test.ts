@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { getGpu, randn, releaseGpu } from '../kernels-test/harness.js';
 import { goldenCase, REPO_ROOT } from './util/golden-path.js';
+import { expectU8Within } from './util/u8-image.js';
 import { runGolden } from '../src/golden/runner.js';
 import { formatDetail } from '../src/golden/compare.js';
 import { SafetensorsFile, writeSafetensors } from '../src/io/safetensors.js';
@@ -152,14 +153,7 @@ describe('CLI: v1.1 edit, generate, choosing the checkpoint', () => {
     expect(res).toMatchObject({ task: 'edit', dit_version: 'v1.1', compat: 'current', cfg_truncate: 0.93 });
     const img = await readImage(out);
     expect([img.height, img.width, 3]).toEqual(golden.shape);
-    let maxDiff = 0, differ = 0;
-    for (let i = 0; i < img.data.length; i++) {
-      const d = Math.abs(img.data[i] - golden.data[i]);
-      if (d) differ++;
-      maxDiff = Math.max(maxDiff, d);
-    }
-    const frac = differ / img.data.length;
-    if (maxDiff > 1 || frac > 0.02) throw new Error(`out.rgb_u8: max |diff| ${maxDiff} (≤ 1), differing fraction ${frac.toFixed(4)} (≤ 0.02)`);
+    expectU8Within('out.rgb_u8', img.data, golden.data, 1, 0.02);
     const meta = Object.fromEntries((await readPngTextChunks(out)).map((c) => [c.keyword, c.text]));
     expect(meta).toMatchObject({ task: 'edit', 'dit-version': 'v1.1', compat: 'current', 'cfg-truncate': '0.93', 'input-resize': 'lanczos', 'text-attention': 'sdpa' });
   });
