@@ -41,7 +41,7 @@ const MUTANTS = [
   {
     id: 'cfg-metadata-dropped',
     what: '`cfg` dropped from the PNG metadata',
-    edits: [{ file: 'src/pipeline/edit-pipeline.ts', from: '        cfg: String(cfg),\n', to: '' }],
+    edits: [{ file: 'src/pipeline/edit-pipeline.ts', from: '      cfg: String(cfg),\n', to: '' }],
     tests: ['test/edit-cli.test.ts'],
     filter: 'every PNG metadata key',
   },

@@ -104,7 +104,8 @@ beforeAll(async () => {
   await io.close();
 });
 
-const SPEC = ['--size', '80', '--steps', '4', '--cfg', '6'];
+// tiny_e2e was made by the May 2025 official code (bicubic input, no CFG truncation, flash text attention)
+const SPEC = ['--size', '80', '--steps', '4', '--cfg', '6', '--compat', '2025-05'];
 const PROMPT = 'Make the sign say "HELLO WORLD" and add falling snow';
 
 test('edit on the tiny model reproduces the official image (u8 ±1 on ≤ 2 %); every PNG metadata key recorded', async () => {
@@ -120,14 +121,20 @@ test('edit on the tiny model reproduces the official image (u8 ±1 on ≤ 2 %); 
   expect(pngText(readFileSync(out))).toEqual({
     'step1x:version': VERSION,
     model: 'step1x-edit-i1258.safetensors',
+    task: 'edit',
     instruction: PROMPT,
     negative: '',
     seed: `42 (noise from ${noisePath})`,
     steps: '4',
     cfg: '6',
+    'cfg-truncate': '1',
+    'dit-version': 'v1.0',
+    compat: '2025-05',
     size: '80',
     'working-size': '80x64',
+    'input-resize': 'bicubic',
     'vae-encode': 'mean',
+    'text-attention': 'flash',
     models: 'step1x-edit-i1258.safetensors, vae.safetensors, Qwen2.5-VL-7B-Instruct',
   });
   const meta = step1x(['inspect', out]);

@@ -15,6 +15,7 @@ import { Checkpoint } from '../src/io/checkpoint.js';
 import { configFromCheckpoint, planResidency } from '../src/models/dit-config.js';
 import { EditPipeline, type EditRequest } from '../src/pipeline/edit-pipeline.js';
 import { oomInjection } from '../src/pipeline/stages.js';
+import { behaviourOfCase } from '../src/pipeline/official.js';
 import { SafetensorsFile } from '../src/io/safetensors.js';
 
 afterAll(releaseGpu);
@@ -37,14 +38,16 @@ let req: EditRequest;
 let golden: Uint8Array;
 
 beforeAll(async () => {
-  const spec = (await import('node:fs')).readFileSync(join(DIR, 'case.json'), 'utf8');
-  const s = JSON.parse(spec).spec;
+  const caseJson = JSON.parse((await import('node:fs')).readFileSync(join(DIR, 'case.json'), 'utf8'));
+  const s = caseJson.spec;
+  const beh = behaviourOfCase(caseJson); // tiny_e2e follows the May 2025 official code
   const io = await SafetensorsFile.open(join(DIR, 'io.safetensors'));
   const [H, W] = io.tensors.get('in.photo_u8')!.shape;
   req = {
     image: { width: W, height: H, data: await io.readBytes('in.photo_u8') },
     instruction: s.prompt, negative: s.negative_prompt, size: s.size_level, steps: s.num_steps, cfg: s.cfg_guidance,
     noise: await io.readF32('in.noise'),
+    compat: beh.compat, cfgTruncate: beh.cfgTruncate,
   };
   golden = await io.readBytes('out.rgb_u8');
   await io.close();
