@@ -12,6 +12,7 @@ import { register as registerDevices } from './devices.js';
 import { register as registerGolden } from './golden.js';
 import { register as registerDownload } from './download.js';
 import { register as registerEdit } from './edit.js';
+import { register as registerBatch } from './batch.js';
 
 export function packageVersion(): string {
   const here = dirname(fileURLToPath(import.meta.url));
@@ -34,6 +35,7 @@ export function buildProgram(): Command {
     .showHelpAfterError('(run "step1x --help" for usage)')
     .exitOverride();
   registerEdit(program);
+  registerBatch(program);
   registerInspect(program);
   registerDevices(program);
   registerGolden(program);

@@ -211,7 +211,8 @@ export class Qwen2Connector {
   ) {}
 
   static async load(g: Gpu, ckpt: Checkpoint, cfg: ConnectorParams, prefix = 'connector'): Promise<Qwen2Connector> {
-    const sf = await ckpt.readF32(`${prefix}.scale_factor`);
+    // v1.1 checkpoints have no scale_factor: the pooled mean goes in unscaled (1 + 0 is exact)
+    const sf = ckpt.has(`${prefix}.scale_factor`) ? await ckpt.readF32(`${prefix}.scale_factor`) : Float32Array.of(0);
     if (sf.length !== 1) fail(`${prefix}.scale_factor must hold 1 value, has ${sf.length}`);
     return new Qwen2Connector(cfg, await SingleTokenRefiner.load(g, ckpt, `${prefix}.S`, cfg), await Linear.load(g, ckpt, `${prefix}.global_proj_out`), sf[0]);
   }

@@ -39,6 +39,12 @@ export interface ConnectorParams {
 export interface Step1xConfig {
   dit: DitParams;
   connector: ConnectorParams;
+  /**
+   * Checkpoint version, told by the weights: v1.0 (`step1x-edit-i1258`) has `connector.scale_factor`,
+   * v1.1 (`step1x-edit-v1p1-official`) has not (pooled mean unscaled, reference ids (1, 1+i, 1+j)).
+   * Undefined = v1.0.
+   */
+  version?: 'v1.0' | 'v1.1';
 }
 
 export const REAL_DIT: Readonly<DitParams> = Object.freeze({
@@ -122,7 +128,7 @@ export function expectedDitKeys(c: Step1xConfig): Map<string, number[]> {
   lin('final_layer.adaLN_modulation.1', 2 * H, H);
   // Qwen2Connector
   const CH = k.hidden_size, CM = mlpHidden(CH, 4.0);
-  m.set('connector.scale_factor', [1]);
+  if (c.version !== 'v1.1') m.set('connector.scale_factor', [1]);
   lin('connector.S.input_embedder', CH, k.in_channels);
   lin('connector.S.t_embedder.mlp.0', CH, TIME_FREQ_DIM);
   lin('connector.S.t_embedder.mlp.2', CH, CH);
@@ -202,6 +208,8 @@ export function configFromCheckpoint(names: readonly string[], shapeOf: ShapeOf,
   const cfg: Step1xConfig = {
     dit: merge('dit', { ...REAL_DIT, axes_dim: [...REAL_DIT.axes_dim] }, given.dit, D),
     connector: merge('connector', { ...REAL_CONNECTOR }, given.connector, K),
+    // v1.1 is told by the missing connector.scale_factor (v1.0 stays undefined = the default)
+    ...(names.includes('connector.scale_factor') ? {} : { version: 'v1.1' as const }),
   };
   if (conflicts.length) throw new Step1xError(`${source}: hyper-parameters disagree with the checkpoint: ${conflicts.join('; ')}`, ExitCode.WEIGHTS);
   validateConfig(cfg);

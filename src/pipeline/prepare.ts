@@ -90,7 +90,7 @@ export interface Prepared {
  * `ImageGenerator.prepare` without the embedder: noise and reference latents [1 or B, C, H, W]
  * (a batch of 1 is repeated to `batch`, as the official code does for [prompt, negative_prompt]).
  */
-export function prepare(noise: Float32Array, ref: Float32Array, latentShape: readonly number[], batch: number, txtLen: number): Prepared {
+export function prepare(noise: Float32Array, ref: Float32Array, latentShape: readonly number[], batch: number, txtLen: number, opts: { version?: 'v1.0' | 'v1.1' } = {}): Prepared {
   const [b0, C, H, W] = latentShape;
   if (latentShape.length !== 4 || (b0 !== 1 && b0 !== batch))
     fail(`prepare: latent ${fmtShape(latentShape)} must be [1 or ${batch}, C, H, W]`);
@@ -102,12 +102,14 @@ export function prepare(noise: Float32Array, ref: Float32Array, latentShape: rea
   const img = new Float32Array(batch * 2 * N * D);
   const imgIds = new Float32Array(batch * 2 * N * 3);
   const ids = imageIds(1, h, w);
+  // v1.1: reference tokens get (1, 1+i, 1+j) (torch.ones + aranges); v1.0: the noise tokens' ids
+  const refIds = opts.version === 'v1.1' ? ids.map((v) => v + 1) : ids;
   for (let b = 0; b < batch; b++) {
     const src = b0 === 1 ? 0 : b;
     img.set(x.subarray(src * N * D, (src + 1) * N * D), b * 2 * N * D);
     img.set(r.subarray(src * N * D, (src + 1) * N * D), (b * 2 + 1) * N * D);
     imgIds.set(ids, b * 2 * N * 3);
-    imgIds.set(ids, (b * 2 + 1) * N * 3);
+    imgIds.set(refIds, (b * 2 + 1) * N * 3);
   }
   return { img, imgIds, txtIds: textIds(batch, txtLen), batch, h, w, channels: D };
 }

@@ -14,6 +14,7 @@ import { fail } from '../../errors.js';
 import { loadCaseDit, shapeOfInput } from './dit.js';
 
 export async function run(ctx: GoldenContext): Promise<void> {
+  if (ctx.spec?.teacache) return (await import('./teacache.js')).runTeacacheSampler(ctx);
   await runSampler(ctx);
 }
 
