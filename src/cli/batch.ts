@@ -99,8 +99,8 @@ export function planBatch(entries: [string, string][], o: BatchPlanOptions): Bat
   const clashes = [...byOut.values()].filter((v) => v.length > 1);
   if (clashes.length)
     throw new Step1xError(
-      `manifest: ${plural(clashes.length, 'output name collides', 'output names collide')}, nothing was run: ` +
-        clashes.slice(0, 5).map((v) => `${v.map((e) => `"${e.name}"`).join(' and ')} → ${basename(v[0].output)}`).join('; ') +
+      `manifest: output names collide, nothing was run: ` +
+        clashes.slice(0, 5).map((v) => `${v.map((e) => `"${e.name}"`).join(' and ')} would all write ${basename(v[0].output)}`).join('; ') +
         `${clashes.length > 5 ? '; ...' : ''} (rename the inputs)`,
       ExitCode.USAGE,
     );
