@@ -1,6 +1,7 @@
 /**
  * The quality cost of TeaCache on the tiny models (README "TeaCache"): the pipeline_tiny DiT + VAE with its
- * fixed MLLM embeddings, 28 steps at size level 128 (more tokens than the golden's 64), CFG 6, one run
+ * fixed MLLM embeddings (v1.0 weights), 28 steps at size level 128 (more tokens than the golden's 64), CFG 6
+ * (plain, timesteps_truncate 1 as in that case), one run
  * without cache and one per threshold. Prints a markdown table: skipped steps, relative L2 of the final
  * latent and PSNR of the decoded image (u8, working size) against the uncached run. (Speed is measured
  * by the benchmarks, not here: a skipped step saves one DiT forward minus img_in and final_layer.)
@@ -41,7 +42,7 @@ async function main(): Promise<void> {
   const run = async (threshold?: number) => {
     let skipped = 0;
     const packed = await runDenoise(g, files, {
-      noise, refLatent, lh, lw, llmEmbedding: emb, mask, T, steps, cfg: 6,
+      noise, refLatent, lh, lw, llmEmbedding: emb, mask, T, steps, cfg: 6, cfgTruncate: 1.0,
       cache: threshold === undefined ? undefined : { kind: 'teacache', threshold },
       onStep: (_i, _n, sk) => void (sk && skipped++),
     });

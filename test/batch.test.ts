@@ -16,6 +16,7 @@ import { ExitCode, Step1xError } from '../src/errors.js';
 import { parseShard, planBatch, runBatch, type BatchEntry, type BatchRecord } from '../src/cli/batch.js';
 import type { Reporter } from '../src/cli/progress.js';
 import type { EditResult } from '../src/pipeline/edit-pipeline.js';
+import { behaviour as officialBehaviour } from '../src/pipeline/official.js';
 import { SafetensorsFile } from '../src/io/safetensors.js';
 import { encodePng, readImage } from '../src/io/image.js';
 import { goldenCase, REPO_ROOT } from './util/golden-path.js';
@@ -23,7 +24,10 @@ import { goldenCase, REPO_ROOT } from './util/golden-path.js';
 const lines: string[] = [];
 const rep: Reporter = { update() {}, progress() {}, done: (t) => void lines.push(t), fail: (t) => void lines.push(`FAIL ${t}`), stop() {} };
 
-const fakeResult = (): EditResult => ({ image: { width: 1, height: 1, data: new Uint8Array(3) }, workingSize: [16, 16], seed: 42, timings: { total: 0.01 }, peakGpuBytes: 0, parameters: {} });
+const fakeResult = (): EditResult => ({
+  image: { width: 1, height: 1, data: new Uint8Array(3) }, task: 'edit', version: 'v1.1', behaviour: officialBehaviour('current'),
+  workingSize: [16, 16], seed: 42, timings: { total: 0.01 }, peakGpuBytes: 0, parameters: {},
+});
 
 function manifest(n: number): [string, string][] {
   return Array.from({ length: n }, (_, i) => [`img${i}.png`, `edit ${i}`]);

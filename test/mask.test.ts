@@ -185,7 +185,7 @@ test('real tiny DiT: all-white mask = unmasked run bit for bit; all-black ends e
   try {
     const ls = [...io.tensors.get('in.noise')!.shape];
     const [B, T] = io.tensors.get('in.llm_embedding')!.shape;
-    const p = prepare(await io.readF32('in.noise'), await io.readF32('in.latent_ref'), ls, B, T, { version: 'v1.1' });
+    const p = prepare(await io.readF32('in.noise'), await io.readF32('in.latent_ref'), ls, B, T, 'v1.1');
     const L = 2 * p.h * p.w, NC = (L / 2) * p.channels;
     const ts = getSchedule(4, imageSeqLen(ls[2], ls[3]));
     const noise = p.img.subarray(0, NC), z = p.img.subarray(NC, 2 * NC);

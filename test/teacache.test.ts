@@ -78,7 +78,7 @@ test('threshold 0 never skips and equals the uncached run bit for bit; a huge th
   try {
     const ls = [...io.tensors.get('in.noise')!.shape];
     const [B, T] = io.tensors.get('in.llm_embedding')!.shape;
-    const p = prepare(await io.readF32('in.noise'), await io.readF32('in.latent_ref'), ls, B, T, { version: 'v1.1' });
+    const p = prepare(await io.readF32('in.noise'), await io.readF32('in.latent_ref'), ls, B, T, 'v1.1');
     const L = 2 * p.h * p.w;
     const ts = getSchedule(6, imageSeqLen(ls[2], ls[3]));
     const run = async (cache?: TeaCache) => {

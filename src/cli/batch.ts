@@ -22,7 +22,7 @@ import { resolveModelFiles } from '../io/model-files.js';
 import { outputFormatFor } from '../io/encode.js';
 import type { EditResult } from '../pipeline/edit-pipeline.js';
 import { installInterruptCleanup, readInputImage } from '../pipeline/output.js';
-import { checkWritable, commonOptions, requestFromOptions, runOne, summary, withPipeline, type EditCliOptions } from './edit.js';
+import { checkWritable, editOptions, requestFromOptions, runOne, summary, withPipeline, type EditCliOptions } from './edit.js';
 import { createReporter, fmtSeconds, plural, type Reporter } from './progress.js';
 
 export interface BatchEntry {
@@ -181,7 +181,7 @@ interface BatchCliOptions extends EditCliOptions {
 }
 
 export function register(program: Command): void {
-  commonOptions(
+  editOptions(
     program
       .command('batch')
       .description('edit many images with the official manifest format {"image.png": "instruction", ...}; models load once')
@@ -229,7 +229,7 @@ export function register(program: Command): void {
       return;
     }
     let outcome: BatchOutcome | undefined;
-    await withPipeline(resolveModelFiles(o.model), o, rep, async (pipe, meta) => {
+    await withPipeline(resolveModelFiles(o.model, { version: base.version }), o, rep, async (pipe, meta) => {
       outcome = await runBatch(
         plan,
         async (e) => {

@@ -1,8 +1,8 @@
 /**
  * `step1x edit <image|-> <instruction> [-o out.png|.jpg|.webp|-]`, and what `step1x batch`
- * (src/cli/batch.ts) shares with it: options, progress rendering, the pipeline lifetime.
- * Thin: parse and validate options, resolve the model, render progress, write outputs atomically.
- * All numerics live in src/pipeline/edit-pipeline.ts.
+ * (src/cli/batch.ts) and `step1x generate` share with it: options, progress rendering, the pipeline
+ * lifetime. Thin: parse and validate options, resolve the model, render progress, write outputs
+ * atomically. All numerics live in src/pipeline/edit-pipeline.ts.
  */
 import type { Command } from 'commander';
 import { basename, dirname, extname, join, resolve } from 'node:path';
@@ -11,10 +11,11 @@ import { ExitCode, Step1xError } from '../errors.js';
 import { resolveModelFiles, type ModelFiles } from '../io/model-files.js';
 import type { EditPipeline, EditRequest, EditResult, Progress } from '../pipeline/edit-pipeline.js';
 import { installInterruptCleanup, readInputImage, writeOutputPng, type OutputTarget } from '../pipeline/output.js';
-import { createReporter, fmtBytes, fmtSeconds, plural, type Reporter } from './progress.js';
+import { createReporter, fmtBytes, fmtSeconds, type Reporter } from './progress.js';
+import { packageVersion } from './main.js';
 import { parseCacheOption } from '../pipeline/teacache.js';
 import { outputFormatFor } from '../io/encode.js';
-import { packageVersion } from './main.js';
+import { parseCompat, parseVersion } from '../pipeline/official.js';
 
 export interface EditCliOptions {
   output?: string;
@@ -31,6 +32,9 @@ export interface EditCliOptions {
   vramBudget?: string;
   sampleEncode?: boolean;
   ignoreExif?: boolean;
+  version?: string;
+  compat: string;
+  cfgTruncate?: string;
   /** `teacache[:THRESHOLD]` or `none`. */
   cache?: string;
   mask?: string;
@@ -71,17 +75,27 @@ export function checkWritable(path: string): void {
   if (existsSync(path) && statSync(path).isDirectory()) throw new Step1xError(`cannot write ${path}: it is a directory`, ExitCode.OUTPUT);
 }
 
-export function requestFromOptions(o: EditCliOptions): Omit<EditRequest, 'image' | 'instruction'> {
+/** The options `edit`, `batch` and `generate` share. */
+export function sharedRequestOptions(o: EditCliOptions): Omit<EditRequest, 'image' | 'instruction'> {
   return {
     steps: intOpt('steps', o.steps, 1, 1000),
     cfg: floatOpt('cfg', o.cfg, 0, 100),
     seed: intOpt('seed', o.seed, 0, Number.MAX_SAFE_INTEGER),
-    size: intOpt('size', o.size, 16, 4096),
     negative: o.negative,
+    noisePath: o.noise,
+    compat: parseCompat(o.compat),
+    cfgTruncate: o.cfgTruncate !== undefined ? floatOpt('cfg-truncate', o.cfgTruncate, 0, 1) : undefined,
+    version: o.version !== undefined ? parseVersion(o.version) : undefined,
+    cache: parseCacheOption(o.cache),
+  };
+}
+
+export function requestFromOptions(o: EditCliOptions): Omit<EditRequest, 'image' | 'instruction'> {
+  return {
+    ...sharedRequestOptions(o),
+    size: intOpt('size', o.size, 16, 4096),
     nativeSize: Boolean(o.nativeSize),
     sampleEncode: Boolean(o.sampleEncode),
-    noisePath: o.noise,
-    cache: parseCacheOption(o.cache),
     ...(o.maskFeather !== undefined ? { maskFeather: floatOpt('mask-feather', o.maskFeather, 0, 1000) } : {}),
   };
 }
@@ -129,6 +143,10 @@ export async function withPipeline(files: ModelFiles, o: EditCliOptions, rep: Re
 export function summary(res: EditResult, output: string): Record<string, unknown> {
   return {
     output,
+    task: res.task,
+    dit_version: res.version,
+    compat: res.behaviour.compat,
+    cfg_truncate: res.behaviour.cfgTruncate,
     seed: res.seed,
     width: res.image.width,
     height: res.image.height,
@@ -140,26 +158,34 @@ export function summary(res: EditResult, output: string): Record<string, unknown
   };
 }
 
-/** The options `edit` and `batch` share. */
-export function commonOptions(c: Command): Command {
+/** Options of every command that runs the model (edit, batch, generate). */
+export function modelOptions(c: Command): Command {
   return c
     .option('--model <dir>', 'model directory in the official layout (default: $STEP1X_MODEL, then the Hugging Face cache)')
+    .option('--version <v>', 'checkpoint version v1.1 or v1.0 (default: told by the weights; with both files in the model directory, v1.1)')
+    .option('--compat <mode>', 'official behaviour to follow: current (Dec 2025: CFG truncation 0.93, LANCZOS input resize, SDPA text attention) or 2025-05 (the May 2025 code: none of these)', 'current')
+    .option('--cfg-truncate <t>', 'timesteps_truncate: diff-norm CFG while t > this (default 0.93; 1 in --compat 2025-05); 1 disables')
     .option('--steps <n>', 'sampling steps', '28')
     .option('--cfg <g>', 'classifier-free guidance scale', '6.0')
     .option('--seed <n>', 'noise seed (documented xoshiro128** + Box-Muller RNG, see README)', '42')
-    .option('--size <n>', 'size level: working area ≈ size², sides floored to multiples of 16 (official size_level)', '512')
-    .option('--negative <text>', 'negative prompt (the official code hard-codes "")', '')
-    .option('--native-size', 'keep the working resolution instead of resizing back to the input size (avoids the resize-back blur)')
     .option('--vram-budget <bytes>', 'GPU memory budget, e.g. 12GB: models are loaded per stage and streamed block by block when they do not fit')
-    .option('--sample-encode', 'sample the VAE posterior like the official code (default: its mean, deterministic)')
-    .option('--ignore-exif', 'ignore EXIF orientation, as the official code does')
     .option('--cache <mode>', 'teacache[:THRESHOLD] skips DiT blocks on steps whose input barely changed (official default 0.2; quality cost in README), or none')
     .option('--json', 'print one JSON result line (stdout, or stderr when the image goes to stdout)')
     .option('--quiet', 'no progress output');
 }
 
+/** The options `edit` and `batch` share. */
+export function editOptions(c: Command): Command {
+  return modelOptions(c)
+    .option('--size <n>', 'size level: working area ≈ size², sides floored to multiples of 16 (official size_level)', '512')
+    .option('--negative <text>', 'negative prompt (the official code hard-codes "")', '')
+    .option('--native-size', 'keep the working resolution instead of resizing back to the input size (avoids the resize-back blur)')
+    .option('--sample-encode', 'sample the VAE posterior like the official code (default: its mean, deterministic)')
+    .option('--ignore-exif', 'ignore EXIF orientation, as the official code does');
+}
+
 export function register(program: Command): void {
-  commonOptions(
+  editOptions(
     program
       .command('edit')
       .description('edit an image with an instruction')
@@ -180,7 +206,7 @@ export function register(program: Command): void {
     const img = await readInputImage(image, { ignoreExif: o.ignoreExif });
     const mask = o.mask ? await readInputImage(o.mask) : undefined;
     if (output !== '-') checkWritable(output);
-    const files = resolveModelFiles(o.model);
+    const files = resolveModelFiles(o.model, { version: base.version });
     const rep = createReporter({ quiet: o.quiet });
     await withPipeline(files, o, rep, async (pipe, meta) => {
       const res = await runOne(pipe, { ...base, image: img, instruction, mask }, { path: output }, rep, meta);

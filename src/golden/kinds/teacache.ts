@@ -34,7 +34,7 @@ export async function runTeacacheSampler(ctx: GoldenContext): Promise<void> {
   const { model, ckpt, cfg } = await loadCaseDit(ctx);
   const version = cfg.version ?? 'v1.0';
   if (spec.version && spec.version !== version) fail(`teacache golden: spec.version ${spec.version}, but the DiT weights are ${version}`);
-  const p = prepare(await ctx.input('in.noise'), await ctx.input('in.latent_ref'), ls, B, T, { version });
+  const p = prepare(await ctx.input('in.noise'), await ctx.input('in.latent_ref'), ls, B, T, version);
   const L = 2 * p.h * p.w, N = L / 2;
   ctx.emit('in.img', p.img, [B, L, p.channels]);
   ctx.emit('in.img_ids', p.imgIds, [B, L, 3]);
