@@ -1,11 +1,11 @@
 /**
- * The quality cost of TeaCache on the tiny models (README "TeaCache"): the pipeline_tiny DiT + VAE with its
- * fixed MLLM embeddings (v1.0 weights), 28 steps at size level 128 (more tokens than the golden's 64), CFG 6
- * (plain, timesteps_truncate 1 as in that case), one run
+ * The quality cost of TeaCache on the tiny models (README "TeaCache"): a pipeline case's DiT + VAE with its
+ * fixed MLLM embeddings (default pipeline_v11_tiny: v1.1 weights, CFG truncation 0.93 as the current code;
+ * pipeline_tiny: v1.0, plain CFG), 28 steps at size level 128 (more tokens than the goldens'), CFG 6, one run
  * without cache and one per threshold. Prints a markdown table: skipped steps, relative L2 of the final
  * latent and PSNR of the decoded image (u8, working size) against the uncached run. (Speed is measured
  * by the benchmarks, not here: a skipped step saves one DiT forward minus img_in and final_layer.)
- *   node dist/kernels-test/teacache-table.js [steps] [size]
+ *   node dist/kernels-test/teacache-table.js [steps] [size] [case]
  * The tiny models have random weights, so the numbers show the mechanism's cost, not trained-model
  * quality.
  */
@@ -22,11 +22,14 @@ import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 async function main(): Promise<void> {
-  const steps = Number(process.argv[2] ?? 28), size = Number(process.argv[3] ?? 128);
+  const steps = Number(process.argv[2] ?? 28), size = Number(process.argv[3] ?? 128), name = process.argv[4] ?? 'pipeline_v11_tiny';
   const here = dirname(fileURLToPath(import.meta.url)); // kernels-test/ or dist/kernels-test/
-  const dir = [resolve(here, '../test/golden/pipeline_tiny'), resolve(here, '../../test/golden/pipeline_tiny')].find((d) => existsSync(d));
-  if (!dir) throw new Error('test/golden/pipeline_tiny not found');
-  const spec = JSON.parse(readFileSync(join(dir, 'case.json'), 'utf8')).spec;
+  const dir = [resolve(here, `../test/golden/${name}`), resolve(here, `../../test/golden/${name}`)].find((d) => existsSync(d));
+  if (!dir) throw new Error(`test/golden/${name} not found`);
+  const caseJson = JSON.parse(readFileSync(join(dir, 'case.json'), 'utf8'));
+  const spec = caseJson.spec;
+  // the case's own official behaviour: v2 cases truncate CFG at 0.93, the May 2025 ones never
+  const cfgTruncate: number = caseJson.timesteps_truncate ?? (caseJson.generator_version === 2 ? 0.93 : 1.0);
   const files: ModelFiles = { source: dir, dit: join(dir, 'dit.safetensors'), vae: join(dir, 'vae.safetensors'), qwenDir: '', hparams: { dit: spec.dit, connector: spec.connector, ae: spec.ae } };
   const io = await SafetensorsFile.open(join(dir, 'io.safetensors'));
   const [H0, W0] = io.tensors.get('in.photo_u8')!.shape;
@@ -42,7 +45,7 @@ async function main(): Promise<void> {
   const run = async (threshold?: number) => {
     let skipped = 0;
     const packed = await runDenoise(g, files, {
-      noise, refLatent, lh, lw, llmEmbedding: emb, mask, T, steps, cfg: 6, cfgTruncate: 1.0,
+      noise, refLatent, lh, lw, llmEmbedding: emb, mask, T, steps, cfg: 6, cfgTruncate,
       cache: threshold === undefined ? undefined : { kind: 'teacache', threshold },
       onStep: (_i, _n, sk) => void (sk && skipped++),
     });
@@ -63,7 +66,7 @@ async function main(): Promise<void> {
     const psnr = mse === 0 ? Infinity : 10 * Math.log10((255 * 255) / mse);
     rows.push(`| ${th} | ${r.skipped} | ${Math.sqrt(num / den).toExponential(2)} | ${Number.isFinite(psnr) ? psnr.toFixed(1) : '∞ (identical)'} |`);
   }
-  process.stdout.write(`TeaCache on pipeline_tiny: ${steps} steps, size level ${size} (working ${ref.width}x${ref.height}), CFG 6, seed-42 noise\n${rows.join('\n')}\n`);
+  process.stdout.write(`TeaCache on ${name}: ${steps} steps, size level ${size} (working ${ref.width}x${ref.height}), CFG 6 (truncation ${cfgTruncate}), seed-42 noise\n${rows.join('\n')}\n`);
   g.destroy();
 }
 
