@@ -48,7 +48,7 @@ const MUTANTS = [
   {
     id: 'batch-first-instruction',
     what: 'batch gives every image the first instruction',
-    edits: [{ file: 'src/cli/edit.ts', from: 'const res = await runOne(pipe, { ...base, image: img, instruction }, { path: out }, rep, meta);', to: 'const res = await runOne(pipe, { ...base, image: img, instruction: entries[0][1] }, { path: out }, rep, meta);' }],
+    edits: [{ file: 'src/cli/batch.ts', from: 'runOne(pipe, { ...base, image, instruction: e.instruction }, { path: e.output }, rep, meta)', to: 'runOne(pipe, { ...base, image, instruction: (plan.run[0] ?? e).instruction }, { path: e.output }, rep, meta)' }],
     tests: ['test/edit-cli.test.ts'],
     filter: 'batch',
   },

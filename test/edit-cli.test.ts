@@ -136,6 +136,8 @@ test('edit on the tiny model reproduces the official image (u8 ±1 on ≤ 2 %); 
     'vae-encode': 'mean',
     'text-attention': 'flash',
     models: 'step1x-edit-i1258.safetensors, vae.safetensors, Qwen2.5-VL-7B-Instruct',
+    // the A1111-style summary (tEXt) that image viewers and web UIs read
+    parameters: `${PROMPT}\nSteps: 4, Sampler: Euler, CFG scale: 6, Seed: 42, Size: 80x64, Model: step1x-edit-i1258, Size level: 80, VAE encode: mean, Version: step1x ${VERSION}`,
   });
   const meta = step1x(['inspect', out]);
   expect(meta.code).toBe(0);
@@ -326,7 +328,7 @@ async function interrupt(when: (err: string, files: string[]) => boolean, extraE
 }
 
 test('interrupting an edit during sampling: exit 130 by the handler, the "interrupted" line, no file', async () => {
-  await interrupt((err) => /sampling step/.test(err));
+  await interrupt((err) => /sampling( step)? \d+\/\d+/.test(err)); // the progress line of a sampling step
 });
 
 test('interrupting while the temporary output file exists: it is removed, exit 130, the "interrupted" line', async () => {
