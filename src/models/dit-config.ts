@@ -11,6 +11,7 @@
  */
 import { ExitCode, Step1xError, fail } from '../errors.js';
 import type { Checkpoint } from '../io/checkpoint.js';
+import { gpuTensorBytes, weightPolicy, type WeightPolicy } from '../nn/weight.js';
 
 /** `Step1XParams` (modules/model_edit.py). */
 export interface DitParams {
@@ -230,6 +231,8 @@ export interface DitLoadOptions {
   streamAll?: boolean;
   /** Keep at most this many blocks resident (the first in execution order); the rest are streamed. */
   maxResidentBlocks?: number;
+  /** How Linear weights load (`--weights`, `--lora`; nn/weight.ts); also what the plan counts. */
+  weights?: WeightPolicy;
 }
 
 /** Pool-bucket size of a buffer (mirrors runtime/buffer-pool.ts) so budgets match g.pool.liveBytes. */
@@ -268,11 +271,7 @@ export interface ResidencyPlan {
  */
 export function planResidency(ckpt: Checkpoint, d: DitParams, opts: DitLoadOptions = {}): ResidencyPlan {
   const keys = ckpt.keys();
-  const tensorBytes = (k: string) => {
-    const info = ckpt.info(k);
-    const n = info.shape.reduce((a, b) => a * b, 1);
-    return pooledBytes(n * (info.dtype === 'BF16' || info.dtype === 'F16' ? 2 : 4));
-  };
+  const tensorBytes = (k: string) => gpuTensorBytes(ckpt.info(k), opts.weights ?? weightPolicy(ckpt)).reduce((s, b) => s + pooledBytes(b), 0);
   const bytesOf = (prefix: string) => keys.filter((k) => k.startsWith(prefix)).reduce((s, k) => s + tensorBytes(k), 0);
   const slots: Slot[] = [];
   for (let i = 0; i < d.depth; i++) slots.push({ kind: 'double', i, prefix: `double_blocks.${i}.`, bytes: bytesOf(`double_blocks.${i}.`) });

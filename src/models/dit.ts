@@ -8,6 +8,7 @@ import type { Gpu } from '../runtime/gpu.js';
 import type { Tensor } from '../runtime/tensor.js';
 import { Checkpoint, checkKeys } from '../io/checkpoint.js';
 import { Linear } from '../nn/linear.js';
+import { setWeightPolicy } from '../nn/weight.js';
 import { silu, add } from '../ops/elementwise.js';
 import { concat, slice } from '../ops/layout.js';
 import { Qwen2Connector, timestepEmbedding, type Tap } from './connector.js';
@@ -75,6 +76,7 @@ export class Step1XEdit {
    */
   static async load(g: Gpu, ckpt: Checkpoint, cfg: Step1xConfig, opts: DitLoadOptions = {}): Promise<Step1XEdit> {
     const d = cfg.dit;
+    if (opts.weights) setWeightPolicy(ckpt, opts.weights); // streamed blocks load under it too
     const plan = planResidency(ckpt, d, opts);
     const slots = plan.slots;
     const residentIdx = plan.resident;

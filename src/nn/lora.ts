@@ -128,6 +128,11 @@ export class LoraFile {
     return unmatched;
   }
 
+  /** The module for the Linear at `modulePath`, if the file has one. */
+  module(modulePath: string): LoraModule | undefined {
+    return this.modules.get(kohyaName(modulePath));
+  }
+
   /** The factors for the Linear at `modulePath`, or undefined when the file has none. */
   async factors(modulePath: string): Promise<LoraFactors | undefined> {
     const m = this.modules.get(kohyaName(modulePath));

@@ -147,6 +147,35 @@ export function targetFormat(info: TensorInfo, p: WeightPolicy): WeightFormat {
   return canPack(want, K) ? want : asStored();
 }
 
+/** Whether a tensor loads as a Linear weight (through loadLinearWeight) rather than a plain tensor. */
+export function isLinearWeight(info: TensorInfo): boolean {
+  return info.shape.length === 2 && info.name.endsWith('.weight') && !/(^|\.)(embed_tokens|lm_head)\.weight$/.test(info.name);
+}
+
+/**
+ * GPU buffers (bytes each, before pool rounding) one tensor occupies once loaded under `p`: a Linear
+ * weight in its target format (data, scales, unmerged LoRA factors), anything else as nn/weights.ts
+ * uploads it (16-bit kept, fp8 widened to bf16, the rest f32).
+ */
+export function gpuTensorBytes(info: TensorInfo, p: WeightPolicy): number[] {
+  const n = info.shape.reduce((a, b) => a * b, 1);
+  if (isLinearWeight(info)) {
+    const [N, K] = info.shape;
+    const fmt = targetFormat(info, p);
+    const out = fmt === 'q8' || fmt === 'q4' ? [fmt === 'q8' ? N * K : (N * K) / 2, ((N * K) / QBLOCK) * 2] : [formatBytes(fmt, N, K)];
+    if (fmt !== 'f32' && fmt !== 'f16' && fmt !== 'bf16') {
+      const path = info.name.slice(0, -'.weight'.length);
+      for (const l of p.loras ?? []) {
+        const m = l.module(path);
+        if (m) out.push(m.rank * K * 4, N * m.rank * 4);
+      }
+    }
+    return out;
+  }
+  if (info.quant) return [n * 4];
+  return [n * (info.dtype === 'BF16' || info.dtype === 'F16' || info.dtype === 'F8_E4M3' || info.dtype === 'F8_E5M2' ? 2 : 4)];
+}
+
 /** GPU bytes of a Linear weight in `format` (data + scales). */
 export function formatBytes(format: WeightFormat, N: number, K: number): number {
   const w4 = (b: number) => Math.ceil(b / 4) * 4;
