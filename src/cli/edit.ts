@@ -12,8 +12,9 @@ import type { EditPipeline, EditRequest, EditResult, Progress } from '../pipelin
 import { installInterruptCleanup, readInputImage, writeOutputPng, type OutputTarget } from '../pipeline/output.js';
 import { createReporter, fmtBytes, fmtSeconds, type Reporter } from './progress.js';
 import { packageVersion } from './main.js';
+import { collect, openWeightChoice, type WeightCliOptions } from './weights.js';
 
-export interface EditCliOptions {
+export interface EditCliOptions extends WeightCliOptions {
   output?: string;
   model?: string;
   steps: string;
@@ -105,8 +106,15 @@ async function runOne(pipe: EditPipeline, req: EditRequest, target: OutputTarget
  * output, then print the STEP1X_PROFILE report once and release the GPU, whatever happened.
  */
 async function withPipeline(files: ModelFiles, o: EditCliOptions, rep: Reporter, fn: (pipe: EditPipeline, meta: Record<string, string>) => Promise<void>): Promise<void> {
+  const wc = await openWeightChoice(o, files.dit, (m) => process.stderr.write(`step1x: warning: ${m}\n`));
   const { EditPipeline } = await import('../pipeline/edit-pipeline.js'); // models load only for edits
-  const pipe = await EditPipeline.load(files, { vramBudget: o.vramBudget ? parseBytes(o.vramBudget) : undefined, onProgress: (p) => render(rep, p, Date.now()) });
+  let pipe: EditPipeline;
+  try {
+    pipe = await EditPipeline.load(files, { vramBudget: o.vramBudget ? parseBytes(o.vramBudget) : undefined, weights: wc.weights, loras: wc.loras, onProgress: (p) => render(rep, p, Date.now()) });
+  } catch (e) {
+    await wc.close();
+    throw e;
+  }
   try {
     await fn(pipe, { 'step1x:version': packageVersion(), model: files.dit.split(/[\\/]/).pop()! });
   } finally {
@@ -116,6 +124,7 @@ async function withPipeline(files: ModelFiles, o: EditCliOptions, rep: Reporter,
       pipe.gpu.disableProfiling();
     }
     pipe.dispose();
+    await wc.close();
   }
 }
 
@@ -143,6 +152,8 @@ export function register(program: Command): void {
       .option('--negative <text>', 'negative prompt (the official code hard-codes "")', '')
       .option('--native-size', 'keep the working resolution instead of resizing back to the input size (avoids the resize-back blur)')
       .option('--vram-budget <bytes>', 'GPU memory budget, e.g. 12GB: models are loaded per stage and streamed block by block when they do not fit')
+      .option('--weights <format>', 'Linear weights of the DiT and Qwen on the GPU: bf16, fp8 (E4M3), q8 or q4 (block-quantized, see README); default: as stored')
+      .option('--lora <file[:scale]>', 'apply a kohya-format LoRA to the DiT (repeatable; scale default 1)', collect)
       .option('--sample-encode', 'sample the VAE posterior like the official code (default: its mean, deterministic)')
       .option('--ignore-exif', 'ignore EXIF orientation, as the official code does')
       .option('--json', 'print one JSON result line (stdout, or stderr when the image goes to stdout)')

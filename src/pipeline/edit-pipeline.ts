@@ -20,6 +20,8 @@ import { inputProcessImage, qwenProcessImage, STEP1X_MAX_PIXELS, STEP1X_MIN_PIXE
 import { QwenTokenizer } from '../models/qwen25vl/tokenizer.js';
 import { buildStep1xInputIds } from '../models/qwen25vl/prompt.js';
 import { initialNoise } from './rng.js';
+import type { WeightsOption } from '../nn/weight.js';
+import type { LoraFile } from '../nn/lora.js';
 import { runDenoise, runEmbed, runVaeDecode, runVaeEncode, type Trace } from './stages.js';
 
 export interface EditRequest {
@@ -60,6 +62,10 @@ export interface EditResult {
 
 export interface LoadOptions {
   vramBudget?: number;
+  /** Linear weight format on the GPU (`--weights`; default as stored). */
+  weights?: WeightsOption;
+  /** LoRAs merged into (or attached to) the DiT (`--lora`). */
+  loras?: LoraFile[];
   gpu?: Gpu;
   onProgress?: (p: Progress) => void;
 }
@@ -143,7 +149,7 @@ export class EditPipeline {
 
     // -- embed: Qwen2.5-VL, loaded for this stage only --------------------------------------------
     yield { stage: 'embed', message: 'Qwen2.5-VL: embedding the instruction and the image' };
-    const embedded = await runEmbed(g, this.files, prompts, qp, { budget: this.opts.vramBudget, maxLength: emb.max_length, drop: emb.drop_prefix_tokens, trace, onInfo: (m) => this.opts.onProgress?.({ stage: 'embed', message: m }) });
+    const embedded = await runEmbed(g, this.files, prompts, qp, { budget: this.opts.vramBudget, weights: { weights: this.opts.weights }, maxLength: emb.max_length, drop: emb.drop_prefix_tokens, trace, onInfo: (m) => this.opts.onProgress?.({ stage: 'embed', message: m }) });
     lap('embed');
     yield { stage: 'embed', done: true, message: `embedded ${prompts.map((p) => p.inputIds.length).join(' + ')} tokens (${timings.embed}s)` };
 
@@ -159,7 +165,7 @@ export class EditPipeline {
     let finished = false;
     const sampling = runDenoise(g, this.files, {
       noise, refLatent, lh, lw, llmEmbedding: embedded.embeddings, mask: embedded.mask, T: embedded.maxLength, steps, cfg,
-      budget: this.opts.vramBudget, trace,
+      budget: this.opts.vramBudget, weights: { weights: this.opts.weights, loras: this.opts.loras }, trace,
       onInfo: (m) => this.opts.onProgress?.({ stage: 'sample', message: m }),
       onStep: (i, n) => {
         queue.push({ stage: 'sample', step: i, total: n });

@@ -20,6 +20,7 @@ import type { Step1xPrompt } from '../models/qwen25vl/prompt.js';
 import { getSchedule, denoise } from './sampling.js';
 import { prepare, imageSeqLen, unpack2x2Host } from './prepare.js';
 import { randnF32 } from './rng.js';
+import type { WeightPolicy } from '../nn/weight.js';
 
 export type Trace = (name: string, data: Float32Array | Int32Array | Uint8Array, shape: number[], kind?: 'f32' | 'i64' | 'u8') => void;
 
@@ -38,6 +39,8 @@ async function withOomFallback<T>(g: Gpu, what: string, budget: number | undefin
 
 export interface EmbedOptions {
   budget?: number;
+  /** How Linear weights load (`--weights`). */
+  weights?: WeightPolicy;
   maxLength?: number;
   drop?: number;
   trace?: Trace;
@@ -48,7 +51,7 @@ export interface EmbedOptions {
 export async function runEmbed(g: Gpu, files: ModelFiles, prompts: Step1xPrompt[], qp: QwenProcessed, o: EmbedOptions = {}): Promise<EmbedderOutput> {
   const inputs = prompts.map((p) => ({ inputIds: p.inputIds, attentionMask: p.attentionMask, pixelValues: qp.pixelValues, gridThw: [qp.gridThw] as [number, number, number][] }));
   return withOomFallback(g, 'Qwen2.5-VL', o.budget, async (budget) => {
-    const model = await QwenVL.load(g, files.qwenDir, budget !== undefined ? { gpuBudgetBytes: budget } : {});
+    const model = await QwenVL.load(g, files.qwenDir, { ...(budget !== undefined ? { gpuBudgetBytes: budget } : {}), policy: o.weights });
     try {
       if (model.streamed.text || model.streamed.vision) o.onInfo?.(`Qwen2.5-VL: streaming ${model.streamed.text ? 'text' : ''}${model.streamed.text && model.streamed.vision ? ' and ' : ''}${model.streamed.vision ? 'vision' : ''} layers from disk under the GPU budget`);
       const names = ['cond', 'uncond'];
@@ -129,6 +132,8 @@ export interface DenoiseStageOptions {
   steps: number;
   cfg: number;
   budget?: number;
+  /** How Linear weights load (`--weights`, `--lora`). */
+  weights?: WeightPolicy;
   trace?: Trace;
   onStep?: (done: number, total: number) => void;
   onInfo?: (m: string) => void;
@@ -146,7 +151,7 @@ export async function runDenoise(g: Gpu, files: ModelFiles, o: DenoiseStageOptio
   o.trace?.('mid.txt_ids', prep.txtIds, [B, o.T, 3]);
   const mask = Float32Array.from(o.mask);
   return withOomFallback(g, 'DiT', o.budget, async (budget) => {
-    const model = await Step1XEdit.open(g, files.dit, files.hparams ?? {}, budget !== undefined ? { budgetBytes: budget } : {});
+    const model = await Step1XEdit.open(g, files.dit, files.hparams ?? {}, { ...(budget !== undefined ? { budgetBytes: budget } : {}), weights: o.weights });
     try {
       if (model.streamedBlocks) o.onInfo?.(`DiT: streaming ${model.streamedBlocks} blocks from disk under the GPU budget`);
       const pred = model.predictor({ llmEmbedding: o.llmEmbedding, mask, imgIds: prep.imgIds, txtIds: prep.txtIds, T: o.T, L });

@@ -12,9 +12,10 @@
 import type { Gpu } from '../../runtime/gpu.js';
 import type { Tensor } from '../../runtime/tensor.js';
 import { Checkpoint, checkKeys } from '../../io/checkpoint.js';
-import { bytesToF32, numelOfShape, ST_DTYPE_BYTES } from '../../io/safetensors.js';
+import { bytesToF32 } from '../../io/safetensors.js';
 import { loadWeight } from '../../nn/weights.js';
 import { Linear } from '../../nn/linear.js';
+import { gpuTensorBytes, weightPolicy } from '../../nn/weight.js';
 import { ExitCode, fail } from '../../errors.js';
 import type { QwenVLConfig } from './config.js';
 
@@ -103,22 +104,10 @@ export async function gatherEmbeddingRows(ckpt: Checkpoint, ids: Int32Array, nam
 
 /** Bytes the named tensors occupy on the GPU (as stored: bf16 stays 2 bytes). */
 export function tensorBytes(ckpt: Checkpoint, names: string[]): number {
+  const p = weightPolicy(ckpt); // --weights: Linear weights as they will be held (nn/weight.ts)
   let n = 0;
-  for (const k of names) {
-    const info = ckpt.info(k);
-    n += numelOfShape(info.shape) * ST_DTYPE_BYTES[info.dtype];
-  }
+  for (const k of names) for (const b of gpuTensorBytes(ckpt.info(k), p)) n += b;
   return n;
-}
-
-function splitRows(w: Tensor, parts: number): Tensor[] {
-  const n = w.shape[0] / parts;
-  return Array.from({ length: parts }, (_, i) => {
-    const view = w.rows(i * n, n);
-    const c = w.gpu.copy(view, `${w.label}[${i}]`);
-    view.dispose();
-    return c;
-  });
 }
 
 /** visual.blocks.N: fields mirror the checkpoint (attn.qkv is split into q/k/v at load, rows (3, H, Dh)). */
@@ -138,16 +127,15 @@ export class VisionBlockWeights {
 
   static async load(g: Gpu, ckpt: Checkpoint, i: number): Promise<VisionBlockWeights> {
     const p = `visual.blocks.${i}`;
-    const qkvW = await loadWeight(g, ckpt, `${p}.attn.qkv.weight`);
-    const qkvB = await loadWeight(g, ckpt, `${p}.attn.qkv.bias`);
-    const [qw, kw, vw] = splitRows(qkvW, 3);
-    const [qb, kb, vb] = splitRows(qkvB, 3);
-    qkvW.dispose();
-    qkvB.dispose();
+    // q, k, v as row views of the fused Linear (its Weight carries scales when packed)
+    const qkv = await Linear.load(g, ckpt, `${p}.attn.qkv`, { bias: true });
+    const Dv = qkv.outFeatures / 3;
+    const [q, k, v] = [0, 1, 2].map((i) => qkv.rows(i * Dv, Dv));
+    qkv.dispose();
     return new VisionBlockWeights(
       await loadWeight(g, ckpt, `${p}.norm1.weight`),
       await loadWeight(g, ckpt, `${p}.norm2.weight`),
-      { q: new Linear(qw, qb, `${p}.attn.q`), k: new Linear(kw, kb, `${p}.attn.k`), v: new Linear(vw, vb, `${p}.attn.v`),
+      { q, k, v,
         proj: await Linear.load(g, ckpt, `${p}.attn.proj`, { bias: true }) },
       { gate_proj: await Linear.load(g, ckpt, `${p}.mlp.gate_proj`, { bias: true }),
         up_proj: await Linear.load(g, ckpt, `${p}.mlp.up_proj`, { bias: true }),
