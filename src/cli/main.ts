@@ -12,6 +12,8 @@ import { register as registerDevices } from './devices.js';
 import { register as registerGolden } from './golden.js';
 import { register as registerDownload } from './download.js';
 import { register as registerEdit } from './edit.js';
+import { register as registerConvert } from './convert.js';
+import { register as registerPlan } from './plan.js';
 
 export function packageVersion(): string {
   const here = dirname(fileURLToPath(import.meta.url));
@@ -38,6 +40,8 @@ export function buildProgram(): Command {
   registerDevices(program);
   registerGolden(program);
   registerDownload(program);
+  registerConvert(program);
+  registerPlan(program);
   return program;
 }
 

@@ -40,6 +40,14 @@ export function canPack(format: PackedFormat, K: number): boolean {
   return K % 4 === 0 && K > 0;
 }
 
+/**
+ * Whether a checkpoint tensor is a Linear weight (what --weights and `convert` pack): 2-D `*.weight`,
+ * except token embeddings and the LM head (rows looked up on the host / never used).
+ */
+export function isLinearWeightName(name: string, shape: readonly number[]): boolean {
+  return shape.length === 2 && name.endsWith('.weight') && !/(^|\.)(embed_tokens|lm_head)\.weight$/.test(name);
+}
+
 // ---- fp8 ---------------------------------------------------------------------------------------------
 
 function decodeFp8(b: number, expBits: number, manBits: number, bias: number, ieeeSpecials: boolean): number {
@@ -85,6 +93,23 @@ export function encodeFp8(x: number, format: 'fp8_e4m3' | 'fp8_e5m2'): number {
   const dl = a - table[pos[lo]], dh = table[pos[hi]] - a;
   const code = dl < dh ? pos[lo] : dh < dl ? pos[hi] : pos[lo] % 2 === 0 ? pos[lo] : pos[hi];
   return sign | code;
+}
+
+let bf16ToE4m3: Uint8Array | null = null;
+/** bf16 bits → E4M3 codes through a 65536-entry table (exact: every input is one bf16 value). */
+export function bf16ToE4m3Codes(bits: Uint16Array): Uint8Array {
+  if (!bf16ToE4m3) {
+    const t = new Uint8Array(65536);
+    const f = new Float32Array(1), u = new Uint32Array(f.buffer);
+    for (let b = 0; b < 65536; b++) {
+      u[0] = b << 16;
+      t[b] = encodeFp8(f[0], 'fp8_e4m3');
+    }
+    bf16ToE4m3 = t;
+  }
+  const out = new Uint8Array(bits.length);
+  for (let i = 0; i < bits.length; i++) out[i] = bf16ToE4m3[bits[i]];
+  return out;
 }
 
 export function encodeFp8Array(x: ArrayLike<number>, format: 'fp8_e4m3' | 'fp8_e5m2'): Uint8Array {

@@ -22,8 +22,8 @@ import type { TensorInfo } from '../io/safetensors.js';
 import { linear, type Activation } from '../ops/linear.js';
 import { linearPacked } from '../ops/linear-quant.js';
 import { add, silu, geluTanh, geluErf } from '../ops/elementwise.js';
-import { canPack, encodeFp8, encodeFp8Array, quantizeBlocks, QBLOCK, type PackedFormat } from '../io/quant.js';
-import { f32ArrayToBf16, f32ArrayToF16, bf16BitsToF32 } from '../runtime/half.js';
+import { bf16ToE4m3Codes, canPack, encodeFp8Array, isLinearWeightName, quantizeBlocks, QBLOCK, type PackedFormat } from '../io/quant.js';
+import { f32ArrayToBf16, f32ArrayToF16 } from '../runtime/half.js';
 import { ExitCode, Step1xError, fail, fmtShape } from '../errors.js';
 import type { LoraFile } from './lora.js';
 
@@ -149,7 +149,7 @@ export function targetFormat(info: TensorInfo, p: WeightPolicy): WeightFormat {
 
 /** Whether a tensor loads as a Linear weight (through loadLinearWeight) rather than a plain tensor. */
 export function isLinearWeight(info: TensorInfo): boolean {
-  return info.shape.length === 2 && info.name.endsWith('.weight') && !/(^|\.)(embed_tokens|lm_head)\.weight$/.test(info.name);
+  return isLinearWeightName(info.name, info.shape);
 }
 
 /**
@@ -193,16 +193,6 @@ export function formatBytes(format: WeightFormat, N: number, K: number): number 
     case 'q4':
       return w4((N * K) / 2) + w4((N * K) / QBLOCK * 2);
   }
-}
-
-let bf16ToE4m3: Uint8Array | null = null;
-/** bf16 bits → E4M3 code for all 65536 inputs (the common bf16 → fp8 conversion, exact and fast). */
-function bf16E4m3Table(): Uint8Array {
-  if (!bf16ToE4m3) {
-    bf16ToE4m3 = new Uint8Array(65536);
-    for (let b = 0; b < 65536; b++) bf16ToE4m3[b] = encodeFp8(bf16BitsToF32(b), 'fp8_e4m3');
-  }
-  return bf16ToE4m3;
 }
 
 function u32View(b: Uint8Array): Uint32Array {
@@ -259,10 +249,7 @@ export async function loadLinearWeight(g: Gpu, ckpt: Checkpoint, name: string, o
       scales = new Uint16Array(sb.buffer, 0, sb.length / 2);
     }
   } else if (fmt === 'fp8_e4m3' && info.dtype === 'BF16') {
-    const bits = new Uint16Array((await ckpt.readBytes(name)).buffer, 0, N * K);
-    const t = bf16E4m3Table();
-    codes = new Uint8Array(N * K);
-    for (let i = 0; i < codes.length; i++) codes[i] = t[bits[i]];
+    codes = bf16ToE4m3Codes(new Uint16Array((await ckpt.readBytes(name)).buffer, 0, N * K));
   } else {
     const w = await ckpt.readF32(name);
     if (fmt === 'q8' || fmt === 'q4') ({ data: codes, scales } = quantizeBlocks(w, N, K, fmt));
