@@ -7,6 +7,7 @@ import type { Command } from 'commander';
 import { resolve } from 'node:path';
 import { ExitCode, Step1xError } from '../errors.js';
 import { convertCheckpoint } from '../io/convert.js';
+import { DIT_KEEP } from '../models/dit-config.js';
 import { checkWritable } from './edit.js';
 import { createReporter, fmtBytes } from './progress.js';
 
@@ -23,7 +24,9 @@ export function register(program: Command): void {
       checkWritable(output);
       const rep = createReporter({ quiet: o.quiet });
       try {
-        const r = await convertCheckpoint(input, output, o.to, (i, n, name) => rep.update(`[${i + 1}/${n}] ${name}`));
+        // a DiT keeps its non-block weights with q8 / q4, exactly as --weights does (dit-config.ts DIT_KEEP)
+        const keep = o.to === 'q8' || o.to === 'q4' ? (name: string, keys: string[]) => keys.includes('img_in.weight') && keys.includes('final_layer.linear.weight') && DIT_KEEP(name) : undefined;
+        const r = await convertCheckpoint(input, output, o.to, { keep, onTensor: (i, n, name) => rep.update(`[${i + 1}/${n}] ${name}`) });
         rep.done(`wrote ${output}: ${r.packed} tensors as ${o.to}, ${r.kept} copied; ${fmtBytes(r.inBytes)} → ${fmtBytes(r.outBytes)}`);
       } finally {
         rep.stop();

@@ -123,7 +123,7 @@ async function withPipeline(files: ModelFiles, o: EditCliOptions, rep: Reporter,
       await pipe.gpu.profileReport({ print: true }); // STEP1X_PROFILE=1: complete numbers, printed once
       pipe.gpu.disableProfiling();
     }
-    pipe.dispose();
+    await pipe.close();
     await wc.close();
   }
 }

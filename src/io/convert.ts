@@ -22,7 +22,14 @@ export interface ConvertResult {
 
 type Plan = { name: string; how: 'copy' | 'pack' };
 
-export async function convertCheckpoint(inPath: string, outPath: string, to: string, onTensor?: (i: number, n: number, name: string) => void): Promise<ConvertResult> {
+export interface ConvertOptions {
+  /** Linear weights to copy as they are (the model's keep-list, e.g. models/dit-config.ts DIT_KEEP). */
+  keep?: (name: string, keys: string[]) => boolean;
+  onTensor?: (i: number, n: number, name: string) => void;
+}
+
+export async function convertCheckpoint(inPath: string, outPath: string, to: string, opts: ConvertOptions = {}): Promise<ConvertResult> {
+  const onTensor = opts.onTensor;
   if (!(FILE_FORMATS as readonly string[]).includes(to)) throw new Step1xError(`convert --to must be one of ${FILE_FORMATS.join(', ')}, got "${to}"`, ExitCode.USAGE);
   const fmt = to as FileFormat;
   const ck = await Checkpoint.open(inPath);
@@ -30,11 +37,12 @@ export async function convertCheckpoint(inPath: string, outPath: string, to: str
     const plans: Plan[] = [];
     const entries: HeaderEntry[] = [];
     let inBytes = 0;
-    for (const name of ck.keys()) {
+    const keys = ck.keys();
+    for (const name of keys) {
       const t = ck.info(name);
       inBytes += t.end - t.begin + (t.quant ? t.quant.scale.end - t.quant.scale.begin : 0);
       const K = t.shape[1];
-      const pack = isLinearWeightName(name, t.shape) && canPack(fmt === 'fp8' ? 'fp8_e4m3' : fmt, K);
+      const pack = isLinearWeightName(name, t.shape) && canPack(fmt === 'fp8' ? 'fp8_e4m3' : fmt, K) && !opts.keep?.(name, keys);
       if (!pack) {
         if (t.quant) throw new Step1xError(`${inPath}: tensor "${name}" is ${t.quant.format} and cannot be copied into a ${fmt} file; convert from the original checkpoint`, ExitCode.USAGE);
         plans.push({ name, how: 'copy' });

@@ -12,7 +12,7 @@ import { setWeightPolicy } from '../nn/weight.js';
 import { silu, add } from '../ops/elementwise.js';
 import { concat, slice } from '../ops/layout.js';
 import { Qwen2Connector, timestepEmbedding, type Tap } from './connector.js';
-import { configFromCheckpoint, expectedDitKeys, planResidency, TIME_FREQ_DIM, type DitLoadOptions, type DitParams, type Slot, type Step1xConfig } from './dit-config.js';
+import { configFromCheckpoint, ditWeightPolicy, expectedDitKeys, planResidency, TIME_FREQ_DIM, type DitLoadOptions, type DitParams, type Slot, type Step1xConfig } from './dit-config.js';
 import type { Predictor } from '../pipeline/sampling.js';
 import { fail } from '../errors.js';
 import { disposeAll, DoubleStreamBlock, EmbedND, LastLayer, MLPEmbedder, RopePe, SingleStreamBlock } from './dit-blocks.js';
@@ -76,7 +76,7 @@ export class Step1XEdit {
    */
   static async load(g: Gpu, ckpt: Checkpoint, cfg: Step1xConfig, opts: DitLoadOptions = {}): Promise<Step1XEdit> {
     const d = cfg.dit;
-    if (opts.weights) setWeightPolicy(ckpt, opts.weights); // streamed blocks load under it too
+    if (opts.weights) setWeightPolicy(ckpt, ditWeightPolicy(opts.weights)); // streamed blocks load under it too
     const plan = planResidency(ckpt, d, opts);
     const slots = plan.slots;
     const residentIdx = plan.resident;

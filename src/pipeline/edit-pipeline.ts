@@ -23,6 +23,8 @@ import { initialNoise } from './rng.js';
 import type { WeightsOption } from '../nn/weight.js';
 import type { LoraFile } from '../nn/lora.js';
 import { runDenoise, runEmbed, runVaeDecode, runVaeEncode, type Trace } from './stages.js';
+import { ModelHost } from './model-host.js';
+import { planEdit } from './plan.js';
 
 export interface EditRequest {
   image: RgbImage;
@@ -87,12 +89,16 @@ export async function readNoiseFile(path: string, h: number, w: number): Promise
 }
 
 export class EditPipeline {
+  /** Models kept across stages and images when the VRAM plan fits them all (model-host.ts). */
+  readonly models = new ModelHost();
   private constructor(
     readonly gpu: Gpu,
     readonly files: ModelFiles,
     readonly tokenizer: QwenTokenizer,
     private readonly opts: LoadOptions,
     private readonly ownsGpu: boolean,
+    /** --vram-budget as given (opts.vramBudget is what is left after the pool's cache share). */
+    private readonly fullBudget?: number,
   ) {}
 
   /** Checks the files and acquires the GPU; models are loaded per stage by `run()`. */
@@ -100,6 +106,7 @@ export class EditPipeline {
     opts.onProgress?.({ stage: 'load', message: 'opening the GPU and the tokenizer' });
     const tokenizer = QwenTokenizer.load(files.qwenDir);
     const gpu = opts.gpu ?? (await Gpu.create());
+    const fullBudget = opts.vramBudget;
     if (opts.vramBudget !== undefined) {
       // The pool keeps freed buffers for reuse; they occupy GPU memory too. Give them a tenth of the
       // budget and plan the models against the rest, so live + cached stays within the budget.
@@ -107,7 +114,7 @@ export class EditPipeline {
       gpu.pool.maxCachedBytes = Math.min(gpu.pool.maxCachedBytes, cache);
       opts = { ...opts, vramBudget: opts.vramBudget - cache };
     }
-    return new EditPipeline(gpu, files, tokenizer, opts, !opts.gpu);
+    return new EditPipeline(gpu, files, tokenizer, opts, !opts.gpu, fullBudget);
   }
 
   async *run(req: EditRequest, trace?: Trace): AsyncGenerator<Progress, EditResult> {
@@ -124,6 +131,13 @@ export class EditPipeline {
     };
     g.pool.resetPeak();
     const emb = this.files.hparams?.embedder ?? {};
+    // One plan decides residency: all models at once within --vram-budget -> kept across stages and
+    // images. Without a budget the GPU's size is unknown (WebGPU does not tell): one model at a time.
+    this.models.keep = this.fullBudget !== undefined && await planEdit(this.files, { size, weights: this.opts.weights, loras: this.opts.loras, budget: this.fullBudget }).then(
+      (p) => p.keep_resident,
+      () => false,
+    );
+    if (!this.models.keep) await this.models.releaseAll();
 
     // -- preprocess -------------------------------------------------------------------------------
     yield { stage: 'preprocess', message: 'resizing the input' };
@@ -149,13 +163,13 @@ export class EditPipeline {
 
     // -- embed: Qwen2.5-VL, loaded for this stage only --------------------------------------------
     yield { stage: 'embed', message: 'Qwen2.5-VL: embedding the instruction and the image' };
-    const embedded = await runEmbed(g, this.files, prompts, qp, { budget: this.opts.vramBudget, weights: { weights: this.opts.weights }, maxLength: emb.max_length, drop: emb.drop_prefix_tokens, trace, onInfo: (m) => this.opts.onProgress?.({ stage: 'embed', message: m }) });
+    const embedded = await runEmbed(g, this.files, prompts, qp, { budget: this.opts.vramBudget, models: this.models, weights: { weights: this.opts.weights }, maxLength: emb.max_length, drop: emb.drop_prefix_tokens, trace, onInfo: (m) => this.opts.onProgress?.({ stage: 'embed', message: m }) });
     lap('embed');
     yield { stage: 'embed', done: true, message: `embedded ${prompts.map((p) => p.inputIds.length).join(' + ')} tokens (${timings.embed}s)` };
 
     // -- encode the reference ---------------------------------------------------------------------
     yield { stage: 'encode', message: 'VAE: encoding the reference image' };
-    const refLatent = await runVaeEncode(g, this.files, ref, { sampleSeed: req.sampleEncode ? seed + 1 : undefined, trace });
+    const refLatent = await runVaeEncode(g, this.files, ref, { sampleSeed: req.sampleEncode ? seed + 1 : undefined, trace, models: this.models });
     lap('encode');
 
     // -- sample -----------------------------------------------------------------------------------
@@ -165,7 +179,7 @@ export class EditPipeline {
     let finished = false;
     const sampling = runDenoise(g, this.files, {
       noise, refLatent, lh, lw, llmEmbedding: embedded.embeddings, mask: embedded.mask, T: embedded.maxLength, steps, cfg,
-      budget: this.opts.vramBudget, weights: { weights: this.opts.weights, loras: this.opts.loras }, trace,
+      budget: this.opts.vramBudget, models: this.models, weights: { weights: this.opts.weights, loras: this.opts.loras }, trace,
       onInfo: (m) => this.opts.onProgress?.({ stage: 'sample', message: m }),
       onStep: (i, n) => {
         queue.push({ stage: 'sample', step: i, total: n });
@@ -187,7 +201,7 @@ export class EditPipeline {
 
     // -- decode -----------------------------------------------------------------------------------
     yield { stage: 'decode', message: 'VAE: decoding' };
-    const small = await runVaeDecode(g, this.files, latent, lh, lw, trace);
+    const small = await runVaeDecode(g, this.files, latent, lh, lw, trace, this.models);
     lap('decode');
 
     // -- postprocess: resize back (PIL bicubic) unless the user keeps the working size --------------
@@ -225,7 +239,14 @@ export class EditPipeline {
     }
   }
 
+  /** Free the resident models (and the GPU when this pipeline created it). */
+  async close(): Promise<void> {
+    await this.models.releaseAll();
+    this.dispose();
+  }
+
   dispose(): void {
+    void this.models.releaseAll();
     if (this.ownsGpu) this.gpu.destroy();
   }
 }

@@ -74,6 +74,17 @@ export function ditActivationBytes(cfg: DitParams, B: number, L: number, T: numb
   ]);
 }
 
+/** ditActivationBytes for the DiT file of `files` (reads its header). */
+export async function ditActivationFor(files: Pick<ModelFiles, 'dit' | 'hparams'>, B: number, L: number, T: number): Promise<number> {
+  const ck = await Checkpoint.open(files.dit);
+  try {
+    const cfg = configFromCheckpoint(ck.keys(), (n) => (ck.has(n) ? ck.info(n).shape : undefined), files.hparams ?? {}, files.dit);
+    return ditActivationBytes(cfg.dit, B, L, T, cfg.connector.in_channels);
+  } finally {
+    await ck.close();
+  }
+}
+
 /** Qwen2.5-VL over P prompts of S tokens each, N vision patches (text layers run layer-major over the prompts). */
 export function qwenActivationBytes(cfg: QwenVLConfig, P: number, S: number, N: number): number {
   const t = cfg.text, v = cfg.vision;

@@ -17,11 +17,13 @@ import type { Tap } from '../../models/connector.js';
 import { prepare } from '../../pipeline/prepare.js';
 import { fail, fmtShape } from '../../errors.js';
 import { LoraFile, checkLoras } from '../../nn/lora.js';
-import { loadLinearWeight } from '../../nn/weight.js';
+import { loadLinearWeight, WEIGHTS_OPTIONS, type WeightsOption } from '../../nn/weight.js';
 
 /** Open, size, key-check and load the case's DiT (shared with the `sampler` kind). */
 export async function loadCaseDit(ctx: GoldenContext, load: DitLoadOptions = {}): Promise<{ model: Step1XEdit; ckpt: Checkpoint; cfg: Step1xConfig }> {
   const spec = ctx.spec ?? {};
+  // `spec.weights` (the README error table runs copies of the cases with it): Linear weights converted on load
+  if (spec.weights) load = { ...load, weights: { ...load.weights, weights: parseWeightsSpec(spec.weights) } };
   const path = join(ctx.caseDir, spec.dit_file ?? 'dit.safetensors');
   const ckpt = await Checkpoint.open(path);
   try {
@@ -45,6 +47,11 @@ export function shapeOfInput(ctx: GoldenContext, name: string): number[] {
 /** A Tap that reads GPU tensors back and emits them under their golden names. */
 export function emitTap(ctx: GoldenContext): Tap {
   return async (name, v, shape) => ctx.emit(name, v instanceof Float32Array ? v : await ctx.gpu.readF32(v), shape);
+}
+
+function parseWeightsSpec(v: unknown): WeightsOption {
+  if (!(WEIGHTS_OPTIONS as readonly unknown[]).includes(v)) fail(`dit golden: spec.weights must be one of ${WEIGHTS_OPTIONS.join(', ')}, got ${JSON.stringify(v)}`);
+  return v as WeightsOption;
 }
 
 export async function run(ctx: GoldenContext): Promise<void> {
@@ -81,7 +88,8 @@ export async function runDit(ctx: GoldenContext, load: DitLoadOptions = {}): Pro
       for (const name of ctx.io.tensors.keys()) {
         if (!name.startsWith('out.merged.')) continue;
         const w = await loadLinearWeight(ctx.gpu, ckpt, name.slice('out.merged.'.length));
-        ctx.emit(name, await ctx.gpu.readF32(w.data), [w.N, w.K]);
+        // packed weights (spec.weights) keep the LoRA unmerged: there is no merged matrix to show
+        if (!w.packed) ctx.emit(name, await ctx.gpu.readF32(w.data), [w.N, w.K]);
         w.dispose();
       }
     }
