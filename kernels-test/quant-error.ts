@@ -5,6 +5,9 @@
  * rel L2 of the block's image / text outputs and of their residual updates (out − in) against bf16.
  *
  *   node dist/kernels-test/quant-error.js [--tokens T,L] [--json FILE]    (default T 64, L 256, B 1)
+ *   node dist/kernels-test/quant-error.js --tiny    the tiny goldens instead (run from the repo root):
+ *        rel L2 of dit_tiny's out.pred and sampler_tiny's out.latent (4 CFG steps) vs the bf16 reference,
+ *        each case run with `spec.weights` = bf16 / fp8 / q8 / q4 (copies of the cases in a temp dir)
  *
  * Writes a 0.7 GB temporary checkpoint in the OS temp dir (removed at the end).
  */
@@ -41,6 +44,38 @@ function rand(n: number, scale: number, offset = 0): Float32Array {
   return out;
 }
 const bf16 = (f: Float32Array): Uint16Array => Uint16Array.from(new Uint32Array(f.buffer), (u) => u >>> 16);
+
+async function tiny(): Promise<void> {
+  const { runGolden } = await import('../src/golden/runner.js');
+  await import('../src/golden/kinds/index.js');
+  const { SafetensorsFile } = await import('../src/io/safetensors.js');
+  const { copyFileSync, readFileSync, mkdirSync } = await import('node:fs');
+  const tmp = mkdtempSync(join(tmpdir(), 'step1x-qerr-tiny-'));
+  const out: Record<string, Record<string, number>> = {};
+  try {
+    for (const [name, tensor] of [['dit_tiny', 'out.pred'], ['sampler_tiny', 'out.latent']]) {
+      const src = join('test/golden', name);
+      const io = await SafetensorsFile.open(join(src, 'io.safetensors'));
+      const ref = await io.readF32(tensor);
+      await io.close();
+      out[`${name} ${tensor}`] = {};
+      for (const w of ['bf16', 'fp8', 'q8', 'q4']) {
+        const dst = join(tmp, `${name}-${w}`);
+        mkdirSync(dst);
+        for (const f of ['io.safetensors', 'dit.safetensors']) copyFileSync(join(src, f), join(dst, f));
+        const cj = JSON.parse(readFileSync(join(src, 'case.json'), 'utf8'));
+        cj.spec.weights = w;
+        writeFileSync(join(dst, 'case.json'), JSON.stringify(cj));
+        const r = await runGolden(dst, { log: () => undefined });
+        out[`${name} ${tensor}`][w] = relL2(r.emitted.get(tensor)!.data, ref);
+      }
+    }
+    process.stdout.write(JSON.stringify(out, null, 1) + '\n');
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+  process.exit(0);
+}
 
 async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'step1x-qerr-'));
@@ -107,4 +142,4 @@ async function main(): Promise<void> {
   process.exit(0);
 }
 
-void main();
+void (argv.includes('--tiny') ? tiny() : main());
