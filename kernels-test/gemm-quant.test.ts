@@ -57,7 +57,7 @@ async function runCase(g: Gpu, c: Case): Promise<void> {
   const xt = g.upload(x, [M, K]);
   const out = g.empty([M, N]);
   poison(g, out);
-  linearPacked(xt, { format: fmt, data: weight.data, scales: weight.scales, N, K }, b?.t, { act, out });
+  linearPacked(xt, { format: fmt, data: weight.data, scales: weight.scales, block: QBLOCK, N, K }, b?.t, { act, out });
   const got = await g.readF32(out);
   const want = ref.linear(x, exact, M, N, K, b?.exact, act);
   expectClose(`${fmt} M=${M} K=${K} N=${N} b=${bdt} act=${act}`, got, want, tolFor(K), 1e-6);
@@ -119,7 +119,7 @@ describe('gemm-quant kernel', () => {
       const x = randn(M * K, 11);
       const { weight } = uploadPacked(g, randn(N * K, 12), N, K, fmt);
       const xt = g.upload(x, [M, K]);
-      const pw = { format: fmt, data: weight.data, scales: weight.scales, N, K };
+      const pw = { format: fmt, data: weight.data, scales: weight.scales, block: QBLOCK, N, K };
       const full = linearPacked(xt, pw);
       const a = await g.readF32(full);
       const split = await withBindingLimit(g, 2048, async () => linearPacked(xt, pw));

@@ -78,7 +78,7 @@ export class Weight {
   forward(x: Tensor, b?: Tensor, act?: Activation): Tensor {
     const base = (a?: Activation) =>
       this.packed
-        ? linearPacked(x, { format: this.format as PackedFormat, data: this.data, scales: this.scales, N: this.N, K: this.K }, b, { act: a })
+        ? linearPacked(x, { format: this.format as PackedFormat, data: this.data, scales: this.scales, block: QBLOCK, N: this.N, K: this.K }, b, { act: a })
         : linear(x, this.data, b, a ? { act: a } : undefined);
     if (!this.adapters.length) return base(act);
     let y = base();

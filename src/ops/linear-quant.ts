@@ -14,14 +14,18 @@ import { DTYPE_BYTES, storageBytes } from '../runtime/tensor.js';
 import type { Gpu } from '../runtime/gpu.js';
 import { fail, fmtShape } from '../errors.js';
 import type { Activation } from './linear.js';
-import { QBLOCK, type PackedFormat } from '../io/quant.js';
+
+/** Packed weight formats (the host codecs and their layout: src/io/quant.ts). */
+export type PackedFormat = 'fp8_e4m3' | 'fp8_e5m2' | 'q8' | 'q4';
 
 export interface PackedWeight {
   format: PackedFormat;
   /** u32 words [N, row_words] (row_words = K/4, or K/8 for q4). */
   data: Tensor;
-  /** f16 [N, K / QBLOCK] (q8 / q4). */
+  /** f16 [N, K / block] (q8 / q4). */
   scales?: Tensor;
+  /** Elements per scale block along K (q8 / q4; io/quant.ts QBLOCK). */
+  block?: number;
   N: number;
   K: number;
 }
@@ -66,6 +70,7 @@ function foldGrid(g: Gpu, groups: number): [number, number] {
 export function linearPacked(x: Tensor, w: PackedWeight, b?: Tensor, opts: { act?: Activation; out?: Tensor } = {}): Tensor {
   const g = x.gpu;
   const { N, K, format } = w;
+  const QBLOCK = w.block ?? 32;
   const blocked = format === 'q8' || format === 'q4';
   const rowWords = format === 'q4' ? K / 8 : K / 4;
   if (x.dtype !== 'f32') fail(`linearPacked: x must be f32, got ${x.dtype} ${fmtShape(x.shape)}`);
