@@ -15,6 +15,7 @@ import { Checkpoint, checkKeys } from '../../io/checkpoint.js';
 import { bytesToF32 } from '../../io/safetensors.js';
 import { loadWeight } from '../../nn/weights.js';
 import { Linear } from '../../nn/linear.js';
+import { BlockStream } from '../../nn/block-stream.js';
 import { gpuTensorBytes, weightPolicy } from '../../nn/weight.js';
 import { ExitCode, fail } from '../../errors.js';
 import type { QwenVLConfig } from './config.js';
@@ -185,60 +186,10 @@ export class DecoderLayerWeights {
   }
 }
 
-/**
- * A stack of blocks, resident or streamed. Streamed: `get(i)` returns block i (loaded on demand,
- * with block i+1 already being read), `release(i)` frees it once its work is recorded (the buffer
- * pool hands memory back only to later dispatches, which WebGPU orders after this block's).
- */
-export class LayerSet<T extends { dispose(): void }> {
-  private resident: T[] | null = null;
-  private pending = new Map<number, Promise<T>>();
-
-  constructor(
-    readonly count: number,
-    private readonly loader: (i: number) => Promise<T>,
-    readonly streamed: boolean,
-  ) {}
-
-  /** Resident mode: load every block now. */
-  async preload(): Promise<void> {
-    if (this.streamed || this.resident) return;
-    const all: T[] = [];
-    try {
-      for (let i = 0; i < this.count; i++) all.push(await this.loader(i));
-    } catch (e) {
-      for (const b of all) b.dispose();
-      throw e;
-    }
-    this.resident = all;
-  }
-
-  async get(i: number): Promise<T> {
-    if (i < 0 || i >= this.count) fail(`LayerSet.get(${i}): only ${this.count} blocks`);
-    if (!this.streamed) {
-      if (!this.resident) await this.preload();
-      return this.resident![i];
-    }
-    const p = this.pending.get(i) ?? this.loader(i);
-    this.pending.delete(i);
-    const block = await p;
-    if (i + 1 < this.count && !this.pending.has(i + 1)) {
-      const next = this.loader(i + 1);
-      next.catch(() => undefined); // surfaced when awaited
-      this.pending.set(i + 1, next);
-    }
-    return block;
-  }
-
-  release(_i: number, block: T): void {
-    if (this.streamed) block.dispose();
-  }
-
-  async dispose(): Promise<void> {
-    for (const b of this.resident ?? []) b.dispose();
-    this.resident = null;
-    for (const p of this.pending.values()) (await p.catch(() => null))?.dispose();
-    this.pending.clear();
+/** A tower's blocks, all resident or all streamed, on the shared streaming engine (nn/block-stream.ts). */
+export class LayerSet<T extends { dispose(): void }> extends BlockStream<T> {
+  constructor(count: number, loader: (i: number) => Promise<T>, readonly streamed: boolean) {
+    super(count, loader, () => !streamed);
   }
 }
 
