@@ -14,6 +14,7 @@ import { register as registerDownload } from './download.js';
 import { register as registerEdit } from './edit.js';
 import { register as registerConvert } from './convert.js';
 import { register as registerPlan } from './plan.js';
+import { register as registerBatch } from './batch.js';
 import { register as registerGenerate } from './generate.js';
 
 export function packageVersion(): string {
@@ -39,6 +40,7 @@ export function buildProgram(): Command {
     .enablePositionalOptions()
     .exitOverride();
   registerEdit(program);
+  registerBatch(program);
   registerGenerate(program);
   registerInspect(program);
   registerDevices(program);
