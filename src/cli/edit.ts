@@ -5,11 +5,12 @@
  */
 import type { Command } from 'commander';
 import { basename, dirname, extname, join, resolve } from 'node:path';
-import { accessSync, constants, existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { ExitCode, Step1xError } from '../errors.js';
 import { resolveModelFiles, type ModelFiles } from '../io/model-files.js';
 import type { EditPipeline, EditRequest, EditResult, Progress } from '../pipeline/edit-pipeline.js';
-import { installInterruptCleanup, readInputImage, writeOutputPng, type OutputTarget } from '../pipeline/output.js';
+import { checkOutputPath, installInterruptCleanup, readInputImage, writeOutputPng, type OutputTarget } from '../pipeline/output.js';
+import { checkNoiseFile, checkSizeLevel, floatOpt, intOpt, parseBytes } from './options.js';
 import { createReporter, fmtBytes, fmtSeconds, type Reporter } from './progress.js';
 import { packageVersion } from './main.js';
 
@@ -30,38 +31,11 @@ export interface EditCliOptions {
   ignoreExif?: boolean;
 }
 
-function intOpt(name: string, v: string, min: number, max: number): number {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < min || n > max) throw new Step1xError(`--${name} must be an integer in [${min}, ${max}], got "${v}"`, ExitCode.USAGE);
-  return n;
-}
+export { parseBytes } from './options.js';
 
-function floatOpt(name: string, v: string, min: number, max: number): number {
-  const n = Number(v);
-  if (!Number.isFinite(n) || n < min || n > max) throw new Step1xError(`--${name} must be a number in [${min}, ${max}], got "${v}"`, ExitCode.USAGE);
-  return n;
-}
-
-/** "12GB", "800MiB", "2e9" → bytes. */
-export function parseBytes(v: string): number {
-  const m = /^\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*(b|kb|mb|gb|tb|kib|mib|gib|tib)?\s*$/i.exec(v);
-  if (!m) throw new Step1xError(`--vram-budget: cannot parse "${v}" (e.g. 12GB, 8000MiB)`, ExitCode.USAGE);
-  const mult: Record<string, number> = { b: 1, kb: 1e3, mb: 1e6, gb: 1e9, tb: 1e12, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3, tib: 1024 ** 4 };
-  const n = Number(m[1]) * mult[(m[2] ?? 'b').toLowerCase()];
-  if (!(n > 0)) throw new Step1xError(`--vram-budget must be positive, got "${v}"`, ExitCode.USAGE);
-  return Math.floor(n);
-}
-
-/** Fail before any model work if the output cannot be written. */
-export function checkWritable(path: string): void {
-  const dir = dirname(resolve(path));
-  if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new Step1xError(`cannot write ${path}: directory ${dir} does not exist`, ExitCode.OUTPUT);
-  try {
-    accessSync(dir, constants.W_OK);
-  } catch {
-    throw new Step1xError(`cannot write ${path}: directory ${dir} is not writable`, ExitCode.OUTPUT);
-  }
-  if (existsSync(path) && statSync(path).isDirectory()) throw new Step1xError(`cannot write ${path}: it is a directory`, ExitCode.OUTPUT);
+/** Fail before any model work if the output cannot be written (see src/pipeline/output.ts). */
+export function checkWritable(path: string, inputs: readonly string[] = []): void {
+  checkOutputPath(path, inputs);
 }
 
 export function requestFromOptions(o: EditCliOptions): Omit<EditRequest, 'image' | 'instruction'> {
@@ -75,6 +49,12 @@ export function requestFromOptions(o: EditCliOptions): Omit<EditRequest, 'image'
     sampleEncode: Boolean(o.sampleEncode),
     noisePath: o.noise,
   };
+}
+
+/** Option checks that need no GPU and no model: numbers, the budget, --noise (exists, float, finite). */
+export async function checkOptionsUpFront(o: EditCliOptions): Promise<void> {
+  if (o.vramBudget !== undefined) parseBytes(o.vramBudget);
+  if (o.noise !== undefined) await checkNoiseFile(o.noise);
 }
 
 function render(rep: Reporter, p: Progress, t0: number): void {
@@ -162,8 +142,11 @@ export function register(program: Command): void {
     if (!instruction.trim()) throw new Step1xError('the instruction is empty', ExitCode.USAGE);
     const output = o.output ?? (image === '-' ? '-' : join(dirname(image), `${basename(image, extname(image))}-edited.png`));
     if (output === '-' && process.stdout.isTTY) throw new Step1xError('refusing to write a PNG to a terminal: pass -o FILE or redirect stdout', ExitCode.USAGE);
+    await checkOptionsUpFront(o);
+    checkWritable(output, [image]);
     const img = await readInputImage(image, { ignoreExif: o.ignoreExif });
-    if (output !== '-') checkWritable(output);
+    const [ww, wh] = checkSizeLevel(img.width, img.height, base.size!);
+    if (o.noise !== undefined) await checkNoiseFile(o.noise, [wh / 8, ww / 8]);
     const files = resolveModelFiles(o.model);
     const rep = createReporter({ quiet: o.quiet });
     await withPipeline(files, o, rep, async (pipe, meta) => {
@@ -183,6 +166,7 @@ export function register(program: Command): void {
   ).action(async (manifest: string, o: EditCliOptions & { inputDir: string; outputDir: string }) => {
     installInterruptCleanup();
     const base = requestFromOptions(o);
+    await checkOptionsUpFront(o);
     let entries: [string, string][];
     try {
       const j = JSON.parse(readFileSync(manifest, 'utf8')) as unknown;

@@ -28,7 +28,8 @@ export function exitQuietlyOnEpipe(): void {
   epipeGuard = true;
   process.stdout.on('error', (e: NodeJS.ErrnoException) => {
     if (e.code === 'EPIPE') process.exit(0);
-    throw e;
+    process.stderr.write(`step1x: error: cannot write to stdout: ${e.code ?? e.message}\n`);
+    process.exit(ExitCode.OUTPUT);
   });
 }
 const group = (n: number) => n.toLocaleString('en-US');

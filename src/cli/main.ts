@@ -56,12 +56,29 @@ export function reportError(e: unknown): number {
   return ExitCode.GPU;
 }
 
+/**
+ * stdout errors surface as 'error' events; without a listener Node turns them into an uncaught exception
+ * with a stack trace. Writers that care (the image on `-o -`) get the error through their write callback;
+ * here it is only recorded and judged when the command ends.
+ */
+let stdoutFailure: NodeJS.ErrnoException | undefined;
+function watchStdout(): void {
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => void (stdoutFailure ??= e));
+}
+
 export async function main(argv: string[]): Promise<void> {
   let code = 0;
+  watchStdout();
   try {
     await buildProgram().parseAsync(argv);
   } catch (e) {
     code = reportError(e);
+  }
+  // A reader that closed the pipe early (`| head`, `| true`) wanted no more: not worth an error for text
+  // output. Any other stdout failure (ENOSPC on /dev/full, EIO) loses output: one line, exit 7.
+  if (code === 0 && stdoutFailure && stdoutFailure.code !== 'EPIPE') {
+    process.stderr.write(`step1x: error: cannot write to stdout: ${stdoutFailure.code ?? stdoutFailure.message}\n`);
+    code = ExitCode.OUTPUT;
   }
   process.exitCode = code;
   // Dawn may keep handles alive after the device is destroyed; never hang at the end of a command.
