@@ -143,6 +143,7 @@ export function register(program: Command): void {
     const output = o.output ?? (image === '-' ? '-' : join(dirname(image), `${basename(image, extname(image))}-edited.png`));
     if (output === '-' && process.stdout.isTTY) throw new Step1xError('refusing to write a PNG to a terminal: pass -o FILE or redirect stdout', ExitCode.USAGE);
     await checkOptionsUpFront(o);
+    if (image !== '-' && !existsSync(image)) throw new Step1xError(`${image}: no such file`, ExitCode.INPUT);
     checkWritable(output, [image]);
     const img = await readInputImage(image, { ignoreExif: o.ignoreExif });
     const [ww, wh] = checkSizeLevel(img.width, img.height, base.size!);
