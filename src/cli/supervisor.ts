@@ -76,7 +76,9 @@ const GRACE_MS = 1000;
 export function supervise(script: string, args: string[]): void {
   const env: NodeJS.ProcessEnv = { ...process.env, STEP1X_SUPERVISED: '1' };
   if (process.stderr.isTTY) env.STEP1X_STDERR_COLUMNS = String(process.stderr.columns || 80);
-  const child = spawn(process.execPath, [...process.execArgv, script, ...args], { stdio: ['inherit', 'inherit', 'pipe'], env });
+  // Node options reach the child through NODE_OPTIONS only: execArgv may hold `-e CODE` (a launcher
+  // started from an inline script), which would start another launcher instead of the command.
+  const child = spawn(process.execPath, [script, ...args], { stdio: ['inherit', 'inherit', 'pipe'], env });
   const raw = process.env.STEP1X_DAWN_LOG === '1';
   process.stderr.on('error', () => undefined); // a closed stderr must not take the launcher down
   const write = (s: string) => void process.stderr.write(s);
