@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import { ExitCode, Step1xError } from '../errors.js';
+import { sanitizeForTerminal } from './sanitize.js';
 import { register as registerInspect } from './inspect.js';
 import { register as registerDevices } from './devices.js';
 import { register as registerGolden } from './golden.js';
@@ -47,11 +48,11 @@ export function reportError(e: unknown): number {
     return ExitCode.USAGE; // commander already printed the message
   }
   if (e instanceof Step1xError) {
-    process.stderr.write(`step1x: error: ${e.message}\n`);
+    process.stderr.write(`step1x: error: ${sanitizeForTerminal(e.message)}\n`);
     return e.code;
   }
   const err = e as Error;
-  process.stderr.write(`step1x: internal error: ${err?.message ?? String(e)}\n`);
+  process.stderr.write(`step1x: internal error: ${sanitizeForTerminal(err?.message ?? String(e))}\n`);
   if (process.env.STEP1X_DEBUG) process.stderr.write(`${err?.stack}\n`);
   return ExitCode.GPU;
 }
