@@ -13,6 +13,7 @@ import { register as registerDevices } from './devices.js';
 import { register as registerGolden } from './golden.js';
 import { register as registerDownload } from './download.js';
 import { register as registerEdit } from './edit.js';
+import { register as registerGenerate } from './generate.js';
 
 export function packageVersion(): string {
   const here = dirname(fileURLToPath(import.meta.url));
@@ -33,8 +34,11 @@ export function buildProgram(): Command {
     .description('Step1X-Edit image editing on any GPU through WebGPU')
     .version(packageVersion(), '-V, --version')
     .showHelpAfterError('(run "step1x --help" for usage)')
+    // program options only before the command: `edit ... --version v1.1` is the checkpoint version
+    .enablePositionalOptions()
     .exitOverride();
   registerEdit(program);
+  registerGenerate(program);
   registerInspect(program);
   registerDevices(program);
   registerGolden(program);
