@@ -70,3 +70,14 @@ export function tempPhoto(prefix = 'step1x-h-'): { dir: string; photo: string } 
 
 /** Cheapest real edit on the tiny model (≈ 20 s on lavapipe). */
 export const FAST = ['--model', TINY_MODEL, '--size', '32', '--steps', '1', '--quiet'];
+
+/** As `step1x`, without blocking the event loop (needed when the test process itself serves HTTP). */
+export function step1xAsync(args: string[], opts: { env?: Record<string, string | undefined> } = {}): Promise<CliResult> {
+  return new Promise((res) => {
+    const c = spawn(process.execPath, [CLI, ...args], { env: { ...baseEnv, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '', stderr = '';
+    c.stdout!.on('data', (d) => (stdout += d));
+    c.stderr!.on('data', (d) => (stderr += d));
+    c.on('close', (code, signal) => res({ code, signal, stdout, stderr }));
+  });
+}
