@@ -40,7 +40,7 @@ function cleanupPending(): void {
 }
 
 /**
- * Install once: on SIGINT/SIGTERM remove pending temporary outputs, print one line and end the process
+ * Install once: on SIGINT/SIGTERM/SIGHUP remove pending temporary outputs, print one line and end the process
  * by the signal itself (the shell sees 130 / 143). Re-raising with the default action ends the process
  * even when a thread is stuck in a blocking call (an input FIFO without a writer), where `process.exit`
  * would wait for it forever. `note` says what the interruption means for this command.
@@ -50,7 +50,7 @@ export function installInterruptCleanup(note?: string): void {
   if (handlersInstalled) return;
   handlersInstalled = true;
   process.on('exit', cleanupPending);
-  for (const sig of ['SIGINT', 'SIGTERM'] as const)
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const)
     process.on(sig, () => {
       cleanupPending();
       try {
