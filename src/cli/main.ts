@@ -13,6 +13,7 @@ import { register as registerDevices } from './devices.js';
 import { register as registerGolden } from './golden.js';
 import { register as registerDownload } from './download.js';
 import { register as registerEdit } from './edit.js';
+import { register as registerBatch } from './batch.js';
 import { register as registerGenerate } from './generate.js';
 
 export function packageVersion(): string {
@@ -38,6 +39,7 @@ export function buildProgram(): Command {
     .enablePositionalOptions()
     .exitOverride();
   registerEdit(program);
+  registerBatch(program);
   registerGenerate(program);
   registerInspect(program);
   registerDevices(program);

@@ -17,7 +17,8 @@ import { chmod, chown, open, rename, unlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { ExitCode, Step1xError } from '../errors.js';
-import { encodePng, readImage, type DecodedImage, type RgbImage } from '../io/image.js';
+import { readImage, type DecodedImage, type RgbImage } from '../io/image.js';
+import { encodeOutput, outputFormatFor } from '../io/encode.js';
 
 export interface OutputTarget {
   /** File path, or '-' for stdout. */
@@ -280,7 +281,10 @@ export async function writeOutputBytes(target: OutputTarget, bytes: Uint8Array):
   });
 }
 
-/** Encode as PNG with the parameters in iTXt chunks; write safely (or to stdout for '-'). */
+/**
+ * Encode by the path's extension (PNG for '-'; .jpg/.jpeg/.webp via src/io/encode.ts) with the A1111
+ * `parameters` text and, in PNGs, the detailed iTXt chunks; write safely (or to stdout for '-').
+ */
 export async function writeOutputPng(target: OutputTarget, img: RgbImage, text: Record<string, string>): Promise<void> {
-  await writeOutputBytes(target, encodePng(img, { text }));
+  await writeOutputBytes(target, await encodeOutput(img, outputFormatFor(target.path), text));
 }
