@@ -14,6 +14,7 @@
  */
 import { spawn } from 'node:child_process';
 import { constants } from 'node:os';
+import * as readline from 'node:readline';
 
 const DAWN_PREFIXES = ['Warning: ', 'Info: ', 'Debug: '];
 const CONTINUATION = '    at ';
@@ -117,5 +118,18 @@ export function supervise(script: string, args: string[]): void {
 export function adoptTerminalFromLauncher(): void {
   const cols = Number(process.env.STEP1X_STDERR_COLUMNS);
   if (!(cols > 0) || process.stderr.isTTY) return;
-  Object.assign(process.stderr, { isTTY: true, columns: cols });
+  // the tty.WriteStream surface spinners use; the escape codes reach the terminal through the launcher
+  const st = process.stderr;
+  Object.assign(st, {
+    isTTY: true,
+    columns: cols,
+    rows: 24,
+    cursorTo: (x: number, y?: number, cb?: () => void) => readline.cursorTo(st, x, y, cb),
+    moveCursor: (dx: number, dy: number, cb?: () => void) => readline.moveCursor(st, dx, dy, cb),
+    clearLine: (dir: -1 | 0 | 1, cb?: () => void) => readline.clearLine(st, dir, cb),
+    clearScreenDown: (cb?: () => void) => readline.clearScreenDown(st, cb),
+    getWindowSize: () => [cols, 24],
+    getColorDepth: () => 8,
+    hasColors: (n = 16) => n <= 256,
+  });
 }
