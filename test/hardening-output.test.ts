@@ -7,7 +7,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { chmodSync, createReadStream, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { checkOutputPath, cleanStaleTemps, writeOutputFile } from '../src/pipeline/output.js';
-import { errorLine, expectCleanStderr, FAST, step1x, step1xSh, tempPhoto, TINY_MODEL } from './util/cli-run.js';
+import { errorLine, expectCleanStderr, FAST, step1x, step1xAsync, step1xSh, tempPhoto, TINY_MODEL } from './util/cli-run.js';
 
 const PNG_SIG = Buffer.from([0x89, 0x50, 0x4e, 0x47]);
 const { dir, photo } = tempPhoto('step1x-out-');
@@ -176,5 +176,32 @@ describe('item 7: output path problems found before any model work', () => {
     mkdirSync(sub);
     checkOutputPath(join(sub, 'out.png'), [photo]);
     expect(readdirSync(sub)).toEqual([]);
+  });
+});
+
+describe('item 1 through the CLI: -o on special files', () => {
+  test('edit -o /dev/null: written directly (PNG), /dev/null stays a character device, exit 0', () => {
+    const r = step1x(['edit', photo, 'x', ...FAST, '-o', '/dev/null']);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(statSync('/dev/null').isCharacterDevice()).toBe(true);
+  });
+  test('edit -o FIFO: the reader gets a PNG, the FIFO stays a FIFO', async () => {
+    const fifo = join(dir, 'out-fifo');
+    execFileSync('mkfifo', [fifo]);
+    const got: Buffer[] = [];
+    const reader = new Promise<void>((res) => createReadStream(fifo).on('data', (d) => got.push(d as Buffer)).on('end', () => res()));
+    const r = await step1xAsync(['edit', photo, 'x', ...FAST, '-o', fifo]);
+    await reader;
+    expect(r.code).toBe(0);
+    expect(Buffer.concat(got).subarray(0, 4).equals(PNG_SIG)).toBe(true);
+    expect(lstatSync(fifo).isFIFO()).toBe(true);
+  });
+  test('a block device is refused before any model work', () => {
+    const dev = ['/dev/loop0', '/dev/sda', '/dev/vda', '/dev/nvme0n1'].find((p) => existsSync(p) && statSync(p).isBlockDevice());
+    if (!dev) return; // none visible in this container
+    const r = step1x(['edit', photo, 'x', ...FAST, '-o', dev]);
+    expect(r.code).toBe(7);
+    expect(errorLine(r.stderr)).toMatch(/block device/);
   });
 });

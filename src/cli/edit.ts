@@ -15,7 +15,7 @@ import { checkNoiseFile, checkSizeLevel, floatOpt, intOpt, parseBytes } from './
 import { createReporter, fmtBytes, fmtSeconds, type Reporter } from './progress.js';
 import { packageVersion } from './main.js';
 import { parseCacheOption } from '../pipeline/teacache.js';
-import { outputFormatFor } from '../io/encode.js';
+import { outputFormatOf } from '../pipeline/output.js';
 import { parseCompat, parseVersion } from '../pipeline/official.js';
 
 export interface EditCliOptions {
@@ -181,11 +181,11 @@ export function register(program: Command): void {
     if (!instruction.trim()) throw new Step1xError('the instruction is empty', ExitCode.USAGE);
     const output = o.output ?? (image === '-' ? '-' : join(dirname(image), `${basename(image, extname(image))}-edited.png`));
     if (output === '-' && process.stdout.isTTY) throw new Step1xError('refusing to write a PNG to a terminal: pass -o FILE or redirect stdout', ExitCode.USAGE);
-    outputFormatFor(output); // an unsupported extension is refused before any work
     if (o.maskFeather !== undefined && !o.mask) throw new Step1xError('--mask-feather needs --mask FILE', ExitCode.USAGE);
     await checkOptionsUpFront(o);
     if (image !== '-' && !existsSync(image)) throw new Step1xError(`${image}: no such file`, ExitCode.INPUT);
     checkWritable(output, [image, ...(o.mask ? [o.mask] : [])]);
+    outputFormatOf(output); // an unsupported extension is refused before any work
     const img = await readInputImage(image, { ignoreExif: o.ignoreExif });
     const [ww, wh] = checkSizeLevel(img.width, img.height, base.size!);
     if (o.noise !== undefined) await checkNoiseFile(o.noise, [wh / 8, ww / 8]);

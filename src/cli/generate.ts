@@ -7,7 +7,7 @@
 import type { Command } from 'commander';
 import { ExitCode, Step1xError } from '../errors.js';
 import { resolveModelFiles } from '../io/model-files.js';
-import { outputFormatFor } from '../io/encode.js';
+import { outputFormatOf } from '../pipeline/output.js';
 import { installInterruptCleanup } from '../pipeline/output.js';
 import { createReporter, fmtBytes, fmtSeconds } from './progress.js';
 import { checkNoiseFile } from './options.js';
@@ -49,10 +49,10 @@ export function register(program: Command): void {
     if (!prompt.trim()) throw new Step1xError('the prompt is empty', ExitCode.USAGE);
     const output = o.output ?? defaultT2iOutput(prompt);
     if (output === '-' && process.stdout.isTTY) throw new Step1xError('refusing to write a PNG to a terminal: pass -o FILE or redirect stdout', ExitCode.USAGE);
-    outputFormatFor(output); // an unsupported extension is refused before any work
     await checkOptionsUpFront(o);
     if (o.noise !== undefined) await checkNoiseFile(o.noise, [height / 8, width / 8]);
     checkWritable(output);
+    outputFormatOf(output); // an unsupported extension is refused before any work
     const files = resolveModelFiles(o.model, { version: base.version });
     const rep = createReporter({ quiet: o.quiet });
     await withPipeline(files, o, rep, async (pipe, meta) => {

@@ -14,11 +14,11 @@
  */
 import { accessSync, closeSync, constants, existsSync, lstatSync, openSync, readdirSync, realpathSync, statSync, unlinkSync, type Stats } from 'node:fs';
 import { chmod, chown, open, rename, unlink } from 'node:fs/promises';
-import { basename, dirname, join, resolve } from 'node:path';
+import { basename, dirname, extname, join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { ExitCode, Step1xError } from '../errors.js';
 import { readImage, type DecodedImage, type RgbImage } from '../io/image.js';
-import { encodeOutput, outputFormatFor } from '../io/encode.js';
+import { encodeOutput, outputFormatFor, type OutputFormat } from '../io/encode.js';
 
 export interface OutputTarget {
   /** File path, or '-' for stdout. */
@@ -282,9 +282,25 @@ export async function writeOutputBytes(target: OutputTarget, bytes: Uint8Array):
 }
 
 /**
+ * The format written to `path`: by its extension (src/io/encode.ts refuses unknown ones), except that
+ * stdout and a FIFO or character device (`/dev/stdout`, `/dev/null`, a named pipe) get PNG, as `-` does.
+ */
+export function outputFormatOf(path: string): OutputFormat {
+  if (path !== '-' && !extname(path)) {
+    try {
+      const st = statSync(path);
+      if (st.isFIFO() || st.isCharacterDevice()) return 'png';
+    } catch {
+      /* not there: the extension rule applies */
+    }
+  }
+  return outputFormatFor(path);
+}
+
+/**
  * Encode by the path's extension (PNG for '-'; .jpg/.jpeg/.webp via src/io/encode.ts) with the A1111
  * `parameters` text and, in PNGs, the detailed iTXt chunks; write safely (or to stdout for '-').
  */
 export async function writeOutputPng(target: OutputTarget, img: RgbImage, text: Record<string, string>): Promise<void> {
-  await writeOutputBytes(target, await encodeOutput(img, outputFormatFor(target.path), text));
+  await writeOutputBytes(target, await encodeOutput(img, outputFormatOf(target.path), text));
 }
