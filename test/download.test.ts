@@ -137,10 +137,9 @@ test('a server that ignores Range (200 with the whole file): the part is rewritt
   expect(existsSync(`${dest}.part`)).toBe(false);
 });
 
-// Issue 13 fixes downloadFile so that a complete .part answered with 416 (Range past the end; HF sends
-// Content-Range: bytes */SIZE) is verified and renamed into place. Until that lands this one test is
-// expected to fail: test.failing keeps the suite green and flips to a failure (remove `.failing`) once fixed.
-test.failing('a complete .part answered with 416 finishes: verified and renamed into place [expected to fail until issue 13 lands]', async () => {
+// A complete .part answered with 416 (Range past the end; HF sends Content-Range: bytes */SIZE) is
+// verified and renamed into place (issue 13).
+test('a complete .part answered with 416 finishes: verified and renamed into place', async () => {
   const { dest } = fresh();
   writeFileSync(`${dest}.part`, payload);
   await downloadFile({ repo: 'r/x', file: 'vae.safetensors', dest }, undefined, base);
@@ -149,9 +148,8 @@ test.failing('a complete .part answered with 416 finishes: verified and renamed 
   expect(existsSync(`${dest}.part`)).toBe(false);
 });
 
-// Today a dropped connection escapes as a raw TypeError ("terminated", exit 8 through the CLI); issue 13
-// turns it into one line, exit 4, resumable. Expected to fail until then (remove `.failing` once it lands).
-test.failing('a short read (connection closed before Content-Length): one clear WEIGHTS error, the part kept, a rerun resumes [expected to fail until issue 13 lands]', async () => {
+// A dropped connection is one line, exit 4, resumable (issue 13).
+test('a short read (connection closed before Content-Length): one clear WEIGHTS error, the part kept, a rerun resumes', async () => {
   const { dest } = fresh();
   mode = 'short';
   const err = await downloadFile({ repo: 'r/x', file: 'vae.safetensors', dest }, undefined, base).catch((e) => e);

@@ -10,17 +10,21 @@ import type { Command } from 'commander';
 import { readdir, stat } from 'node:fs/promises';
 import { versionOfKeys, type DitVersion } from '../pipeline/official.js';
 import { join } from 'node:path';
+import { QBLOCK_META_KEY, QUANT_META_KEY } from '../io/quant-layout.js';
 import { Checkpoint } from '../io/checkpoint.js';
 import { numelOfShape, ST_DTYPE_BYTES } from '../io/safetensors.js';
 import { isPngFile, readPngInfo, type PngInfo } from '../io/png-text.js';
 import { ExitCode, Step1xError, fmtShape } from '../errors.js';
+import { sanitizeForTerminal } from './sanitize.js';
+import { open } from 'node:fs/promises';
 
 interface InspectOptions {
   json?: boolean;
   filter?: string;
 }
 
-const out = (s: string) => process.stdout.write(s + '\n');
+/** Every line goes through the sanitiser: names and text come from the file. */
+const out = (s: string) => process.stdout.write(sanitizeForTerminal(s) + '\n');
 
 let epipeGuard = false;
 /** `step1x inspect big.safetensors | head` closes the pipe early: end quietly, not with a stack trace. */
@@ -29,7 +33,8 @@ export function exitQuietlyOnEpipe(): void {
   epipeGuard = true;
   process.stdout.on('error', (e: NodeJS.ErrnoException) => {
     if (e.code === 'EPIPE') process.exit(0);
-    throw e;
+    process.stderr.write(`step1x: error: cannot write to stdout: ${e.code ?? e.message}\n`);
+    process.exit(ExitCode.OUTPUT);
   });
 }
 const group = (n: number) => n.toLocaleString('en-US');
@@ -58,7 +63,8 @@ function summarize(ck: Checkpoint, filter?: string) {
     .map((name) => {
       const t = ck.info(name);
       const numel = numelOfShape(t.shape);
-      return { name, dtype: t.dtype, shape: t.shape, params: numel, bytes: numel * ST_DTYPE_BYTES[t.dtype], file: t.file };
+      const bytes = t.quant ? t.end - t.begin + t.quant.scale.end - t.quant.scale.begin : numel * ST_DTYPE_BYTES[t.dtype];
+      return { name, dtype: t.quant ? t.quant.format : t.dtype, shape: t.shape, params: numel, bytes, file: t.file };
     });
   const totals = {
     count: rows.length,
@@ -71,6 +77,15 @@ function summarize(ck: Checkpoint, filter?: string) {
   return { rows, totals, byDtype, files };
 }
 
+/** q8 / q4 / fp8 from `step1x convert` metadata, fp8 when F8 tensors are present, else "as stored". */
+function weightsFormat(ck: Checkpoint): string {
+  const f = ck.files.map((x) => x.metadata[QUANT_META_KEY]).find((x) => x);
+  if (f) return `${f} (step1x convert${f !== 'fp8' ? `, blocks of ${ck.files[0].metadata[QBLOCK_META_KEY] ?? '32'}` : ''})`;
+  const dts = new Set(ck.keys().map((k) => ck.info(k).dtype));
+  if (dts.has('F8_E4M3') || dts.has('F8_E5M2')) return `fp8 (${[...dts].sort().join(' + ')})`;
+  return [...dts].sort().join(' + ') || 'none';
+}
+
 const fmtDtypes = (byDtype: Record<string, number>) =>
   Object.entries(byDtype)
     .map(([d, n]) => `${d} ${group(n)}`)
@@ -81,11 +96,11 @@ export async function inspectCheckpoint(path: string, opts: InspectOptions): Pro
   try {
     const { rows, totals, byDtype, files } = summarize(ck, opts.filter);
     if (opts.json) {
-      out(JSON.stringify({ kind: 'safetensors', path, files, metadata: ck.metadata, ...(ditVersionOf(ck) ? { dit_version: ditVersionOf(ck) } : {}), tensors: rows, totals, paramsByDtype: byDtype }, null, 1));
+      out(JSON.stringify({ kind: 'safetensors', path, weightsFormat: weightsFormat(ck), files, metadata: ck.metadata, ...(ditVersionOf(ck) ? { dit_version: ditVersionOf(ck) } : {}), tensors: rows, totals, paramsByDtype: byDtype }, null, 1));
       return;
     }
     const dv = ditVersionOf(ck);
-    out(`${path}: ${ck.files.length === 1 ? 'safetensors file' : `sharded checkpoint, ${ck.files.length} files`}${dv ? `, Step1X-Edit DiT ${dv} (${dv === 'v1.0' ? 'has' : 'no'} connector.scale_factor)` : ''}`);
+    out(`${path}: ${ck.files.length === 1 ? 'safetensors file' : `sharded checkpoint, ${ck.files.length} files`}${dv ? `, Step1X-Edit DiT ${dv} (${dv === 'v1.0' ? 'has' : 'no'} connector.scale_factor)` : ''}, weights ${weightsFormat(ck)}`);
     for (const f of files)
       out(`  ${f.path}  ${humanBytes(f.size)}, ${f.tensors} tensors${Object.keys(f.metadata).length ? `, metadata ${JSON.stringify(f.metadata)}` : ''}`);
     const wName = Math.max(4, ...rows.map((r) => r.name.length));
@@ -138,13 +153,46 @@ export async function inspectPath(path: string, opts: InspectOptions): Promise<v
     await inspectPng(path, opts);
     return;
   }
-  if (st.isFile() && /\.(jpe?g|webp|gif|bmp)$/i.test(path))
-    throw new Step1xError(`inspect: ${path}: only PNG images carry step1x parameters; nothing to show`, ExitCode.INPUT);
+  if (st.isFile()) {
+    // by content first; the extension only says what the user expected
+    const kind = sniffImage(await readHead(path));
+    if (kind || /\.(jpe?g|webp|gif|bmp|tiff?|avif)$/i.test(path))
+      throw new Step1xError(`inspect: ${path}: ${kind ? `a ${kind} image; ` : ''}only PNG images carry step1x parameters; nothing to show`, ExitCode.INPUT);
+    if (/\.png$/i.test(path))
+      throw new Step1xError(`inspect: ${path}: not a PNG file (${st.size === 0 ? 'empty file, 0 bytes' : 'no PNG signature'})`, ExitCode.INPUT);
+  }
   if (st.isDirectory()) {
     const parts = await modelDirParts(path);
     if (parts.length > 1) return inspectModelDir(path, parts, opts);
   }
   await inspectCheckpoint(path, opts);
+}
+
+async function readHead(path: string): Promise<Uint8Array> {
+  try {
+    const fh = await open(path, 'r');
+    try {
+      const b = new Uint8Array(16);
+      const { bytesRead } = await fh.read(b, 0, 16, 0);
+      return b.subarray(0, bytesRead);
+    } finally {
+      await fh.close();
+    }
+  } catch {
+    return new Uint8Array(0);
+  }
+}
+
+/** Image formats recognised by their first bytes (PNG is handled before). */
+function sniffImage(h: Uint8Array): string | undefined {
+  const ascii = (a: number, b: number) => String.fromCharCode(...h.subarray(a, b));
+  if (h[0] === 0xff && h[1] === 0xd8 && h[2] === 0xff) return 'JPEG';
+  if (ascii(0, 4) === 'RIFF' && ascii(8, 12) === 'WEBP') return 'WebP';
+  if (ascii(0, 4) === 'GIF8') return 'GIF';
+  if (ascii(0, 2) === 'BM') return 'BMP';
+  if (ascii(0, 4) === 'II*\0' || ascii(0, 4) === 'MM\0*') return 'TIFF';
+  if (ascii(4, 12) === 'ftypavif') return 'AVIF';
+  return undefined;
 }
 
 /**
