@@ -67,8 +67,8 @@ const MUTANTS = [
   },
   {
     id: 'sigint-handler-removed',
-    what: 'the SIGINT handler removed (SIGTERM kept)',
-    edits: [{ file: 'src/pipeline/output.ts', from: "[['SIGINT', 130], ['SIGTERM', 143]] as const", to: "[['SIGTERM', 143]] as const" }],
+    what: 'the SIGINT handler removed (SIGTERM/SIGHUP kept)',
+    edits: [{ file: 'src/pipeline/output.ts', from: "for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const)", to: "for (const sig of ['SIGTERM', 'SIGHUP'] as const)" }],
     tests: ['test/edit-cli.test.ts'],
     filter: 'interrupt',
   },
