@@ -12,6 +12,7 @@ import { register as registerDevices } from './devices.js';
 import { register as registerGolden } from './golden.js';
 import { register as registerDownload } from './download.js';
 import { register as registerEdit } from './edit.js';
+import { setKernelSettings } from '../runtime/caps.js';
 
 export function packageVersion(): string {
   const here = dirname(fileURLToPath(import.meta.url));
@@ -32,7 +33,12 @@ export function buildProgram(): Command {
     .description('Step1X-Edit image editing on any GPU through WebGPU')
     .version(packageVersion(), '-V, --version')
     .showHelpAfterError('(run "step1x --help" for usage)')
-    .exitOverride();
+    .exitOverride()
+    // Global: recognised before or after the command name, so edit, generate, golden, devices and the
+    // bench all take them. Validated before the action runs (a bad value is a usage error, exit 2).
+    .option('--kernels <family>', 'kernel family: auto | subgroup-matrix | tiled | register (env STEP1X_KERNELS)')
+    .option('--precision <mode>', 'f32 | mixed: f16 operands with f32 accumulation, the default with subgroup matrices (env STEP1X_PRECISION)')
+    .hook('preAction', () => setKernelSettings(program.opts<{ kernels?: string; precision?: string }>()));
   registerEdit(program);
   registerInspect(program);
   registerDevices(program);

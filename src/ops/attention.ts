@@ -12,6 +12,8 @@ import type { Gpu, Uniform } from '../runtime/gpu.js';
 import { f32u } from '../runtime/gpu.js';
 import { fail, fmtShape } from '../errors.js';
 import { grid1d, requireF32 } from './util.js';
+import { planAttention } from './plan-attention.js';
+import { attentionSgmat } from './attention-sgmat.js';
 
 export interface AttentionOptions {
   /** Default 1/sqrt(Dh). */
@@ -106,6 +108,11 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
   const whole = B * Lq * Math.max(qRow, mRow) <= limit && B * Lk * kRow <= limit;
   const ctx: Ctx = { g, vr, B, Lq, Lk, H, Hkv, Dh, scale, causal: !!opts.causal, keyMask, mask, segments, queryMask };
   if (whole) {
+    const plan = planAttention(g, { Lq, Lk, Dh });
+    if (plan.kind === 'subgroup-matrix') {
+      attentionSgmat(g, plan, { q, k, v, out, B, Lq, Lk, H, Hkv, scale, causal: !!opts.causal, keyMask, mask, segments, queryMask });
+      return out;
+    }
     run(ctx, { q, k, v, out, mask, nb: B, bOff: 0, q0: 0, nq: Lq, k0: 0, nk: Lk, stateIn: false, finalize: true });
     return out;
   }
