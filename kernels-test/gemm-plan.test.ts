@@ -12,7 +12,7 @@
  * the f32 accumulation adds K 2^-24 sum|x w|:
  *   |err| <= (2^-10 + K 2^-23) sum_k |x_k w_k| + 2^-24 sum_k |x_k| + 1e-6, times 1.2 through an activation.
  */
-import { getGpu, releaseGpu, randn, uploadAs, poison, expectClose } from './harness.js';
+import { getGpu, releaseGpu, randn, uploadAs, poison, expectClose, expectWithin } from './harness.js';
 import * as ref from './ref/gemm.js';
 import { linear, type Activation, type GemmVariant } from '../src/ops/linear.js';
 import { overflowCount, sgmatPlan, DEFAULT_SGMAT_TILE } from '../src/ops/plan-gemm.js';
@@ -23,39 +23,6 @@ import type { DType } from '../src/runtime/tensor.js';
 afterAll(releaseGpu);
 
 const f32Tol = (K: number, act?: Activation): number => 2e-6 + 1e-7 * K + (act === 'gelu_erf' ? 2e-7 : 0);
-
-/** Per-element f16-operand bound (header). */
-export function f16Bound(x: Float32Array, w: Float32Array, M: number, N: number, K: number, act?: Activation): Float64Array {
-  const b = new Float64Array(M * N);
-  for (let m = 0; m < M; m++) {
-    let sx = 0;
-    for (let k = 0; k < K; k++) sx += Math.abs(x[m * K + k]);
-    for (let n = 0; n < N; n++) {
-      let s = 0;
-      for (let k = 0; k < K; k++) s += Math.abs(x[m * K + k] * w[n * K + k]);
-      b[m * N + n] = ((2 ** -10 + K * 2 ** -23) * s + 2 ** -24 * sx + 1e-6) * (act ? 1.2 : 1);
-    }
-  }
-  return b;
-}
-
-function expectWithin(name: string, got: Float32Array, want: Float64Array, bound: Float64Array): void {
-  let bad = 0, first = -1, worst = 0, worstI = 0;
-  for (let i = 0; i < want.length; i++) {
-    const d = Math.abs(got[i] - want[i]);
-    if (!(d <= bound[i])) {
-      bad++;
-      if (first < 0) first = i;
-    }
-    const r = d / bound[i];
-    if (!(r <= worst)) {
-      worst = Number.isNaN(r) ? Infinity : r;
-      worstI = i;
-    }
-  }
-  if (bad)
-    throw new Error(`${name}: ${bad}/${want.length} outside the f16 bound; first ${first}: got ${got[first]} ref ${want[first]} bound ${bound[first].toExponential(3)}; worst err/bound ${worst.toFixed(3)} at ${worstI}`);
-}
 
 interface Case { M: number; K: number; N: number; wdt?: DType; bdt?: DType | null; act?: Activation; seed?: number; scaleX?: number }
 
@@ -76,7 +43,7 @@ async function runCase(g: Gpu, variant: GemmVariant, c: Case, inject?: (x: Float
   const got = await g.readF32(out);
   const want = ref.linear(x, w.exact, M, N, K, b?.exact, act);
   const name = `${variant} M=${M} K=${K} N=${N} w=${wdt} b=${bdt} act=${act}`;
-  if (variant === 'subgroup-matrix' && !inject) expectWithin(name, got, want, f16Bound(x, w.exact, M, N, K, act));
+  if (variant === 'subgroup-matrix' && !inject) expectWithin(name, got, want, ref.f16Bound(x, w.exact, M, N, K, act));
   else expectClose(name, got, want, f32Tol(K, act) * (c.scaleX ?? 1), 1e-6);
   for (const t of [xt, w.t, b?.t, out]) t?.dispose();
   return got;

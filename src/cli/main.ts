@@ -12,6 +12,7 @@ import { register as registerDevices } from './devices.js';
 import { register as registerGolden } from './golden.js';
 import { register as registerDownload } from './download.js';
 import { register as registerEdit } from './edit.js';
+import { register as registerTune } from './tune.js';
 import { setKernelSettings } from '../runtime/caps.js';
 
 export function packageVersion(): string {
@@ -44,6 +45,7 @@ export function buildProgram(): Command {
   registerDevices(program);
   registerGolden(program);
   registerDownload(program);
+  registerTune(program);
   return program;
 }
 

@@ -28,6 +28,8 @@ export interface AttentionOptions {
   segments?: Tensor;
   /** [B, Lq] f32 0/1: rows with 0 get exactly 0 (flash-attention unpad semantics). */
   queryMask?: Tensor;
+  /** Kernel: 'auto' follows the device's plan (src/ops/plan-attention.ts); tests and the bench force one. */
+  kernel?: 'auto' | 'subgroup-matrix' | 'register';
 }
 
 /** Workgroup storage we allow ourselves: the WebGPU default, whatever the device offers. */
@@ -108,7 +110,7 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
   const whole = B * Lq * Math.max(qRow, mRow) <= limit && B * Lk * kRow <= limit;
   const ctx: Ctx = { g, vr, B, Lq, Lk, H, Hkv, Dh, scale, causal: !!opts.causal, keyMask, mask, segments, queryMask };
   if (whole) {
-    const plan = planAttention(g, { Lq, Lk, Dh });
+    const plan = planAttention(g, { Lq, Lk, Dh }, opts.kernel);
     if (plan.kind === 'subgroup-matrix') {
       attentionSgmat(g, plan, { q, k, v, out, B, Lq, Lk, H, Hkv, scale, causal: !!opts.causal, keyMask, mask, segments, queryMask });
       return out;

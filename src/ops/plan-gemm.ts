@@ -66,9 +66,23 @@ export interface TunedTiles {
   lookup(kind: GemmKind, s: GemmShape): SgmatTile | WgTile | undefined;
 }
 const tuned = new WeakMap<Gpu, TunedTiles>();
+const loaded = new WeakSet<Gpu>();
+let loader: ((g: Gpu) => void) | undefined;
 export function setTunedTiles(g: Gpu, t: TunedTiles | undefined): void {
+  loaded.add(g);
   if (t) tuned.set(g, t);
   else tuned.delete(g);
+}
+/** src/ops/tune.ts registers the cache reader here (no import cycle); run once per device on first plan. */
+export function registerTuneLoader(f: (g: Gpu) => void): void {
+  loader = f;
+}
+function tunedFor(g: Gpu): TunedTiles | undefined {
+  if (!loaded.has(g)) {
+    loaded.add(g);
+    loader?.(g);
+  }
+  return tuned.get(g);
 }
 
 export function sgmatStorageBytes(cfg: MatrixConfig, t: SgmatTile): number {
@@ -130,7 +144,7 @@ export function wgPlan(caps: Capabilities, t: WgTile = DEFAULT_WG_TILE): GemmPla
 export function planGemm(g: Gpu, s: GemmShape, variant = 'auto'): GemmPlan | null {
   const caps = g.caps;
   const pick = (kind: GemmKind): GemmPlan => {
-    const t = tuned.get(g)?.lookup(kind, s);
+    const t = tunedFor(g)?.lookup(kind, s);
     return kind === 'subgroup-matrix' ? sgmatPlan(caps, t as SgmatTile | undefined) : wgPlan(caps, t as WgTile | undefined);
   };
   if (variant === 'subgroup-matrix' || variant === 'workgroup') return pick(variant);

@@ -22,8 +22,8 @@ export type Precision = 'f32' | 'mixed';
 export const KERNEL_FAMILIES: readonly KernelFamily[] = ['auto', 'subgroup-matrix', 'tiled', 'register'];
 export const PRECISIONS: readonly Precision[] = ['f32', 'mixed'];
 export const SGMAT_FEATURE = 'chromium-experimental-subgroup-matrix';
-/** Dawn instance flags that expose the experimental subgroup-matrix feature and its configs. */
-export const SGMAT_DAWN_FLAGS = ['enable-dawn-features=allow_unsafe_apis'];
+/** Dawn toggles: allow_unsafe_apis exposes the experimental subgroup-matrix feature and its configs; NVIDIA's Vulkan f16 (needed by the f16 operands) is off in Dawn unless vulkan_enable_f16_on_nvidia is set (unknown toggles are ignored elsewhere). */
+export const SGMAT_DAWN_FLAGS = ['enable-dawn-features=allow_unsafe_apis,vulkan_enable_f16_on_nvidia'];
 
 export interface MatrixConfig {
   component: string;
@@ -132,7 +132,7 @@ export function resolveKernels(c: Capabilities, k: KernelFamily = requestedKerne
   if (k === 'subgroup-matrix' && !hasMatrixUnits(c))
     throw new Step1xError(
       `--kernels subgroup-matrix: the adapter (${c.description || c.vendor || 'unknown'}) does not offer ${SGMAT_FEATURE} with an f16→f32 config ` +
-        `(features: ${[...c.features].sort().join(', ') || 'none'}). On a CPU run it in the trixie root: scripts/sgmat-env.sh run …`,
+        '(Vulkan with VK_KHR_cooperative_matrix, e.g. NVIDIA, AMD RDNA3, Mesa ≥ 26 lavapipe; Metal on Apple M1+); on a CPU machine use scripts/sgmat-env.sh',
       ExitCode.NO_GPU,
     );
   if (k !== 'auto') return k;
