@@ -155,7 +155,7 @@ async function benchVariants(g: Gpu): Promise<void> {
   if (!sg) console.log('(subgroup-matrix variants: not available on this adapter; run in scripts/sgmat-env.sh or on a GPU with matrix units)');
   const shapes: [number, number, number][] = FULL
     ? [[2 * (4096 + 4096 + 640), 3072, 3072], [2 * (4096 + 4096 + 640), 3072, 9216], [2 * (4096 + 4096 + 640), 3072, 12288], [2 * (4096 + 4096 + 640), 3072, 21504]]
-    : [[256, 3072, 3072], [255, 1000, 257]];
+    : [[128, 768, 512], [255, 257, 129]]; // lavapipe emulates matrix units slowly: small shapes
   for (const [M, K, N] of shapes) {
     let base: Row | null = null;
     for (const [name, opts] of gemmVariants) {
@@ -164,7 +164,7 @@ async function benchVariants(g: Gpu): Promise<void> {
       else if (r && base) console.log(`  ${name} / register at M=${M} K=${K} N=${N}: ${(base.ms / r.ms).toFixed(2)}x`);
     }
   }
-  const [L, H, Dh] = FULL ? [8832, 24, 128] : [256, 24, 128];
+  const [L, H, Dh] = FULL ? [8832, 24, 128] : [128, 4, 128];
   const n = L * H * Dh;
   const [q, k, v] = [1, 2, 3].map((s) => upload(g, n, [1, L, H, Dh], 'f32', s));
   const flops = 4 * H * L * L * Dh;
@@ -180,7 +180,7 @@ async function benchVariants(g: Gpu): Promise<void> {
   }
   // The autotune's choice at the first shape (timed here, cached for later runs on this adapter).
   const [M, K, N] = shapes[0];
-  const res = await tune(g, [{ M, K, N, wdt: 'bf16' }], { reps: FULL ? 3 : 1 });
+  const res = await tune(g, [{ M, K, N, wdt: 'bf16' }], { reps: FULL ? 3 : 1, maxCandidates: FULL ? undefined : 4 });
   for (const t of res) console.log(`autotune M=${M} K=${K} N=${N}: ${t.kind} ${JSON.stringify(t.best)} ${t.ms.toFixed(2)} ms (default ${t.tried[0].ms.toFixed(2)} ms, ${t.tried.length} tiles)`);
   if (!res.length) console.log(`autotune M=${M} K=${K} N=${N}: register path on this device (${g.kernels}), nothing to tune`);
 }
@@ -204,6 +204,7 @@ async function main(): Promise<void> {
     try {
       const d = gv.describe();
       console.log(`variants on: ${d.vendor} ${d.architecture} ${d.description} (${FULL ? 'full sizes' : 'default sizes'}; kernels ${gv.kernels})`);
+      console.log(`| ${'shape'.padEnd(38)} | ${'variant'.padEnd(20)} | ${'ms'.padStart(10)} | ${'GFLOP/s'.padStart(8)} | ${'GB/s'.padStart(7)} | ${'CPU ms'.padStart(7)} |`);
       await benchVariants(gv);
     } finally {
       gv.destroy();

@@ -123,7 +123,7 @@ async function timeTile(g: Gpu, s: GemmShape, kind: GemmKind, t: Tile, reps: num
  * Tune the planned GEMM kind of each shape (skipping shapes on the register path) and merge the winners
  * into the cache. `log` gets one line per shape.
  */
-export async function tune(g: Gpu, shapes: GemmShape[], opts: { reps?: number; log?: (m: string) => void } = {}): Promise<TuneResult[]> {
+export async function tune(g: Gpu, shapes: GemmShape[], opts: { reps?: number; log?: (m: string) => void; maxCandidates?: number } = {}): Promise<TuneResult[]> {
   const log = opts.log ?? (() => {});
   const results: TuneResult[] = [];
   const cache = readCache();
@@ -139,7 +139,7 @@ export async function tune(g: Gpu, shapes: GemmShape[], opts: { reps?: number; l
       const cls = shapeClass(plan.kind, s);
       if (results.some((r) => r.cls === cls)) continue; // one timing per class per run
       const tried: { tile: Tile; ms: number }[] = [];
-      for (const t of candidates(g, plan.kind)) tried.push({ tile: t, ms: await timeTile(g, s, plan.kind, t, opts.reps ?? 2) });
+      for (const t of candidates(g, plan.kind).slice(0, opts.maxCandidates)) tried.push({ tile: t, ms: await timeTile(g, s, plan.kind, t, opts.reps ?? 2) });
       const best = tried.reduce((a, b) => (b.ms < a.ms ? b : a));
       mine[cls] = best.tile;
       results.push({ shape: s, cls, kind: plan.kind, best: best.tile, ms: best.ms, tried });
@@ -165,7 +165,13 @@ export function modelShapes(size: number, maxDim = 0, wdt: DType = 'bf16'): Gemm
   return list.map(([m, k, n]) => ({ M: cap(m), K: cap(k), N: cap(n), wdt }));
 }
 
+let noticed = false;
 registerTuneLoader((g) => {
   const n = loadTuned(g);
   if (n && process.env.STEP1X_DEBUG) process.stderr.write(`step1x: ${n} tuned GEMM tile classes loaded from ${tuneCachePath()}\n`);
+  // A GPU with a tunable family and no cached tiles: say once how to tune (defaults are used meanwhile).
+  if (!n && !noticed && !g.caps.cpu && g.kernels !== 'register' && process.env.STEP1X_TUNE_NOTICE !== '0') {
+    noticed = true;
+    process.stderr.write(`step1x: note: no tuned ${g.kernels} tiles for this GPU yet (default tiles used); run "step1x tune" once to time and cache them\n`);
+  }
 });
