@@ -4,7 +4,7 @@
 # Without it, this runs the tiny RANDOM-WEIGHT test model (the output is noise; every stage runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MODEL="${STEP1X_MODEL:-test/golden/tiny_e2e/model}"
+MODEL="${STEP1X_MODEL:-test/golden/tiny_e2e_v11/model}"
 SIZE=$([ -n "${STEP1X_MODEL:-}" ] && echo 512 || echo 80)
 STEPS=$([ -n "${STEP1X_MODEL:-}" ] && echo 28 || echo 4)
 

@@ -4,7 +4,7 @@ import { modelFilesInDir } from '../dist/src/io/model-files.js';
 import { readImage, writePng } from '../dist/src/io/image.js';
 import { EditPipeline } from '../dist/src/pipeline/edit-pipeline.js';
 
-const dir = process.argv[2] ?? new URL('../test/golden/tiny_e2e/model', import.meta.url).pathname;
+const dir = process.argv[2] ?? new URL('../test/golden/tiny_e2e_v11/model', import.meta.url).pathname;
 const pipe = await EditPipeline.load(modelFilesInDir(dir));
 try {
   const image = await readImage(new URL('./input.png', import.meta.url).pathname);

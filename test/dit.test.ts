@@ -23,7 +23,8 @@ afterAll(releaseGpu);
 
 
 const realShapesPath = join(goldenCase('real_shapes'), 'dit_step1x-edit-i1258.json');
-const REAL = { dit: { ...REAL_DIT, axes_dim: [...REAL_DIT.axes_dim] }, connector: { ...REAL_CONNECTOR } };
+const REAL = { dit: { ...REAL_DIT, axes_dim: [...REAL_DIT.axes_dim] }, connector: { ...REAL_CONNECTOR }, version: 'v1.0' as const };
+const REAL_V11 = { ...REAL, version: 'v1.1' as const };
 
 /** A sparse safetensors file with the given header and no real data (reads would return zeros). */
 async function fakeCheckpoint(dir: string, entries: { name: string; shape: number[] }[]): Promise<string> {
@@ -37,6 +38,32 @@ async function fakeCheckpoint(dir: string, entries: { name: string; shape: numbe
 }
 
 describe('config and keys (CPU)', () => {
+  test('v1.1 (step1x-edit-v1p1-official): the real key set less connector.scale_factor; the weights tell the version, --version must agree', async () => {
+    const v10 = expectedDitKeys(REAL);
+    const v11 = expectedDitKeys(REAL_V11);
+    expect(v11.size).toBe(816);
+    expect([...v10.keys()].filter((k) => !v11.has(k))).toEqual(['connector.scale_factor']);
+    const dir = await mkdtemp(join(tmpdir(), 'dit-fake-v11-'));
+    try {
+      const ck = await Checkpoint.open(await fakeCheckpoint(dir, [...v11].map(([name, shape]) => ({ name, shape }))));
+      const shapeOf = (n: string) => (ck.has(n) ? ck.info(n).shape : undefined);
+      const cfg = configFromCheckpoint(ck.keys(), shapeOf);
+      expect(cfg).toEqual(REAL_V11);
+      expect(() => checkKeys(ck, expectedDitKeys(cfg), { what: 'DiT checkpoint' })).not.toThrow();
+      // a v1.0 key check of these weights names the one missing tensor
+      expect(() => checkKeys(ck, v10, { what: 'DiT checkpoint' })).toThrow(/missing: connector\.scale_factor/);
+      expect(configFromCheckpoint(ck.keys(), shapeOf, { version: 'v1.1' }).version).toBe('v1.1');
+      expect(() => configFromCheckpoint(ck.keys(), shapeOf, { version: 'v1.0' }, 'x.safetensors')).toThrow(/x\.safetensors: the weights are v1\.1 \(no connector\.scale_factor\), but v1\.0 was asked for \(--version\)/);
+      expect(() => configFromCheckpoint(ck.keys(), shapeOf, { dit: { version: 'v1.0' } })).toThrow(/the weights are v1\.1/);
+      await ck.close();
+      const ck10 = await Checkpoint.open(await fakeCheckpoint(dir, [...v10].map(([name, shape]) => ({ name, shape }))));
+      expect(() => configFromCheckpoint(ck10.keys(), (n) => (ck10.has(n) ? ck10.info(n).shape : undefined), { version: 'v1.1' })).toThrow(/the weights are v1\.0 \(they hold connector\.scale_factor\), but v1\.1 was asked for/);
+      await ck10.close();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   test('expected key set of the real config equals real_shapes (817 tensors, 12.43 B params)', async () => {
     const expected = expectedDitKeys(REAL);
     const real = await expectedFromShapesJson(realShapesPath);

@@ -83,10 +83,11 @@ test('a checksum mismatch removes the partial file and names the file', async ()
   corrupt = false;
 });
 
-test('plan: DiT, VAE and the top-level Qwen weight/config files', async () => {
+test('plan: DiT (v1.1 by default, v1.0 when asked), VAE and the top-level Qwen weight/config files', async () => {
+  expect((await modelDownloadPlan('/m', base, 'v1.0'))[0].dest).toBe('/m/step1x-edit-i1258.safetensors');
   const plan = await modelDownloadPlan('/m', base);
   expect(plan.map((p) => p.dest)).toEqual([
-    '/m/step1x-edit-i1258.safetensors',
+    '/m/step1x-edit-v1p1-official.safetensors',
     '/m/vae.safetensors',
     '/m/Qwen2.5-VL-7B-Instruct/config.json',
     '/m/Qwen2.5-VL-7B-Instruct/model-00001-of-00005.safetensors',

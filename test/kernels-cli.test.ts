@@ -30,7 +30,7 @@ test('a bad --kernels or --precision value is a usage error naming the choices',
   const r = step1x(['devices', '--kernels', 'tensor']);
   expect(r.code).toBe(2);
   expect(r.stderr).toMatch(/--kernels "tensor" is not one of auto, subgroup-matrix, tiled, register/);
-  const p = step1x(['--precision', 'f8', 'devices']);
+  const p = step1x(['devices', '--precision', 'f8']);
   expect(p.code).toBe(2);
   expect(p.stderr).toMatch(/--precision "f8" is not one of f32, mixed/);
 });

@@ -35,7 +35,7 @@ test('missing files are each named with their size and how to get them', () => {
     expect(e).toBeInstanceOf(Step1xError);
     const err = e as Step1xError;
     expect(err.code).toBe(ExitCode.WEIGHTS);
-    expect(err.message).toMatch(/step1x-edit-i1258\.safetensors \(24\.9 GB\)/);
+    expect(err.message).toMatch(/step1x-edit-v1p1-official\.safetensors \(24\.9 GB\)/); // the default version's file
     expect(err.message).toMatch(/vae\.safetensors \(335 MB\)/);
     expect(err.message).toMatch(/Qwen2\.5-VL-7B-Instruct\/tokenizer\.json/);
     expect(err.message).toMatch(/huggingface-cli download/);

@@ -12,6 +12,7 @@ import type { EditPipeline, EditRequest, EditResult, Progress } from '../pipelin
 import { installInterruptCleanup, readInputImage, writeOutputPng, type OutputTarget } from '../pipeline/output.js';
 import { createReporter, fmtBytes, fmtSeconds, type Reporter } from './progress.js';
 import { packageVersion } from './main.js';
+import { parseCompat, parseVersion } from '../pipeline/official.js';
 
 export interface EditCliOptions {
   output?: string;
@@ -28,6 +29,9 @@ export interface EditCliOptions {
   vramBudget?: string;
   sampleEncode?: boolean;
   ignoreExif?: boolean;
+  version?: string;
+  compat: string;
+  cfgTruncate?: string;
 }
 
 function intOpt(name: string, v: string, min: number, max: number): number {
@@ -64,16 +68,26 @@ export function checkWritable(path: string): void {
   if (existsSync(path) && statSync(path).isDirectory()) throw new Step1xError(`cannot write ${path}: it is a directory`, ExitCode.OUTPUT);
 }
 
-export function requestFromOptions(o: EditCliOptions): Omit<EditRequest, 'image' | 'instruction'> {
+/** The options `edit`, `batch` and `generate` share. */
+export function sharedRequestOptions(o: EditCliOptions): Omit<EditRequest, 'image' | 'instruction'> {
   return {
     steps: intOpt('steps', o.steps, 1, 1000),
     cfg: floatOpt('cfg', o.cfg, 0, 100),
     seed: intOpt('seed', o.seed, 0, Number.MAX_SAFE_INTEGER),
-    size: intOpt('size', o.size, 16, 4096),
     negative: o.negative,
+    noisePath: o.noise,
+    compat: parseCompat(o.compat),
+    cfgTruncate: o.cfgTruncate !== undefined ? floatOpt('cfg-truncate', o.cfgTruncate, 0, 1) : undefined,
+    version: o.version !== undefined ? parseVersion(o.version) : undefined,
+  };
+}
+
+export function requestFromOptions(o: EditCliOptions): Omit<EditRequest, 'image' | 'instruction'> {
+  return {
+    ...sharedRequestOptions(o),
+    size: intOpt('size', o.size, 16, 4096),
     nativeSize: Boolean(o.nativeSize),
     sampleEncode: Boolean(o.sampleEncode),
-    noisePath: o.noise,
   };
 }
 
@@ -86,7 +100,7 @@ function render(rep: Reporter, p: Progress, t0: number): void {
   else rep.update(p.message ?? p.stage);
 }
 
-async function runOne(pipe: EditPipeline, req: EditRequest, target: OutputTarget, rep: Reporter, meta: Record<string, string>): Promise<EditResult> {
+export async function runOne(pipe: EditPipeline, req: EditRequest, target: OutputTarget, rep: Reporter, meta: Record<string, string>): Promise<EditResult> {
   let t0 = Date.now();
   const it = pipe.run(req);
   for (;;) {
@@ -104,7 +118,7 @@ async function runOne(pipe: EditPipeline, req: EditRequest, target: OutputTarget
  * Load the pipeline (models load per stage inside it), run `fn` with the PNG metadata common to every
  * output, then print the STEP1X_PROFILE report once and release the GPU, whatever happened.
  */
-async function withPipeline(files: ModelFiles, o: EditCliOptions, rep: Reporter, fn: (pipe: EditPipeline, meta: Record<string, string>) => Promise<void>): Promise<void> {
+export async function withPipeline(files: ModelFiles, o: EditCliOptions, rep: Reporter, fn: (pipe: EditPipeline, meta: Record<string, string>) => Promise<void>): Promise<void> {
   const { EditPipeline } = await import('../pipeline/edit-pipeline.js'); // models load only for edits
   const pipe = await EditPipeline.load(files, { vramBudget: o.vramBudget ? parseBytes(o.vramBudget) : undefined, onProgress: (p) => render(rep, p, Date.now()) });
   try {
@@ -119,9 +133,13 @@ async function withPipeline(files: ModelFiles, o: EditCliOptions, rep: Reporter,
   }
 }
 
-function summary(res: EditResult, output: string): Record<string, unknown> {
+export function summary(res: EditResult, output: string): Record<string, unknown> {
   return {
     output,
+    task: res.task,
+    dit_version: res.version,
+    compat: res.behaviour.compat,
+    cfg_truncate: res.behaviour.cfgTruncate,
     seed: res.seed,
     width: res.image.width,
     height: res.image.height,
@@ -132,21 +150,29 @@ function summary(res: EditResult, output: string): Record<string, unknown> {
   };
 }
 
+/** Options of every command that runs the model (edit, batch, generate). */
+export function modelOptions(c: Command): Command {
+  return c
+    .option('--model <dir>', 'model directory in the official layout (default: $STEP1X_MODEL, then the Hugging Face cache)')
+    .option('--version <v>', 'checkpoint version v1.1 or v1.0 (default: told by the weights; with both files in the model directory, v1.1)')
+    .option('--compat <mode>', 'official behaviour to follow: current (Dec 2025: CFG truncation 0.93, LANCZOS input resize, SDPA text attention) or 2025-05 (the May 2025 code: none of these)', 'current')
+    .option('--cfg-truncate <t>', 'timesteps_truncate: diff-norm CFG while t > this (default 0.93; 1 in --compat 2025-05); 1 disables')
+    .option('--steps <n>', 'sampling steps', '28')
+    .option('--cfg <g>', 'classifier-free guidance scale', '6.0')
+    .option('--seed <n>', 'noise seed (documented xoshiro128** + Box-Muller RNG, see README)', '42')
+    .option('--vram-budget <bytes>', 'GPU memory budget, e.g. 12GB: models are loaded per stage and streamed block by block when they do not fit')
+    .option('--json', 'print one JSON result line (stdout, or stderr when the image goes to stdout)')
+    .option('--quiet', 'no progress output');
+}
+
 export function register(program: Command): void {
   const common = (c: Command) =>
-    c
-      .option('--model <dir>', 'model directory in the official layout (default: $STEP1X_MODEL, then the Hugging Face cache)')
-      .option('--steps <n>', 'sampling steps', '28')
-      .option('--cfg <g>', 'classifier-free guidance scale', '6.0')
-      .option('--seed <n>', 'noise seed (documented xoshiro128** + Box-Muller RNG, see README)', '42')
+    modelOptions(c)
       .option('--size <n>', 'size level: working area ≈ size², sides floored to multiples of 16 (official size_level)', '512')
       .option('--negative <text>', 'negative prompt (the official code hard-codes "")', '')
       .option('--native-size', 'keep the working resolution instead of resizing back to the input size (avoids the resize-back blur)')
-      .option('--vram-budget <bytes>', 'GPU memory budget, e.g. 12GB: models are loaded per stage and streamed block by block when they do not fit')
       .option('--sample-encode', 'sample the VAE posterior like the official code (default: its mean, deterministic)')
-      .option('--ignore-exif', 'ignore EXIF orientation, as the official code does')
-      .option('--json', 'print one JSON result line (stdout, or stderr when the image goes to stdout)')
-      .option('--quiet', 'no progress output');
+      .option('--ignore-exif', 'ignore EXIF orientation, as the official code does');
 
   common(
     program
@@ -164,7 +190,7 @@ export function register(program: Command): void {
     if (output === '-' && process.stdout.isTTY) throw new Step1xError('refusing to write a PNG to a terminal: pass -o FILE or redirect stdout', ExitCode.USAGE);
     const img = await readInputImage(image, { ignoreExif: o.ignoreExif });
     if (output !== '-') checkWritable(output);
-    const files = resolveModelFiles(o.model);
+    const files = resolveModelFiles(o.model, { version: base.version });
     const rep = createReporter({ quiet: o.quiet });
     await withPipeline(files, o, rep, async (pipe, meta) => {
       const res = await runOne(pipe, { ...base, image: img, instruction }, { path: output }, rep, meta);
@@ -196,7 +222,7 @@ export function register(program: Command): void {
     }
     for (const [f] of entries) if (!existsSync(join(o.inputDir, f))) throw new Step1xError(`manifest ${manifest}: ${join(o.inputDir, f)} not found`, ExitCode.INPUT);
     checkWritable(join(o.outputDir, 'x.png'));
-    const files = resolveModelFiles(o.model);
+    const files = resolveModelFiles(o.model, { version: base.version });
     const rep = createReporter({ quiet: o.quiet });
     await withPipeline(files, o, rep, async (pipe, meta) => {
       for (const [i, [f, instruction]] of entries.entries()) {

@@ -8,6 +8,7 @@
  */
 import type { Command } from 'commander';
 import { readdir, stat } from 'node:fs/promises';
+import { versionOfKeys, type DitVersion } from '../pipeline/official.js';
 import { join } from 'node:path';
 import { Checkpoint } from '../io/checkpoint.js';
 import { numelOfShape, ST_DTYPE_BYTES } from '../io/safetensors.js';
@@ -44,6 +45,12 @@ export function humanBytes(n: number): string {
   return i === 0 ? `${n} B` : `${v.toFixed(v < 10 ? 2 : 1)} ${u[i]}`;
 }
 
+/** The checkpoint version of a Step1X-Edit DiT file (the weights tell it), undefined for anything else. */
+function ditVersionOf(ck: Checkpoint): DitVersion | undefined {
+  if (!ck.has('img_in.weight') || !ck.has('connector.global_proj_out.weight')) return undefined;
+  return versionOfKeys((n) => ck.has(n));
+}
+
 function summarize(ck: Checkpoint, filter?: string) {
   const rows = ck
     .keys()
@@ -74,10 +81,11 @@ export async function inspectCheckpoint(path: string, opts: InspectOptions): Pro
   try {
     const { rows, totals, byDtype, files } = summarize(ck, opts.filter);
     if (opts.json) {
-      out(JSON.stringify({ kind: 'safetensors', path, files, metadata: ck.metadata, tensors: rows, totals, paramsByDtype: byDtype }, null, 1));
+      out(JSON.stringify({ kind: 'safetensors', path, files, metadata: ck.metadata, ...(ditVersionOf(ck) ? { dit_version: ditVersionOf(ck) } : {}), tensors: rows, totals, paramsByDtype: byDtype }, null, 1));
       return;
     }
-    out(`${path}: ${ck.files.length === 1 ? 'safetensors file' : `sharded checkpoint, ${ck.files.length} files`}`);
+    const dv = ditVersionOf(ck);
+    out(`${path}: ${ck.files.length === 1 ? 'safetensors file' : `sharded checkpoint, ${ck.files.length} files`}${dv ? `, Step1X-Edit DiT ${dv} (${dv === 'v1.0' ? 'has' : 'no'} connector.scale_factor)` : ''}`);
     for (const f of files)
       out(`  ${f.path}  ${humanBytes(f.size)}, ${f.tensors} tensors${Object.keys(f.metadata).length ? `, metadata ${JSON.stringify(f.metadata)}` : ''}`);
     const wName = Math.max(4, ...rows.map((r) => r.name.length));
@@ -168,7 +176,7 @@ async function inspectModelDir(dir: string, parts: string[], opts: InspectOption
     const ck = await Checkpoint.open(p);
     try {
       const { totals, byDtype, files } = summarize(ck, opts.filter);
-      items.push({ path: p, files: files.length, totals, paramsByDtype: byDtype });
+      items.push({ path: p, files: files.length, totals, paramsByDtype: byDtype, ...(ditVersionOf(ck) ? { dit_version: ditVersionOf(ck) } : {}) });
     } finally {
       await ck.close();
     }
@@ -181,9 +189,14 @@ async function inspectModelDir(dir: string, parts: string[], opts: InspectOption
   const w = Math.max(...items.map((i) => i.path.length));
   for (const i of items)
     out(
-      `  ${i.path.padEnd(w)}  ${i.files > 1 ? `${i.files} shards, ` : ''}${group(i.totals.count)} tensors, ` +
+      `  ${i.path.padEnd(w)}  ${i.dit_version ? `Step1X-Edit DiT ${i.dit_version}, ` : ''}${i.files > 1 ? `${i.files} shards, ` : ''}${group(i.totals.count)} tensors, ` +
         `${group(i.totals.params)} parameters (${fmtDtypes(i.paramsByDtype)}), ${humanBytes(i.totals.bytes)}`,
     );
+  const dits = items.filter((i) => i.dit_version);
+  if (dits.length) {
+    const used = dits.find((i) => i.dit_version === 'v1.1') ?? dits[0];
+    out(`checkpoint version: ${used.dit_version}${dits.length > 1 ? ` (${dits.map((i) => i.dit_version).join(' and ')} present; edit uses v1.1 unless --version v1.0)` : ''}`);
+  }
   const all = items.reduce((s, i) => s + i.totals.params, 0);
   out(`total: ${group(all)} parameters, ${humanBytes(items.reduce((s, i) => s + i.totals.bytes, 0))}; run "step1x inspect <checkpoint>" for its tensors`);
 }

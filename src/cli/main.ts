@@ -12,6 +12,7 @@ import { register as registerDevices } from './devices.js';
 import { register as registerGolden } from './golden.js';
 import { register as registerDownload } from './download.js';
 import { register as registerEdit } from './edit.js';
+import { register as registerGenerate } from './generate.js';
 import { register as registerTune } from './tune.js';
 import { setKernelSettings } from '../runtime/caps.js';
 
@@ -34,18 +35,24 @@ export function buildProgram(): Command {
     .description('Step1X-Edit image editing on any GPU through WebGPU')
     .version(packageVersion(), '-V, --version')
     .showHelpAfterError('(run "step1x --help" for usage)')
-    .exitOverride()
-    // Global: recognised before or after the command name, so edit, generate, golden, devices and the
-    // bench all take them. Validated before the action runs (a bad value is a usage error, exit 2).
-    .option('--kernels <family>', 'kernel family: auto | subgroup-matrix | tiled | register (env STEP1X_KERNELS)')
-    .option('--precision <mode>', 'f32 | mixed: f16 operands with f32 accumulation, the default with subgroup matrices (env STEP1X_PRECISION)')
-    .hook('preAction', () => setKernelSettings(program.opts<{ kernels?: string; precision?: string }>()));
+    // program options only before the command: `edit ... --version v1.1` is the checkpoint version
+    .enablePositionalOptions()
+    .exitOverride();
   registerEdit(program);
+  registerGenerate(program);
   registerInspect(program);
   registerDevices(program);
   registerGolden(program);
   registerDownload(program);
   registerTune(program);
+  // Kernel family and precision on every command (edit, generate, golden, devices, tune, …), validated
+  // before the action runs (a bad value is a usage error, exit 2).
+  for (const c of program.commands)
+    c.option('--kernels <family>', 'kernel family: auto | subgroup-matrix | tiled | register (env STEP1X_KERNELS)').option(
+      '--precision <mode>',
+      'f32 | mixed: f16 operands with f32 accumulation, the default with subgroup matrices (env STEP1X_PRECISION)',
+    );
+  program.hook('preAction', (_p, action) => setKernelSettings(action.opts<{ kernels?: string; precision?: string }>()));
   return program;
 }
 

@@ -10,7 +10,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, mkdirSync, statSync, renameSync, unlinkSync, createWriteStream } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { ExitCode, Step1xError } from '../errors.js';
-import { DIT_FILES, HF_REPO_QWEN, HF_REPO_STEP1X, QWEN_DIR, VAE_FILE } from './model-files.js';
+import { DIT_FILE_OF, HF_REPO_QWEN, HF_REPO_STEP1X, QWEN_DIR, VAE_FILE, type CheckpointVersion } from './model-files.js';
 
 export interface DownloadItem {
   repo: string;
@@ -49,10 +49,11 @@ export async function listRepoFiles(repo: string, base = endpoint()): Promise<st
   return (j.siblings ?? []).map((s) => s.rfilename);
 }
 
-/** What a full model directory needs: the DiT, the VAE, and the Qwen2.5-VL repo's weights and configs. */
-export async function modelDownloadPlan(dir: string, base = endpoint()): Promise<DownloadItem[]> {
+/** What a full model directory needs: the DiT (v1.1 unless asked for v1.0), the VAE, and the Qwen2.5-VL repo's weights and configs. */
+export async function modelDownloadPlan(dir: string, base = endpoint(), version: CheckpointVersion = 'v1.1'): Promise<DownloadItem[]> {
+  const dit = DIT_FILE_OF[version];
   const items: DownloadItem[] = [
-    { repo: HF_REPO_STEP1X, file: DIT_FILES[0], dest: join(dir, DIT_FILES[0]) },
+    { repo: HF_REPO_STEP1X, file: dit, dest: join(dir, dit) },
     { repo: HF_REPO_STEP1X, file: VAE_FILE, dest: join(dir, VAE_FILE) },
   ];
   const qwen = await listRepoFiles(HF_REPO_QWEN, base);

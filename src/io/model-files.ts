@@ -5,7 +5,8 @@
  *   3. the Hugging Face cache (`$HF_HOME/hub` or `~/.cache/huggingface/hub`): repos
  *      `stepfun-ai/Step1X-Edit` (DiT + VAE) and `Qwen/Qwen2.5-VL-7B-Instruct`
  * A directory in the official layout:
- *   step1x-edit-i1258.safetensors | step1x-edit-v1p1-official.safetensors   DiT + connector (bf16)
+ *   step1x-edit-v1p1-official.safetensors (v1.1) | step1x-edit-i1258.safetensors (v1.0)   DiT + connector (bf16);
+ *                                            with both, v1.1 unless --version v1.0
  *   vae.safetensors                                                          FLUX AutoEncoder (f32)
  *   Qwen2.5-VL-7B-Instruct/                                                  sharded Qwen2.5-VL + tokenizer
  *   step1x.json (optional)                                                   hyper-parameters of tiny models
@@ -16,7 +17,32 @@ import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { ExitCode, Step1xError } from '../errors.js';
 
-export const DIT_FILES = ['step1x-edit-i1258.safetensors', 'step1x-edit-v1p1-official.safetensors'];
+/** The DiT file of each checkpoint version (the official `inference.py --version` choice). */
+export const DIT_FILE_OF = { 'v1.0': 'step1x-edit-i1258.safetensors', 'v1.1': 'step1x-edit-v1p1-official.safetensors' } as const;
+export type CheckpointVersion = keyof typeof DIT_FILE_OF;
+/** In order of preference when a directory holds both and no version is asked for: v1.1, the official default. */
+export const DIT_FILES = [DIT_FILE_OF['v1.1'], DIT_FILE_OF['v1.0']];
+
+export interface ResolveOptions {
+  /** `--version`: take that version's DiT file (v1.1 is preferred otherwise). */
+  version?: CheckpointVersion;
+}
+
+/** The DiT file in `dir` for `version`, or the preferred one present; undefined when none is. */
+function findDit(dir: string, version?: CheckpointVersion): string | undefined {
+  const names = version ? [DIT_FILE_OF[version]] : DIT_FILES;
+  return names.map((f) => join(dir, f)).find((p) => existsSync(p));
+}
+
+/** `--version X` asked for a file that is not there while the other version's is: say so plainly. */
+function versionMismatch(dir: string, version: CheckpointVersion): Step1xError | undefined {
+  const other: CheckpointVersion = version === 'v1.0' ? 'v1.1' : 'v1.0';
+  if (!existsSync(join(dir, DIT_FILE_OF[other]))) return undefined;
+  return new Step1xError(
+    `--version ${version}: ${dir} holds ${DIT_FILE_OF[other]} (${other}) but not ${DIT_FILE_OF[version]}; drop --version or pass --version ${other}`,
+    ExitCode.WEIGHTS,
+  );
+}
 export const VAE_FILE = 'vae.safetensors';
 export const QWEN_DIR = 'Qwen2.5-VL-7B-Instruct';
 export const QWEN_REQUIRED = ['config.json', 'tokenizer.json', 'model.safetensors.index.json'];
@@ -45,6 +71,7 @@ export interface Step1xHparams {
 
 const SIZES: Record<string, string> = {
   'step1x-edit-i1258.safetensors': '24.9 GB',
+  'step1x-edit-v1p1-official.safetensors': '24.9 GB',
   [VAE_FILE]: '335 MB',
   [QWEN_DIR]: '16.6 GB (5 shards + tokenizer/config files)',
 };
@@ -88,31 +115,35 @@ function readHparams(path: string): Step1xHparams {
   return j as Step1xHparams;
 }
 
-function missingMessage(where: string, missing: string[]): string {
+function missingMessage(where: string, missing: string[], version: CheckpointVersion = 'v1.1'): string {
   const lines = missing.map((m) => `  - ${m}${SIZES[m.split('/').pop()!] ? ` (${SIZES[m.split('/').pop()!]})` : ''}`);
   return (
     `model files missing in ${where}:\n${lines.join('\n')}\n` +
     `Get them with the Hugging Face CLI:\n` +
-    `  huggingface-cli download ${HF_REPO_STEP1X} step1x-edit-i1258.safetensors vae.safetensors --local-dir DIR\n` +
+    `  huggingface-cli download ${HF_REPO_STEP1X} ${DIT_FILE_OF[version]} vae.safetensors --local-dir DIR\n` +
     `  huggingface-cli download ${HF_REPO_QWEN} --local-dir DIR/${QWEN_DIR}\n` +
     `then pass --model DIR (or set STEP1X_MODEL=DIR). Files already in the Hugging Face cache are found automatically.`
   );
 }
 
 /** Files of a model directory in the official layout, or an error listing what is missing. */
-export function modelFilesInDir(dir: string, source = dir): ModelFiles {
+export function modelFilesInDir(dir: string, source = dir, opts: ResolveOptions = {}): ModelFiles {
   const root = resolve(dir);
   if (!existsSync(root) || !statSync(root).isDirectory())
     throw new Step1xError(`model directory not found: ${dir}`, ExitCode.WEIGHTS);
   const missing: string[] = [];
-  const dit = DIT_FILES.map((f) => join(root, f)).find((p) => existsSync(p));
-  if (!dit) missing.push(DIT_FILES[0]);
+  const dit = findDit(root, opts.version);
+  if (!dit && opts.version) {
+    const e = versionMismatch(root, opts.version);
+    if (e) throw e;
+  }
+  if (!dit) missing.push(DIT_FILE_OF[opts.version ?? 'v1.1']);
   const vae = join(root, VAE_FILE);
   if (!existsSync(vae)) missing.push(VAE_FILE);
   const qwenDir = join(root, QWEN_DIR);
   if (!existsSync(qwenDir)) missing.push(QWEN_DIR);
   else for (const f of QWEN_REQUIRED) if (!hasFile(qwenDir, f)) missing.push(`${QWEN_DIR}/${f}`);
-  if (missing.length) throw new Step1xError(missingMessage(root, missing), ExitCode.WEIGHTS);
+  if (missing.length) throw new Step1xError(missingMessage(root, missing, opts.version), ExitCode.WEIGHTS);
   const hp = join(root, 'step1x.json');
   const files: ModelFiles = { source, dit: dit!, vae, qwenDir };
   if (existsSync(hp)) {
@@ -123,16 +154,20 @@ export function modelFilesInDir(dir: string, source = dir): ModelFiles {
 }
 
 /** Resolve `--model`, `$STEP1X_MODEL`, then the Hugging Face cache. */
-export function resolveModelFiles(modelOpt?: string): ModelFiles {
-  if (modelOpt) return modelFilesInDir(modelOpt);
-  if (process.env.STEP1X_MODEL) return modelFilesInDir(process.env.STEP1X_MODEL, '$STEP1X_MODEL');
+export function resolveModelFiles(modelOpt?: string, opts: ResolveOptions = {}): ModelFiles {
+  if (modelOpt) return modelFilesInDir(modelOpt, modelOpt, opts);
+  if (process.env.STEP1X_MODEL) return modelFilesInDir(process.env.STEP1X_MODEL, '$STEP1X_MODEL', opts);
   const hub = hfHub();
   const s = hfSnapshot(HF_REPO_STEP1X, hub);
   const q = hfSnapshot(HF_REPO_QWEN, hub);
   const missing: string[] = [];
   let dit: string | undefined;
-  if (s) dit = DIT_FILES.map((f) => join(s, f)).find((p) => existsSync(p));
-  if (!dit) missing.push(`${HF_REPO_STEP1X}: ${DIT_FILES[0]}`);
+  if (s) dit = findDit(s, opts.version);
+  if (s && !dit && opts.version) {
+    const e = versionMismatch(s, opts.version);
+    if (e) throw e;
+  }
+  if (!dit) missing.push(`${HF_REPO_STEP1X}: ${DIT_FILE_OF[opts.version ?? 'v1.1']}`);
   const vae = s ? join(s, VAE_FILE) : undefined;
   if (!vae || !existsSync(vae)) missing.push(`${HF_REPO_STEP1X}: ${VAE_FILE}`);
   // The Qwen weights may also sit inside the Step1X snapshot in the official layout.
@@ -141,7 +176,7 @@ export function resolveModelFiles(modelOpt?: string): ModelFiles {
   else for (const f of QWEN_REQUIRED) if (!hasFile(qwenDir, f)) missing.push(`${HF_REPO_QWEN}: ${f}`);
   if (missing.length)
     throw new Step1xError(
-      `no --model given, $STEP1X_MODEL unset, and the Hugging Face cache (${hub}) lacks files. ` + missingMessage(hub, missing),
+      `no --model given, $STEP1X_MODEL unset, and the Hugging Face cache (${hub}) lacks files. ` + missingMessage(hub, missing, opts.version),
       ExitCode.WEIGHTS,
     );
   return { source: `Hugging Face cache ${hub}`, dit: dit!, vae: vae!, qwenDir: qwenDir! };

@@ -4,7 +4,7 @@
  * global vector y [B, 768]. Stored under `connector.*` in the DiT checkpoint.
  *
  *   t ← t·1000 (the "times embedding bug" fix, done by Qwen2Connector itself)
- *   x_mean = masked_mean(x)·(1 + scale_factor)  → global_proj_out → y [B, 768]
+ *   x_mean = masked_mean(x)·(1 + scale_factor) (v1.0; unscaled in v1.1)  → global_proj_out → y [B, 768]
  *   S = SingleTokenRefiner:
  *     c = t_embedder(t) + c_embedder(masked_mean(x))        (SiLU MLPs; mean NOT scaled here)
  *     x = input_embedder(x)
@@ -206,14 +206,18 @@ export class Qwen2Connector {
     readonly cfg: ConnectorParams,
     readonly S: SingleTokenRefiner,
     readonly global_proj_out: Linear,
-    /** connector.scale_factor (a [1] parameter), read to the host. */
-    readonly scale_factor: number,
+    /** connector.scale_factor (a [1] parameter of v1.0), read to the host; undefined for v1.1, which has none. */
+    readonly scale_factor: number | undefined,
   ) {}
 
-  static async load(g: Gpu, ckpt: Checkpoint, cfg: ConnectorParams, prefix = 'connector'): Promise<Qwen2Connector> {
-    const sf = await ckpt.readF32(`${prefix}.scale_factor`);
-    if (sf.length !== 1) fail(`${prefix}.scale_factor must hold 1 value, has ${sf.length}`);
-    return new Qwen2Connector(cfg, await SingleTokenRefiner.load(g, ckpt, `${prefix}.S`, cfg), await Linear.load(g, ckpt, `${prefix}.global_proj_out`), sf[0]);
+  static async load(g: Gpu, ckpt: Checkpoint, cfg: ConnectorParams, version: 'v1.0' | 'v1.1' = 'v1.0', prefix = 'connector'): Promise<Qwen2Connector> {
+    let sf: number | undefined;
+    if (version === 'v1.0') {
+      const v = await ckpt.readF32(`${prefix}.scale_factor`);
+      if (v.length !== 1) fail(`${prefix}.scale_factor must hold 1 value, has ${v.length}`);
+      sf = v[0];
+    }
+    return new Qwen2Connector(cfg, await SingleTokenRefiner.load(g, ckpt, `${prefix}.S`, cfg), await Linear.load(g, ckpt, `${prefix}.global_proj_out`), sf);
   }
 
   /**
@@ -224,11 +228,14 @@ export class Qwen2Connector {
     const Cin = this.cfg.in_channels, CH = this.cfg.hidden_size;
     if (x.length !== B * T * Cin) fail(`connector: llm_embedding has ${x.length} values, expected [${B},${T},${Cin}]`);
     if (mask.length !== B * T || t.length !== B) fail(`connector: mask (${mask.length}) / t (${t.length}) must be [${B},${T}] / [${B}]`);
-    // global branch: masked mean × (1 + scale_factor) → global_proj_out → y [B, 768]
+    // global branch: masked mean (× (1 + scale_factor) in v1.0; v1.1 uses it unscaled) → global_proj_out → y [B, 768]
     const mean = maskedMean(x, mask, B, T, Cin); // [B, Cin]
-    const s = fr(1 + fr(this.scale_factor));
-    const meanScaled = mean.map((v) => fr(v * s));
-    await tap?.('mid.connector.x_mean_scaled', meanScaled, [B, Cin]);
+    let meanScaled = mean;
+    if (this.scale_factor !== undefined) {
+      const s = fr(1 + fr(this.scale_factor));
+      meanScaled = mean.map((v) => fr(v * s));
+      await tap?.('mid.connector.x_mean_scaled', meanScaled, [B, Cin]);
+    }
     await tap?.('mid.connector.context_mean', mean, [B, Cin]);
     const ms = g.upload(meanScaled, [B, Cin]);
     const y = this.global_proj_out.forward(ms); // [B, 768]

@@ -36,9 +36,40 @@ export interface ConnectorParams {
   depth: number;
 }
 
+/**
+ * Checkpoint version: v1.0 = `step1x-edit-i1258.safetensors` (has `connector.scale_factor`; pooled mean
+ * scaled by 1 + scale_factor; reference-token ids (0, row, col)); v1.1 = `step1x-edit-v1p1-official.safetensors`
+ * (same keys less `connector.scale_factor`; pooled mean unscaled; reference ids (1, 1 + row, 1 + col)).
+ */
+export type DitVersion = 'v1.0' | 'v1.1';
+export const DIT_VERSIONS: readonly DitVersion[] = ['v1.0', 'v1.1'];
+
 export interface Step1xConfig {
   dit: DitParams;
   connector: ConnectorParams;
+  /** Told by the weights (see DitVersion). */
+  version: DitVersion;
+}
+
+/** The version the weights tell: `connector.scale_factor` present → v1.0, absent → v1.1. */
+export function versionOfKeys(has: (name: string) => boolean): DitVersion {
+  return has('connector.scale_factor') ? 'v1.0' : 'v1.1';
+}
+
+/** A requested version that the weights contradict is a model-files error naming both. */
+export function checkVersion(source: string, weights: DitVersion, asked: DitVersion | undefined, viaFlag = true): void {
+  if (asked === undefined || asked === weights) return;
+  throw new Step1xError(
+    `${source}: the weights are ${weights} (${weights === 'v1.0' ? 'they hold' : 'no'} connector.scale_factor), but ${asked} was asked for` +
+      `${viaFlag ? ' (--version)' : ''}; pass --version ${weights} or the other checkpoint`,
+    ExitCode.WEIGHTS,
+  );
+}
+
+export function parseVersion(v: unknown, what = '--version'): DitVersion {
+  if (v === 'v1.0' || v === 'v1.1') return v;
+  if (v === '1.0' || v === '1.1') return `v${v}` as DitVersion;
+  throw new Step1xError(`${what} must be v1.0 or v1.1, got ${JSON.stringify(v)}`, ExitCode.USAGE);
 }
 
 export const REAL_DIT: Readonly<DitParams> = Object.freeze({
@@ -122,7 +153,7 @@ export function expectedDitKeys(c: Step1xConfig): Map<string, number[]> {
   lin('final_layer.adaLN_modulation.1', 2 * H, H);
   // Qwen2Connector
   const CH = k.hidden_size, CM = mlpHidden(CH, 4.0);
-  m.set('connector.scale_factor', [1]);
+  if (c.version === 'v1.0') m.set('connector.scale_factor', [1]);
   lin('connector.S.input_embedder', CH, k.in_channels);
   lin('connector.S.t_embedder.mlp.0', CH, TIME_FREQ_DIM);
   lin('connector.S.t_embedder.mlp.2', CH, CH);
@@ -144,6 +175,14 @@ export function expectedDitKeys(c: Step1xConfig): Map<string, number[]> {
   return m;
 }
 
+/** Hyper-parameters given beside the weights: step1x.json's / a golden spec's sections, and a requested version. */
+export interface DitHparams {
+  dit?: Record<string, unknown>;
+  connector?: Record<string, unknown>;
+  /** `--version`: must agree with the weights. */
+  version?: DitVersion;
+}
+
 /** Shape lookup: a Checkpoint's `info(name).shape`, or undefined when absent. */
 export type ShapeOf = (name: string) => readonly number[] | undefined;
 
@@ -161,8 +200,13 @@ function countIndexed(names: Iterable<string>, prefix: string): number {
  * The config of a checkpoint: real defaults, overridden by `hparams` (step1x.json's `dit` / `connector`
  * or a golden spec), then checked against / completed from the tensor shapes.
  */
-export function configFromCheckpoint(names: readonly string[], shapeOf: ShapeOf, hparams: { dit?: Record<string, unknown>; connector?: Record<string, unknown> } = {}, source = 'checkpoint'): Step1xConfig {
-  const given = { dit: { ...(hparams.dit ?? {}) } as Partial<DitParams>, connector: { ...(hparams.connector ?? {}) } as Partial<ConnectorParams> };
+export function configFromCheckpoint(names: readonly string[], shapeOf: ShapeOf, hparams: DitHparams = {}, source = 'checkpoint'): Step1xConfig {
+  // `version` / `mode` may sit in a golden spec's `dit` (official Step1XParams extras): not shape parameters
+  const { version: specVersion, mode: _mode, ...ditGiven } = (hparams.dit ?? {}) as Record<string, unknown>;
+  const given = { dit: ditGiven as Partial<DitParams>, connector: { ...(hparams.connector ?? {}) } as Partial<ConnectorParams> };
+  const version = versionOfKeys((n) => shapeOf(n) !== undefined);
+  const asked = hparams.version ?? (specVersion !== undefined ? parseVersion(specVersion, `${source}: dit.version`) : undefined);
+  checkVersion(source, version, asked, hparams.version !== undefined);
   const inferred = { dit: {} as Partial<DitParams>, connector: {} as Partial<ConnectorParams> };
   const need = (name: string, dim: number): number => {
     const s = shapeOf(name);
@@ -202,6 +246,7 @@ export function configFromCheckpoint(names: readonly string[], shapeOf: ShapeOf,
   const cfg: Step1xConfig = {
     dit: merge('dit', { ...REAL_DIT, axes_dim: [...REAL_DIT.axes_dim] }, given.dit, D),
     connector: merge('connector', { ...REAL_CONNECTOR }, given.connector, K),
+    version,
   };
   if (conflicts.length) throw new Step1xError(`${source}: hyper-parameters disagree with the checkpoint: ${conflicts.join('; ')}`, ExitCode.WEIGHTS);
   validateConfig(cfg);

@@ -11,8 +11,7 @@ import { Linear } from '../nn/linear.js';
 import { silu, add } from '../ops/elementwise.js';
 import { concat, slice } from '../ops/layout.js';
 import { Qwen2Connector, timestepEmbedding, type Tap } from './connector.js';
-import { configFromCheckpoint, expectedDitKeys, planResidency, TIME_FREQ_DIM, type DitLoadOptions, type DitParams, type Slot, type Step1xConfig } from './dit-config.js';
-import type { Predictor } from '../pipeline/sampling.js';
+import { configFromCheckpoint, expectedDitKeys, planResidency, TIME_FREQ_DIM, type DitHparams, type DitLoadOptions, type DitParams, type DitVersion, type Slot, type Step1xConfig } from './dit-config.js';
 import { fail } from '../errors.js';
 import { disposeAll, DoubleStreamBlock, EmbedND, LastLayer, MLPEmbedder, RopePe, SingleStreamBlock } from './dit-blocks.js';
 export * from './dit-blocks.js';
@@ -37,6 +36,12 @@ export interface DitInputs {
 }
 
 type Block = DoubleStreamBlock | SingleStreamBlock;
+
+/** The velocity of all image tokens at time t (structurally pipeline/sampling's `Predictor`). */
+export interface DitPredictor {
+  predict(img: Float32Array, batch: number, t: number): Promise<Float32Array>;
+  dispose(): void;
+}
 
 export class Step1XEdit {
   /** Blocks kept on the GPU; undefined entries are streamed from `ckpt` on every forward. */
@@ -64,6 +69,11 @@ export class Step1XEdit {
     this.single_blocks = slots.filter((s) => s.kind === 'single').map((_, j) => resident.get(cfg.depth + j) as SingleStreamBlock | undefined);
   }
 
+  /** v1.0 or v1.1, as the weights tell (connector.scale_factor present or not). */
+  get version(): DitVersion {
+    return this.connector.scale_factor === undefined ? 'v1.1' : 'v1.0';
+  }
+
   get streamedBlocks(): number {
     return this.double_blocks.filter((b) => !b).length + this.single_blocks.filter((b) => !b).length;
   }
@@ -87,7 +97,7 @@ export class Step1XEdit {
       const vector_in = keep(await MLPEmbedder.load(g, ckpt, 'vector_in'));
       const txt_in = keep(await Linear.load(g, ckpt, 'txt_in'));
       const final_layer = keep(await LastLayer.load(g, ckpt, 'final_layer'));
-      const connector = keep(await Qwen2Connector.load(g, ckpt, cfg.connector));
+      const connector = keep(await Qwen2Connector.load(g, ckpt, cfg.connector, cfg.version));
       const resident = new Map<number, Block>();
       for (const j of residentIdx) resident.set(j, keep(await loadSlot(g, ckpt, slots[j], d)));
       return new Step1XEdit(g, ckpt, d, img_in, time_in, vector_in, txt_in, final_layer, connector, slots, resident);
@@ -102,7 +112,7 @@ export class Step1XEdit {
    * (step1x.json's `dit` / `connector`; absent for the real model), check the key set (every missing,
    * unexpected or mis-shaped tensor named), and load it under `opts` (budget / streaming).
    */
-  static async open(g: Gpu, path: string, hparams: { dit?: Record<string, unknown>; connector?: Record<string, unknown> } = {}, opts: DitLoadOptions = {}): Promise<Step1XEdit> {
+  static async open(g: Gpu, path: string, hparams: DitHparams = {}, opts: DitLoadOptions = {}): Promise<Step1XEdit> {
     const ckpt = await Checkpoint.open(path);
     try {
       const cfg = configFromCheckpoint(ckpt.keys(), (n) => (ckpt.has(n) ? ckpt.info(n).shape : undefined), hparams, path);
@@ -233,7 +243,7 @@ export class Step1XEdit {
    * A sampling.Predictor over fixed conditioning (rows: cond, uncond). The rope table is built once;
    * a batch of 1 (no CFG) uses the first row.
    */
-  predictor(c: { llmEmbedding: Float32Array; mask: Float32Array; imgIds: Float32Array; txtIds: Float32Array; T: number; L: number }): Predictor & { dispose(): void } {
+  predictor(c: { llmEmbedding: Float32Array; mask: Float32Array; imgIds: Float32Array; txtIds: Float32Array; T: number; L: number }): DitPredictor {
     const { T, L } = c;
     const { pe } = this.ropeFor(c.txtIds.subarray(0, T * 3), c.imgIds.subarray(0, L * 3), 1, T, L);
     const Cin = c.llmEmbedding.length / (c.mask.length / T) / T;

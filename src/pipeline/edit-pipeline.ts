@@ -1,11 +1,15 @@
 /**
  * The edit pipeline, as the official `ImageGenerator.generate_image` (inference.py):
- *   preprocess   input_process_image at size_level (PIL bicubic, sides multiples of 16)
+ *   preprocess   input_process_image at size_level (PIL LANCZOS; May 2025: bicubic; sides multiples of 16)
  *   embed        Qwen2.5-VL over [instruction, negative] with the reference image → llm_embedding, mask
  *   encode       VAE encode of the reference (posterior mean by default; the official code samples)
  *   sample       get_schedule + prepare + denoise with CFG (DiT + connector)
  *   decode       unpack + VAE decode, clamp, to_pil_image truncation
  *   postprocess  PIL bicubic resize back to the input size (unless nativeSize)
+ * Without an input image it is the official text-to-image task (`task_type t2i`): the MLLM sees a black
+ * 1024×1024 image with the prompt, the DiT denoises the noise tokens alone (no reference), and the
+ * image is decoded at width × height. Which official behaviour (current or May 2025) is followed is
+ * `req.compat` (official.ts); the checkpoint version is told by the weights (`req.version` may state it).
  * Each model is loaded when its stage runs and freed after it (Qwen and the DiT never share the GPU),
  * under an optional GPU byte budget that makes the big models stream their blocks from disk.
  * `run()` yields progress events and returns the result; a `trace` sees every intermediate under the
@@ -20,10 +24,17 @@ import { inputProcessImage, qwenProcessImage, STEP1X_MAX_PIXELS, STEP1X_MIN_PIXE
 import { QwenTokenizer } from '../models/qwen25vl/tokenizer.js';
 import { buildStep1xInputIds } from '../models/qwen25vl/prompt.js';
 import { initialNoise } from './rng.js';
+import { behaviour as officialBehaviour, T2I_MLLM_IMAGE_SIDE, T2I_NEGATIVE_PROMPT, type CompatMode, type OfficialBehaviour } from './official.js';
+import { checkVersion, versionOfKeys, type DitVersion } from '../models/dit-config.js';
+import { Checkpoint } from '../io/checkpoint.js';
 import { runDenoise, runEmbed, runVaeDecode, runVaeEncode, type Trace } from './stages.js';
 
 export interface EditRequest {
-  image: RgbImage;
+  /** The image to edit; absent = text-to-image. */
+  image?: RgbImage;
+  /** Text-to-image output size (multiples of 16; default 1024 × 1024). */
+  width?: number;
+  height?: number;
   instruction: string;
   negative?: string;
   steps?: number;
@@ -37,6 +48,12 @@ export interface EditRequest {
   /** Initial noise [1, 16, H/8, W/8]: given directly, or a safetensors file holding that one tensor. */
   noise?: Float32Array;
   noisePath?: string;
+  /** 'current' (default) or '2025-05' (the May 2025 official behaviour, official.ts). */
+  compat?: CompatMode;
+  /** `timesteps_truncate` (default: the compat mode's, 0.93 current / 1 May 2025); 1 disables. */
+  cfgTruncate?: number;
+  /** Checkpoint version the caller expects; the weights must agree. */
+  version?: DitVersion;
 }
 
 export interface Progress {
@@ -50,6 +67,10 @@ export interface Progress {
 
 export interface EditResult {
   image: RgbImage;
+  task: 'edit' | 't2i';
+  /** The checkpoint version the weights told. */
+  version: DitVersion;
+  behaviour: OfficialBehaviour;
   workingSize: [number, number];
   seed: number;
   timings: Record<string, number>;
@@ -85,6 +106,8 @@ export class EditPipeline {
     readonly gpu: Gpu,
     readonly files: ModelFiles,
     readonly tokenizer: QwenTokenizer,
+    /** The checkpoint version the DiT file's keys tell (read from its header at load). */
+    readonly ditVersion: DitVersion,
     private readonly opts: LoadOptions,
     private readonly ownsGpu: boolean,
   ) {}
@@ -93,6 +116,9 @@ export class EditPipeline {
   static async load(files: ModelFiles, opts: LoadOptions = {}): Promise<EditPipeline> {
     opts.onProgress?.({ stage: 'load', message: 'opening the GPU and the tokenizer' });
     const tokenizer = QwenTokenizer.load(files.qwenDir);
+    const ck = await Checkpoint.open(files.dit); // headers only: which version the weights are
+    const ditVersion = versionOfKeys((n) => ck.has(n));
+    await ck.close();
     const gpu = opts.gpu ?? (await Gpu.create());
     if (opts.vramBudget !== undefined) {
       // The pool keeps freed buffers for reuse; they occupy GPU memory too. Give them a tenth of the
@@ -101,13 +127,17 @@ export class EditPipeline {
       gpu.pool.maxCachedBytes = Math.min(gpu.pool.maxCachedBytes, cache);
       opts = { ...opts, vramBudget: opts.vramBudget - cache };
     }
-    return new EditPipeline(gpu, files, tokenizer, opts, !opts.gpu);
+    return new EditPipeline(gpu, files, tokenizer, ditVersion, opts, !opts.gpu);
   }
 
   async *run(req: EditRequest, trace?: Trace): AsyncGenerator<Progress, EditResult> {
     const g = this.gpu;
+    const t2i = !req.image;
+    const task = t2i ? 't2i' : 'edit';
     const steps = req.steps ?? 28, cfg = req.cfg ?? 6.0, seed = req.seed ?? 42, size = req.size ?? 512;
-    const negative = req.negative ?? '';
+    const negative = req.negative ?? (t2i ? T2I_NEGATIVE_PROMPT : '');
+    const beh = officialBehaviour(req.compat ?? 'current', req.cfgTruncate);
+    checkVersion(this.files.dit, this.ditVersion, req.version); // before any stage runs
     const timings: Record<string, number> = {};
     const tStart = performance.now();
     let t0 = tStart;
@@ -120,11 +150,26 @@ export class EditPipeline {
     const emb = this.files.hparams?.embedder ?? {};
 
     // -- preprocess -------------------------------------------------------------------------------
-    yield { stage: 'preprocess', message: 'resizing the input' };
+    yield { stage: 'preprocess', message: t2i ? 'preparing the prompt' : 'resizing the input' };
     const photo = req.image;
-    const ref = inputProcessImage(photo, size); // [h, w, 3] u8, sides multiples of 16
-    trace?.('mid.ref_resized_u8', ref.data, [ref.height, ref.width, 3], 'u8');
-    const qp = qwenProcessImage(ref, { minPixels: emb.min_pixels ?? STEP1X_MIN_PIXELS, maxPixels: emb.max_pixels ?? STEP1X_MAX_PIXELS });
+    let ref: RgbImage | undefined; // the reference image at the working size (edit)
+    let mllmImage: RgbImage; // what Qwen2.5-VL sees
+    let outW: number, outH: number;
+    if (photo) {
+      ref = inputProcessImage(photo, size, beh.inputResize); // [h, w, 3] u8, sides multiples of 16
+      trace?.('mid.ref_resized_u8', ref.data, [ref.height, ref.width, 3], 'u8');
+      mllmImage = ref;
+      outW = ref.width;
+      outH = ref.height;
+    } else {
+      outW = req.width ?? 1024;
+      outH = req.height ?? 1024;
+      if (!(outW >= 16 && outH >= 16 && outW % 16 === 0 && outH % 16 === 0))
+        throw new Step1xError(`text-to-image size ${outW}x${outH}: width and height must be multiples of 16`, ExitCode.USAGE);
+      const side = T2I_MLLM_IMAGE_SIDE; // Image.new('RGB', (1024, 1024)): black
+      mllmImage = { width: side, height: side, data: new Uint8Array(side * side * 3) };
+    }
+    const qp = qwenProcessImage(mllmImage, { minPixels: emb.min_pixels ?? STEP1X_MIN_PIXELS, maxPixels: emb.max_pixels ?? STEP1X_MAX_PIXELS });
     trace?.('mid.qwen_fetched_u8', qp.fetched.data, [qp.fetched.height, qp.fetched.width, 3], 'u8');
     trace?.('mid.qwen_resized_u8', qp.resized.data, [qp.resized.height, qp.resized.width, 3], 'u8');
     trace?.('mid.image_grid_thw', Int32Array.from(qp.gridThw), [1, 3], 'i64');
@@ -134,32 +179,38 @@ export class EditPipeline {
       trace?.(`mid.input_ids.${k}`, prompts[i].inputIds, [prompts[i].inputIds.length], 'i64');
       trace?.(`mid.attention_mask.${k}`, prompts[i].attentionMask, [prompts[i].attentionMask.length], 'i64');
     });
-    const lh = ref.height / 8, lw = ref.width / 8;
+    const lh = outH / 8, lw = outW / 8;
     let noise = req.noise;
     if (!noise && req.noisePath) noise = await readNoiseFile(req.noisePath, lh, lw);
     noise ??= initialNoise(seed, lh, lw);
-    if (noise.length !== 16 * lh * lw) throw new Step1xError(`noise has ${noise.length} values, this edit needs [1, 16, ${lh}, ${lw}]`, ExitCode.USAGE);
+    if (noise.length !== 16 * lh * lw) throw new Step1xError(`noise has ${noise.length} values, this ${task} needs [1, 16, ${lh}, ${lw}]`, ExitCode.USAGE);
     lap('preprocess');
 
     // -- embed: Qwen2.5-VL, loaded for this stage only --------------------------------------------
     yield { stage: 'embed', message: 'Qwen2.5-VL: embedding the instruction and the image' };
-    const embedded = await runEmbed(g, this.files, prompts, qp, { budget: this.opts.vramBudget, maxLength: emb.max_length, drop: emb.drop_prefix_tokens, trace, onInfo: (m) => this.opts.onProgress?.({ stage: 'embed', message: m }) });
+    const embedded = await runEmbed(g, this.files, prompts, qp, { textAttention: beh.textAttention, budget: this.opts.vramBudget, maxLength: emb.max_length, drop: emb.drop_prefix_tokens, trace, onInfo: (m) => this.opts.onProgress?.({ stage: 'embed', message: m }) });
     lap('embed');
     yield { stage: 'embed', done: true, message: `embedded ${prompts.map((p) => p.inputIds.length).join(' + ')} tokens (${timings.embed}s)` };
 
     // -- encode the reference ---------------------------------------------------------------------
-    yield { stage: 'encode', message: 'VAE: encoding the reference image' };
-    const refLatent = await runVaeEncode(g, this.files, ref, { sampleSeed: req.sampleEncode ? seed + 1 : undefined, trace });
-    lap('encode');
+    let refLatent: Float32Array | undefined;
+    if (ref) {
+      yield { stage: 'encode', message: 'VAE: encoding the reference image' };
+      refLatent = await runVaeEncode(g, this.files, ref, { sampleSeed: req.sampleEncode ? seed + 1 : undefined, trace });
+      lap('encode');
+    }
 
     // -- sample -----------------------------------------------------------------------------------
     // The denoise loop reports through a callback; relay its events as they happen.
     const queue: Progress[] = [];
     let wake: (() => void) | null = null;
     let finished = false;
+    let version: DitVersion = this.ditVersion;
     const sampling = runDenoise(g, this.files, {
       noise, refLatent, lh, lw, llmEmbedding: embedded.embeddings, mask: embedded.mask, T: embedded.maxLength, steps, cfg,
+      cfgTruncate: beh.cfgTruncate, version: req.version,
       budget: this.opts.vramBudget, trace,
+      onVersion: (v) => (version = v),
       onInfo: (m) => this.opts.onProgress?.({ stage: 'sample', message: m }),
       onStep: (i, n) => {
         queue.push({ stage: 'sample', step: i, total: n });
@@ -177,7 +228,7 @@ export class EditPipeline {
     }
     const latent = await sampling;
     lap('sample');
-    yield { stage: 'sample', done: true, message: `sampled ${steps} steps at ${ref.width}×${ref.height} (${timings.sample}s)` };
+    yield { stage: 'sample', done: true, message: `sampled ${steps} steps at ${outW}×${outH} (${timings.sample}s)` };
 
     // -- decode -----------------------------------------------------------------------------------
     yield { stage: 'decode', message: 'VAE: decoding' };
@@ -185,28 +236,31 @@ export class EditPipeline {
     lap('decode');
 
     // -- postprocess: resize back (PIL bicubic) unless the user keeps the working size --------------
-    const out = req.nativeSize || (small.width === photo.width && small.height === photo.height) ? small : resize(small, photo.width, photo.height, 'bicubic');
+    // (t2i: output_process_image resizes to width × height, the size it decoded at: nothing to do)
+    const out = !photo || req.nativeSize || (small.width === photo.width && small.height === photo.height) ? small : resize(small, photo.width, photo.height, 'bicubic');
     trace?.('out.rgb_u8', out.data, [out.height, out.width, 3], 'u8');
     lap('postprocess');
     timings.total = +((performance.now() - tStart) / 1000).toFixed(3);
-    return {
-      image: out,
-      workingSize: [ref.width, ref.height],
-      seed,
-      timings,
-      peakGpuBytes: g.pool.peakLiveBytes,
-      parameters: {
-        instruction: req.instruction,
-        negative,
-        seed: req.noise || req.noisePath ? `${seed} (noise from ${req.noisePath ?? 'caller'})` : String(seed),
-        steps: String(steps),
-        cfg: String(cfg),
-        size: String(size),
-        'working-size': `${ref.width}x${ref.height}`,
-        'vae-encode': req.sampleEncode ? 'sample' : 'mean',
-        models: [this.files.dit, this.files.vae, this.files.qwenDir].map((p) => p.split(/[\\/]/).pop()).join(', '),
-      },
+    const parameters: Record<string, string> = {
+      task,
+      instruction: req.instruction,
+      negative,
+      seed: req.noise || req.noisePath ? `${seed} (noise from ${req.noisePath ?? 'caller'})` : String(seed),
+      steps: String(steps),
+      cfg: String(cfg),
+      'cfg-truncate': String(beh.cfgTruncate),
+      'dit-version': version,
+      compat: beh.compat,
     };
+    if (photo) {
+      parameters.size = String(size);
+      parameters['working-size'] = `${outW}x${outH}`;
+      parameters['input-resize'] = beh.inputResize;
+      parameters['vae-encode'] = req.sampleEncode ? 'sample' : 'mean';
+    } else parameters['output-size'] = `${outW}x${outH}`;
+    parameters['text-attention'] = beh.textAttention;
+    parameters.models = [this.files.dit, this.files.vae, this.files.qwenDir].map((p) => p.split(/[\\/]/).pop()).join(', ');
+    return { image: out, task, version, behaviour: beh, workingSize: [outW, outH], seed, timings, peakGpuBytes: g.pool.peakLiveBytes, parameters };
   }
 
   /** Convenience: run to completion, forwarding progress to a callback. */

@@ -4,8 +4,9 @@
  * Latents are [B, C, H, W] (C = 16, H, W = image size / 8). Packing is the einops pattern
  * `b c (h ph) (w pw) -> b (h w) (c ph pw)` with ph = pw = 2: token (i, j) of the h×w grid holds the
  * 2×2 patch of every channel, channel-major (c, ph, pw) within its C·4 = 64 values.
- * Ids: image token (i, j) gets (0, i, j); reference tokens get the SAME ids as the noise tokens; text
- * ids are all zero. The DiT concatenates ids as [txt, img].
+ * Ids: image token (i, j) gets (0, i, j); reference tokens get the SAME ids in v1.0 and (1, 1 + i, 1 + j)
+ * in v1.1 (`torch.ones` + aranges in the current `prepare`); text ids are all zero. The DiT concatenates
+ * ids as [txt, img]. Text-to-image (`prepare_t2i`) packs the noise tokens alone.
  * These arrays are small (1024² image: 16×128×128 latent = 1 MiB) so they stay on the host; GPU
  * versions (`pack2x2` / `unpack2x2` in ops/layout.ts) exist for callers that already hold tensors.
  */
@@ -53,18 +54,22 @@ export function unpackForImage(tokens: Float32Array, B: number, height: number, 
   return { latent: unpack2x2Host(tokens, B, C, h, w), shape: [B, C, 2 * h, 2 * w] };
 }
 
-/** Image ids [B, h·w, 3]: (0, row, col) per packed token, row-major. */
-export function imageIds(B: number, h: number, w: number): Float32Array {
+/** Image ids [B, h·w, 3]: (base, base + row, base + col) per packed token, row-major (base 0 = the noise tokens' ids). */
+export function imageIds(B: number, h: number, w: number, base = 0): Float32Array {
   const out = new Float32Array(B * h * w * 3);
   for (let b = 0; b < B; b++)
     for (let i = 0; i < h; i++)
       for (let j = 0; j < w; j++) {
         const o = ((b * h + i) * w + j) * 3;
-        out[o + 1] = i;
-        out[o + 2] = j;
+        out[o] = base;
+        out[o + 1] = base + i;
+        out[o + 2] = base + j;
       }
   return out;
 }
+
+/** Base of the reference tokens' ids: 0 in v1.0 (the noise tokens' ids), 1 in v1.1. */
+export const refIdBase = (version: 'v1.0' | 'v1.1'): number => (version === 'v1.1' ? 1 : 0);
 
 /** Text ids [B, T, 3]: zeros. */
 export const textIds = (B: number, T: number): Float32Array => new Float32Array(B * T * 3);
@@ -73,9 +78,9 @@ export const textIds = (B: number, T: number): Float32Array => new Float32Array(
 export const imageSeqLen = (latentH: number, latentW: number): number => Math.floor((latentH * latentW) / 4);
 
 export interface Prepared {
-  /** [B, 2N, 64]: packed noise tokens then packed reference tokens, per batch row. */
+  /** [B, 2N, 64]: packed noise tokens then packed reference tokens, per batch row ([B, N, 64] for t2i). */
   img: Float32Array;
-  /** [B, 2N, 3] ids of the noise tokens, repeated for the reference tokens. */
+  /** [B, 2N, 3] ids of the noise tokens, then of the reference tokens (see refIdBase); [B, N, 3] for t2i. */
   imgIds: Float32Array;
   /** [B, T, 3] zeros. */
   txtIds: Float32Array;
@@ -84,13 +89,16 @@ export interface Prepared {
   h: number;
   w: number;
   channels: number;
+  /** Whether the rows hold reference tokens after the noise tokens (edit) or noise tokens alone (t2i). */
+  reference: boolean;
 }
 
 /**
  * `ImageGenerator.prepare` without the embedder: noise and reference latents [1 or B, C, H, W]
  * (a batch of 1 is repeated to `batch`, as the official code does for [prompt, negative_prompt]).
+ * `version` sets the reference tokens' ids (refIdBase).
  */
-export function prepare(noise: Float32Array, ref: Float32Array, latentShape: readonly number[], batch: number, txtLen: number): Prepared {
+export function prepare(noise: Float32Array, ref: Float32Array, latentShape: readonly number[], batch: number, txtLen: number, version: 'v1.0' | 'v1.1' = 'v1.0'): Prepared {
   const [b0, C, H, W] = latentShape;
   if (latentShape.length !== 4 || (b0 !== 1 && b0 !== batch))
     fail(`prepare: latent ${fmtShape(latentShape)} must be [1 or ${batch}, C, H, W]`);
@@ -102,12 +110,32 @@ export function prepare(noise: Float32Array, ref: Float32Array, latentShape: rea
   const img = new Float32Array(batch * 2 * N * D);
   const imgIds = new Float32Array(batch * 2 * N * 3);
   const ids = imageIds(1, h, w);
+  const refIds = imageIds(1, h, w, refIdBase(version));
   for (let b = 0; b < batch; b++) {
     const src = b0 === 1 ? 0 : b;
     img.set(x.subarray(src * N * D, (src + 1) * N * D), b * 2 * N * D);
     img.set(r.subarray(src * N * D, (src + 1) * N * D), (b * 2 + 1) * N * D);
     imgIds.set(ids, b * 2 * N * 3);
-    imgIds.set(ids, (b * 2 + 1) * N * 3);
+    imgIds.set(refIds, (b * 2 + 1) * N * 3);
   }
-  return { img, imgIds, txtIds: textIds(batch, txtLen), batch, h, w, channels: D };
+  return { img, imgIds, txtIds: textIds(batch, txtLen), batch, h, w, channels: D, reference: true };
+}
+
+/** `ImageGenerator.prepare_t2i` without the embedder: the noise latent [1 or B, C, H, W] alone, ids (0, row, col). */
+export function prepareT2i(noise: Float32Array, latentShape: readonly number[], batch: number, txtLen: number): Prepared {
+  const [b0, C, H, W] = latentShape;
+  if (latentShape.length !== 4 || (b0 !== 1 && b0 !== batch))
+    fail(`prepareT2i: latent ${fmtShape(latentShape)} must be [1 or ${batch}, C, H, W]`);
+  if (noise.length !== b0 * C * H * W) fail(`prepareT2i: noise (${noise.length}) must hold ${fmtShape(latentShape)}`);
+  const x = pack2x2Host(noise, latentShape);
+  const h = H / 2, w = W / 2, N = h * w, D = C * 4;
+  const img = new Float32Array(batch * N * D);
+  const imgIds = new Float32Array(batch * N * 3);
+  const ids = imageIds(1, h, w);
+  for (let b = 0; b < batch; b++) {
+    const src = b0 === 1 ? 0 : b;
+    img.set(x.subarray(src * N * D, (src + 1) * N * D), b * N * D);
+    imgIds.set(ids, b * N * 3);
+  }
+  return { img, imgIds, txtIds: textIds(batch, txtLen), batch, h, w, channels: D, reference: false };
 }

@@ -123,8 +123,16 @@ export interface DenoiseOptions {
   timesteps: ArrayLike<number>;
   /** CFG scale; -1 disables CFG (batch of 1). The official default in inference.py is 6.0. */
   cfgGuidance: number;
-  /** Steps with t_curr > this use the diff-norm CFG (official generate_image passes 1.0: never). */
+  /**
+   * Steps with t_curr > this use the diff-norm CFG. The current official generate_image passes 0.93 (the
+   * first step or two); the May 2025 code passed 1.0 (never). Default 1.0: callers state it.
+   */
   timestepsTruncate?: number;
+  /**
+   * Rows hold [noise tokens | reference tokens] and only the first half is updated (edit, the default);
+   * false: noise tokens alone, all updated (`denoise_t2i`).
+   */
+  reference?: boolean;
   diffNormExponent?: number;
   /** Packed channels C (64). */
   channels?: number;
@@ -138,6 +146,9 @@ export interface DenoiseOptions {
  * cond/uncond batch [2, 2N, C] from `prepare` is accepted and its first row used, as the official
  * loop does after the first step). Each step runs the predictor on [state, state] (CFG), combines,
  * and updates only the first N tokens: x += (t_prev − t_curr)·pred. Returns the noisy half [1, N, C].
+ * With `reference: false` it is `denoise_t2i`: the state is [1, N, C] and every token is updated.
+ * (The current official loop guides only the first half; the reference half's guided values are never
+ * used, so guiding every token and updating the first half is the same computation.)
  */
 export async function denoise(model: Predictor, img: Float32Array, batch: number, opts: DenoiseOptions): Promise<Float32Array> {
   const C = opts.channels ?? 64;
@@ -146,11 +157,12 @@ export async function denoise(model: Predictor, img: Float32Array, batch: number
   const k = opts.diffNormExponent ?? 0.4;
   const ts = Array.from(opts.timesteps);
   if (ts.length < 2) fail(`denoise: need at least 2 timesteps, got ${ts.length}`);
-  if (!(batch >= 1) || img.length % (batch * 2 * C) !== 0)
-    fail(`denoise: img of ${img.length} values is not [${batch}, 2N, ${C}]`);
+  const withRef = opts.reference ?? true;
+  if (!(batch >= 1) || img.length % (batch * (withRef ? 2 : 1) * C) !== 0)
+    fail(`denoise: img of ${img.length} values is not [${batch}, ${withRef ? '2N' : 'N'}, ${C}]`);
   const rowLen = img.length / batch;
-  const L = rowLen / C; // 2N image tokens
-  const half = L / 2;
+  const L = rowLen / C; // 2N image tokens (N for t2i)
+  const half = withRef ? L / 2 : L; // the noise tokens, updated by each step
   // The official loop keeps row 0 (img[: B/2]) after the first step; prepare's rows are identical.
   let state: Float32Array = img.slice(0, rowLen);
   for (let s = 0; s + 1 < ts.length; s++) {

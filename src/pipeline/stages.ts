@@ -16,9 +16,11 @@ import { Step1XEdit } from '../models/dit.js';
 import { QwenVL } from '../models/qwen25vl/model.js';
 import { embedPrompts, type EmbedderOutput } from '../models/qwen25vl/embedder.js';
 import type { QwenProcessed } from '../models/qwen25vl/processor.js';
+import type { TextAttention } from '../models/qwen25vl/text.js';
+import type { DitVersion } from '../models/dit-config.js';
 import type { Step1xPrompt } from '../models/qwen25vl/prompt.js';
 import { getSchedule, denoise } from './sampling.js';
-import { prepare, imageSeqLen, unpack2x2Host } from './prepare.js';
+import { prepare, prepareT2i, imageSeqLen, unpack2x2Host } from './prepare.js';
 import { randnF32 } from './rng.js';
 
 export type Trace = (name: string, data: Float32Array | Int32Array | Uint8Array, shape: number[], kind?: 'f32' | 'i64' | 'u8') => void;
@@ -37,6 +39,8 @@ async function withOomFallback<T>(g: Gpu, what: string, budget: number | undefin
 }
 
 export interface EmbedOptions {
+  /** Masked text tokens' own rows: 'sdpa' (current official) or 'flash' (May 2025). */
+  textAttention?: TextAttention;
   budget?: number;
   maxLength?: number;
   drop?: number;
@@ -46,7 +50,7 @@ export interface EmbedOptions {
 
 /** Qwen2.5-VL over the prompts (cond, uncond) with the same image → llm_embedding [B, maxLength, D], mask. */
 export async function runEmbed(g: Gpu, files: ModelFiles, prompts: Step1xPrompt[], qp: QwenProcessed, o: EmbedOptions = {}): Promise<EmbedderOutput> {
-  const inputs = prompts.map((p) => ({ inputIds: p.inputIds, attentionMask: p.attentionMask, pixelValues: qp.pixelValues, gridThw: [qp.gridThw] as [number, number, number][] }));
+  const inputs = prompts.map((p) => ({ inputIds: p.inputIds, attentionMask: p.attentionMask, pixelValues: qp.pixelValues, gridThw: [qp.gridThw] as [number, number, number][], textAttention: o.textAttention }));
   return withOomFallback(g, 'Qwen2.5-VL', o.budget, async (budget) => {
     const model = await QwenVL.load(g, files.qwenDir, budget !== undefined ? { gpuBudgetBytes: budget } : {});
     try {
@@ -120,7 +124,8 @@ export async function runVaeEncode(g: Gpu, files: ModelFiles, ref: RgbImage, o: 
 
 export interface DenoiseStageOptions {
   noise: Float32Array; // [1, 16, lh, lw]
-  refLatent: Float32Array; // [1, 16, lh, lw]
+  /** [1, 16, lh, lw]; absent for text-to-image (noise tokens alone, `prepare_t2i` / `denoise_t2i`). */
+  refLatent?: Float32Array;
   lh: number;
   lw: number;
   llmEmbedding: Float32Array; // [2, T, Cllm]
@@ -128,10 +133,16 @@ export interface DenoiseStageOptions {
   T: number;
   steps: number;
   cfg: number;
+  /** `timesteps_truncate` (current official 0.93; 1 = plain CFG throughout). */
+  cfgTruncate: number;
+  /** `--version`: must agree with the weights (which tell it anyway). */
+  version?: DitVersion;
   budget?: number;
   trace?: Trace;
   onStep?: (done: number, total: number) => void;
   onInfo?: (m: string) => void;
+  /** The version the weights told, once the DiT is open. */
+  onVersion?: (v: DitVersion) => void;
 }
 
 /** Load the DiT + connector and run the official denoise loop → packed latent [1, N, 64]. */
@@ -139,31 +150,37 @@ export async function runDenoise(g: Gpu, files: ModelFiles, o: DenoiseStageOptio
   const B = 2;
   const timesteps = getSchedule(o.steps, imageSeqLen(o.lh, o.lw));
   o.trace?.('mid.timesteps', timesteps, [timesteps.length]);
-  const prep = prepare(o.noise, o.refLatent, [1, 16, o.lh, o.lw], B, o.T);
-  const L = prep.img.length / B / prep.channels;
-  o.trace?.('mid.img', prep.img, [B, L, prep.channels]);
-  o.trace?.('mid.img_ids', prep.imgIds, [B, L, 3]);
-  o.trace?.('mid.txt_ids', prep.txtIds, [B, o.T, 3]);
   const mask = Float32Array.from(o.mask);
   return withOomFallback(g, 'DiT', o.budget, async (budget) => {
-    const model = await Step1XEdit.open(g, files.dit, files.hparams ?? {}, budget !== undefined ? { budgetBytes: budget } : {});
+    const model = await Step1XEdit.open(g, files.dit, { ...(files.hparams ?? {}), version: o.version }, budget !== undefined ? { budgetBytes: budget } : {});
     try {
+      o.onVersion?.(model.version);
       if (model.streamedBlocks) o.onInfo?.(`DiT: streaming ${model.streamedBlocks} blocks from disk under the GPU budget`);
+      // the reference tokens' ids depend on the version the weights tell (prepare.ts)
+      const prep = o.refLatent ? prepare(o.noise, o.refLatent, [1, 16, o.lh, o.lw], B, o.T, model.version) : prepareT2i(o.noise, [1, 16, o.lh, o.lw], B, o.T);
+      const L = prep.img.length / B / prep.channels;
+      const N = prep.reference ? L / 2 : L;
+      o.trace?.('mid.img', prep.img, [B, L, prep.channels]);
+      o.trace?.('mid.img_ids', prep.imgIds, [B, L, 3]);
+      o.trace?.('mid.txt_ids', prep.txtIds, [B, o.T, 3]);
       const pred = model.predictor({ llmEmbedding: o.llmEmbedding, mask, imgIds: prep.imgIds, txtIds: prep.txtIds, T: o.T, L });
       try {
         const out = await denoise(pred, prep.img, B, {
           timesteps,
           cfgGuidance: o.cfg,
+          timestepsTruncate: o.cfgTruncate,
+          reference: prep.reference,
           channels: prep.channels,
           onStep: (s) => {
             o.trace?.(`mid.step${s.step}.t_vec`, new Float32Array(B).fill(s.tCurr), [B]);
             o.trace?.(`mid.step${s.step}.pred_raw`, s.predRaw, [B, L, prep.channels]);
+            // all tokens, as the May 2025 loop guided them (the current one guides the first N only: same values)
             o.trace?.(`mid.step${s.step}.pred_guided`, s.predGuided, [1, L, prep.channels]);
             o.trace?.(`mid.step${s.step}.latent_after`, s.latentAfter, [1, L, prep.channels]);
             o.onStep?.(s.step + 1, s.total);
           },
         });
-        o.trace?.('mid.latent_packed', out, [1, L / 2, prep.channels]);
+        o.trace?.('mid.latent_packed', out, [1, N, prep.channels]);
         return out;
       } finally {
         pred.dispose();

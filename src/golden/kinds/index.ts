@@ -9,6 +9,7 @@ registerLazyKind('dit', () => import('./dit.js'));
 registerLazyKind('sampler', () => import('./sampler.js'));
 registerLazyKind('qwen_vl', () => import('./qwen_vl.js'));
 registerLazyKind('pipeline', () => import('./pipeline.js'));
+registerLazyKind('t2i', () => import('./pipeline.js'));
 registerLazyKind('e2e', () => import('./e2e.js'));
 registerLazyKind('qwen_processor', () => import('./qwen_processor.js'));
 registerLazyKind('prompt_layout', () => import('./prompt_layout.js'));

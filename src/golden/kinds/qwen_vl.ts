@@ -6,10 +6,13 @@
  * inputs_embeds, hidden_states / decoder_layer_out / final_norm and the embedder outputs.
  */
 import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import type { GoldenContext } from '../registry.js';
+import { behaviourOfCase } from '../../pipeline/official.js';
 import { QwenVL, type QwenLoadOptions } from '../../models/qwen25vl/model.js';
 import { embedPrompts } from '../../models/qwen25vl/embedder.js';
+import { QwenTokenizer } from '../../models/qwen25vl/tokenizer.js';
+import { buildStep1xInputIds } from '../../models/qwen25vl/prompt.js';
 import { getWindowIndex, visionRotPosIds, type GridThw } from '../../models/qwen25vl/positions.js';
 import { fail } from '../../errors.js';
 
@@ -29,6 +32,7 @@ export async function runQwenVl(ctx: GoldenContext, load: QwenLoadOptions = {}):
   const grids: GridThw[] = [];
   for (let i = 0; i < gt.length; i += 3) grids.push([gt[i], gt[i + 1], gt[i + 2]]);
   const L = ids.length;
+  await emitRealIds(ctx, grids);
 
   // the case directory may also hold io.safetensors: name the weight files the spec lists (an index
   // json means a sharded directory, which Checkpoint.open resolves itself)
@@ -51,7 +55,9 @@ export async function runQwenVl(ctx: GoldenContext, load: QwenLoadOptions = {}):
     const hidden = new Float32Array((nl + 1) * L * D);
     const layerOut = new Float32Array(nl * L * D);
     const maxLength = spec.max_length ?? 640;
-    const res = await embedPrompts(g, model, [{ inputIds: ids, attentionMask: mask, pixelValues: px, gridThw: grids }], {
+    // First-generator cases pin the May 2025 flash_attention_2 semantics; later ones the current SDPA ones.
+    const textAttention = behaviourOfCase(ctx.caseJson).textAttention;
+    const res = await embedPrompts(g, model, [{ inputIds: ids, attentionMask: mask, pixelValues: px, gridThw: grids, textAttention }], {
       maxLength,
       dropPrefixTokens: spec.drop_prefix_tokens ?? 217,
       trace: {
@@ -89,5 +95,26 @@ export async function runQwenVl(ctx: GoldenContext, load: QwenLoadOptions = {}):
     ctx.emit('out.embedder_mask', res.mask, [maxLength], 'i64');
   } finally {
     await model.dispose();
+  }
+}
+
+/**
+ * `mid.input_ids_real`: the real Qwen2 ids the Step1X embedder builds from `spec.caption` and the image
+ * grid (before the case's tiny id map), with the real tokenizer of the sibling `tiny_e2e` case (the same
+ * in shared/golden and in the repo's copies); checked against `in.input_ids` through `spec.token_id_map`.
+ * Without that tokenizer the tensor stays listed as not computed.
+ */
+async function emitRealIds(ctx: GoldenContext, grids: GridThw[]): Promise<void> {
+  const spec = ctx.spec ?? {};
+  const tokDir = join(dirname(resolve(ctx.caseDir)), 'tiny_e2e', 'model', 'Qwen2.5-VL-7B-Instruct');
+  if (!ctx.has('mid.input_ids_real') || typeof spec.caption !== 'string' || !existsSync(tokDir)) return;
+  const merge = 4; // spatial_merge_size² of Step1X's processor
+  const imageTokens = grids.reduce((s, [t, h, w]) => s + (t * h * w) / merge, 0);
+  const p = buildStep1xInputIds(QwenTokenizer.load(tokDir), spec.caption, imageTokens, { dropPrefix: spec.drop_prefix_tokens });
+  ctx.emit('mid.input_ids_real', p.inputIds, [p.inputIds.length], 'i64');
+  // in.input_ids = tiny_id(real): r >= 151643 → 1000 + (r − 151643); r == 0 → 0; else 1 + (r mod 997)
+  if (typeof spec.token_id_map === 'string' && spec.token_id_map.includes('1+(r % 997)')) {
+    const tiny = Int32Array.from(p.inputIds, (r) => (r >= 151643 ? 1000 + (r - 151643) : r === 0 ? 0 : 1 + (r % 997)));
+    ctx.emit('in.input_ids', tiny, [tiny.length], 'i64');
   }
 }

@@ -10,7 +10,7 @@ import type { Checkpoint } from '../../io/checkpoint.js';
 import { loadQwenConfig, type QwenVLConfig } from './config.js';
 import { openQwenCheckpoint, residencyPlan } from './loader.js';
 import { QwenVisionTower, type VisionTrace } from './vision.js';
-import { QwenTextModel } from './text.js';
+import { QwenTextModel, type TextAttention } from './text.js';
 import { getRopeIndex, type GridThw } from './positions.js';
 import { fail } from '../../errors.js';
 
@@ -33,6 +33,8 @@ export interface QwenInput {
   gridThw: GridThw[];
   /** Precomputed image embeddings [n_image_tokens, D] (host) instead of running the vision tower on pixelValues. */
   imageEmbeds?: Float32Array;
+  /** Semantics of masked tokens' own query rows (default 'sdpa', the current official embedder). */
+  textAttention?: TextAttention;
 }
 
 export interface QwenTrace {
@@ -106,7 +108,7 @@ export class QwenVL {
           ...this.cfg, spatialMergeSize: this.cfg.vision.spatialMergeSize,
         });
         if (trace.positions) await trace.positions(positionIds, ropeDelta);
-        const s = await this.model.prepare(g, inp.inputIds, positionIds, mask, this.cfg.imageTokenId, img);
+        const s = await this.model.prepare(g, inp.inputIds, positionIds, mask, this.cfg.imageTokenId, img, inp.textAttention);
         seqs.push(s);
         if (trace.inputsEmbeds) await trace.inputsEmbeds(s.h);
       }

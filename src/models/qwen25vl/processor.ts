@@ -11,7 +11,7 @@
  *     (gt, gh/2, gw/2, 2, 2, C, 2, 14, 14) → pixel_values [gt·gh·gw, 1176], grid (1, gh, gw).
  */
 import { Step1xError, ExitCode } from '../../errors.js';
-import { resize, type RgbImage } from '../../io/resize.js';
+import { resize, type ResampleFilter, type RgbImage } from '../../io/resize.js';
 
 export const QWEN_PATCH = 14;
 export const QWEN_MERGE = 2;
@@ -204,7 +204,8 @@ export function inputProcessSize(width: number, height: number, sizeLevel: numbe
   return [wNew, hNew];
 }
 
-export function inputProcessImage(img: RgbImage, sizeLevel = 512): RgbImage {
+/** `input_process_image` at `size_level`: current official code resizes with LANCZOS, May 2025 with the default BICUBIC. */
+export function inputProcessImage(img: RgbImage, sizeLevel = 512, filter: ResampleFilter = 'bicubic'): RgbImage {
   const [w, h] = inputProcessSize(img.width, img.height, sizeLevel);
-  return resize(img, w, h, 'bicubic');
+  return resize(img, w, h, filter);
 }

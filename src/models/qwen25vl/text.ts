@@ -6,8 +6,9 @@
  *   layers         h += o_proj(attn(mrope(q), mrope(k), v)) over input_layernorm(h);
  *                  h += down(silu(gate)·up) over post_attention_layernorm(h)
  *                  q/k/v biased, o_proj and the MLP not; GQA (28 query / 4 KV heads, Dh 128 real);
- *                  causal; flash-attention-2 mask semantics: keys with mask 0 never attended, query
- *                  rows with mask 0 get attention output exactly 0 before o_proj
+ *                  causal; keys with mask 0 never attended; a query row with mask 0 attends
+ *                  normally with SDPA/eager semantics (current official code) or gets attention
+ *                  output exactly 0 before o_proj with flash-attention-2 semantics (May 2025)
  *   norm           final RMSNorm (f32)
  * Several sequences (e.g. [instruction, ""]) run layer-major: each layer's weights are loaded
  * once (streamed or resident) and applied to every sequence, each at its own length (B = 1 each).
@@ -24,6 +25,9 @@ import { mropeCosSin } from '../../ops/rope-tables.js';
 import { ExitCode, fail } from '../../errors.js';
 import type { QwenTextConfig } from './config.js';
 import { DecoderLayerWeights, LayerSet, gatherEmbeddingRows, tensorBytes } from './loader.js';
+
+/** How masked text tokens' own rows attend: 'sdpa' (eager semantics, current official) or 'flash' (zeroed, May 2025). */
+export type TextAttention = 'sdpa' | 'flash';
 
 /** One sequence's state through the decoder (B = 1). */
 export interface TextSequence {
@@ -95,7 +99,7 @@ export class QwenTextModel {
    * [n_image_tokens, D], in order), M-RoPE tables from position ids [3, L], masks when any is 0.
    */
   async prepare(g: Gpu, inputIds: Int32Array, positionIds: Int32Array, attentionMask: Int32Array | null,
-    imageTokenId: number, imageEmbeds: Tensor | null): Promise<TextSequence> {
+    imageTokenId: number, imageEmbeds: Tensor | null, textAttention: TextAttention = 'sdpa'): Promise<TextSequence> {
     const c = this.cfg, L = inputIds.length, D = c.hiddenSize;
     const rows = await gatherEmbeddingRows(this.ckpt, inputIds);
     const h = g.upload(rows, [1, L, D], 'f32', 'inputs_embeds');
@@ -128,7 +132,8 @@ export class QwenTextModel {
     if (attentionMask && attentionMask.some((m) => m === 0)) {
       const m = Float32Array.from(attentionMask, (v) => (v ? 1 : 0));
       seq.keyMask = g.upload(m, [1, L], 'f32', 'key_mask');
-      seq.queryMask = g.upload(m, [1, L], 'f32', 'query_mask');
+      // flash_attention_2 unpads: a masked token's own attention output is 0; SDPA/eager let it attend
+      if (textAttention === 'flash') seq.queryMask = g.upload(m, [1, L], 'f32', 'query_mask');
     }
     return seq;
   }
