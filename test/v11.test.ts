@@ -176,6 +176,9 @@ describe('CLI: v1.1 edit, generate, choosing the checkpoint', () => {
     const r = step1x(['generate', 'x', '--model', MODEL, '--width', '1000']);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/--width 1000 is not a multiple of 16.*nearest valid: 992 or 1008/);
+    const gif = step1x(['generate', 'x', '--model', MODEL, '-o', join(dir, 'x.gif')]);
+    expect(gif.code).toBe(2); // refused before the models load
+    expect(gif.stderr.split('\n')[0]).toMatch(/gif/);
     expect(() => t2iSide('height', '8')).toThrow(/multiple of 16 in \[16, 4096\]/);
     expect(() => t2iSide('height', '64px')).toThrow(/got "64px"/);
     expect(t2iSide('width', '1024')).toBe(1024);

@@ -1,17 +1,20 @@
 /**
- * `step1x edit <image|-> <instruction> [-o out.png|-]` and `step1x batch <manifest.json>`.
- * Thin: parse and validate options, resolve the model, render progress, write outputs atomically.
- * All numerics live in src/pipeline/edit-pipeline.ts.
+ * `step1x edit <image|-> <instruction> [-o out.png|.jpg|.webp|-]`, and what `step1x batch`
+ * (src/cli/batch.ts) and `step1x generate` share with it: options, progress rendering, the pipeline
+ * lifetime. Thin: parse and validate options, resolve the model, render progress, write outputs
+ * atomically. All numerics live in src/pipeline/edit-pipeline.ts.
  */
 import type { Command } from 'commander';
 import { basename, dirname, extname, join, resolve } from 'node:path';
-import { accessSync, constants, existsSync, readFileSync, statSync } from 'node:fs';
+import { accessSync, constants, existsSync, statSync } from 'node:fs';
 import { ExitCode, Step1xError } from '../errors.js';
 import { resolveModelFiles, type ModelFiles } from '../io/model-files.js';
 import type { EditPipeline, EditRequest, EditResult, Progress } from '../pipeline/edit-pipeline.js';
 import { installInterruptCleanup, readInputImage, writeOutputPng, type OutputTarget } from '../pipeline/output.js';
 import { createReporter, fmtBytes, fmtSeconds, type Reporter } from './progress.js';
 import { packageVersion } from './main.js';
+import { parseCacheOption } from '../pipeline/teacache.js';
+import { outputFormatFor } from '../io/encode.js';
 import { parseCompat, parseVersion } from '../pipeline/official.js';
 
 export interface EditCliOptions {
@@ -32,6 +35,10 @@ export interface EditCliOptions {
   version?: string;
   compat: string;
   cfgTruncate?: string;
+  /** `teacache[:THRESHOLD]` or `none`. */
+  cache?: string;
+  mask?: string;
+  maskFeather?: string;
 }
 
 function intOpt(name: string, v: string, min: number, max: number): number {
@@ -79,6 +86,7 @@ export function sharedRequestOptions(o: EditCliOptions): Omit<EditRequest, 'imag
     compat: parseCompat(o.compat),
     cfgTruncate: o.cfgTruncate !== undefined ? floatOpt('cfg-truncate', o.cfgTruncate, 0, 1) : undefined,
     version: o.version !== undefined ? parseVersion(o.version) : undefined,
+    cache: parseCacheOption(o.cache),
   };
 }
 
@@ -88,20 +96,20 @@ export function requestFromOptions(o: EditCliOptions): Omit<EditRequest, 'image'
     size: intOpt('size', o.size, 16, 4096),
     nativeSize: Boolean(o.nativeSize),
     sampleEncode: Boolean(o.sampleEncode),
+    ...(o.maskFeather !== undefined ? { maskFeather: floatOpt('mask-feather', o.maskFeather, 0, 1000) } : {}),
   };
 }
 
-function render(rep: Reporter, p: Progress, t0: number): void {
-  if (p.stage === 'sample' && p.step !== undefined && p.total) {
-    const el = (Date.now() - t0) / 1000;
-    const eta = p.step > 0 ? (el / p.step) * (p.total - p.step) : NaN;
-    rep.update(`sampling step ${p.step}/${p.total}${p.step > 0 ? `, ETA ${fmtSeconds(eta)}` : ''}`);
-  } else if (p.done) rep.done(p.message ?? p.stage);
+const STAGE_LABEL: Record<string, string> = { embed: 'Qwen2.5-VL layers', encode: 'VAE encode', decode: 'VAE decode', sample: 'sampling' };
+
+/** Counted work (steps, layers, VAE levels) as a bar / timestamped line; stage messages as text. */
+export function render(rep: Reporter, p: Progress): void {
+  if (p.step !== undefined && p.total) rep.progress(STAGE_LABEL[p.stage] ?? p.stage, p.step, p.total, p.skipped ? `${p.skipped} cached` : undefined);
+  else if (p.done) rep.done(p.message ?? p.stage);
   else rep.update(p.message ?? p.stage);
 }
 
 export async function runOne(pipe: EditPipeline, req: EditRequest, target: OutputTarget, rep: Reporter, meta: Record<string, string>): Promise<EditResult> {
-  let t0 = Date.now();
   const it = pipe.run(req);
   for (;;) {
     const r = await it.next();
@@ -109,8 +117,7 @@ export async function runOne(pipe: EditPipeline, req: EditRequest, target: Outpu
       await writeOutputPng(target, r.value.image, { ...meta, ...r.value.parameters });
       return r.value;
     }
-    if (r.value.stage === 'sample' && r.value.step === 0) t0 = Date.now();
-    render(rep, r.value, t0);
+    render(rep, r.value);
   }
 }
 
@@ -120,7 +127,7 @@ export async function runOne(pipe: EditPipeline, req: EditRequest, target: Outpu
  */
 export async function withPipeline(files: ModelFiles, o: EditCliOptions, rep: Reporter, fn: (pipe: EditPipeline, meta: Record<string, string>) => Promise<void>): Promise<void> {
   const { EditPipeline } = await import('../pipeline/edit-pipeline.js'); // models load only for edits
-  const pipe = await EditPipeline.load(files, { vramBudget: o.vramBudget ? parseBytes(o.vramBudget) : undefined, onProgress: (p) => render(rep, p, Date.now()) });
+  const pipe = await EditPipeline.load(files, { vramBudget: o.vramBudget ? parseBytes(o.vramBudget) : undefined, onProgress: (p) => render(rep, p) });
   try {
     await fn(pipe, { 'step1x:version': packageVersion(), model: files.dit.split(/[\\/]/).pop()! });
   } finally {
@@ -147,6 +154,7 @@ export function summary(res: EditResult, output: string): Record<string, unknown
     timings_s: res.timings,
     peak_gpu_bytes: res.peakGpuBytes,
     peak_rss_bytes: process.resourceUsage().maxRSS * 1024,
+    ...(res.cache ? { cache: { kind: res.cache.kind, threshold: res.cache.threshold, skipped_steps: res.cache.skippedSteps } } : {}),
   };
 }
 
@@ -161,77 +169,49 @@ export function modelOptions(c: Command): Command {
     .option('--cfg <g>', 'classifier-free guidance scale', '6.0')
     .option('--seed <n>', 'noise seed (documented xoshiro128** + Box-Muller RNG, see README)', '42')
     .option('--vram-budget <bytes>', 'GPU memory budget, e.g. 12GB: models are loaded per stage and streamed block by block when they do not fit')
+    .option('--cache <mode>', 'teacache[:THRESHOLD] skips DiT blocks on steps whose input barely changed (official default 0.2; quality cost in README), or none')
     .option('--json', 'print one JSON result line (stdout, or stderr when the image goes to stdout)')
     .option('--quiet', 'no progress output');
 }
 
-export function register(program: Command): void {
-  const common = (c: Command) =>
-    modelOptions(c)
-      .option('--size <n>', 'size level: working area ≈ size², sides floored to multiples of 16 (official size_level)', '512')
-      .option('--negative <text>', 'negative prompt (the official code hard-codes "")', '')
-      .option('--native-size', 'keep the working resolution instead of resizing back to the input size (avoids the resize-back blur)')
-      .option('--sample-encode', 'sample the VAE posterior like the official code (default: its mean, deterministic)')
-      .option('--ignore-exif', 'ignore EXIF orientation, as the official code does');
+/** The options `edit` and `batch` share. */
+export function editOptions(c: Command): Command {
+  return modelOptions(c)
+    .option('--size <n>', 'size level: working area ≈ size², sides floored to multiples of 16 (official size_level)', '512')
+    .option('--negative <text>', 'negative prompt (the official code hard-codes "")', '')
+    .option('--native-size', 'keep the working resolution instead of resizing back to the input size (avoids the resize-back blur)')
+    .option('--sample-encode', 'sample the VAE posterior like the official code (default: its mean, deterministic)')
+    .option('--ignore-exif', 'ignore EXIF orientation, as the official code does');
+}
 
-  common(
+export function register(program: Command): void {
+  editOptions(
     program
       .command('edit')
       .description('edit an image with an instruction')
       .argument('<image>', 'input image (PNG, JPEG, WebP, ...) or - for stdin')
       .argument('<instruction>', 'what to change, e.g. "make it winter"')
-      .option('-o, --output <file>', 'output PNG, or - for stdout (default: <input>-edited.png)')
-      .option('--noise <file>', 'initial latent noise [1, 16, H/8, W/8] from a safetensors file holding that one tensor'),
+      .option('-o, --output <file>', 'output .png, .jpg/.jpeg or .webp, or - for PNG on stdout (default: <input>-edited.png)')
+      .option('--noise <file>', 'initial latent noise [1, 16, H/8, W/8] from a safetensors file holding that one tensor')
+      .option('--mask <file>', 'region mask image, any size: white = may change, black = keep the input pixels')
+      .option('--mask-feather <px>', 'soften the mask border by this many pixels (Gaussian, sigma = px/2)'),
   ).action(async (image: string, instruction: string, o: EditCliOptions) => {
     installInterruptCleanup();
     const base = requestFromOptions(o);
     if (!instruction.trim()) throw new Step1xError('the instruction is empty', ExitCode.USAGE);
     const output = o.output ?? (image === '-' ? '-' : join(dirname(image), `${basename(image, extname(image))}-edited.png`));
     if (output === '-' && process.stdout.isTTY) throw new Step1xError('refusing to write a PNG to a terminal: pass -o FILE or redirect stdout', ExitCode.USAGE);
+    outputFormatFor(output); // an unsupported extension is refused before any work
+    if (o.maskFeather !== undefined && !o.mask) throw new Step1xError('--mask-feather needs --mask FILE', ExitCode.USAGE);
     const img = await readInputImage(image, { ignoreExif: o.ignoreExif });
+    const mask = o.mask ? await readInputImage(o.mask) : undefined;
     if (output !== '-') checkWritable(output);
     const files = resolveModelFiles(o.model, { version: base.version });
     const rep = createReporter({ quiet: o.quiet });
     await withPipeline(files, o, rep, async (pipe, meta) => {
-      const res = await runOne(pipe, { ...base, image: img, instruction }, { path: output }, rep, meta);
+      const res = await runOne(pipe, { ...base, image: img, instruction, mask }, { path: output }, rep, meta);
       rep.done(`wrote ${output === '-' ? 'stdout' : output} (${res.image.width}×${res.image.height}) in ${fmtSeconds(res.timings.total ?? 0)}, peak GPU ${fmtBytes(res.peakGpuBytes)}`);
       if (o.json) (output === '-' ? process.stderr : process.stdout).write(`${JSON.stringify(summary(res, output))}\n`);
-    });
-  });
-
-  common(
-    program
-      .command('batch')
-      .description('edit many images with the official manifest format {"image.png": "instruction", ...}; models load once')
-      .argument('<manifest>', 'JSON manifest mapping image file names to instructions')
-      .requiredOption('--input-dir <dir>', 'directory holding the manifest images')
-      .requiredOption('--output-dir <dir>', 'directory for the outputs (named after the inputs, with .png)'),
-  ).action(async (manifest: string, o: EditCliOptions & { inputDir: string; outputDir: string }) => {
-    installInterruptCleanup();
-    const base = requestFromOptions(o);
-    let entries: [string, string][];
-    try {
-      const j = JSON.parse(readFileSync(manifest, 'utf8')) as unknown;
-      if (!j || typeof j !== 'object' || Array.isArray(j)) throw new Error('expected a JSON object {"image.png": "instruction", ...}');
-      entries = Object.entries(j as Record<string, unknown>).map(([k, v]) => {
-        if (typeof v !== 'string') throw new Error(`instruction for "${k}" is not a string`);
-        return [k, v];
-      });
-    } catch (e) {
-      throw new Step1xError(`manifest ${manifest}: ${(e as Error).message}`, ExitCode.USAGE);
-    }
-    for (const [f] of entries) if (!existsSync(join(o.inputDir, f))) throw new Step1xError(`manifest ${manifest}: ${join(o.inputDir, f)} not found`, ExitCode.INPUT);
-    checkWritable(join(o.outputDir, 'x.png'));
-    const files = resolveModelFiles(o.model, { version: base.version });
-    const rep = createReporter({ quiet: o.quiet });
-    await withPipeline(files, o, rep, async (pipe, meta) => {
-      for (const [i, [f, instruction]] of entries.entries()) {
-        const out = join(o.outputDir, `${basename(f, extname(f))}.png`);
-        const img = await readInputImage(join(o.inputDir, f), { ignoreExif: o.ignoreExif });
-        const res = await runOne(pipe, { ...base, image: img, instruction }, { path: out }, rep, meta);
-        rep.done(`[${i + 1}/${entries.length}] ${f} → ${out} (${fmtSeconds(res.timings.total ?? 0)})`);
-        if (o.json) process.stdout.write(`${JSON.stringify(summary(res, out))}\n`);
-      }
     });
   });
 }

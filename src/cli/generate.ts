@@ -7,6 +7,7 @@
 import type { Command } from 'commander';
 import { ExitCode, Step1xError } from '../errors.js';
 import { resolveModelFiles } from '../io/model-files.js';
+import { outputFormatFor } from '../io/encode.js';
 import { installInterruptCleanup } from '../pipeline/output.js';
 import { createReporter, fmtBytes, fmtSeconds } from './progress.js';
 import { checkWritable, modelOptions, runOne, sharedRequestOptions, summary, withPipeline, type EditCliOptions } from './edit.js';
@@ -35,7 +36,7 @@ export function register(program: Command): void {
       .command('generate')
       .description('text-to-image: generate an image from a prompt (the official --task_type t2i)')
       .argument('<prompt>', 'what to draw')
-      .option('-o, --output <file>', 'output PNG, or - for stdout (default: the prompt\'s first words + .png)')
+      .option('-o, --output <file>', 'output .png, .jpg/.jpeg or .webp, or - for PNG on stdout (default: the prompt\'s first words + .png)')
       .option('--width <n>', 'output width, a multiple of 16', '1024')
       .option('--height <n>', 'output height, a multiple of 16', '1024')
       .option('--negative <text>', 'negative prompt (default: the official T2I negative prompt, see README)')
@@ -47,6 +48,7 @@ export function register(program: Command): void {
     if (!prompt.trim()) throw new Step1xError('the prompt is empty', ExitCode.USAGE);
     const output = o.output ?? defaultT2iOutput(prompt);
     if (output === '-' && process.stdout.isTTY) throw new Step1xError('refusing to write a PNG to a terminal: pass -o FILE or redirect stdout', ExitCode.USAGE);
+    outputFormatFor(output); // an unsupported extension is refused before any work
     if (output !== '-') checkWritable(output);
     const files = resolveModelFiles(o.model, { version: base.version });
     const rep = createReporter({ quiet: o.quiet });

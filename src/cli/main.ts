@@ -12,6 +12,7 @@ import { register as registerDevices } from './devices.js';
 import { register as registerGolden } from './golden.js';
 import { register as registerDownload } from './download.js';
 import { register as registerEdit } from './edit.js';
+import { register as registerBatch } from './batch.js';
 import { register as registerGenerate } from './generate.js';
 import { register as registerTune } from './tune.js';
 import { setKernelSettings } from '../runtime/caps.js';
@@ -39,6 +40,7 @@ export function buildProgram(): Command {
     .enablePositionalOptions()
     .exitOverride();
   registerEdit(program);
+  registerBatch(program);
   registerGenerate(program);
   registerInspect(program);
   registerDevices(program);

@@ -8,7 +8,8 @@ import type { Gpu } from '../runtime/gpu.js';
 import type { Tensor } from '../runtime/tensor.js';
 import { Checkpoint, checkKeys } from '../io/checkpoint.js';
 import { Linear } from '../nn/linear.js';
-import { silu, add } from '../ops/elementwise.js';
+import { silu, add, sub } from '../ops/elementwise.js';
+import { layerNorm } from '../ops/norm.js';
 import { concat, slice } from '../ops/layout.js';
 import { Qwen2Connector, timestepEmbedding, type Tap } from './connector.js';
 import { configFromCheckpoint, expectedDitKeys, planResidency, TIME_FREQ_DIM, type DitHparams, type DitLoadOptions, type DitParams, type DitVersion, type Slot, type Step1xConfig } from './dit-config.js';
@@ -33,6 +34,21 @@ export interface DitInputs {
   T: number;
   /** Precomputed rope table of cat(txt_ids, img_ids) (a predictor reuses it across steps). */
   pe?: RopePe;
+  /** Block skipping across the forwards of one denoise run (TeaCache, src/pipeline/teacache.ts). */
+  cache?: BlockCacheState;
+}
+
+/** Decides per forward whether the transformer blocks run, from tracked = img_norm1(img_in(img)) [B, L, H]. */
+export interface BlockCache {
+  decide(tracked: Float32Array): boolean;
+}
+
+/** A BlockCache plus the residual (last single block's image tokens − img_in output) of the last run. */
+export interface BlockCacheState {
+  policy: BlockCache;
+  residual?: Tensor;
+  /** Set by every forward: whether it skipped the blocks. */
+  skipped?: boolean;
 }
 
 type Block = DoubleStreamBlock | SingleStreamBlock;
@@ -169,6 +185,22 @@ export class Step1XEdit {
     let txt = this.txt_in.forward(ctxt); // [B, T, H]
     ctxt.dispose();
     await tap?.('mid.txt_embed', txt, [B, T, H]);
+    // TeaCache: decide from double_blocks[0].img_norm1(img_in(img)) (LayerNorm, no affine, no modulation)
+    const imgEmbed = x.cache ? img : undefined;
+    if (x.cache) {
+      const tracked = layerNorm(img, undefined, undefined, 1e-6);
+      const host = await g.readF32(tracked);
+      tracked.dispose();
+      const run = x.cache.policy.decide(host);
+      x.cache.skipped = !run && x.cache.residual !== undefined;
+      if (x.cache.skipped) {
+        const imgOut = add(img, x.cache.residual!);
+        disposeAll(img, txt);
+        const pred = this.final_layer.forward(imgOut, siluVec);
+        disposeAll(imgOut, siluVec);
+        return pred;
+      }
+    }
     let pe = x.pe;
     if (!pe) {
       const r = this.ropeFor(x.txtIds, x.imgIds, B, T, L);
@@ -200,7 +232,8 @@ export class Step1XEdit {
         try {
           if (blk instanceof DoubleStreamBlock) {
             const [i2, t2] = blk.forward(img, txt, siluVec, pe);
-            disposeAll(img, txt);
+            if (img !== imgEmbed) img.dispose(); // TeaCache keeps img_in's output for the residual
+            txt.dispose();
             img = i2;
             txt = t2;
             await tap?.(`mid.double${slot.i}.img`, img, [B, L, H]);
@@ -208,7 +241,8 @@ export class Step1XEdit {
           } else {
             if (!joint) {
               joint = concat([txt, img], 1); // [B, T+L, H]: text first
-              disposeAll(txt, img);
+              txt.dispose();
+              if (img !== imgEmbed) img.dispose();
             }
             const j2 = blk.forward(joint, siluVec, pe);
             joint.dispose();
@@ -228,6 +262,11 @@ export class Step1XEdit {
         imgOut = img;
         txt.dispose();
       }
+      if (x.cache && imgEmbed) {
+        x.cache.residual?.dispose();
+        x.cache.residual = sub(imgOut, imgEmbed);
+        if (imgEmbed !== imgOut) imgEmbed.dispose();
+      }
       await tap?.('mid.final.in', imgOut, [B, L, H]);
       const pred = this.final_layer.forward(imgOut, siluVec); // [B, L, out]
       disposeAll(imgOut, siluVec);
@@ -243,8 +282,9 @@ export class Step1XEdit {
    * A sampling.Predictor over fixed conditioning (rows: cond, uncond). The rope table is built once;
    * a batch of 1 (no CFG) uses the first row.
    */
-  predictor(c: { llmEmbedding: Float32Array; mask: Float32Array; imgIds: Float32Array; txtIds: Float32Array; T: number; L: number }): DitPredictor {
+  predictor(c: { llmEmbedding: Float32Array; mask: Float32Array; imgIds: Float32Array; txtIds: Float32Array; T: number; L: number; cache?: BlockCache }): DitPredictor & { cacheState?: BlockCacheState } {
     const { T, L } = c;
+    const cacheState: BlockCacheState | undefined = c.cache ? { policy: c.cache } : undefined;
     const { pe } = this.ropeFor(c.txtIds.subarray(0, T * 3), c.imgIds.subarray(0, L * 3), 1, T, L);
     const Cin = c.llmEmbedding.length / (c.mask.length / T) / T;
     return {
@@ -253,13 +293,17 @@ export class Step1XEdit {
         const tv = new Array<number>(B).fill(t);
         const out = await this.forward({
           img, imgIds: rowsIds(c.imgIds, L), txtIds: rowsIds(c.txtIds, T), timesteps: tv, tVec: tv,
-          llmEmbedding: c.llmEmbedding.subarray(0, B * T * Cin), mask: c.mask.subarray(0, B * T), B, L, T, pe,
+          llmEmbedding: c.llmEmbedding.subarray(0, B * T * Cin), mask: c.mask.subarray(0, B * T), B, L, T, pe, cache: cacheState,
         });
         const host = await this.g.readF32(out);
         out.dispose();
         return host;
       },
-      dispose: () => pe.dispose(),
+      cacheState,
+      dispose: () => {
+        pe.dispose();
+        cacheState?.residual?.dispose();
+      },
     };
   }
 

@@ -28,6 +28,9 @@ import { behaviour as officialBehaviour, T2I_MLLM_IMAGE_SIDE, T2I_NEGATIVE_PROMP
 import { checkVersion, versionOfKeys, type DitVersion } from '../models/dit-config.js';
 import { Checkpoint } from '../io/checkpoint.js';
 import { runDenoise, runEmbed, runVaeDecode, runVaeEncode, type Trace } from './stages.js';
+import type { CacheOption } from './teacache.js';
+import { validateModelFiles } from './model-check.js';
+import { compositeImage, packedMask, prepareMask, resizeMask, type Mask } from './mask.js';
 
 export interface EditRequest {
   /** The image to edit; absent = text-to-image. */
@@ -48,6 +51,11 @@ export interface EditRequest {
   /** Initial noise [1, 16, H/8, W/8]: given directly, or a safetensors file holding that one tensor. */
   noise?: Float32Array;
   noisePath?: string;
+  /** TeaCache: skip the DiT blocks on steps whose input barely changed (src/pipeline/teacache.ts). */
+  cache?: CacheOption;
+  /** Region mask (white = may change, black = keep), any size; feathered by maskFeather pixels. */
+  mask?: RgbImage;
+  maskFeather?: number;
   /** 'current' (default) or '2025-05' (the May 2025 official behaviour, official.ts). */
   compat?: CompatMode;
   /** `timesteps_truncate` (default: the compat mode's, 0.93 current / 1 May 2025); 1 disables. */
@@ -63,6 +71,8 @@ export interface Progress {
   message?: string;
   /** A stage finished (message says what it did). */
   done?: boolean;
+  /** sample: steps whose DiT blocks were skipped so far (TeaCache). */
+  skipped?: number;
 }
 
 export interface EditResult {
@@ -77,6 +87,8 @@ export interface EditResult {
   peakGpuBytes: number;
   /** Parameters recorded in the output PNG. */
   parameters: Record<string, string>;
+  /** TeaCache: threshold and the steps whose blocks were skipped. */
+  cache?: { kind: 'teacache'; threshold: number; skippedSteps: number };
 }
 
 export interface LoadOptions {
@@ -114,6 +126,8 @@ export class EditPipeline {
 
   /** Checks the files and acquires the GPU; models are loaded per stage by `run()`. */
   static async load(files: ModelFiles, opts: LoadOptions = {}): Promise<EditPipeline> {
+    opts.onProgress?.({ stage: 'load', message: 'checking the model files' });
+    await validateModelFiles(files); // headers, keys and shapes of every file, before any stage (exit 4)
     opts.onProgress?.({ stage: 'load', message: 'opening the GPU and the tokenizer' });
     const tokenizer = QwenTokenizer.load(files.qwenDir);
     const ck = await Checkpoint.open(files.dit); // headers only: which version the weights are
@@ -180,6 +194,9 @@ export class EditPipeline {
       trace?.(`mid.attention_mask.${k}`, prompts[i].attentionMask, [prompts[i].attentionMask.length], 'i64');
     });
     const lh = outH / 8, lw = outW / 8;
+    if (req.mask && !photo) throw new Step1xError('--mask needs an input image (edit, not generate)', ExitCode.USAGE);
+    const mask: Mask | undefined = req.mask && photo ? prepareMask(req.mask, photo.width, photo.height, req.maskFeather ?? 0) : undefined;
+    const maskPacked = mask ? packedMask(resizeMask(mask, lw, lh)) : undefined;
     let noise = req.noise;
     if (!noise && req.noisePath) noise = await readNoiseFile(req.noisePath, lh, lw);
     noise ??= initialNoise(seed, lh, lw);
@@ -188,7 +205,8 @@ export class EditPipeline {
 
     // -- embed: Qwen2.5-VL, loaded for this stage only --------------------------------------------
     yield { stage: 'embed', message: 'Qwen2.5-VL: embedding the instruction and the image' };
-    const embedded = await runEmbed(g, this.files, prompts, qp, { textAttention: beh.textAttention, budget: this.opts.vramBudget, maxLength: emb.max_length, drop: emb.drop_prefix_tokens, trace, onInfo: (m) => this.opts.onProgress?.({ stage: 'embed', message: m }) });
+    const report = (stage: Progress['stage']) => (step: number, total: number) => this.opts.onProgress?.({ stage, step, total });
+    const embedded = await runEmbed(g, this.files, prompts, qp, { textAttention: beh.textAttention, budget: this.opts.vramBudget, maxLength: emb.max_length, drop: emb.drop_prefix_tokens, trace, onInfo: (m) => this.opts.onProgress?.({ stage: 'embed', message: m }), onProgress: report('embed') });
     lap('embed');
     yield { stage: 'embed', done: true, message: `embedded ${prompts.map((p) => p.inputIds.length).join(' + ')} tokens (${timings.embed}s)` };
 
@@ -196,7 +214,7 @@ export class EditPipeline {
     let refLatent: Float32Array | undefined;
     if (ref) {
       yield { stage: 'encode', message: 'VAE: encoding the reference image' };
-      refLatent = await runVaeEncode(g, this.files, ref, { sampleSeed: req.sampleEncode ? seed + 1 : undefined, trace });
+      refLatent = await runVaeEncode(g, this.files, ref, { sampleSeed: req.sampleEncode ? seed + 1 : undefined, trace, onProgress: report('encode') });
       lap('encode');
     }
 
@@ -205,15 +223,17 @@ export class EditPipeline {
     const queue: Progress[] = [];
     let wake: (() => void) | null = null;
     let finished = false;
+    let skipped = 0;
     let version: DitVersion = this.ditVersion;
     const sampling = runDenoise(g, this.files, {
       noise, refLatent, lh, lw, llmEmbedding: embedded.embeddings, mask: embedded.mask, T: embedded.maxLength, steps, cfg,
       cfgTruncate: beh.cfgTruncate, version: req.version,
-      budget: this.opts.vramBudget, trace,
+      budget: this.opts.vramBudget, trace, cache: req.cache, maskPacked,
       onVersion: (v) => (version = v),
       onInfo: (m) => this.opts.onProgress?.({ stage: 'sample', message: m }),
-      onStep: (i, n) => {
-        queue.push({ stage: 'sample', step: i, total: n });
+      onStep: (i, n, sk) => {
+        if (sk) skipped++;
+        queue.push({ stage: 'sample', step: i, total: n, skipped: req.cache ? skipped : undefined });
         wake?.();
       },
     }).finally(() => {
@@ -228,16 +248,19 @@ export class EditPipeline {
     }
     const latent = await sampling;
     lap('sample');
-    yield { stage: 'sample', done: true, message: `sampled ${steps} steps at ${outW}×${outH} (${timings.sample}s)` };
+    const cacheNote = req.cache ? `, TeaCache skipped ${skipped} of ${steps}` : '';
+    yield { stage: 'sample', done: true, message: `sampled ${steps} step${steps === 1 ? '' : 's'} at ${outW}×${outH} (${timings.sample}s${cacheNote})` };
 
     // -- decode -----------------------------------------------------------------------------------
     yield { stage: 'decode', message: 'VAE: decoding' };
-    const small = await runVaeDecode(g, this.files, latent, lh, lw, trace);
+    const small = await runVaeDecode(g, this.files, latent, lh, lw, trace, report('decode'));
     lap('decode');
 
     // -- postprocess: resize back (PIL bicubic) unless the user keeps the working size --------------
     // (t2i: output_process_image resizes to width × height, the size it decoded at: nothing to do)
-    const out = !photo || req.nativeSize || (small.width === photo.width && small.height === photo.height) ? small : resize(small, photo.width, photo.height, 'bicubic');
+    let out = !photo || req.nativeSize || (small.width === photo.width && small.height === photo.height) ? small : resize(small, photo.width, photo.height, 'bicubic');
+    // outside the mask the written image is the input's own pixels (the working image with --native-size)
+    if (mask && photo && ref) out = out.width === photo.width && out.height === photo.height ? compositeImage(out, photo, mask) : compositeImage(out, ref, resizeMask(mask, out.width, out.height));
     trace?.('out.rgb_u8', out.data, [out.height, out.width, 3], 'u8');
     lap('postprocess');
     timings.total = +((performance.now() - tStart) / 1000).toFixed(3);
@@ -260,7 +283,10 @@ export class EditPipeline {
     } else parameters['output-size'] = `${outW}x${outH}`;
     parameters['text-attention'] = beh.textAttention;
     parameters.models = [this.files.dit, this.files.vae, this.files.qwenDir].map((p) => p.split(/[\\/]/).pop()).join(', ');
-    return { image: out, task, version, behaviour: beh, workingSize: [outW, outH], seed, timings, peakGpuBytes: g.pool.peakLiveBytes, parameters };
+    if (req.mask) parameters.mask = `${req.mask.width}x${req.mask.height}${req.maskFeather ? `, feather ${req.maskFeather}px` : ''}`;
+    if (req.cache) parameters.cache = `teacache:${req.cache.threshold} (skipped ${skipped} of ${steps} steps)`;
+    const cacheInfo = req.cache ? { cache: { kind: 'teacache' as const, threshold: req.cache.threshold, skippedSteps: skipped } } : {};
+    return { image: out, task, version, behaviour: beh, workingSize: [outW, outH], seed, timings, peakGpuBytes: g.pool.peakLiveBytes, parameters, ...cacheInfo };
   }
 
   /** Convenience: run to completion, forwarding progress to a callback. */

@@ -7,7 +7,8 @@ import { existsSync, unlinkSync } from 'node:fs';
 import { open, rename, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { ExitCode, Step1xError } from '../errors.js';
-import { encodePng, readImage, type DecodedImage, type RgbImage } from '../io/image.js';
+import { readImage, type DecodedImage, type RgbImage } from '../io/image.js';
+import { encodeOutput, outputFormatFor } from '../io/encode.js';
 
 export interface OutputTarget {
   /** File path, or '-' for stdout. */
@@ -65,9 +66,12 @@ async function writeAtomic(path: string, bytes: Uint8Array): Promise<void> {
   }
 }
 
-/** Encode as PNG with the parameters in iTXt chunks; write atomically (or to stdout for '-'). */
+/**
+ * Encode by the path's extension (PNG for '-'; .jpg/.jpeg/.webp via src/io/encode.ts) with the A1111
+ * `parameters` text and, in PNGs, the detailed iTXt chunks; write atomically (or to stdout for '-').
+ */
 export async function writeOutputPng(target: OutputTarget, img: RgbImage, text: Record<string, string>): Promise<void> {
-  const bytes = encodePng(img, { text });
+  const bytes = await encodeOutput(img, outputFormatFor(target.path), text);
   if (target.path === '-') {
     await new Promise<void>((res, rej) => process.stdout.write(bytes, (e) => (e ? rej(new Step1xError(`cannot write to stdout: ${e.message}`, ExitCode.OUTPUT)) : res())));
     return;

@@ -137,6 +137,8 @@ export interface DenoiseOptions {
   /** Packed channels C (64). */
   channels?: number;
   onStep?: (info: StepInfo) => void | Promise<void>;
+  /** Called after each Euler step on the state (noisy half first) with t_next, before onStep (region masks). */
+  afterStep?: (state: Float32Array, tNext: number) => void;
   /** Checked before every step; throw from it (or return true) to stop. */
   shouldStop?: () => boolean;
 }
@@ -181,6 +183,7 @@ export async function denoise(model: Predictor, img: Float32Array, batch: number
     const next = state.slice();
     for (let i = 0; i < half * C; i++) next[i] = fr(state[i] + fr(dt * guided[i]));
     state = next;
+    opts.afterStep?.(state, tPrev);
     await opts.onStep?.({ step: s, total: ts.length - 1, tCurr, tPrev, predRaw: pred, predGuided: guided, latentAfter: state });
   }
   return state.slice(0, half * C);

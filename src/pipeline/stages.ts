@@ -8,6 +8,7 @@
  * `step1x golden` use it, the CLI passes none.
  */
 import type { Gpu } from '../runtime/gpu.js';
+import type { Tensor } from '../runtime/tensor.js';
 import { ExitCode, Step1xError } from '../errors.js';
 import type { ModelFiles } from '../io/model-files.js';
 import type { RgbImage } from '../io/resize.js';
@@ -22,6 +23,8 @@ import type { Step1xPrompt } from '../models/qwen25vl/prompt.js';
 import { getSchedule, denoise } from './sampling.js';
 import { prepare, prepareT2i, imageSeqLen, unpack2x2Host } from './prepare.js';
 import { randnF32 } from './rng.js';
+import { TeaCache, type CacheOption } from './teacache.js';
+import { blendLatent } from './mask.js';
 
 export type Trace = (name: string, data: Float32Array | Int32Array | Uint8Array, shape: number[], kind?: 'f32' | 'i64' | 'u8') => void;
 
@@ -46,6 +49,20 @@ export interface EmbedOptions {
   drop?: number;
   trace?: Trace;
   onInfo?: (m: string) => void;
+  /** Decoder layers done (over both prompts) of the total. */
+  onProgress?: (done: number, total: number) => void;
+}
+
+/** VAE tap that reports levels done: encode down levels then mid, decode mid then up levels (L + 1 in all). */
+function vaeProgressTap(levels: number, onProgress?: (done: number, total: number) => void): ((name: string) => Promise<void>) | undefined {
+  if (!onProgress) return undefined;
+  return async (name: string) => {
+    let m: RegExpExecArray | null;
+    if ((m = /^enc\.down(\d+)\.blocks$/.exec(name))) onProgress(+m[1] + 1, levels + 1);
+    else if (name === 'enc.mid.block_2') onProgress(levels + 1, levels + 1);
+    else if (name === 'dec.mid.block_2') onProgress(1, levels + 1);
+    else if ((m = /^dec\.up(\d+)\.blocks$/.exec(name))) onProgress(1 + levels - +m[1], levels + 1);
+  };
 }
 
 /** Qwen2.5-VL over the prompts (cond, uncond) with the same image → llm_embedding [B, maxLength, D], mask. */
@@ -59,7 +76,10 @@ export async function runEmbed(g: Gpu, files: ModelFiles, prompts: Step1xPrompt[
       const out = await embedPrompts(g, model, inputs, {
         maxLength: o.maxLength,
         dropPrefixTokens: o.drop,
-        trace: o.trace ? { visionOut: async (t) => o.trace!('mid.vision_out', await g.readF32(t), [...t.shape].slice(-2)) } : undefined,
+        trace: {
+          ...(o.trace ? { visionOut: async (t: Tensor) => o.trace!('mid.vision_out', await g.readF32(t), [...t.shape].slice(-2)) } : {}),
+          ...(o.onProgress ? { layer: async (i: number, _t: Tensor, s: number) => void (s === inputs.length - 1 && o.onProgress!(i + 1, model.cfg.text.numHiddenLayers)) } : {}),
+        },
         onFinalNorm: o.trace ? (b, data, L) => o.trace!(`mid.llm_last_hidden.${names[b] ?? b}`, data, [L, data.length / L]) : undefined,
       });
       o.trace?.('mid.llm_embedding', out.embeddings, [out.batch, out.maxLength, out.hidden]);
@@ -100,13 +120,14 @@ function aeBase(files: ModelFiles): Partial<AeConfig> {
 }
 
 /** VAE encode of the reference → ref latent [1, 16, h/8, w/8] (mean path, or sampled with a seed). */
-export async function runVaeEncode(g: Gpu, files: ModelFiles, ref: RgbImage, o: { sampleSeed?: number; eps?: Float32Array; trace?: Trace } = {}): Promise<Float32Array> {
+export async function runVaeEncode(g: Gpu, files: ModelFiles, ref: RgbImage, o: { sampleSeed?: number; eps?: Float32Array; trace?: Trace; onProgress?: (done: number, total: number) => void } = {}): Promise<Float32Array> {
   const vae = await AutoEncoder.load(g, files.vae, aeBase(files));
   const x = g.upload(imageToModelInput(ref), [1, 3, ref.height, ref.width]);
   try {
     const zc = vae.config.z_channels, lh = ref.height / 8, lw = ref.width / 8;
     const eps = o.eps ?? (o.sampleSeed !== undefined ? randnF32(zc * lh * lw, o.sampleSeed) : undefined);
-    const r = await vae.encode(x, eps ? { sample: eps } : {});
+    const tap = vaeProgressTap(vae.config.ch_mult.length, o.onProgress);
+    const r = await vae.encode(x, { ...(eps ? { sample: eps } : {}), ...(tap ? { tap } : {}) });
     try {
       o.trace?.('mid.ref_moments', await g.readF32(r.moments), [...r.moments.shape]);
       const latent = await g.readF32(r.latent);
@@ -139,7 +160,11 @@ export interface DenoiseStageOptions {
   version?: DitVersion;
   budget?: number;
   trace?: Trace;
-  onStep?: (done: number, total: number) => void;
+  /** TeaCache (`--cache teacache[:T]`); `skipped` in onStep says whether that step reused the cache. */
+  cache?: CacheOption;
+  /** Region mask on the packed noisy half [N·64] (src/pipeline/mask.ts): blended after every step. */
+  maskPacked?: Float32Array;
+  onStep?: (done: number, total: number, skipped?: boolean) => void;
   onInfo?: (m: string) => void;
   /** The version the weights told, once the DiT is open. */
   onVersion?: (v: DitVersion) => void;
@@ -163,7 +188,9 @@ export async function runDenoise(g: Gpu, files: ModelFiles, o: DenoiseStageOptio
       o.trace?.('mid.img', prep.img, [B, L, prep.channels]);
       o.trace?.('mid.img_ids', prep.imgIds, [B, L, 3]);
       o.trace?.('mid.txt_ids', prep.txtIds, [B, o.T, 3]);
-      const pred = model.predictor({ llmEmbedding: o.llmEmbedding, mask, imgIds: prep.imgIds, txtIds: prep.txtIds, T: o.T, L });
+      if (o.maskPacked && !prep.reference) throw new Step1xError('a region mask needs a reference image (edit, not generate)', ExitCode.USAGE);
+      const cache = o.cache ? new TeaCache(o.steps, o.cache.threshold) : undefined;
+      const pred = model.predictor({ llmEmbedding: o.llmEmbedding, mask, imgIds: prep.imgIds, txtIds: prep.txtIds, T: o.T, L, cache });
       try {
         const out = await denoise(pred, prep.img, B, {
           timesteps,
@@ -171,13 +198,14 @@ export async function runDenoise(g: Gpu, files: ModelFiles, o: DenoiseStageOptio
           timestepsTruncate: o.cfgTruncate,
           reference: prep.reference,
           channels: prep.channels,
+          afterStep: o.maskPacked ? (x, tNext) => blendLatent(x, o.maskPacked!, prep.img.subarray(0, N * prep.channels), prep.img.subarray(N * prep.channels, 2 * N * prep.channels), tNext) : undefined,
           onStep: (s) => {
             o.trace?.(`mid.step${s.step}.t_vec`, new Float32Array(B).fill(s.tCurr), [B]);
             o.trace?.(`mid.step${s.step}.pred_raw`, s.predRaw, [B, L, prep.channels]);
             // all tokens, as the May 2025 loop guided them (the current one guides the first N only: same values)
             o.trace?.(`mid.step${s.step}.pred_guided`, s.predGuided, [1, L, prep.channels]);
             o.trace?.(`mid.step${s.step}.latent_after`, s.latentAfter, [1, L, prep.channels]);
-            o.onStep?.(s.step + 1, s.total);
+            o.onStep?.(s.step + 1, s.total, pred.cacheState?.skipped);
           },
         });
         o.trace?.('mid.latent_packed', out, [1, N, prep.channels]);
@@ -193,13 +221,13 @@ export async function runDenoise(g: Gpu, files: ModelFiles, o: DenoiseStageOptio
 }
 
 /** Unpack [1, N, 64] → latent [1, 16, lh, lw], VAE decode, clamp, truncate to u8. */
-export async function runVaeDecode(g: Gpu, files: ModelFiles, packed: Float32Array, lh: number, lw: number, trace?: Trace): Promise<RgbImage> {
+export async function runVaeDecode(g: Gpu, files: ModelFiles, packed: Float32Array, lh: number, lw: number, trace?: Trace, onProgress?: (done: number, total: number) => void): Promise<RgbImage> {
   const latent = unpack2x2Host(packed, 1, 16, lh / 2, lw / 2);
   trace?.('mid.latent', latent, [1, 16, lh, lw]);
   const vae = await AutoEncoder.load(g, files.vae, aeBase(files));
   const z = g.upload(latent, [1, 16, lh, lw]);
   try {
-    const dec = await vae.decode(z);
+    const dec = await vae.decode(z, vaeProgressTap(vae.config.ch_mult.length, onProgress));
     const [, , H, W] = dec.shape;
     const x = await g.readF32(dec);
     dec.dispose();

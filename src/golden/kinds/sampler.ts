@@ -18,6 +18,7 @@ import { behaviourOfCase } from '../../pipeline/official.js';
 import { guidedForReference } from './guided.js';
 
 export async function run(ctx: GoldenContext): Promise<void> {
+  if (ctx.spec?.teacache) return (await import('./teacache.js')).runTeacacheSampler(ctx);
   await runSampler(ctx);
 }
 
