@@ -10,8 +10,8 @@
 # STEP1X_TRIXIE_ROOT overrides the cache directory (default /var/cache/step1x-trixie). Needs root (or
 # sudo) for debootstrap, mount and chroot. The checkout, the real target of node_modules when it is a
 # symlink, and ../shared when present are bind-mounted at their own paths in a private mount namespace,
-# so nothing stays mounted after the command ends. The host's `node` binary is copied in at build time
-# (and refreshed when the host's changes), so the root needs no Node packages.
+# so nothing stays mounted after the command ends. The host's `node` binary is copied in (and refreshed
+# when the host's changes); a node that does not run there is replaced by trixie's nodejs package.
 set -euo pipefail
 ROOT="${STEP1X_TRIXIE_ROOT:-/var/cache/step1x-trixie}"
 STAMP="$ROOT/.step1x-ready"
@@ -69,10 +69,19 @@ ensure() {
     [ -d "$ROOT" ] && { echo "sgmat-env: $ROOT is stale or incomplete, rebuilding"; $SUDO rm -rf "$ROOT"; }
     build_root
   fi
-  # The host's node, refreshed when it changed (the root has no Node of its own).
+  # The host's node, refreshed when it changed (the root has no Node of its own). A node that needs
+  # shared libraries the root lacks (Debian's nodejs package links libnode) cannot run there: then the
+  # root gets trixie's own nodejs instead, once (marker file).
+  [ -f "$ROOT/.step1x-own-node" ] && return 0
   local node; node="$(command -v node)"
   if ! cmp -s "$node" "$ROOT/usr/local/bin/node"; then
     $SUDO install -m 0755 "$node" "$ROOT/usr/local/bin/node"
+  fi
+  if ! $SUDO chroot "$ROOT" /usr/local/bin/node --version >/dev/null 2>&1; then
+    echo "sgmat-env: the host's node does not run in the root; installing trixie's nodejs there"
+    $SUDO rm -f "$ROOT/usr/local/bin/node"
+    $SUDO chroot "$ROOT" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs >/dev/null
+    $SUDO touch "$ROOT/.step1x-own-node"
   fi
 }
 
