@@ -22,7 +22,7 @@ import { resolveModelFiles } from '../io/model-files.js';
 import { outputFormatFor } from '../io/encode.js';
 import type { EditResult } from '../pipeline/edit-pipeline.js';
 import { installInterruptCleanup, readInputImage } from '../pipeline/output.js';
-import { checkWritable, editOptions, requestFromOptions, runOne, summary, withPipeline, type EditCliOptions } from './edit.js';
+import { checkOptionsUpFront, checkWritable, editOptions, requestFromOptions, runOne, summary, withPipeline, type EditCliOptions } from './edit.js';
 import { createReporter, fmtSeconds, plural, type Reporter } from './progress.js';
 
 export interface BatchEntry {
@@ -196,6 +196,7 @@ export function register(program: Command): void {
   ).action(async (manifest: string, o: BatchCliOptions) => {
     installInterruptCleanup();
     const base = requestFromOptions(o);
+    await checkOptionsUpFront(o);
     const ext = `.${o.format ?? 'png'}`;
     outputFormatFor(`x${ext}`); // refuses an unknown format
     const shard = parseShard(o.shard);

@@ -6,15 +6,16 @@
  */
 import type { Command } from 'commander';
 import { basename, dirname, extname, join, resolve } from 'node:path';
-import { accessSync, constants, existsSync, statSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { ExitCode, Step1xError } from '../errors.js';
 import { resolveModelFiles, type ModelFiles } from '../io/model-files.js';
 import type { EditPipeline, EditRequest, EditResult, Progress } from '../pipeline/edit-pipeline.js';
-import { installInterruptCleanup, readInputImage, writeOutputPng, type OutputTarget } from '../pipeline/output.js';
+import { checkOutputPath, installInterruptCleanup, readInputImage, writeOutputPng, type OutputTarget } from '../pipeline/output.js';
+import { checkNoiseFile, checkSizeLevel, floatOpt, intOpt, parseBytes } from './options.js';
 import { createReporter, fmtBytes, fmtSeconds, type Reporter } from './progress.js';
 import { packageVersion } from './main.js';
 import { parseCacheOption } from '../pipeline/teacache.js';
-import { outputFormatFor } from '../io/encode.js';
+import { outputFormatOf } from '../pipeline/output.js';
 import { parseCompat, parseVersion } from '../pipeline/official.js';
 
 export interface EditCliOptions {
@@ -41,38 +42,11 @@ export interface EditCliOptions {
   maskFeather?: string;
 }
 
-function intOpt(name: string, v: string, min: number, max: number): number {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < min || n > max) throw new Step1xError(`--${name} must be an integer in [${min}, ${max}], got "${v}"`, ExitCode.USAGE);
-  return n;
-}
+export { parseBytes } from './options.js';
 
-function floatOpt(name: string, v: string, min: number, max: number): number {
-  const n = Number(v);
-  if (!Number.isFinite(n) || n < min || n > max) throw new Step1xError(`--${name} must be a number in [${min}, ${max}], got "${v}"`, ExitCode.USAGE);
-  return n;
-}
-
-/** "12GB", "800MiB", "2e9" → bytes. */
-export function parseBytes(v: string): number {
-  const m = /^\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*(b|kb|mb|gb|tb|kib|mib|gib|tib)?\s*$/i.exec(v);
-  if (!m) throw new Step1xError(`--vram-budget: cannot parse "${v}" (e.g. 12GB, 8000MiB)`, ExitCode.USAGE);
-  const mult: Record<string, number> = { b: 1, kb: 1e3, mb: 1e6, gb: 1e9, tb: 1e12, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3, tib: 1024 ** 4 };
-  const n = Number(m[1]) * mult[(m[2] ?? 'b').toLowerCase()];
-  if (!(n > 0)) throw new Step1xError(`--vram-budget must be positive, got "${v}"`, ExitCode.USAGE);
-  return Math.floor(n);
-}
-
-/** Fail before any model work if the output cannot be written. */
-export function checkWritable(path: string): void {
-  const dir = dirname(resolve(path));
-  if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new Step1xError(`cannot write ${path}: directory ${dir} does not exist`, ExitCode.OUTPUT);
-  try {
-    accessSync(dir, constants.W_OK);
-  } catch {
-    throw new Step1xError(`cannot write ${path}: directory ${dir} is not writable`, ExitCode.OUTPUT);
-  }
-  if (existsSync(path) && statSync(path).isDirectory()) throw new Step1xError(`cannot write ${path}: it is a directory`, ExitCode.OUTPUT);
+/** Fail before any model work if the output cannot be written (see src/pipeline/output.ts). */
+export function checkWritable(path: string, inputs: readonly string[] = []): void {
+  checkOutputPath(path, inputs);
 }
 
 /** The options `edit`, `batch` and `generate` share. */
@@ -98,6 +72,12 @@ export function requestFromOptions(o: EditCliOptions): Omit<EditRequest, 'image'
     sampleEncode: Boolean(o.sampleEncode),
     ...(o.maskFeather !== undefined ? { maskFeather: floatOpt('mask-feather', o.maskFeather, 0, 1000) } : {}),
   };
+}
+
+/** Option checks that need no GPU and no model: numbers, the budget, --noise (exists, float, finite). */
+export async function checkOptionsUpFront(o: EditCliOptions): Promise<void> {
+  if (o.vramBudget !== undefined) parseBytes(o.vramBudget);
+  if (o.noise !== undefined) await checkNoiseFile(o.noise);
 }
 
 const STAGE_LABEL: Record<string, string> = { embed: 'Qwen2.5-VL layers', encode: 'VAE encode', decode: 'VAE decode', sample: 'sampling' };
@@ -201,11 +181,15 @@ export function register(program: Command): void {
     if (!instruction.trim()) throw new Step1xError('the instruction is empty', ExitCode.USAGE);
     const output = o.output ?? (image === '-' ? '-' : join(dirname(image), `${basename(image, extname(image))}-edited.png`));
     if (output === '-' && process.stdout.isTTY) throw new Step1xError('refusing to write a PNG to a terminal: pass -o FILE or redirect stdout', ExitCode.USAGE);
-    outputFormatFor(output); // an unsupported extension is refused before any work
     if (o.maskFeather !== undefined && !o.mask) throw new Step1xError('--mask-feather needs --mask FILE', ExitCode.USAGE);
+    await checkOptionsUpFront(o);
+    if (image !== '-' && !existsSync(image)) throw new Step1xError(`${image}: no such file`, ExitCode.INPUT);
+    checkWritable(output, [image, ...(o.mask ? [o.mask] : [])]);
+    outputFormatOf(output); // an unsupported extension is refused before any work
     const img = await readInputImage(image, { ignoreExif: o.ignoreExif });
+    const [ww, wh] = checkSizeLevel(img.width, img.height, base.size!);
+    if (o.noise !== undefined) await checkNoiseFile(o.noise, [wh / 8, ww / 8]);
     const mask = o.mask ? await readInputImage(o.mask) : undefined;
-    if (output !== '-') checkWritable(output);
     const files = resolveModelFiles(o.model, { version: base.version });
     const rep = createReporter({ quiet: o.quiet });
     await withPipeline(files, o, rep, async (pipe, meta) => {

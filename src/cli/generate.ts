@@ -7,10 +7,11 @@
 import type { Command } from 'commander';
 import { ExitCode, Step1xError } from '../errors.js';
 import { resolveModelFiles } from '../io/model-files.js';
-import { outputFormatFor } from '../io/encode.js';
+import { outputFormatOf } from '../pipeline/output.js';
 import { installInterruptCleanup } from '../pipeline/output.js';
 import { createReporter, fmtBytes, fmtSeconds } from './progress.js';
-import { checkWritable, modelOptions, runOne, sharedRequestOptions, summary, withPipeline, type EditCliOptions } from './edit.js';
+import { checkNoiseFile } from './options.js';
+import { checkOptionsUpFront, checkWritable, modelOptions, runOne, sharedRequestOptions, summary, withPipeline, type EditCliOptions } from './edit.js';
 
 /** A width or height for text-to-image: an integer multiple of 16 in [16, 4096], else a usage error naming the nearest valid sizes. */
 export function t2iSide(name: string, v: string): number {
@@ -48,8 +49,10 @@ export function register(program: Command): void {
     if (!prompt.trim()) throw new Step1xError('the prompt is empty', ExitCode.USAGE);
     const output = o.output ?? defaultT2iOutput(prompt);
     if (output === '-' && process.stdout.isTTY) throw new Step1xError('refusing to write a PNG to a terminal: pass -o FILE or redirect stdout', ExitCode.USAGE);
-    outputFormatFor(output); // an unsupported extension is refused before any work
-    if (output !== '-') checkWritable(output);
+    await checkOptionsUpFront(o);
+    if (o.noise !== undefined) await checkNoiseFile(o.noise, [height / 8, width / 8]);
+    checkWritable(output);
+    outputFormatOf(output); // an unsupported extension is refused before any work
     const files = resolveModelFiles(o.model, { version: base.version });
     const rep = createReporter({ quiet: o.quiet });
     await withPipeline(files, o, rep, async (pipe, meta) => {

@@ -9,6 +9,7 @@ import type { Command } from 'commander';
 import { ExitCode, Step1xError } from '../errors.js';
 import { runGolden } from '../golden/runner.js';
 import { formatDetail } from '../golden/compare.js';
+import { checkOutputPath } from '../pipeline/output.js';
 
 export function register(program: Command): void {
   program
@@ -18,6 +19,7 @@ export function register(program: Command): void {
     .option('--json', 'print one JSON report object on stdout (logs on stderr)')
     .option('--dump <file>', 'write every computed tensor to this safetensors file')
     .action(async (caseDir: string, o: { json?: boolean; dump?: string }) => {
+      if (o.dump) checkOutputPath(o.dump); // a bad --dump path is found before the case runs
       let res;
       try {
         res = await runGolden(caseDir, { dump: o.dump });

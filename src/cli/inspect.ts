@@ -14,13 +14,16 @@ import { Checkpoint } from '../io/checkpoint.js';
 import { numelOfShape, ST_DTYPE_BYTES } from '../io/safetensors.js';
 import { isPngFile, readPngInfo, type PngInfo } from '../io/png-text.js';
 import { ExitCode, Step1xError, fmtShape } from '../errors.js';
+import { sanitizeForTerminal } from './sanitize.js';
+import { open } from 'node:fs/promises';
 
 interface InspectOptions {
   json?: boolean;
   filter?: string;
 }
 
-const out = (s: string) => process.stdout.write(s + '\n');
+/** Every line goes through the sanitiser: names and text come from the file. */
+const out = (s: string) => process.stdout.write(sanitizeForTerminal(s) + '\n');
 
 let epipeGuard = false;
 /** `step1x inspect big.safetensors | head` closes the pipe early: end quietly, not with a stack trace. */
@@ -29,7 +32,8 @@ export function exitQuietlyOnEpipe(): void {
   epipeGuard = true;
   process.stdout.on('error', (e: NodeJS.ErrnoException) => {
     if (e.code === 'EPIPE') process.exit(0);
-    throw e;
+    process.stderr.write(`step1x: error: cannot write to stdout: ${e.code ?? e.message}\n`);
+    process.exit(ExitCode.OUTPUT);
   });
 }
 const group = (n: number) => n.toLocaleString('en-US');
@@ -138,13 +142,46 @@ export async function inspectPath(path: string, opts: InspectOptions): Promise<v
     await inspectPng(path, opts);
     return;
   }
-  if (st.isFile() && /\.(jpe?g|webp|gif|bmp)$/i.test(path))
-    throw new Step1xError(`inspect: ${path}: only PNG images carry step1x parameters; nothing to show`, ExitCode.INPUT);
+  if (st.isFile()) {
+    // by content first; the extension only says what the user expected
+    const kind = sniffImage(await readHead(path));
+    if (kind || /\.(jpe?g|webp|gif|bmp|tiff?|avif)$/i.test(path))
+      throw new Step1xError(`inspect: ${path}: ${kind ? `a ${kind} image; ` : ''}only PNG images carry step1x parameters; nothing to show`, ExitCode.INPUT);
+    if (/\.png$/i.test(path))
+      throw new Step1xError(`inspect: ${path}: not a PNG file (${st.size === 0 ? 'empty file, 0 bytes' : 'no PNG signature'})`, ExitCode.INPUT);
+  }
   if (st.isDirectory()) {
     const parts = await modelDirParts(path);
     if (parts.length > 1) return inspectModelDir(path, parts, opts);
   }
   await inspectCheckpoint(path, opts);
+}
+
+async function readHead(path: string): Promise<Uint8Array> {
+  try {
+    const fh = await open(path, 'r');
+    try {
+      const b = new Uint8Array(16);
+      const { bytesRead } = await fh.read(b, 0, 16, 0);
+      return b.subarray(0, bytesRead);
+    } finally {
+      await fh.close();
+    }
+  } catch {
+    return new Uint8Array(0);
+  }
+}
+
+/** Image formats recognised by their first bytes (PNG is handled before). */
+function sniffImage(h: Uint8Array): string | undefined {
+  const ascii = (a: number, b: number) => String.fromCharCode(...h.subarray(a, b));
+  if (h[0] === 0xff && h[1] === 0xd8 && h[2] === 0xff) return 'JPEG';
+  if (ascii(0, 4) === 'RIFF' && ascii(8, 12) === 'WEBP') return 'WebP';
+  if (ascii(0, 4) === 'GIF8') return 'GIF';
+  if (ascii(0, 2) === 'BM') return 'BMP';
+  if (ascii(0, 4) === 'II*\0' || ascii(0, 4) === 'MM\0*') return 'TIFF';
+  if (ascii(4, 12) === 'ftypavif') return 'AVIF';
+  return undefined;
 }
 
 /**

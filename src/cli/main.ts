@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import { ExitCode, Step1xError } from '../errors.js';
+import { sanitizeForTerminal } from './sanitize.js';
 import { register as registerInspect } from './inspect.js';
 import { register as registerDevices } from './devices.js';
 import { register as registerGolden } from './golden.js';
@@ -64,21 +65,38 @@ export function reportError(e: unknown): number {
     return ExitCode.USAGE; // commander already printed the message
   }
   if (e instanceof Step1xError) {
-    process.stderr.write(`step1x: error: ${e.message}\n`);
+    process.stderr.write(`step1x: error: ${sanitizeForTerminal(e.message)}\n`);
     return e.code;
   }
   const err = e as Error;
-  process.stderr.write(`step1x: internal error: ${err?.message ?? String(e)}\n`);
+  process.stderr.write(`step1x: internal error: ${sanitizeForTerminal(err?.message ?? String(e))}\n`);
   if (process.env.STEP1X_DEBUG) process.stderr.write(`${err?.stack}\n`);
   return ExitCode.GPU;
 }
 
+/**
+ * stdout errors surface as 'error' events; without a listener Node turns them into an uncaught exception
+ * with a stack trace. Writers that care (the image on `-o -`) get the error through their write callback;
+ * here it is only recorded and judged when the command ends.
+ */
+let stdoutFailure: NodeJS.ErrnoException | undefined;
+function watchStdout(): void {
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => void (stdoutFailure ??= e));
+}
+
 export async function main(argv: string[]): Promise<void> {
   let code = 0;
+  watchStdout();
   try {
     await buildProgram().parseAsync(argv);
   } catch (e) {
     code = reportError(e);
+  }
+  // A reader that closed the pipe early (`| head`, `| true`) wanted no more: not worth an error for text
+  // output. Any other stdout failure (ENOSPC on /dev/full, EIO) loses output: one line, exit 7.
+  if (code === 0 && stdoutFailure && stdoutFailure.code !== 'EPIPE') {
+    process.stderr.write(`step1x: error: cannot write to stdout: ${stdoutFailure.code ?? stdoutFailure.message}\n`);
+    code = ExitCode.OUTPUT;
   }
   process.exitCode = code;
   // Dawn may keep handles alive after the device is destroyed; never hang at the end of a command.

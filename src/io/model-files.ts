@@ -12,7 +12,7 @@
  *   step1x.json (optional)                                                   hyper-parameters of tiny models
  * Missing files → one error naming each missing file, its size and how to get it. No GPU here.
  */
-import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, lstatSync, readFileSync, readdirSync, readlinkSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { ExitCode, Step1xError } from '../errors.js';
@@ -76,9 +76,40 @@ const SIZES: Record<string, string> = {
   [QWEN_DIR]: '16.6 GB (5 shards + tokenizer/config files)',
 };
 
+/**
+ * Why an entry that `existsSync` calls absent is unusable, when it is a symlink: dangling (its target is
+ * gone, e.g. a deleted blob in the HF cache) or a loop. Undefined for a plain absence.
+ */
+export function brokenLink(p: string): string | undefined {
+  let target: string;
+  try {
+    if (!lstatSync(p).isSymbolicLink()) return undefined;
+    target = readlinkSync(p);
+  } catch {
+    return undefined;
+  }
+  try {
+    statSync(p);
+    return undefined;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'ELOOP' ? `a symlink loop (→ ${target})` : `a broken symlink (→ ${target}, which does not exist)`;
+  }
+}
+
+/** A missing entry for the message: its name, and what is wrong when it is there but broken. */
+function missingEntry(label: string, path: string): string {
+  const b = brokenLink(path) ?? brokenLink(`${path}.gz`);
+  return b ? `${label}: ${b}` : label;
+}
+
 /** A required file, or its gzip-compressed form (the tokenizer of the in-repo test model). */
 function hasFile(dir: string, f: string): boolean {
   return existsSync(join(dir, f)) || existsSync(join(dir, `${f}.gz`));
+}
+
+/** The Hugging Face hub cache: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`. */
+export function hfHubDir(): string {
+  return hfHub();
 }
 
 function hfHub(): string {
@@ -99,7 +130,13 @@ export function hfSnapshot(repo: string, hub = hfHub()): string | undefined {
   }
   const all = readdirSync(snaps)
     .map((d) => join(snaps, d))
-    .filter((d) => statSync(d).isDirectory())
+    .filter((d) => {
+      try {
+        return statSync(d).isDirectory();
+      } catch {
+        return false; // a broken snapshot link
+      }
+    })
     .sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs);
   return all[0];
 }
@@ -115,14 +152,22 @@ function readHparams(path: string): Step1xHparams {
   return j as Step1xHparams;
 }
 
-function missingMessage(where: string, missing: string[], version: CheckpointVersion = 'v1.1'): string {
-  const lines = missing.map((m) => `  - ${m}${SIZES[m.split('/').pop()!] ? ` (${SIZES[m.split('/').pop()!]})` : ''}`);
+/** The size of a missing entry ("stepfun-ai/Step1X-Edit: vae.safetensors", "Qwen2.5-VL-7B-Instruct/config.json"). */
+function sizeOf(m: string): string | undefined {
+  const name = m.split(/[/:]\s*/).pop()!.replace(/ \(.*$/, '');
+  return SIZES[name] ?? (m.startsWith(HF_REPO_QWEN) && !m.includes(':') ? SIZES[QWEN_DIR] : undefined);
+}
+
+function missingMessage(where: string, missing: string[], version: CheckpointVersion = 'v1.1', hfMode = false): string {
+  const lines = missing.map((m) => `  - ${m}${sizeOf(m) && !m.includes('GB') ? ` (${sizeOf(m)})` : ''}`);
+  const v = version === 'v1.1' ? '' : ` --version ${version}`;
   return (
     `model files missing in ${where}:\n${lines.join('\n')}\n` +
-    `Get them with the Hugging Face CLI:\n` +
-    `  huggingface-cli download ${HF_REPO_STEP1X} ${DIT_FILE_OF[version]} vae.safetensors --local-dir DIR\n` +
-    `  huggingface-cli download ${HF_REPO_QWEN} --local-dir DIR/${QWEN_DIR}\n` +
-    `then pass --model DIR (or set STEP1X_MODEL=DIR). Files already in the Hugging Face cache are found automatically.`
+    `Get them (about 42 GB) with step1x itself:\n` +
+    `  step1x download${v}                   into the Hugging Face cache, found with no flags\n` +
+    `  step1x download${v} --local-dir DIR   into DIR, then pass --model DIR (or set STEP1X_MODEL=DIR)\n` +
+    `or with the Hugging Face CLI: huggingface-cli download ${HF_REPO_STEP1X} ${DIT_FILE_OF[version]} vae.safetensors` +
+    `${hfMode ? '' : ' --local-dir DIR'}; huggingface-cli download ${HF_REPO_QWEN}${hfMode ? '' : ` --local-dir DIR/${QWEN_DIR}`}.`
   );
 }
 
@@ -137,12 +182,12 @@ export function modelFilesInDir(dir: string, source = dir, opts: ResolveOptions 
     const e = versionMismatch(root, opts.version);
     if (e) throw e;
   }
-  if (!dit) missing.push(DIT_FILE_OF[opts.version ?? 'v1.1']);
+  if (!dit) missing.push(missingEntry(DIT_FILE_OF[opts.version ?? 'v1.1'], join(root, DIT_FILE_OF[opts.version ?? 'v1.1'])));
   const vae = join(root, VAE_FILE);
-  if (!existsSync(vae)) missing.push(VAE_FILE);
+  if (!existsSync(vae)) missing.push(missingEntry(VAE_FILE, vae));
   const qwenDir = join(root, QWEN_DIR);
-  if (!existsSync(qwenDir)) missing.push(QWEN_DIR);
-  else for (const f of QWEN_REQUIRED) if (!hasFile(qwenDir, f)) missing.push(`${QWEN_DIR}/${f}`);
+  if (!existsSync(qwenDir)) missing.push(missingEntry(QWEN_DIR, qwenDir));
+  else for (const f of QWEN_REQUIRED) if (!hasFile(qwenDir, f)) missing.push(missingEntry(`${QWEN_DIR}/${f}`, join(qwenDir, f)));
   if (missing.length) throw new Step1xError(missingMessage(root, missing, opts.version), ExitCode.WEIGHTS);
   const hp = join(root, 'step1x.json');
   const files: ModelFiles = { source, dit: dit!, vae, qwenDir };
@@ -167,17 +212,24 @@ export function resolveModelFiles(modelOpt?: string, opts: ResolveOptions = {}):
     const e = versionMismatch(s, opts.version);
     if (e) throw e;
   }
-  if (!dit) missing.push(`${HF_REPO_STEP1X}: ${DIT_FILE_OF[opts.version ?? 'v1.1']}`);
+  const ditName = DIT_FILE_OF[opts.version ?? 'v1.1'];
+  if (!dit) missing.push(s ? missingEntry(`${HF_REPO_STEP1X}: ${ditName}`, join(s, ditName)) : `${HF_REPO_STEP1X}: ${ditName}`);
   const vae = s ? join(s, VAE_FILE) : undefined;
-  if (!vae || !existsSync(vae)) missing.push(`${HF_REPO_STEP1X}: ${VAE_FILE}`);
+  if (!vae || !existsSync(vae)) missing.push(vae ? missingEntry(`${HF_REPO_STEP1X}: ${VAE_FILE}`, vae) : `${HF_REPO_STEP1X}: ${VAE_FILE}`);
   // The Qwen weights may also sit inside the Step1X snapshot in the official layout.
   const qwenDir = q ?? (s && existsSync(join(s, QWEN_DIR)) ? join(s, QWEN_DIR) : undefined);
   if (!qwenDir) missing.push(`${HF_REPO_QWEN} (${SIZES[QWEN_DIR]})`);
-  else for (const f of QWEN_REQUIRED) if (!hasFile(qwenDir, f)) missing.push(`${HF_REPO_QWEN}: ${f}`);
+  else for (const f of QWEN_REQUIRED) if (!hasFile(qwenDir, f)) missing.push(missingEntry(`${HF_REPO_QWEN}: ${f}`, join(qwenDir, f)));
   if (missing.length)
     throw new Step1xError(
-      `no --model given, $STEP1X_MODEL unset, and the Hugging Face cache (${hub}) lacks files. ` + missingMessage(hub, missing, opts.version),
+      `no --model given, $STEP1X_MODEL unset, and the Hugging Face cache (${hub}) lacks files. ` + missingMessage(hub, missing, opts.version, true),
       ExitCode.WEIGHTS,
     );
-  return { source: `Hugging Face cache ${hub}`, dit: dit!, vae: vae!, qwenDir: qwenDir! };
+  const files: ModelFiles = { source: `Hugging Face cache ${hub}`, dit: dit!, vae: vae!, qwenDir: qwenDir! };
+  const hp = join(s!, 'step1x.json'); // tiny test models carry their hyper-parameters in the repo
+  if (existsSync(hp)) {
+    files.hparamsPath = hp;
+    files.hparams = readHparams(hp);
+  }
+  return files;
 }

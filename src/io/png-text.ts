@@ -88,6 +88,25 @@ export function insertPngChunks(png: Uint8Array, chunks: Uint8Array[]): Uint8Arr
   return out;
 }
 
+/**
+ * Largest inflated text we accept from one zTXt / compressed iTXt chunk. A 1 MB chunk can inflate to
+ * gigabytes; zlib stops at this many output bytes, so memory stays bounded whatever the file says.
+ */
+export const MAX_INFLATED_TEXT = 4 << 20;
+
+/** Largest total of text (all chunks, inflated) one PNG may hold. */
+export const MAX_TOTAL_TEXT = 16 << 20;
+
+function inflateText(d: Uint8Array, bad: (m: string) => never): Buffer {
+  try {
+    return inflateSync(d, { maxOutputLength: MAX_INFLATED_TEXT });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE' || e instanceof RangeError)
+      return bad(`compressed text inflates to more than ${MAX_INFLATED_TEXT >> 20} MiB (a decompression bomb?); refused`);
+    return bad('compressed text does not inflate');
+  }
+}
+
 /** ISO-8859-1 (Node's 'latin1'; WHATWG TextDecoder would give windows-1252). */
 const latin1 = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('latin1');
 
@@ -101,11 +120,7 @@ function decodeText(path: string, type: string, d: Uint8Array): PngTextChunk {
   if (type === 'tEXt') return { type, keyword, text: latin1(d.subarray(z + 1)) };
   if (type === 'zTXt') {
     if (d[z + 1] !== 0) bad(`unknown compression method ${d[z + 1]}`);
-    try {
-      return { type, keyword, text: latin1(inflateSync(d.subarray(z + 2))) };
-    } catch {
-      return bad('compressed text does not inflate');
-    }
+    return { type, keyword, text: latin1(inflateText(d.subarray(z + 2), bad)) };
   }
   // iTXt
   const flag = d[z + 1];
@@ -117,11 +132,7 @@ function decodeText(path: string, type: string, d: Uint8Array): PngTextChunk {
   let body = d.subarray(t + 1);
   if (flag === 1) {
     if (method !== 0) bad(`unknown compression method ${method}`);
-    try {
-      body = inflateSync(body);
-    } catch {
-      bad('compressed text does not inflate');
-    }
+    body = inflateText(body, bad);
   }
   let text: string;
   try {
@@ -143,7 +154,7 @@ async function readAt(fh: FileHandle, pos: number, len: number): Promise<Uint8Ar
   return done === len ? b : b.subarray(0, done);
 }
 
-/** Size, format and text chunks of a PNG file. Text chunks over 64 MiB are refused. */
+/** Size, format and text chunks of a PNG file. More than 16 MiB of text (raw or inflated) is refused. */
 export async function readPngInfo(path: string): Promise<PngInfo> {
   const bad = (m: string): never => {
     throw new Step1xError(`${path}: not a valid PNG: ${m}`, ExitCode.INPUT);
@@ -160,6 +171,7 @@ export async function readPngInfo(path: string): Promise<PngInfo> {
     if (sig.length < 8 || !sig.every((b, i) => b === PNG_SIGNATURE[i])) bad('missing PNG signature');
     const info: PngInfo = { width: 0, height: 0, bitDepth: 0, colorType: 0, interlaced: false, fileSize: size, chunks: [], text: [] };
     let pos = 8;
+    let textBytes = 0;
     for (;;) {
       const h = await readAt(fh, pos, 8);
       if (h.length < 8) bad(`file ends at byte ${pos} without an IEND chunk`);
@@ -171,7 +183,7 @@ export async function readPngInfo(path: string): Promise<PngInfo> {
       if (info.chunks[info.chunks.length - 1] !== type || type !== 'IDAT') info.chunks.push(type);
       const wanted = type === 'IHDR' || type === 'tEXt' || type === 'zTXt' || type === 'iTXt';
       if (wanted) {
-        if (len > 64 << 20) bad(`${type} chunk of ${len} bytes is too large`);
+        if (len > MAX_TOTAL_TEXT) bad(`${type} chunk of ${len} bytes is too large`);
         const body = await readAt(fh, pos + 4, len + 8); // type + data + crc
         const data = body.subarray(4, 4 + len);
         const crc = new DataView(body.buffer).getUint32(4 + len);
@@ -184,7 +196,12 @@ export async function readPngInfo(path: string): Promise<PngInfo> {
           info.bitDepth = data[8];
           info.colorType = data[9];
           info.interlaced = data[12] === 1;
-        } else info.text.push(decodeText(path, type, data));
+        } else {
+          const t = decodeText(path, type, data);
+          textBytes += t.text.length;
+          if (textBytes > MAX_TOTAL_TEXT) bad(`text chunks hold more than ${MAX_TOTAL_TEXT >> 20} MiB in total; refused`);
+          info.text.push(t);
+        }
       }
       pos += 12 + len;
       if (type === 'IEND') break;

@@ -98,6 +98,7 @@ export function validateConfig(c: Step1xConfig): void {
     ['connector.hidden_size', k.hidden_size], ['connector.heads_num', k.heads_num], ['connector.depth', k.depth],
   ];
   for (const [n, v] of ints) if (!Number.isInteger(v) || v < (n.includes('depth') ? 0 : 1)) fail(`step1x config: ${n} = ${v} is not a valid size`);
+  for (const [n, v] of ints) if (v > (n.includes('depth') || n.includes('heads') ? 1024 : 65536)) fail(`step1x config: ${n} = ${v} is beyond any sane model; step1x.json or the checkpoint is damaged`);
   if (d.hidden_size % d.num_heads) fail(`step1x config: dit.hidden_size ${d.hidden_size} is not divisible by num_heads ${d.num_heads}`);
   const hd = headDim(d);
   if (!Array.isArray(d.axes_dim) || d.axes_dim.some((a) => !Number.isInteger(a) || a < 0 || a % 2))
@@ -249,7 +250,18 @@ export function configFromCheckpoint(names: readonly string[], shapeOf: ShapeOf,
     version,
   };
   if (conflicts.length) throw new Step1xError(`${source}: hyper-parameters disagree with the checkpoint: ${conflicts.join('; ')}`, ExitCode.WEIGHTS);
-  validateConfig(cfg);
+  try {
+    validateConfig(cfg);
+  } catch (e) {
+    // without step1x.json the values the shapes do not tell (axes_dim, theta, ...) are the real model's
+    if (e instanceof Step1xError && hparams.dit === undefined && hparams.connector === undefined)
+      throw new Step1xError(
+        `${source}: ${e.message}. There is no step1x.json beside this checkpoint, so the real Step1X-Edit values were assumed; ` +
+          `a tiny or custom model needs a step1x.json with its "dit"/"connector" hyper-parameters`,
+        ExitCode.WEIGHTS,
+      );
+    throw e;
+  }
   return cfg;
 }
 

@@ -57,9 +57,21 @@ function num(o: Json, key: string, where: string, dflt?: number): number {
   return v;
 }
 
+/**
+ * Sane upper bounds, checked before anything is sized from the config: a hostile or broken config.json
+ * (`num_hidden_layers: 10000000`) must be refused at once, not after minutes of allocation.
+ */
+const MAX_OF: Record<string, number> = {
+  depth: 1024, num_hidden_layers: 1024, num_heads: 1024, num_attention_heads: 1024, num_key_value_heads: 1024,
+  hidden_size: 65536, out_hidden_size: 65536, intermediate_size: 1 << 20, vocab_size: 1 << 24, in_chans: 16,
+  patch_size: 1024, spatial_merge_size: 64, temporal_patch_size: 64, window_size: 1 << 16,
+};
+
 function posInt(o: Json, key: string, where: string, dflt?: number): number {
   const v = num(o, key, where, dflt);
   if (!Number.isInteger(v) || v <= 0) fail(`${where}: "${key}" must be a positive integer, got ${v}`, ExitCode.WEIGHTS);
+  const max = MAX_OF[key];
+  if (max !== undefined && v > max) fail(`${where}: "${key}" = ${v} is beyond any sane model (at most ${max}); the config file is damaged`, ExitCode.WEIGHTS);
   return v;
 }
 
