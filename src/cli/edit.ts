@@ -14,11 +14,12 @@ import { checkOutputPath, installInterruptCleanup, readInputImage, writeOutputPn
 import { checkNoiseFile, checkSizeLevel, floatOpt, intOpt, parseBytes } from './options.js';
 import { createReporter, fmtBytes, fmtSeconds, type Reporter } from './progress.js';
 import { packageVersion } from './main.js';
+import { collect, openWeightChoice, type WeightCliOptions } from './weights.js';
 import { parseCacheOption } from '../pipeline/teacache.js';
 import { outputFormatOf } from '../pipeline/output.js';
 import { parseCompat, parseVersion } from '../pipeline/official.js';
 
-export interface EditCliOptions {
+export interface EditCliOptions extends WeightCliOptions {
   output?: string;
   model?: string;
   steps: string;
@@ -106,8 +107,15 @@ export async function runOne(pipe: EditPipeline, req: EditRequest, target: Outpu
  * output, then print the STEP1X_PROFILE report once and release the GPU, whatever happened.
  */
 export async function withPipeline(files: ModelFiles, o: EditCliOptions, rep: Reporter, fn: (pipe: EditPipeline, meta: Record<string, string>) => Promise<void>): Promise<void> {
+  const wc = await openWeightChoice(o, files.dit, (m) => process.stderr.write(`step1x: warning: ${m}\n`));
   const { EditPipeline } = await import('../pipeline/edit-pipeline.js'); // models load only for edits
-  const pipe = await EditPipeline.load(files, { vramBudget: o.vramBudget ? parseBytes(o.vramBudget) : undefined, onProgress: (p) => render(rep, p) });
+  let pipe: EditPipeline;
+  try {
+    pipe = await EditPipeline.load(files, { vramBudget: o.vramBudget ? parseBytes(o.vramBudget) : undefined, weights: wc.weights, loras: wc.loras, onProgress: (p) => render(rep, p) });
+  } catch (e) {
+    await wc.close();
+    throw e;
+  }
   try {
     await fn(pipe, { 'step1x:version': packageVersion(), model: files.dit.split(/[\\/]/).pop()! });
   } finally {
@@ -116,7 +124,8 @@ export async function withPipeline(files: ModelFiles, o: EditCliOptions, rep: Re
       await pipe.gpu.profileReport({ print: true }); // STEP1X_PROFILE=1: complete numbers, printed once
       pipe.gpu.disableProfiling();
     }
-    pipe.dispose();
+    await pipe.close();
+    await wc.close();
   }
 }
 
@@ -148,7 +157,9 @@ export function modelOptions(c: Command): Command {
     .option('--steps <n>', 'sampling steps', '28')
     .option('--cfg <g>', 'classifier-free guidance scale', '6.0')
     .option('--seed <n>', 'noise seed (documented xoshiro128** + Box-Muller RNG, see README)', '42')
-    .option('--vram-budget <bytes>', 'GPU memory budget, e.g. 12GB: models are loaded per stage and streamed block by block when they do not fit')
+    .option('--vram-budget <bytes>', 'GPU memory budget, e.g. 12GB: models that fit together stay resident across stages and images; otherwise they load per stage and stream block by block')
+    .option('--weights <format>', 'Linear weights of the DiT and Qwen on the GPU: bf16, fp8 (E4M3), q8 or q4 (block-quantized, see README); default: as stored')
+    .option('--lora <file[:scale]>', 'apply a kohya-format LoRA to the DiT (repeatable; scale default 1)', collect)
     .option('--cache <mode>', 'teacache[:THRESHOLD] skips DiT blocks on steps whose input barely changed (official default 0.2; quality cost in README), or none')
     .option('--json', 'print one JSON result line (stdout, or stderr when the image goes to stdout)')
     .option('--quiet', 'no progress output');

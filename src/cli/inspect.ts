@@ -10,6 +10,7 @@ import type { Command } from 'commander';
 import { readdir, stat } from 'node:fs/promises';
 import { versionOfKeys, type DitVersion } from '../pipeline/official.js';
 import { join } from 'node:path';
+import { QBLOCK_META_KEY, QUANT_META_KEY } from '../io/quant-layout.js';
 import { Checkpoint } from '../io/checkpoint.js';
 import { numelOfShape, ST_DTYPE_BYTES } from '../io/safetensors.js';
 import { isPngFile, readPngInfo, type PngInfo } from '../io/png-text.js';
@@ -62,7 +63,8 @@ function summarize(ck: Checkpoint, filter?: string) {
     .map((name) => {
       const t = ck.info(name);
       const numel = numelOfShape(t.shape);
-      return { name, dtype: t.dtype, shape: t.shape, params: numel, bytes: numel * ST_DTYPE_BYTES[t.dtype], file: t.file };
+      const bytes = t.quant ? t.end - t.begin + t.quant.scale.end - t.quant.scale.begin : numel * ST_DTYPE_BYTES[t.dtype];
+      return { name, dtype: t.quant ? t.quant.format : t.dtype, shape: t.shape, params: numel, bytes, file: t.file };
     });
   const totals = {
     count: rows.length,
@@ -75,6 +77,15 @@ function summarize(ck: Checkpoint, filter?: string) {
   return { rows, totals, byDtype, files };
 }
 
+/** q8 / q4 / fp8 from `step1x convert` metadata, fp8 when F8 tensors are present, else "as stored". */
+function weightsFormat(ck: Checkpoint): string {
+  const f = ck.files.map((x) => x.metadata[QUANT_META_KEY]).find((x) => x);
+  if (f) return `${f} (step1x convert${f !== 'fp8' ? `, blocks of ${ck.files[0].metadata[QBLOCK_META_KEY] ?? '32'}` : ''})`;
+  const dts = new Set(ck.keys().map((k) => ck.info(k).dtype));
+  if (dts.has('F8_E4M3') || dts.has('F8_E5M2')) return `fp8 (${[...dts].sort().join(' + ')})`;
+  return [...dts].sort().join(' + ') || 'none';
+}
+
 const fmtDtypes = (byDtype: Record<string, number>) =>
   Object.entries(byDtype)
     .map(([d, n]) => `${d} ${group(n)}`)
@@ -85,11 +96,11 @@ export async function inspectCheckpoint(path: string, opts: InspectOptions): Pro
   try {
     const { rows, totals, byDtype, files } = summarize(ck, opts.filter);
     if (opts.json) {
-      out(JSON.stringify({ kind: 'safetensors', path, files, metadata: ck.metadata, ...(ditVersionOf(ck) ? { dit_version: ditVersionOf(ck) } : {}), tensors: rows, totals, paramsByDtype: byDtype }, null, 1));
+      out(JSON.stringify({ kind: 'safetensors', path, weightsFormat: weightsFormat(ck), files, metadata: ck.metadata, ...(ditVersionOf(ck) ? { dit_version: ditVersionOf(ck) } : {}), tensors: rows, totals, paramsByDtype: byDtype }, null, 1));
       return;
     }
     const dv = ditVersionOf(ck);
-    out(`${path}: ${ck.files.length === 1 ? 'safetensors file' : `sharded checkpoint, ${ck.files.length} files`}${dv ? `, Step1X-Edit DiT ${dv} (${dv === 'v1.0' ? 'has' : 'no'} connector.scale_factor)` : ''}`);
+    out(`${path}: ${ck.files.length === 1 ? 'safetensors file' : `sharded checkpoint, ${ck.files.length} files`}${dv ? `, Step1X-Edit DiT ${dv} (${dv === 'v1.0' ? 'has' : 'no'} connector.scale_factor)` : ''}, weights ${weightsFormat(ck)}`);
     for (const f of files)
       out(`  ${f.path}  ${humanBytes(f.size)}, ${f.tensors} tensors${Object.keys(f.metadata).length ? `, metadata ${JSON.stringify(f.metadata)}` : ''}`);
     const wName = Math.max(4, ...rows.map((r) => r.name.length));

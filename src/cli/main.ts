@@ -13,6 +13,8 @@ import { register as registerDevices } from './devices.js';
 import { register as registerGolden } from './golden.js';
 import { register as registerDownload } from './download.js';
 import { register as registerEdit } from './edit.js';
+import { register as registerConvert } from './convert.js';
+import { register as registerPlan } from './plan.js';
 import { register as registerBatch } from './batch.js';
 import { register as registerGenerate } from './generate.js';
 import { register as registerTune } from './tune.js';
@@ -47,6 +49,8 @@ export function buildProgram(): Command {
   registerDevices(program);
   registerGolden(program);
   registerDownload(program);
+  registerConvert(program);
+  registerPlan(program);
   registerTune(program);
   // Kernel family and precision on every command (edit, generate, golden, devices, tune, …), validated
   // before the action runs (a bad value is a usage error, exit 2).

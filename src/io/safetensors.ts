@@ -12,6 +12,8 @@ import { open as fsOpen, rename, unlink, type FileHandle } from 'node:fs/promise
 import { basename, dirname, join } from 'node:path';
 import { ExitCode, Step1xError, fmtShape } from '../errors.js';
 import { bf16ArrayToF32, f16ArrayToF32 } from '../runtime/half.js';
+import { decodeFp8Array, dequantizeBlocks } from './quant.js';
+import { applyQuantLayout, type QuantInfo } from './quant-layout.js';
 
 export type StDType = 'F64' | 'F32' | 'F16' | 'BF16' | 'F8_E4M3' | 'F8_E5M2' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
 
@@ -31,6 +33,8 @@ export interface TensorInfo {
   begin: number;
   end: number;
   file: string;
+  /** A q8 / q4 tensor of a `step1x convert` file: logical `shape` [N, K], codes as stored, its scale. */
+  quant?: QuantInfo;
 }
 
 /** The reference implementation's limit is 100 MB; a bigger header is certainly not a checkpoint. */
@@ -157,6 +161,7 @@ export class SafetensorsFile {
       const header = new Uint8Array(n);
       await readFully(fh, path, header, 8);
       const { tensors, metadata } = parseHeader(path, header, 8 + n, size);
+      applyQuantLayout(path, tensors, metadata);
       return new SafetensorsFile(path, fh, tensors, metadata, size);
     } catch (e) {
       await fh.close().catch(() => undefined);
@@ -201,9 +206,14 @@ export class SafetensorsFile {
     return buf;
   }
 
-  /** One tensor as f32 (F32/F16/BF16/F64/I64/I32/I16/I8/U8/BOOL). */
+  /** One tensor as f32 (F32/F16/BF16/F8_E4M3/F8_E5M2/F64/I64/I32/I16/I8/U8/BOOL; q8 / q4 dequantized). */
   async readF32(name: string): Promise<Float32Array> {
     const t = this.info(name);
+    if (t.quant) {
+      const sb = await this.readRange(t.quant.scale.begin, t.quant.scale.end - t.quant.scale.begin);
+      const scales = new Uint16Array(sb.buffer, 0, sb.length / 2);
+      return dequantizeBlocks({ data: await this.readBytes(name), scales }, t.shape[0], t.shape[1], t.quant.format, t.quant.block);
+    }
     return bytesToF32(this.path, t, await this.readBytes(name));
   }
 
@@ -281,6 +291,10 @@ export function bytesToF32(file: string, t: TensorInfo, b: Uint8Array): Float32A
     case 'U8':
     case 'BOOL':
       return Float32Array.from(new Uint8Array(buf, off, n));
+    case 'F8_E4M3':
+      return decodeFp8Array(new Uint8Array(buf, off, n), 'fp8_e4m3');
+    case 'F8_E5M2':
+      return decodeFp8Array(new Uint8Array(buf, off, n), 'fp8_e5m2');
     default:
       throw new Step1xError(`${file}: tensor "${t.name}" has dtype ${t.dtype}, which readF32 does not convert`, ExitCode.USAGE);
   }

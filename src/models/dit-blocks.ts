@@ -16,7 +16,6 @@ import { Linear } from '../nn/linear.js';
 import { loadWeight } from '../nn/weights.js';
 import { layerNorm, rmsNorm, modulate, gatedResidual } from '../ops/norm.js';
 import { silu } from '../ops/elementwise.js';
-import { linear } from '../ops/linear.js';
 import { concat, slice } from '../ops/layout.js';
 import { attention } from '../ops/attention.js';
 import { applyRopeFlux } from '../ops/rope.js';
@@ -101,10 +100,9 @@ async function loadQKNorm(g: Gpu, ckpt: Checkpoint, p: string): Promise<QKNorm> 
  * slicing the full output but without materialising it (fused qkv / linear1 projections).
  */
 export function linearRows(x: Tensor, lin: Linear, start: number, count: number, act?: 'gelu_tanh' | 'silu'): Tensor {
-  const w = lin.weight.rows(start, count);
-  const b = lin.bias?.rows(start, count);
-  const y = linear(x, w, b, act ? { act } : {});
-  disposeAll(w, b);
+  const part = lin.rows(start, count); // carries scales and LoRA adapters along (nn/weight.ts)
+  const y = part.forward(x, act);
+  part.dispose();
   return y;
 }
 

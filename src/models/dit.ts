@@ -8,11 +8,13 @@ import type { Gpu } from '../runtime/gpu.js';
 import type { Tensor } from '../runtime/tensor.js';
 import { Checkpoint, checkKeys } from '../io/checkpoint.js';
 import { Linear } from '../nn/linear.js';
+import { setWeightPolicy } from '../nn/weight.js';
+import { BlockStream } from '../nn/block-stream.js';
 import { silu, add, sub } from '../ops/elementwise.js';
 import { layerNorm } from '../ops/norm.js';
 import { concat, slice } from '../ops/layout.js';
 import { Qwen2Connector, timestepEmbedding, type Tap } from './connector.js';
-import { configFromCheckpoint, expectedDitKeys, planResidency, TIME_FREQ_DIM, type DitHparams, type DitLoadOptions, type DitParams, type DitVersion, type Slot, type Step1xConfig } from './dit-config.js';
+import { configFromCheckpoint, ditWeightPolicy, expectedDitKeys, planResidency, TIME_FREQ_DIM, type DitHparams, type DitLoadOptions, type DitParams, type DitVersion, type Slot, type Step1xConfig } from './dit-config.js';
 import { fail } from '../errors.js';
 import { disposeAll, DoubleStreamBlock, EmbedND, LastLayer, MLPEmbedder, RopePe, SingleStreamBlock } from './dit-blocks.js';
 export * from './dit-blocks.js';
@@ -78,11 +80,12 @@ export class Step1XEdit {
     readonly final_layer: LastLayer,
     readonly connector: Qwen2Connector,
     private readonly slots: Slot[],
-    resident: Map<number, Block>,
+    /** All blocks in execution order on the shared streaming engine (nn/block-stream.ts). */
+    private readonly blocks: BlockStream<Block>,
   ) {
     this.pe_embedder = new EmbedND(cfg.axes_dim, cfg.theta);
-    this.double_blocks = slots.filter((s) => s.kind === 'double').map((_, j) => resident.get(j) as DoubleStreamBlock | undefined);
-    this.single_blocks = slots.filter((s) => s.kind === 'single').map((_, j) => resident.get(cfg.depth + j) as SingleStreamBlock | undefined);
+    this.double_blocks = slots.filter((s) => s.kind === 'double').map((_, j) => blocks.residentAt(j) as DoubleStreamBlock | undefined);
+    this.single_blocks = slots.filter((s) => s.kind === 'single').map((_, j) => blocks.residentAt(cfg.depth + j) as SingleStreamBlock | undefined);
   }
 
   /** v1.0 or v1.1, as the weights tell (connector.scale_factor present or not). */
@@ -101,6 +104,7 @@ export class Step1XEdit {
    */
   static async load(g: Gpu, ckpt: Checkpoint, cfg: Step1xConfig, opts: DitLoadOptions = {}): Promise<Step1XEdit> {
     const d = cfg.dit;
+    if (opts.weights) setWeightPolicy(ckpt, ditWeightPolicy(opts.weights)); // streamed blocks load under it too
     const plan = planResidency(ckpt, d, opts);
     const slots = plan.slots;
     const residentIdx = plan.resident;
@@ -114,9 +118,10 @@ export class Step1XEdit {
       const txt_in = keep(await Linear.load(g, ckpt, 'txt_in'));
       const final_layer = keep(await LastLayer.load(g, ckpt, 'final_layer'));
       const connector = keep(await Qwen2Connector.load(g, ckpt, cfg.connector, cfg.version));
-      const resident = new Map<number, Block>();
-      for (const j of residentIdx) resident.set(j, keep(await loadSlot(g, ckpt, slots[j], d)));
-      return new Step1XEdit(g, ckpt, d, img_in, time_in, vector_in, txt_in, final_layer, connector, slots, resident);
+      const blocks = new BlockStream<Block>(slots.length, (j) => loadSlot(g, ckpt, slots[j], d), (j) => residentIdx.has(j));
+      await blocks.preload();
+      keep({ dispose: () => void blocks.dispose() });
+      return new Step1XEdit(g, ckpt, d, img_in, time_in, vector_in, txt_in, final_layer, connector, slots, blocks);
     } catch (e) {
       for (const x of loaded) x.dispose();
       throw e;
@@ -140,10 +145,6 @@ export class Step1XEdit {
       await ckpt.close();
       throw e;
     }
-  }
-
-  private blockAt(j: number): Block | undefined {
-    return j < this.cfg.depth ? this.double_blocks[j] : this.single_blocks[j - this.cfg.depth];
   }
 
   /** Rope table of ids = cat(txt_ids, img_ids) [B, T+L, 3] (host ids returned for `mid.ids`). */
@@ -208,26 +209,11 @@ export class Step1XEdit {
       await tap?.('mid.ids', r.ids, [B, T + L, 3]);
       await tap?.('mid.pe', pe.pe, [B, 1, T + L, cfg.axes_dim.reduce((a, b) => a + b, 0) / 2, 2, 2]);
     }
-    // Blocks, streaming the non-resident ones with one block of read-ahead.
-    const pending = new Map<number, Promise<Block>>();
-    const nextStreamed = (j: number) => {
-      for (let k = j + 1; k < this.slots.length; k++) if (!this.blockAt(k)) return k;
-      return -1;
-    };
-    const fetch = (j: number) => {
-      const p = loadSlot(g, this.ckpt, this.slots[j], cfg);
-      p.catch(() => undefined); // awaited later; avoid an unhandled rejection meanwhile
-      pending.set(j, p);
-    };
+    // Blocks, streaming the non-resident ones with one block of read-ahead (nn/block-stream.ts).
     let joint: Tensor | undefined;
     try {
       for (let j = 0; j < this.slots.length; j++) {
-        const res = this.blockAt(j);
-        if (!res && !pending.has(j)) fetch(j);
-        const blk = res ?? (await pending.get(j)!);
-        pending.delete(j);
-        const nx = nextStreamed(j);
-        if (nx >= 0 && !pending.has(nx)) fetch(nx);
+        const blk = await this.blocks.get(j);
         const slot = this.slots[j];
         try {
           if (blk instanceof DoubleStreamBlock) {
@@ -250,7 +236,7 @@ export class Step1XEdit {
             await tap?.(`mid.single${slot.i}.x`, joint, [B, T + L, H]);
           }
         } finally {
-          if (!res) blk.dispose(); // commands using it are recorded; queue order protects reuse
+          this.blocks.release(j, blk); // streamed: freed; commands using it are recorded, queue order protects reuse
         }
         g.flush(); // let the GPU run this block while the next one is read
       }
@@ -273,7 +259,7 @@ export class Step1XEdit {
       if (!x.pe) pe.dispose();
       return pred;
     } catch (e) {
-      for (const p of pending.values()) p.then((b) => b.dispose(), () => undefined);
+      this.blocks.abandon();
       throw e;
     }
   }
@@ -314,7 +300,7 @@ export class Step1XEdit {
     this.txt_in.dispose();
     this.final_layer.dispose();
     this.connector.dispose();
-    for (const b of [...this.double_blocks, ...this.single_blocks]) b?.dispose();
+    void this.blocks.dispose(); // resident blocks are freed synchronously
   }
 
   /** dispose(), and close the checkpoint when `open` opened it. */

@@ -1,14 +1,17 @@
 /**
- * Linear layer holding checkpoint weights: `weight` [N, K] (f32 / f16 / packed bf16), optional `bias` [N].
- * `Linear.load(g, ckpt, 'double_blocks.0.img_attn.qkv')` reads `<prefix>.weight` and `<prefix>.bias`
- * (when present). forward(x [..., K]) = x · Wᵀ + b through ops/linear (which splits big weights).
+ * Linear layer holding checkpoint weights: `w` [N, K] (a Weight: f32 / f16 / bf16, or packed fp8 / q8 / q4
+ * with LoRA adapters, see nn/weight.ts), optional `bias` [N].
+ * `Linear.load(g, ckpt, 'double_blocks.0.img_attn.qkv')` reads `<prefix>.weight` under the checkpoint's
+ * WeightPolicy and `<prefix>.bias` (when present). forward(x [..., K]) = x · Wᵀ + b; `rows(start, n)` is
+ * the Linear of output rows [start, start + n) (fused qkv / linear1), sharing the GPU memory.
  */
 import type { Gpu } from '../runtime/gpu.js';
 import type { Tensor } from '../runtime/tensor.js';
 import type { Checkpoint } from '../io/checkpoint.js';
-import { linear, type Activation } from '../ops/linear.js';
+import type { Activation } from '../ops/linear.js';
 import { ExitCode, Step1xError, fmtShape } from '../errors.js';
 import { loadWeight } from './weights.js';
+import { Weight, loadLinearWeight } from './weight.js';
 
 export interface LinearLoadOptions {
   as?: 'native' | 'f32';
@@ -19,25 +22,37 @@ export interface LinearLoadOptions {
 }
 
 export class Linear {
+  readonly w: Weight;
   constructor(
-    public weight: Tensor,
+    weight: Tensor | Weight,
     public bias?: Tensor,
     readonly name = '',
   ) {
-    if (weight.rank !== 2) throw new Step1xError(`Linear ${name}: weight must be [N, K], got ${fmtShape(weight.shape)}`, ExitCode.WEIGHTS);
-    if (bias && (bias.rank !== 1 || bias.shape[0] !== weight.shape[0]))
-      throw new Step1xError(`Linear ${name}: bias ${fmtShape(bias.shape)} does not match weight ${fmtShape(weight.shape)}`, ExitCode.WEIGHTS);
+    if (!(weight instanceof Weight) && weight.rank !== 2) throw new Step1xError(`Linear ${name}: weight must be [N, K], got ${fmtShape(weight.shape)}`, ExitCode.WEIGHTS);
+    this.w = weight instanceof Weight ? weight : Weight.plain(weight);
+    if (bias && (bias.rank !== 1 || bias.shape[0] !== this.w.N))
+      throw new Step1xError(`Linear ${name}: bias ${fmtShape(bias.shape)} does not match weight ${fmtShape(this.w.shape)}`, ExitCode.WEIGHTS);
   }
 
+  /** The plain weight tensor (f32 / f16 / bf16); packed weights have none. */
+  get weight(): Tensor {
+    if (this.w.packed) throw new Step1xError(`Linear ${this.name}: weight is ${this.w.format}, not a plain tensor`, ExitCode.WEIGHTS);
+    return this.w.data;
+  }
   get outFeatures(): number {
-    return this.weight.shape[0];
+    return this.w.N;
   }
   get inFeatures(): number {
-    return this.weight.shape[1];
+    return this.w.K;
+  }
+
+  /** Output rows [start, start + count) as a Linear over views (dispose it after use). */
+  rows(start: number, count: number): Linear {
+    return new Linear(this.w.rows(start, count), this.bias?.rows(start, count), this.name);
   }
 
   static async load(g: Gpu, ckpt: Checkpoint, prefix: string, opts: LinearLoadOptions = {}): Promise<Linear> {
-    const weight = await loadWeight(g, ckpt, `${prefix}.weight`, { as: opts.as, shape: opts.shape });
+    const weight = await loadLinearWeight(g, ckpt, `${prefix}.weight`, { as: opts.as, shape: opts.shape, modulePath: prefix });
     const bname = `${prefix}.bias`;
     if (opts.bias === true && !ckpt.has(bname)) {
       weight.dispose();
@@ -45,7 +60,7 @@ export class Linear {
     }
     let bias: Tensor | undefined;
     try {
-      if (opts.bias !== false && ckpt.has(bname)) bias = await loadWeight(g, ckpt, bname, { as: opts.as, shape: [weight.shape[0]] });
+      if (opts.bias !== false && ckpt.has(bname)) bias = await loadWeight(g, ckpt, bname, { as: opts.as, shape: [weight.N] });
       return new Linear(weight, bias, prefix);
     } catch (e) {
       weight.dispose();
@@ -55,11 +70,11 @@ export class Linear {
   }
 
   forward(x: Tensor, act?: Activation): Tensor {
-    return linear(x, this.weight, this.bias, act ? { act } : undefined);
+    return this.w.forward(x, this.bias, act);
   }
 
   dispose(): void {
-    this.weight.dispose();
+    this.w.dispose();
     this.bias?.dispose();
   }
 }

@@ -5,13 +5,17 @@
  *   BF16 → packed 'bf16' tensor (two per u32, shaders widen exactly) unless as: 'f32'
  *   F16  → 'f16'                                                     unless as: 'f32'
  *   F32  → 'f32'
+ *   F8_E4M3, F8_E5M2 → 'bf16' (every fp8 value is a bf16 value: exact) unless as: 'f32'
+ *   q8 / q4 (a `step1x convert` file) → 'f32', dequantized on the host
  *   F64, I64, I16, I8, U8, BOOL → 'f32' (converted on the host); I32 → 'i32' unless as: 'f32'
+ * Linear weights load through nn/weight.ts instead (packed formats stay packed there).
  */
 import type { Gpu } from '../runtime/gpu.js';
 import type { Tensor } from '../runtime/tensor.js';
 import type { Checkpoint } from '../io/checkpoint.js';
 import { bytesToF32, numelOfShape } from '../io/safetensors.js';
 import { ExitCode, Step1xError, fmtShape } from '../errors.js';
+import { f32ArrayToBf16 } from '../runtime/half.js';
 
 export interface LoadWeightOptions {
   /** 'native' (default) keeps bf16/f16 packed; 'f32' widens on the host. */
@@ -31,8 +35,8 @@ export async function loadWeight(g: Gpu, ckpt: Checkpoint, name: string, opts: L
   if (native && info.dtype === 'BF16') return g.upload(new Uint16Array(bytes.buffer, bytes.byteOffset, n), info.shape, 'bf16', name);
   if (native && info.dtype === 'F16') return g.upload(new Uint16Array(bytes.buffer, bytes.byteOffset, n), info.shape, 'f16', name);
   if (native && info.dtype === 'I32') return g.upload(new Int32Array(bytes.buffer, bytes.byteOffset, n), info.shape, 'i32', name);
-  if (info.dtype === 'F8_E4M3' || info.dtype === 'F8_E5M2')
-    throw new Step1xError(`${ckpt.path}: tensor "${name}" is ${info.dtype}; fp8 weights are not supported`, ExitCode.WEIGHTS);
+  if (info.quant) return g.upload(await ckpt.readF32(name), info.shape, 'f32', name);
+  if (native && (info.dtype === 'F8_E4M3' || info.dtype === 'F8_E5M2')) return g.upload(f32ArrayToBf16(bytesToF32(ckpt.path, info, bytes)), info.shape, 'bf16', name);
   return g.upload(bytesToF32(ckpt.path, info, bytes), info.shape, 'f32', name);
 }
 

@@ -24,10 +24,14 @@ import { inputProcessImage, qwenProcessImage, STEP1X_MAX_PIXELS, STEP1X_MIN_PIXE
 import { QwenTokenizer } from '../models/qwen25vl/tokenizer.js';
 import { buildStep1xInputIds } from '../models/qwen25vl/prompt.js';
 import { initialNoise } from './rng.js';
+import type { WeightsOption } from '../nn/weight.js';
+import type { LoraFile } from '../nn/lora.js';
 import { behaviour as officialBehaviour, T2I_MLLM_IMAGE_SIDE, T2I_NEGATIVE_PROMPT, type CompatMode, type OfficialBehaviour } from './official.js';
 import { checkVersion, versionOfKeys, type DitVersion } from '../models/dit-config.js';
 import { Checkpoint } from '../io/checkpoint.js';
 import { runDenoise, runEmbed, runVaeDecode, runVaeEncode, type Trace } from './stages.js';
+import { ModelHost } from './model-host.js';
+import { planEdit } from './plan.js';
 import type { CacheOption } from './teacache.js';
 import { validateModelFiles } from './model-check.js';
 import { compositeImage, packedMask, prepareMask, resizeMask, type Mask } from './mask.js';
@@ -93,6 +97,10 @@ export interface EditResult {
 
 export interface LoadOptions {
   vramBudget?: number;
+  /** Linear weight format on the GPU (`--weights`; default as stored). */
+  weights?: WeightsOption;
+  /** LoRAs merged into (or attached to) the DiT (`--lora`). */
+  loras?: LoraFile[];
   gpu?: Gpu;
   onProgress?: (p: Progress) => void;
 }
@@ -114,6 +122,8 @@ export async function readNoiseFile(path: string, h: number, w: number): Promise
 }
 
 export class EditPipeline {
+  /** Models kept across stages and images when the VRAM plan fits them all (model-host.ts). */
+  readonly models = new ModelHost();
   private constructor(
     readonly gpu: Gpu,
     readonly files: ModelFiles,
@@ -122,6 +132,8 @@ export class EditPipeline {
     readonly ditVersion: DitVersion,
     private readonly opts: LoadOptions,
     private readonly ownsGpu: boolean,
+    /** --vram-budget as given (opts.vramBudget is what is left after the pool's cache share). */
+    private readonly fullBudget?: number,
   ) {}
 
   /** Checks the files and acquires the GPU; models are loaded per stage by `run()`. */
@@ -134,6 +146,7 @@ export class EditPipeline {
     const ditVersion = versionOfKeys((n) => ck.has(n));
     await ck.close();
     const gpu = opts.gpu ?? (await Gpu.create());
+    const fullBudget = opts.vramBudget;
     if (opts.vramBudget !== undefined) {
       // The pool keeps freed buffers for reuse; they occupy GPU memory too. Give them a tenth of the
       // budget and plan the models against the rest, so live + cached stays within the budget.
@@ -141,7 +154,7 @@ export class EditPipeline {
       gpu.pool.maxCachedBytes = Math.min(gpu.pool.maxCachedBytes, cache);
       opts = { ...opts, vramBudget: opts.vramBudget - cache };
     }
-    return new EditPipeline(gpu, files, tokenizer, ditVersion, opts, !opts.gpu);
+    return new EditPipeline(gpu, files, tokenizer, ditVersion, opts, !opts.gpu, fullBudget);
   }
 
   async *run(req: EditRequest, trace?: Trace): AsyncGenerator<Progress, EditResult> {
@@ -162,6 +175,14 @@ export class EditPipeline {
     };
     g.pool.resetPeak();
     const emb = this.files.hparams?.embedder ?? {};
+    // One plan decides residency: all models at once within --vram-budget -> kept across stages and
+    // images. Without a budget the GPU's size is unknown (WebGPU does not tell): one model at a time.
+    const planSize = req.image ? { size } : { width: req.width ?? 1024, height: req.height ?? 1024 };
+    this.models.keep = this.fullBudget !== undefined && await planEdit(this.files, { ...planSize, weights: this.opts.weights, loras: this.opts.loras, budget: this.fullBudget }).then(
+      (p) => p.keep_resident,
+      () => false,
+    );
+    if (!this.models.keep) await this.models.releaseAll();
 
     // -- preprocess -------------------------------------------------------------------------------
     yield { stage: 'preprocess', message: t2i ? 'preparing the prompt' : 'resizing the input' };
@@ -206,7 +227,7 @@ export class EditPipeline {
     // -- embed: Qwen2.5-VL, loaded for this stage only --------------------------------------------
     yield { stage: 'embed', message: 'Qwen2.5-VL: embedding the instruction and the image' };
     const report = (stage: Progress['stage']) => (step: number, total: number) => this.opts.onProgress?.({ stage, step, total });
-    const embedded = await runEmbed(g, this.files, prompts, qp, { textAttention: beh.textAttention, budget: this.opts.vramBudget, maxLength: emb.max_length, drop: emb.drop_prefix_tokens, trace, onInfo: (m) => this.opts.onProgress?.({ stage: 'embed', message: m }), onProgress: report('embed') });
+    const embedded = await runEmbed(g, this.files, prompts, qp, { textAttention: beh.textAttention, budget: this.opts.vramBudget, models: this.models, weights: { weights: this.opts.weights }, maxLength: emb.max_length, drop: emb.drop_prefix_tokens, trace, onInfo: (m) => this.opts.onProgress?.({ stage: 'embed', message: m }), onProgress: report('embed') });
     lap('embed');
     yield { stage: 'embed', done: true, message: `embedded ${prompts.map((p) => p.inputIds.length).join(' + ')} tokens (${timings.embed}s)` };
 
@@ -214,7 +235,7 @@ export class EditPipeline {
     let refLatent: Float32Array | undefined;
     if (ref) {
       yield { stage: 'encode', message: 'VAE: encoding the reference image' };
-      refLatent = await runVaeEncode(g, this.files, ref, { sampleSeed: req.sampleEncode ? seed + 1 : undefined, trace, onProgress: report('encode') });
+      refLatent = await runVaeEncode(g, this.files, ref, { sampleSeed: req.sampleEncode ? seed + 1 : undefined, trace, onProgress: report('encode'), models: this.models });
       lap('encode');
     }
 
@@ -228,7 +249,7 @@ export class EditPipeline {
     const sampling = runDenoise(g, this.files, {
       noise, refLatent, lh, lw, llmEmbedding: embedded.embeddings, mask: embedded.mask, T: embedded.maxLength, steps, cfg,
       cfgTruncate: beh.cfgTruncate, version: req.version,
-      budget: this.opts.vramBudget, trace, cache: req.cache, maskPacked,
+      budget: this.opts.vramBudget, models: this.models, weights: { weights: this.opts.weights, loras: this.opts.loras }, trace, cache: req.cache, maskPacked,
       onVersion: (v) => (version = v),
       onInfo: (m) => this.opts.onProgress?.({ stage: 'sample', message: m }),
       onStep: (i, n, sk) => {
@@ -253,7 +274,7 @@ export class EditPipeline {
 
     // -- decode -----------------------------------------------------------------------------------
     yield { stage: 'decode', message: 'VAE: decoding' };
-    const small = await runVaeDecode(g, this.files, latent, lh, lw, trace, report('decode'));
+    const small = await runVaeDecode(g, this.files, latent, lh, lw, trace, report('decode'), this.models);
     lap('decode');
 
     // -- postprocess: resize back (PIL bicubic) unless the user keeps the working size --------------
@@ -299,7 +320,14 @@ export class EditPipeline {
     }
   }
 
+  /** Free the resident models (and the GPU when this pipeline created it). */
+  async close(): Promise<void> {
+    await this.models.releaseAll();
+    this.dispose();
+  }
+
   dispose(): void {
+    void this.models.releaseAll();
     if (this.ownsGpu) this.gpu.destroy();
   }
 }

@@ -23,6 +23,8 @@ import type { Step1xPrompt } from '../models/qwen25vl/prompt.js';
 import { getSchedule, denoise } from './sampling.js';
 import { prepare, prepareT2i, imageSeqLen, unpack2x2Host } from './prepare.js';
 import { randnF32 } from './rng.js';
+import type { WeightPolicy } from '../nn/weight.js';
+import { ModelHost } from './model-host.js';
 import { TeaCache, type CacheOption } from './teacache.js';
 import { blendLatent } from './mask.js';
 
@@ -45,6 +47,10 @@ export interface EmbedOptions {
   /** Masked text tokens' own rows: 'sdpa' (current official) or 'flash' (May 2025). */
   textAttention?: TextAttention;
   budget?: number;
+  /** Keeps models resident across stages and images when the plan says they fit (model-host.ts). */
+  models?: ModelHost;
+  /** How Linear weights load (`--weights`). */
+  weights?: WeightPolicy;
   maxLength?: number;
   drop?: number;
   trace?: Trace;
@@ -69,8 +75,11 @@ function vaeProgressTap(levels: number, onProgress?: (done: number, total: numbe
 export async function runEmbed(g: Gpu, files: ModelFiles, prompts: Step1xPrompt[], qp: QwenProcessed, o: EmbedOptions = {}): Promise<EmbedderOutput> {
   const inputs = prompts.map((p) => ({ inputIds: p.inputIds, attentionMask: p.attentionMask, pixelValues: qp.pixelValues, gridThw: [qp.gridThw] as [number, number, number][], textAttention: o.textAttention }));
   return withOomFallback(g, 'Qwen2.5-VL', o.budget, async (budget) => {
-    const model = await QwenVL.load(g, files.qwenDir, budget !== undefined ? { gpuBudgetBytes: budget } : {});
-    try {
+    const load = () => QwenVL.load(g, files.qwenDir, { ...(budget !== undefined ? { gpuBudgetBytes: budget } : {}), policy: o.weights });
+    return (o.models ?? new ModelHost()).use('qwen', `${files.qwenDir}|${o.weights?.weights}`, load, async (m) => {
+      await m.dispose();
+      g.pool.trim();
+    }, async (model) => {
       if (model.streamed.text || model.streamed.vision) o.onInfo?.(`Qwen2.5-VL: streaming ${model.streamed.text ? 'text' : ''}${model.streamed.text && model.streamed.vision ? ' and ' : ''}${model.streamed.vision ? 'vision' : ''} layers from disk under the GPU budget`);
       const names = ['cond', 'uncond'];
       const out = await embedPrompts(g, model, inputs, {
@@ -85,10 +94,7 @@ export async function runEmbed(g: Gpu, files: ModelFiles, prompts: Step1xPrompt[
       o.trace?.('mid.llm_embedding', out.embeddings, [out.batch, out.maxLength, out.hidden]);
       o.trace?.('mid.mask', out.mask, [out.batch, out.maxLength], 'i64');
       return out;
-    } finally {
-      await model.dispose();
-      g.pool.trim();
-    }
+    }, budget === 0);
   }, o.onInfo);
 }
 
@@ -120,8 +126,19 @@ function aeBase(files: ModelFiles): Partial<AeConfig> {
 }
 
 /** VAE encode of the reference → ref latent [1, 16, h/8, w/8] (mean path, or sampled with a seed). */
-export async function runVaeEncode(g: Gpu, files: ModelFiles, ref: RgbImage, o: { sampleSeed?: number; eps?: Float32Array; trace?: Trace; onProgress?: (done: number, total: number) => void } = {}): Promise<Float32Array> {
-  const vae = await AutoEncoder.load(g, files.vae, aeBase(files));
+export async function runVaeEncode(g: Gpu, files: ModelFiles, ref: RgbImage, o: { sampleSeed?: number; eps?: Float32Array; trace?: Trace; models?: ModelHost; onProgress?: (done: number, total: number) => void } = {}): Promise<Float32Array> {
+  return withVae(g, files, o.models, (vae) => vaeEncode(g, vae, ref, o));
+}
+
+/** The VAE of `files` for `fn`: kept by `models` in keep mode, else loaded and freed around it. */
+function withVae<R>(g: Gpu, files: ModelFiles, models: ModelHost | undefined, fn: (vae: AutoEncoder) => Promise<R>): Promise<R> {
+  return (models ?? new ModelHost()).use('vae', files.vae, () => AutoEncoder.load(g, files.vae, aeBase(files)), (vae) => {
+    vae.dispose();
+    g.pool.trim();
+  }, fn);
+}
+
+async function vaeEncode(g: Gpu, vae: AutoEncoder, ref: RgbImage, o: { sampleSeed?: number; eps?: Float32Array; trace?: Trace; onProgress?: (done: number, total: number) => void }): Promise<Float32Array> {
   const x = g.upload(imageToModelInput(ref), [1, 3, ref.height, ref.width]);
   try {
     const zc = vae.config.z_channels, lh = ref.height / 8, lw = ref.width / 8;
@@ -138,8 +155,6 @@ export async function runVaeEncode(g: Gpu, files: ModelFiles, ref: RgbImage, o: 
     }
   } finally {
     x.dispose();
-    vae.dispose();
-    g.pool.trim();
   }
 }
 
@@ -159,6 +174,9 @@ export interface DenoiseStageOptions {
   /** `--version`: must agree with the weights (which tell it anyway). */
   version?: DitVersion;
   budget?: number;
+  models?: ModelHost;
+  /** How Linear weights load (`--weights`, `--lora`). */
+  weights?: WeightPolicy;
   trace?: Trace;
   /** TeaCache (`--cache teacache[:T]`); `skipped` in onStep says whether that step reused the cache. */
   cache?: CacheOption;
@@ -177,8 +195,12 @@ export async function runDenoise(g: Gpu, files: ModelFiles, o: DenoiseStageOptio
   o.trace?.('mid.timesteps', timesteps, [timesteps.length]);
   const mask = Float32Array.from(o.mask);
   return withOomFallback(g, 'DiT', o.budget, async (budget) => {
-    const model = await Step1XEdit.open(g, files.dit, { ...(files.hparams ?? {}), version: o.version }, budget !== undefined ? { budgetBytes: budget } : {});
-    try {
+    const open = () => Step1XEdit.open(g, files.dit, { ...(files.hparams ?? {}), version: o.version }, { ...(budget !== undefined ? { budgetBytes: budget } : {}), weights: o.weights });
+    const key = `${files.dit}|${o.version}|${o.weights?.weights}|${(o.weights?.loras ?? []).map((l) => `${l.path}:${l.multiplier}`).join(',')}`;
+    return (o.models ?? new ModelHost()).use('dit', key, open, async (m) => {
+      await m.close();
+      g.pool.trim();
+    }, async (model) => {
       o.onVersion?.(model.version);
       if (model.streamedBlocks) o.onInfo?.(`DiT: streaming ${model.streamedBlocks} blocks from disk under the GPU budget`);
       // the reference tokens' ids depend on the version the weights tell (prepare.ts)
@@ -213,18 +235,18 @@ export async function runDenoise(g: Gpu, files: ModelFiles, o: DenoiseStageOptio
       } finally {
         pred.dispose();
       }
-    } finally {
-      await model.close();
-      g.pool.trim();
-    }
+    }, budget === 0);
   }, o.onInfo);
 }
 
 /** Unpack [1, N, 64] → latent [1, 16, lh, lw], VAE decode, clamp, truncate to u8. */
-export async function runVaeDecode(g: Gpu, files: ModelFiles, packed: Float32Array, lh: number, lw: number, trace?: Trace, onProgress?: (done: number, total: number) => void): Promise<RgbImage> {
+export async function runVaeDecode(g: Gpu, files: ModelFiles, packed: Float32Array, lh: number, lw: number, trace?: Trace, onProgress?: (done: number, total: number) => void, models?: ModelHost): Promise<RgbImage> {
   const latent = unpack2x2Host(packed, 1, 16, lh / 2, lw / 2);
   trace?.('mid.latent', latent, [1, 16, lh, lw]);
-  const vae = await AutoEncoder.load(g, files.vae, aeBase(files));
+  return withVae(g, files, models, (vae) => vaeDecode(g, vae, latent, lh, lw, trace, onProgress));
+}
+
+async function vaeDecode(g: Gpu, vae: AutoEncoder, latent: Float32Array, lh: number, lw: number, trace?: Trace, onProgress?: (done: number, total: number) => void): Promise<RgbImage> {
   const z = g.upload(latent, [1, 16, lh, lw]);
   try {
     const dec = await vae.decode(z, vaeProgressTap(vae.config.ch_mult.length, onProgress));
@@ -237,7 +259,5 @@ export async function runVaeDecode(g: Gpu, files: ModelFiles, packed: Float32Arr
     return img;
   } finally {
     z.dispose();
-    vae.dispose();
-    g.pool.trim();
   }
 }

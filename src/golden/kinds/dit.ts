@@ -5,6 +5,8 @@
  * intermediates: connector (`mid.connector.*`), `mid.time_*`, `mid.vector_in`, `mid.vec`, `mid.ids`,
  * `mid.pe`, `mid.img_embed`, `mid.txt_embed`, every block's streams, `mid.final.in`; also re-packs
  * `in.latent_noisy/ref` into `in.img` / `in.img_ids` / `in.txt_ids` to check prepare().
+ * A case with `case.json` `lora` (lora_tiny) loads the DiT with that LoRA file merged (nn/lora.ts) and
+ * also emits `out.merged.<weight key>`, the merged weights as the model holds them.
  */
 import { join } from 'node:path';
 import type { GoldenContext } from '../registry.js';
@@ -14,10 +16,14 @@ import { Step1XEdit, type DitLoadOptions } from '../../models/dit.js';
 import type { Tap } from '../../models/connector.js';
 import { prepare } from '../../pipeline/prepare.js';
 import { fail, fmtShape } from '../../errors.js';
+import { LoraFile, checkLoras } from '../../nn/lora.js';
+import { loadLinearWeight, WEIGHTS_OPTIONS, type WeightsOption } from '../../nn/weight.js';
 
 /** Open, size, key-check and load the case's DiT (shared with the `sampler` kind). */
 export async function loadCaseDit(ctx: GoldenContext, load: DitLoadOptions = {}): Promise<{ model: Step1XEdit; ckpt: Checkpoint; cfg: Step1xConfig }> {
   const spec = ctx.spec ?? {};
+  // `spec.weights` (the README error table runs copies of the cases with it): Linear weights converted on load
+  if (spec.weights) load = { ...load, weights: { ...load.weights, weights: parseWeightsSpec(spec.weights) } };
   const path = join(ctx.caseDir, spec.dit_file ?? 'dit.safetensors');
   const ckpt = await Checkpoint.open(path);
   try {
@@ -43,6 +49,11 @@ export function emitTap(ctx: GoldenContext): Tap {
   return async (name, v, shape) => ctx.emit(name, v instanceof Float32Array ? v : await ctx.gpu.readF32(v), shape);
 }
 
+function parseWeightsSpec(v: unknown): WeightsOption {
+  if (!(WEIGHTS_OPTIONS as readonly unknown[]).includes(v)) fail(`dit golden: spec.weights must be one of ${WEIGHTS_OPTIONS.join(', ')}, got ${JSON.stringify(v)}`);
+  return v as WeightsOption;
+}
+
 export async function run(ctx: GoldenContext): Promise<void> {
   await runDit(ctx);
 }
@@ -59,8 +70,29 @@ export async function runDit(ctx: GoldenContext, load: DitLoadOptions = {}): Pro
     ctx.emit('in.img_ids', p.imgIds, [B, L, 3]);
     ctx.emit('in.txt_ids', p.txtIds, [B, T, 3]);
   }
-  const { model, ckpt } = await loadCaseDit(ctx, load);
+  const lj = ctx.caseJson?.lora;
+  const lora = lj ? await LoraFile.open(join(ctx.caseDir, lj.file ?? 'lora.safetensors'), lj.multiplier ?? 1) : undefined;
+  if (lora) load = { ...load, weights: { ...load.weights, loras: [...(load.weights?.loras ?? []), lora] } };
+  let loaded;
   try {
+    loaded = await loadCaseDit(ctx, load);
+  } catch (e) {
+    await lora?.close();
+    throw e;
+  }
+  const { model, ckpt } = loaded;
+  try {
+    if (lora) {
+      const warn = checkLoras([lora], ckpt);
+      if (warn) ctx.log(warn);
+      for (const name of ctx.io.tensors.keys()) {
+        if (!name.startsWith('out.merged.')) continue;
+        const w = await loadLinearWeight(ctx.gpu, ckpt, name.slice('out.merged.'.length));
+        // packed weights (spec.weights) keep the LoRA unmerged: there is no merged matrix to show
+        if (!w.packed) ctx.emit(name, await ctx.gpu.readF32(w.data), [w.N, w.K]);
+        w.dispose();
+      }
+    }
     ctx.log(`dit: B=${B} L=${L} T=${T}, ${model.cfg.depth}+${model.cfg.depth_single_blocks} blocks, ${model.streamedBlocks} streamed`);
     const pred = await model.forward(
       {
@@ -75,5 +107,6 @@ export async function runDit(ctx: GoldenContext, load: DitLoadOptions = {}): Pro
   } finally {
     model.dispose();
     await ckpt.close();
+    await lora?.close();
   }
 }

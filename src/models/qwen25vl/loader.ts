@@ -12,9 +12,11 @@
 import type { Gpu } from '../../runtime/gpu.js';
 import type { Tensor } from '../../runtime/tensor.js';
 import { Checkpoint, checkKeys } from '../../io/checkpoint.js';
-import { bytesToF32, numelOfShape, ST_DTYPE_BYTES } from '../../io/safetensors.js';
+import { bytesToF32 } from '../../io/safetensors.js';
 import { loadWeight } from '../../nn/weights.js';
 import { Linear } from '../../nn/linear.js';
+import { BlockStream } from '../../nn/block-stream.js';
+import { gpuTensorBytes, weightPolicy } from '../../nn/weight.js';
 import { ExitCode, fail } from '../../errors.js';
 import type { QwenVLConfig } from './config.js';
 
@@ -103,22 +105,10 @@ export async function gatherEmbeddingRows(ckpt: Checkpoint, ids: Int32Array, nam
 
 /** Bytes the named tensors occupy on the GPU (as stored: bf16 stays 2 bytes). */
 export function tensorBytes(ckpt: Checkpoint, names: string[]): number {
+  const p = weightPolicy(ckpt); // --weights: Linear weights as they will be held (nn/weight.ts)
   let n = 0;
-  for (const k of names) {
-    const info = ckpt.info(k);
-    n += numelOfShape(info.shape) * ST_DTYPE_BYTES[info.dtype];
-  }
+  for (const k of names) for (const b of gpuTensorBytes(ckpt.info(k), p)) n += b;
   return n;
-}
-
-function splitRows(w: Tensor, parts: number): Tensor[] {
-  const n = w.shape[0] / parts;
-  return Array.from({ length: parts }, (_, i) => {
-    const view = w.rows(i * n, n);
-    const c = w.gpu.copy(view, `${w.label}[${i}]`);
-    view.dispose();
-    return c;
-  });
 }
 
 /** visual.blocks.N: fields mirror the checkpoint (attn.qkv is split into q/k/v at load, rows (3, H, Dh)). */
@@ -138,16 +128,15 @@ export class VisionBlockWeights {
 
   static async load(g: Gpu, ckpt: Checkpoint, i: number): Promise<VisionBlockWeights> {
     const p = `visual.blocks.${i}`;
-    const qkvW = await loadWeight(g, ckpt, `${p}.attn.qkv.weight`);
-    const qkvB = await loadWeight(g, ckpt, `${p}.attn.qkv.bias`);
-    const [qw, kw, vw] = splitRows(qkvW, 3);
-    const [qb, kb, vb] = splitRows(qkvB, 3);
-    qkvW.dispose();
-    qkvB.dispose();
+    // q, k, v as row views of the fused Linear (its Weight carries scales when packed)
+    const qkv = await Linear.load(g, ckpt, `${p}.attn.qkv`, { bias: true });
+    const Dv = qkv.outFeatures / 3;
+    const [q, k, v] = [0, 1, 2].map((i) => qkv.rows(i * Dv, Dv));
+    qkv.dispose();
     return new VisionBlockWeights(
       await loadWeight(g, ckpt, `${p}.norm1.weight`),
       await loadWeight(g, ckpt, `${p}.norm2.weight`),
-      { q: new Linear(qw, qb, `${p}.attn.q`), k: new Linear(kw, kb, `${p}.attn.k`), v: new Linear(vw, vb, `${p}.attn.v`),
+      { q, k, v,
         proj: await Linear.load(g, ckpt, `${p}.attn.proj`, { bias: true }) },
       { gate_proj: await Linear.load(g, ckpt, `${p}.mlp.gate_proj`, { bias: true }),
         up_proj: await Linear.load(g, ckpt, `${p}.mlp.up_proj`, { bias: true }),
@@ -197,60 +186,10 @@ export class DecoderLayerWeights {
   }
 }
 
-/**
- * A stack of blocks, resident or streamed. Streamed: `get(i)` returns block i (loaded on demand,
- * with block i+1 already being read), `release(i)` frees it once its work is recorded (the buffer
- * pool hands memory back only to later dispatches, which WebGPU orders after this block's).
- */
-export class LayerSet<T extends { dispose(): void }> {
-  private resident: T[] | null = null;
-  private pending = new Map<number, Promise<T>>();
-
-  constructor(
-    readonly count: number,
-    private readonly loader: (i: number) => Promise<T>,
-    readonly streamed: boolean,
-  ) {}
-
-  /** Resident mode: load every block now. */
-  async preload(): Promise<void> {
-    if (this.streamed || this.resident) return;
-    const all: T[] = [];
-    try {
-      for (let i = 0; i < this.count; i++) all.push(await this.loader(i));
-    } catch (e) {
-      for (const b of all) b.dispose();
-      throw e;
-    }
-    this.resident = all;
-  }
-
-  async get(i: number): Promise<T> {
-    if (i < 0 || i >= this.count) fail(`LayerSet.get(${i}): only ${this.count} blocks`);
-    if (!this.streamed) {
-      if (!this.resident) await this.preload();
-      return this.resident![i];
-    }
-    const p = this.pending.get(i) ?? this.loader(i);
-    this.pending.delete(i);
-    const block = await p;
-    if (i + 1 < this.count && !this.pending.has(i + 1)) {
-      const next = this.loader(i + 1);
-      next.catch(() => undefined); // surfaced when awaited
-      this.pending.set(i + 1, next);
-    }
-    return block;
-  }
-
-  release(_i: number, block: T): void {
-    if (this.streamed) block.dispose();
-  }
-
-  async dispose(): Promise<void> {
-    for (const b of this.resident ?? []) b.dispose();
-    this.resident = null;
-    for (const p of this.pending.values()) (await p.catch(() => null))?.dispose();
-    this.pending.clear();
+/** A tower's blocks, all resident or all streamed, on the shared streaming engine (nn/block-stream.ts). */
+export class LayerSet<T extends { dispose(): void }> extends BlockStream<T> {
+  constructor(count: number, loader: (i: number) => Promise<T>, readonly streamed: boolean) {
+    super(count, loader, () => !streamed);
   }
 }
 

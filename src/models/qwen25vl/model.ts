@@ -13,6 +13,7 @@ import { QwenVisionTower, type VisionTrace } from './vision.js';
 import { QwenTextModel, type TextAttention } from './text.js';
 import { getRopeIndex, type GridThw } from './positions.js';
 import { fail } from '../../errors.js';
+import { setWeightPolicy, type WeightPolicy } from '../../nn/weight.js';
 
 export interface QwenLoadOptions {
   /** GPU bytes the weights may occupy (default: unlimited = everything resident). */
@@ -21,6 +22,8 @@ export interface QwenLoadOptions {
   stream?: 'auto' | 'always' | 'never';
   /** Checkpoint path(s) when they differ from the config directory (e.g. a single model.safetensors). */
   weights?: string | string[];
+  /** How Linear weights load (`--weights`; nn/weight.ts); the residency plan counts them that way. */
+  policy?: WeightPolicy;
 }
 
 /** One prompt after tokenisation (processor output). */
@@ -58,6 +61,7 @@ export class QwenVL {
   static async load(g: Gpu, dir: string, opts: QwenLoadOptions = {}): Promise<QwenVL> {
     const cfg = await loadQwenConfig(dir);
     const ckpt = await openQwenCheckpoint(opts.weights ?? dir, cfg);
+    setWeightPolicy(ckpt, opts.policy);
     const budget = opts.gpuBudgetBytes ?? Infinity;
     const mode = opts.stream ?? 'auto';
     let visual: QwenVisionTower | null = null;

@@ -1,0 +1,49 @@
+/**
+ * `step1x plan [--model DIR] [--size N] [--weights bf16|fp8|q8|q4] [--vram-budget X] [--lora F[:S]] [--json]`:
+ * the VRAM plan of an edit (src/pipeline/plan.ts) from the model files' headers, without a GPU. Per stage:
+ * resident bytes, streamed bytes, the streamed working set, activation peak, stage peak; then the total.
+ * `--json` prints one object whose `peak_bytes` is the estimated peak GPU bytes of the whole edit. A budget
+ * too small for any plan is refused (exit 6) naming the minimum.
+ */
+import type { Command } from 'commander';
+import { ExitCode, Step1xError } from '../errors.js';
+import { resolveModelFiles } from '../io/model-files.js';
+import { planEdit } from '../pipeline/plan.js';
+import { parseBytes } from './edit.js';
+import { collect, openWeightChoice } from './weights.js';
+import { fmtBytes } from './progress.js';
+
+export function register(program: Command): void {
+  program
+    .command('plan')
+    .description('print the GPU memory plan of an edit (what stays resident, what streams, peaks) without running the model')
+    .option('--model <dir>', 'model directory in the official layout (default: $STEP1X_MODEL, then the Hugging Face cache)')
+    .option('--size <n>', 'size level (official size_level; a square input is assumed)', '512')
+    .option('--weights <format>', 'bf16, fp8, q8 or q4 (default: as stored)')
+    .option('--vram-budget <bytes>', 'GPU memory budget, e.g. 16GB')
+    .option('--lora <file[:scale]>', 'LoRA applied to the DiT (repeatable)', collect)
+    .option('--json', 'one JSON object on stdout')
+    .action(async (o: { model?: string; size: string; weights?: string; vramBudget?: string; lora?: string[]; json?: boolean }) => {
+      const size = Number(o.size);
+      if (!Number.isInteger(size) || size < 16 || size > 4096) throw new Step1xError(`--size must be an integer in [16, 4096], got "${o.size}"`, ExitCode.USAGE);
+      const budget = o.vramBudget ? parseBytes(o.vramBudget) : undefined;
+      const files = resolveModelFiles(o.model);
+      const wc = await openWeightChoice(o, files.dit, (m) => process.stderr.write(`step1x: warning: ${m}\n`));
+      try {
+        const plan = await planEdit(files, { size, weights: wc.weights, loras: wc.loras, budget });
+        if (o.json) {
+          process.stdout.write(JSON.stringify(plan) + '\n');
+          return;
+        }
+        const lines = [
+          `plan for a ${plan.width}x${plan.height} edit, weights ${plan.weights}, budget ${budget === undefined ? 'none' : fmtBytes(budget)}; models ${plan.keep_resident ? 'loaded once and kept resident' : 'loaded per stage'}`,
+          `${'stage'.padEnd(8)} ${'model'.padEnd(6)} ${'resident'.padStart(11)} ${'streamed'.padStart(11)} ${'working'.padStart(11)} ${'activations'.padStart(11)} ${'peak'.padStart(11)}`,
+          ...plan.stages.map((s) => `${s.stage.padEnd(8)} ${s.model.padEnd(6)} ${fmtBytes(s.resident_bytes).padStart(11)} ${fmtBytes(s.streamed_bytes).padStart(11)} ${fmtBytes(s.working_bytes).padStart(11)} ${fmtBytes(s.activation_bytes).padStart(11)} ${fmtBytes(s.peak_bytes).padStart(11)}`),
+          `pool cache ${fmtBytes(plan.cache_bytes)}; estimated peak ${fmtBytes(plan.peak_bytes)} (${plan.peak_bytes} bytes); smallest budget that fits: ${fmtBytes(plan.minimum_budget_bytes)}`,
+        ];
+        process.stdout.write(lines.join('\n') + '\n');
+      } finally {
+        await wc.close();
+      }
+    });
+}

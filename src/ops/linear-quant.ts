@@ -1,0 +1,127 @@
+/**
+ * Linear layers over packed weights (shaders/gemm-quant.wgsl): fp8 (E4M3 / E5M2), q8, q4.
+ *
+ * linearPacked(x [..., K] f32, w { data u32 [N, row_words], scales? f16 [N, K/QBLOCK] }, b? [N]) ->
+ * [..., N] f32 with bias and activation fused, dequantizing in the kernel (the weights stay packed in
+ * GPU memory: 1 byte per weight for fp8 / q8, half a byte for q4, plus 2 bytes per QBLOCK for scales).
+ *
+ * Splitting as ops/linear.ts: weights along N and activations / outputs along M so that no binding
+ * exceeds g.maxBindingBytes; every chunk binds flat views starting on a 256-byte boundary at or below
+ * its first element and passes the remaining offset in uniforms.
+ */
+import type { Tensor } from '../runtime/tensor.js';
+import { DTYPE_BYTES, storageBytes } from '../runtime/tensor.js';
+import type { Gpu } from '../runtime/gpu.js';
+import { fail, fmtShape } from '../errors.js';
+import type { Activation } from './linear.js';
+
+/** Packed weight formats (the host codecs and their layout: src/io/quant.ts). */
+export type PackedFormat = 'fp8_e4m3' | 'fp8_e5m2' | 'q8' | 'q4';
+
+export interface PackedWeight {
+  format: PackedFormat;
+  /** u32 words [N, row_words] (row_words = K/4, or K/8 for q4). */
+  data: Tensor;
+  /** f16 [N, K / block] (q8 / q4). */
+  scales?: Tensor;
+  /** Elements per scale block along K (q8 / q4; io/quant.ts QBLOCK). */
+  block?: number;
+  N: number;
+  K: number;
+}
+
+/** Register tile of the `tiled` entry (one pipeline per format; measured on lavapipe like gemm.wgsl's). */
+const TILE = { tm: 4, tn: 4, wgn: 32 };
+
+function spanStart(t: Tensor, e0: number): number {
+  const eb = DTYPE_BYTES[t.dtype];
+  const slop = (t.byteOffset + e0 * eb) % 256;
+  return Math.max(0, e0 - Math.floor(slop / eb));
+}
+
+function span(t: Tensor, e0: number, count: number): { view: Tensor; off: number } {
+  const start = spanStart(t, e0);
+  const flat = t.reshape([t.numel]);
+  const view = flat.rows(start, e0 + count - start);
+  flat.dispose();
+  return { view, off: e0 - start };
+}
+
+const spanBytes = (t: Tensor, e0: number, count: number): number => storageBytes(t.dtype, e0 + count - spanStart(t, e0));
+
+function largestFitting(max: number, limit: number, bytes: (c: number) => number): number {
+  if (bytes(1) > limit) return 0;
+  let lo = 1, hi = max;
+  while (lo < hi) {
+    const mid = Math.ceil((lo + hi) / 2);
+    if (bytes(mid) <= limit) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
+function foldGrid(g: Gpu, groups: number): [number, number] {
+  const max = g.maxWorkgroupsPerDim;
+  if (groups <= max) return [Math.max(groups, 1), 1];
+  const y = Math.ceil(groups / max);
+  return [Math.ceil(groups / y), y];
+}
+
+export function linearPacked(x: Tensor, w: PackedWeight, b?: Tensor, opts: { act?: Activation; out?: Tensor } = {}): Tensor {
+  const g = x.gpu;
+  const { N, K, format } = w;
+  const QBLOCK = w.block ?? 32;
+  const blocked = format === 'q8' || format === 'q4';
+  const rowWords = format === 'q4' ? K / 8 : K / 4;
+  if (x.dtype !== 'f32') fail(`linearPacked: x must be f32, got ${x.dtype} ${fmtShape(x.shape)}`);
+  if (x.rank < 1 || x.dim(-1) !== K) fail(`linearPacked: x ${fmtShape(x.shape)} last dim must equal K = ${K}`);
+  if (K <= 0 || K % (blocked ? QBLOCK : 4) !== 0) fail(`linearPacked: K = ${K} is not a multiple of ${blocked ? QBLOCK : 4} (${format})`);
+  if (w.data.dtype !== 'u32' || w.data.numel !== N * rowWords) fail(`linearPacked: ${format} data ${w.data.dtype}${fmtShape(w.data.shape)} must hold ${N} x ${rowWords} u32 words`);
+  if (blocked && (!w.scales || w.scales.dtype !== 'f16' || w.scales.numel !== (N * K) / QBLOCK))
+    fail(`linearPacked: ${format} needs f16 scales [${N}, ${K / QBLOCK}], got ${w.scales ? w.scales.dtype + fmtShape(w.scales.shape) : 'none'}`);
+  if (b && (b.rank !== 1 || b.shape[0] !== N)) fail(`linearPacked: bias ${fmtShape(b.shape)} must be [${N}]`);
+  const M = x.numel / K;
+  const outShape = [...x.shape.slice(0, -1), N];
+  let out = opts.out;
+  if (out) {
+    if (out.dtype !== 'f32' || out.numel !== M * N) fail(`linearPacked: out ${out.dtype}${fmtShape(out.shape)} must be f32 ${fmtShape(outShape)}`);
+  } else out = g.empty(outShape, 'f32', 'linear');
+  if (M === 0 || N === 0) return out;
+  const defines: Record<string, string | number | boolean> = { FMT: format, QBLOCK, ACT: opts.act ?? 'none', HAS_BIAS: !!b, TM: TILE.tm, TN: TILE.tn, WGN: TILE.wgn };
+  if (b) defines.BDT = b.dtype;
+  const nb = blocked ? K / QBLOCK : 0;
+  const limit = g.maxBindingBytes;
+  for (let n0 = 0; n0 < N; ) {
+    const nc = largestFitting(N - n0, limit, (c) =>
+      Math.max(spanBytes(w.data, n0 * rowWords, c * rowWords), blocked ? spanBytes(w.scales!, n0 * nb, c * nb) : 0, b ? spanBytes(b, n0, c) : 0, c * 4 + 256));
+    if (nc === 0) fail(`linearPacked: one weight row of ${format} ${fmtShape([N, K])} does not fit the binding limit ${limit}`);
+    for (let m0 = 0; m0 < M; ) {
+      const mc = largestFitting(M - m0, limit, (c) => Math.max(spanBytes(x, m0 * K, c * K) + 16, spanBytes(out!, m0 * N + n0, (c - 1) * N + nc)));
+      if (mc === 0) fail(`linearPacked: one activation row of x ${fmtShape(x.shape)} does not fit the binding limit ${limit}`);
+      const xs = span(x, m0 * K, mc * K);
+      const ws = span(w.data, n0 * rowWords, nc * rowWords);
+      const ss = blocked ? span(w.scales!, n0 * nb, nc * nb) : null;
+      const bs = b ? span(b, n0, nc) : null;
+      const os = span(out, m0 * N + n0, (mc - 1) * N + nc);
+      const tilesN = Math.ceil(nc / (TILE.wgn * TILE.tn));
+      const [gx, gy] = foldGrid(g, tilesN * Math.ceil(mc / TILE.tm));
+      const bindings = [xs.view, ws.view, ...(ss ? [ss.view] : []), ...(bs ? [bs.view] : []), os.view];
+      try {
+        g.dispatch({
+          file: 'gemm-quant.wgsl',
+          entry: 'tiled',
+          defines,
+          // M, N, K, K4, x_off, w_off, s_off, b_off, o_off, ldo, tiles_n, wg_x, row_words, nb, pad, pad
+          uniforms: [mc, nc, K, K >> 2, xs.off, ws.off, ss ? ss.off : 0, bs ? bs.off : 0, os.off, N, tilesN, gx, rowWords, nb, 0, 0],
+          bindings,
+          workgroups: [gx, gy],
+        });
+      } finally {
+        for (const t of bindings) t.dispose();
+      }
+      m0 += mc;
+    }
+    n0 += nc;
+  }
+  return out;
+}

@@ -1,0 +1,235 @@
+/**
+ * The VRAM plan of an edit: for every stage (Qwen2.5-VL embed, VAE encode, DiT sample, VAE decode) the
+ * bytes its model keeps resident, the bytes it streams block by block, the working set of streamed
+ * blocks (current + read-ahead), its activation peak, and the stage peak; plus the pool's cache
+ * allowance. Read from checkpoint headers only (no GPU): `step1x plan` prints it, the stages use the
+ * same activation estimates when they plan their residency, and tests check the measured pool peak
+ * never exceeds it.
+ *
+ * Counting follows the pool (runtime/buffer-pool.ts): every buffer is rounded to its pool bucket, and
+ * weights count as the loader will hold them under `--weights` (nn/weight.ts gpuTensorBytes).
+ * Activation estimates list the f32 buffers alive at a stage's peak (the biggest block's forward);
+ * each list is conservative by construction (tests compare them with measured peaks on tiny models).
+ *
+ * Residency: when every model fits the budget together (or there is no budget), models stay resident
+ * across stages and across the images of a batch (`keepResident`); otherwise each stage loads its model
+ * for itself, resident when it fits, else streaming under the budget.
+ */
+import { Checkpoint } from '../io/checkpoint.js';
+import { ExitCode, Step1xError } from '../errors.js';
+import { configFromCheckpoint, mlpHidden, planResidency, pooledBytes, type DitParams } from '../models/dit-config.js';
+import { loadQwenConfig, type QwenVLConfig } from '../models/qwen25vl/config.js';
+import { openQwenCheckpoint, residencyPlan } from '../models/qwen25vl/loader.js';
+import { QwenVisionTower } from '../models/qwen25vl/vision.js';
+import { QwenTextModel } from '../models/qwen25vl/text.js';
+import { inferAeConfig, type AeConfig } from '../models/vae-config.js';
+import { inputProcessSize, STEP1X_MAX_PIXELS } from '../models/qwen25vl/processor.js';
+import { STEP1X_MAX_LENGTH } from '../models/qwen25vl/embedder.js';
+import { gpuTensorBytes, setWeightPolicy, type WeightPolicy, type WeightsOption } from '../nn/weight.js';
+import type { LoraFile } from '../nn/lora.js';
+import type { ModelFiles } from '../io/model-files.js';
+
+export interface StagePlan {
+  stage: 'embed' | 'encode' | 'sample' | 'decode';
+  model: 'qwen' | 'vae' | 'dit';
+  resident_bytes: number;
+  streamed_bytes: number;
+  /** Streamed blocks in memory at once (current + read-ahead). */
+  working_bytes: number;
+  activation_bytes: number;
+  peak_bytes: number;
+  /** The least this stage needs (everything streamable streamed). */
+  min_bytes: number;
+}
+
+export interface VramPlan {
+  width: number;
+  height: number;
+  weights: WeightsOption | 'as stored';
+  budget_bytes: number | null;
+  /** Every model fits at once: loaded once, kept across stages and batch images. */
+  keep_resident: boolean;
+  /** Freed buffers the pool may keep for reuse (a tenth of the budget, or its 512 MiB default). */
+  cache_bytes: number;
+  stages: StagePlan[];
+  /** Estimated peak GPU bytes of the whole edit (largest stage, or all models at once, + cache). */
+  peak_bytes: number;
+  /** The smallest --vram-budget any plan fits. */
+  minimum_budget_bytes: number;
+}
+
+const sumPooled = (bufs: [number, number][]): number => bufs.reduce((s, [b, n]) => s + (b > 0 ? pooledBytes(b) * n : 0), 0);
+
+/** DiT forward activations over B rows of T text + L image tokens (the biggest block's buffers). */
+export function ditActivationBytes(cfg: DitParams, B: number, L: number, T: number, Cllm: number): number {
+  const H = cfg.hidden_size, M = mlpHidden(H, cfg.mlp_ratio), S = B * (T + L), hd = H / cfg.num_heads;
+  return sumPooled([
+    [S * H * 4, 10], // residual in / out, modulated input, q, k, v, rotated q, k, attention out, projection
+    [S * M * 4, 1], // GELU(mlp) branch
+    [S * (H + M) * 4, 1], // cat(attn, mlp) of a single block
+    [(T + L) * hd * 2 * 4, 1], // rope table (batch-1, broadcast)
+    [B * L * cfg.in_channels * 4, 2], // packed tokens in, prediction out
+    [B * T * Cllm * 4, 3], // llm embedding and the connector's stream
+    [B * 6 * H * 4, 8], // modulation vectors and their chunks
+  ]);
+}
+
+/** ditActivationBytes for the DiT file of `files` (reads its header). */
+export async function ditActivationFor(files: Pick<ModelFiles, 'dit' | 'hparams'>, B: number, L: number, T: number): Promise<number> {
+  const ck = await Checkpoint.open(files.dit);
+  try {
+    const cfg = configFromCheckpoint(ck.keys(), (n) => (ck.has(n) ? ck.info(n).shape : undefined), files.hparams ?? {}, files.dit);
+    return ditActivationBytes(cfg.dit, B, L, T, cfg.connector.in_channels);
+  } finally {
+    await ck.close();
+  }
+}
+
+/** Qwen2.5-VL over P prompts of S tokens each, N vision patches (text layers run layer-major over the prompts). */
+export function qwenActivationBytes(cfg: QwenVLConfig, P: number, S: number, N: number): number {
+  const t = cfg.text, v = cfg.vision;
+  const D = t.hiddenSize, I = t.intermediateSize, hd = D / t.numAttentionHeads, KV = t.numKeyValueHeads * hd;
+  const Dv = v.hiddenSize, Iv = v.intermediateSize;
+  const text = sumPooled([
+    [S * D * 4, 2 * P + 6], // hidden states of every prompt (+ next), normed, q, rotated q, attention out, o_proj
+    [S * KV * 4, 4], // k, v, rotated k
+    [S * I * 4, 3], // gate, up, act
+    [S * hd * 4, 2 * P], // rope cos / sin per prompt
+    [S * 4, 4 * P], // masks
+  ]);
+  const vision = sumPooled([
+    [N * Dv * 4, 9],
+    [N * Iv * 4, 3],
+    [N * hd * 4, 2],
+    [(N / 4) * D * 4, 2],
+  ]);
+  return Math.max(text, vision) + sumPooled([[(N / 4) * D * 4, 1]]); // image embeddings kept for the text pass
+}
+
+/** VAE encode or decode at h × w pixels: five buffers of the largest level (conv in / out, norm, residual, upsample). */
+export function vaeActivationBytes(cfg: AeConfig, h: number, w: number): number {
+  let max = 3 * h * w;
+  const n = cfg.ch_mult.length;
+  for (let i = 0; i < n; i++) {
+    const c = cfg.ch * cfg.ch_mult[i], s = 2 ** i;
+    max = Math.max(max, c * (h / s) * (w / s));
+    if (i > 0) max = Math.max(max, c * (h / 2 ** (i - 1)) * (w / 2 ** (i - 1))); // decoder upsample output
+  }
+  return sumPooled([[max * 4, 6], [2 * cfg.z_channels * (h / 8) * (w / 8) * 4, 3]]);
+}
+
+export interface PlanOptions {
+  /** Working size level (official size_level); the plan assumes a square input. */
+  size?: number;
+  width?: number;
+  height?: number;
+  weights?: WeightsOption;
+  loras?: readonly LoraFile[];
+  budget?: number;
+}
+
+const CACHE_DEFAULT = 512 << 20;
+
+function tooSmall(budget: number, minimum: number): never {
+  const gb = (x: number) => (x >= 1e9 ? `${(x / 1e9).toFixed(2)} GB` : `${(x / 1e6).toFixed(1)} MB`);
+  throw new Step1xError(`--vram-budget ${gb(budget)} is too small for any plan: the edit needs at least ${gb(minimum)} (${minimum} bytes) with these weights and size`, ExitCode.GPU_OOM);
+}
+
+/** Plan an edit from the model files' headers. */
+export async function planEdit(files: Pick<ModelFiles, 'dit' | 'vae' | 'qwenDir' | 'hparams'>, o: PlanOptions = {}): Promise<VramPlan> {
+  const size = o.size ?? 512;
+  const [width, height] = o.width && o.height ? [o.width, o.height] : inputProcessSize(size, size, size);
+  const budget = o.budget;
+  const modelBudget = budget !== undefined ? budget - Math.floor(budget / 10) : undefined;
+  const cache = budget !== undefined ? Math.floor(budget / 10) : CACHE_DEFAULT;
+  const ditPolicy: WeightPolicy = { weights: o.weights, loras: o.loras };
+  const qwenPolicy: WeightPolicy = { weights: o.weights };
+  const lh = height / 8, lw = width / 8;
+  const L = 2 * Math.floor((lh * lw) / 4);
+  const T = files.hparams?.embedder?.max_length ?? STEP1X_MAX_LENGTH;
+
+  // ---- DiT ----
+  const dck = await Checkpoint.open(files.dit);
+  let dit: StagePlan;
+  let ditAll: number;
+  try {
+    const cfg = configFromCheckpoint(dck.keys(), (n) => (dck.has(n) ? dck.info(n).shape : undefined), files.hparams ?? {}, files.dit);
+    const act = ditActivationBytes(cfg.dit, 2, L, T, cfg.connector.in_channels);
+    const all = planResidency(dck, cfg.dit, { weights: ditPolicy });
+    const blocks = all.slots.reduce((s, b) => s + b.bytes, 0);
+    const maxBlock = Math.max(0, ...all.slots.map((s) => s.bytes));
+    ditAll = all.fixedBytes + blocks;
+    const min = all.fixedBytes + 2 * maxBlock + act;
+    let resident = ditAll;
+    if (modelBudget !== undefined && ditAll + act > modelBudget) {
+      if (min > modelBudget) resident = -1;
+      else {
+        const p = planResidency(dck, cfg.dit, { weights: ditPolicy, budgetBytes: modelBudget, activationBytes: act });
+        resident = all.fixedBytes + [...p.resident].reduce((s, j) => s + p.slots[j].bytes, 0);
+      }
+    }
+    const streamed = resident < 0 ? blocks : ditAll - resident;
+    const working = streamed > 0 ? 2 * maxBlock : 0;
+    const res = resident < 0 ? all.fixedBytes : resident;
+    dit = { stage: 'sample', model: 'dit', resident_bytes: res, streamed_bytes: streamed, working_bytes: working, activation_bytes: act, peak_bytes: res + working + act, min_bytes: min };
+  } finally {
+    await dck.close();
+  }
+
+  // ---- Qwen2.5-VL ----
+  const qcfg = await loadQwenConfig(files.qwenDir);
+  const qck = await openQwenCheckpoint(files.qwenDir, qcfg);
+  let qwen: StagePlan;
+  let qwenAll: number;
+  try {
+    setWeightPolicy(qck, qwenPolicy);
+    const vs = QwenVisionTower.sizes(qck, qcfg.vision);
+    const ts = QwenTextModel.sizes(qck, qcfg.text);
+    const maxPixels = files.hparams?.embedder?.max_pixels ?? STEP1X_MAX_PIXELS;
+    const unit = qcfg.vision.patchSize * qcfg.vision.spatialMergeSize;
+    const imageTokens = Math.min(Math.floor(maxPixels / (unit * unit)), Math.ceil(width / unit) * Math.ceil(height / unit));
+    const N = imageTokens * qcfg.vision.spatialMergeSize ** 2;
+    const act = qwenActivationBytes(qcfg, 2, imageTokens + T, N);
+    qwenAll = vs.blocks + vs.fixed + ts.blocks + ts.fixed;
+    const textLayer = ts.blocks / qcfg.text.numHiddenLayers, visionBlock = vs.blocks / qcfg.vision.depth;
+    const min = vs.fixed + ts.fixed + 2 * textLayer + 2 * visionBlock + act;
+    const { streamVision, streamText } = modelBudget === undefined ? { streamVision: false, streamText: false } : residencyPlan('auto', vs, ts, qcfg.text.numHiddenLayers, Math.max(1, modelBudget - act));
+    const res = vs.fixed + ts.fixed + (streamVision ? 0 : vs.blocks) + (streamText ? 0 : ts.blocks);
+    const working = (streamVision ? 2 * visionBlock : 0) + (streamText ? 2 * textLayer : 0);
+    qwen = { stage: 'embed', model: 'qwen', resident_bytes: res, streamed_bytes: qwenAll - res, working_bytes: working, activation_bytes: act, peak_bytes: res + working + act, min_bytes: min };
+  } finally {
+    await qck.close();
+  }
+
+  // ---- VAE ----
+  const vck = await Checkpoint.open(files.vae);
+  let vaeW: number, encAct: number, decAct: number;
+  try {
+    const acfg = inferAeConfig((n) => (vck.has(n) ? vck.info(n).shape : undefined), vck.keys(), (files.hparams?.ae ?? {}) as Partial<AeConfig>);
+    // the VAE keeps 4-D bf16 kernels packed and widens everything else to f32 (models/vae.ts)
+    vaeW = vck.keys().reduce((s, k) => {
+      const i = vck.info(k);
+      const n = i.shape.reduce((a, b) => a * b, 1);
+      return s + pooledBytes(n * (i.dtype === 'BF16' && i.shape.length === 4 ? 2 : 4));
+    }, 0);
+    encAct = vaeActivationBytes(acfg, height, width);
+    decAct = encAct;
+  } finally {
+    await vck.close();
+  }
+  const enc: StagePlan = { stage: 'encode', model: 'vae', resident_bytes: vaeW, streamed_bytes: 0, working_bytes: 0, activation_bytes: encAct, peak_bytes: vaeW + encAct, min_bytes: vaeW + encAct };
+  const dec: StagePlan = { ...enc, stage: 'decode', activation_bytes: decAct, peak_bytes: vaeW + decAct, min_bytes: vaeW + decAct };
+  const stages = [qwen, enc, dit, dec];
+  const maxAct = Math.max(...stages.map((s) => s.activation_bytes));
+  const together = qwenAll + ditAll + vaeW + maxAct;
+  const keep = modelBudget === undefined || together <= modelBudget;
+  const minStage = Math.max(...stages.map((s) => s.min_bytes));
+  const minimum = Math.ceil((minStage * 10) / 9) + 1;
+  if (budget !== undefined && (dit.resident_bytes < 0 || minStage > (modelBudget as number))) tooSmall(budget, minimum);
+  if (keep) for (const s of stages) (s.resident_bytes = s.model === 'qwen' ? qwenAll : s.model === 'dit' ? ditAll : vaeW), (s.streamed_bytes = 0), (s.working_bytes = 0), (s.peak_bytes = s.resident_bytes + s.activation_bytes);
+  const live = keep ? together : Math.max(...stages.map((s) => s.peak_bytes));
+  return {
+    width, height, weights: o.weights ?? 'as stored', budget_bytes: budget ?? null, keep_resident: keep, cache_bytes: cache, stages,
+    peak_bytes: live + cache, minimum_budget_bytes: minimum,
+  };
+}
