@@ -10,12 +10,19 @@
  * src/ops/attention.ts / src/ops/conv.ts exist (imported dynamically; skipped with a note otherwise).
  * Timing: one warm-up run (pipeline compile), then repeats between `await g.sync()` calls; the repeat
  * count adapts so each row takes about a second.
+ *
+ * Variants (every run): each GEMM kernel the device can run (register-tiled, workgroup-tiled,
+ * subgroup-matrix when the adapter has it) and each attention kernel at the same shapes, GFLOP/s and
+ * the ratio to the register path, plus the autotune's choice for the first shape (cached per adapter;
+ * printed, not applied to the other rows). On lavapipe the ratios say nothing about GPUs.
  */
 import { Gpu } from '../src/runtime/gpu.js';
 import type { Tensor, DType } from '../src/runtime/tensor.js';
 import { f32ArrayToBf16 } from '../src/runtime/half.js';
 import { linear, DEFAULT_TILE, type LinearOptions, type TileConfig } from '../src/ops/linear.js';
 import { randn } from './harness.js';
+import { hasMatrixUnits, setKernelSettings } from '../src/runtime/caps.js';
+import { tune } from '../src/ops/tune.js';
 
 const args = new Set(process.argv.slice(2));
 const FULL = args.has('--full');
@@ -137,7 +144,73 @@ async function benchConv(g: Gpu, C: number, O: number, S: number): Promise<void>
   w.dispose();
 }
 
+/** Every GEMM and attention variant at the same shapes, with the ratio to the register path. */
+async function benchVariants(g: Gpu): Promise<void> {
+  const sg = hasMatrixUnits(g.caps) && g.hasFeature('chromium-experimental-subgroup-matrix');
+  const gemmVariants: [string, LinearOptions][] = [
+    ['register', { variant: 'tiled' }],
+    ['workgroup', { variant: 'workgroup' }],
+    ...(sg ? [['subgroup-matrix', { variant: 'subgroup-matrix' }] as [string, LinearOptions]] : []),
+  ];
+  if (!sg) console.log('(subgroup-matrix variants: not available on this adapter; run in scripts/sgmat-env.sh or on a GPU with matrix units)');
+  const shapes: [number, number, number][] = FULL
+    ? [[2 * (4096 + 4096 + 640), 3072, 3072], [2 * (4096 + 4096 + 640), 3072, 9216], [2 * (4096 + 4096 + 640), 3072, 12288], [2 * (4096 + 4096 + 640), 3072, 21504]]
+    : [[128, 768, 512], [255, 257, 129]]; // lavapipe emulates matrix units slowly: small shapes
+  for (const [M, K, N] of shapes) {
+    let base: Row | null = null;
+    for (const [name, opts] of gemmVariants) {
+      const r = await benchLinear(g, M, K, N, 'bf16', opts, name);
+      if (name === 'register') base = r;
+      else if (r && base) console.log(`  ${name} / register at M=${M} K=${K} N=${N}: ${(base.ms / r.ms).toFixed(2)}x`);
+    }
+  }
+  const [L, H, Dh] = FULL ? [8832, 24, 128] : [128, 4, 128];
+  const n = L * H * Dh;
+  const [q, k, v] = [1, 2, 3].map((s) => upload(g, n, [1, L, H, Dh], 'f32', s));
+  const flops = 4 * H * L * L * Dh;
+  try {
+    const { attention } = await import('../src/ops/attention.js');
+    const base = record(`attention L=${L} H=${H} Dh=${Dh}`, 'register', await time(g, () => attention(q, k, v, { kernel: 'register' })), flops, 4 * n * 4);
+    if (sg) {
+      const r = record(`attention L=${L} H=${H} Dh=${Dh}`, 'subgroup-matrix', await time(g, () => attention(q, k, v, { kernel: 'subgroup-matrix' })), flops, 4 * n * 4);
+      console.log(`  subgroup-matrix / register attention: ${(base.ms / r.ms).toFixed(2)}x`);
+    }
+  } finally {
+    for (const t of [q, k, v]) t.dispose();
+  }
+  // The autotune's choice at the first shape (timed here, cached for later runs on this adapter).
+  const [M, K, N] = shapes[0];
+  const res = await tune(g, [{ M, K, N, wdt: 'bf16' }], { reps: FULL ? 3 : 1, maxCandidates: FULL ? undefined : 4 });
+  for (const t of res) console.log(`autotune M=${M} K=${K} N=${N}: ${t.kind} ${JSON.stringify(t.best)} ${t.ms.toFixed(2)} ms (default ${t.tried[0].ms.toFixed(2)} ms, ${t.tried.length} tiles)`);
+  if (!res.length) console.log(`autotune M=${M} K=${K} N=${N}: register path on this device (${g.kernels}), nothing to tune`);
+}
+
+/** A device with the subgroup-matrix feature requested when the adapter has it (else the default one). */
+async function variantsGpu(): Promise<Gpu> {
+  try {
+    setKernelSettings({ kernels: 'subgroup-matrix' });
+    return await Gpu.create();
+  } catch {
+    setKernelSettings({ kernels: 'register' });
+    return await Gpu.create();
+  } finally {
+    setKernelSettings({});
+  }
+}
+
 async function main(): Promise<void> {
+  if (!args.has('--no-variants')) {
+    const gv = await variantsGpu();
+    try {
+      const d = gv.describe();
+      console.log(`variants on: ${d.vendor} ${d.architecture} ${d.description} (${FULL ? 'full sizes' : 'default sizes'}; kernels ${gv.kernels})`);
+      console.log(`| ${'shape'.padEnd(38)} | ${'variant'.padEnd(20)} | ${'ms'.padStart(10)} | ${'GFLOP/s'.padStart(8)} | ${'GB/s'.padStart(7)} | ${'CPU ms'.padStart(7)} |`);
+      await benchVariants(gv);
+    } finally {
+      gv.destroy();
+    }
+    if (args.has('--variants-only')) return;
+  }
   const g = await Gpu.create();
   const d = g.describe();
   console.log(`device: ${d.vendor} ${d.architecture} ${d.description} (${FULL ? 'full sizes' : 'default sizes'})`);

@@ -3,8 +3,11 @@
  * shapes, each weight dtype (reference uses the exact widened weights), bias dtypes, fused activations,
  * batched leading dims, the N/M split paths (bit-identical to the unsplit result) and matmul.
  * Outputs are written into NaN-poisoned tensors (opts.out) so skipped elements fail.
+ * Where the device's plan picks the subgroup-matrix kernel (STEP1X_KERNELS=subgroup-matrix in the trixie
+ * root) the 'auto' cases run it, with its dispatch counted, under the f16-operand bound of ref.f16Bound.
  */
-import { getGpu, releaseGpu, randn, uploadAs, poison, expectClose } from './harness.js';
+import { getGpu, releaseGpu, randn, uploadAs, poison, expectClose, expectWithin } from './harness.js';
+import { planGemm } from '../src/ops/plan-gemm.js';
 import * as ref from './ref/gemm.js';
 import { linear, matmul, type Activation, type GemmVariant, type TileConfig } from '../src/ops/linear.js';
 import type { Gpu } from '../src/runtime/gpu.js';
@@ -37,12 +40,16 @@ async function runCase(g: Gpu, c: Case): Promise<Float32Array> {
   const xt = g.upload(x, [...lead, K]);
   const out = g.empty([...lead, N]);
   poison(g, out);
+  const planned = planGemm(g, { M, N, K, wdt }, variant);
+  const ran = planned ? g.fileCounts.get(planned.file) ?? 0 : 0;
   const ret = linear(xt, w.t, b?.t, { act, variant, out, tile });
   expect(ret).toBe(out);
+  if (planned) expect(g.fileCounts.get(planned.file)).toBeGreaterThan(ran);
   const got = await g.readF32(out);
   const want = ref.linear(x, w.exact, M, N, K, b?.exact, act);
   const name = `linear M=${M} K=${K} N=${N} w=${wdt} b=${bdt} act=${act} variant=${variant} lead=[${lead}]`;
-  expectClose(name, got, want, tolFor(K, act), 1e-6);
+  if (planned?.kind === 'subgroup-matrix') expectWithin(`${name} (subgroup-matrix, f16 bound)`, got, want, ref.f16Bound(x, w.exact, M, N, K, act));
+  else expectClose(name, got, want, tolFor(K, act), 1e-6);
   for (const t of [xt, w.t, b?.t, out]) t?.dispose();
   return got;
 }
@@ -171,7 +178,10 @@ describe('linear split paths (maxBindingBytes lowered)', () => {
         const out = g.empty([M, N]);
         poison(g, out);
         linear(x, w, bt, { act: 'silu', out, tile: SMALL });
-        expectClose(`views limit=${limit}`, await g.readF32(out), want, tolFor(K), 1e-6);
+        const got = await g.readF32(out);
+        if (planGemm(g, { M, N, K, wdt: 'bf16' })?.kind === 'subgroup-matrix')
+          expectWithin(`views limit=${limit} (subgroup-matrix, f16 bound)`, got, want, ref.f16Bound(xb.subarray(3 * K), wbig.exact.subarray(K), M, N, K, 'silu'));
+        else expectClose(`views limit=${limit}`, got, want, tolFor(K), 1e-6);
         out.dispose();
       }
     } finally {

@@ -115,3 +115,22 @@ export const AFFINE_WGSL = `struct P { n: u32, alpha: f32, beta: f32 }
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   if (gid.x < U.n) { out[gid.x] = a[gid.x] * U.alpha + U.beta; }
 }`;
+
+/** |got - want| <= bound elementwise (NaN fails); the message names the worst err/bound ratio. */
+export function expectWithin(name: string, got: ArrayLike<number>, want: ArrayLike<number>, bound: ArrayLike<number>): void {
+  let bad = 0, first = -1, worst = 0, worstI = 0;
+  for (let i = 0; i < want.length; i++) {
+    const d = Math.abs(got[i] - want[i]);
+    if (!(d <= bound[i])) {
+      bad++;
+      if (first < 0) first = i;
+    }
+    const r = d / bound[i];
+    if (!(r <= worst)) {
+      worst = Number.isNaN(r) ? Infinity : r;
+      worstI = i;
+    }
+  }
+  if (bad)
+    throw new Error(`${name}: ${bad}/${want.length} outside the f16 bound; first ${first}: got ${got[first]} ref ${want[first]} bound ${bound[first].toExponential(3)}; worst err/bound ${worst.toFixed(3)} at ${worstI}`);
+}

@@ -44,3 +44,24 @@ export function absDotMax(x: ArrayLike<number>, w: ArrayLike<number>, M: number,
     }
   return mx;
 }
+
+/**
+ * Per-element error bound of an f16-operand GEMM with f32 accumulation (gemm-sgmat.wgsl): rounding x and
+ * w to f16 (unit roundoff 2^-11 each) perturbs each product by at most 2^-10 |x w|, f16 subnormals
+ * (|v| < 2^-14) lose up to 2^-25 absolute, the f32 accumulation adds K 2^-24 sum|x w|:
+ *   |err| <= (2^-10 + K 2^-23) sum_k |x_k w_k| + 2^-24 sum_k |x_k| + 1e-6, times 1.2 through an activation.
+ */
+export function f16Bound(x: ArrayLike<number>, w: ArrayLike<number>, M: number, N: number, K: number, act?: Act): Float64Array {
+  const b = new Float64Array(M * N);
+  for (let m = 0; m < M; m++) {
+    let sx = 0;
+    for (let k = 0; k < K; k++) sx += Math.abs(x[m * K + k]);
+    for (let n = 0; n < N; n++) {
+      let s = 0;
+      for (let k = 0; k < K; k++) s += Math.abs(x[m * K + k] * w[n * K + k]);
+      b[m * N + n] = ((2 ** -10 + K * 2 ** -23) * s + 2 ** -24 * sx + 1e-6) * (act ? 1.2 : 1);
+    }
+  }
+  return b;
+}
+

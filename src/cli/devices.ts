@@ -5,7 +5,8 @@
  */
 import type { Command } from 'commander';
 import { Gpu } from '../runtime/gpu.js';
-import { WANTED_FEATURES } from '../runtime/device.js';
+import { planGemm } from '../ops/plan-gemm.js';
+import { planAttention } from '../ops/plan-attention.js';
 import { exitQuietlyOnEpipe, humanBytes } from './inspect.js';
 
 const BYTE_LIMITS = new Set(['maxStorageBufferBindingSize', 'maxBufferSize', 'maxComputeWorkgroupStorageSize', 'maxUniformBufferBindingSize']);
@@ -14,9 +15,18 @@ export async function describeDevices(opts: { json?: boolean }): Promise<void> {
   const g = await Gpu.create();
   try {
     const d = g.describe();
-    const used = WANTED_FEATURES.filter((f) => d.features.includes(f));
+    const used = d.features.filter((f) => g.hasFeature(f));
+    const plans = mainPlans(g);
+    const c = g.caps;
+    const engine = {
+      kernels: g.kernels,
+      precision: g.precision,
+      subgroupSizes: [c.subgroupMinSize, c.subgroupMaxSize],
+      matrixConfigs: c.allMatrixConfigs,
+      plans,
+    };
     if (opts.json) {
-      process.stdout.write(JSON.stringify({ ...d, featuresUsed: used, maxBindingBytes: g.maxBindingBytes }, null, 1) + '\n');
+      process.stdout.write(JSON.stringify({ ...d, featuresUsed: used, maxBindingBytes: g.maxBindingBytes, ...engine }, null, 1) + '\n');
       return;
     }
     const lines = [
@@ -24,7 +34,11 @@ export async function describeDevices(opts: { json?: boolean }): Promise<void> {
       `vendor:       ${d.vendor || '?'}   architecture: ${d.architecture || '?'}   device: ${d.device || '?'}`,
       `fallback:     ${d.isFallbackAdapter ? 'yes (software adapter)' : 'no'}`,
       `features:     ${d.features.join(', ') || '(none)'}`,
-      `used:         ${used.join(', ') || '(none of shader-f16, subgroups, timestamp-query)'}`,
+      `used:         ${used.join(', ') || '(none)'}`,
+      `kernels:      ${g.kernels} (--kernels / STEP1X_KERNELS), precision ${g.precision}, subgroup sizes ${c.subgroupMinSize}–${c.subgroupMaxSize}`,
+      `matrix:       ${c.allMatrixConfigs.map((m) => `${m.component}→${m.result} ${m.M}x${m.N}x${m.K}`).join(', ') || '(no subgroup-matrix configs)'}`,
+      'plans:',
+      ...plans.map((p) => `  ${p.shape.padEnd(44)} ${p.plan}`),
       'limits:',
       ...Object.entries(d.limits).map(([k, v]) => `  ${k.padEnd(36)} ${String(v).padStart(12)}${BYTE_LIMITS.has(k) ? `  (${humanBytes(v)})` : ''}`),
     ];
@@ -32,6 +46,29 @@ export async function describeDevices(opts: { json?: boolean }): Promise<void> {
   } finally {
     g.destroy();
   }
+}
+
+/** The kernel plan for the main shapes of the DiT (1024², CFG batch 2), Qwen2.5-VL and the VAE. */
+export function mainPlans(g: Gpu): { shape: string; plan: string }[] {
+  const gemm = (what: string, M: number, K: number, N: number) => {
+    const p = planGemm(g, { M, N, K, wdt: 'bf16' });
+    return { shape: `${what} GEMM M=${M} K=${K} N=${N}`, plan: p ? p.describe : M <= 4 ? 'register gemv (split-K)' : 'register-tiled f32 (gemm.wgsl tiled)' };
+  };
+  const att = (what: string, L: number, H: number, Dh: number) => ({ shape: `${what} attention L=${L} H=${H} Dh=${Dh}`, plan: planAttention(g, { Lq: L, Lk: L, Dh }).describe });
+  const M = 2 * (4096 + 4096 + 640);
+  return [
+    gemm('DiT qkv', M, 3072, 9216),
+    gemm('DiT mlp', M, 3072, 12288),
+    gemm('DiT single', M, 3072, 21504),
+    gemm('DiT proj', M, 3072, 3072),
+    att('DiT', 8832, 24, 128),
+    gemm('Qwen mlp', 1024, 3584, 18944),
+    gemm('Qwen vision', 4096, 1280, 3420),
+    att('Qwen text', 1024, 28, 128),
+    att('Qwen vision', 4096, 16, 80),
+    gemm('VAE attn', 16384, 512, 512),
+    { shape: 'VAE conv3x3 512ch at 128²', plan: 'conv2d.wgsl (register path; no matrix plan yet)' },
+  ];
 }
 
 export function register(program: Command): void {

@@ -17,6 +17,8 @@ import { register as registerConvert } from './convert.js';
 import { register as registerPlan } from './plan.js';
 import { register as registerBatch } from './batch.js';
 import { register as registerGenerate } from './generate.js';
+import { register as registerTune } from './tune.js';
+import { setKernelSettings } from '../runtime/caps.js';
 
 export function packageVersion(): string {
   const here = dirname(fileURLToPath(import.meta.url));
@@ -49,6 +51,15 @@ export function buildProgram(): Command {
   registerDownload(program);
   registerConvert(program);
   registerPlan(program);
+  registerTune(program);
+  // Kernel family and precision on every command (edit, generate, golden, devices, tune, …), validated
+  // before the action runs (a bad value is a usage error, exit 2).
+  for (const c of program.commands)
+    c.option('--kernels <family>', 'kernel family: auto | subgroup-matrix | tiled | register (env STEP1X_KERNELS)').option(
+      '--precision <mode>',
+      'f32 | mixed: f16 operands with f32 accumulation, the default with subgroup matrices (env STEP1X_PRECISION)',
+    );
+  program.hook('preAction', (_p, action) => setKernelSettings(action.opts<{ kernels?: string; precision?: string }>()));
   return program;
 }
 

@@ -12,6 +12,8 @@ import type { Gpu, Uniform } from '../runtime/gpu.js';
 import { f32u } from '../runtime/gpu.js';
 import { fail, fmtShape } from '../errors.js';
 import { grid1d, requireF32 } from './util.js';
+import { planAttention } from './plan-attention.js';
+import { attentionSgmat } from './attention-sgmat.js';
 
 export interface AttentionOptions {
   /** Default 1/sqrt(Dh). */
@@ -26,6 +28,8 @@ export interface AttentionOptions {
   segments?: Tensor;
   /** [B, Lq] f32 0/1: rows with 0 get exactly 0 (flash-attention unpad semantics). */
   queryMask?: Tensor;
+  /** Kernel: 'auto' follows the device's plan (src/ops/plan-attention.ts); tests and the bench force one. */
+  kernel?: 'auto' | 'subgroup-matrix' | 'register';
 }
 
 /** Workgroup storage we allow ourselves: the WebGPU default, whatever the device offers. */
@@ -106,6 +110,11 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
   const whole = B * Lq * Math.max(qRow, mRow) <= limit && B * Lk * kRow <= limit;
   const ctx: Ctx = { g, vr, B, Lq, Lk, H, Hkv, Dh, scale, causal: !!opts.causal, keyMask, mask, segments, queryMask };
   if (whole) {
+    const plan = planAttention(g, { Lq, Lk, Dh }, opts.kernel);
+    if (plan.kind === 'subgroup-matrix') {
+      attentionSgmat(g, plan, { q, k, v, out, B, Lq, Lk, H, Hkv, scale, causal: !!opts.causal, keyMask, mask, segments, queryMask });
+      return out;
+    }
     run(ctx, { q, k, v, out, mask, nb: B, bOff: 0, q0: 0, nq: Lq, k0: 0, nk: Lk, stateIn: false, finalize: true });
     return out;
   }

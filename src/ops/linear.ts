@@ -16,9 +16,11 @@ import type { Tensor, DType } from '../runtime/tensor.js';
 import { DTYPE_BYTES, storageBytes } from '../runtime/tensor.js';
 import type { Gpu, Kernel } from '../runtime/gpu.js';
 import { fail, fmtShape } from '../errors.js';
+import { planGemm, overflowCounter, type GemmPlan } from './plan-gemm.js';
 
 export type Activation = 'silu' | 'gelu_tanh' | 'gelu_erf';
-export type GemmVariant = 'auto' | 'naive' | 'tiled' | 'gemv';
+/** 'subgroup-matrix' / 'workgroup' force those kernels (src/ops/plan-gemm.ts); 'auto' follows the device's plan. */
+export type GemmVariant = 'auto' | 'naive' | 'tiled' | 'gemv' | 'subgroup-matrix' | 'workgroup';
 
 /** Register-tile geometry of the `tiled` entry: each invocation computes tm x tn outputs. */
 export interface TileConfig {
@@ -115,7 +117,8 @@ export function linear(x: Tensor, w: Tensor, b?: Tensor, opts: LinearOptions = {
   if (M === 0 || N === 0) return out;
 
   const variant = opts.variant ?? 'auto';
-  const entry = variant === 'auto' ? (M <= 4 ? 'gemv' : 'tiled') : variant;
+  const plan = planGemm(g, { M, N, K, wdt: w.dtype }, variant);
+  const entry = plan ? 'main' : variant === 'auto' ? (M <= 4 ? 'gemv' : 'tiled') : variant;
   if (entry === 'gemv' && M > 4) fail(`linear: variant 'gemv' needs M <= 4, x is ${fmtShape(x.shape)}`);
   const tile = opts.tile ?? DEFAULT_TILE;
   const defines: Record<string, string | number | boolean> = {
@@ -128,6 +131,11 @@ export function linear(x: Tensor, w: Tensor, b?: Tensor, opts: LinearOptions = {
   };
   if (b) defines.BDT = b.dtype;
   if (entry === 'tiled') Object.assign(defines, { TM: tile.tm, TN: tile.tn, WGM: tile.wgm, WGN: tile.wgn });
+  if (plan) {
+    // gemm-sgmat / gemm-wg read scalars whatever the alignment and fuse the epilogue themselves.
+    for (const k of ['WLAYOUT', 'ALIGNED', 'EPILOGUE']) delete defines[k];
+    Object.assign(defines, plan.defines);
+  }
 
   const limit = g.maxBindingBytes;
   const tooBig = (what: string) =>
@@ -141,7 +149,7 @@ export function linear(x: Tensor, w: Tensor, b?: Tensor, opts: LinearOptions = {
       // Tokens [m0, m0 + mc): x rows and the matching rows of this column block of the output.
       const mc = largestFitting(M - m0, limit, (c) => Math.max(spanBytes(x, m0 * K, c * K), spanBytes(out!, m0 * N + n0, (c - 1) * N + nc)));
       if (mc === 0) tooBig('activation row');
-      dispatchChunk(g, entry, defines, tile, { x, w, b, out, m0, mc, n0, nc, K, N });
+      dispatchChunk(g, entry, defines, tile, { x, w, b, out, m0, mc, n0, nc, K, N }, plan);
       m0 += mc;
     }
     n0 += nc;
@@ -162,27 +170,31 @@ interface Chunk {
   N: number;
 }
 
-function dispatchChunk(g: Gpu, entry: string, defines: Kernel['defines'], tile: TileConfig, c: Chunk): void {
+function dispatchChunk(g: Gpu, entry: string, defines: Kernel['defines'], tile: TileConfig, c: Chunk, plan: GemmPlan | null): void {
   const xs = span(c.x, c.m0 * c.K, c.mc * c.K);
   const ws = span(c.w, c.n0 * c.K, c.nc * c.K);
   const bs = c.b ? span(c.b, c.n0, c.nc) : null;
   const os = span(c.out, c.m0 * c.N + c.n0, (c.mc - 1) * c.N + c.nc);
   let groups: number, tilesN = 0;
-  if (entry === 'tiled') {
+  if (plan) {
+    tilesN = Math.ceil(c.nc / plan.bn);
+    groups = tilesN * Math.ceil(c.mc / plan.bm);
+  } else if (entry === 'tiled') {
     tilesN = Math.ceil(c.nc / (tile.wgn * tile.tn));
     groups = tilesN * Math.ceil(c.mc / (tile.wgm * tile.tm));
   } else if (entry === 'gemv') groups = Math.ceil(c.nc / 4);
   else groups = Math.ceil((c.mc * c.nc) / 64);
   const [gx, gy] = foldGrid(g, groups);
   const bindings = [xs.view, ws.view, ...(bs ? [bs.view] : []), os.view];
+  const extra = plan?.ovf ? [overflowCounter(g)] : [];
   try {
     g.dispatch({
-      file: 'gemm.wgsl',
+      file: plan ? plan.file : 'gemm.wgsl',
       entry,
       defines,
       // M, N, K, K4, x_off, w_off, b_off, o_off, ldo, tiles_n, wg_x, pad, xbs, wbs, obs, pad
       uniforms: [c.mc, c.nc, c.K, c.K >> 2, xs.off, ws.off, bs ? bs.off : 0, os.off, c.N, tilesN, gx, 0, 0, 0, 0, 0],
-      bindings,
+      bindings: [...bindings, ...extra],
       workgroups: [gx, gy],
     });
   } finally {

@@ -9,6 +9,7 @@
  * - `destroy()` must be called when a command ends: Dawn keeps Node's event loop alive otherwise.
  */
 import { ExitCode, Step1xError } from '../errors.js';
+import { readCapabilities, resolveKernels, resolvePrecision, featuresFor, requestedKernels, SGMAT_DAWN_FLAGS, type Capabilities, type KernelFamily, type Precision } from './caps.js';
 
 export const WANTED_FEATURES = ['shader-f16', 'subgroups', 'timestamp-query'] as const;
 
@@ -58,7 +59,11 @@ export async function requestAdapter(opts: DeviceOptions = {}): Promise<GPUAdapt
   const { create } = await loadDawn();
   // The GPU instance must outlive every adapter and device made from it: if it is garbage-collected,
   // Dawn tears down the instance under a live device and the process aborts. Keep it module-level.
-  const gpu = create(opts.dawnFlags ?? []);
+  // The subgroup-matrix feature and its configs are only listed with allow_unsafe_apis; families
+  // that never use it do without the flag.
+  const k = requestedKernels();
+  const flags = [...(opts.dawnFlags ?? []), ...(k === 'auto' || k === 'subgroup-matrix' ? SGMAT_DAWN_FLAGS : [])];
+  const gpu = create(flags);
   instances.push(gpu);
   let adapter: GPUAdapter | null = null;
   try {
@@ -116,6 +121,11 @@ export interface DeviceHandle {
   lost: boolean;
   /** Set when the device was lost (not by our own destroy()): every later sync point throws it. */
   lostError: Step1xError | null;
+  /** What the adapter offers (plans read it). */
+  caps: Capabilities;
+  /** The kernel family in force (--kernels / STEP1X_KERNELS resolved on this adapter). */
+  kernels: Exclude<KernelFamily, 'auto'>;
+  precision: Precision;
 }
 
 export async function createDevice(opts: DeviceOptions = {}): Promise<DeviceHandle> {
@@ -127,7 +137,10 @@ export async function createDevice(opts: DeviceOptions = {}): Promise<DeviceHand
     const v = (al as unknown as Record<string, number>)[k];
     if (typeof v === 'number') requiredLimits[k] = v;
   }
-  const requiredFeatures = WANTED_FEATURES.filter((f) => adapter.features.has(f)) as GPUFeatureName[];
+  const caps = readCapabilities(adapter);
+  const kernels = resolveKernels(caps);
+  // Only the features the chosen family's plans use (WANTED_FEATURES, plus subgroup matrices).
+  const requiredFeatures = featuresFor(caps, kernels) as GPUFeatureName[];
   let device: GPUDevice;
   try {
     device = await adapter.requestDevice({ requiredFeatures, requiredLimits, label: 'step1x' });
@@ -145,6 +158,9 @@ export async function createDevice(opts: DeviceOptions = {}): Promise<DeviceHand
     pendingError: null,
     lost: false,
     lostError: null,
+    caps,
+    kernels,
+    precision: resolvePrecision(kernels),
   };
   device.addEventListener('uncapturederror', (ev) => {
     const err = (ev as GPUUncapturedErrorEvent).error;

@@ -16,6 +16,8 @@ import { pipelineKey, type Defines } from './shader-source.js';
 import { PipelineCache } from './pipeline-cache.js';
 import { bf16ArrayToF32, f16ArrayToF32 } from './half.js';
 import { ExitCode, Step1xError, fail, fmtShape } from '../errors.js';
+import type { Capabilities, KernelFamily, Precision } from './caps.js';
+import { appendFileSync } from 'node:fs';
 
 /** A uniform scalar: plain numbers are u32; wrap signed or float values. */
 export type Uniform = number | { i32: number } | { f32: number };
@@ -52,6 +54,8 @@ export class Gpu {
   private pending = 0;
   /** Number of dispatches recorded since creation (benchmarks, tests). */
   dispatchCount = 0;
+  /** Dispatches per shader file (STEP1X_DISPATCH_LOG appends them at destroy: the CI guard counts them). */
+  readonly fileCounts = new Map<string, number>();
 
   private constructor(readonly handle: DeviceHandle) {
     this.device = handle.device;
@@ -89,6 +93,17 @@ export class Gpu {
   }
   get maxWorkgroupsPerDim(): number {
     return this.handle.maxWorkgroupsPerDim;
+  }
+  /** Adapter capabilities (plans read them). */
+  get caps(): Capabilities {
+    return this.handle.caps;
+  }
+  /** The kernel family in force on this device (--kernels / STEP1X_KERNELS resolved). */
+  get kernels(): Exclude<KernelFamily, 'auto'> {
+    return this.handle.kernels;
+  }
+  get precision(): Precision {
+    return this.handle.precision;
   }
   hasFeature(f: string): boolean {
     return this.handle.features.has(f);
@@ -233,6 +248,7 @@ export class Gpu {
     if (timestampWrites) pass.end();
     this.pending++;
     this.dispatchCount++;
+    this.fileCounts.set(k.file, (this.fileCounts.get(k.file) ?? 0) + 1);
     for (const t of temps) {
       if (t.writeBack) this.copyInto(t.copy, t.view);
       t.copy.dispose();
@@ -420,6 +436,14 @@ export class Gpu {
   destroy(): void {
     // STEP1X_PROFILE=1 without an explicit report: print what has been measured (settled readbacks).
     if (this.profiler && process.env.STEP1X_PROFILE === '1') process.stderr.write(this.profiler.report().text + '\n');
+    const log = process.env.STEP1X_DISPATCH_LOG;
+    if (log && this.fileCounts.size) {
+      try {
+        appendFileSync(log, JSON.stringify({ kernels: this.kernels, precision: this.precision, files: Object.fromEntries(this.fileCounts) }) + '\n');
+      } catch {
+        /* a log that cannot be written must not fail the command; the CI guard then fails instead */
+      }
+    }
     try {
       this.pass?.end();
     } catch {

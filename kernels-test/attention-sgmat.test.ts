@@ -1,0 +1,88 @@
+/**
+ * Subgroup-matrix flash attention (shaders/attention-sgmat.wgsl) beyond the shared cases of
+ * attention.test.ts (which run it on odd shapes whenever the device's plan picks it): forced variant on
+ * the head dims of the models (64, 80, 128 and the tiny models' 16 / 24), every mask kind, GQA, and
+ * q/k/v values beyond the f16 range (the workgroup recomputes in f32: result within the f32 tolerance,
+ * no inf/NaN, overflow counter bumped). Needs chromium-experimental-subgroup-matrix (the trixie root,
+ * scripts/sgmat-env.sh); elsewhere each test says so and returns, and the CI guard in .ci/run fails when
+ * no subgroup-matrix dispatch happened in that run.
+ */
+import { getGpu, releaseGpu, randn, expectClose, rng } from './harness.js';
+import { attentionRef } from './ref/attention.js';
+import { planAttention } from '../src/ops/plan-attention.js';
+import { attentionSgmat } from '../src/ops/attention-sgmat.js';
+import { overflowCounter } from '../src/ops/plan-gemm.js';
+import { hasMatrixUnits } from '../src/runtime/caps.js';
+import type { Gpu } from '../src/runtime/gpu.js';
+
+afterAll(releaseGpu);
+
+async function sgGpu(): Promise<Gpu | null> {
+  const g = await getGpu();
+  if (hasMatrixUnits(g.caps) && g.hasFeature('chromium-experimental-subgroup-matrix')) return g;
+  console.log(`attention-sgmat: not run here: adapter "${g.caps.description}" has no subgroup-matrix feature in use (run in scripts/sgmat-env.sh with STEP1X_KERNELS=subgroup-matrix)`);
+  return null;
+}
+
+interface C { B: number; L: number; Lk?: number; H: number; Hkv: number; Dh: number; causal?: boolean; keyMask?: boolean; segments?: boolean; queryMask?: boolean; inject?: number }
+
+async function run(g: Gpu, c: C): Promise<void> {
+  const Lk = c.Lk ?? c.L;
+  const seed = c.L * 31 + c.Dh;
+  const q = randn(c.B * c.L * c.H * c.Dh, seed);
+  const k = randn(c.B * Lk * c.Hkv * c.Dh, seed + 1);
+  const v = randn(c.B * Lk * c.Hkv * c.Dh, seed + 2);
+  if (c.inject) {
+    q[c.Dh + 1] = c.inject * 1e-3; // keeps the scores finite in f64 while k carries the outlier
+    k[2 * c.Hkv * c.Dh + 3] = c.inject;
+  }
+  const r = rng(seed);
+  const km = c.keyMask ? new Float32Array(c.B * Lk).map(() => (r() < 0.7 ? 1 : 0)) : undefined;
+  const seg = c.segments ? Int32Array.from({ length: c.L }, (_, i) => Math.floor(i / 7)) : undefined;
+  const qm = c.queryMask ? new Float32Array(c.B * c.L).map(() => (r() < 0.8 ? 1 : 0)) : undefined;
+  const up = (x: Float32Array | Int32Array, shape: number[], dt: 'f32' | 'i32' = 'f32') => g.upload(x, shape, dt);
+  const ts = [up(q, [c.B, c.L, c.H, c.Dh]), up(k, [c.B, Lk, c.Hkv, c.Dh]), up(v, [c.B, Lk, c.Hkv, c.Dh])];
+  const kmT = km && up(km, [c.B, Lk]), segT = seg && up(seg, [c.L], 'i32'), qmT = qm && up(qm, [c.B, c.L]);
+  const out = g.empty([c.B, c.L, c.H, c.Dh]);
+  g.writeInto(out, new Float32Array(out.numel).fill(NaN));
+  const before = (await g.read(overflowCounter(g)))[1];
+  const plan = planAttention(g, { Lq: c.L, Lk, Dh: c.Dh }, 'subgroup-matrix');
+  const scale = 1 / Math.sqrt(c.Dh);
+  attentionSgmat(g, plan, { q: ts[0], k: ts[1], v: ts[2], out, B: c.B, Lq: c.L, Lk, H: c.H, Hkv: c.Hkv, scale, causal: !!c.causal, keyMask: kmT, segments: segT, queryMask: qmT });
+  const got = await g.readF32(out);
+  const ref = attentionRef(q, k, v, c.B, c.L, Lk, c.H, c.Hkv, c.Dh, { causal: c.causal, keyMask: km, segments: seg, queryMask: qm });
+  const name = `sgmat attention B=${c.B} L=${c.L} Lk=${Lk} H=${c.H}/${c.Hkv} Dh=${c.Dh}${c.causal ? ' causal' : ''}${c.keyMask ? ' keyMask' : ''}${c.segments ? ' segments' : ''}${c.queryMask ? ' queryMask' : ''}`;
+  const after = (await g.read(overflowCounter(g)))[1];
+  if (c.inject) {
+    expect(after).toBeGreaterThan(before);
+    expect(got.every(Number.isFinite)).toBe(true);
+    expectClose(`${name} inject ${c.inject} (f32 recompute)`, got, ref, 2e-5, 1e-4);
+  } else {
+    expect(after).toBe(before);
+    const delta = scale * 2 ** -10 * c.Dh;
+    expectClose(`${name} (f16 bound)`, got, ref, 2 ** -10 + 2.2 * delta + 2e-5, 0);
+  }
+  for (let i = 0; i < ref.length; i++) if (ref[i] === 0 && got[i] !== 0) throw new Error(`${name}: element ${i} should be 0, got ${got[i]}`);
+  for (const t of [...ts, kmT, segT, qmT, out]) t?.dispose();
+}
+
+describe('subgroup-matrix flash attention', () => {
+  test('model head dims 64 / 80 / 128 and tiny 16 / 24, odd lengths', async () => {
+    const g = await sgGpu();
+    if (!g) return;
+    for (const [L, Dh] of [[1, 64], [17, 80], [33, 128], [3, 16], [70, 24]]) await run(g, { B: 1, L, H: 2, Hkv: 2, Dh });
+  });
+  test('masks: causal (Lq != Lk), key mask + query mask, vision window segments, GQA 7:1', async () => {
+    const g = await sgGpu();
+    if (!g) return;
+    await run(g, { B: 2, L: 17, Lk: 40, H: 2, Hkv: 1, Dh: 64, causal: true });
+    await run(g, { B: 2, L: 35, H: 2, Hkv: 2, Dh: 80, keyMask: true, queryMask: true });
+    await run(g, { B: 1, L: 45, H: 2, Hkv: 2, Dh: 80, segments: true });
+    await run(g, { B: 1, L: 19, H: 7, Hkv: 1, Dh: 128, causal: true, keyMask: true });
+  });
+  test('a k value beyond 65504 makes the workgroup recompute in f32 (no inf/NaN)', async () => {
+    const g = await sgGpu();
+    if (!g) return;
+    await run(g, { B: 1, L: 17, H: 1, Hkv: 1, Dh: 64, inject: 1e5 });
+  });
+});

@@ -1,0 +1,146 @@
+/**
+ * The planned GEMM variants (src/ops/plan-gemm.ts) vs the f64 reference (kernels-test/ref/gemm.ts):
+ *   subgroup-matrix (shaders/gemm-sgmat.wgsl, f16 operands): on an adapter with
+ *     chromium-experimental-subgroup-matrix (the trixie root, scripts/sgmat-env.sh); elsewhere each test
+ *     says so and returns: the CI guard (.ci/run) fails when no subgroup-matrix dispatch happened there.
+ *   workgroup (shaders/gemm-wg.wgsl, f32): on every adapter.
+ * Odd shapes (1, 3, 17, 255: non-multiples of every tile), all weight dtypes, bias, fused activations,
+ * split paths (bit-identical to unsplit), injected values beyond the f16 range (f32 recompute, no inf).
+ *
+ * f16-operand tolerance, per element: rounding x and w to f16 (unit roundoff 2^-11 each) perturbs
+ * each product by at most 2^-10 |x w|, f16 subnormals (|v| < 2^-14) lose up to 2^-25 absolute, and
+ * the f32 accumulation adds K 2^-24 sum|x w|:
+ *   |err| <= (2^-10 + K 2^-23) sum_k |x_k w_k| + 2^-24 sum_k |x_k| + 1e-6, times 1.2 through an activation.
+ */
+import { getGpu, releaseGpu, randn, uploadAs, poison, expectClose, expectWithin } from './harness.js';
+import * as ref from './ref/gemm.js';
+import { linear, type Activation, type GemmVariant } from '../src/ops/linear.js';
+import { overflowCount, sgmatPlan, DEFAULT_SGMAT_TILE } from '../src/ops/plan-gemm.js';
+import { hasMatrixUnits } from '../src/runtime/caps.js';
+import type { Gpu } from '../src/runtime/gpu.js';
+import type { DType } from '../src/runtime/tensor.js';
+
+afterAll(releaseGpu);
+
+const f32Tol = (K: number, act?: Activation): number => 2e-6 + 1e-7 * K + (act === 'gelu_erf' ? 2e-7 : 0);
+
+interface Case { M: number; K: number; N: number; wdt?: DType; bdt?: DType | null; act?: Activation; seed?: number; scaleX?: number }
+
+async function runCase(g: Gpu, variant: GemmVariant, c: Case, inject?: (x: Float32Array, w: Float32Array) => void): Promise<Float32Array> {
+  const { M, K, N, wdt = 'f32', bdt = null, act, seed = 1 } = c;
+  const x = randn(M * K, seed * 7 + 1, c.scaleX ?? 1);
+  const w0 = randn(N * K, seed * 7 + 2);
+  inject?.(x, w0);
+  const w = uploadAs(g, w0, [N, K], wdt);
+  const b = bdt ? uploadAs(g, randn(N, seed * 7 + 3), [N], bdt) : null;
+  const xt = g.upload(x, [M, K]);
+  const out = g.empty([M, N]);
+  poison(g, out);
+  const file = variant === 'subgroup-matrix' ? 'gemm-sgmat.wgsl' : 'gemm-wg.wgsl';
+  const ran = g.fileCounts.get(file) ?? 0;
+  linear(xt, w.t, b?.t, { act, variant, out });
+  expect(g.fileCounts.get(file) ?? 0).toBeGreaterThan(ran);
+  const got = await g.readF32(out);
+  const want = ref.linear(x, w.exact, M, N, K, b?.exact, act);
+  const name = `${variant} M=${M} K=${K} N=${N} w=${wdt} b=${bdt} act=${act}`;
+  if (variant === 'subgroup-matrix' && !inject) expectWithin(name, got, want, ref.f16Bound(x, w.exact, M, N, K, act));
+  else expectClose(name, got, want, f32Tol(K, act) * (c.scaleX ?? 1), 1e-6);
+  for (const t of [xt, w.t, b?.t, out]) t?.dispose();
+  return got;
+}
+
+const SHAPES: [number, number, number][] = [
+  [1, 1, 1], [1, 255, 17], [3, 17, 255], [17, 3, 3], [17, 64, 17], [255, 17, 3], [255, 255, 255], [33, 100, 65],
+];
+
+async function sgmatGpu(): Promise<Gpu | null> {
+  const g = await getGpu();
+  if (hasMatrixUnits(g.caps) && g.hasFeature('chromium-experimental-subgroup-matrix')) return g;
+  console.log(`gemm-plan: subgroup-matrix cases not run here: adapter "${g.caps.description}" has no subgroup-matrix feature in use (run in scripts/sgmat-env.sh with STEP1X_KERNELS=subgroup-matrix)`);
+  return null;
+}
+
+describe('subgroup-matrix GEMM (f16 operands, f32 accumulate)', () => {
+  test('odd shapes, f32 weights', async () => {
+    const g = await sgmatGpu();
+    if (!g) return;
+    for (const [M, K, N] of SHAPES) await runCase(g, 'subgroup-matrix', { M, K, N, seed: M + K + N });
+  });
+  test('bf16 / f16 weights, bias dtypes, activations', async () => {
+    const g = await sgmatGpu();
+    if (!g) return;
+    await runCase(g, 'subgroup-matrix', { M: 17, K: 65, N: 19, wdt: 'bf16', bdt: 'f32', act: 'gelu_tanh' });
+    await runCase(g, 'subgroup-matrix', { M: 37, K: 33, N: 31, wdt: 'f16', bdt: 'bf16', act: 'silu' });
+    await runCase(g, 'subgroup-matrix', { M: 5, K: 40, N: 70, wdt: 'bf16', bdt: 'bf16', act: 'gelu_erf' });
+    await runCase(g, 'subgroup-matrix', { M: 255, K: 64, N: 45, wdt: 'bf16' });
+  });
+  test('non-default tiles (every geometry parameter odd against the shape)', async () => {
+    const g = await sgmatGpu();
+    if (!g) return;
+    const { sgmatFits, matrixConfig } = await import('../src/ops/plan-gemm.js');
+    const cfg = matrixConfig(g.caps);
+    for (const t of [{ sgm: 1, sgn: 1, pm: 1, pn: 1, bk: cfg.K }, { sgm: 1, sgn: 2, pm: 3, pn: 1, bk: 2 * cfg.K }, { ...DEFAULT_SGMAT_TILE, pm: 4, pn: 2 }]) {
+      if (!sgmatFits(g.caps, cfg, t)) continue;
+      const { setTunedTiles } = await import('../src/ops/plan-gemm.js');
+      setTunedTiles(g, { lookup: (k) => (k === 'subgroup-matrix' ? t : undefined) });
+      try {
+        expect(sgmatPlan(g.caps, t).bm).toBe(t.sgm * t.pm * cfg.M);
+        await runCase(g, 'subgroup-matrix', { M: 29, K: 43, N: 53, wdt: 'bf16', bdt: 'f32' });
+      } finally {
+        setTunedTiles(g, undefined);
+      }
+    }
+  });
+  test('split paths are bit-identical to the unsplit result', async () => {
+    const g = await sgmatGpu();
+    if (!g) return;
+    const c: Case = { M: 37, K: 64, N: 45, wdt: 'bf16', bdt: 'f32', act: 'gelu_tanh' };
+    const full = await runCase(g, 'subgroup-matrix', c);
+    const saved = g.maxBindingBytes;
+    g.maxBindingBytes = 1024;
+    try {
+      expectClose('split vs unsplit', await runCase(g, 'subgroup-matrix', c), full, 0);
+    } finally {
+      g.maxBindingBytes = saved;
+    }
+  });
+  test('activations and weights beyond 65504 are recomputed in f32 (no inf/NaN)', async () => {
+    const g = await sgmatGpu();
+    if (!g) return;
+    const before = await overflowCount(g);
+    // x: one activation of 1e5 in row 5 (the Qwen-style outlier); f32 reference tolerance scaled by it.
+    const got = await runCase(g, 'subgroup-matrix', { M: 17, K: 40, N: 19, bdt: 'f32', scaleX: 1 }, (x) => { x[5 * 40 + 3] = 1e5; });
+    expect(got.every(Number.isFinite)).toBe(true);
+    const mid = await overflowCount(g);
+    expect(mid).toBeGreaterThan(before);
+    // w: one f32 weight of 7e4 (outside f16) → that tile also takes the f32 path.
+    const got2 = await runCase(g, 'subgroup-matrix', { M: 9, K: 24, N: 11 }, (_x, w) => { w[2 * 24 + 1] = 7e4; });
+    expect(got2.every(Number.isFinite)).toBe(true);
+    expect(await overflowCount(g)).toBeGreaterThan(mid);
+  });
+});
+
+describe('workgroup-tiled GEMM (f32)', () => {
+  test('odd shapes, f32 / bf16 / f16 weights', async () => {
+    const g = await getGpu();
+    for (const [i, [M, K, N]] of SHAPES.entries()) await runCase(g, 'workgroup', { M, K, N, wdt: (['f32', 'bf16', 'f16'] as const)[i % 3], seed: i });
+  });
+  test('bias and activations', async () => {
+    const g = await getGpu();
+    await runCase(g, 'workgroup', { M: 17, K: 65, N: 19, wdt: 'bf16', bdt: 'f32', act: 'gelu_tanh' });
+    await runCase(g, 'workgroup', { M: 37, K: 33, N: 31, wdt: 'f16', bdt: 'bf16', act: 'silu' });
+    await runCase(g, 'workgroup', { M: 5, K: 40, N: 70, wdt: 'f32', bdt: 'f16', act: 'gelu_erf' });
+  });
+  test('split paths are bit-identical to the unsplit result', async () => {
+    const g = await getGpu();
+    const c: Case = { M: 37, K: 64, N: 45, wdt: 'bf16', bdt: 'f32', act: 'silu' };
+    const full = await runCase(g, 'workgroup', c);
+    const saved = g.maxBindingBytes;
+    g.maxBindingBytes = 1024;
+    try {
+      expectClose('split vs unsplit', await runCase(g, 'workgroup', c), full, 0);
+    } finally {
+      g.maxBindingBytes = saved;
+    }
+  });
+});

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The subgroup-matrix part of CI, run inside the trixie root (.ci/run: scripts/sgmat-env.sh run
+# scripts/ci-sgmat.sh) on Mesa 26 lavapipe, whose Vulkan driver has VK_KHR_cooperative_matrix:
+#   1. every kernel test and the --kernels CLI test with STEP1X_KERNELS=subgroup-matrix (mixed precision)
+#   2. every golden case of test/golden with --kernels subgroup-matrix (reduced-precision contract)
+#   3. the same cases with --precision f32 (the cases' own tolerances, no subgroup-matrix dispatch)
+# After 1 and 2 a guard fails when gemm-sgmat.wgsl or attention-sgmat.wgsl was never dispatched (counts
+# printed); after 3 when either was. Needs a built dist/ (npm run build) in the checkout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+logs="${TMPDIR:-/tmp}/step1x-ci-sgmat"
+rm -rf "$logs" && mkdir -p "$logs"
+SG=(gemm-sgmat.wgsl attention-sgmat.wgsl)
+t0=$SECONDS
+phase() { echo "ci-sgmat: $1 ($((SECONDS - t0)) s)"; }
+
+node bin/step1x.js devices --kernels subgroup-matrix 2>&1 | grep -v '^Warning:'
+
+phase "kernel tests (subgroup-matrix, mixed)"
+STEP1X_DISPATCH_LOG="$logs/kernels.log" STEP1X_KERNELS=subgroup-matrix \
+  node --experimental-vm-modules --no-warnings node_modules/jest/bin/jest.js --runInBand kernels-test test/kernels-cli.test.ts
+node scripts/dispatch-guard.mjs "$logs/kernels.log" --min "${SG[@]}"
+
+cases=()
+for c in test/golden/*/; do [ -f "$c/case.json" ] && cases+=("${c%/}"); done
+[ ${#cases[@]} -gt 0 ] || { echo "ci-sgmat: no golden cases under test/golden" >&2; exit 1; }
+
+phase "golden suite (--kernels subgroup-matrix): ${#cases[@]} cases"
+for c in "${cases[@]}"; do
+  STEP1X_DISPATCH_LOG="$logs/golden.log" node bin/step1x.js golden "$c" --kernels subgroup-matrix 2>&1 | grep -E '^(PASS|FAIL) [^ ]+ \(kind|^step1x: error' || { echo "ci-sgmat: golden $c failed" >&2; exit 1; }
+done
+node scripts/dispatch-guard.mjs "$logs/golden.log" --min "${SG[@]}"
+
+phase "golden suite (--kernels subgroup-matrix --precision f32)"
+for c in "${cases[@]}"; do
+  STEP1X_DISPATCH_LOG="$logs/golden-f32.log" node bin/step1x.js golden "$c" --kernels subgroup-matrix --precision f32 2>&1 | grep -E '^(PASS|FAIL) [^ ]+ \(kind|^step1x: error' || { echo "ci-sgmat: golden $c (f32) failed" >&2; exit 1; }
+done
+node scripts/dispatch-guard.mjs "$logs/golden-f32.log" --none "${SG[@]}"
+phase "done"

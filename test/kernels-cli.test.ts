@@ -1,0 +1,90 @@
+/**
+ * --kernels / --precision as a user passes them (spawned CLI): a bad value is a usage error (exit 2);
+ * `--kernels subgroup-matrix` on an adapter without chromium-experimental-subgroup-matrix is one NO_GPU
+ * line (exit 5), never a silent fallback; where the adapter has it (the trixie root, scripts/sgmat-env.sh)
+ * `step1x edit` on the tiny model with `--kernels subgroup-matrix` matches the register-path run
+ * under the reduced-precision contract (u8 within ±2 on ≥ 98 % of values) and `devices` lists the
+ * subgroup-matrix plans and the feature in use.
+ */
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { SafetensorsFile, writeSafetensors } from '../src/io/safetensors.js';
+import { encodePng, readImage } from '../src/io/image.js';
+import { goldenCase, REPO_ROOT } from './util/golden-path.js';
+
+const CLI = join(REPO_ROOT, 'bin/step1x.js');
+const CASE = goldenCase('tiny_e2e');
+const MODEL = join(CASE, 'model');
+const env: NodeJS.ProcessEnv = { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR ?? '/tmp' };
+delete env.STEP1X_KERNELS;
+delete env.STEP1X_PRECISION;
+
+function step1x(args: string[]) {
+  const r = spawnSync(process.execPath, [CLI, ...args], { env, encoding: 'utf8', timeout: 600_000 });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr.split('\n').filter((l) => l && !l.startsWith('Warning:')).join('\n') };
+}
+
+test('a bad --kernels or --precision value is a usage error naming the choices', () => {
+  const r = step1x(['devices', '--kernels', 'tensor']);
+  expect(r.code).toBe(2);
+  expect(r.stderr).toMatch(/--kernels "tensor" is not one of auto, subgroup-matrix, tiled, register/);
+  const p = step1x(['devices', '--precision', 'f8']);
+  expect(p.code).toBe(2);
+  expect(p.stderr).toMatch(/--precision "f8" is not one of f32, mixed/);
+});
+
+test('devices prints the plan of each main shape for the forced families', () => {
+  const r = step1x(['devices', '--kernels', 'tiled']);
+  expect(r.code).toBe(0);
+  expect(r.stdout).toMatch(/kernels: +tiled/);
+  expect(r.stdout).toMatch(/DiT qkv GEMM M=17664 K=3072 N=9216 +workgroup-tiled f32/);
+  const reg = step1x(['devices', '--kernels', 'register', '--json']);
+  expect(reg.code).toBe(0);
+  const j = JSON.parse(reg.stdout);
+  expect(j.kernels).toBe('register');
+  expect(j.featuresUsed).not.toContain('chromium-experimental-subgroup-matrix');
+  expect(j.plans.find((p: { shape: string }) => p.shape.startsWith('DiT attention')).plan).toMatch(/register/);
+});
+
+test('edit --kernels subgroup-matrix: matches the register run (u8 ±2 on ≥ 98 %) or is a clear NO_GPU error', async () => {
+  const dev = step1x(['devices', '--json', '--kernels', 'subgroup-matrix']);
+  if (dev.code !== 0) {
+    expect(dev.code).toBe(5);
+    expect(dev.stderr).toMatch(/^step1x: error: --kernels subgroup-matrix: the adapter .* does not offer chromium-experimental-subgroup-matrix/);
+    expect(dev.stderr.split('\n')).toHaveLength(1);
+    return;
+  }
+  const info = JSON.parse(dev.stdout);
+  expect(info.featuresUsed).toContain('chromium-experimental-subgroup-matrix');
+  expect(info.precision).toBe('mixed');
+  expect(info.plans.find((p: { shape: string }) => p.shape.startsWith('DiT qkv')).plan).toMatch(/^subgroup-matrix/);
+
+  const dir = mkdtempSync(join(tmpdir(), 'step1x-kernels-'));
+  const io = await SafetensorsFile.open(join(CASE, 'io.safetensors'));
+  const [H, W] = io.tensors.get('in.photo_u8')!.shape;
+  const photo = join(dir, 'photo.png');
+  writeFileSync(photo, encodePng({ width: W, height: H, data: await io.readBytes('in.photo_u8') }));
+  const noise = join(dir, 'noise.safetensors');
+  await writeSafetensors(noise, { noise: { dtype: 'F32', shape: [...io.tensors.get('in.noise')!.shape], data: await io.readF32('in.noise') } });
+  await io.close();
+  const spec = ['--size', '80', '--steps', '4', '--cfg', '6', '--noise', noise, '--quiet'];
+  const imgs = [];
+  for (const k of ['register', 'subgroup-matrix']) {
+    const out = join(dir, `${k}.png`);
+    const r = step1x(['edit', photo, 'Make the sign say "HELLO WORLD" and add falling snow', '--model', MODEL, ...spec, '--kernels', k, '-o', out]);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    imgs.push((await readImage(out)).data);
+  }
+  let outside = 0, maxDiff = 0;
+  for (let i = 0; i < imgs[0].length; i++) {
+    const d = Math.abs(imgs[0][i] - imgs[1][i]);
+    if (d > 2) outside++;
+    maxDiff = Math.max(maxDiff, d);
+  }
+  const within = 1 - outside / imgs[0].length;
+  console.log(`edit subgroup-matrix vs register: ${(100 * within).toFixed(3)}% of u8 values within ±2, max |diff| ${maxDiff}`);
+  if (within < 0.98) throw new Error(`edit --kernels subgroup-matrix: only ${(100 * within).toFixed(3)}% of u8 values within ±2 of the register run (≥ 98 % required), max |diff| ${maxDiff}`);
+});
