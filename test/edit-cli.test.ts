@@ -23,7 +23,8 @@ const MODEL = join(CASE, 'model');
 const env = { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR ?? '/tmp' };
 const VERSION = JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')).version as string;
 
-const clean = (s: string) => s.split('\n').filter((l) => l && !l.startsWith('Warning:')).join('\n');
+// Dawn's native Warning: lines are kept off stderr by the launcher (issue 13): nothing is filtered here
+const clean = (s: string) => s.split('\n').filter((l) => l).join('\n');
 
 function step1x(args: string[], extraEnv: Record<string, string> = {}) {
   const r = spawnSync(process.execPath, [CLI, ...args], { env: { ...env, ...extraEnv }, encoding: 'utf8', timeout: 600_000 });

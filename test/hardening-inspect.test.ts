@@ -40,7 +40,11 @@ function inspectRss(path: string): { code: number | null; stderr: string; rssMB:
   writeFileSync(
     script,
     `import { main } from ${JSON.stringify(join(REPO_ROOT, 'dist/src/cli/main.js'))};\n` +
-      `process.on('exit', () => process.stderr.write('RSS_KB ' + process.resourceUsage().maxRSS + '\\n'));\n` +
+      // VmHWM is this process's own peak: getrusage's maxRSS keeps the forking parent's (jest's) high-water
+      // mark across exec on Linux, so late in a full run it would report jest's size, not ours
+      `import { readFileSync } from 'node:fs';\n` +
+      `const hwm = () => { try { return Number(/VmHWM:\\s+(\\d+)/.exec(readFileSync('/proc/self/status', 'utf8'))[1]); } catch { return process.resourceUsage().maxRSS; } };\n` +
+      `process.on('exit', () => process.stderr.write('RSS_KB ' + hwm() + '\\n'));\n` +
       `await main(['node', 'step1x', 'inspect', ${JSON.stringify(path)}]);\n`,
   );
   const r = spawnSync(process.execPath, [script], { env: baseEnv, encoding: 'utf8', timeout: 120_000 });
