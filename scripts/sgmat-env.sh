@@ -93,9 +93,10 @@ run_inside() {
   fi
   shared="$(cd "$REPO/.." && pwd -P)/shared"
   [ -d "$shared" ] && mounts+=("$shared")
+  # The private /tmp goes first: a checkout (or ../shared) under /tmp is bind-mounted on top of it, not hidden by it.
   local script='set -e; R="$1"; shift; n="$1"; shift
-    for ((i = 0; i < n; i++)); do mkdir -p "$R$1"; mount --rbind "$1" "$R$1"; shift; done
     mount -t proc proc "$R/proc"; mount --rbind /dev "$R/dev"; mount -t tmpfs tmpfs "$R/tmp"
+    for ((i = 0; i < n; i++)); do mkdir -p "$R$1"; mount --rbind "$1" "$R$1"; shift; done
     cwd="$1"; shift
     exec chroot "$R" /usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/tmp XDG_RUNTIME_DIR=/tmp \
       XDG_CACHE_HOME=/tmp/.cache STEP1X_SGMAT_ENV=trixie ${STEP1X_KERNELS:+STEP1X_KERNELS=$STEP1X_KERNELS} \
