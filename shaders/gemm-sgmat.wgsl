@@ -78,38 +78,7 @@ fn w_at(e: u32) -> f32 {
 #endif
 }
 
-fn bias_at(n: u32) -> f32 {
-#ifdef HAS_BIAS
-  let e = U.b_off + n;
-#if BDT == f32
-  return bias[e];
-#endif
-#if BDT == bf16
-  return bf16_at(bias[e >> 1u], e);
-#endif
-#if BDT == f16
-  return f16_at(bias[e >> 1u], e);
-#endif
-#else
-  return 0.0;
-#endif
-}
-
-fn finish(s: f32, n: u32) -> f32 {
-  let v = s + bias_at(n);
-#if ACT == silu
-  return silu_f(v);
-#endif
-#if ACT == gelu_tanh
-  return gelu_tanh_f(v);
-#endif
-#if ACT == gelu_erf
-  return gelu_erf_f(v);
-#endif
-#if ACT == none
-  return v;
-#endif
-}
+#include "common/gemm-epilogue.wgsl"
 
 // Narrow to f16; out-of-range values (|v| > 65504, inf) are replaced by 0 and reported.
 fn narrow(v: f32, bad: ptr<function, bool>) -> f16 {
