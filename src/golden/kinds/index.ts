@@ -13,3 +13,5 @@ registerLazyKind('t2i', () => import('./pipeline.js'));
 registerLazyKind('e2e', () => import('./e2e.js'));
 registerLazyKind('qwen_processor', () => import('./qwen_processor.js'));
 registerLazyKind('prompt_layout', () => import('./prompt_layout.js'));
+registerLazyKind('v12_parsers', () => import('./v12_parsers.js'));
+registerLazyKind('v12_sampling', () => import('./v12_sampling.js'));
