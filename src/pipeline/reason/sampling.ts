@@ -122,3 +122,17 @@ export class TokenSampler {
     return last;
   }
 }
+
+/**
+ * The `choose` of QwenGenerator.generate for the thinker: greedy (argmax of the penalised scores) or the
+ * sampling chain with a seeded drawer. `onScores` sees each step's processed scores.
+ */
+export function thinkerChooser(greedy: boolean, seed = 0, params: SamplingParams = THINKER_SAMPLING,
+  onScores?: (processed: Float32Array) => void): (logits: Float32Array, history: readonly number[]) => number {
+  const sampler = greedy ? null : new TokenSampler(seed);
+  return (logits, history) => {
+    const scores = processScores(logits, history, params, greedy);
+    onScores?.(scores);
+    return sampler ? sampler.draw(scores) : argmax(scores);
+  };
+}

@@ -1,0 +1,176 @@
+/**
+ * Qwen2.5-VL text generation (transformers' `generate()` for Qwen2_5_VLForConditionalGeneration, B = 1):
+ *
+ *   prefill   vision tower on the prompt's images, embeddings with the image rows scattered in, M-RoPE
+ *             positions from get_rope_index (attention mask all ones), every layer over the L prompt tokens
+ *             filling the KV cache (kv-cache.ts); logits of the last position only
+ *   decode    one token per step: its embedding row (host gather), position n + rope_delta on all three
+ *             M-RoPE axes (n = tokens so far), every layer with M = 1 over the cached keys
+ *   lm_head   `lm_head.weight` [V, D], or `model.embed_tokens.weight` when the checkpoint has no lm_head
+ *             (tie_word_embeddings, e.g. the tiny test Qwen); f32 logits read back per step
+ *   choice    the caller's `choose(logits, history)` (pipeline/reason/sampling.ts: repetition penalty over
+ *             prompt + generated ids, then greedy argmax or the sampling chain with our seeded drawer);
+ *             a stop id is appended, then generation ends
+ *
+ * The model's weights may be streamed per layer (QwenVL.load's residency plan): then every step streams
+ * all layers, which is correct but bandwidth-bound on the disk.
+ */
+import type { Gpu } from '../../runtime/gpu.js';
+import type { Tensor } from '../../runtime/tensor.js';
+import { Linear } from '../../nn/linear.js';
+import { rmsNorm } from '../../ops/norm.js';
+import { mropeCosSin } from '../../ops/rope-tables.js';
+import { ExitCode, fail } from '../../errors.js';
+import { EMBED_TOKENS, LM_HEAD, gatherEmbeddingRows } from './loader.js';
+import { getRopeIndex } from './positions.js';
+import type { QwenInput, QwenVL } from './model.js';
+import { KvCache, cachedDecoderLayer, type CachedStep } from './kv-cache.js';
+
+export interface GenerateOptions {
+  maxNewTokens: number;
+  /** Ids that end generation (appended to the output first), e.g. [151645] for the thinker. */
+  eosTokenIds: readonly number[];
+  /** The next token from the raw logits [V] and every id so far (prompt + generated). */
+  choose(logits: Float32Array, history: readonly number[]): number;
+  /** Per step: the chosen token and the raw logits [V]. */
+  onStep?(step: number, token: number, logits: Float32Array): void | Promise<void>;
+}
+
+export interface GenerateResult {
+  /** New tokens only. */
+  ids: Int32Array;
+  stoppedBy: 'eos' | 'max_new_tokens';
+  promptTokens: number;
+  prefillMs: number;
+  decodeMs: number;
+}
+
+export class QwenGenerator {
+  private cache: KvCache | null = null;
+  private ropeDelta = 0;
+  private constructor(readonly g: Gpu, readonly qwen: QwenVL, readonly lmHead: Linear) {}
+
+  /** The generator of a loaded model (loads lm_head, or the tied embedding table as lm_head). */
+  static async create(g: Gpu, qwen: QwenVL): Promise<QwenGenerator> {
+    const ck = qwen.ckpt, D = qwen.cfg.text.hiddenSize, V = qwen.cfg.text.vocabSize;
+    const name = ck.has(LM_HEAD) ? 'lm_head' : 'model.embed_tokens';
+    if (name !== 'lm_head' && !ck.has(EMBED_TOKENS)) fail(`${ck.path}: neither ${LM_HEAD} nor ${EMBED_TOKENS}: cannot compute logits`, ExitCode.WEIGHTS);
+    const head = await Linear.load(g, ck, name, { shape: [V, D], bias: false });
+    return new QwenGenerator(g, qwen, head);
+  }
+
+  get vocabSize(): number {
+    return this.lmHead.outFeatures;
+  }
+
+  /** Tokens in the cache. */
+  get length(): number {
+    return this.cache?.len ?? 0;
+  }
+
+  /** Logits [V] of the last row of final-normed hidden states `hNormed` [1, L, D] (or [L, D]). */
+  async logitsOfLastRow(hNormed: Tensor): Promise<Float32Array> {
+    const D = this.qwen.cfg.text.hiddenSize, L = hNormed.numel / D;
+    const flat = hNormed.reshape([L, D]);
+    const last = flat.rows(L - 1, 1);
+    flat.dispose();
+    const logits = this.lmHead.forward(last);
+    last.dispose();
+    try {
+      return (await logits.read()) as Float32Array;
+    } finally {
+      logits.dispose();
+    }
+  }
+
+  /** Runs every layer over the step's new rows with the cache; returns logits [V] of its last position. */
+  private async run(s: CachedStep): Promise<Float32Array> {
+    const m = this.qwen.model, c = m.cfg, cache = this.cache!;
+    try {
+      for (let i = 0; i < c.numHiddenLayers; i++) {
+        const w = await m.layers.get(i);
+        try {
+          const h = cachedDecoderLayer(c, w, s, cache, i);
+          s.h.dispose();
+          s.h = h;
+        } finally {
+          m.layers.release(i, w);
+        }
+      }
+      cache.len += s.h.shape[1];
+      const hn = rmsNorm(s.h, m.norm, c.rmsNormEps);
+      try {
+        return await this.logitsOfLastRow(hn);
+      } finally {
+        hn.dispose();
+      }
+    } finally {
+      for (const t of [s.h, s.cos, s.sin]) t.dispose();
+    }
+  }
+
+  /** A fresh cache of `maxLen` rows, the prompt through every layer; logits [V] of its last token. */
+  async prefill(input: QwenInput, maxLen: number): Promise<Float32Array> {
+    const g = this.g, q = this.qwen;
+    this.cache?.dispose();
+    this.cache = null;
+    const L = input.inputIds.length;
+    if (L + 0 > maxLen) fail(`generation: prompt of ${L} tokens exceeds the cache of ${maxLen}`, ExitCode.USAGE);
+    let img: Tensor | null = null;
+    try {
+      if (input.pixelValues && input.gridThw.length) img = await q.visual.forward(g, input.pixelValues, input.gridThw);
+      const ones = new Int32Array(L).fill(1);
+      const { positionIds, ropeDelta } = getRopeIndex(input.inputIds, ones, img ? input.gridThw : [], {
+        ...q.cfg, spatialMergeSize: q.cfg.vision.spatialMergeSize,
+      });
+      this.ropeDelta = ropeDelta;
+      const seq = await q.model.prepare(g, input.inputIds, positionIds, null, q.cfg.imageTokenId, img);
+      this.cache = new KvCache(g, q.cfg.text, maxLen);
+      return await this.run({ h: seq.h, cos: seq.cos, sin: seq.sin });
+    } finally {
+      img?.dispose();
+    }
+  }
+
+  /** Feeds one token at the next position; logits [V] for the token after it. */
+  async step(token: number): Promise<Float32Array> {
+    if (!this.cache) fail('generation: step() before prefill()', ExitCode.USAGE);
+    const g = this.g, c = this.qwen.cfg.text, D = c.hiddenSize;
+    const row = await gatherEmbeddingRows(this.qwen.ckpt, Int32Array.of(token));
+    const p = this.cache.len + this.ropeDelta;
+    const { cos, sin } = mropeCosSin(Int32Array.of(p, p, p), 1, 1, c.headDim, c.ropeTheta, [...c.mropeSection]);
+    return this.run({
+      h: g.upload(row, [1, 1, D], 'f32', 'decode.embeds'),
+      cos: g.upload(cos, [1, 1, c.headDim], 'f32', 'decode.cos'),
+      sin: g.upload(sin, [1, 1, c.headDim], 'f32', 'decode.sin'),
+    });
+  }
+
+  /** generate(): prefill, then up to maxNewTokens tokens (see the header). */
+  async generate(input: QwenInput, o: GenerateOptions): Promise<GenerateResult> {
+    const t0 = performance.now();
+    let logits = await this.prefill(input, input.inputIds.length + o.maxNewTokens);
+    const t1 = performance.now();
+    const history = Array.from(input.inputIds);
+    const out: number[] = [];
+    let stoppedBy: GenerateResult['stoppedBy'] = 'max_new_tokens';
+    for (let step = 0; step < o.maxNewTokens; step++) {
+      const tok = o.choose(logits, history);
+      out.push(tok);
+      history.push(tok);
+      if (o.onStep) await o.onStep(step, tok, logits);
+      if (o.eosTokenIds.includes(tok)) {
+        stoppedBy = 'eos';
+        break;
+      }
+      if (step + 1 < o.maxNewTokens) logits = await this.step(tok);
+    }
+    return { ids: Int32Array.from(out), stoppedBy, promptTokens: input.inputIds.length, prefillMs: t1 - t0, decodeMs: performance.now() - t1 };
+  }
+
+  dispose(): void {
+    this.cache?.dispose();
+    this.cache = null;
+    this.lmHead.dispose();
+  }
+}
