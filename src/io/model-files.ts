@@ -16,6 +16,7 @@ import { existsSync, lstatSync, readFileSync, readdirSync, readlinkSync, statSyn
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { ExitCode, Step1xError } from '../errors.js';
+import { isDiffusersDir, readDiffusersDir, type DiffusersModelDir } from './diffusers-layout.js';
 
 /** The DiT file of each checkpoint version (the official `inference.py --version` choice). */
 export const DIT_FILE_OF = { 'v1.0': 'step1x-edit-i1258.safetensors', 'v1.1': 'step1x-edit-v1p1-official.safetensors' } as const;
@@ -54,7 +55,13 @@ export interface ModelFiles {
   source: string;
   dit: string;
   vae: string;
+  /** Qwen2.5-VL config.json + weights (official: Qwen2.5-VL-7B-Instruct/; diffusers: text_encoder/) */
   qwenDir: string;
+  /** tokenizer.json, chat template, preprocessor_config.json; qwenDir when absent (official layout) */
+  tokenizerDir?: string;
+  /** 'official' when absent; a diffusers directory also carries what readDiffusersDir found */
+  layout?: 'official' | 'diffusers';
+  diffusers?: DiffusersModelDir;
   /** step1x.json when present (tiny models); absent for the real model. */
   hparamsPath?: string;
   hparams?: Step1xHparams;
@@ -176,6 +183,7 @@ export function modelFilesInDir(dir: string, source = dir, opts: ResolveOptions 
   const root = resolve(dir);
   if (!existsSync(root) || !statSync(root).isDirectory())
     throw new Step1xError(`model directory not found: ${dir}`, ExitCode.WEIGHTS);
+  if (isDiffusersDir(root)) return diffusersModelFiles(root, source);
   const missing: string[] = [];
   const dit = findDit(root, opts.version);
   if (!dit && opts.version) {
@@ -196,6 +204,17 @@ export function modelFilesInDir(dir: string, source = dir, opts: ResolveOptions 
     files.hparams = readHparams(hp);
   }
   return files;
+}
+
+/** The tokenizer directory of a model (processor/ in the diffusers layout, the Qwen directory otherwise). */
+export function tokenizerDirOf(files: Pick<ModelFiles, 'qwenDir' | 'tokenizerDir'>): string {
+  return files.tokenizerDir ?? files.qwenDir;
+}
+
+/** A diffusers-layout directory (model_index.json) as ModelFiles: dit/vae are the component directories. */
+export function diffusersModelFiles(root: string, source = root): ModelFiles {
+  const d = readDiffusersDir(root);
+  return { source, dit: d.transformerDir, vae: d.vaeDir, qwenDir: d.textEncoderDir, tokenizerDir: d.tokenizerDir, layout: 'diffusers', diffusers: d };
 }
 
 /** Resolve `--model`, `$STEP1X_MODEL`, then the Hugging Face cache. */

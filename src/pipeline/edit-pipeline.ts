@@ -17,7 +17,7 @@
  */
 import { Gpu } from '../runtime/gpu.js';
 import { ExitCode, Step1xError, fmtShape } from '../errors.js';
-import type { ModelFiles } from '../io/model-files.js';
+import { tokenizerDirOf, type ModelFiles } from '../io/model-files.js';
 import { SafetensorsFile } from '../io/safetensors.js';
 import { resize, type RgbImage } from '../io/resize.js';
 import { inputProcessImage, qwenProcessImage, STEP1X_MAX_PIXELS, STEP1X_MIN_PIXELS } from '../models/qwen25vl/processor.js';
@@ -141,7 +141,7 @@ export class EditPipeline {
     opts.onProgress?.({ stage: 'load', message: 'checking the model files' });
     await validateModelFiles(files); // headers, keys and shapes of every file, before any stage (exit 4)
     opts.onProgress?.({ stage: 'load', message: 'opening the GPU and the tokenizer' });
-    const tokenizer = QwenTokenizer.load(files.qwenDir);
+    const tokenizer = QwenTokenizer.load(tokenizerDirOf(files));
     const ck = await Checkpoint.open(files.dit); // headers only: which version the weights are
     const ditVersion = versionOfKeys((n) => ck.has(n));
     await ck.close();

@@ -30,6 +30,12 @@ async function checked(what: string, path: string, check: (ck: Checkpoint) => vo
 
 /** Validate the DiT, VAE and Qwen2.5-VL files of a model (throws Step1xError with ExitCode.WEIGHTS). */
 export async function validateModelFiles(files: ModelFiles): Promise<void> {
+  if (files.layout === 'diffusers')
+    throw new Step1xError(
+      `${files.diffusers?.root ?? files.dit}: a diffusers-layout model (${files.diffusers?.pipelineClass}, ${files.diffusers?.version}); ` +
+        'its transformer/ and vae/ cannot be run yet, use the official layout (step1x download --version v1.1)',
+      ExitCode.WEIGHTS,
+    );
   await checked('DiT checkpoint', files.dit, (ck) => {
     const cfg = configFromCheckpoint(ck.keys(), (n) => (ck.has(n) ? ck.info(n).shape : undefined), files.hparams ?? {}, files.dit);
     checkKeys(ck, expectedDitKeys(cfg), { what: `DiT checkpoint ${files.dit}` });

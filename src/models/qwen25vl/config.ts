@@ -79,7 +79,13 @@ function posInt(o: Json, key: string, where: string, dflt?: number): number {
 export function parseQwenConfig(raw: unknown, where = 'config.json'): QwenVLConfig {
   if (!raw || typeof raw !== 'object') fail(`${where}: not a JSON object`, ExitCode.WEIGHTS);
   const top = raw as Json;
-  const t: Json = { ...top, ...((top.text_config as Json) ?? {}) };
+  const tc = top.text_config as Json | undefined;
+  if (tc !== undefined && (!tc || typeof tc !== 'object' || Array.isArray(tc))) fail(`${where}: "text_config" must be an object`, ExitCode.WEIGHTS);
+  // transformers >= 4.52 save_pretrained writes the text fields twice (top level and text_config): they must agree
+  for (const k of ['hidden_size', 'intermediate_size', 'num_hidden_layers', 'num_attention_heads', 'num_key_value_heads', 'vocab_size', 'rope_theta', 'rms_norm_eps'])
+    if (tc && top[k] !== undefined && tc[k] !== undefined && top[k] !== tc[k])
+      fail(`${where}: "${k}" is ${JSON.stringify(top[k])} at the top level but ${JSON.stringify(tc[k])} in text_config`, ExitCode.WEIGHTS);
+  const t: Json = { ...top, ...(tc ?? {}) };
   const vRaw = top.vision_config as Json | undefined;
   if (!vRaw || typeof vRaw !== 'object') fail(`${where}: missing "vision_config"`, ExitCode.WEIGHTS);
   const vw = `${where} vision_config`;

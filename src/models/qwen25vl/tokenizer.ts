@@ -6,7 +6,8 @@
  * Files read from the directory:
  *   tokenizer.json          (required)
  *   tokenizer_config.json   (optional; passed to the library as its config)
- *   chat_template.json      (optional; `{"chat_template": "..."}`), else tokenizer_config.chat_template
+ *   chat_template.json      (optional; `{"chat_template": "..."}`), else chat_template.jinja (the template
+ *                           itself, transformers >= 4.50 save_pretrained), else tokenizer_config.chat_template
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -54,7 +55,9 @@ export class QwenTokenizer {
     const cfg = existsSync(cfgFile) ? readJson(cfgFile) : {};
     let template: string | undefined;
     const ctFile = join(dir, 'chat_template.json');
+    const jinja = join(dir, 'chat_template.jinja');
     if (existsSync(ctFile)) template = readJson(ctFile).chat_template;
+    else if (existsSync(jinja)) template = readText(jinja);
     else if (typeof cfg.chat_template === 'string') template = cfg.chat_template;
     let tok: Tokenizer;
     try {
@@ -92,6 +95,14 @@ export class QwenTokenizer {
 
   idToToken(id: number): string | undefined {
     return this.tok.id_to_token(id);
+  }
+}
+
+function readText(file: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new Step1xError(`tokenizer: cannot read ${file}: ${(e as Error).message}`, ExitCode.WEIGHTS);
   }
 }
 
