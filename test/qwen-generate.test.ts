@@ -3,8 +3,10 @@
  * lm_head, a prompt with an image) and of tiny_e2e_v11 (tied embeddings, text-only prompt), 32 greedy tokens are
  * decoded with the cache (prefill + M = 1 steps); then the whole sequence (prompt + the 31 fed tokens) runs
  * through the ordinary full forward and its logits at the last 32 positions must equal the cached steps'
- * logits (atol 2e-4 relative to the logit range), and the argmax of every step agrees.
- * Under the subgroup-matrix environment (`scripts/sgmat-env.sh run …`) the same test runs the sgmat kernels.
+ * logits (atol 2e-4 of the largest |logit|; 2e-2 at mixed precision, where prefill (M = L) and decode (M = 1)
+ * GEMMs may take different kernels), and the argmax of every step agrees wherever the top-2 gap exceeds that.
+ * Under the subgroup-matrix environment (`STEP1X_KERNELS=subgroup-matrix scripts/sgmat-env.sh run …`) the same
+ * test runs the sgmat kernels.
  */
 import { join } from 'node:path';
 import { getGpu, releaseGpu, compare } from '../kernels-test/harness.js';
@@ -45,7 +47,8 @@ async function cachedVsFull(dir: string, input: QwenInput, weights?: string): Pr
         rows.dispose();
         let range = 0;
         for (const v of full) range = Math.max(range, Math.abs(v));
-        const c = compare(`step ${s}`, steps[s], full, 2e-4 * range, 0);
+        const tol = (g.precision === 'mixed' ? 2e-2 : 2e-4) * range;
+        const c = compare(`step ${s}`, steps[s], full, tol, 0);
         worst = Math.max(worst, c.maxAbs / range);
         if (!c.pass) throw new Error(`step ${s}: cached logits differ from the full recompute: ${c.msg}`);
         let a = 0, b = 0;
@@ -53,9 +56,10 @@ async function cachedVsFull(dir: string, input: QwenInput, weights?: string): Pr
           if (full[v] > full[a]) a = v;
           if (steps[s][v] > steps[s][b]) b = v;
         }
-        expect(b).toBe(a);
+        const second = Math.max(...Array.from(full).filter((_, v) => v !== a));
+        if (full[a] - second > 2 * tol) expect(b).toBe(a);
       }
-      process.stderr.write(`  ${dir.split('/').slice(-2).join('/')}: ${N} cached steps vs full recompute, max |Δlogit| / max|logit| = ${worst.toExponential(2)} (prompt ${L}, ${g.kernels ?? ''})\n`);
+      process.stderr.write(`  ${dir.split('/').slice(-2).join('/')}: ${N} cached steps vs full recompute, max |Δlogit| / max|logit| = ${worst.toExponential(2)} (prompt ${L}, ${g.kernels} kernels, ${g.precision})\n`);
     } finally {
       h.dispose();
     }
