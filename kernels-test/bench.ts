@@ -23,6 +23,7 @@ import { linear, DEFAULT_TILE, type LinearOptions, type TileConfig } from '../sr
 import { randn } from './harness.js';
 import { hasMatrixUnits, setKernelSettings } from '../src/runtime/caps.js';
 import { tune } from '../src/ops/tune.js';
+import { benchGenerate } from './bench-generate.js';
 
 const args = new Set(process.argv.slice(2));
 const FULL = args.has('--full');
@@ -247,6 +248,7 @@ async function main(): Promise<void> {
       await benchConv(g, 256, 256, 512);
       await benchConv(g, 128, 128, 1024);
     } else await benchConv(g, 128, 128, 64);
+    await benchGenerate(g);
     console.log(`default tile: ${DEFAULT_TILE.tm}x${DEFAULT_TILE.tn} per invocation, workgroup ${DEFAULT_TILE.wgn}x${DEFAULT_TILE.wgm}`);
   } finally {
     g.destroy();

@@ -82,6 +82,12 @@ function toWrite(e: Emitted): WriteTensor {
   return { dtype: 'F32', shape: e.shape, data: e.data instanceof Float32Array ? e.data : Float32Array.from(e.data) };
 }
 
+/** The io of a tables-only case: no tensors; reading one is a usage error naming the case. */
+function noTensors(ioPath: string): SafetensorsFile {
+  const none = (n: string): never => fail(`golden: ${ioPath} does not exist (a tables-only case), no tensor "${n}"`, ExitCode.USAGE);
+  return { tensors: new Map(), has: () => false, readF32: none, readI32: none, readBytes: none, readI64AsNumber: none, close: async () => {} } as unknown as SafetensorsFile;
+}
+
 export async function runGolden(caseDirArg: string, opts: GoldenOptions = {}): Promise<GoldenResult> {
   const log = opts.log ?? ((m: string) => process.stderr.write(`${m}\n`));
   const caseDir = resolve(caseDirArg);
@@ -90,8 +96,10 @@ export async function runGolden(caseDirArg: string, opts: GoldenOptions = {}): P
   const run = await resolveKind(kind);
   if (!run) fail(`golden: unknown kind "${kind}" in ${join(caseDir, 'case.json')} (known: ${knownKinds().join(', ')})`, ExitCode.USAGE);
   const ioPath = join(caseDir, 'io.safetensors');
-  if (!existsSync(ioPath)) fail(`golden: ${caseDir}: no io.safetensors`, ExitCode.USAGE);
-  const io = await SafetensorsFile.open(ioPath);
+  // a case of string tables only (v12_parsers: `tables`, no tensors) has no io.safetensors
+  const tablesOnly = !existsSync(ioPath) && caseJson.tables && typeof caseJson.tables === 'object';
+  if (!existsSync(ioPath) && !tablesOnly) fail(`golden: ${caseDir}: no io.safetensors`, ExitCode.USAGE);
+  const io = tablesOnly ? noTensors(ioPath) : await SafetensorsFile.open(ioPath);
   const tolerances: Tolerance[] = caseJson.tolerance ?? [];
   const caseName: string = typeof caseJson.case === 'string' ? caseJson.case : basename(caseDir);
   const emitted = new Map<string, Emitted>();

@@ -15,3 +15,4 @@ registerLazyKind('qwen_processor', () => import('./qwen_processor.js'));
 registerLazyKind('prompt_layout', () => import('./prompt_layout.js'));
 registerLazyKind('v12_parsers', () => import('./v12_parsers.js'));
 registerLazyKind('v12_sampling', () => import('./v12_sampling.js'));
+registerLazyKind('v12_thinker', () => import('./v12_thinker.js'));

@@ -19,6 +19,7 @@ import type { Gpu } from '../../runtime/gpu.js';
 import type { Tensor } from '../../runtime/tensor.js';
 import { Linear } from '../../nn/linear.js';
 import { rmsNorm } from '../../ops/norm.js';
+import { linear } from '../../ops/linear.js';
 import { mropeCosSin } from '../../ops/rope-tables.js';
 import { ExitCode, fail } from '../../errors.js';
 import { EMBED_TOKENS, LM_HEAD, gatherEmbeddingRows } from './loader.js';
@@ -74,13 +75,23 @@ export class QwenGenerator {
     const flat = hNormed.reshape([L, D]);
     const last = flat.rows(L - 1, 1);
     flat.dispose();
-    const logits = this.lmHead.forward(last);
+    const logits = this.head(last);
     last.dispose();
     try {
       return (await logits.read()) as Float32Array;
     } finally {
       logits.dispose();
     }
+  }
+
+  /**
+   * lm_head on [1, D]. The M ≤ 4 GEMV splits K over 64 lanes per 4 outputs: with a tiny K (the test Qwens,
+   * K = 16, V = 152064) most lanes idle across V/4 workgroups, so such heads take the register-tiled path.
+   */
+  private head(x: Tensor): Tensor {
+    const h = this.lmHead;
+    if (h.inFeatures < 256 && !h.w.packed) return linear(x, h.weight, undefined, { variant: 'tiled' });
+    return h.forward(x);
   }
 
   /** Runs every layer over the step's new rows with the cache; returns logits [V] of its last position. */

@@ -8,7 +8,8 @@
  * all in f32 as torch computes it on CPU: the penalty touches each id of the history once (s < 0 → s·1.05,
  * else s/1.05), a division by a Python scalar is a multiplication by its f32 reciprocal (torch's CPU
  * `div_true` with a scalar divisor), top-k keeps every score ≥ the k-th largest (ties kept), top-p sorts
- * ascending and removes while the cumulative softmax ≤ 1 − p (f32), always keeping the largest.
+ * ascending (equal scores in libstdc++ std::sort's order, as torch's CPU sort leaves them) and removes while
+ * the cumulative softmax ≤ 1 − p (f32), always keeping the largest.
  * Greedy mode (the goldens' `do_sample=False`) keeps only the repetition penalty and takes the first argmax.
  *
  * The draw is ours, not torch's (`torch.multinomial` on the global CUDA/CPU generator cannot be reproduced):
@@ -16,6 +17,7 @@
  * (in vocabulary order, f64 sum of the f32 probabilities) exceeds u·total.
  */
 import { Xoshiro128 } from '../rng.js';
+import { stdSort } from './std-sort.js';
 
 export interface SamplingParams {
   repetitionPenalty: number;
@@ -71,9 +73,12 @@ export function softmaxF32(x: ArrayLike<number>): Float32Array {
   return out;
 }
 
-/** TopPLogitsWarper (ascending stable sort; remove while cumsum ≤ 1 − p; the largest always stays). */
+/**
+ * TopPLogitsWarper (ascending sort as torch's CPU `sort` orders it, equal scores included: libstdc++ std::sort,
+ * std-sort.ts; remove while cumsum ≤ 1 − p; the largest always stays).
+ */
 export function applyTopP(scores: Float32Array, p: number): void {
-  const order = Array.from(scores.keys()).sort((a, b) => scores[a] - scores[b] || a - b);
+  const order = stdSort(Array.from(scores.keys()), (a, b) => scores[a] < scores[b] || (!Number.isNaN(scores[a]) && Number.isNaN(scores[b])));
   const probs = softmaxF32(order.map((i) => scores[i]));
   const limit = f32(1 - p);
   let cum = 0;
