@@ -102,6 +102,8 @@ export function prepareCall(tok: QwenTokenizer, m: ThinkerMessages<RgbImage>): P
 
 export interface ThinkerCallOptions {
   greedy: boolean;
+  /** Default 128 (call_model's max_new_tokens); lower only to shorten tests. */
+  maxNewTokens?: number;
   seed?: number;
   /** Per generated token: the processed scores and the raw logits (goldens, streaming to a terminal). */
   onStep?(step: number, token: number, processed: Float32Array, raw: Float32Array): void;
@@ -121,7 +123,7 @@ export async function callThinker(gen: QwenGenerator, tok: QwenTokenizer, m: Thi
   const choose = thinkerChooser(o.greedy, o.seed ?? 0, THINKER_SAMPLING, (s) => void (processed = s));
   const generation = await gen.generate(
     { inputIds: prepared.inputIds, pixelValues: prepared.pixelValues, gridThw: prepared.gridThw },
-    { maxNewTokens: THINKER_MAX_NEW_TOKENS, eosTokenIds: [THINKER_EOS], choose, onStep: (s, t, raw) => o.onStep?.(s, t, processed!, raw) },
+    { maxNewTokens: o.maxNewTokens ?? THINKER_MAX_NEW_TOKENS, eosTokenIds: [THINKER_EOS], choose, onStep: (s, t, raw) => o.onStep?.(s, t, processed!, raw) },
   );
   return { prepared, generation, text: pyStrip(tok.decode(generation.ids, true)) };
 }

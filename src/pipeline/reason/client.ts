@@ -1,0 +1,81 @@
+/**
+ * The thinker's MLLM on our GPU runtime: the text encoder of a v1.2 model directory (text_encoder/ weights,
+ * processor/ tokenizer and chat template) as the `callModel` of ReasonLoop. Each call is one `call_model`
+ * (thinker.ts): prompt → images → greedy or seeded sampling (128 new tokens, stop 151645) → decoded, stripped
+ * text. In sampling mode call k of a request draws from its own xoshiro128** stream seeded with
+ * (seed·1000003 + k) mod 2^53, so a `--seed` reproduces the whole transcript. `onToken` streams the text as it is generated (for a terminal).
+ */
+import type { Gpu } from '../../runtime/gpu.js';
+import type { RgbImage } from '../../io/resize.js';
+import { QwenVL, type QwenLoadOptions } from '../../models/qwen25vl/model.js';
+import { QwenGenerator } from '../../models/qwen25vl/generate.js';
+import { QwenTokenizer } from '../../models/qwen25vl/tokenizer.js';
+import type { ThinkerMessages } from './prompts.js';
+import { callThinker, type ThinkerCallResult } from './thinker.js';
+
+export interface ThinkerClientOptions {
+  /** true: do_sample=False (the goldens); false (default): the official sampling chain with `seed`. */
+  greedy?: boolean;
+  seed?: number;
+  /** Default 128 (the contract); lower only to shorten tests. */
+  maxNewTokens?: number;
+  load?: QwenLoadOptions;
+  /** Each call's text so far, after every token (decoded without special tokens). */
+  onToken?(kind: string, textSoFar: string): void;
+}
+
+export interface CallRecord {
+  kind: string;
+  promptTokens: number;
+  newTokens: number;
+  stoppedBy: string;
+  ms: number;
+  text: string;
+}
+
+export class QwenThinkerClient {
+  readonly log: CallRecord[] = [];
+  private calls = 0;
+  private constructor(
+    readonly qwen: QwenVL,
+    readonly gen: QwenGenerator,
+    readonly tok: QwenTokenizer,
+    private readonly o: ThinkerClientOptions,
+  ) {}
+
+  static async load(g: Gpu, textEncoderDir: string, tokenizerDir: string, o: ThinkerClientOptions = {}): Promise<QwenThinkerClient> {
+    const tok = QwenTokenizer.load(tokenizerDir);
+    const qwen = await QwenVL.load(g, textEncoderDir, o.load);
+    try {
+      return new QwenThinkerClient(qwen, await QwenGenerator.create(g, qwen), tok, o);
+    } catch (e) {
+      await qwen.dispose();
+      throw e;
+    }
+  }
+
+  /** One call_model (ReasonHooks.callModel). */
+  async callModel(m: ThinkerMessages<RgbImage>): Promise<string> {
+    const t0 = performance.now();
+    const ids: number[] = [];
+    const onStep = this.o.onToken
+      ? (_s: number, t: number) => {
+          ids.push(t);
+          this.o.onToken!(m.kind, this.tok.decode(ids, true));
+        }
+      : undefined;
+    // one seed per call, derived from the request's seed and the call's position: reproducible, independent draws
+    const seed = Number((BigInt(this.o.seed ?? 0) * 1000003n + BigInt(this.calls++)) % (1n << 53n));
+    const r: ThinkerCallResult = await callThinker(this.gen, this.tok, m, { greedy: !!this.o.greedy, seed, onStep, maxNewTokens: this.o.maxNewTokens });
+    this.log.push({
+      kind: m.kind, promptTokens: r.generation.promptTokens, newTokens: r.generation.ids.length,
+      stoppedBy: r.generation.stoppedBy, ms: performance.now() - t0, text: r.text,
+    });
+    return r.text;
+  }
+
+  async dispose(): Promise<void> {
+    this.gen.dispose();
+    await this.qwen.dispose();
+  }
+}
