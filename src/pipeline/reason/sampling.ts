@@ -51,11 +51,23 @@ export function applyTemperature(scores: Float32Array, temperature: number): voi
   for (let i = 0; i < scores.length; i++) scores[i] = f32(scores[i] * inv);
 }
 
-/** TopKLogitsWarper: scores below the k-th largest become −inf. */
+/** TopKLogitsWarper: scores below the k-th largest become −inf (NaN-free scores: one pass keeping the k largest). */
 export function applyTopK(scores: Float32Array, k: number): void {
   const kk = Math.min(Math.max(k, 1), scores.length);
-  const sorted = Float32Array.from(scores).sort();
-  const kth = sorted[sorted.length - kk];
+  let kth: number;
+  if (scores.some(Number.isNaN)) kth = Float32Array.from(scores).sort()[scores.length - kk];
+  else {
+    const top: number[] = []; // ascending, at most kk values
+    for (let i = 0; i < scores.length; i++) {
+      const v = scores[i];
+      if (top.length === kk && v <= top[0]) continue;
+      if (top.length === kk) top.shift();
+      let j = 0;
+      while (j < top.length && top[j] < v) j++;
+      top.splice(j, 0, v);
+    }
+    kth = top[0];
+  }
   for (let i = 0; i < scores.length; i++) if (scores[i] < kth) scores[i] = -Infinity;
 }
 
@@ -75,10 +87,29 @@ export function softmaxF32(x: ArrayLike<number>): Float32Array {
 
 /**
  * TopPLogitsWarper (ascending sort as torch's CPU `sort` orders it, equal scores included: libstdc++ std::sort,
- * std-sort.ts; remove while cumsum ≤ 1 − p; the largest always stays).
+ * std-sort.ts; remove while cumsum ≤ 1 − p; the largest always stays). The −inf entries (top-k's) sort first
+ * and add exactly 0 to the sum, so when the finite scores are all distinct any sort of them gives torch's
+ * order; only finite ties (or NaN / +inf) need the full std::sort replay over all V entries (≈ 0.3 s at
+ * V = 152064 on the host, against ≈ 1 ms for the short path).
  */
 export function applyTopP(scores: Float32Array, p: number): void {
-  const order = stdSort(Array.from(scores.keys()), (a, b) => scores[a] < scores[b] || (!Number.isNaN(scores[a]) && Number.isNaN(scores[b])));
+  const finite: number[] = [];
+  let odd = false;
+  for (let i = 0; i < scores.length; i++) {
+    const s = scores[i];
+    if (s === -Infinity) continue;
+    if (Number.isFinite(s)) finite.push(i);
+    else odd = true;
+  }
+  finite.sort((a, b) => scores[a] - scores[b]);
+  for (let r = 1; r < finite.length && !odd; r++) if (scores[finite[r]] === scores[finite[r - 1]]) odd = true;
+  if (odd) {
+    const order = stdSort(Array.from(scores.keys()), (a, b) => scores[a] < scores[b] || (!Number.isNaN(scores[a]) && Number.isNaN(scores[b])));
+    cutAscending(scores, order, p);
+  } else cutAscending(scores, finite, p); // the −inf prefix only adds exact zeros to the cumulative sum
+}
+
+function cutAscending(scores: Float32Array, order: number[], p: number): void {
   const probs = softmaxF32(order.map((i) => scores[i]));
   const limit = f32(1 - p);
   let cum = 0;
