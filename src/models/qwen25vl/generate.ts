@@ -126,7 +126,7 @@ export class QwenGenerator {
     this.cache?.dispose();
     this.cache = null;
     const L = input.inputIds.length;
-    if (L + 0 > maxLen) fail(`generation: prompt of ${L} tokens exceeds the cache of ${maxLen}`, ExitCode.USAGE);
+    if (L > maxLen) fail(`generation: prompt of ${L} tokens exceeds the cache of ${maxLen}`, ExitCode.USAGE);
     let img: Tensor | null = null;
     try {
       if (input.pixelValues && input.gridThw.length) img = await q.visual.forward(g, input.pixelValues, input.gridThw);
