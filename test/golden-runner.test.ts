@@ -7,7 +7,7 @@ import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildProgram, reportError } from '../src/cli/main.js';
-import { compareTensor, findTolerance, globToRegExp, type Tolerance } from '../src/golden/compare.js';
+import { compareTensor, explainRankSwaps, findTolerance, globToRegExp, type Tolerance } from '../src/golden/compare.js';
 import { registerKind } from '../src/golden/registry.js';
 import { SafetensorsFile, writeSafetensors, type WriteTensor } from '../src/io/safetensors.js';
 import { goldenCase } from './util/golden-path.js';
@@ -51,6 +51,19 @@ describe('tolerance globs and forms', () => {
     expect(compareTensor('u', [1, 2, 3, 6], [1, 2, 3, 4], u8).pass).toBe(false); // diff 2
     expect(compareTensor('l', [1], [1, 2], t).pass).toBe(false);
     expect(compareTensor('none', [1], [1], undefined).pass).toBe(false);
+  });
+
+  test('ranked ids: adjacent swaps pass only where the reference scores are within their tolerance', () => {
+    const exact = { match: '*', exact: true }, tol = { match: '*', atol: 1e-4, rtol: 0 };
+    const ref = [7, 8, 9, 4, 5, 6], scores = [3, 2.99995, 1, 9, 8, 7]; // two rows of k = 3
+    const check = (got: number[]) => explainRankSwaps(compareTensor('t_ids', got, ref, exact), got, ref, scores, 3, tol);
+    expect(check([8, 7, 9, 4, 5, 6])).toMatchObject({ pass: true }); // 3 vs 2.99995: within 1e-4
+    expect(check([8, 7, 9, 4, 5, 6]).note).toMatch(/1 adjacent rank swap/);
+    expect(check([7, 9, 8, 4, 5, 6]).pass).toBe(false); // 2.99995 vs 1: a real difference
+    expect(check([9, 8, 7, 4, 5, 6]).pass).toBe(false); // not adjacent
+    expect(check([7, 8, 4, 9, 5, 6]).pass).toBe(false); // across rows
+    expect(check([7, 8, 9, 4, 5, 1]).pass).toBe(false); // another id
+    expect(explainRankSwaps(compareTensor('t_ids', [8, 7, 9, 4, 5, 6], ref, exact), [8, 7, 9, 4, 5, 6], ref, scores, 3, exact).pass).toBe(false);
   });
 });
 

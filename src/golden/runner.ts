@@ -10,7 +10,7 @@ import { basename, join, resolve } from 'node:path';
 import { Gpu } from '../runtime/gpu.js';
 import { SafetensorsFile, writeSafetensors, type WriteTensor } from '../io/safetensors.js';
 import { ExitCode, Step1xError, fail } from '../errors.js';
-import { compareTensor, findTolerance, reducedPrecision, type TensorDetail, type TensorResult, type Tolerance } from './compare.js';
+import { compareTensor, explainRankSwaps, findTolerance, reducedPrecision, type TensorDetail, type TensorResult, type Tolerance } from './compare.js';
 import { knownKinds, resolveKind, type EmitKind, type GoldenContext } from './registry.js';
 import './kinds/index.js';
 
@@ -149,7 +149,12 @@ export async function runGolden(caseDirArg: string, opts: GoldenOptions = {}): P
         details.push({ name, maxAbs: null, relL2: null, pass: false, skipped: false, note: `computed shape [${e.shape}], reference [${info.shape}]` });
         continue;
       }
-      details.push(compareTensor(name, e.data, await readReference(io, name), contract(findTolerance(tolerances, name))));
+      const ref = await readReference(io, name);
+      let d = compareTensor(name, e.data, ref, contract(findTolerance(tolerances, name)));
+      const scores = name.endsWith('_ids') ? name.slice(0, -4) : '';
+      if (!d.pass && scores && io.has(scores) && info.shape.length > 0)
+        d = explainRankSwaps(d, e.data, ref, await readReference(io, scores), info.shape[info.shape.length - 1], contract(findTolerance(tolerances, scores)));
+      details.push(d);
     }
     const unreferenced = [...emitted.keys()].filter((n) => !io.has(n));
     if (unreferenced.length) log(`  computed without reference: ${unreferenced.join(', ')}`);
