@@ -41,6 +41,29 @@ export interface TensorInfo {
 export const MAX_HEADER_BYTES = 100 * 1024 * 1024;
 /** One positional read at most this long (FileHandle.read takes an int32 length). */
 const READ_CHUNK = 1 << 30;
+/**
+ * Chunk of a streamed tensor read (readChunks). 8 MiB: measured on the dev VM, positional reads from the
+ * page cache into a reused buffer run at ~5 GB/s for 1–8 MiB and ~2.7 GB/s for 64 MiB (the copy no
+ * longer stays in the CPU caches), and per-read overhead (~20 µs) is < 1 % at this size.
+ */
+export const LOAD_CHUNK_BYTES = 8 << 20;
+
+/**
+ * Read buffers shared by every file and stream: a stream takes two and gives them back when it ends, so a
+ * load of any number of tensors allocates them once. At most `maxCached` idle buffers are kept.
+ */
+class ReadBuffers {
+  private idle: Uint8Array[] = [];
+  constructor(private readonly maxCached = 8) {}
+  acquire(bytes: number): Uint8Array {
+    const i = this.idle.findIndex((b) => b.byteLength >= bytes);
+    return i >= 0 ? this.idle.splice(i, 1)[0] : new Uint8Array(Math.max(bytes, LOAD_CHUNK_BYTES));
+  }
+  release(b: Uint8Array): void {
+    if (this.idle.length < this.maxCached) this.idle.push(b);
+  }
+}
+const readBuffers = new ReadBuffers();
 
 function bad(file: string, msg: string): never {
   throw new Step1xError(`${file}: not a valid safetensors file: ${msg}`, ExitCode.USAGE);
@@ -197,6 +220,49 @@ export class SafetensorsFile {
       throw new Step1xError(`${this.path}: rows [${start}, ${start + count}) out of range for "${name}" ${fmtShape(t.shape)}`, ExitCode.USAGE);
     const rowBytes = rows ? (t.end - t.begin) / rows : 0;
     return this.readRange(t.begin + start * rowBytes, count * rowBytes);
+  }
+
+  /**
+   * Bytes [pos, pos + len) in consecutive chunks of `chunkBytes` (the last may be shorter), each a view of
+   * a reused read buffer that is valid until the next iteration: the read of chunk k+1 is in flight while
+   * the caller uploads or converts chunk k (double buffering), and no buffer is allocated per tensor
+   * (fresh host memory costs page faults; on some VMs those, not the disk, bound the load speed).
+   */
+  async *readChunks(pos: number, len: number, chunkBytes = LOAD_CHUNK_BYTES): AsyncGenerator<Uint8Array> {
+    if (!this.fh) throw new Step1xError(`${this.path}: read after close()`, ExitCode.USAGE);
+    if (!(chunkBytes > 0)) throw new Error(`readChunks: chunk of ${chunkBytes} bytes`);
+    if (len <= 0) return;
+    const fh = this.fh;
+    const bufs = [readBuffers.acquire(chunkBytes), readBuffers.acquire(chunkBytes)];
+    const read = (i: number, off: number): Promise<Uint8Array> => {
+      const view = bufs[i % 2].subarray(0, Math.min(chunkBytes, len - off));
+      const p = readFully(fh, this.path, view, pos + off).then(() => view);
+      p.catch(() => undefined); // awaited below; a read the caller abandons must not be an unhandled rejection
+      return p;
+    };
+    let next: Promise<Uint8Array> | null = read(0, 0);
+    try {
+      for (let off = 0, i = 0; off < len; off += chunkBytes, i++) {
+        const cur: Uint8Array = await next!;
+        next = off + chunkBytes < len ? read(i + 1, off + chunkBytes) : null;
+        yield cur;
+      }
+    } finally {
+      await next?.catch(() => undefined); // the buffer goes back only once nothing writes into it
+      for (const b of bufs) readBuffers.release(b);
+    }
+  }
+
+  /** One tensor's raw bytes in chunks (see readChunks); `rowAligned` makes every chunk whole rows of dim 0. */
+  tensorChunks(name: string, chunkBytes = LOAD_CHUNK_BYTES, rowAligned = false): AsyncGenerator<Uint8Array> {
+    const t = this.info(name);
+    const bytes = t.end - t.begin;
+    let c = chunkBytes;
+    if (rowAligned && t.shape.length) {
+      const rowBytes = bytes / Math.max(1, t.shape[0]);
+      c = rowBytes > 0 ? Math.max(1, Math.floor(chunkBytes / rowBytes)) * rowBytes : chunkBytes;
+    }
+    return this.readChunks(t.begin, bytes, c);
   }
 
   async readRange(pos: number, len: number): Promise<Uint8Array> {
