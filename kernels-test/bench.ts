@@ -4,6 +4,8 @@
  *   node dist/kernels-test/bench.js            default set, sized for lavapipe (a few minutes on 2 cores)
  *   node dist/kernels-test/bench.js --full     the real Step1X-Edit sizes at 1024² (a real GPU)
  *   node dist/kernels-test/bench.js --tiles    also sweep tiled-kernel geometries at 1024³ (tuning)
+ *   --load-only / --no-load                    only / without the loading rows (load-bench.ts: 1 GB bf16
+ *                                              checkpoint, raw read vs the load path, bf16 and q8)
  *
  * GEMM rows use DiT-like shapes (K = 3072, N = 3072 / 12288, bf16 weights as in the checkpoint) and
  * M = N = K = 1024 f32 tiled vs naive with their ratio. Attention and conv2d rows are added when
@@ -23,6 +25,7 @@ import { linear, DEFAULT_TILE, type LinearOptions, type TileConfig } from '../sr
 import { randn } from './harness.js';
 import { hasMatrixUnits, setKernelSettings } from '../src/runtime/caps.js';
 import { tune } from '../src/ops/tune.js';
+import { benchLoading } from './load-bench.js';
 
 const args = new Set(process.argv.slice(2));
 const FULL = args.has('--full');
@@ -199,6 +202,11 @@ async function variantsGpu(): Promise<Gpu> {
 }
 
 async function main(): Promise<void> {
+  // Loading throughput first (kernels-test/load-bench.ts): 1 GB bf16 checkpoint, raw read vs the load path.
+  if (!args.has('--no-load')) {
+    await benchLoading();
+    if (args.has('--load-only')) return;
+  }
   if (!args.has('--no-variants')) {
     const gv = await variantsGpu();
     try {
