@@ -202,7 +202,12 @@ export function quantizeBf16Into(bits: Uint16Array, rows: number, K: number, for
   }
 }
 
-// Small monomorphic loops (V8 optimizes them far better inlined into one big function).
+// Small monomorphic loops (V8 optimizes them far better than one big function).
+//
+// Codes are floor(w / s + 0.5), not Math.round(w / s), which V8 runs ~5x slower on real weights: equal here
+// because w (bf16, 8 significant bits) over s (f16, 11) is exactly a half-integer or at least 2^-20 away
+// from one for |w / s| < 128, far more than the 2^-46 rounding error of the division and the addition; at
+// an exact tie both go up (toward +Inf), and -0 vs 0 is the same code.
 function maxAbsBits(bits: Uint16Array, from: number, to: number): number {
   let m = 0;
   for (let i = from; i < to; i++) {
@@ -214,14 +219,14 @@ function maxAbsBits(bits: Uint16Array, from: number, to: number): number {
 
 function q8Codes(wf: Float32Array, from: number, to: number, s: number, data: Uint8Array): void {
   for (let e = from; e < to; e++) {
-    const c = Math.round(wf[e] / s);
+    const c = Math.floor(wf[e] / s + 0.5);
     data[e] = (c > 127 ? 127 : c < -127 ? -127 : c) & 0xff;
   }
 }
 
 function q4Codes(wf: Float32Array, from: number, to: number, s: number, data: Uint8Array): void {
   for (let e = from; e < to; e += 2) {
-    const c0 = Math.round(wf[e] / s), c1 = Math.round(wf[e + 1] / s);
+    const c0 = Math.floor(wf[e] / s + 0.5), c1 = Math.floor(wf[e + 1] / s + 0.5);
     data[e >> 1] = ((c0 > 7 ? 7 : c0 < -8 ? -8 : c0) + 8) | (((c1 > 7 ? 7 : c1 < -8 ? -8 : c1) + 8) << 4);
   }
 }
