@@ -4,7 +4,8 @@
  * quantizer bit for bit against quantizeBlocks on random and special blocks (NaN, ±Inf, zeros, scales that
  * underflow or overflow f16) at odd shapes, and every streamed load path read back from the GPU, byte for
  * byte, against the whole-tensor reference (the bytes as stored, quantizeBlocks / bf16ToE4m3Codes of the
- * whole matrix), with tensors of several chunks and odd row counts.
+ * whole matrix), with tensors of several chunks, odd row counts and special blocks: q8 / q4 both packed on
+ * the GPU (shaders/pack-quant.wgsl) and on the host.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -15,7 +16,7 @@ import { Checkpoint } from '../src/io/checkpoint.js';
 import { bf16ToE4m3Codes, quantizeBf16Into, quantizeBlocks, QBLOCK } from '../src/io/quant.js';
 import { bf16ArrayToF32, f16ArrayToF32 } from '../src/runtime/half.js';
 import { loadWeight } from '../src/nn/weights.js';
-import { loadLinearWeight, setWeightPolicy, type WeightsOption } from '../src/nn/weight.js';
+import { loadLinearWeight, setPackOnGpu, setWeightPolicy, type WeightsOption } from '../src/nn/weight.js';
 
 let dir = '';
 beforeAll(() => {
@@ -96,6 +97,19 @@ describe('streamed loads read back exactly', () => {
   // K / QBLOCK = 129 is odd, so only even row counts keep the scales' chunks in whole words.
   const N = 1101, K = 4128;
   const big = bf16Bits(N * K, 7);
+  // Special blocks across both chunks (NaN, ±Inf, all zero with -0, a scale that underflows f16, one that
+  // overflows it, subnormal weights), and a block whose max sits in its last element.
+  for (const [i, f] of [
+    [0, (b: number) => (big[b + 5] = 0x7fc1)],
+    [3, (b: number) => (big[b + 31] = 0x7f80)],
+    [7, (b: number) => (big[b] = 0xff80)],
+    [1000, (b: number) => big.fill(0, b, b + QBLOCK).fill(0x8000, b + 2, b + 3)],
+    [140000, (b: number) => { for (let k = 0; k < QBLOCK; k++) big[b + k] = (big[b + k] & 0x807f) | (2 << 7); }],
+    [140001, (b: number) => { for (let k = 0; k < QBLOCK; k++) big[b + k] &= 0x807f; }],
+    [141000, (b: number) => (big[b + 9] = 0x7f7f)],
+    [141001, (b: number) => (big[b + 31] = 0x4300)],
+  ] as [number, (b: number) => void][])
+    f(i * QBLOCK);
   let ckptPath = '';
   beforeAll(async () => {
     const r = rng(3);
@@ -133,10 +147,18 @@ describe('streamed loads read back exactly', () => {
     }
   }, 120_000);
 
-  test.each(['bf16', 'q8', 'q4', 'fp8'] as WeightsOption[])('Linear weight under --weights %s', async (opt) => {
+  test.each([
+    ['bf16', 'host'],
+    ['q8', 'GPU'],
+    ['q4', 'GPU'],
+    ['q8', 'host'],
+    ['q4', 'host'],
+    ['fp8', 'host'],
+  ] as [WeightsOption, string][])('Linear weight under --weights %s, packed on the %s', async (opt, where) => {
     const g = await getGpu();
     const ck = await Checkpoint.open(ckptPath);
     setWeightPolicy(ck, { weights: opt });
+    setPackOnGpu(where === 'GPU');
     try {
       const w = await loadLinearWeight(g, ck, 'lin.weight');
       const data = await g.readBytes(w.data);
@@ -156,6 +178,7 @@ describe('streamed loads read back exactly', () => {
         if (e >= 0) throw new Error(`${opt}: scale ${e} is ${s[e]}, expected ${wantScales[e]}`);
       } else expect(scales).toBeUndefined();
     } finally {
+      setPackOnGpu(true);
       await ck.close();
     }
   }, 300_000);

@@ -25,6 +25,7 @@ import { add, silu, geluTanh, geluErf } from '../ops/elementwise.js';
 import { bf16ToE4m3Codes, canPack, encodeFp8Array, isLinearWeightName, packedRowBytes, quantizeBf16Into, quantizeBlocks, QBLOCK, type PackedFormat } from '../io/quant.js';
 import { LOAD_CHUNK_BYTES } from '../io/safetensors.js';
 import { scratch, streamTensor, writeChunk } from './upload.js';
+import { packQuantChunk } from '../ops/pack-quant.js';
 import { f32ArrayToBf16, f32ArrayToF16 } from '../runtime/half.js';
 import { ExitCode, Step1xError, fail, fmtShape } from '../errors.js';
 import type { LoraFile } from './lora.js';
@@ -277,6 +278,7 @@ function packedTensors(g: Gpu, name: string, N: number, K: number, fmt: PackedFo
  */
 async function packBf16Streamed(g: Gpu, ckpt: Checkpoint, name: string, N: number, K: number, fmt: 'q8' | 'q4' | 'fp8_e4m3'): Promise<[Tensor, Tensor | undefined]> {
   const [data, sc] = packedTensors(g, name, N, K, fmt);
+  if (fmt !== 'fp8_e4m3' && data.byteLength <= g.maxBindingBytes && packOnGpu) return packBf16OnGpu(g, ckpt, name, N, K, fmt, data, sc!);
   try {
     const rows = Math.max(2, Math.floor(LOAD_CHUNK_BYTES / (2 * K) / 2) * 2);
     const info = ckpt.info(name);
@@ -303,6 +305,40 @@ async function packBf16Streamed(g: Gpu, ckpt: Checkpoint, name: string, N: numbe
     data.dispose();
     sc?.dispose();
     throw e;
+  }
+}
+
+/** Pack q8 / q4 on the GPU (ops/pack-quant.ts) rather than on the host: off for tests of the host path. */
+let packOnGpu = true;
+export function setPackOnGpu(on: boolean): void {
+  packOnGpu = on;
+}
+
+/**
+ * bf16 → q8 / q4 with the packing on the GPU: each chunk of whole rows (an even count) is written into a
+ * staging tensor and packed by ops/pack-quant.ts straight into the weight's tensors (bit-identical to
+ * quantizeBlocks). The host only reads and copies, so the load runs near the upload speed.
+ */
+async function packBf16OnGpu(g: Gpu, ckpt: Checkpoint, name: string, N: number, K: number, fmt: 'q8' | 'q4', data: Tensor, sc: Tensor): Promise<[Tensor, Tensor]> {
+  const rows = Math.max(2, Math.floor(LOAD_CHUNK_BYTES / (2 * K) / 2) * 2);
+  const staging = g.empty([Math.ceil((rows * K) / 2)], 'u32', `${name} (bf16 staging)`);
+  try {
+    const info = ckpt.info(name);
+    let r0 = 0;
+    for await (const c of ckpt.fileOf(name).readChunks(info.begin, info.end - info.begin, rows * 2 * K)) {
+      const r = c.byteLength / (2 * K);
+      // writeBytes submits the previous chunk's pack first, so the staging tensor is free again
+      await writeChunk(g, staging, 0, c);
+      packQuantChunk(staging, data, sc, fmt, (r0 * K) / QBLOCK, (r * K) / QBLOCK);
+      r0 += r;
+    }
+    return [data, sc];
+  } catch (e) {
+    data.dispose();
+    sc.dispose();
+    throw e;
+  } finally {
+    staging.dispose();
   }
 }
 
