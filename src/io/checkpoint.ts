@@ -153,8 +153,8 @@ export class Checkpoint {
     return this.fileOf(name).readRowsBytes(name, start, count);
   }
   /** One tensor's raw bytes as chunks of reused read buffers, the next read in flight (SafetensorsFile.tensorChunks). */
-  tensorChunks(name: string, chunkBytes?: number, rowAligned = false): AsyncGenerator<Uint8Array> {
-    return this.fileOf(name).tensorChunks(name, chunkBytes, rowAligned);
+  tensorChunks(name: string, chunkBytes?: number): AsyncGenerator<Uint8Array> {
+    return this.fileOf(name).tensorChunks(name, chunkBytes);
   }
   readF32(name: string): Promise<Float32Array> {
     return this.fileOf(name).readF32(name);

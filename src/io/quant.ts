@@ -253,6 +253,18 @@ function quantizeBlockSlow(w: Float32Array, base: number, block: number, qmax: n
   }
 }
 
+/** The f16 scale bits quantizeBlocks gives a block whose max |bf16| has bits m, for every m < 2^15 (u32 each). */
+export function quantScaleTable(format: BlockFormat, block = QBLOCK): Uint32Array {
+  const out = new Uint32Array(1 << 15);
+  const one = new Float32Array(block);
+  const u = new Uint32Array(one.buffer, 0, 1);
+  for (let m = 0; m < 1 << 15; m++) {
+    u[0] = m << 16;
+    out[m] = quantizeBlocks(one, 1, block, format, block).scales[0];
+  }
+  return out;
+}
+
 /** Exact dequantization (the reference the GPU kernel must match): code · f32(scale). */
 export function dequantizeBlocks(q: BlockQuantized, N: number, K: number, format: BlockFormat, block = QBLOCK): Float32Array {
   const out = new Float32Array(N * K);

@@ -14,6 +14,9 @@ import { ExitCode, Step1xError, fmtShape } from '../errors.js';
 import { bf16ArrayToF32, f16ArrayToF32 } from '../runtime/half.js';
 import { decodeFp8Array, dequantizeBlocks } from './quant.js';
 import { applyQuantLayout, type QuantInfo } from './quant-layout.js';
+import { LOAD_CHUNK_BYTES, readChunks, readFully } from './chunk-reader.js';
+
+export { LOAD_CHUNK_BYTES } from './chunk-reader.js';
 
 export type StDType = 'F64' | 'F32' | 'F16' | 'BF16' | 'F8_E4M3' | 'F8_E5M2' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
 
@@ -41,29 +44,6 @@ export interface TensorInfo {
 export const MAX_HEADER_BYTES = 100 * 1024 * 1024;
 /** One positional read at most this long (FileHandle.read takes an int32 length). */
 const READ_CHUNK = 1 << 30;
-/**
- * Chunk of a streamed tensor read (readChunks). 8 MiB: measured on the dev VM, positional reads from the
- * page cache into a reused buffer run at ~5 GB/s for 1–8 MiB and ~2.7 GB/s for 64 MiB (the copy no
- * longer stays in the CPU caches), and per-read overhead (~20 µs) is < 1 % at this size.
- */
-export const LOAD_CHUNK_BYTES = 8 << 20;
-
-/**
- * Read buffers shared by every file and stream: a stream takes two and gives them back when it ends, so a
- * load of any number of tensors allocates them once. At most `maxCached` idle buffers are kept.
- */
-class ReadBuffers {
-  private idle: Uint8Array[] = [];
-  constructor(private readonly maxCached = 8) {}
-  acquire(bytes: number): Uint8Array {
-    const i = this.idle.findIndex((b) => b.byteLength >= bytes);
-    return i >= 0 ? this.idle.splice(i, 1)[0] : new Uint8Array(Math.max(bytes, LOAD_CHUNK_BYTES));
-  }
-  release(b: Uint8Array): void {
-    if (this.idle.length < this.maxCached) this.idle.push(b);
-  }
-}
-const readBuffers = new ReadBuffers();
 
 function bad(file: string, msg: string): never {
   throw new Step1xError(`${file}: not a valid safetensors file: ${msg}`, ExitCode.USAGE);
@@ -230,39 +210,13 @@ export class SafetensorsFile {
    */
   async *readChunks(pos: number, len: number, chunkBytes = LOAD_CHUNK_BYTES): AsyncGenerator<Uint8Array> {
     if (!this.fh) throw new Step1xError(`${this.path}: read after close()`, ExitCode.USAGE);
-    if (!(chunkBytes > 0)) throw new Error(`readChunks: chunk of ${chunkBytes} bytes`);
-    if (len <= 0) return;
-    const fh = this.fh;
-    const bufs = [readBuffers.acquire(chunkBytes), readBuffers.acquire(chunkBytes)];
-    const read = (i: number, off: number): Promise<Uint8Array> => {
-      const view = bufs[i % 2].subarray(0, Math.min(chunkBytes, len - off));
-      const p = readFully(fh, this.path, view, pos + off).then(() => view);
-      p.catch(() => undefined); // awaited below; a read the caller abandons must not be an unhandled rejection
-      return p;
-    };
-    let next: Promise<Uint8Array> | null = read(0, 0);
-    try {
-      for (let off = 0, i = 0; off < len; off += chunkBytes, i++) {
-        const cur: Uint8Array = await next!;
-        next = off + chunkBytes < len ? read(i + 1, off + chunkBytes) : null;
-        yield cur;
-      }
-    } finally {
-      await next?.catch(() => undefined); // the buffer goes back only once nothing writes into it
-      for (const b of bufs) readBuffers.release(b);
-    }
+    yield* readChunks(this.fh, this.path, pos, len, chunkBytes);
   }
 
-  /** One tensor's raw bytes in chunks (see readChunks); `rowAligned` makes every chunk whole rows of dim 0. */
-  tensorChunks(name: string, chunkBytes = LOAD_CHUNK_BYTES, rowAligned = false): AsyncGenerator<Uint8Array> {
+  /** One tensor's raw bytes in chunks of `chunkBytes` (see readChunks). */
+  tensorChunks(name: string, chunkBytes = LOAD_CHUNK_BYTES): AsyncGenerator<Uint8Array> {
     const t = this.info(name);
-    const bytes = t.end - t.begin;
-    let c = chunkBytes;
-    if (rowAligned && t.shape.length) {
-      const rowBytes = bytes / Math.max(1, t.shape[0]);
-      c = rowBytes > 0 ? Math.max(1, Math.floor(chunkBytes / rowBytes)) * rowBytes : chunkBytes;
-    }
-    return this.readChunks(t.begin, bytes, c);
+    return this.readChunks(t.begin, t.end - t.begin, chunkBytes);
   }
 
   async readRange(pos: number, len: number): Promise<Uint8Array> {
@@ -314,17 +268,6 @@ export class SafetensorsFile {
     const fh = this.fh;
     this.fh = null;
     await fh?.close();
-  }
-}
-
-async function readFully(fh: FileHandle, path: string, buf: Uint8Array, pos: number): Promise<void> {
-  let done = 0;
-  while (done < buf.length) {
-    const len = Math.min(READ_CHUNK, buf.length - done);
-    const { bytesRead } = await fh.read(buf, done, len, pos + done);
-    if (bytesRead === 0)
-      throw new Step1xError(`${path}: unexpected end of file at byte ${pos + done} (file changed or truncated?)`, ExitCode.USAGE);
-    done += bytesRead;
   }
 }
 

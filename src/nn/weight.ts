@@ -22,10 +22,10 @@ import type { TensorInfo } from '../io/safetensors.js';
 import { linear, type Activation } from '../ops/linear.js';
 import { linearPacked } from '../ops/linear-quant.js';
 import { add, silu, geluTanh, geluErf } from '../ops/elementwise.js';
-import { bf16ToE4m3Codes, canPack, encodeFp8Array, isLinearWeightName, packedRowBytes, quantizeBf16Into, quantizeBlocks, QBLOCK, type PackedFormat } from '../io/quant.js';
+import { bf16ToE4m3Codes, canPack, encodeFp8Array, isLinearWeightName, packedRowBytes, quantizeBf16Into, quantizeBlocks, quantScaleTable, QBLOCK, type PackedFormat } from '../io/quant.js';
 import { LOAD_CHUNK_BYTES } from '../io/safetensors.js';
 import { scratch, streamTensor, writeChunk } from './upload.js';
-import { packQuantChunk } from '../ops/pack-quant.js';
+import { PACK_BLOCK, packQuantChunk } from '../ops/pack-quant.js';
 import { f32ArrayToBf16, f32ArrayToF16 } from '../runtime/half.js';
 import { ExitCode, Step1xError, fail, fmtShape } from '../errors.js';
 import type { LoraFile } from './lora.js';
@@ -273,12 +273,13 @@ function packedTensors(g: Gpu, name: string, N: number, K: number, fmt: PackedFo
 
 /**
  * bf16 [N, K] → q8 / q4 / fp8_e4m3 in chunks of whole rows (an even count, so that each chunk's scales are
- * whole words): read, packed into scratch on the host (quantizeBf16Into / bf16ToE4m3Codes: bit-identical
- * to quantizeBlocks / the whole-tensor path), written at the rows' offsets.
+ * whole words). q8 / q4 are packed on the GPU (packBf16OnGpu) unless the packed weight is over the binding
+ * limit; otherwise, and for fp8, each chunk is packed into scratch on the host (quantizeBf16Into /
+ * bf16ToE4m3Codes: bit-identical to quantizeBlocks / the whole-tensor path) and written at its rows' offsets.
  */
 async function packBf16Streamed(g: Gpu, ckpt: Checkpoint, name: string, N: number, K: number, fmt: 'q8' | 'q4' | 'fp8_e4m3'): Promise<[Tensor, Tensor | undefined]> {
   const [data, sc] = packedTensors(g, name, N, K, fmt);
-  if (fmt !== 'fp8_e4m3' && data.byteLength <= g.maxBindingBytes && packOnGpu) return packBf16OnGpu(g, ckpt, name, N, K, fmt, data, sc!);
+  if (fmt !== 'fp8_e4m3' && data.byteLength <= g.maxBindingBytes && packOnGpu && QBLOCK === PACK_BLOCK) return packBf16OnGpu(g, ckpt, name, N, K, fmt, data, sc!);
   try {
     const rows = Math.max(2, Math.floor(LOAD_CHUNK_BYTES / (2 * K) / 2) * 2);
     const info = ckpt.info(name);
@@ -308,6 +309,14 @@ async function packBf16Streamed(g: Gpu, ckpt: Checkpoint, name: string, N: numbe
   }
 }
 
+const scaleTables = new Map<'q8' | 'q4', Uint32Array>();
+/** quantScaleTable, computed once per format on the host (uploaded per weight: no GPU memory outlives a load). */
+function scaleTableHost(fmt: 'q8' | 'q4'): Uint32Array {
+  let t = scaleTables.get(fmt);
+  if (!t) scaleTables.set(fmt, (t = quantScaleTable(fmt)));
+  return t;
+}
+
 /** Pack q8 / q4 on the GPU (ops/pack-quant.ts) rather than on the host: off for tests of the host path. */
 let packOnGpu = true;
 export function setPackOnGpu(on: boolean): void {
@@ -322,6 +331,7 @@ export function setPackOnGpu(on: boolean): void {
 async function packBf16OnGpu(g: Gpu, ckpt: Checkpoint, name: string, N: number, K: number, fmt: 'q8' | 'q4', data: Tensor, sc: Tensor): Promise<[Tensor, Tensor]> {
   const rows = Math.max(2, Math.floor(LOAD_CHUNK_BYTES / (2 * K) / 2) * 2);
   const staging = g.empty([Math.ceil((rows * K) / 2)], 'u32', `${name} (bf16 staging)`);
+  const table = g.upload(scaleTableHost(fmt), [1 << 15], 'u32', `${fmt} scale table`);
   try {
     const info = ckpt.info(name);
     let r0 = 0;
@@ -329,7 +339,7 @@ async function packBf16OnGpu(g: Gpu, ckpt: Checkpoint, name: string, N: number, 
       const r = c.byteLength / (2 * K);
       // writeBytes submits the previous chunk's pack first, so the staging tensor is free again
       await writeChunk(g, staging, 0, c);
-      packQuantChunk(staging, data, sc, fmt, (r0 * K) / QBLOCK, (r * K) / QBLOCK);
+      packQuantChunk(staging, table, data, sc, fmt, (r0 * K) / QBLOCK, (r * K) / QBLOCK);
       r0 += r;
     }
     return [data, sc];
@@ -339,6 +349,7 @@ async function packBf16OnGpu(g: Gpu, ckpt: Checkpoint, name: string, N: number, 
     throw e;
   } finally {
     staging.dispose();
+    table.dispose();
   }
 }
 
