@@ -20,12 +20,12 @@
  */
 import { Gpu } from '../src/runtime/gpu.js';
 import type { Tensor, DType } from '../src/runtime/tensor.js';
+import { benchLoading } from './load-bench.js';
 import { f32ArrayToBf16 } from '../src/runtime/half.js';
 import { linear, DEFAULT_TILE, type LinearOptions, type TileConfig } from '../src/ops/linear.js';
 import { randn } from './harness.js';
 import { hasMatrixUnits, setKernelSettings } from '../src/runtime/caps.js';
 import { tune } from '../src/ops/tune.js';
-import { benchLoading } from './load-bench.js';
 
 const args = new Set(process.argv.slice(2));
 const FULL = args.has('--full');
