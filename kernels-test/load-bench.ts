@@ -9,8 +9,9 @@
  *   fresh memory    first write of newly allocated host memory (page faults; lavapipe's GPU memory is host
  *                   memory, so this bounds any load into new GPU buffers on the same machine)
  *   load bf16 / q8  the real load path (`loadLinearWeight` / `loadWeight`, as `Linear.load` calls them) into
- *                   GPU buffers, until the GPU has them (`g.sync()`), twice: into new buffers, then into the
- *                   buffers the first load freed (kept by the pool), which is the loader's own speed
+ *                   GPU buffers, until the GPU has them (`g.sync()`): into new buffers, then (best of three,
+ *                   like the raw read) into the buffers the first load freed (kept by the pool), which is the
+ *                   loader's own speed
  * with MB/s (of checkpoint bytes) and the ratio to the raw read.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -120,9 +121,12 @@ export async function benchLoading(targetBytes = 1e9): Promise<void> {
     console.log(`  raw read into fresh memory (readFile)      ${rawFresh.toFixed(0).padStart(6)} MB/s  ${((100 * rawFresh) / raw).toFixed(0).padStart(3)} % of raw`);
     console.log(`  fresh host memory, first write             ${freshMemoryMBs(256 << 20).toFixed(0).padStart(6)} MB/s  (page faults; lavapipe's GPU memory is host memory)`);
     for (const w of ['bf16', 'q8'] as const)
-      for (const into of ['new GPU buffers', 'reused GPU buffers']) {
-        const v = mbs(await load(g, path, w));
-        console.log(`  load ${w.padEnd(4)} into ${into.padEnd(18)}        ${v.toFixed(0).padStart(6)} MB/s  ${((100 * v) / raw).toFixed(0).padStart(3)} % of raw`);
+      for (const into of ['new GPU buffers', 'reused GPU buffers (best of 3)']) {
+        // New buffers: the first load only. Reused: best of three, as the raw read.
+        let ms = await load(g, path, w);
+        if (into.startsWith('reused')) ms = Math.min(await load(g, path, w), await load(g, path, w), await load(g, path, w));
+        const v = mbs(ms);
+        console.log(`  load ${w.padEnd(4)} into ${into.padEnd(30)}${v.toFixed(0).padStart(6)} MB/s  ${((100 * v) / raw).toFixed(0).padStart(3)} % of raw`);
       }
   } finally {
     g.destroy();
