@@ -4,6 +4,8 @@
  *   node dist/kernels-test/bench.js            default set, sized for lavapipe (a few minutes on 2 cores)
  *   node dist/kernels-test/bench.js --full     the real Step1X-Edit sizes at 1024² (a real GPU)
  *   node dist/kernels-test/bench.js --tiles    also sweep tiled-kernel geometries at 1024³ (tuning)
+ *   --load-only / --no-load                    only / without the loading rows (load-bench.ts: 1 GB bf16
+ *                                              checkpoint, raw read vs the load path, bf16 and q8)
  *
  * GEMM rows use DiT-like shapes (K = 3072, N = 3072 / 12288, bf16 weights as in the checkpoint) and
  * M = N = K = 1024 f32 tiled vs naive with their ratio. Attention and conv2d rows are added when
@@ -18,6 +20,7 @@
  */
 import { Gpu } from '../src/runtime/gpu.js';
 import type { Tensor, DType } from '../src/runtime/tensor.js';
+import { benchLoading } from './load-bench.js';
 import { f32ArrayToBf16 } from '../src/runtime/half.js';
 import { linear, DEFAULT_TILE, type LinearOptions, type TileConfig } from '../src/ops/linear.js';
 import { randn } from './harness.js';
@@ -200,6 +203,11 @@ async function variantsGpu(): Promise<Gpu> {
 }
 
 async function main(): Promise<void> {
+  // Loading throughput first (kernels-test/load-bench.ts): 1 GB bf16 checkpoint, raw read vs the load path.
+  if (!args.has('--no-load')) {
+    await benchLoading();
+    if (args.has('--load-only')) return;
+  }
   if (!args.has('--no-variants')) {
     const gv = await variantsGpu();
     try {

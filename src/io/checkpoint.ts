@@ -152,6 +152,10 @@ export class Checkpoint {
   readRowsBytes(name: string, start: number, count: number): Promise<Uint8Array> {
     return this.fileOf(name).readRowsBytes(name, start, count);
   }
+  /** One tensor's raw bytes as chunks of reused read buffers, the next read in flight (SafetensorsFile.tensorChunks). */
+  tensorChunks(name: string, chunkBytes?: number): AsyncGenerator<Uint8Array> {
+    return this.fileOf(name).tensorChunks(name, chunkBytes);
+  }
   readF32(name: string): Promise<Float32Array> {
     return this.fileOf(name).readF32(name);
   }

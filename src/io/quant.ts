@@ -97,7 +97,7 @@ export function encodeFp8(x: number, format: 'fp8_e4m3' | 'fp8_e5m2'): number {
 
 let bf16ToE4m3: Uint8Array | null = null;
 /** bf16 bits → E4M3 codes through a 65536-entry table (exact: every input is one bf16 value). */
-export function bf16ToE4m3Codes(bits: Uint16Array): Uint8Array {
+export function bf16ToE4m3Codes(bits: Uint16Array, out = new Uint8Array(bits.length)): Uint8Array {
   if (!bf16ToE4m3) {
     const t = new Uint8Array(65536);
     const f = new Float32Array(1), u = new Uint32Array(f.buffer);
@@ -107,8 +107,8 @@ export function bf16ToE4m3Codes(bits: Uint16Array): Uint8Array {
     }
     bf16ToE4m3 = t;
   }
-  const out = new Uint8Array(bits.length);
-  for (let i = 0; i < bits.length; i++) out[i] = bf16ToE4m3[bits[i]];
+  const t = bf16ToE4m3;
+  for (let i = 0; i < bits.length; i++) out[i] = t[bits[i]];
   return out;
 }
 
@@ -161,6 +161,108 @@ export function quantizeBlocks(w: ArrayLike<number>, N: number, K: number, forma
       }
     }
   return { data, scales };
+}
+
+/**
+ * quantizeBlocks of a bf16 matrix [rows, K] (bits), written into `data` / `scales` (reused chunk buffers,
+ * offset 0; q4 `data` is zeroed here) with the same result bit for bit: a block's max |w| is taken on the
+ * bits (|bf16| orders as its low 15 bits; a NaN or Inf block takes quantizeBlocks' own per-element path),
+ * and every code is the same `Math.round(w / s)` of the same f32 values. `wf` is scratch (≥ rows·K f32).
+ * One pass over typed arrays, no per-element allocation: the `--weights q8|q4` load and `convert` path.
+ */
+export function quantizeBf16Into(bits: Uint16Array, rows: number, K: number, format: BlockFormat, data: Uint8Array, scales: Uint16Array, wf: Float32Array, block = QBLOCK): void {
+  if (K % block !== 0) throw new Error(`quantizeBf16Into: K = ${K} is not a multiple of the block ${block}`);
+  const n = rows * K;
+  if (bits.length < n || wf.length < n || scales.length < (n / block) || data.length < (format === 'q8' ? n : n / 2))
+    throw new Error(`quantizeBf16Into: buffers too small for [${rows}, ${K}]`);
+  const q8 = format === 'q8';
+  const qmax = q8 ? 127 : 7, qmin = q8 ? -127 : -8;
+  const w32 = new Uint32Array(wf.buffer, wf.byteOffset, n);
+  for (let i = 0; i < n; i++) w32[i] = bits[i] << 16;
+  const nb = n / block;
+  for (let j = 0; j < nb; j++) {
+    const base = j * block;
+    const m = maxAbsBits(bits, base, base + block);
+    if (m >= 0x7f80) {
+      quantizeBlockSlow(wf, base, block, qmax, qmin, q8, data, scales, j);
+      continue;
+    }
+    u32One[0] = m << 16;
+    const amax = wf32One[0];
+    let sBits = f32ToF16Bits(amax / qmax);
+    let s = f16BitsToF32(sBits);
+    if (!(s > 0)) {
+      sBits = amax > 0 ? 0x0001 : sBits; // tiny block: smallest subnormal scale (as quantizeBlocks)
+      s = f16BitsToF32(sBits);
+    }
+    scales[j] = sBits;
+    if (!(s > 0)) data.fill(q8 ? 0 : 0x88, q8 ? base : base >> 1, q8 ? base + block : (base + block) >> 1); // all-zero block: codes 0
+    else if (q8) q8Codes(wf, base, base + block, s, data);
+    else q4Codes(wf, base, base + block, s, data);
+  }
+}
+
+// Small monomorphic loops (V8 optimizes them far better than one big function).
+//
+// Codes are floor(w / s + 0.5), not Math.round(w / s), which V8 runs ~5x slower on real weights: equal here
+// because w (bf16, 8 significant bits) over s (f16, 11) is exactly a half-integer or at least 2^-20 away
+// from one for |w / s| < 128, far more than the 2^-46 rounding error of the division and the addition; at
+// an exact tie both go up (toward +Inf), and -0 vs 0 is the same code.
+function maxAbsBits(bits: Uint16Array, from: number, to: number): number {
+  let m = 0;
+  for (let i = from; i < to; i++) {
+    const a = bits[i] & 0x7fff;
+    if (a > m) m = a;
+  }
+  return m;
+}
+
+function q8Codes(wf: Float32Array, from: number, to: number, s: number, data: Uint8Array): void {
+  for (let e = from; e < to; e++) {
+    const c = Math.floor(wf[e] / s + 0.5);
+    data[e] = (c > 127 ? 127 : c < -127 ? -127 : c) & 0xff;
+  }
+}
+
+function q4Codes(wf: Float32Array, from: number, to: number, s: number, data: Uint8Array): void {
+  for (let e = from; e < to; e += 2) {
+    const c0 = Math.floor(wf[e] / s + 0.5), c1 = Math.floor(wf[e + 1] / s + 0.5);
+    data[e >> 1] = ((c0 > 7 ? 7 : c0 < -8 ? -8 : c0) + 8) | (((c1 > 7 ? 7 : c1 < -8 ? -8 : c1) + 8) << 4);
+  }
+}
+const wf32One = new Float32Array(1);
+const u32One = new Uint32Array(wf32One.buffer);
+
+/** One block exactly as quantizeBlocks does it (NaN / Inf blocks). */
+function quantizeBlockSlow(w: Float32Array, base: number, block: number, qmax: number, qmin: number, q8: boolean, data: Uint8Array, scales: Uint16Array, j: number): void {
+  let amax = 0;
+  for (let i = 0; i < block; i++) amax = Math.max(amax, Math.abs(w[base + i]));
+  let sBits = f32ToF16Bits(amax / qmax);
+  let s = f16BitsToF32(sBits);
+  if (!(s > 0) || !Number.isFinite(s)) {
+    sBits = amax > 0 && !(s > 0) ? 0x0001 : sBits;
+    s = f16BitsToF32(sBits);
+  }
+  scales[j] = sBits;
+  if (!q8) data.fill(0, base >> 1, (base + block) >> 1);
+  for (let i = 0; i < block; i++) {
+    const c = s > 0 ? Math.min(qmax, Math.max(qmin, Math.round(w[base + i] / s))) : 0;
+    const e = base + i;
+    if (q8) data[e] = c & 0xff;
+    else data[e >> 1] |= (c + 8) << ((e & 1) * 4);
+  }
+}
+
+/** The f16 scale bits quantizeBlocks gives a block whose max |bf16| has bits m, for every m < 2^15 (u32 each). */
+export function quantScaleTable(format: BlockFormat, block = QBLOCK): Uint32Array {
+  const out = new Uint32Array(1 << 15);
+  const one = new Float32Array(block);
+  const u = new Uint32Array(one.buffer, 0, 1);
+  for (let m = 0; m < 1 << 15; m++) {
+    u[0] = m << 16;
+    out[m] = quantizeBlocks(one, 1, block, format, block).scales[0];
+  }
+  return out;
 }
 
 /** Exact dequantization (the reference the GPU kernel must match): code · f32(scale). */

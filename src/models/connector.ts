@@ -200,6 +200,25 @@ export interface ConnectorOut {
   y: Tensor;
 }
 
+/** The per-edit part of the connector (Qwen2Connector.prepare); B rows of one edit's conditioning. */
+export class ConnectorText {
+  constructor(
+    readonly B: number,
+    readonly T: number,
+    /** global_proj_out(masked mean) [B, 768] */
+    readonly y: Tensor,
+    /** c_embedder(masked mean) [B, CH] */
+    readonly cEmb: Tensor,
+    /** input_embedder(llm_embedding) [B, T, CH] */
+    readonly xEmbed: Tensor,
+    /** refiner self-attention mask [B, T, T] */
+    readonly attnMask: Tensor,
+  ) {}
+  dispose(): void {
+    for (const t of [this.y, this.cEmb, this.xEmbed, this.attnMask]) t.dispose();
+  }
+}
+
 /** Qwen2Connector `connector.*`. */
 export class Qwen2Connector {
   constructor(
@@ -221,13 +240,15 @@ export class Qwen2Connector {
   }
 
   /**
-   * x: llm_embedding [B, T, Cin] (host f32, zero-padded), t: t_vec [B] in [0, 1], mask [B, T] 0/1.
-   * The caller disposes the returned tensors.
+   * What depends on the edit and not on the step (x: llm_embedding [B, T, Cin] host f32, zero-padded;
+   * mask [B, T] 0/1): computed and uploaded once per edit, reused by every step's forward (a DiT predictor
+   * holds it). The 18 MB embedding upload, the masked means, y, c_embedder(mean), input_embedder(x) and
+   * the refiner mask [B, T, T] are all here; only t varies per step.
    */
-  async forward(g: Gpu, x: Float32Array, t: ArrayLike<number>, mask: Float32Array, B: number, T: number, tap?: Tap): Promise<ConnectorOut> {
+  async prepare(g: Gpu, x: Float32Array, mask: Float32Array, B: number, T: number, tap?: Tap): Promise<ConnectorText> {
     const Cin = this.cfg.in_channels, CH = this.cfg.hidden_size;
     if (x.length !== B * T * Cin) fail(`connector: llm_embedding has ${x.length} values, expected [${B},${T},${Cin}]`);
-    if (mask.length !== B * T || t.length !== B) fail(`connector: mask (${mask.length}) / t (${t.length}) must be [${B},${T}] / [${B}]`);
+    if (mask.length !== B * T) fail(`connector: mask has ${mask.length} values, expected [${B},${T}]`);
     // global branch: masked mean (× (1 + scale_factor) in v1.0; v1.1 uses it unscaled) → global_proj_out → y [B, 768]
     const mean = maskedMean(x, mask, B, T, Cin); // [B, Cin]
     let meanScaled = mean;
@@ -241,39 +262,57 @@ export class Qwen2Connector {
     const y = this.global_proj_out.forward(ms); // [B, 768]
     ms.dispose();
     if (y.shape[1] !== CONNECTOR_GLOBAL_DIM) fail(`connector: global_proj_out gives ${fmtShape(y.shape)}, expected [${B},${CONNECTOR_GLOBAL_DIM}]`);
-    // t·1000 (Qwen2Connector) → TimestepEmbedder (no further factor) → t_emb [B, CH]
-    const tf = g.upload(timestepEmbedding(Array.from(t, (v) => fr(fr(v) * 1000))), [B, TIME_FREQ_DIM]);
-    const tEmb = this.S.t_embedder.forward(tf);
-    tf.dispose();
-    await tap?.('mid.connector.t_emb', tEmb, [B, CH]);
     const cm = g.upload(mean, [B, Cin]);
     const cEmb = this.S.c_embedder.forward(cm); // [B, CH]
     cm.dispose();
     await tap?.('mid.connector.c_emb', cEmb, [B, CH]);
-    const c = add(tEmb, cEmb); // [B, CH]
-    tEmb.dispose();
-    cEmb.dispose();
-    await tap?.('mid.connector.c', c, [B, CH]);
-    const siluC = silu(c); // adaLN_modulation = Sequential(SiLU, Linear): shared by every block
-    c.dispose();
     const xs = g.upload(x, [B, T, Cin]);
-    let h = this.S.input_embedder.forward(xs); // [B, T, CH]
+    const xEmbed = this.S.input_embedder.forward(xs); // [B, T, CH]
     xs.dispose();
-    await tap?.('mid.connector.x_embed', h, [B, T, CH]);
+    await tap?.('mid.connector.x_embed', xEmbed, [B, T, CH]);
     const maskHost = refinerAttnMask(mask, B, T);
     await tap?.('mid.connector.self_attn_mask', maskHost, [B, 1, T, T]);
-    const am = g.upload(maskHost, [B, T, T]);
-    for (let i = 0; i < this.S.blocks.length; i++) {
-      const nh = this.S.blocks[i].forward(h, siluC, am);
-      h.dispose();
-      h = nh;
-      await tap?.(`mid.connector.refiner${i}.x`, h, [B, T, CH]);
+    const attnMask = g.upload(maskHost, [B, T, T]);
+    return new ConnectorText(B, T, y, cEmb, xEmbed, attnMask);
+  }
+
+  /**
+   * t: t_vec [B] in [0, 1]; `text` from prepare() (kept by the caller across steps), or x and mask to
+   * prepare it for this call only. The caller disposes the returned tensors.
+   */
+  async forward(g: Gpu, x: Float32Array | ConnectorText, t: ArrayLike<number>, mask: Float32Array | undefined, B: number, T: number, tap?: Tap): Promise<ConnectorOut> {
+    const CH = this.cfg.hidden_size;
+    if (t.length !== B) fail(`connector: t has ${t.length} values, expected [${B}]`);
+    const own = !(x instanceof ConnectorText);
+    const text = x instanceof ConnectorText ? x : await this.prepare(g, x, mask!, B, T, tap);
+    if (text.B !== B || text.T !== T) fail(`connector: prepared text is [${text.B}, ${text.T}], the step asks for [${B}, ${T}]`);
+    try {
+      // t·1000 (Qwen2Connector) → TimestepEmbedder (no further factor) → t_emb [B, CH]
+      const tf = g.upload(timestepEmbedding(Array.from(t, (v) => fr(fr(v) * 1000))), [B, TIME_FREQ_DIM]);
+      const tEmb = this.S.t_embedder.forward(tf);
+      tf.dispose();
+      await tap?.('mid.connector.t_emb', tEmb, [B, CH]);
+      const c = add(tEmb, text.cEmb); // [B, CH]
+      tEmb.dispose();
+      await tap?.('mid.connector.c', c, [B, CH]);
+      const siluC = silu(c); // adaLN_modulation = Sequential(SiLU, Linear): shared by every block
+      c.dispose();
+      let h = text.xEmbed;
+      for (let i = 0; i < this.S.blocks.length; i++) {
+        const nh = this.S.blocks[i].forward(h, siluC, text.attnMask);
+        if (h !== text.xEmbed) h.dispose();
+        h = nh;
+        await tap?.(`mid.connector.refiner${i}.x`, h, [B, T, CH]);
+      }
+      siluC.dispose();
+      if (h === text.xEmbed) h = h.reshape(h.shape); // depth 0: the caller's own reference
+      const y = text.y.reshape(text.y.shape);
+      await tap?.('mid.connector.txt', h, [B, T, CH]);
+      await tap?.('mid.connector.y', y, [B, CONNECTOR_GLOBAL_DIM]);
+      return { txt: h, y };
+    } finally {
+      if (own) text.dispose();
     }
-    am.dispose();
-    siluC.dispose();
-    await tap?.('mid.connector.txt', h, [B, T, CH]);
-    await tap?.('mid.connector.y', y, [B, CONNECTOR_GLOBAL_DIM]);
-    return { txt: h, y };
   }
 
   dispose(): void {

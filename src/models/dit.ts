@@ -13,7 +13,7 @@ import { BlockStream } from '../nn/block-stream.js';
 import { silu, add, sub } from '../ops/elementwise.js';
 import { layerNorm } from '../ops/norm.js';
 import { concat, slice } from '../ops/layout.js';
-import { Qwen2Connector, timestepEmbedding, type Tap } from './connector.js';
+import { Qwen2Connector, timestepEmbedding, type ConnectorText, type Tap } from './connector.js';
 import { configFromCheckpoint, ditWeightPolicy, expectedDitKeys, planResidency, TIME_FREQ_DIM, type DitHparams, type DitLoadOptions, type DitParams, type DitVersion, type Slot, type Step1xConfig } from './dit-config.js';
 import { fail } from '../errors.js';
 import { disposeAll, DoubleStreamBlock, EmbedND, LastLayer, MLPEmbedder, RopePe, SingleStreamBlock } from './dit-blocks.js';
@@ -36,8 +36,18 @@ export interface DitInputs {
   T: number;
   /** Precomputed rope table of cat(txt_ids, img_ids) (a predictor reuses it across steps). */
   pe?: RopePe;
+  /** The edit's text conditioning, computed once (prepareText; a predictor reuses it across steps). */
+  text?: PreparedText;
   /** Block skipping across the forwards of one denoise run (TeaCache, src/pipeline/teacache.ts). */
   cache?: BlockCacheState;
+}
+
+/** The edit's text conditioning on the GPU (Step1XEdit.prepareText): the connector's constants and vector_in(y). */
+export interface PreparedText {
+  connector: ConnectorText;
+  /** vector_in(y) [B, H] */
+  vIn: Tensor;
+  dispose(): void;
 }
 
 /** Decides per forward whether the transformer blocks run, from tracked = img_norm1(img_in(img)) [B, L, H]. */
@@ -164,7 +174,7 @@ export class Step1XEdit {
     if (x.img.length !== B * L * cfg.in_channels) fail(`dit: img has ${x.img.length} values, expected [${B},${L},${cfg.in_channels}]`);
     if (x.imgIds.length !== B * L * 3 || x.txtIds.length !== B * T * 3) fail(`dit: img_ids / txt_ids must be [${B},${L},3] / [${B},${T},3]`);
     if (x.timesteps.length !== B) fail(`dit: timesteps has ${x.timesteps.length} values, expected ${B}`);
-    const { txt: ctxt, y } = await this.connector.forward(g, x.llmEmbedding, x.tVec, x.mask, B, T, tap);
+    const { txt: ctxt, y } = await this.connector.forward(g, x.text?.connector ?? x.llmEmbedding, x.tVec, x.mask, B, T, tap);
     const imgIn = g.upload(x.img, [B, L, cfg.in_channels]);
     let img = this.img_in.forward(imgIn); // [B, L, H]
     imgIn.dispose();
@@ -175,7 +185,7 @@ export class Step1XEdit {
     const tEmb = this.time_in.forward(tf); // [B, H]
     tf.dispose();
     await tap?.('mid.time_in', tEmb, [B, H]);
-    const vIn = this.vector_in.forward(y);
+    const vIn = x.text ? x.text.vIn.reshape(x.text.vIn.shape) : this.vector_in.forward(y);
     y.dispose();
     await tap?.('mid.vector_in', vIn, [B, H]);
     const vec = add(tEmb, vIn);
@@ -268,18 +278,36 @@ export class Step1XEdit {
    * A sampling.Predictor over fixed conditioning (rows: cond, uncond). The rope table is built once;
    * a batch of 1 (no CFG) uses the first row.
    */
+  /** The per-edit text conditioning (connector.prepare, then vector_in(y)) of B rows, for DitInputs.text. */
+  async prepareText(llmEmbedding: Float32Array, mask: Float32Array, B: number, T: number): Promise<PreparedText> {
+    const connector = await this.connector.prepare(this.g, llmEmbedding, mask, B, T);
+    const vIn = this.vector_in.forward(connector.y);
+    return {
+      connector,
+      vIn,
+      dispose: () => {
+        connector.dispose();
+        vIn.dispose();
+      },
+    };
+  }
+
   predictor(c: { llmEmbedding: Float32Array; mask: Float32Array; imgIds: Float32Array; txtIds: Float32Array; T: number; L: number; cache?: BlockCache }): DitPredictor & { cacheState?: BlockCacheState } {
     const { T, L } = c;
     const cacheState: BlockCacheState | undefined = c.cache ? { policy: c.cache } : undefined;
     const { pe } = this.ropeFor(c.txtIds.subarray(0, T * 3), c.imgIds.subarray(0, L * 3), 1, T, L);
     const Cin = c.llmEmbedding.length / (c.mask.length / T) / T;
+    const texts = new Map<number, PreparedText>(); // per batch size (cond + uncond, or one row)
     return {
       predict: async (img: Float32Array, B: number, t: number): Promise<Float32Array> => {
         const rowsIds = (a: Float32Array, n: number) => a.subarray(0, B * n * 3);
         const tv = new Array<number>(B).fill(t);
+        const llmEmbedding = c.llmEmbedding.subarray(0, B * T * Cin), mask = c.mask.subarray(0, B * T);
+        let text = texts.get(B);
+        if (!text) texts.set(B, (text = await this.prepareText(llmEmbedding, mask, B, T)));
         const out = await this.forward({
           img, imgIds: rowsIds(c.imgIds, L), txtIds: rowsIds(c.txtIds, T), timesteps: tv, tVec: tv,
-          llmEmbedding: c.llmEmbedding.subarray(0, B * T * Cin), mask: c.mask.subarray(0, B * T), B, L, T, pe, cache: cacheState,
+          llmEmbedding, mask, B, L, T, pe, cache: cacheState, text,
         });
         const host = await this.g.readF32(out);
         out.dispose();
@@ -288,6 +316,8 @@ export class Step1XEdit {
       cacheState,
       dispose: () => {
         pe.dispose();
+        for (const t of texts.values()) t.dispose();
+        texts.clear();
         cacheState?.residual?.dispose();
       },
     };

@@ -22,7 +22,10 @@ import type { TensorInfo } from '../io/safetensors.js';
 import { linear, type Activation } from '../ops/linear.js';
 import { linearPacked } from '../ops/linear-quant.js';
 import { add, silu, geluTanh, geluErf } from '../ops/elementwise.js';
-import { bf16ToE4m3Codes, canPack, encodeFp8Array, isLinearWeightName, quantizeBlocks, QBLOCK, type PackedFormat } from '../io/quant.js';
+import { bf16ToE4m3Codes, canPack, encodeFp8Array, isLinearWeightName, packedRowBytes, quantizeBf16Into, quantizeBlocks, quantScaleTable, QBLOCK, type PackedFormat } from '../io/quant.js';
+import { LOAD_CHUNK_BYTES } from '../io/safetensors.js';
+import { scratch, streamTensor, writeChunk } from './upload.js';
+import { PACK_BLOCK, packQuantChunk } from '../ops/pack-quant.js';
 import { f32ArrayToBf16, f32ArrayToF16 } from '../runtime/half.js';
 import { ExitCode, Step1xError, fail, fmtShape } from '../errors.js';
 import type { LoraFile } from './lora.js';
@@ -223,15 +226,12 @@ export async function loadLinearWeight(g: Gpu, ckpt: Checkpoint, name: string, o
   }
   const fmt = opts.as === 'f32' ? 'f32' : targetFormat(info, p);
   const stored = storedFormat(info);
-  const file = ckpt.fileOf(name);
 
   if (fmt === 'f32' || fmt === 'f16' || fmt === 'bf16') {
     // Plain: as stored when possible, LoRA merged exactly as the official loader (f32 math, then the
     // weight's own dtype: bf16(W + s·(up @ down)·alpha/r)).
-    if (!factors.length && !stored && opts.as !== 'f32' && (info.dtype === 'BF16' || info.dtype === 'F16' || info.dtype === 'F32')) {
-      const bytes = await ckpt.readBytes(name);
-      return Weight.plain(g.upload(info.dtype === 'F32' ? new Float32Array(bytes.buffer, 0, N * K) : new Uint16Array(bytes.buffer, 0, N * K), [N, K], fmt, name));
-    }
+    if (!factors.length && !stored && opts.as !== 'f32' && (info.dtype === 'BF16' || info.dtype === 'F16' || info.dtype === 'F32'))
+      return Weight.plain(await streamTensor(g, ckpt, name, g.empty([N, K], fmt, name)));
     const w = await ckpt.readF32(name);
     for (const f of factors) await mergeInto(g, w, N, K, f);
     if (fmt === 'bf16') return Weight.plain(g.upload(f32ArrayToBf16(w), [N, K], 'bf16', name));
@@ -239,30 +239,139 @@ export async function loadLinearWeight(g: Gpu, ckpt: Checkpoint, name: string, o
     return Weight.plain(g.upload(w, [N, K], 'f32', name));
   }
 
-  // Packed.
+  // Packed. From bf16 (the checkpoints' dtype) and as stored: in row chunks, straight into the GPU buffers.
+  if (info.dtype === 'BF16' && !info.quant && (fmt === 'q8' || fmt === 'q4' || fmt === 'fp8_e4m3'))
+    return new Weight(fmt, N, K, ...(await packBf16Streamed(g, ckpt, name, N, K, fmt)), uploadAdapters(g, factors, N, K, modulePath));
+  if (stored === fmt) return new Weight(fmt, N, K, ...(await streamStored(g, ckpt, name, N, K, fmt)), uploadAdapters(g, factors, N, K, modulePath));
+  // Other sources (f32 / f16 / fp8 files, q8 ↔ q4): the whole tensor through f32.
   let codes: Uint8Array;
   let scales: Uint16Array | undefined;
-  if (stored === fmt) {
-    codes = await ckpt.readBytes(name);
-    if (info.quant) {
-      const sb = await file.readRange(info.quant.scale.begin, info.quant.scale.end - info.quant.scale.begin);
-      scales = new Uint16Array(sb.buffer, 0, sb.length / 2);
-    }
-  } else if (fmt === 'fp8_e4m3' && info.dtype === 'BF16') {
-    codes = bf16ToE4m3Codes(new Uint16Array((await ckpt.readBytes(name)).buffer, 0, N * K));
-  } else {
-    const w = await ckpt.readF32(name);
-    if (fmt === 'q8' || fmt === 'q4') ({ data: codes, scales } = quantizeBlocks(w, N, K, fmt));
-    else codes = encodeFp8Array(w, fmt);
-  }
+  const w = await ckpt.readF32(name);
+  if (fmt === 'q8' || fmt === 'q4') ({ data: codes, scales } = quantizeBlocks(w, N, K, fmt));
+  else codes = encodeFp8Array(w, fmt);
   const words = u32View(codes);
   const data = g.upload(words, [N, words.length / N], 'u32', name);
   const sc = scales ? g.upload(scales, [N, K / QBLOCK], 'f16', `${name}.scales`) : undefined;
-  const adapters = factors.map((f) => {
+  return new Weight(fmt, N, K, data, sc, uploadAdapters(g, factors, N, K, modulePath));
+}
+
+type Factors = { down: Float32Array; up: Float32Array; rank: number; scale: number };
+
+function uploadAdapters(g: Gpu, factors: Factors[], N: number, K: number, modulePath: string): Adapter[] {
+  return factors.map((f) => {
     const up = Float32Array.from(f.up, (v) => v * f.scale);
     return { down: g.upload(f.down, [f.rank, K], 'f32', `${modulePath}.lora_down`), up: g.upload(up, [N, f.rank], 'f32', `${modulePath}.lora_up`) };
   });
-  return new Weight(fmt, N, K, data, sc, adapters);
+}
+
+/** GPU tensors of a packed [N, K] weight: u32 words [N, row words] (+ f16 scales [N, K / QBLOCK]). */
+function packedTensors(g: Gpu, name: string, N: number, K: number, fmt: PackedFormat): [Tensor, Tensor | undefined] {
+  const words = (packedRowBytes(fmt, K) * N) / 4;
+  const data = g.empty([N, words / N], 'u32', name);
+  return [data, fmt === 'q8' || fmt === 'q4' ? g.empty([N, K / QBLOCK], 'f16', `${name}.scales`) : undefined];
+}
+
+/**
+ * bf16 [N, K] → q8 / q4 / fp8_e4m3 in chunks of whole rows (an even count, so that each chunk's scales are
+ * whole words). q8 / q4 are packed on the GPU (packBf16OnGpu) unless the packed weight is over the binding
+ * limit; otherwise, and for fp8, each chunk is packed into scratch on the host (quantizeBf16Into /
+ * bf16ToE4m3Codes: bit-identical to quantizeBlocks / the whole-tensor path) and written at its rows' offsets.
+ */
+async function packBf16Streamed(g: Gpu, ckpt: Checkpoint, name: string, N: number, K: number, fmt: 'q8' | 'q4' | 'fp8_e4m3'): Promise<[Tensor, Tensor | undefined]> {
+  const [data, sc] = packedTensors(g, name, N, K, fmt);
+  if (fmt !== 'fp8_e4m3' && data.byteLength <= g.maxBindingBytes && packOnGpu && QBLOCK === PACK_BLOCK) return packBf16OnGpu(g, ckpt, name, N, K, fmt, data, sc!);
+  try {
+    const rows = Math.max(2, Math.floor(LOAD_CHUNK_BYTES / (2 * K) / 2) * 2);
+    const info = ckpt.info(name);
+    let r0 = 0;
+    for await (const c of ckpt.fileOf(name).readChunks(info.begin, info.end - info.begin, rows * 2 * K)) {
+      const r = c.byteLength / (2 * K);
+      const bits = new Uint16Array(c.buffer, c.byteOffset, r * K);
+      const codeBytes = packedRowBytes(fmt, K) * r;
+      const nb = (r * K) / QBLOCK;
+      // scratch layout: [f32 widened rows | codes | scales]
+      const buf = scratch(r * K * 4 + codeBytes + nb * 2 + 8);
+      const codes = new Uint8Array(buf, r * K * 4, codeBytes);
+      if (fmt === 'fp8_e4m3') bf16ToE4m3Codes(bits, codes);
+      else {
+        const scales = new Uint16Array(buf, r * K * 4 + Math.ceil(codeBytes / 4) * 4, nb);
+        quantizeBf16Into(bits, r, K, fmt, codes, scales, new Float32Array(buf, 0, r * K));
+        g.writeBytes(sc!, (r0 * K / QBLOCK) * 2, new Uint8Array(scales.buffer, scales.byteOffset, scales.byteLength));
+      }
+      await writeChunk(g, data, r0 * packedRowBytes(fmt, K), codes);
+      r0 += r;
+    }
+    return [data, sc];
+  } catch (e) {
+    data.dispose();
+    sc?.dispose();
+    throw e;
+  }
+}
+
+const scaleTables = new Map<'q8' | 'q4', Uint32Array>();
+/** quantScaleTable, computed once per format on the host (uploaded per weight: no GPU memory outlives a load). */
+function scaleTableHost(fmt: 'q8' | 'q4'): Uint32Array {
+  let t = scaleTables.get(fmt);
+  if (!t) scaleTables.set(fmt, (t = quantScaleTable(fmt)));
+  return t;
+}
+
+/** Pack q8 / q4 on the GPU (ops/pack-quant.ts) rather than on the host: off for tests of the host path. */
+let packOnGpu = true;
+export function setPackOnGpu(on: boolean): void {
+  packOnGpu = on;
+}
+
+/**
+ * bf16 → q8 / q4 with the packing on the GPU: each chunk of whole rows (an even count) is written into a
+ * staging tensor and packed by ops/pack-quant.ts straight into the weight's tensors (bit-identical to
+ * quantizeBlocks). The host only reads and copies, so the load runs near the upload speed.
+ */
+async function packBf16OnGpu(g: Gpu, ckpt: Checkpoint, name: string, N: number, K: number, fmt: 'q8' | 'q4', data: Tensor, sc: Tensor): Promise<[Tensor, Tensor]> {
+  const rows = Math.max(2, Math.floor(LOAD_CHUNK_BYTES / (2 * K) / 2) * 2);
+  const staging = g.empty([Math.ceil((rows * K) / 2)], 'u32', `${name} (bf16 staging)`);
+  const table = g.upload(scaleTableHost(fmt), [1 << 15], 'u32', `${fmt} scale table`);
+  try {
+    const info = ckpt.info(name);
+    let r0 = 0;
+    for await (const c of ckpt.fileOf(name).readChunks(info.begin, info.end - info.begin, rows * 2 * K)) {
+      const r = c.byteLength / (2 * K);
+      // writeBytes submits the previous chunk's pack first, so the staging tensor is free again
+      await writeChunk(g, staging, 0, c);
+      packQuantChunk(staging, table, data, sc, fmt, (r0 * K) / QBLOCK, (r * K) / QBLOCK);
+      r0 += r;
+    }
+    return [data, sc];
+  } catch (e) {
+    data.dispose();
+    sc.dispose();
+    throw e;
+  } finally {
+    staging.dispose();
+    table.dispose();
+  }
+}
+
+/** A packed weight already in the target format on disk: codes and scales streamed as stored. */
+async function streamStored(g: Gpu, ckpt: Checkpoint, name: string, N: number, K: number, fmt: PackedFormat): Promise<[Tensor, Tensor | undefined]> {
+  const [data, sc] = packedTensors(g, name, N, K, fmt);
+  try {
+    await streamTensor(g, ckpt, name, data);
+    const q = ckpt.info(name).quant;
+    if (q && sc) {
+      let off = 0;
+      for await (const c of ckpt.fileOf(name).readChunks(q.scale.begin, q.scale.end - q.scale.begin)) {
+        await writeChunk(g, sc, off, c);
+        off += c.byteLength;
+      }
+    }
+    return [data, sc];
+  } catch (e) {
+    data.dispose();
+    sc?.dispose();
+    throw e;
+  }
 }
 
 /**

@@ -1,6 +1,7 @@
 /**
- * Bridge from a Checkpoint (host, lazy positional reads) to GPU tensors. One tensor is read at a time,
- * so host memory peaks at the size of the largest single weight, whatever the checkpoint size.
+ * Bridge from a Checkpoint (host, lazy positional reads) to GPU tensors. Tensors kept as stored (and
+ * 16-bit ones widened to f32) stream in 8 MiB chunks through reused buffers (nn/upload.ts); the rare
+ * conversions below read one whole tensor, so host memory peaks at the largest such tensor.
  *
  *   BF16 → packed 'bf16' tensor (two per u32, shaders widen exactly) unless as: 'f32'
  *   F16  → 'f16'                                                     unless as: 'f32'
@@ -15,7 +16,8 @@ import type { Tensor } from '../runtime/tensor.js';
 import type { Checkpoint } from '../io/checkpoint.js';
 import { bytesToF32, numelOfShape } from '../io/safetensors.js';
 import { ExitCode, Step1xError, fmtShape } from '../errors.js';
-import { f32ArrayToBf16 } from '../runtime/half.js';
+import { f32ArrayToBf16, bf16BitsToF32Into, f16BitsToF32Into } from '../runtime/half.js';
+import { scratch, streamTensor } from './upload.js';
 
 export interface LoadWeightOptions {
   /** 'native' (default) keeps bf16/f16 packed; 'f32' widens on the host. */
@@ -28,9 +30,28 @@ export async function loadWeight(g: Gpu, ckpt: Checkpoint, name: string, opts: L
   const info = ckpt.info(name);
   if (opts.shape && (opts.shape.length !== info.shape.length || opts.shape.some((d, i) => d !== info.shape[i])))
     throw new Step1xError(`${ckpt.path}: tensor "${name}" has shape ${fmtShape(info.shape)}, the model expects ${fmtShape(opts.shape)}`, ExitCode.WEIGHTS);
-  const bytes = await ckpt.readBytes(name);
   const n = numelOfShape(info.shape);
   const native = (opts.as ?? 'native') === 'native';
+  // As stored, or 16-bit widened to f32: streamed in chunks (nn/upload.ts), no host copy of the tensor.
+  if (!info.quant) {
+    if (native && info.dtype === 'BF16') return streamTensor(g, ckpt, name, g.empty(info.shape, 'bf16', name));
+    if (native && info.dtype === 'F16') return streamTensor(g, ckpt, name, g.empty(info.shape, 'f16', name));
+    if (native && info.dtype === 'I32') return streamTensor(g, ckpt, name, g.empty(info.shape, 'i32', name));
+    if (info.dtype === 'F32') return streamTensor(g, ckpt, name, g.empty(info.shape, 'f32', name));
+    if (info.dtype === 'BF16' || info.dtype === 'F16') {
+      const widen = info.dtype === 'BF16' ? bf16BitsToF32Into : f16BitsToF32Into;
+      return streamTensor(g, ckpt, name, g.empty(info.shape, 'f32', name), {
+        elemBytes: 2,
+        outBytes: 4,
+        fn: (c) => {
+          const out = new Float32Array(scratch(c.byteLength * 2), 0, c.byteLength / 2);
+          widen(new Uint16Array(c.buffer, c.byteOffset, c.byteLength / 2), out);
+          return new Uint8Array(out.buffer, 0, out.byteLength);
+        },
+      });
+    }
+  }
+  const bytes = await ckpt.readBytes(name);
   // readBytes returns a fresh buffer at offset 0, so typed views are aligned.
   if (native && info.dtype === 'BF16') return g.upload(new Uint16Array(bytes.buffer, bytes.byteOffset, n), info.shape, 'bf16', name);
   if (native && info.dtype === 'F16') return g.upload(new Uint16Array(bytes.buffer, bytes.byteOffset, n), info.shape, 'f16', name);

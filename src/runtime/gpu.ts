@@ -54,6 +54,9 @@ export class Gpu {
   private pending = 0;
   /** Number of dispatches recorded since creation (benchmarks, tests). */
   dispatchCount = 0;
+  /** Host → GPU writes since creation (writeInto / writeBytes calls and bytes): per-step counts in tests. */
+  uploadCount = 0;
+  uploadBytes = 0;
   /** Dispatches per shader file (STEP1X_DISPATCH_LOG appends them at destroy: the CI guard counts them). */
   readonly fileCounts = new Map<string, number>();
 
@@ -188,6 +191,30 @@ export class Gpu {
       return p;
     })() : bytes;
     this.device.queue.writeBuffer(t.storage.pooled.buffer, t.byteOffset, padded as Uint8Array<ArrayBuffer>);
+    this.uploadCount++;
+    this.uploadBytes += padded.byteLength;
+  }
+
+  /**
+   * Write raw bytes into a tensor at a byte offset (streamed weight loading: one chunk at a time from a
+   * reused host buffer, which may be overwritten as soon as this returns). Same ordering rule as writeInto.
+   */
+  writeBytes(t: Tensor, byteOffset: number, bytes: Uint8Array): void {
+    t.assertAlive();
+    const room = t.storage.bytes - t.byteOffset;
+    if (byteOffset % 4 || byteOffset < 0 || byteOffset + bytes.byteLength > Math.min(room, Math.ceil(t.byteLength / 4) * 4))
+      fail(`writeBytes: ${bytes.byteLength} bytes at byte ${byteOffset} do not fit ${t.toString()} (${t.byteLength} bytes, offsets in whole words)`);
+    if (bytes.byteLength % 4 && t.byteOffset + byteOffset + bytes.byteLength < t.storage.bytes)
+      fail(`writeBytes: ${bytes.byteLength} bytes (not whole words) end inside ${t.toString()}'s storage, the pad would overwrite the next element`);
+    if (this.pending) this.flush();
+    let b = bytes;
+    if (b.byteLength % 4) {
+      b = new Uint8Array(Math.ceil(b.byteLength / 4) * 4);
+      b.set(bytes);
+    }
+    this.device.queue.writeBuffer(t.storage.pooled.buffer, t.byteOffset + byteOffset, b as Uint8Array<ArrayBuffer>);
+    this.uploadCount++;
+    this.uploadBytes += b.byteLength;
   }
 
   // ---- pipelines and dispatch ---------------------------------------------------------------------

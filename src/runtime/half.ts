@@ -50,8 +50,12 @@ export function f32ToF16Bits(x: number): number {
 }
 
 export function bf16ArrayToF32(bits: Uint16Array): Float32Array {
-  const out = new Float32Array(bits.length);
-  const o32 = new Uint32Array(out.buffer);
+  return bf16BitsToF32Into(bits, new Float32Array(bits.length));
+}
+
+/** Widen bf16 bits into `out` (length ≥ bits.length; a reused buffer when streaming). */
+export function bf16BitsToF32Into(bits: Uint16Array, out: Float32Array): Float32Array {
+  const o32 = new Uint32Array(out.buffer, out.byteOffset, bits.length);
   for (let i = 0; i < bits.length; i++) o32[i] = bits[i] << 16;
   return out;
 }
@@ -66,8 +70,12 @@ function f16ToF32BitsNormal(h: number): number {
 }
 
 export function f16ArrayToF32(bits: Uint16Array): Float32Array {
-  const out = new Float32Array(bits.length);
-  const o32 = new Uint32Array(out.buffer);
+  return f16BitsToF32Into(bits, new Float32Array(bits.length));
+}
+
+/** Widen f16 bits into `out` (length ≥ bits.length). */
+export function f16BitsToF32Into(bits: Uint16Array, out: Float32Array): Float32Array {
+  const o32 = new Uint32Array(out.buffer, out.byteOffset, bits.length);
   // Written as bits: reading a NaN into a JS number would lose its sign and payload.
   for (let i = 0; i < bits.length; i++) {
     const b = f16ToF32BitsNormal(bits[i]);
