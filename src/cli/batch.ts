@@ -11,11 +11,13 @@
  *  - `--shard I/N` takes manifest entries I, I+N, I+2N, ... (0-based, manifest order), so a CI matrix or
  *    a Kubernetes Indexed Job (`--shard auto/N` reads $JOB_COMPLETION_INDEX) splits a manifest without
  *    coordination. Collisions are checked on the whole manifest, so every shard agrees.
- *  - `--report FILE` writes one JSON line per selected entry as it finishes
- *    (index, input, output, status ok|failed|skipped, error, exit_code, seed, timings_s).
+ *  - `--report FILE` appends one JSON line per selected entry as it finishes (index, input, output,
+ *    status ok|failed|skipped, error, exit_code, seed, timings_s); it is never truncated, so shards may
+ *    share one report and a resumed run adds its lines.
  */
 import type { Command } from 'commander';
-import { appendFileSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { ensureOutputDir, openAppendLog, registerRunInput, type AppendLog } from '../io/safe-write.js';
 import { basename, dirname, extname, join, resolve } from 'node:path';
 import { ExitCode, Step1xError, type ExitCodeValue } from '../errors.js';
 import { resolveModelFiles } from '../io/model-files.js';
@@ -203,23 +205,18 @@ export function register(program: Command): void {
     const entries = parseManifest(manifest);
     if (!existsSync(o.inputDir) || !statSync(o.inputDir).isDirectory()) throw new Step1xError(`--input-dir ${o.inputDir}: no such directory`, ExitCode.INPUT);
     const plan = planBatch(entries, { inputDir: o.inputDir, outputDir: o.outputDir, ext, shard, skipExisting: o.skipExisting });
-    try {
-      mkdirSync(o.outputDir, { recursive: true });
-    } catch (e) {
-      throw new Step1xError(`cannot create --output-dir ${o.outputDir}: ${(e as Error).message}`, ExitCode.OUTPUT);
-    }
+    registerRunInput(manifest, 'the manifest');
+    for (const e of [...plan.run, ...plan.existing]) registerRunInput(e.input, `the input image of "${e.name}"`);
+    ensureOutputDir(o.outputDir, `--output-dir ${o.outputDir}`);
     checkWritable(join(o.outputDir, `x${ext}`));
+    let report: AppendLog | undefined;
     if (o.report) {
-      try {
-        mkdirSync(dirname(resolve(o.report)), { recursive: true });
-        writeFileSync(o.report, '');
-      } catch (e) {
-        throw new Step1xError(`cannot write --report ${o.report}: ${(e as Error).message}`, ExitCode.OUTPUT);
-      }
+      ensureOutputDir(dirname(resolve(o.report)), `the directory of --report ${o.report}`);
+      report = openAppendLog(o.report, '--report');
     }
     const rep = createReporter({ quiet: o.quiet });
     const onRecord = (r: BatchRecord, res?: EditResult) => {
-      if (o.report) appendFileSync(o.report, `${JSON.stringify(r)}\n`);
+      report?.append(`${JSON.stringify(r)}\n`);
       if (o.json && res) process.stdout.write(`${JSON.stringify(summary(res, r.output))}\n`);
     };
     const shardNote = shard ? ` (shard ${shard.index}/${shard.count} of ${plural(plan.total, 'entry', 'entries')})` : '';

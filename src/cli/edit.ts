@@ -15,6 +15,7 @@ import { checkNoiseFile, checkSizeLevel, floatOpt, intOpt, parseBytes } from './
 import { createReporter, fmtBytes, fmtSeconds, type Reporter } from './progress.js';
 import { packageVersion } from './main.js';
 import { collect, openWeightChoice, type WeightCliOptions } from './weights.js';
+import { registerRunInput } from '../io/safe-write.js';
 import { parseCacheOption } from '../pipeline/teacache.js';
 import { outputFormatOf } from '../pipeline/output.js';
 import { parseCompat, parseVersion } from '../pipeline/official.js';
@@ -195,7 +196,10 @@ export function register(program: Command): void {
     if (o.maskFeather !== undefined && !o.mask) throw new Step1xError('--mask-feather needs --mask FILE', ExitCode.USAGE);
     await checkOptionsUpFront(o);
     if (image !== '-' && !existsSync(image)) throw new Step1xError(`${image}: no such file`, ExitCode.INPUT);
-    checkWritable(output, [image, ...(o.mask ? [o.mask] : [])]);
+    if (image !== '-') registerRunInput(image, 'the input image');
+    if (o.mask) registerRunInput(o.mask, 'the --mask image');
+    if (o.noise) registerRunInput(o.noise, 'the --noise file');
+    checkWritable(output);
     outputFormatOf(output); // an unsupported extension is refused before any work
     const img = await readInputImage(image, { ignoreExif: o.ignoreExif });
     const [ww, wh] = checkSizeLevel(img.width, img.height, base.size!);
