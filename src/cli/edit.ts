@@ -15,7 +15,7 @@ import { checkNoiseFile, checkSizeLevel, floatOpt, intOpt, parseBytes } from './
 import { createReporter, fmtBytes, fmtSeconds, type Reporter } from './progress.js';
 import { packageVersion } from './main.js';
 import { collect, openWeightChoice, type WeightCliOptions } from './weights.js';
-import { registerRunInput } from '../io/safe-write.js';
+import { registerRunInput, stdoutWasClosed } from '../io/safe-write.js';
 import { parseCacheOption } from '../pipeline/teacache.js';
 import { outputFormatOf } from '../pipeline/output.js';
 import { parseCompat, parseVersion } from '../pipeline/official.js';
@@ -79,6 +79,7 @@ export function requestFromOptions(o: EditCliOptions): Omit<EditRequest, 'image'
 /** Option checks that need no GPU and no model: numbers, the budget, --noise (exists, float, finite). */
 export async function checkOptionsUpFront(o: EditCliOptions): Promise<void> {
   if (o.vramBudget !== undefined) parseBytes(o.vramBudget);
+  if (o.json && o.output !== '-' && stdoutWasClosed()) throw new Step1xError('--json: stdout is closed (EBADF); redirect it to a file', ExitCode.OUTPUT);
   if (o.noise !== undefined) await checkNoiseFile(o.noise);
 }
 

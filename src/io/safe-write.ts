@@ -17,7 +17,7 @@
  * its own PID namespace, pids colliding) never remove each other's in-flight files, and files of other
  * programs (`.video.mp4.4000000.partial`) are never touched.
  */
-import { accessSync, closeSync, constants, existsSync, lstatSync, mkdirSync, openSync, readFileSync, readdirSync, readlinkSync, realpathSync, statSync, statfsSync, unlinkSync, writeSync, type Stats } from 'node:fs';
+import { accessSync, closeSync, fstatSync, constants, existsSync, lstatSync, mkdirSync, openSync, readFileSync, readdirSync, readlinkSync, realpathSync, statSync, statfsSync, unlinkSync, writeSync, type Stats } from 'node:fs';
 import { chmod, chown, open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { basename, dirname, resolve } from 'node:path';
@@ -351,3 +351,19 @@ export function openAppendLog(path: string, what: string): AppendLog {
     },
   };
 }
+
+/**
+ * Started with stdout closed (`>&-`), Node reopens fd 1 on /dev/null, read-write; a shell's `>/dev/null`
+ * opens it write-only. Told apart by the access mode in /proc/self/fdinfo/1 (Linux).
+ */
+export function stdoutWasClosed(fdinfo = '/proc/self/fdinfo/1'): boolean {
+  try {
+    const st = fstatSync(1);
+    if (!st.isCharacterDevice() || st.rdev !== statSync('/dev/null').rdev) return false;
+    const flags = /^flags:\s*([0-7]+)/m.exec(readFileSync(fdinfo, 'utf8'))?.[1];
+    return flags !== undefined && (parseInt(flags, 8) & 3) === 2;
+  } catch {
+    return false;
+  }
+}
+

@@ -8,7 +8,7 @@ import { extname } from 'node:path';
 import { ExitCode, Step1xError } from '../errors.js';
 import { readImage, type DecodedImage, type RgbImage } from '../io/image.js';
 import { encodeOutput, outputFormatFor, type OutputFormat } from '../io/encode.js';
-import { checkWritePath, cleanupPending, registerRunInput, writeFileSafely } from '../io/safe-write.js';
+import { checkWritePath, cleanupPending, registerRunInput, stdoutWasClosed, writeFileSafely } from '../io/safe-write.js';
 
 export { cleanStaleTemps } from '../io/safe-write.js';
 
@@ -58,7 +58,10 @@ export async function readInputImage(path: string, opts: { ignoreExif?: boolean 
  * registered as inputs of the run first (the first is "the input image", the others "an input file").
  */
 export function checkOutputPath(path: string, inputs: readonly string[] = []): void {
-  if (path === '-') return;
+  if (path === '-') {
+    if (stdoutWasClosed()) throw new Step1xError('cannot write the image to stdout: stdout is closed (EBADF); redirect it to a file or pass -o FILE', ExitCode.OUTPUT);
+    return;
+  }
   inputs.forEach((i, k) => i !== '-' && registerRunInput(i, k === 0 ? 'the input image' : 'an input file'));
   checkWritePath(path);
 }
