@@ -113,8 +113,9 @@ export function hfHubDir(): string {
 }
 
 function hfHub(): string {
-  const home = process.env.HF_HOME ?? join(homedir(), '.cache', 'huggingface');
-  return process.env.HF_HUB_CACHE ?? join(home, 'hub');
+  // an empty variable is unset (as huggingface_hub treats it), never the current directory
+  const home = process.env.HF_HOME || join(homedir(), '.cache', 'huggingface');
+  return process.env.HF_HUB_CACHE || join(home, 'hub');
 }
 
 /** Snapshot directory of a repo in the HF cache (refs/main first, else the newest snapshot). */
@@ -124,7 +125,8 @@ export function hfSnapshot(repo: string, hub = hfHub()): string | undefined {
   if (!existsSync(snaps)) return undefined;
   try {
     const ref = readFileSync(join(base, 'refs', 'main'), 'utf8').trim();
-    if (ref && existsSync(join(snaps, ref))) return join(snaps, ref);
+    // refs/main is data: only a plain commit name may become a path (never `../../x`)
+    if (/^[0-9A-Za-z_-][0-9A-Za-z._-]{0,254}$/.test(ref) && existsSync(join(snaps, ref))) return join(snaps, ref);
   } catch {
     /* no refs/main */
   }
