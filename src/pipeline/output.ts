@@ -20,6 +20,10 @@ export interface OutputTarget {
 let handlersInstalled = false;
 let interruptNote = 'no output written';
 
+export function interruptNoteNow(): string {
+  return interruptNote;
+}
+
 /** What an interruption now means for this command (a batch with outputs written says so). */
 export function setInterruptNote(note: string): void {
   interruptNote = note;
