@@ -117,7 +117,7 @@ const hasUnshare = spawnSync('unshare', ['--pid', '--fork', 'true']).status === 
 if (!hasUnshare) process.stderr.write('hardening-writes: skipping the PID-namespace batch test: `unshare --pid --fork` is unavailable here (needs root or user namespaces)\n');
 
 (hasUnshare ? test : test.skip)(
-  'two batch processes in separate PID namespaces writing one output directory both finish, every output written once',
+  'two batch processes in separate PID namespaces writing one output directory both finish, every output written once, equal to a single-process run',
   async () => {
     const inDir = mkdtempSync(join(tmpdir(), 'step1x-ns-in-'));
     const outDir = join(mkdtempSync(join(tmpdir(), 'step1x-ns-out-')), 'out');
@@ -126,23 +126,29 @@ if (!hasUnshare) process.stderr.write('hardening-writes: skipping the PID-namesp
     for (const n of names) copyFileSync(photo, join(inDir, n));
     const man = join(inDir, 'm.json');
     writeFileSync(man, JSON.stringify(Object.fromEntries(names.map((n) => [n, 'x']))));
-    const run = (shard: string, shift: number) =>
+    const single = join(mkdtempSync(join(tmpdir(), 'step1x-ns-one-')), 'out');
+    const run = (shard: string | undefined, shift: number, out = outDir) =>
       new Promise<{ code: number | null; stderr: string }>((res) => {
         // `shift` short-lived processes first, so the two namespaces give the workers different pids
         const pre = Array.from({ length: shift }, () => 'true;').join(' ');
-        const cmd = `${pre} exec "${process.execPath}" "${CLI}" batch "${man}" --input-dir "${inDir}" --output-dir "${outDir}" --shard ${shard} --model "${TINY_MODEL}" --size 32 --steps 1 --quiet`;
+        const cmd = `${pre} exec "${process.execPath}" "${CLI}" batch "${man}" --input-dir "${inDir}" --output-dir "${out}"${shard ? ` --shard ${shard}` : ''} --model "${TINY_MODEL}" --size 32 --steps 1 --quiet`;
         // each output is held as a temp for 2 s: the other namespace's cleaner runs while it is in flight
         const c = spawn('unshare', ['--pid', '--fork', 'sh', '-c', cmd], { env: { ...baseEnv, STEP1X_TEST_HOLD_OUTPUT_MS: '2000' }, stdio: ['ignore', 'ignore', 'pipe'] });
         let stderr = '';
         c.stderr!.on('data', (d) => (stderr += d));
         c.on('close', (code) => res({ code, stderr }));
       });
-    const [a, b] = await Promise.all([run('0/2', 0), run('1/2', 3)]);
+    // and a single process over the whole manifest: the shards' outputs must equal its outputs byte for byte
+    const [a, b, one] = await Promise.all([run('0/2', 0), run('1/2', 3), run(undefined, 0, single)]);
+    expect(one.code).toBe(0);
     expect(a.stderr).toBe('');
     expect(b.stderr).toBe('');
     expect([a.code, b.code]).toEqual([0, 0]);
     expect(readdirSync(outDir).sort()).toEqual(names);
-    for (const n of names) expect(statSync(join(outDir, n)).size).toBeGreaterThan(100);
+    for (const n of names) {
+      expect(statSync(join(outDir, n)).size).toBeGreaterThan(100);
+      expect(readFileSync(join(outDir, n)).equals(readFileSync(join(single, n)))).toBe(true);
+    }
     expect(existsSync(join(outDir, 'x.png'))).toBe(false);
   },
   600_000,
