@@ -8,7 +8,8 @@
  *   tokenizer_config.json   (optional; passed to the library as its config)
  *   chat_template.json      (optional; `{"chat_template": "..."}`), else tokenizer_config.chat_template
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
+import { readCheckedBytes } from '../../io/safe-read.js';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { Tokenizer } from '@huggingface/tokenizers';
@@ -95,11 +96,26 @@ export class QwenTokenizer {
   }
 }
 
+/** tokenizer.json of Qwen2.5-VL is 7 MB: these bounds leave room and stop a bomb in bounded memory. */
+const MAX_TOKENIZER_FILE = 64 << 20;
+const MAX_TOKENIZER_INFLATED = 128 << 20;
+
 function readJson(file: string): any {
   try {
-    const raw = readFileSync(file);
-    return JSON.parse((file.endsWith('.gz') ? gunzipSync(raw) : raw).toString('utf8'));
+    const raw = readCheckedBytes(file, MAX_TOKENIZER_FILE, 'tokenizer:', ExitCode.WEIGHTS);
+    let text: Buffer = raw;
+    if (file.endsWith('.gz')) {
+      try {
+        text = gunzipSync(raw, { maxOutputLength: MAX_TOKENIZER_INFLATED });
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE' || /maxOutputLength|too large/i.test((e as Error).message))
+          throw new Step1xError(`tokenizer: ${file} inflates to more than ${MAX_TOKENIZER_INFLATED >> 20} MiB (a decompression bomb?); refused`, ExitCode.WEIGHTS);
+        throw e;
+      }
+    }
+    return JSON.parse(text.toString('utf8'));
   } catch (e) {
+    if (e instanceof Step1xError) throw e;
     throw new Step1xError(`tokenizer: cannot read ${file}: ${(e as Error).message}`, ExitCode.WEIGHTS);
   }
 }
