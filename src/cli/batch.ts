@@ -28,6 +28,7 @@ import type { EditResult } from '../pipeline/edit-pipeline.js';
 import { installInterruptCleanup, readInputImage, setInterruptNote } from '../pipeline/output.js';
 import { checkOptionsUpFront, checkWritable, editOptions, requestFromOptions, runOne, summary, withPipeline, type EditCliOptions } from './edit.js';
 import { createReporter, fmtSeconds, plural, type Reporter } from './progress.js';
+import { checkInstruction } from './options.js';
 
 export interface BatchEntry {
   /** Position in the manifest (0-based). */
@@ -286,6 +287,7 @@ export function register(program: Command): void {
     outputFormatFor(`x${ext}`); // refuses an unknown format
     const shard = parseShard(o.shard);
     const entries = parseManifest(manifest);
+    for (const [k, v] of entries) checkInstruction(v, `manifest ${manifest}: the instruction for ${JSON.stringify(k)}`);
     if (!existsSync(o.inputDir) || !statSync(o.inputDir).isDirectory()) throw new Step1xError(`--input-dir ${o.inputDir}: no such directory`, ExitCode.INPUT);
     if (existsSync(o.outputDir) && sameDir(o.inputDir, o.outputDir))
       throw new Step1xError(`--output-dir ${o.outputDir} is --input-dir: the edits would replace the inputs; choose another directory`, ExitCode.USAGE);

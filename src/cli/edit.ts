@@ -11,7 +11,7 @@ import { ExitCode, Step1xError } from '../errors.js';
 import { resolveModelFiles, type ModelFiles } from '../io/model-files.js';
 import type { EditPipeline, EditRequest, EditResult, Progress } from '../pipeline/edit-pipeline.js';
 import { checkOutputPath, installInterruptCleanup, readInputImage, writeOutputPng, type OutputTarget } from '../pipeline/output.js';
-import { checkNoiseFile, checkSizeLevel, floatOpt, intOpt, parseBytes } from './options.js';
+import { checkInstruction, checkNoiseFile, checkSizeLevel, floatOpt, intOpt, parseBytes } from './options.js';
 import { createReporter, fmtBytes, fmtSeconds, type Reporter } from './progress.js';
 import { packageVersion } from './main.js';
 import { collect, openWeightChoice, type WeightCliOptions } from './weights.js';
@@ -53,6 +53,7 @@ export function checkWritable(path: string, inputs: readonly string[] = []): voi
 
 /** The options `edit`, `batch` and `generate` share. */
 export function sharedRequestOptions(o: EditCliOptions): Omit<EditRequest, 'image' | 'instruction'> {
+  checkInstruction(o.negative ?? '', '--negative');
   return {
     steps: intOpt('steps', o.steps, 1, 1000),
     cfg: floatOpt('cfg', o.cfg, 0, 100),
@@ -192,6 +193,7 @@ export function register(program: Command): void {
     installInterruptCleanup();
     const base = requestFromOptions(o);
     if (!instruction.trim()) throw new Step1xError('the instruction is empty', ExitCode.USAGE);
+    checkInstruction(instruction, 'the instruction');
     const output = o.output ?? (image === '-' ? '-' : join(dirname(image), `${basename(image, extname(image))}-edited.png`));
     if (output === '-' && process.stdout.isTTY) throw new Step1xError('refusing to write a PNG to a terminal: pass -o FILE or redirect stdout', ExitCode.USAGE);
     if (o.maskFeather !== undefined && !o.mask) throw new Step1xError('--mask-feather needs --mask FILE', ExitCode.USAGE);
