@@ -29,6 +29,7 @@ import { installInterruptCleanup, readInputImage, setInterruptNote } from '../pi
 import { checkOptionsUpFront, checkWritable, editOptions, requestFromOptions, runOne, summary, withPipeline, type EditCliOptions } from './edit.js';
 import { createReporter, fmtSeconds, plural, type Reporter } from './progress.js';
 import { checkInstruction } from './options.js';
+import { sanitizeForTerminal } from './sanitize.js';
 
 export interface BatchEntry {
   /** Position in the manifest (0-based). */
@@ -252,7 +253,7 @@ export async function redoUndecodable(plan: BatchPlan, quiet?: boolean, decodes 
   const good: BatchEntry[] = [];
   for (const e of plan.existing) ((await decodes(e.output)) ? good : bad).push(e);
   if (!bad.length) return plan;
-  if (!quiet) process.stderr.write(`step1x: note: ${plural(bad.length, 'existing output does', 'existing outputs do')} not decode and will be written again: ${bad.slice(0, 3).map((e) => basename(e.output)).join(', ')}${bad.length > 3 ? ', ...' : ''}\n`);
+  if (!quiet) process.stderr.write(sanitizeForTerminal(`step1x: note: ${plural(bad.length, 'existing output does', 'existing outputs do')} not decode and will be written again: ${bad.slice(0, 3).map((e) => basename(e.output)).join(', ')}${bad.length > 3 ? ', ...' : ''}`) + '\n');
   return { ...plan, existing: good, run: [...plan.run, ...bad].sort((a, b) => a.index - b.index) };
 }
 

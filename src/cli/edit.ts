@@ -16,6 +16,7 @@ import { createReporter, fmtBytes, fmtSeconds, type Reporter } from './progress.
 import { packageVersion } from './main.js';
 import { collect, openWeightChoice, type WeightCliOptions } from './weights.js';
 import { registerRunInput, stdoutWasClosed } from '../io/safe-write.js';
+import { sanitizeForTerminal } from './sanitize.js';
 import { parseCacheOption } from '../pipeline/teacache.js';
 import { outputFormatOf } from '../pipeline/output.js';
 import { parseCompat, parseVersion } from '../pipeline/official.js';
@@ -110,7 +111,7 @@ export async function runOne(pipe: EditPipeline, req: EditRequest, target: Outpu
  * output, then print the STEP1X_PROFILE report once and release the GPU, whatever happened.
  */
 export async function withPipeline(files: ModelFiles, o: EditCliOptions, rep: Reporter, fn: (pipe: EditPipeline, meta: Record<string, string>) => Promise<void>): Promise<void> {
-  const wc = await openWeightChoice(o, files.dit, (m) => process.stderr.write(`step1x: warning: ${m}\n`));
+  const wc = await openWeightChoice(o, files.dit, (m) => process.stderr.write(`step1x: warning: ${sanitizeForTerminal(m)}\n`));
   const { EditPipeline } = await import('../pipeline/edit-pipeline.js'); // models load only for edits
   let pipe: EditPipeline;
   try {
