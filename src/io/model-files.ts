@@ -13,6 +13,8 @@
  * Missing files → one error naming each missing file, its size and how to get it. No GPU here.
  */
 import { existsSync, lstatSync, readFileSync, readdirSync, readlinkSync, statSync } from 'node:fs';
+import { readCheckedText } from './safe-read.js';
+import { checkHparams } from './hparams-check.js';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { ExitCode, Step1xError } from '../errors.js';
@@ -146,11 +148,13 @@ export function hfSnapshot(repo: string, hub = hfHub()): string | undefined {
 function readHparams(path: string): Step1xHparams {
   let j: unknown;
   try {
-    j = JSON.parse(readFileSync(path, 'utf8'));
+    j = JSON.parse(readCheckedText(path, 1 << 20, 'step1x.json', ExitCode.WEIGHTS));
   } catch (e) {
+    if (e instanceof Step1xError) throw e;
     throw new Step1xError(`${path}: not valid JSON (${(e as Error).message})`, ExitCode.WEIGHTS);
   }
   if (!j || typeof j !== 'object' || Array.isArray(j)) throw new Step1xError(`${path}: must hold a JSON object`, ExitCode.WEIGHTS);
+  checkHparams(j as Record<string, unknown>, path);
   return j as Step1xHparams;
 }
 
