@@ -9,6 +9,7 @@ import { basename, dirname, extname, join, resolve } from 'node:path';
 import { existsSync } from 'node:fs';
 import { ExitCode, Step1xError } from '../errors.js';
 import { resolveModelFiles, type ModelFiles } from '../io/model-files.js';
+import { readImage } from '../io/image.js';
 import type { EditPipeline, EditRequest, EditResult, Progress } from '../pipeline/edit-pipeline.js';
 import { checkOutputPath, installInterruptCleanup, readInputImage, writeOutputPng, type OutputTarget } from '../pipeline/output.js';
 import { checkInstruction, checkNoiseFile, checkSizeLevel, floatOpt, intOpt, parseBytes } from './options.js';
@@ -46,6 +47,11 @@ export interface EditCliOptions extends WeightCliOptions {
 }
 
 export { parseBytes } from './options.js';
+
+/** Largest --mask (pixels, checked from its header) for a photo: 4× its area, at least 4 megapixels. */
+export function maskPixelLimit(width: number, height: number): number {
+  return Math.max(4 * width * height, 4_000_000);
+}
 
 /** Fail before any model work if the output cannot be written (see src/pipeline/output.ts). */
 export function checkWritable(path: string, inputs: readonly string[] = []): void {
@@ -208,7 +214,8 @@ export function register(program: Command): void {
     const img = await readInputImage(image, { ignoreExif: o.ignoreExif });
     const [ww, wh] = checkSizeLevel(img.width, img.height, base.size!);
     if (o.noise !== undefined) await checkNoiseFile(o.noise, [wh / 8, ww / 8]);
-    const mask = o.mask ? await readInputImage(o.mask) : undefined;
+    // a mask is resized to the photo: one far larger only costs memory (a 10000² 16-bit mask took 1.5 GB)
+    const mask = o.mask ? await readImage(o.mask, { maxPixels: maskPixelLimit(img.width, img.height) }) : undefined;
     const files = resolveModelFiles(o.model, { version: base.version });
     const rep = createReporter({ quiet: o.quiet });
     await withPipeline(files, o, rep, async (pipe, meta) => {
