@@ -6,7 +6,7 @@
  * Indexed Jobs, --input-dir == --output-dir is refused, and the worker ends when the launcher is killed.
  */
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ExitCode, Step1xError } from '../src/errors.js';
@@ -53,6 +53,10 @@ test('duplicate keys are refused, naming the key; a BOM is not part of the JSON;
   const fifo = join(dir, 'm.fifo');
   execFileSync('mkfifo', [fifo]);
   expect(usage(() => parseManifest(fifo))).toMatch(/FIFO/);
+  // a 300 MB (sparse) manifest is refused by its size, before a byte is read
+  const huge = manifestFile('');
+  truncateSync(huge, 300 << 20);
+  expect(usage(() => parseManifest(huge))).toMatch(/is 300 MiB, more than the 256 MiB/);
 });
 
 test('100k colliding names: found in one pass, a short message', () => {

@@ -92,6 +92,28 @@ describe('inputs of the run are never replaced', () => {
     expect(f.message).toMatch(/FIFO/);
   });
 
+  test('--report on a full device: one line, exit 7 naming ENOSPC (not an internal error)', async () => {
+    const log = openAppendLog('/dev/full', '--report');
+    const r = await codeOf(() => log.append('{"index":0}\n'));
+    log.close();
+    expect(r.code).toBe(ExitCode.OUTPUT);
+    expect(r.message).toMatch(/cannot write --report \/dev\/full: no space left on the device \(ENOSPC\)/);
+  });
+
+  test('CLI: convert interrupted while writing leaves no temporary file (exit 130)', async () => {
+    const sub = mkdtempSync(join(dir, 'conv-'));
+    const out = join(sub, 'vae-q8.safetensors');
+    const c = spawn(process.execPath, [CLI, 'convert', '--to', 'q8', join(TINY_MODEL, 'vae.safetensors'), out, '--quiet'], { env: { ...baseEnv, STEP1X_TEST_HOLD_OUTPUT_MS: '30000' }, stdio: 'ignore' });
+    for (let i = 0; i < 200 && !readdirSync(sub).some((n) => n.endsWith('.partial')); i++) await new Promise((r) => setTimeout(r, 100));
+    expect(readdirSync(sub).filter((n) => n.endsWith('.partial'))).toHaveLength(1); // held, fully written
+    const code = await new Promise<number | null>((res) => {
+      c.on('close', (code) => res(code));
+      c.kill('SIGINT');
+    });
+    expect(code).toBe(130);
+    expect(readdirSync(sub)).toEqual([]);
+  }, 60_000);
+
   test('paths on procfs are refused at once (no spinning mkdir)', async () => {
     for (const p of ['/proc/x/r.jsonl', '/proc/self/out.png']) {
       const r = await codeOf(() => checkWritePath(p));
