@@ -18,8 +18,7 @@
 import type { Command } from 'commander';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { ensureOutputDir, openAppendLog, registerRunInput, type AppendLog } from '../io/safe-write.js';
-import { readCheckedText } from '../io/safe-read.js';
-import { isPlainRelativePath } from '../io/download.js';
+import { isPlainRelativePath, readCheckedText } from '../io/safe-read.js';
 import { basename, dirname, extname, join, resolve } from 'node:path';
 import { ExitCode, Step1xError, type ExitCodeValue } from '../errors.js';
 import { resolveModelFiles } from '../io/model-files.js';

@@ -20,6 +20,9 @@ import { createReadStream, existsSync, lstatSync, mkdirSync, readFileSync, renam
 import { open, type FileHandle } from 'node:fs/promises';
 import { dirname, join, relative } from 'node:path';
 import { describeWriteError } from './safe-write.js';
+import { isPlainRelativePath } from './safe-read.js';
+
+export { isPlainRelativePath };
 import { ExitCode, Step1xError } from '../errors.js';
 import { DIT_FILE_OF, HF_REPO_QWEN, HF_REPO_STEP1X, QWEN_DIR, VAE_FILE, hfHubDir, type CheckpointVersion } from './model-files.js';
 
@@ -96,12 +99,6 @@ export interface RepoListing {
   /** The commit `main` points to (snapshots/<revision>), when the endpoint says. */
   revision?: string;
   files: RepoFile[];
-}
-
-/** `a/b.json`: relative, no `.`/`..`/empty component, no backslash, no control character, not too long. */
-export function isPlainRelativePath(p: string): boolean {
-  if (!p || p.length > 1024 || p.startsWith('/') || /[\\\u0000-\u001f\u007f]/.test(p)) return false;
-  return p.split('/').every((c) => c !== '' && c !== '.' && c !== '..' && Buffer.byteLength(c) <= 255);
 }
 
 /** Files of a repo at `main` with sizes and checksums (`/api/models/<repo>/revision/main?blobs=true`). */

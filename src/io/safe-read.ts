@@ -64,3 +64,9 @@ export function readCheckedBytes(path: string, maxBytes: number, what: string, c
 export function readCheckedText(path: string, maxBytes: number, what = 'file', code: ExitCodeValue = ExitCode.USAGE): string {
   return readCheckedBytes(path, maxBytes, what, code).toString('utf8');
 }
+
+/** `a/b.json`: relative, no `.`/`..`/empty component, no backslash, no control character, not too long. */
+export function isPlainRelativePath(p: string): boolean {
+  if (!p || p.length > 1024 || p.startsWith('/') || /[\\\u0000-\u001f\u007f]/.test(p)) return false;
+  return p.split('/').every((c) => c !== '' && c !== '.' && c !== '..' && Buffer.byteLength(c) <= 255);
+}

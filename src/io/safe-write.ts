@@ -294,7 +294,7 @@ export async function writeAtomically(path: string, produce: (fh: FileHandle) =>
     if (hold > 0) await new Promise((r) => setTimeout(r, hold));
     // the target may have become an input or changed kind meanwhile: judge it again just before the rename
     const now = resolveTarget(path);
-    if (now.st) checkExisting(path, now.st);
+    if (now.st && checkExisting(path, now.st) === 'direct') throw outErr(path, 'it became a FIFO or device while the output was being written; not replaced');
     await rename(tmp, file);
   } catch (e) {
     await unlink(tmp).catch(() => undefined);
