@@ -3,6 +3,7 @@
  * decoded (a 10000² 16-bit mask took 1.5 GB), and a latent that turns NaN or infinite at any sampling
  * step stops the run naming the step, instead of decoding to an all-black image.
  */
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,6 +19,11 @@ test('CLI: a 3000×3000 mask for a 64×48 photo is refused from its header befor
   const r = step1x(['edit', photo, 'x', '--mask', mask, '--model', TINY_MODEL, '-o', join(tmpdir(), 'never.png'), '--quiet']);
   expect(r.code).toBe(ExitCode.INPUT);
   expect(r.stderr).toMatch(/big\.png.*3000x3000 = 9\.0 megapixels, over the limit of 4\.0 megapixels/);
+  const fifo = join(mkdtempSync(join(tmpdir(), 'step1x-maskf-')), 'mask.png');
+  execFileSync('mkfifo', [fifo]);
+  const f = step1x(['edit', photo, 'x', '--mask', fifo, '--model', TINY_MODEL, '-o', join(tmpdir(), 'never.png'), '--quiet']);
+  expect(f.code).toBe(ExitCode.INPUT);
+  expect(f.stderr).toMatch(/--mask .*mask\.png: is a FIFO/);
 });
 
 test('a latent that becomes NaN at step 2 stops sampling with the step named (exit 8)', async () => {

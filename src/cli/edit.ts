@@ -10,6 +10,7 @@ import { existsSync } from 'node:fs';
 import { ExitCode, Step1xError } from '../errors.js';
 import { resolveModelFiles, type ModelFiles } from '../io/model-files.js';
 import { readImage } from '../io/image.js';
+import { checkRegularFile } from '../io/safe-read.js';
 import type { EditPipeline, EditRequest, EditResult, Progress } from '../pipeline/edit-pipeline.js';
 import { checkOutputPath, installInterruptCleanup, readInputImage, writeOutputPng, type OutputTarget } from '../pipeline/output.js';
 import { checkInstruction, checkNoiseFile, checkSizeLevel, floatOpt, intOpt, parseBytes } from './options.js';
@@ -207,7 +208,10 @@ export function register(program: Command): void {
     await checkOptionsUpFront(o);
     if (image !== '-' && !existsSync(image)) throw new Step1xError(`${image}: no such file`, ExitCode.INPUT);
     if (image !== '-') registerRunInput(image, 'the input image');
-    if (o.mask) registerRunInput(o.mask, 'the --mask image');
+    if (o.mask) {
+      checkRegularFile(o.mask, 1 << 30, '--mask', ExitCode.INPUT); // a FIFO or device would block or never end
+      registerRunInput(o.mask, 'the --mask image');
+    }
     if (o.noise) registerRunInput(o.noise, 'the --noise file');
     checkWritable(output);
     outputFormatOf(output); // an unsupported extension is refused before any work
