@@ -162,7 +162,7 @@ test('CLI: corrupt image among good ones, shards 0/2 + 1/2 write every output on
   expect(again.code).toBe(ExitCode.INPUT);
   expect(again.stderr).toMatch(/0 written, 1 failed, 3 skipped/);
   expect(['a.png', 'c.png', 'd.png'].map((f) => statSync(join(outDir, f)).mtimeMs)).toEqual(mtimes);
-  expect(readFileSync(report, 'utf8').trim().split('\n').map((l) => JSON.parse(l).status)).toEqual(['skipped', 'skipped', 'skipped', 'failed']);
+  expect(readFileSync(report, 'utf8').trim().split('\n').map((l) => JSON.parse(l).status)).toEqual(['failed', 'ok', 'skipped', 'skipped', 'skipped', 'failed']); // appended, never truncated
   // --fail-fast with the bad entry first stops there
   const ff = step1x([...base, '--shard', '1/2', '--fail-fast']);
   expect(ff.code).toBe(ExitCode.INPUT);

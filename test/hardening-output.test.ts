@@ -7,6 +7,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { chmodSync, createReadStream, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { checkOutputPath, cleanStaleTemps, writeOutputFile } from '../src/pipeline/output.js';
+import { TEMP_OWNER } from '../src/io/safe-write.js';
 import { errorLine, expectCleanStderr, FAST, step1x, step1xAsync, step1xSh, tempPhoto, TINY_MODEL } from './util/cli-run.js';
 
 const PNG_SIG = Buffer.from([0x89, 0x50, 0x4e, 0x47]);
@@ -122,13 +123,15 @@ describe('item 6: temporary files of a killed run', () => {
     const sub = join(dir, 'kill9');
     mkdirSync(sub);
     const dead = deadPid();
-    const stale = [`.step1x-${dead}-0badc0de.partial`, `.out.png.${dead}.partial`]; // new and old naming
-    const live = `.step1x-${process.pid}-00c0ffee.partial`;
-    for (const n of [...stale, live]) writeFileSync(join(sub, n), 'half a PNG');
+    const stale = [`.step1x-${TEMP_OWNER}.${dead}-0badc0de.partial`];
+    const live = `.step1x-${TEMP_OWNER}.${process.pid}-00c0ffee.partial`;
+    // names of earlier versions and other programs carry no PID namespace: never ours to judge (issue 21)
+    const foreign = [`.step1x-${dead}-0badc0de.partial`, `.out.png.${dead}.partial`];
+    for (const n of [...stale, live, ...foreign]) writeFileSync(join(sub, n), 'half a PNG');
     // a run that fails later (missing model files) still checks and cleans the output directory first
     const r = step1x(['edit', photo, 'x', '--model', '/nonexistent-model', '-o', join(sub, 'out.png')]);
     expect(r.code).toBe(4);
-    expect(readdirSync(sub).sort()).toEqual([live]);
+    expect(readdirSync(sub).sort()).toEqual([live, ...foreign].sort());
   });
 
   test('cleanStaleTemps ignores other files', () => {

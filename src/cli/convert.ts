@@ -4,7 +4,10 @@
  * does (`--model` directories included, once it replaces the original file name) and `inspect` shows it.
  */
 import type { Command } from 'commander';
-import { resolve } from 'node:path';
+import { readdirSync, statSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { registerRunInput } from '../io/safe-write.js';
+import { installInterruptCleanup } from '../pipeline/output.js';
 import { ExitCode, Step1xError } from '../errors.js';
 import { convertCheckpoint } from '../io/convert.js';
 import { DIT_KEEP } from '../models/dit-config.js';
@@ -21,6 +24,15 @@ export function register(program: Command): void {
     .option('--quiet', 'no progress output')
     .action(async (input: string, output: string, o: { to: string; quiet?: boolean }) => {
       if (resolve(input) === resolve(output)) throw new Step1xError('convert: OUT must differ from IN', ExitCode.USAGE);
+      installInterruptCleanup(); // an interrupted convert leaves no multi-GB temp behind
+      // OUT may not be a file of IN under any name (a symlink from IN to OUT, a hard link, IN's directory)
+      let files = [input];
+      try {
+        if (statSync(input).isDirectory()) files = readdirSync(input).map((n) => join(input, n));
+      } catch {
+        /* a missing IN is reported by the reader */
+      }
+      for (const f of files) registerRunInput(f, 'a file of the checkpoint being converted');
       checkWritable(output);
       const rep = createReporter({ quiet: o.quiet });
       try {

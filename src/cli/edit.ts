@@ -9,12 +9,16 @@ import { basename, dirname, extname, join, resolve } from 'node:path';
 import { existsSync } from 'node:fs';
 import { ExitCode, Step1xError } from '../errors.js';
 import { resolveModelFiles, type ModelFiles } from '../io/model-files.js';
+import { readImage } from '../io/image.js';
+import { checkRegularFile } from '../io/safe-read.js';
 import type { EditPipeline, EditRequest, EditResult, Progress } from '../pipeline/edit-pipeline.js';
 import { checkOutputPath, installInterruptCleanup, readInputImage, writeOutputPng, type OutputTarget } from '../pipeline/output.js';
-import { checkNoiseFile, checkSizeLevel, floatOpt, intOpt, parseBytes } from './options.js';
+import { checkInstruction, checkNoiseFile, checkSizeLevel, floatOpt, intOpt, parseBytes } from './options.js';
 import { createReporter, fmtBytes, fmtSeconds, type Reporter } from './progress.js';
 import { packageVersion } from './main.js';
 import { collect, openWeightChoice, type WeightCliOptions } from './weights.js';
+import { registerRunInput, stdoutWasClosed } from '../io/safe-write.js';
+import { sanitizeForTerminal } from './sanitize.js';
 import { parseCacheOption } from '../pipeline/teacache.js';
 import { outputFormatOf } from '../pipeline/output.js';
 import { parseCompat, parseVersion } from '../pipeline/official.js';
@@ -45,6 +49,11 @@ export interface EditCliOptions extends WeightCliOptions {
 
 export { parseBytes } from './options.js';
 
+/** Largest --mask (pixels, checked from its header) for a photo: 4× its area, at least 4 megapixels. */
+export function maskPixelLimit(width: number, height: number): number {
+  return Math.max(4 * width * height, 4_000_000);
+}
+
 /** Fail before any model work if the output cannot be written (see src/pipeline/output.ts). */
 export function checkWritable(path: string, inputs: readonly string[] = []): void {
   checkOutputPath(path, inputs);
@@ -52,6 +61,7 @@ export function checkWritable(path: string, inputs: readonly string[] = []): voi
 
 /** The options `edit`, `batch` and `generate` share. */
 export function sharedRequestOptions(o: EditCliOptions): Omit<EditRequest, 'image' | 'instruction'> {
+  checkInstruction(o.negative ?? '', '--negative');
   return {
     steps: intOpt('steps', o.steps, 1, 1000),
     cfg: floatOpt('cfg', o.cfg, 0, 100),
@@ -78,6 +88,7 @@ export function requestFromOptions(o: EditCliOptions): Omit<EditRequest, 'image'
 /** Option checks that need no GPU and no model: numbers, the budget, --noise (exists, float, finite). */
 export async function checkOptionsUpFront(o: EditCliOptions): Promise<void> {
   if (o.vramBudget !== undefined) parseBytes(o.vramBudget);
+  if (o.json && o.output !== '-' && stdoutWasClosed()) throw new Step1xError('--json: stdout is closed (EBADF); redirect it to a file', ExitCode.OUTPUT);
   if (o.noise !== undefined) await checkNoiseFile(o.noise);
 }
 
@@ -107,7 +118,7 @@ export async function runOne(pipe: EditPipeline, req: EditRequest, target: Outpu
  * output, then print the STEP1X_PROFILE report once and release the GPU, whatever happened.
  */
 export async function withPipeline(files: ModelFiles, o: EditCliOptions, rep: Reporter, fn: (pipe: EditPipeline, meta: Record<string, string>) => Promise<void>): Promise<void> {
-  const wc = await openWeightChoice(o, files.dit, (m) => process.stderr.write(`step1x: warning: ${m}\n`));
+  const wc = await openWeightChoice(o, files.dit, (m) => process.stderr.write(`step1x: warning: ${sanitizeForTerminal(m)}\n`));
   const { EditPipeline } = await import('../pipeline/edit-pipeline.js'); // models load only for edits
   let pipe: EditPipeline;
   try {
@@ -190,17 +201,25 @@ export function register(program: Command): void {
     installInterruptCleanup();
     const base = requestFromOptions(o);
     if (!instruction.trim()) throw new Step1xError('the instruction is empty', ExitCode.USAGE);
+    checkInstruction(instruction, 'the instruction');
     const output = o.output ?? (image === '-' ? '-' : join(dirname(image), `${basename(image, extname(image))}-edited.png`));
     if (output === '-' && process.stdout.isTTY) throw new Step1xError('refusing to write a PNG to a terminal: pass -o FILE or redirect stdout', ExitCode.USAGE);
     if (o.maskFeather !== undefined && !o.mask) throw new Step1xError('--mask-feather needs --mask FILE', ExitCode.USAGE);
     await checkOptionsUpFront(o);
     if (image !== '-' && !existsSync(image)) throw new Step1xError(`${image}: no such file`, ExitCode.INPUT);
-    checkWritable(output, [image, ...(o.mask ? [o.mask] : [])]);
+    if (image !== '-') registerRunInput(image, 'the input image');
+    if (o.mask) {
+      checkRegularFile(o.mask, 1 << 30, '--mask', ExitCode.INPUT); // a FIFO or device would block or never end
+      registerRunInput(o.mask, 'the --mask image');
+    }
+    if (o.noise) registerRunInput(o.noise, 'the --noise file');
+    checkWritable(output);
     outputFormatOf(output); // an unsupported extension is refused before any work
     const img = await readInputImage(image, { ignoreExif: o.ignoreExif });
     const [ww, wh] = checkSizeLevel(img.width, img.height, base.size!);
     if (o.noise !== undefined) await checkNoiseFile(o.noise, [wh / 8, ww / 8]);
-    const mask = o.mask ? await readInputImage(o.mask) : undefined;
+    // a mask is resized to the photo: one far larger only costs memory (a 10000² 16-bit mask took 1.5 GB)
+    const mask = o.mask ? await readImage(o.mask, { maxPixels: maskPixelLimit(img.width, img.height) }) : undefined;
     const files = resolveModelFiles(o.model, { version: base.version });
     const rep = createReporter({ quiet: o.quiet });
     await withPipeline(files, o, rep, async (pipe, meta) => {

@@ -10,7 +10,7 @@ import { resolveModelFiles } from '../io/model-files.js';
 import { outputFormatOf } from '../pipeline/output.js';
 import { installInterruptCleanup } from '../pipeline/output.js';
 import { createReporter, fmtBytes, fmtSeconds } from './progress.js';
-import { checkNoiseFile } from './options.js';
+import { checkInstruction, checkNoiseFile } from './options.js';
 import { checkOptionsUpFront, checkWritable, modelOptions, runOne, sharedRequestOptions, summary, withPipeline, type EditCliOptions } from './edit.js';
 
 /** A width or height for text-to-image: an integer multiple of 16 in [16, 4096], else a usage error naming the nearest valid sizes. */
@@ -47,6 +47,7 @@ export function register(program: Command): void {
     const base = sharedRequestOptions(o);
     const width = t2iSide('width', o.width), height = t2iSide('height', o.height);
     if (!prompt.trim()) throw new Step1xError('the prompt is empty', ExitCode.USAGE);
+    checkInstruction(prompt, 'the prompt');
     const output = o.output ?? defaultT2iOutput(prompt);
     if (output === '-' && process.stdout.isTTY) throw new Step1xError('refusing to write a PNG to a terminal: pass -o FILE or redirect stdout', ExitCode.USAGE);
     await checkOptionsUpFront(o);

@@ -33,7 +33,7 @@ export function exitQuietlyOnEpipe(): void {
   epipeGuard = true;
   process.stdout.on('error', (e: NodeJS.ErrnoException) => {
     if (e.code === 'EPIPE') process.exit(0);
-    process.stderr.write(`step1x: error: cannot write to stdout: ${e.code ?? e.message}\n`);
+    process.stderr.write(`step1x: error: cannot write to stdout: ${e.code === 'EBADF' ? 'stdout is closed (EBADF)' : e.code ?? e.message}\n`);
     process.exit(ExitCode.OUTPUT);
   });
 }

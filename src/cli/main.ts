@@ -4,6 +4,7 @@
  */
 import { Command, CommanderError } from 'commander';
 import { readFileSync } from 'node:fs';
+import { stdoutWasClosed } from '../io/safe-write.js';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import { ExitCode, Step1xError } from '../errors.js';
@@ -88,21 +89,46 @@ function watchStdout(): void {
   process.stdout.on('error', (e: NodeJS.ErrnoException) => void (stdoutFailure ??= e));
 }
 
+/** Every write to a closed stdout fails with EBADF (callback and 'error' event), as a closed fd would. */
+function failStdoutWrites(): void {
+  const err: NodeJS.ErrnoException = Object.assign(new Error('stdout is closed (EBADF)'), { code: 'EBADF' });
+  process.stdout.write = ((_chunk: unknown, enc?: unknown, cb?: unknown) => {
+    const done = (typeof enc === 'function' ? enc : cb) as ((e?: Error) => void) | undefined;
+    process.nextTick(() => {
+      process.stdout.emit('error', err);
+      done?.(err);
+    });
+    return false;
+  }) as typeof process.stdout.write;
+}
+
+/** Resolve once everything written to `s` has left the process (a slow reader gets it all). */
+function drained(s: NodeJS.WriteStream): Promise<void> {
+  return new Promise((res) => {
+    if (!s.writableLength || s.destroyed) return res();
+    const done = () => res();
+    s.once('drain', done).once('error', done).once('close', done);
+  });
+}
+
 export async function main(argv: string[]): Promise<void> {
   let code = 0;
   watchStdout();
+  if (stdoutWasClosed()) failStdoutWrites();
   try {
     await buildProgram().parseAsync(argv);
   } catch (e) {
     code = reportError(e);
   }
+  await drained(process.stdout);
   // A reader that closed the pipe early (`| head`, `| true`) wanted no more: not worth an error for text
-  // output. Any other stdout failure (ENOSPC on /dev/full, EIO) loses output: one line, exit 7.
+  // output. Any other stdout failure (ENOSPC on /dev/full, EIO, a closed stdout) loses output: exit 7.
   if (code === 0 && stdoutFailure && stdoutFailure.code !== 'EPIPE') {
-    process.stderr.write(`step1x: error: cannot write to stdout: ${stdoutFailure.code ?? stdoutFailure.message}\n`);
+    process.stderr.write(`step1x: error: cannot write to stdout: ${stdoutFailure.code === 'EBADF' ? 'stdout is closed (EBADF)' : stdoutFailure.code ?? stdoutFailure.message}\n`);
     code = ExitCode.OUTPUT;
   }
   process.exitCode = code;
-  // Dawn may keep handles alive after the device is destroyed; never hang at the end of a command.
-  setTimeout(() => process.exit(code), 50).unref();
+  await drained(process.stderr);
+  // Dawn may keep handles alive after the device is destroyed: end the process once the output is out.
+  process.exit(code);
 }

@@ -4,9 +4,9 @@
  * Infinity; each parser here accepts exactly the documented syntax and names the option when it refuses.
  * Everything in this file runs without a GPU (errors are exit 2, usage, unless said otherwise).
  */
-import { existsSync, statSync } from 'node:fs';
 import { ExitCode, Step1xError, fmtShape } from '../errors.js';
 import { SafetensorsFile } from '../io/safetensors.js';
+import { checkRegularFile } from '../io/safe-read.js';
 import { inputProcessSize } from '../models/qwen25vl/processor.js';
 
 const usage = (m: string) => new Step1xError(m, ExitCode.USAGE);
@@ -65,13 +65,18 @@ export function checkSizeLevel(width: number, height: number, size: number, maxS
 
 const FLOAT_DTYPES = new Set(['F32', 'F16', 'BF16', 'F64']);
 
+/** Noise larger than this (16 × 1024² floats: a 8192² working size) is not an edit's latent. */
+const MAX_NOISE_NUMEL = 16 * 1024 * 1024;
+/** Standard normal noise stays within about ±7; far beyond, the sampler saturates into NaN / black. */
+export const MAX_NOISE_ABS = 100;
+
 /**
- * `--noise FILE` before any model work: it exists, is a safetensors file with exactly one float tensor
- * of shape [1, 16, h, w], every value finite; with `latent` given, h and w must match it.
+ * `--noise FILE` before any model work: a regular file (a FIFO is refused, not waited on) holding exactly
+ * one float tensor of shape [1, 16, h, w], checked from the header before any data is read; with `latent`
+ * given, h and w must match it and then every value is read and must be finite and within ±MAX_NOISE_ABS.
  */
 export async function checkNoiseFile(path: string, latent?: [number, number]): Promise<void> {
-  if (!existsSync(path)) throw usage(`--noise ${path}: no such file`);
-  if (!statSync(path).isFile()) throw usage(`--noise ${path}: not a regular file`);
+  checkRegularFile(path, Number.MAX_SAFE_INTEGER, '--noise');
   let f: SafetensorsFile;
   try {
     f = await SafetensorsFile.open(path);
@@ -86,11 +91,34 @@ export async function checkNoiseFile(path: string, latent?: [number, number]): P
     const want = latent ? [1, 16, latent[0], latent[1]] : undefined;
     if (info.shape.length !== 4 || info.shape[0] !== 1 || info.shape[1] !== 16 || (want && info.shape.some((d, i) => d !== want[i])))
       throw usage(`--noise ${path}: tensor "${names[0]}" has shape ${fmtShape(info.shape)}, this edit needs ${want ? fmtShape(want) : '[1,16,H/8,W/8]'}`);
+    const numel = info.shape.reduce((a, b) => a * b, 1);
+    if (numel > MAX_NOISE_NUMEL) throw usage(`--noise ${path}: tensor "${names[0]}" has shape ${fmtShape(info.shape)} (${numel} values), more than any edit's latent (${MAX_NOISE_NUMEL})`);
+    if (!latent) return; // values are read once the shape is known to be the right one
     const data = await f.readF32(names[0]);
-    let bad = 0;
-    for (let i = 0; i < data.length; i++) if (!Number.isFinite(data[i])) bad++;
+    let bad = 0, big = 0;
+    for (let i = 0; i < data.length; i++) {
+      if (!Number.isFinite(data[i])) bad++;
+      else if (Math.abs(data[i]) > MAX_NOISE_ABS) big++;
+    }
     if (bad) throw usage(`--noise ${path}: tensor "${names[0]}" holds ${bad} non-finite value(s) (NaN or infinity)`);
+    if (big) throw usage(`--noise ${path}: tensor "${names[0]}" holds ${big} value(s) beyond ±${MAX_NOISE_ABS}; initial noise is standard normal (within about ±7)`);
   } finally {
     await f.close();
   }
+}
+
+/** Longest instruction (characters); Qwen keeps at most 640 tokens of the prompt anyway (see README). */
+export const MAX_INSTRUCTION_CHARS = 8000;
+
+/**
+ * An instruction or negative prompt before any model work: at most MAX_INSTRUCTION_CHARS characters (the
+ * whole text goes through the MLLM before the 640-token cut, so a 1 MB prompt would cost minutes), and no
+ * chat-control or vision token (`<|im_end|>`, `<|image_pad|>`, …) that would rewrite the chat or the image
+ * layout. `what` names it in the message.
+ */
+export function checkInstruction(text: string, what: string): void {
+  if (text.length > MAX_INSTRUCTION_CHARS)
+    throw usage(`${what} is ${text.length} characters, more than ${MAX_INSTRUCTION_CHARS}; the model reads at most 640 tokens (about 2,000 words) of it, so shorten it`);
+  const m = /<\|[A-Za-z_]+\|>/.exec(text);
+  if (m) throw usage(`${what} contains the special token ${m[0]}, which would change the chat or image layout the model sees; remove it`);
 }

@@ -8,6 +8,7 @@
  *  - nothing with --quiet.
  * The pipeline yields events; this only renders them.
  */
+import { sanitizeForTerminal } from './sanitize.js';
 import ora, { type Ora } from 'ora';
 
 export interface Reporter {
@@ -71,7 +72,23 @@ interface Counter {
   lastN: number;
 }
 
+/**
+ * Progress and result lines carry names from outside (manifest keys, file names, LoRA keys): every text
+ * goes through sanitizeForTerminal, so no escape sequence, NUL or invisible BOM reaches the terminal raw.
+ */
 export function createReporter(opts: ReporterOptions = {}): Reporter {
+  const r = createRawReporter(opts);
+  const s = sanitizeForTerminal;
+  return {
+    update: (t) => r.update(s(t)),
+    progress: (label, n, total, extra) => r.progress(s(label), n, total, extra === undefined ? undefined : s(extra)),
+    done: (t) => r.done(s(t)),
+    fail: (t) => r.fail(s(t)),
+    stop: () => r.stop(),
+  };
+}
+
+function createRawReporter(opts: ReporterOptions): Reporter {
   const stream = opts.stream ?? process.stderr;
   const now = opts.now ?? Date.now;
   if (opts.quiet) return { update() {}, progress() {}, done() {}, fail() {}, stop() {} };

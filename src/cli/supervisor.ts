@@ -14,6 +14,7 @@
  */
 import { spawn } from 'node:child_process';
 import { constants } from 'node:os';
+import * as net from 'node:net';
 import * as readline from 'node:readline';
 
 const DAWN_PREFIXES = ['Warning: ', 'Info: ', 'Debug: '];
@@ -79,7 +80,9 @@ export function supervise(script: string, args: string[]): void {
   if (process.stderr.isTTY) env.STEP1X_STDERR_COLUMNS = String(process.stderr.columns || 80);
   // Node options reach the child through NODE_OPTIONS only: execArgv may hold `-e CODE` (a launcher
   // started from an inline script), which would start another launcher instead of the command.
-  const child = spawn(process.execPath, [script, ...args], { stdio: ['inherit', 'inherit', 'pipe'], env });
+  // fd 3: a pipe nobody writes; the child sees its end-of-file when the launcher is gone, even by SIGKILL
+  env.STEP1X_LAUNCHER_FD = '3';
+  const child = spawn(process.execPath, [script, ...args], { stdio: ['inherit', 'inherit', 'pipe', 'pipe'], env });
   const raw = process.env.STEP1X_DAWN_LOG === '1';
   process.stderr.on('error', () => undefined); // a closed stderr must not take the launcher down
   const write = (s: string) => void process.stderr.write(s);
@@ -114,8 +117,30 @@ export function supervise(script: string, args: string[]): void {
   });
 }
 
-/** In the child: act on STEP1X_STDERR_COLUMNS (stderr is the launcher's pipe, its terminal is not). */
+/**
+ * In the child: end with the launcher. When the launcher dies (SIGKILL, OOM killer) its end of the fd-3
+ * pipe closes; the child then acts as on SIGHUP (removes its temporary files, ends), instead of going on
+ * writing the rest of a batch nobody waits for.
+ */
+export function dieWithLauncher(env: NodeJS.ProcessEnv = process.env): void {
+  const fd = Number(env.STEP1X_LAUNCHER_FD);
+  delete env.STEP1X_LAUNCHER_FD; // not inherited by anything this process starts
+  if (!Number.isInteger(fd) || fd < 3) return;
+  let s: net.Socket;
+  try {
+    s = new net.Socket({ fd, readable: true, writable: false });
+  } catch {
+    return; // not a pipe: started some other way
+  }
+  const gone = () => process.kill(process.pid, 'SIGHUP');
+  s.on('end', gone).on('close', gone).on('error', () => undefined);
+  s.resume();
+  s.unref();
+}
+
+/** In the child: act on STEP1X_STDERR_COLUMNS (stderr is the launcher's pipe, its terminal is not); end with the launcher. */
 export function adoptTerminalFromLauncher(): void {
+  dieWithLauncher();
   const cols = Number(process.env.STEP1X_STDERR_COLUMNS);
   if (!(cols > 0) || process.stderr.isTTY) return;
   // the tty.WriteStream surface spinners use; the escape codes reach the terminal through the launcher

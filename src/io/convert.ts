@@ -3,10 +3,10 @@
  * io/quant-layout.ts). Keys keep their names; q8 / q4 scales go under `<key>.qscale`; the format is in
  * the header metadata (`step1x.weights`, `step1x.qblock`); every other tensor is copied byte for byte.
  * The header is written first and tensors are converted one at a time (host memory ≈ the largest
- * tensor), into a temp file renamed over OUT at the end, so a failure never leaves a partial OUT.
+ * tensor), through io/safe-write.ts (a temp beside OUT renamed over it at the end: a failure or an
+ * interrupt never leaves a partial OUT; OUT may not be a file of IN, whatever links lead there).
  */
-import { open as fsOpen, rename, unlink, type FileHandle } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { writeAtomically } from './safe-write.js';
 import { Checkpoint } from './checkpoint.js';
 import { buildHeader, type HeaderEntry } from './safetensors.js';
 import { bf16ToE4m3Codes, canPack, encodeFp8Array, isLinearWeightName, quantizeBlocks, QBLOCK } from './quant.js';
@@ -62,16 +62,13 @@ export async function convertCheckpoint(inPath: string, outPath: string, to: str
     else delete meta[QBLOCK_META_KEY];
     const { prefix, offsets, dataBytes } = buildHeader(entries, meta);
     const at = new Map(entries.map((e, i) => [e.name, prefix.length + offsets[i][0]]));
-    const tmp = join(dirname(outPath), `.${basename(outPath)}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`);
-    let fh: FileHandle | null = null;
-    try {
-      fh = await fsOpen(tmp, 'w');
+    await writeAtomically(outPath, async (fh) => {
       await fh.write(prefix, 0, prefix.length, 0);
       const write = async (name: string, b: Uint8Array) => {
         let pos = at.get(name)!;
         for (let o = 0; o < b.length; o += 1 << 30) {
           const len = Math.min(1 << 30, b.length - o);
-          await fh!.write(b, o, len, pos);
+          await fh.write(b, o, len, pos);
           pos += len;
         }
       };
@@ -93,15 +90,7 @@ export async function convertCheckpoint(inPath: string, outPath: string, to: str
         }
       }
       await fh.truncate(prefix.length + dataBytes);
-      await fh.close();
-      fh = null;
-      await rename(tmp, outPath);
-    } catch (e) {
-      await fh?.close().catch(() => undefined);
-      await unlink(tmp).catch(() => undefined);
-      if (e instanceof Step1xError) throw e;
-      throw new Step1xError(`cannot write ${outPath}: ${(e as Error).message}`, ExitCode.OUTPUT);
-    }
+    });
     return { packed: plans.filter((p) => p.how === 'pack').length, kept: plans.filter((p) => p.how === 'copy').length, inBytes, outBytes: prefix.length + dataBytes };
   } finally {
     await ck.close();

@@ -16,8 +16,13 @@
  * errors and HTML answers give one line naming the URL and the cause (exit 4), and the next run resumes.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream, existsSync, lstatSync, mkdirSync, readFileSync, renameSync, statSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
+import { createReadStream, existsSync, lstatSync, mkdirSync, readFileSync, renameSync, statSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
 import { dirname, join, relative } from 'node:path';
+import { describeWriteError } from './safe-write.js';
+import { isPlainRelativePath } from './safe-read.js';
+
+export { isPlainRelativePath };
 import { ExitCode, Step1xError } from '../errors.js';
 import { DIT_FILE_OF, HF_REPO_QWEN, HF_REPO_STEP1X, QWEN_DIR, VAE_FILE, hfHubDir, type CheckpointVersion } from './model-files.js';
 
@@ -52,6 +57,21 @@ function authHeaders(): Record<string, string> {
 }
 
 const dlErr = (m: string) => new Step1xError(m, ExitCode.WEIGHTS);
+
+/** A local write failed (full disk, read-only or missing directory): exit 7, what arrived is kept. */
+export function writeErr(path: string, e: unknown): Error {
+  if (e instanceof Step1xError || typeof (e as NodeJS.ErrnoException)?.code !== 'string') return e as Error;
+  return new Step1xError(`cannot write ${path}: ${describeWriteError(e)}; what arrived is kept, fix this and run the command again to resume`, ExitCode.OUTPUT);
+}
+
+/** Run a download step; errno errors of the local file system become `writeErr` naming `path`. */
+async function local<T>(path: string, f: () => T | Promise<T>): Promise<T> {
+  try {
+    return await f();
+  } catch (e) {
+    throw writeErr(path, e);
+  }
+}
 
 /** "fetch failed" says nothing: name the cause (ECONNREFUSED, ENOTFOUND, a TLS error, ...). */
 function netCause(e: unknown): string {
@@ -96,14 +116,20 @@ export async function listRepo(repo: string, base = endpoint()): Promise<RepoLis
   }
   const str = (v: unknown) => (typeof v === 'string' && v ? v : undefined);
   const int = (v: unknown) => (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0 ? v : undefined);
+  // The server is untrusted input: a name becomes a path in the cache, so it must be a plain relative
+  // path (file names) or a plain hex id (blobs), never `../`, absolute or with control characters.
+  const bad = (what: string, v: string) => dlErr(`listing ${repo} from ${base}: ${what} ${JSON.stringify(v)} is not a plain name inside the repo; refusing the listing`);
   const files = (Array.isArray(j.siblings) ? j.siblings : [])
     .filter((s) => typeof s?.rfilename === 'string')
-    .map((s) => ({
-      path: s.rfilename as string,
-      size: int(s.lfs?.size) ?? int(s.size),
-      sha256: str(s.lfs?.sha256)?.toLowerCase(),
-      blobId: str(s.blobId),
-    }));
+    .map((s) => {
+      const path = s.rfilename as string;
+      if (!isPlainRelativePath(path)) throw bad('file name', path);
+      const sha256 = str(s.lfs?.sha256)?.toLowerCase();
+      if (sha256 !== undefined && !/^[0-9a-f]{64}$/.test(sha256)) throw bad(`sha256 of ${path}`, sha256);
+      const blobId = str(s.blobId);
+      if (blobId !== undefined && !/^[0-9a-f]{40}([0-9a-f]{24})?$/i.test(blobId)) throw bad(`blob id of ${path}`, blobId);
+      return { path, size: int(s.lfs?.size) ?? int(s.size), sha256, blobId: blobId?.toLowerCase() };
+    });
   const rev = str(j.sha);
   return { repo, revision: rev && /^[0-9a-f]{40}$/i.test(rev) ? rev.toLowerCase() : undefined, files };
 }
@@ -238,24 +264,36 @@ async function fetchToPart(item: DownloadItem, url: string, part: string, onProg
       const len = Number(res.headers.get('content-length') ?? NaN);
       if (total === null && Number.isFinite(len)) total = resumed ? have + len : len;
       let received = resumed ? have : 0;
-      const out = createWriteStream(part, { flags: resumed ? 'a' : 'w' });
-      const outDone = new Promise<void>((r, j) => out.on('close', () => r()).on('error', j));
       const reader = res.body.getReader();
+      let out: FileHandle;
+      try {
+        out = await open(part, resumed ? 'a' : 'w');
+      } catch (e) {
+        await reader.cancel().catch(() => undefined);
+        throw writeErr(part, e);
+      }
       try {
         for (;;) {
-          const { done, value } = await reader.read();
-          if (done) break;
-          if (!out.write(value)) await new Promise<void>((r) => out.once('drain', () => r()));
-          received += value.byteLength;
+          let chunk: Uint8Array | undefined;
+          try {
+            const r = await reader.read();
+            chunk = r.done ? undefined : r.value;
+          } catch (e) {
+            throw dlErr(`download of ${name} interrupted: ${netCause(e)} (${fileSize(part)} bytes kept); run the command again to resume`);
+          }
+          if (!chunk) break;
+          try {
+            await out.write(chunk); // a full disk or a read-only file system fails here, as one line (exit 7)
+          } catch (e) {
+            await reader.cancel().catch(() => undefined);
+            throw writeErr(part, e);
+          }
+          received += chunk.byteLength;
           onProgress?.({ file: item.file, received, total, done: false, resumed });
         }
-      } catch (e) {
-        out.end();
-        await outDone.catch(() => undefined);
-        throw dlErr(`download of ${name} interrupted: ${netCause(e)} (${fileSize(part)} bytes kept); run the command again to resume`);
+      } finally {
+        await out.close().catch(() => undefined);
       }
-      out.end();
-      await outDone;
     }
   }
   const size = fileSize(part);
@@ -288,6 +326,10 @@ const resolveUrl = (base: string, item: DownloadItem) => `${base}/${item.repo}/r
 
 /** Download one file into `item.dest` (official layout) resumably; an existing destination is verified first. */
 export async function downloadFile(item: DownloadItem, onProgress?: (p: DownloadProgress) => void, base = endpoint()): Promise<void> {
+  return local(dirname(item.dest), () => downloadFileIn(item, onProgress, base));
+}
+
+async function downloadFileIn(item: DownloadItem, onProgress: ((p: DownloadProgress) => void) | undefined, base: string): Promise<void> {
   const part = `${item.dest}.part`;
   if (existsSync(item.dest)) {
     if (await verifyExisting(item, item.dest)) {
@@ -318,6 +360,10 @@ function linkSnapshot(dest: string, blobPath: string): void {
 
 /** Download one file into the HF cache: the blob (reused when present and intact), then the snapshot link. */
 export async function downloadToHfCache(item: DownloadItem, onProgress?: (p: DownloadProgress) => void, base = endpoint()): Promise<void> {
+  return local(dirname(item.dest), () => downloadToHfCacheIn(item, onProgress, base));
+}
+
+async function downloadToHfCacheIn(item: DownloadItem, onProgress: ((p: DownloadProgress) => void) | undefined, base: string): Promise<void> {
   const snapshotDir = item.dest.slice(0, item.dest.length - item.file.length - 1); // <repo dir>/snapshots/<rev>
   const blobs = join(dirname(dirname(snapshotDir)), 'blobs');
   mkdirSync(blobs, { recursive: true });
@@ -348,8 +394,12 @@ export async function downloadToHfCache(item: DownloadItem, onProgress?: (p: Dow
 /** After every file of a repo is in its snapshot: point refs/main at it (what resolution reads). */
 export function writeRef(repo: string, revision: string, hub = hfHubDir()): void {
   const refs = join(hfRepoDir(repo, hub), 'refs');
-  mkdirSync(refs, { recursive: true });
   const p = join(refs, 'main');
-  if (existsSync(p) && readFileSync(p, 'utf8').trim() === revision) return;
-  writeFileSync(p, revision);
+  try {
+    mkdirSync(refs, { recursive: true });
+    if (existsSync(p) && readFileSync(p, 'utf8').trim() === revision) return;
+    writeFileSync(p, revision);
+  } catch (e) {
+    throw writeErr(p, e);
+  }
 }

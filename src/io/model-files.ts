@@ -13,6 +13,8 @@
  * Missing files → one error naming each missing file, its size and how to get it. No GPU here.
  */
 import { existsSync, lstatSync, readFileSync, readdirSync, readlinkSync, statSync } from 'node:fs';
+import { readCheckedText } from './safe-read.js';
+import { checkHparams } from './hparams-check.js';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { ExitCode, Step1xError } from '../errors.js';
@@ -120,8 +122,9 @@ export function hfHubDir(): string {
 }
 
 function hfHub(): string {
-  const home = process.env.HF_HOME ?? join(homedir(), '.cache', 'huggingface');
-  return process.env.HF_HUB_CACHE ?? join(home, 'hub');
+  // an empty variable is unset (as huggingface_hub treats it), never the current directory
+  const home = process.env.HF_HOME || join(homedir(), '.cache', 'huggingface');
+  return process.env.HF_HUB_CACHE || join(home, 'hub');
 }
 
 /** Snapshot directory of a repo in the HF cache (refs/main first, else the newest snapshot). */
@@ -131,7 +134,8 @@ export function hfSnapshot(repo: string, hub = hfHub()): string | undefined {
   if (!existsSync(snaps)) return undefined;
   try {
     const ref = readFileSync(join(base, 'refs', 'main'), 'utf8').trim();
-    if (ref && existsSync(join(snaps, ref))) return join(snaps, ref);
+    // refs/main is data: only a plain commit name may become a path (never `../../x`)
+    if (/^[0-9A-Za-z_-][0-9A-Za-z._-]{0,254}$/.test(ref) && existsSync(join(snaps, ref))) return join(snaps, ref);
   } catch {
     /* no refs/main */
   }
@@ -151,11 +155,13 @@ export function hfSnapshot(repo: string, hub = hfHub()): string | undefined {
 function readHparams(path: string): Step1xHparams {
   let j: unknown;
   try {
-    j = JSON.parse(readFileSync(path, 'utf8'));
+    j = JSON.parse(readCheckedText(path, 1 << 20, 'step1x.json', ExitCode.WEIGHTS));
   } catch (e) {
+    if (e instanceof Step1xError) throw e;
     throw new Step1xError(`${path}: not valid JSON (${(e as Error).message})`, ExitCode.WEIGHTS);
   }
   if (!j || typeof j !== 'object' || Array.isArray(j)) throw new Step1xError(`${path}: must hold a JSON object`, ExitCode.WEIGHTS);
+  checkHparams(j as Record<string, unknown>, path);
   return j as Step1xHparams;
 }
 

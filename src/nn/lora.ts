@@ -16,8 +16,14 @@
  */
 import { basename } from 'node:path';
 import { SafetensorsFile } from '../io/safetensors.js';
+import { checkRegularFile } from '../io/safe-read.js';
 import type { Checkpoint } from '../io/checkpoint.js';
 import { ExitCode, Step1xError, fmtShape } from '../errors.js';
+
+/** A LoRA file larger than this is not a LoRA (real ones: MBs to a few hundred MB). */
+const MAX_LORA_BYTES = 16 * 1024 ** 3;
+/** LoRA factors are O(1e-2); beyond this a value is damage, and the product overflows f16/bf16 paths. */
+const MAX_LORA_ABS = 1e4;
 
 export interface LoraModule {
   /** kohya name (`lora_unet_double_blocks_0_img_attn_qkv`). */
@@ -60,6 +66,14 @@ export class LoraFile {
 
   static async open(path: string, multiplier = 1): Promise<LoraFile> {
     if (!Number.isFinite(multiplier)) throw new Step1xError(`--lora ${path}: scale ${multiplier} is not a number`, ExitCode.USAGE);
+    // type and size before opening: a FIFO would block forever; `x:abc` is a file name, not FILE:SCALE
+    try {
+      checkRegularFile(path, MAX_LORA_BYTES, '--lora', ExitCode.USAGE);
+    } catch (e) {
+      if (/no such file/.test((e as Error).message) && /:[^/]*$/.test(path))
+        throw new Step1xError(`${(e as Error).message} (--lora takes FILE or FILE:SCALE with a number as SCALE)`, ExitCode.USAGE);
+      throw e;
+    }
     let f: SafetensorsFile;
     try {
       f = await SafetensorsFile.open(path);
@@ -83,6 +97,7 @@ export class LoraFile {
         if (down.shape.length !== 2 || up.shape.length !== 2 || up.shape[1] !== down.shape[0])
           bad(`"${key}": lora_up ${fmtShape(up.shape)} and lora_down ${fmtShape(down.shape)} are not [N, r] and [r, K]`);
         const rank = down.shape[0];
+        if (!(rank >= 1)) bad(`"${key}" has rank ${rank} (lora_down ${fmtShape(down.shape)}); a LoRA module needs rank >= 1`);
         let alpha = rank;
         if (f.has(`${key}.alpha`)) {
           const a = await f.readF32(`${key}.alpha`);
@@ -139,6 +154,12 @@ export class LoraFile {
     if (!m) return undefined;
     const down = await this.file.readF32(`${m.key}.lora_down.weight`);
     const up = await this.file.readF32(`${m.key}.lora_up.weight`);
+    // NaN, infinities or absurd magnitudes would turn the merged weight, and the image, into NaN (black)
+    for (const [name, a] of [[`${m.key}.lora_down.weight`, down], [`${m.key}.lora_up.weight`, up]] as const) {
+      let bad = 0;
+      for (let i = 0; i < a.length; i++) if (!(Math.abs(a[i]) <= MAX_LORA_ABS)) bad++;
+      if (bad) throw new Step1xError(`--lora ${this.path}: "${name}" holds ${bad} value(s) that are NaN, infinite or beyond ±${MAX_LORA_ABS} (not a usable LoRA)`, ExitCode.USAGE);
+    }
     return { down, up, rank: m.rank, scale: (this.multiplier * m.alpha) / m.rank };
   }
 

@@ -9,9 +9,10 @@
  * class but a 1024-token Qwen prefill does not share one with the DiT. Timing: one warm-up dispatch
  * (pipeline compile), then the minimum of `reps` synced runs.
  */
-import { mkdirSync, readFileSync, writeFileSync, renameSync, existsSync } from 'node:fs';
+import { closeSync, constants, fstatSync, mkdirSync, openSync, readSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { ExitCode, Step1xError } from '../errors.js';
 import { homedir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { basename, dirname, isAbsolute, join } from 'node:path';
 import type { Gpu } from '../runtime/gpu.js';
 import type { DType } from '../runtime/tensor.js';
 import { linear } from './linear.js';
@@ -24,8 +25,9 @@ export type Tile = SgmatTile | WgTile;
 
 export function tuneCachePath(): string {
   if (process.env.STEP1X_TUNE_CACHE) return process.env.STEP1X_TUNE_CACHE;
-  const base = process.env.XDG_CACHE_HOME || join(homedir(), '.cache');
-  return join(base, 'step1x', 'tune.json');
+  // the XDG spec: a relative XDG_CACHE_HOME is invalid and ignored
+  const x = process.env.XDG_CACHE_HOME;
+  return join(x && isAbsolute(x) ? x : join(homedir(), '.cache'), 'step1x', 'tune.json');
 }
 
 /** Adapter + driver identity: the description carries the driver version on Vulkan (e.g. "Mesa 26.1.6"). */
@@ -39,36 +41,96 @@ export function shapeClass(kind: GemmKind, s: GemmShape): string {
   return `${kind}:M${bucket(s.M)}:N${bucket(s.N)}:K${bucket(s.K)}:${s.wdt}`;
 }
 
-type CacheFile = Record<string, Record<string, Tile>>;
+type CacheFile = Record<string, Record<string, unknown>>;
 
-function readCache(): CacheFile {
+/** A real cache holds a few adapters × ~10 classes: anything bigger is not ours. */
+const MAX_CACHE_BYTES = 4 << 20;
+
+/**
+ * The cache is data, not trust. `foreign`: the file exists but is not a tune cache (not a regular file,
+ * too big, not a JSON object of objects); it is then neither used nor overwritten.
+ */
+function readCache(): { data: CacheFile; foreign?: string } {
   const p = tuneCachePath();
-  if (!existsSync(p)) return {};
+  let st;
   try {
-    const j = JSON.parse(readFileSync(p, 'utf8'));
-    return j && typeof j === 'object' ? (j as CacheFile) : {};
+    st = statSync(p);
   } catch {
-    return {}; // a corrupt cache is ignored (and rewritten by the next tune)
+    return { data: {} };
   }
+  // type and size before opening: a FIFO would block, /dev/zero never ends
+  if (!st.isFile()) return { data: {}, foreign: 'not a regular file' };
+  if (st.size > MAX_CACHE_BYTES) return { data: {}, foreign: `${st.size} bytes, more than a tune cache has` };
+  let j: unknown;
+  try {
+    const fd = openSync(p, constants.O_RDONLY | constants.O_NONBLOCK);
+    try {
+      const buf = Buffer.alloc(Math.min(fstatSync(fd).size, MAX_CACHE_BYTES));
+      readSync(fd, buf, 0, buf.length, 0);
+      j = JSON.parse(buf.toString('utf8'));
+    } finally {
+      closeSync(fd);
+    }
+  } catch (e) {
+    return { data: {}, foreign: `not JSON (${(e as Error).message})` };
+  }
+  const isObj = (v: unknown): v is Record<string, unknown> => !!v && typeof v === 'object' && !Array.isArray(v);
+  if (!isObj(j) || !Object.values(j).every(isObj)) return { data: {}, foreign: 'not a JSON object of adapters' };
+  return { data: j as CacheFile };
 }
 
 function writeCache(c: CacheFile): void {
   const p = tuneCachePath();
   mkdirSync(dirname(p), { recursive: true });
-  const tmp = `${p}.${process.pid}.tmp`;
-  writeFileSync(tmp, JSON.stringify(c, null, 1) + '\n');
-  renameSync(tmp, p); // never a half-written cache
+  const tmp = join(dirname(p), `.${basename(p)}.${process.pid}-${Math.random().toString(16).slice(2, 10)}.tmp`);
+  try {
+    writeFileSync(tmp, JSON.stringify(c, null, 1) + '\n', { flag: 'wx' });
+    renameSync(tmp, p); // never a half-written cache
+  } catch (e) {
+    try {
+      unlinkSync(tmp);
+    } catch {
+      /* not created */
+    }
+    throw e;
+  }
+}
+
+const warned = new Set<string>();
+function warnOnce(m: string): void {
+  if (warned.has(m)) return;
+  warned.add(m);
+  process.stderr.write(`step1x: warning: ${m}\n`);
 }
 
 /** Install the cached tiles of this adapter (if any) on g; returns how many classes were loaded. */
 export function loadTuned(g: Gpu): number {
-  const entries = readCache()[adapterKey(g)] ?? {};
-  const valid = Object.entries(entries).filter(([k, t]) => (k.startsWith('subgroup-matrix:') ? isSgmatTile(t) && sgmatOk(g, t) : isWgTile(t) && wgFits(g.caps, t)));
+  const { data, foreign } = readCache();
+  const where = JSON.stringify(tuneCachePath()).slice(1, -1).replace(/[\u0000-\u001f\u007f-\u009f]/g, '?');
+  if (foreign) warnOnce(`tune cache ${where} ignored: ${foreign}`);
+  const entries = data[adapterKey(g)] ?? {};
+  // Only a tile this step1x could have written: one of the candidates for its kind on this device (a
+  // `null`, `bk: 0` or huge tile would reach the kernels as a Dawn validation error).
+  const allowed = {
+    sgmat: g.caps.matrixConfigs.length ? candidates(g, 'subgroup-matrix').map((t) => tileKey(t, SG_KEYS)) : [],
+    wg: candidates(g, 'workgroup').map((t) => tileKey(t, WG_KEYS)),
+  };
+  const valid: [string, Tile][] = [];
+  for (const [k, t] of Object.entries(entries)) {
+    const sg = k.startsWith('subgroup-matrix:');
+    const ok = !!t && typeof t === 'object' && (sg ? isSgmatTile(t as Tile) && allowed.sgmat.includes(tileKey(t as Tile, SG_KEYS)) && sgmatOk(g, t as SgmatTile) : isWgTile(t as Tile) && allowed.wg.includes(tileKey(t as Tile, WG_KEYS)) && wgFits(g.caps, t as WgTile));
+    if (ok) valid.push([k, t as Tile]);
+    else warnOnce(`tune cache ${where}: entry "${k.replace(/[^\x20-\x7e]/g, '?').slice(0, 80)}" ignored (${JSON.stringify(t)?.slice(0, 80)} is not a tile for this device); run "step1x tune" to replace it`);
+  }
   const map = new Map(valid);
   setTunedTiles(g, map.size ? { lookup: (kind, s) => map.get(shapeClass(kind, s)) } : undefined);
   return map.size;
 }
 
+const SG_KEYS = ['sgm', 'sgn', 'pm', 'pn', 'bk'] as const;
+const WG_KEYS = ['bm', 'bn', 'bk', 'tm', 'tn'] as const;
+/** A tile's fields in a fixed order (a cache entry may list them in any order). */
+const tileKey = (t: Tile, keys: readonly string[]) => JSON.stringify(Object.fromEntries(keys.map((k) => [k, (t as unknown as Record<string, number>)[k]])));
 const isSgmatTile = (t: Tile): t is SgmatTile => ['sgm', 'sgn', 'pm', 'pn', 'bk'].every((k) => Number.isInteger((t as unknown as Record<string, number>)[k]));
 const isWgTile = (t: Tile): t is WgTile => ['bm', 'bn', 'bk', 'tm', 'tn'].every((k) => Number.isInteger((t as unknown as Record<string, number>)[k]));
 const sgmatOk = (g: Gpu, t: SgmatTile): boolean => g.caps.matrixConfigs.length > 0 && sgmatFits(g.caps, matrixConfig(g.caps), t);
@@ -126,7 +188,8 @@ async function timeTile(g: Gpu, s: GemmShape, kind: GemmKind, t: Tile, reps: num
 export async function tune(g: Gpu, shapes: GemmShape[], opts: { reps?: number; log?: (m: string) => void; maxCandidates?: number } = {}): Promise<TuneResult[]> {
   const log = opts.log ?? (() => {});
   const results: TuneResult[] = [];
-  const cache = readCache();
+  const { data: cache, foreign } = readCache();
+  if (foreign) throw new Step1xError(`tune cache ${tuneCachePath()} is ${foreign}: not a step1x tune cache, refusing to overwrite it (remove it, or set STEP1X_TUNE_CACHE to another file)`, ExitCode.OUTPUT);
   const mine = (cache[adapterKey(g)] ??= {});
   try {
     for (const s of shapes) {

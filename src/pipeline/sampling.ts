@@ -181,7 +181,15 @@ export async function denoise(model: Predictor, img: Float32Array, batch: number
     // The Python float (t_prev - t_curr) is cast to f32 when multiplied with the f32 tensor.
     const dt = fr(tPrev - tCurr);
     const next = state.slice();
-    for (let i = 0; i < half * C; i++) next[i] = fr(state[i] + fr(dt * guided[i]));
+    let bad = 0;
+    for (let i = 0; i < half * C; i++) {
+      const v = fr(state[i] + fr(dt * guided[i]));
+      next[i] = v;
+      if (v - v !== 0) bad++; // NaN or ±Infinity
+    }
+    // a non-finite latent decodes to an all-black image: stop here with the step named instead
+    if (bad)
+      fail(`sampling: the latent became non-finite at step ${s + 1} of ${ts.length - 1} (${bad} of ${half * C} values NaN or infinite); the weights, a LoRA or the GPU computation are damaged`, ExitCode.GPU);
     state = next;
     opts.afterStep?.(state, tPrev);
     await opts.onStep?.({ step: s, total: ts.length - 1, tCurr, tPrev, predRaw: pred, predGuided: guided, latentAfter: state });

@@ -5,9 +5,9 @@
  * mrope_section [16, 24, 24]; vision hidden 1280, depth 32, 16 heads (Dh 80), MLP 3420,
  * out_hidden 3584, fullatt_block_indexes [7, 15, 23, 31], window 112 px.
  */
-import { readFile } from 'node:fs/promises';
+import { readCheckedText } from '../../io/safe-read.js';
 import { join } from 'node:path';
-import { ExitCode, fail } from '../../errors.js';
+import { ExitCode, Step1xError, fail } from '../../errors.js';
 
 export interface QwenVisionConfig {
   depth: number;
@@ -54,6 +54,12 @@ function num(o: Json, key: string, where: string, dflt?: number): number {
   const v = o[key];
   if (v === undefined && dflt !== undefined) return dflt;
   if (typeof v !== 'number' || !Number.isFinite(v)) fail(`${where}: "${key}" must be a number, got ${JSON.stringify(v)}`, ExitCode.WEIGHTS);
+  return v;
+}
+
+/** A float in (lo, hi): an eps of 0 or below, or a theta of 0, would turn every activation into NaN. */
+function inRange(v: number, key: string, where: string, lo: number, hi: number): number {
+  if (!(v > lo && v < hi)) fail(`${where}: "${key}" = ${v} must be in (${lo}, ${hi}); the config file is damaged`, ExitCode.WEIGHTS);
   return v;
 }
 
@@ -129,8 +135,8 @@ export function parseQwenConfig(raw: unknown, where = 'config.json'): QwenVLConf
     numAttentionHeads,
     numKeyValueHeads,
     headDim,
-    rmsNormEps: num(t, 'rms_norm_eps', where, 1e-6),
-    ropeTheta: num(t, 'rope_theta', where, 1000000),
+    rmsNormEps: inRange(num(t, 'rms_norm_eps', where, 1e-6), 'rms_norm_eps', where, 0, 1),
+    ropeTheta: inRange(num(t, 'rope_theta', where, 1000000), 'rope_theta', where, 0, 1e12),
     mropeSection: [sec[0], sec[1], sec[2]],
     vocabSize: posInt(t, 'vocab_size', where),
     hiddenAct: (t.hidden_act as string | undefined) ?? 'silu',
@@ -153,8 +159,9 @@ export async function loadQwenConfig(dirOrFile: string): Promise<QwenVLConfig> {
   const path = dirOrFile.endsWith('.json') ? dirOrFile : join(dirOrFile, 'config.json');
   let text: string;
   try {
-    text = await readFile(path, 'utf8');
+    text = readCheckedText(path, 1 << 20, 'Qwen config', ExitCode.WEIGHTS); // a FIFO or a huge file is refused first
   } catch (e) {
+    if (e instanceof Step1xError) throw e;
     fail(`cannot read Qwen config ${path}: ${(e as Error).message}`, ExitCode.WEIGHTS);
   }
   let raw: unknown;

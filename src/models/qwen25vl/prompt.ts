@@ -12,7 +12,8 @@
  *  5. attention_mask = input_ids > 0 (so `!` = id 0 is masked);
  *  6. the embedder keeps hidden states [217, 217 + min(640, L − 217)).
  */
-import { Template } from '@huggingface/jinja';
+import { runInNewContext } from 'node:vm';
+import { Environment, Template } from '@huggingface/jinja';
 import { Step1xError, ExitCode } from '../../errors.js';
 import { QWEN_IDS, type QwenTokenizer } from './tokenizer.js';
 
@@ -31,19 +32,65 @@ export const STEP1X_MAX_LENGTH = 640;
 export const STEP1X_DROP_PREFIX = 217;
 const QUOTE_INDEX = 155;
 
+/** A chat template comes from the model directory: untrusted. The real Qwen2.5-VL one has ~1 KB. */
+export const MAX_TEMPLATE_CHARS = 64 << 10;
+/** Elements all `range()` calls of one rendering may produce together (loops over loops included). */
+export const MAX_TEMPLATE_RANGE = 10_000;
+const MAX_TEMPLATE_MS = 2000;
+const MAX_CHAT_CHARS = 4 << 20;
+
+/**
+ * Render with bounds on work, time and output: `range()` draws from one budget (so `range(1e8)` or nested
+ * loops fail at once instead of exhausting the heap), the whole rendering runs under a vm timeout (V8
+ * terminates it), and the result may not exceed MAX_CHAT_CHARS. Any failure is one line, exit 4.
+ */
+function renderBounded(t: Template, items: Record<string, unknown>): string {
+  const bad = (why: string) => new Step1xError(`chat template: ${why}; the model directory's chat_template is not usable`, ExitCode.WEIGHTS);
+  let budget = MAX_TEMPLATE_RANGE;
+  const range = (start: number, stop?: number, step = 1) => {
+    if (stop === undefined) [start, stop] = [0, start];
+    if (![start, stop, step].every(Number.isFinite) || step === 0) throw new Error('range() needs finite numbers and a non-zero step');
+    const n = Math.max(0, Math.ceil((stop - start) / step));
+    if ((budget -= n) < 0) throw bad(`range() asks for more than ${MAX_TEMPLATE_RANGE} elements in all`);
+    return Array.from({ length: n }, (_, i) => start + i * step);
+  };
+  let out: unknown;
+  try {
+    // the library declares its own unbounded `range` global; swap ours in while this (synchronous) render runs
+    const proto = Environment.prototype as unknown as { set(name: string, v: unknown): unknown };
+    const set = proto.set;
+    proto.set = function (this: unknown, name: string, v: unknown) {
+      return set.call(this, name, name === 'range' ? range : v);
+    };
+    try {
+      out = runInNewContext('render()', { render: () => t.render(items) }, { timeout: MAX_TEMPLATE_MS });
+    } finally {
+      proto.set = set;
+    }
+  } catch (e) {
+    if (e instanceof Step1xError) throw e;
+    const m = (e as Error)?.message ?? String(e);
+    throw bad(/timed out/i.test(m) ? `rendering took more than ${MAX_TEMPLATE_MS / 1000} s` : `rendering failed: ${m}`);
+  }
+  if (typeof out !== 'string') throw bad('rendering gave no text');
+  if (out.length > MAX_CHAT_CHARS) throw bad(`rendering gave ${out.length} characters, more than ${MAX_CHAT_CHARS}`);
+  return out;
+}
+
 /**
  * The chat string. With a Jinja template (chat_template.json) it is rendered exactly as transformers
  * does; without one the Qwen2.5-VL template's output is built by hand (identical for this message).
  */
 export function renderStep1xChat(caption: string, prefix = STEP1X_PREFIX, template?: string): string {
   if (template) {
+    if (template.length > MAX_TEMPLATE_CHARS) throw new Step1xError(`chat template: ${template.length} characters, more than the ${MAX_TEMPLATE_CHARS} a chat template may have`, ExitCode.WEIGHTS);
     let t: Template;
     try {
       t = new Template(template);
     } catch (e) {
       throw new Step1xError(`chat template: cannot parse: ${(e as Error).message}`, ExitCode.WEIGHTS);
     }
-    return t.render({
+    return renderBounded(t, {
       messages: [{ role: 'user', content: [{ type: 'text', text: prefix }, { type: 'image', image: 'ref' }, { type: 'text', text: caption }] }],
       add_generation_prompt: true,
       add_vision_id: true,

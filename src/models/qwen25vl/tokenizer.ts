@@ -9,7 +9,8 @@
  *   chat_template.json      (optional; `{"chat_template": "..."}`), else chat_template.jinja (the template
  *                           itself, transformers >= 4.50 save_pretrained), else tokenizer_config.chat_template
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
+import { readCheckedBytes, readCheckedText } from '../../io/safe-read.js';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { Tokenizer } from '@huggingface/tokenizers';
@@ -57,7 +58,7 @@ export class QwenTokenizer {
     const ctFile = join(dir, 'chat_template.json');
     const jinja = join(dir, 'chat_template.jinja');
     if (existsSync(ctFile)) template = readJson(ctFile).chat_template;
-    else if (existsSync(jinja)) template = readText(jinja);
+    else if (existsSync(jinja)) template = readCheckedText(jinja, MAX_TOKENIZER_FILE, 'chat template:', ExitCode.WEIGHTS); // length bound: prompt.ts
     else if (typeof cfg.chat_template === 'string') template = cfg.chat_template;
     let tok: Tokenizer;
     try {
@@ -98,19 +99,26 @@ export class QwenTokenizer {
   }
 }
 
-function readText(file: string): string {
-  try {
-    return readFileSync(file, 'utf8');
-  } catch (e) {
-    throw new Step1xError(`tokenizer: cannot read ${file}: ${(e as Error).message}`, ExitCode.WEIGHTS);
-  }
-}
+/** tokenizer.json of Qwen2.5-VL is 7 MB: these bounds leave room and stop a bomb in bounded memory. */
+const MAX_TOKENIZER_FILE = 64 << 20;
+const MAX_TOKENIZER_INFLATED = 128 << 20;
 
 function readJson(file: string): any {
   try {
-    const raw = readFileSync(file);
-    return JSON.parse((file.endsWith('.gz') ? gunzipSync(raw) : raw).toString('utf8'));
+    const raw = readCheckedBytes(file, MAX_TOKENIZER_FILE, 'tokenizer:', ExitCode.WEIGHTS);
+    let text: Buffer = raw;
+    if (file.endsWith('.gz')) {
+      try {
+        text = gunzipSync(raw, { maxOutputLength: MAX_TOKENIZER_INFLATED });
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE' || /maxOutputLength|too large/i.test((e as Error).message))
+          throw new Step1xError(`tokenizer: ${file} inflates to more than ${MAX_TOKENIZER_INFLATED >> 20} MiB (a decompression bomb?); refused`, ExitCode.WEIGHTS);
+        throw e;
+      }
+    }
+    return JSON.parse(text.toString('utf8'));
   } catch (e) {
+    if (e instanceof Step1xError) throw e;
     throw new Step1xError(`tokenizer: cannot read ${file}: ${(e as Error).message}`, ExitCode.WEIGHTS);
   }
 }
