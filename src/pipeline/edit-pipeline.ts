@@ -145,6 +145,8 @@ export class EditPipeline {
     const ck = await Checkpoint.open(files.dit); // headers only: which version the weights are
     const ditVersion = versionOfKeys((n) => ck.has(n));
     await ck.close();
+    if (ditVersion === 'v1.2')
+      throw new Step1xError(`${files.source}: a Step1X-Edit v1.2 model (diffusers layout); this build loads it (inspect, plan, golden) but its edit is not implemented yet`, ExitCode.WEIGHTS);
     const gpu = opts.gpu ?? (await Gpu.create());
     const fullBudget = opts.vramBudget;
     if (opts.vramBudget !== undefined) {
