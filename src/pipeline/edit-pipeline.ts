@@ -237,7 +237,7 @@ export class EditPipeline {
     let refLatent: Float32Array | undefined;
     if (ref) {
       yield { stage: 'encode', message: 'VAE: encoding the reference image' };
-      refLatent = await runVaeEncode(g, this.files, ref, { sampleSeed: req.sampleEncode ? seed + 1 : undefined, trace, onProgress: report('encode'), models: this.models });
+      refLatent = await runVaeEncode(g, this.files, ref, { sampleSeed: req.sampleEncode ? seed : undefined, trace, onProgress: report('encode'), models: this.models });
       lap('encode');
     }
 
