@@ -197,3 +197,51 @@ describe('the v1.2 DiT from transformer/ (GPU)', () => {
     }
   });
 });
+
+describe('the v1.2 sampler (GPU)', () => {
+  test('schedule and every step of v12_e2e_tiny from its prompt embeddings, text ids and latents (case tolerance)', async () => {
+    const { Step1XEdit } = await import('../src/models/dit.js');
+    const { v12Schedule, v12Denoise } = await import('../src/pipeline/v12-sampling.js');
+    const g = await getGpu();
+    const f = await io('v12_e2e_tiny');
+    const dit = await Step1XEdit.open(g, join(model, 'transformer'));
+    const report: string[] = [];
+    const check = async (name: string, got: Float32Array, atol = 1e-4, rtol = 2e-4) => {
+      const b = await f.readF32(name);
+      let worst = got.length === b.length ? 0 : Infinity;
+      for (let i = 0; i < b.length; i++) worst = Math.max(worst, Math.abs(got[i] - b[i]) / (atol + rtol * Math.abs(b[i])));
+      if (!(worst <= 1)) report.push(`${name}: worst ${worst.toFixed(3)} of the tolerance`);
+    };
+    try {
+      const sched = v12Schedule(4, 20);
+      await check('mid.sigmas', sched.sigmas, 1e-6, 0);
+      await check('mid.timesteps', sched.timesteps, 1e-4, 0);
+      const ref = await f.readF32('mid.ref_latent_packed'), imgIds = await f.readF32('mid.img_ids');
+      const sides: Record<string, { emb: Float32Array; ids: Float32Array; add: Float32Array; T: number }> = {};
+      for (const s of ['cond', 'uncond']) {
+        const T = f.tensors.get(`mid.prompt_embeds.${s}`)!.shape[0];
+        sides[s] = { emb: await f.readF32(`mid.prompt_embeds.${s}`), ids: await f.readF32(`mid.txt_ids.${s}`), T,
+          add: await dit.textTokenMapping(await f.readF32(`mid.text_embeds.${s}`), await f.readI32(`mid.text_mask.${s}`), 1, T) };
+      }
+      const predict = async (side: 'cond' | 'uncond', x: Float32Array, t: number) => {
+        const s = sides[side];
+        const out = await dit.forward({ img: cat(x, ref), imgIds, txtIds: s.ids, timesteps: [t], tVec: [t], llmEmbedding: s.emb, mask: new Float32Array(s.T).fill(1), contextAdd: s.add, B: 1, L: 40, T: s.T });
+        const host = await g.readF32(out);
+        out.dispose();
+        return host.slice(0, 20 * 64); // the noise tokens
+      };
+      await v12Denoise(predict, await f.readF32('mid.noise_packed'), sched, {
+        cfg: 6, channels: 64,
+        onStep: async (s) => {
+          await check(`mid.step${s.step}.pred_cond`, s.predCond);
+          await check(`mid.step${s.step}.pred_uncond`, s.predUncond);
+          await check(`mid.step${s.step}.pred_guided`, s.predGuided);
+          await check(`mid.step${s.step}.latent_after`, s.latentAfter);
+        },
+      });
+    } finally {
+      await dit.close();
+    }
+    expect(report).toEqual([]);
+  });
+});
