@@ -13,3 +13,4 @@ registerLazyKind('t2i', () => import('./pipeline.js'));
 registerLazyKind('e2e', () => import('./e2e.js'));
 registerLazyKind('qwen_processor', () => import('./qwen_processor.js'));
 registerLazyKind('prompt_layout', () => import('./prompt_layout.js'));
+registerLazyKind('v12_e2e', () => import('./v12_e2e.js'));
