@@ -79,8 +79,12 @@ export async function checkNoiseFile(path: string, latent?: [number, number]): P
     throw usage(`--noise ${path}: ${(e as Error).message.replace(/^.*?: /, '')}`);
   }
   try {
-    const names = [...f.tensors.keys()];
-    if (names.length !== 1) throw usage(`--noise ${path}: expected exactly one tensor, found ${names.length} (${names.slice(0, 5).join(', ')})`);
+    let names = [...f.tensors.keys()];
+    // v1.2 also samples the reference latent: a file may hold `noise` and its posterior ε `ref_eps`
+    const pair = names.length === 2 && names.includes('noise') && names.includes('ref_eps');
+    if (names.length !== 1 && !pair) throw usage(`--noise ${path}: expected exactly one tensor (or "noise" and "ref_eps"), found ${names.length} (${names.slice(0, 5).join(', ')})`);
+    for (const name of pair ? ['noise', 'ref_eps'] : names) {
+    names = [name];
     const info = f.tensors.get(names[0])!;
     if (!FLOAT_DTYPES.has(info.dtype)) throw usage(`--noise ${path}: tensor "${names[0]}" is ${info.dtype}; the noise must be a float tensor (F32, F16, BF16)`);
     const want = latent ? [1, 16, latent[0], latent[1]] : undefined;
@@ -90,6 +94,7 @@ export async function checkNoiseFile(path: string, latent?: [number, number]): P
     let bad = 0;
     for (let i = 0; i < data.length; i++) if (!Number.isFinite(data[i])) bad++;
     if (bad) throw usage(`--noise ${path}: tensor "${names[0]}" holds ${bad} non-finite value(s) (NaN or infinity)`);
+    }
   } finally {
     await f.close();
   }
