@@ -10,7 +10,8 @@
 import type { Gpu } from '../runtime/gpu.js';
 import { ExitCode, fail } from '../errors.js';
 import { resize, type RgbImage } from '../io/resize.js';
-import { resizeTorchF32Bilinear, resizeTorchU8Bicubic } from '../io/resize-torch.js';
+import { resizeTorchU8 } from '../io/resize-torch.js';
+import { resizeTorchF32Bilinear } from '../io/resize-torch-f32.js';
 import type { DiffusersModelDir } from '../io/diffusers-layout.js';
 import { QwenVL } from '../models/qwen25vl/model.js';
 import { QwenTokenizer } from '../models/qwen25vl/tokenizer.js';
@@ -56,7 +57,7 @@ export async function runV12Edit(g: Gpu, d: DiffusersModelDir, photo: RgbImage, 
     emitU8(emitAll, 'mid.ref_resized_u8', ref);
     const px = o.processorPixels ?? {};
     const [rh, rw] = smartResize(ref.height, ref.width, 28, px.min_pixels, px.max_pixels, 'processor');
-    const qimg = resizeTorchU8Bicubic(ref, rw, rh);
+    const qimg = resizeTorchU8(ref, rw, rh, 'bicubic');
     emitU8(emitAll, 'mid.qwen_resized_u8', qimg);
     // the fast processor fuses rescale and normalize: (x − 255·mean) / (255·std) in f32
     const { pixelValues, gridThw } = patchify(qimg, 1, CLIP_MEAN.map((m) => fr(m * 255)), CLIP_STD.map((s) => fr(s * 255)));
