@@ -125,7 +125,7 @@ describe('step1x inspect on checkpoints', () => {
     const r = await run('inspect', m);
     expect(r.code).toBe(0);
     expect(r.ms).toBeLessThan(1000);
-    expect(r.stdout).toContain('model directory, 3 checkpoints');
+    expect(r.stdout).toContain('model directory, official layout, 3 checkpoints');
     expect(r.stdout).toMatch(/Qwen2\.5-VL-7B-Instruct\s+5 shards, 729 tensors, 8,292,166,656 parameters \(BF16 8,292,166,656\)/);
     expect(r.stdout).toMatch(/step1x-edit-i1258\.safetensors\s+Step1X-Edit DiT v1\.0, 817 tensors, 12,427,800,385 parameters/);
     expect(r.stdout).toMatch(/vae\.safetensors\s+244 tensors, 83,819,683 parameters \(F32 83,819,683\), 319\.7 MiB/);

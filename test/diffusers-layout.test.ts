@@ -8,7 +8,7 @@ import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync, unlinkSync } 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isDiffusersDir, readDiffusersDir } from '../src/io/diffusers-layout.js';
-import { modelFilesInDir, tokenizerDirOf } from '../src/io/model-files.js';
+import { modelFilesInDir, resolveModelFiles, tokenizerDirOf } from '../src/io/model-files.js';
 import { loadQwenConfig, parseQwenConfig } from '../src/models/qwen25vl/config.js';
 import { gatherEmbeddingRows, openQwenCheckpoint } from '../src/models/qwen25vl/loader.js';
 import { QwenTokenizer } from '../src/models/qwen25vl/tokenizer.js';
@@ -139,5 +139,29 @@ describe('processor/ (tokenizer + image processor files)', () => {
     expect(thrown(() => parsePreprocessorConfig({ patch_size: 16 }))).toMatch(/"patch_size" is 16; Qwen2.5-VL's processor needs 14/);
     expect(thrown(() => parsePreprocessorConfig({ image_mean: [0.5, 0.5, 0.5] }))).toMatch(/image_mean/);
     expect(thrown(() => parsePreprocessorConfig({ min_pixels: 10, max_pixels: 5 }))).toMatch(/min_pixels 10 exceeds max_pixels 5/);
+  });
+});
+
+describe('model resolution knows the layout', () => {
+  test('--version must match what a directory holds; v1.2 is diffusers-only; the HF cache finds the v1p2 snapshot', () => {
+    expect(thrown(() => modelFilesInDir(modelDir, modelDir, { version: 'v1.1' }))).toMatch(/holds a diffusers-layout v1\.2 model .*--version v1\.2/);
+    expect(modelFilesInDir(modelDir, modelDir, { version: 'v1.2' }).layout).toBe('diffusers');
+    const official = join(goldenCase('tiny_e2e_v11'), 'model');
+    expect(thrown(() => modelFilesInDir(official, official, { version: 'v1.2' }))).toMatch(/official layout .*v1\.2 ships only in the diffusers layout/);
+    const hub = mkdtempSync(join(tmpdir(), 'step1x-hub-'));
+    const saved = { HF_HUB_CACHE: process.env.HF_HUB_CACHE, STEP1X_MODEL: process.env.STEP1X_MODEL };
+    try {
+      const snap = join(hub, 'models--stepfun-ai--Step1X-Edit-v1p2', 'snapshots', 'abc');
+      cpSync(modelDir, snap, { recursive: true, dereference: true });
+      process.env.HF_HUB_CACHE = hub;
+      delete process.env.STEP1X_MODEL;
+      const f = resolveModelFiles(undefined, { version: 'v1.2' });
+      expect([f.layout, f.diffusers?.version, f.qwenDir]).toEqual(['diffusers', 'v1.2', join(snap, 'text_encoder')]);
+      rmSync(snap, { recursive: true });
+      expect(thrown(() => resolveModelFiles(undefined, { version: 'v1.2' }))).toMatch(/no stepfun-ai\/Step1X-Edit-v1p2 snapshot.*step1x download --version v1\.2/);
+    } finally {
+      for (const [k, v] of Object.entries(saved)) if (v === undefined) delete process.env[k]; else process.env[k] = v;
+      rmSync(hub, { recursive: true, force: true });
+    }
   });
 });

@@ -4,7 +4,7 @@
  * (Vigna's splitmix64.c / xoshiro128starstar.c; Box & Muller 1958), not from our own output; the first
  * SplitMix64 outputs for seed 0 are the published ones, which checks the reference itself.
  */
-import { Xoshiro128, randnF32, initialNoise, splitmix64 } from '../src/pipeline/rng.js';
+import { Xoshiro128, randnF32, initialNoise, posteriorEps, splitmix64 } from '../src/pipeline/rng.js';
 import { roundToBf16 } from '../src/runtime/half.js';
 import { refBf16, refGenerator, refRandn, refSplitMix64 } from './util/ref-rng.js';
 
@@ -64,4 +64,14 @@ test('initial noise [1, 16, h, w] = bf16(reference randn) in row-major order', (
   expect(n.length).toBe(16 * 8 * 10);
   expect(Array.from(n)).toEqual(Array.from(refBf16(refRandn(16 * 8 * 10, 42))));
   expect(Array.from(roundToBf16(n))).toEqual(Array.from(n));
+});
+
+test('known answers for both streams an edit draws: noise from the seed, the posterior ε from seed + 1', () => {
+  // the edit pipeline draws the noise with initialNoise(seed) and, for a sampled reference latent,
+  // ε with posteriorEps(seed) (pipeline/stages.ts): moving either stream's seed breaks this test
+  const noise = initialNoise(42, 8, 10), eps = posteriorEps(42, 8, 10);
+  expect(Array.from(eps)).toEqual(Array.from(refRandn(16 * 8 * 10, 43)));
+  expect(Array.from(noise.subarray(0, 4))).toEqual([1.3046875, -0.25, -3.21875, -0.81640625]); // bf16(refRandn(42)), frozen
+  expect(Array.from(eps.subarray(0, 4))).toEqual([-0.8807096481323242, -1.252373456954956, 0.3162897527217865, -1.397977352142334]); // refRandn(43), frozen
+  expect(Array.from(posteriorEps(42, 8, 10, 16))).not.toEqual(Array.from(randnF32(16 * 8 * 10, 42)));
 });

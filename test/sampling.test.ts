@@ -82,7 +82,7 @@ describe('packing and ids', () => {
 
   test('prepare() reproduces dit_tiny in.img and in.img_ids exactly', () => {
     const noise = get(dit, 'in.latent_noisy'), ref = get(dit, 'in.latent_ref');
-    const p = prepare(noise, ref, [1, 16, 8, 12], 2, 16);
+    const p = prepare(noise, ref, [1, 16, 8, 12], 2, 16, 'v1.0');
     expect([p.h, p.w, p.channels]).toEqual([4, 6, 64]);
     expectOk('in.img', p.img, get(dit, 'in.img'), 0);
     expectOk('in.img_ids', p.imgIds, get(dit, 'in.img_ids'), 0);
@@ -195,7 +195,7 @@ describe('CFG and Euler loop', () => {
     };
     const steps: number[] = [];
     const { latent, timesteps } = await sampleLatent(source, get(samplerIo, 'in.noise'), get(samplerIo, 'in.latent_ref'), [1, 16, 8, 12],
-      get(samplerIo, 'in.llm_embedding'), get(samplerIo, 'in.mask'), T, { numSteps: 4, cfgGuidance: 6, onStep: (s) => void steps.push(s.step) });
+      get(samplerIo, 'in.llm_embedding'), get(samplerIo, 'in.mask'), T, { version: 'v1.0', numSteps: 4, cfgGuidance: 6, onStep: (s) => void steps.push(s.step) });
     expect(steps).toEqual([0, 1, 2, 3]);
     expectOk('timesteps', timesteps, get(samplerIo, 'timesteps'), 1e-6);
     expectOk('out.latent', latent, get(samplerIo, 'out.latent'), 0.005, 0.005);

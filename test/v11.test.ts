@@ -215,7 +215,7 @@ describe('CLI: v1.1 edit, generate, choosing the checkpoint', () => {
     expect(bad.stderr).toMatch(/the weights are v1\.1 \(no connector\.scale_factor\), but v1\.0 was asked for \(--version\)/);
     const badv = step1x(['edit', photo, 'x', '--model', MODEL, '--version', '2']);
     expect(badv.code).toBe(2);
-    expect(badv.stderr).toMatch(/--version must be v1\.0 or v1\.1, got "2"/);
+    expect(badv.stderr).toMatch(/--version must be v1\.0, v1\.1 or v1\.2, got "2"/);
     const badc = step1x(['edit', photo, 'x', '--model', MODEL, '--compat', '2024']);
     expect(badc.code).toBe(2);
     expect(badc.stderr).toMatch(/--compat must be one of current, 2025-05/);

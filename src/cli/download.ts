@@ -36,7 +36,7 @@ export function register(program: Command): void {
     .description('download the model files (DiT, VAE, Qwen2.5-VL-7B-Instruct, ~42 GB) into the Hugging Face cache (or --local-dir DIR); resumes interrupted downloads')
     .argument('[dir]', 'same as --local-dir DIR')
     .option('--local-dir <dir>', 'write the official directory layout into DIR instead of the Hugging Face cache (then pass --model DIR)')
-    .option('--version <v>', 'checkpoint version: v1.1 (step1x-edit-v1p1-official.safetensors, the official default) or v1.0 (step1x-edit-i1258.safetensors)', 'v1.1')
+    .option('--version <v>', 'checkpoint version: v1.1 (step1x-edit-v1p1-official.safetensors, the official default), v1.0 (step1x-edit-i1258.safetensors) or v1.2 (stepfun-ai/Step1X-Edit-v1p2, diffusers layout)', 'v1.1')
     .option('--quiet', 'no progress output')
     .action(async (dir: string | undefined, opts: { quiet?: boolean; version: string; localDir?: string }) => {
       installInterruptCleanup('what arrived is kept: run the same command again to resume the download');

@@ -12,6 +12,7 @@ import { versionOfKeys, type DitVersion } from '../pipeline/official.js';
 import { join } from 'node:path';
 import { QBLOCK_META_KEY, QUANT_META_KEY } from '../io/quant-layout.js';
 import { Checkpoint } from '../io/checkpoint.js';
+import { isDiffusersDir, readDiffusersDir } from '../io/diffusers-layout.js';
 import { numelOfShape, ST_DTYPE_BYTES } from '../io/safetensors.js';
 import { isPngFile, readPngInfo, type PngInfo } from '../io/png-text.js';
 import { ExitCode, Step1xError, fmtShape } from '../errors.js';
@@ -161,6 +162,7 @@ export async function inspectPath(path: string, opts: InspectOptions): Promise<v
     if (/\.png$/i.test(path))
       throw new Step1xError(`inspect: ${path}: not a PNG file (${st.size === 0 ? 'empty file, 0 bytes' : 'no PNG signature'})`, ExitCode.INPUT);
   }
+  if (st.isDirectory() && isDiffusersDir(path)) return inspectDiffusersDir(path, opts);
   if (st.isDirectory()) {
     const parts = await modelDirParts(path);
     if (parts.length > 1) return inspectModelDir(path, parts, opts);
@@ -217,8 +219,16 @@ async function modelDirParts(dir: string): Promise<string[]> {
   return parts.sort();
 }
 
+/** A diffusers-layout directory (model_index.json): its version and layout, then one line per weight component. */
+async function inspectDiffusersDir(dir: string, opts: InspectOptions): Promise<void> {
+  const d = readDiffusersDir(dir); // names every missing file (exit 4)
+  const layout = { layout: 'diffusers', version: d.version, pipeline: d.pipelineClass };
+  if (!opts.json) out(`${dir}: model directory, diffusers layout, Step1X-Edit ${d.version} (${d.pipelineClass})`);
+  await inspectModelDir(dir, [d.transformerDir, d.textEncoderDir, d.vaeDir], opts, layout);
+}
+
 /** One summary line per checkpoint of a model directory (headers only). */
-async function inspectModelDir(dir: string, parts: string[], opts: InspectOptions): Promise<void> {
+async function inspectModelDir(dir: string, parts: string[], opts: InspectOptions, layout: Record<string, string> = { layout: 'official' }): Promise<void> {
   const items = [];
   for (const p of parts) {
     const ck = await Checkpoint.open(p);
@@ -230,10 +240,10 @@ async function inspectModelDir(dir: string, parts: string[], opts: InspectOption
     }
   }
   if (opts.json) {
-    out(JSON.stringify({ kind: 'directory', path: dir, checkpoints: items }, null, 1));
+    out(JSON.stringify({ kind: 'directory', path: dir, ...layout, checkpoints: items }, null, 1));
     return;
   }
-  out(`${dir}: model directory, ${items.length} checkpoints`);
+  if (layout.layout === 'official') out(`${dir}: model directory, official layout, ${items.length} checkpoints`);
   const w = Math.max(...items.map((i) => i.path.length));
   for (const i of items)
     out(
@@ -241,7 +251,7 @@ async function inspectModelDir(dir: string, parts: string[], opts: InspectOption
         `${group(i.totals.params)} parameters (${fmtDtypes(i.paramsByDtype)}), ${humanBytes(i.totals.bytes)}`,
     );
   const dits = items.filter((i) => i.dit_version);
-  if (dits.length) {
+  if (dits.length && layout.layout === 'official') {
     const used = dits.find((i) => i.dit_version === 'v1.1') ?? dits[0];
     out(`checkpoint version: ${used.dit_version}${dits.length > 1 ? ` (${dits.map((i) => i.dit_version).join(' and ')} present; edit uses v1.1 unless --version v1.0)` : ''}`);
   }

@@ -85,23 +85,27 @@ export async function checkNoiseFile(path: string, latent?: [number, number]): P
   }
   try {
     const names = [...f.tensors.keys()];
-    if (names.length !== 1) throw usage(`--noise ${path}: expected exactly one tensor, found ${names.length} (${names.slice(0, 5).join(', ')})`);
-    const info = f.tensors.get(names[0])!;
-    if (!FLOAT_DTYPES.has(info.dtype)) throw usage(`--noise ${path}: tensor "${names[0]}" is ${info.dtype}; the noise must be a float tensor (F32, F16, BF16)`);
-    const want = latent ? [1, 16, latent[0], latent[1]] : undefined;
-    if (info.shape.length !== 4 || info.shape[0] !== 1 || info.shape[1] !== 16 || (want && info.shape.some((d, i) => d !== want[i])))
-      throw usage(`--noise ${path}: tensor "${names[0]}" has shape ${fmtShape(info.shape)}, this edit needs ${want ? fmtShape(want) : '[1,16,H/8,W/8]'}`);
-    const numel = info.shape.reduce((a, b) => a * b, 1);
-    if (numel > MAX_NOISE_NUMEL) throw usage(`--noise ${path}: tensor "${names[0]}" has shape ${fmtShape(info.shape)} (${numel} values), more than any edit's latent (${MAX_NOISE_NUMEL})`);
-    if (!latent) return; // values are read once the shape is known to be the right one
-    const data = await f.readF32(names[0]);
-    let bad = 0, big = 0;
-    for (let i = 0; i < data.length; i++) {
-      if (!Number.isFinite(data[i])) bad++;
-      else if (Math.abs(data[i]) > MAX_NOISE_ABS) big++;
+    // v1.2 also samples the reference latent: a file may hold `noise` and its posterior ε `ref_eps`
+    const pair = names.length === 2 && names.includes('noise') && names.includes('ref_eps');
+    if (names.length !== 1 && !pair) throw usage(`--noise ${path}: expected exactly one tensor (or "noise" and "ref_eps"), found ${names.length} (${names.slice(0, 5).join(', ')})`);
+    for (const name of pair ? ['noise', 'ref_eps'] : names) {
+      const info = f.tensors.get(name)!;
+      if (!FLOAT_DTYPES.has(info.dtype)) throw usage(`--noise ${path}: tensor "${name}" is ${info.dtype}; the noise must be a float tensor (F32, F16, BF16)`);
+      const want = latent ? [1, 16, latent[0], latent[1]] : undefined;
+      if (info.shape.length !== 4 || info.shape[0] !== 1 || info.shape[1] !== 16 || (want && info.shape.some((d, i) => d !== want[i])))
+        throw usage(`--noise ${path}: tensor "${name}" has shape ${fmtShape(info.shape)}, this edit needs ${want ? fmtShape(want) : '[1,16,H/8,W/8]'}`);
+      const numel = info.shape.reduce((a, b) => a * b, 1);
+      if (numel > MAX_NOISE_NUMEL) throw usage(`--noise ${path}: tensor "${name}" has shape ${fmtShape(info.shape)} (${numel} values), more than any edit's latent (${MAX_NOISE_NUMEL})`);
+      if (!latent) continue; // values are read once the shape is known to be the right one
+      const data = await f.readF32(name);
+      let bad = 0, big = 0;
+      for (let i = 0; i < data.length; i++) {
+        if (!Number.isFinite(data[i])) bad++;
+        else if (Math.abs(data[i]) > MAX_NOISE_ABS) big++;
+      }
+      if (bad) throw usage(`--noise ${path}: tensor "${name}" holds ${bad} non-finite value(s) (NaN or infinity)`);
+      if (big) throw usage(`--noise ${path}: tensor "${name}" holds ${big} value(s) beyond ±${MAX_NOISE_ABS}; initial noise is standard normal (within about ±7)`);
     }
-    if (bad) throw usage(`--noise ${path}: tensor "${names[0]}" holds ${bad} non-finite value(s) (NaN or infinity)`);
-    if (big) throw usage(`--noise ${path}: tensor "${names[0]}" holds ${big} value(s) beyond ±${MAX_NOISE_ABS}; initial noise is standard normal (within about ±7)`);
   } finally {
     await f.close();
   }

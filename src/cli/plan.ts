@@ -7,7 +7,7 @@
  */
 import type { Command } from 'commander';
 import { ExitCode, Step1xError } from '../errors.js';
-import { resolveModelFiles } from '../io/model-files.js';
+import { DIT_FILE_OF, resolveModelFiles, type ModelFiles } from '../io/model-files.js';
 import { planEdit } from '../pipeline/plan.js';
 import { parseBytes } from './edit.js';
 import { collect, openWeightChoice } from './weights.js';
@@ -17,7 +17,7 @@ export function register(program: Command): void {
   program
     .command('plan')
     .description('print the GPU memory plan of an edit (what stays resident, what streams, peaks) without running the model')
-    .option('--model <dir>', 'model directory in the official layout (default: $STEP1X_MODEL, then the Hugging Face cache)')
+    .option('--model <dir>', 'model directory, official or diffusers layout (default: $STEP1X_MODEL, then the Hugging Face cache)')
     .option('--size <n>', 'size level (official size_level; a square input is assumed)', '512')
     .option('--weights <format>', 'bf16, fp8, q8 or q4 (default: as stored)')
     .option('--vram-budget <bytes>', 'GPU memory budget, e.g. 16GB')
@@ -31,11 +31,13 @@ export function register(program: Command): void {
       const wc = await openWeightChoice(o, files.dit, (m) => process.stderr.write(`step1x: warning: ${m}\n`));
       try {
         const plan = await planEdit(files, { size, weights: wc.weights, loras: wc.loras, budget });
+        const model = modelKind(files);
         if (o.json) {
-          process.stdout.write(JSON.stringify(plan) + '\n');
+          process.stdout.write(JSON.stringify({ ...model, ...plan }) + '\n');
           return;
         }
         const lines = [
+          `model: Step1X-Edit ${model.version}, ${model.layout} layout (${files.source})`,
           `plan for a ${plan.width}x${plan.height} edit, weights ${plan.weights}, budget ${budget === undefined ? 'none' : fmtBytes(budget)}; models ${plan.keep_resident ? 'loaded once and kept resident' : 'loaded per stage'}`,
           `${'stage'.padEnd(8)} ${'model'.padEnd(6)} ${'resident'.padStart(11)} ${'streamed'.padStart(11)} ${'working'.padStart(11)} ${'activations'.padStart(11)} ${'peak'.padStart(11)}`,
           ...plan.stages.map((s) => `${s.stage.padEnd(8)} ${s.model.padEnd(6)} ${fmtBytes(s.resident_bytes).padStart(11)} ${fmtBytes(s.streamed_bytes).padStart(11)} ${fmtBytes(s.working_bytes).padStart(11)} ${fmtBytes(s.activation_bytes).padStart(11)} ${fmtBytes(s.peak_bytes).padStart(11)}`),
@@ -46,4 +48,12 @@ export function register(program: Command): void {
         await wc.close();
       }
     });
+}
+
+/** Layout and version of resolved model files: a diffusers directory says both in model_index.json, an official one by its DiT file name. */
+function modelKind(files: ModelFiles): { layout: 'official' | 'diffusers'; version: string } {
+  if (files.diffusers) return { layout: 'diffusers', version: files.diffusers.version };
+  const name = files.dit.split(/[\\/]/).pop();
+  const v = (Object.entries(DIT_FILE_OF) as [string, string][]).find(([, f]) => f === name)?.[0];
+  return { layout: 'official', version: v ?? 'unknown' };
 }

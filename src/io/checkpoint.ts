@@ -13,9 +13,23 @@
 import { readFile, readdir, stat } from 'node:fs/promises';
 import { dirname, isAbsolute, join, normalize, sep } from 'node:path';
 import { ExitCode, Step1xError, fmtShape } from '../errors.js';
-import { SafetensorsFile, isStDType, type StDType, type TensorInfo } from './safetensors.js';
+import { SafetensorsFile, bytesToF32, isStDType, numelOfShape, type StDType, type TensorInfo } from './safetensors.js';
+
+const numel = numelOfShape;
+
+/** A tensor of a renamed view (Checkpoint.view): rows of source tensors concatenated along dim 0, then given `shape`. */
+export type ViewPart = string | { name: string; start: number; count: number };
+export interface ViewEntry {
+  /** whole tensors, or rows [start, start + count) of one */
+  parts: ViewPart[];
+  /** same element count as the parts together; default: the parts' shape with dim 0 summed */
+  shape?: number[];
+}
 
 export class Checkpoint {
+  /** name → its source parts and header, for a renamed view (another layout's names under ours). */
+  private views?: Map<string, { parts: { name: string; start: number; count: number; whole: boolean }[]; info: TensorInfo }>;
+
   private constructor(
     /** What the user passed (file or directory). */
     readonly path: string,
@@ -24,6 +38,45 @@ export class Checkpoint {
     /** The index's `metadata` (sharded) or the single file's `__metadata__`. */
     readonly metadata: Record<string, unknown>,
   ) {}
+
+  /**
+   * The tensors of `src` under other names (io/diffusers-layout.ts maps diffusers names onto the official
+   * ones): each entry is one source tensor, possibly reshaped (a 1×1 conv as a matrix), or the row-wise
+   * concatenation of several (to_q, to_k, to_v → qkv), read part by part. Names of `src` not used by any
+   * entry are dropped. The view owns `src`'s files: close the view, not `src`.
+   */
+  static view(src: Checkpoint, entries: Map<string, ViewEntry>): Checkpoint {
+    const owner = new Map<string, SafetensorsFile>();
+    const views = new Map<string, { parts: { name: string; start: number; count: number; whole: boolean }[]; info: TensorInfo }>();
+    for (const [name, e] of entries) {
+      if (!e.parts.length) throw new Step1xError(`${src.path}: view entry "${name}" has no source tensor`, ExitCode.WEIGHTS);
+      const parts = e.parts.map((p) => {
+        const n = typeof p === 'string' ? p : p.name;
+        const rows = src.info(n).shape[0] ?? 1;
+        const r = typeof p === 'string' ? { name: n, start: 0, count: rows, whole: true } : { ...p, whole: p.start === 0 && p.count === rows };
+        if (!(r.start >= 0 && r.count > 0 && r.start + r.count <= rows)) throw new Step1xError(`${src.path}: rows [${r.start}, ${r.start + r.count}) of "${n}" (${rows} rows) do not exist`, ExitCode.WEIGHTS);
+        return r;
+      });
+      const infos = parts.map((p) => src.info(p.name));
+      const first = infos[0];
+      const rest = first.shape.slice(1);
+      for (const [i, inf] of infos.entries()) {
+        if (inf.dtype !== first.dtype || inf.shape.length !== first.shape.length || inf.shape.slice(1).some((d, j) => d !== rest[j]))
+          throw new Step1xError(`${src.path}: "${parts[i].name}" ${inf.dtype} ${fmtShape(inf.shape)} cannot be stacked with "${parts[0].name}" ${first.dtype} ${fmtShape(first.shape)} into "${name}"`, ExitCode.WEIGHTS);
+        if (inf.quant && (parts.length > 1 || !parts[0].whole)) throw new Step1xError(`${src.path}: "${parts[i].name}" is ${inf.quant.format}; split tensors must be stored unpacked`, ExitCode.WEIGHTS);
+      }
+      const joined = first.shape.length ? [parts.reduce((s, p) => s + p.count, 0), ...rest] : [];
+      const shape = e.shape ?? joined;
+      if (numel(shape) !== numel(joined)) throw new Step1xError(`${src.path}: view "${name}" ${fmtShape(shape)} does not hold the ${numel(joined)} elements of ${parts.map((p) => p.name).join(' + ')}`, ExitCode.WEIGHTS);
+      const single = parts.length === 1 && parts[0].whole;
+      const bytes = (first.end - first.begin) / Math.max(1, numel(first.shape)) * numel(shape);
+      owner.set(name, src.fileOf(parts[0].name));
+      views.set(name, { parts, info: { ...first, name, shape, ...(single ? {} : { end: first.begin + bytes }) } });
+    }
+    const c = new Checkpoint(src.path, src.files, owner, src.metadata);
+    c.views = views;
+    return c;
+  }
 
   static async open(path: string): Promise<Checkpoint> {
     let st;
@@ -140,24 +193,52 @@ export class Checkpoint {
   info(name: string): TensorInfo {
     const f = this.owner.get(name);
     if (!f) throw new Step1xError(`${this.path}: checkpoint has no tensor "${name}"`, ExitCode.WEIGHTS);
-    return f.info(name);
+    return this.views?.get(name)?.info ?? f.info(name);
   }
   fileOf(name: string): SafetensorsFile {
     this.info(name);
     return this.owner.get(name)!;
   }
-  readBytes(name: string): Promise<Uint8Array> {
-    return this.fileOf(name).readBytes(name);
+  async readBytes(name: string): Promise<Uint8Array> {
+    const v = this.views?.get(name);
+    if (!v) return this.fileOf(name).readBytes(name);
+    const chunks: Uint8Array[] = [];
+    for (const p of v.parts) {
+      const f = this.ownerOfPart(p.name);
+      chunks.push(p.whole ? await f.readBytes(p.name) : await f.readRowsBytes(p.name, p.start, p.count));
+    }
+    if (chunks.length === 1) return chunks[0];
+    const out = new Uint8Array(chunks.reduce((s, c) => s + c.length, 0));
+    let at = 0;
+    for (const c of chunks) (out.set(c, at), (at += c.length));
+    return out;
   }
-  readRowsBytes(name: string, start: number, count: number): Promise<Uint8Array> {
-    return this.fileOf(name).readRowsBytes(name, start, count);
+  async readRowsBytes(name: string, start: number, count: number): Promise<Uint8Array> {
+    const v = this.views?.get(name);
+    if (!v) return this.fileOf(name).readRowsBytes(name, start, count);
+    const p = v.parts[0];
+    if (v.parts.length === 1 && v.info.shape[0] === p.count) return this.ownerOfPart(p.name).readRowsBytes(p.name, p.start + start, count);
+    const all = await this.readBytes(name); // a stacked or reshaped view: rows of the joined bytes
+    const row = all.length / v.info.shape[0];
+    return all.slice(start * row, (start + count) * row);
   }
   /** One tensor's raw bytes as chunks of reused read buffers, the next read in flight (SafetensorsFile.tensorChunks). */
-  tensorChunks(name: string, chunkBytes?: number): AsyncGenerator<Uint8Array> {
-    return this.fileOf(name).tensorChunks(name, chunkBytes);
+  async *tensorChunks(name: string, chunkBytes?: number): AsyncGenerator<Uint8Array> {
+    const v = this.views?.get(name);
+    if (!v) return yield* this.fileOf(name).tensorChunks(name, chunkBytes);
+    if (v.parts.length === 1 && v.parts[0].whole) return yield* this.ownerOfPart(v.parts[0].name).tensorChunks(v.parts[0].name, chunkBytes);
+    yield await this.readBytes(name); // a joined view (split q/k/v): its bytes in one piece
   }
-  readF32(name: string): Promise<Float32Array> {
-    return this.fileOf(name).readF32(name);
+  async readF32(name: string): Promise<Float32Array> {
+    const v = this.views?.get(name);
+    if (!v) return this.fileOf(name).readF32(name);
+    if (v.parts.length === 1 && v.parts[0].whole) return this.ownerOfPart(v.parts[0].name).readF32(v.parts[0].name);
+    return bytesToF32(this.path, v.info, await this.readBytes(name));
+  }
+  private ownerOfPart(part: string): SafetensorsFile {
+    const f = this.files.find((x) => x.has(part));
+    if (!f) throw new Step1xError(`${this.path}: checkpoint has no tensor "${part}"`, ExitCode.WEIGHTS);
+    return f;
   }
   async close(): Promise<void> {
     await Promise.all(this.files.map((f) => f.close()));

@@ -24,7 +24,7 @@ import { isPlainRelativePath } from './safe-read.js';
 
 export { isPlainRelativePath };
 import { ExitCode, Step1xError } from '../errors.js';
-import { DIT_FILE_OF, HF_REPO_QWEN, HF_REPO_STEP1X, QWEN_DIR, VAE_FILE, hfHubDir, type CheckpointVersion } from './model-files.js';
+import { DIT_FILE_OF, HF_REPO_DIFFUSERS, HF_REPO_QWEN, HF_REPO_STEP1X, QWEN_DIR, VAE_FILE, hfHubDir, type ModelVersion } from './model-files.js';
 
 export interface DownloadItem {
   repo: string;
@@ -151,7 +151,8 @@ const QWEN_FILE_RE = /\.(safetensors|json|txt|jinja)$|\.json\.gz$/;
  * THE file list of a model (one place to extend): the DiT of `version`, the VAE and `step1x.json` (tiny
  * test models) from the Step1X repo, and the Qwen repo's top-level weights, configs and tokenizer files.
  */
-export async function modelDownloadSpec(base = endpoint(), version: CheckpointVersion = 'v1.1'): Promise<RepoSpec[]> {
+export async function modelDownloadSpec(base = endpoint(), version: ModelVersion = 'v1.1'): Promise<RepoSpec[]> {
+  if (version === 'v1.2') return [await diffusersDownloadSpec(HF_REPO_DIFFUSERS['v1.2'], base)];
   const dit = DIT_FILE_OF[version];
   let step: RepoListing;
   try {
@@ -173,8 +174,19 @@ export async function modelDownloadSpec(base = endpoint(), version: CheckpointVe
   ];
 }
 
+/** The component folders a diffusers-layout model needs, and the file kinds inside them (weights, configs, tokenizer). */
+const DIFFUSERS_FILE_RE = /^(model_index\.json|(transformer|text_encoder|vae|scheduler|processor|tokenizer)\/[^/]+\.(safetensors|json|txt|jinja))$/;
+
+/** A diffusers-layout repo (v1.2: stepfun-ai/Step1X-Edit-v1p2): model_index.json and its component folders, as laid out in the repo. */
+export async function diffusersDownloadSpec(repo: string, base = endpoint()): Promise<RepoSpec> {
+  const listing = await listRepo(repo, base);
+  const files = listing.files.filter((f) => DIFFUSERS_FILE_RE.test(f.path)).map((f) => ({ file: f, layoutPath: f.path }));
+  if (!files.some((f) => f.file.path === 'model_index.json')) throw dlErr(`${repo} at ${base} lists no model_index.json: not a diffusers-layout model`);
+  return { listing, files };
+}
+
 /** What a model directory in the official layout needs (`--local-dir DIR`). */
-export async function modelDownloadPlan(dir: string, base = endpoint(), version: CheckpointVersion = 'v1.1'): Promise<DownloadItem[]> {
+export async function modelDownloadPlan(dir: string, base = endpoint(), version: ModelVersion = 'v1.1'): Promise<DownloadItem[]> {
   const spec = await modelDownloadSpec(base, version);
   return spec.flatMap((r) =>
     r.files.map(({ file, layoutPath }) => ({ repo: r.listing.repo, file: file.path, dest: join(dir, layoutPath), size: file.size, sha256: file.sha256 })),
@@ -190,7 +202,7 @@ export function hfRepoDir(repo: string, hub = hfHubDir()): string {
  * Plan for the Hugging Face cache: per repo, the snapshot of `main`'s commit; each file as a blob named by
  * its etag (LFS sha256, else the git blob id) and a relative symlink in the snapshot.
  */
-export async function hfCachePlan(hub = hfHubDir(), base = endpoint(), version: CheckpointVersion = 'v1.1'): Promise<{ repo: string; revision: string; items: DownloadItem[] }[]> {
+export async function hfCachePlan(hub = hfHubDir(), base = endpoint(), version: ModelVersion = 'v1.1'): Promise<{ repo: string; revision: string; items: DownloadItem[] }[]> {
   const spec = await modelDownloadSpec(base, version);
   return spec.map((r) => {
     const { repo, revision } = r.listing;

@@ -26,10 +26,16 @@ export type CheckpointVersion = keyof typeof DIT_FILE_OF;
 /** In order of preference when a directory holds both and no version is asked for: v1.1, the official default. */
 export const DIT_FILES = [DIT_FILE_OF['v1.1'], DIT_FILE_OF['v1.0']];
 
+/** Every version a model directory can hold: the official-layout files above, and v1.2 (diffusers layout only). */
+export type ModelVersion = CheckpointVersion | 'v1.2';
+
 export interface ResolveOptions {
-  /** `--version`: take that version's DiT file (v1.1 is preferred otherwise). */
-  version?: CheckpointVersion;
+  /** `--version`: take that version's DiT file (v1.1 is preferred otherwise), or check a diffusers directory holds it. */
+  version?: ModelVersion;
 }
+
+/** The Hugging Face repos of the diffusers layout, by version. */
+export const HF_REPO_DIFFUSERS: Record<'v1.1' | 'v1.2', string> = { 'v1.2': 'stepfun-ai/Step1X-Edit-v1p2', 'v1.1': 'stepfun-ai/Step1X-Edit-v1p1-diffusers' };
 
 /** The DiT file in `dir` for `version`, or the preferred one present; undefined when none is. */
 function findDit(dir: string, version?: CheckpointVersion): string | undefined {
@@ -189,20 +195,26 @@ export function modelFilesInDir(dir: string, source = dir, opts: ResolveOptions 
   const root = resolve(dir);
   if (!existsSync(root) || !statSync(root).isDirectory())
     throw new Step1xError(`model directory not found: ${dir}`, ExitCode.WEIGHTS);
-  if (isDiffusersDir(root)) return diffusersModelFiles(root, source);
+  if (isDiffusersDir(root)) return diffusersModelFiles(root, source, opts);
+  if (opts.version === 'v1.2')
+    throw new Step1xError(
+      `--version v1.2: ${dir} is in the official layout (no model_index.json); v1.2 ships only in the diffusers layout (${HF_REPO_DIFFUSERS['v1.2']}): step1x download --version v1.2`,
+      ExitCode.WEIGHTS,
+    );
+  const officialOpts = { version: opts.version as CheckpointVersion | undefined };
   const missing: string[] = [];
-  const dit = findDit(root, opts.version);
-  if (!dit && opts.version) {
-    const e = versionMismatch(root, opts.version);
+  const dit = findDit(root, officialOpts.version);
+  if (!dit && officialOpts.version) {
+    const e = versionMismatch(root, officialOpts.version);
     if (e) throw e;
   }
-  if (!dit) missing.push(missingEntry(DIT_FILE_OF[opts.version ?? 'v1.1'], join(root, DIT_FILE_OF[opts.version ?? 'v1.1'])));
+  if (!dit) missing.push(missingEntry(DIT_FILE_OF[officialOpts.version ?? 'v1.1'], join(root, DIT_FILE_OF[officialOpts.version ?? 'v1.1'])));
   const vae = join(root, VAE_FILE);
   if (!existsSync(vae)) missing.push(missingEntry(VAE_FILE, vae));
   const qwenDir = join(root, QWEN_DIR);
   if (!existsSync(qwenDir)) missing.push(missingEntry(QWEN_DIR, qwenDir));
   else for (const f of QWEN_REQUIRED) if (!hasFile(qwenDir, f)) missing.push(missingEntry(`${QWEN_DIR}/${f}`, join(qwenDir, f)));
-  if (missing.length) throw new Step1xError(missingMessage(root, missing, opts.version), ExitCode.WEIGHTS);
+  if (missing.length) throw new Step1xError(missingMessage(root, missing, officialOpts.version), ExitCode.WEIGHTS);
   const hp = join(root, 'step1x.json');
   const files: ModelFiles = { source, dit: dit!, vae, qwenDir };
   if (existsSync(hp)) {
@@ -218,8 +230,13 @@ export function tokenizerDirOf(files: Pick<ModelFiles, 'qwenDir' | 'tokenizerDir
 }
 
 /** A diffusers-layout directory (model_index.json) as ModelFiles: dit/vae are the component directories. */
-export function diffusersModelFiles(root: string, source = root): ModelFiles {
+export function diffusersModelFiles(root: string, source = root, opts: ResolveOptions = {}): ModelFiles {
   const d = readDiffusersDir(root);
+  if (opts.version && opts.version !== d.version)
+    throw new Step1xError(
+      `--version ${opts.version}: ${root} holds a diffusers-layout ${d.version} model (${d.pipelineClass} in model_index.json); drop --version or pass --version ${d.version}`,
+      ExitCode.WEIGHTS,
+    );
   return { source, dit: d.transformerDir, vae: d.vaeDir, qwenDir: d.textEncoderDir, tokenizerDir: d.tokenizerDir, layout: 'diffusers', diffusers: d };
 }
 
@@ -228,16 +245,28 @@ export function resolveModelFiles(modelOpt?: string, opts: ResolveOptions = {}):
   if (modelOpt) return modelFilesInDir(modelOpt, modelOpt, opts);
   if (process.env.STEP1X_MODEL) return modelFilesInDir(process.env.STEP1X_MODEL, '$STEP1X_MODEL', opts);
   const hub = hfHub();
+  // diffusers-layout repos: v1.2 only there; v1.1's diffusers repo when the official one is absent
+  const dv = opts.version === 'v1.2' || opts.version === 'v1.1' ? opts.version : undefined;
+  const dsnap = dv ? hfSnapshot(HF_REPO_DIFFUSERS[dv], hub) : undefined;
+  if (dsnap && isDiffusersDir(dsnap) && (dv === 'v1.2' || !hfSnapshot(HF_REPO_STEP1X, hub)))
+    return diffusersModelFiles(dsnap, `Hugging Face cache ${hub}`, opts);
+  if (opts.version === 'v1.2')
+    throw new Step1xError(
+      `--version v1.2: no --model given, $STEP1X_MODEL unset, and the Hugging Face cache (${hub}) has no ${HF_REPO_DIFFUSERS['v1.2']} snapshot. ` +
+        `Get it with: step1x download --version v1.2`,
+      ExitCode.WEIGHTS,
+    );
+  const ov = opts.version as CheckpointVersion | undefined;
   const s = hfSnapshot(HF_REPO_STEP1X, hub);
   const q = hfSnapshot(HF_REPO_QWEN, hub);
   const missing: string[] = [];
   let dit: string | undefined;
-  if (s) dit = findDit(s, opts.version);
-  if (s && !dit && opts.version) {
-    const e = versionMismatch(s, opts.version);
+  if (s) dit = findDit(s, ov);
+  if (s && !dit && ov) {
+    const e = versionMismatch(s, ov);
     if (e) throw e;
   }
-  const ditName = DIT_FILE_OF[opts.version ?? 'v1.1'];
+  const ditName = DIT_FILE_OF[ov ?? 'v1.1'];
   if (!dit) missing.push(s ? missingEntry(`${HF_REPO_STEP1X}: ${ditName}`, join(s, ditName)) : `${HF_REPO_STEP1X}: ${ditName}`);
   const vae = s ? join(s, VAE_FILE) : undefined;
   if (!vae || !existsSync(vae)) missing.push(vae ? missingEntry(`${HF_REPO_STEP1X}: ${VAE_FILE}`, vae) : `${HF_REPO_STEP1X}: ${VAE_FILE}`);
@@ -247,7 +276,7 @@ export function resolveModelFiles(modelOpt?: string, opts: ResolveOptions = {}):
   else for (const f of QWEN_REQUIRED) if (!hasFile(qwenDir, f)) missing.push(missingEntry(`${HF_REPO_QWEN}: ${f}`, join(qwenDir, f)));
   if (missing.length)
     throw new Step1xError(
-      `no --model given, $STEP1X_MODEL unset, and the Hugging Face cache (${hub}) lacks files. ` + missingMessage(hub, missing, opts.version, true),
+      `no --model given, $STEP1X_MODEL unset, and the Hugging Face cache (${hub}) lacks files. ` + missingMessage(hub, missing, ov, true),
       ExitCode.WEIGHTS,
     );
   const files: ModelFiles = { source: `Hugging Face cache ${hub}`, dit: dit!, vae: vae!, qwenDir: qwenDir! };

@@ -25,7 +25,7 @@ import { silu, add } from '../ops/elementwise.js';
 import { chunkLast } from '../ops/layout.js';
 import { attention } from '../ops/attention.js';
 import { fail, fmtShape } from '../errors.js';
-import { CONNECTOR_GLOBAL_DIM, TIME_FREQ_DIM, type ConnectorParams } from './dit-config.js';
+import { CONNECTOR_GLOBAL_DIM, TIME_FREQ_DIM, type ConnectorParams, type DitVersion } from './dit-config.js';
 
 const fr = Math.fround;
 
@@ -229,7 +229,7 @@ export class Qwen2Connector {
     readonly scale_factor: number | undefined,
   ) {}
 
-  static async load(g: Gpu, ckpt: Checkpoint, cfg: ConnectorParams, version: 'v1.0' | 'v1.1' = 'v1.0', prefix = 'connector'): Promise<Qwen2Connector> {
+  static async load(g: Gpu, ckpt: Checkpoint, cfg: ConnectorParams, version: DitVersion, prefix = 'connector'): Promise<Qwen2Connector> {
     let sf: number | undefined;
     if (version === 'v1.0') {
       const v = await ckpt.readF32(`${prefix}.scale_factor`);

@@ -42,8 +42,8 @@ export interface ConnectorParams {
  * scaled by 1 + scale_factor; reference-token ids (0, row, col)); v1.1 = `step1x-edit-v1p1-official.safetensors`
  * (same keys less `connector.scale_factor`; pooled mean unscaled; reference ids (1, 1 + row, 1 + col)).
  */
-export type DitVersion = 'v1.0' | 'v1.1';
-export const DIT_VERSIONS: readonly DitVersion[] = ['v1.0', 'v1.1'];
+export type DitVersion = 'v1.0' | 'v1.1' | 'v1.2';
+export const DIT_VERSIONS: readonly DitVersion[] = ['v1.0', 'v1.1', 'v1.2'];
 
 export interface Step1xConfig {
   dit: DitParams;
@@ -52,25 +52,28 @@ export interface Step1xConfig {
   version: DitVersion;
 }
 
-/** The version the weights tell: `connector.scale_factor` present → v1.0, absent → v1.1. */
+/**
+ * The version the weights tell: `connector.scale_factor` present → v1.0; `text_token_mapping` (only in
+ * v1.2's diffusers transformer/) → v1.2; neither → v1.1.
+ */
 export function versionOfKeys(has: (name: string) => boolean): DitVersion {
-  return has('connector.scale_factor') ? 'v1.0' : 'v1.1';
+  return has('connector.scale_factor') ? 'v1.0' : has('text_token_mapping.weight') ? 'v1.2' : 'v1.1';
 }
 
 /** A requested version that the weights contradict is a model-files error naming both. */
 export function checkVersion(source: string, weights: DitVersion, asked: DitVersion | undefined, viaFlag = true): void {
   if (asked === undefined || asked === weights) return;
   throw new Step1xError(
-    `${source}: the weights are ${weights} (${weights === 'v1.0' ? 'they hold' : 'no'} connector.scale_factor), but ${asked} was asked for` +
+    `${source}: the weights are ${weights} (${weights === 'v1.0' ? 'they hold connector.scale_factor' : weights === 'v1.2' ? 'they hold text_token_mapping' : 'no connector.scale_factor'}), but ${asked} was asked for` +
       `${viaFlag ? ' (--version)' : ''}; pass --version ${weights} or the other checkpoint`,
     ExitCode.WEIGHTS,
   );
 }
 
 export function parseVersion(v: unknown, what = '--version'): DitVersion {
-  if (v === 'v1.0' || v === 'v1.1') return v;
-  if (v === '1.0' || v === '1.1') return `v${v}` as DitVersion;
-  throw new Step1xError(`${what} must be v1.0 or v1.1, got ${JSON.stringify(v)}`, ExitCode.USAGE);
+  if (v === 'v1.0' || v === 'v1.1' || v === 'v1.2') return v;
+  if (v === '1.0' || v === '1.1' || v === '1.2') return `v${v}` as DitVersion;
+  throw new Step1xError(`${what} must be v1.0, v1.1 or v1.2, got ${JSON.stringify(v)}`, ExitCode.USAGE);
 }
 
 export const REAL_DIT: Readonly<DitParams> = Object.freeze({
@@ -174,6 +177,8 @@ export function expectedDitKeys(c: Step1xConfig): Map<string, number[]> {
     lin(`${p}.adaLN_modulation.1`, 2 * CH, CH);
   }
   lin('connector.global_proj_out', CONNECTOR_GLOBAL_DIM, k.in_channels);
+  // v1.2: context += text_mask · Linear(text embeddings) (the fork hard-codes 3584 → 4096 = connector in → hidden)
+  if (c.version === 'v1.2') lin('text_token_mapping', CH, k.in_channels);
   return m;
 }
 

@@ -17,6 +17,7 @@ import { Qwen2Connector, timestepEmbedding, type ConnectorText, type Tap } from 
 import { configFromCheckpoint, ditWeightPolicy, expectedDitKeys, planResidency, TIME_FREQ_DIM, type DitHparams, type DitLoadOptions, type DitParams, type DitVersion, type Slot, type Step1xConfig } from './dit-config.js';
 import { fail } from '../errors.js';
 import { disposeAll, DoubleStreamBlock, EmbedND, LastLayer, MLPEmbedder, RopePe, SingleStreamBlock } from './dit-blocks.js';
+import { openDitWeights } from './diffusers-map.js';
 export * from './dit-blocks.js';
 export type { DitLoadOptions } from './dit-config.js';
 
@@ -31,6 +32,8 @@ export interface DitInputs {
   llmEmbedding: Float32Array; // [B, T, Cin]
   tVec: ArrayLike<number>; // [B] for the connector (it multiplies by 1000 itself)
   mask: Float32Array; // [B, T] 0/1
+  /** v1.2: text_mask · text_token_mapping(text embeddings) [B, T, connector hidden], added to the connector output (textTokenMapping) */
+  contextAdd?: Float32Array;
   B: number;
   L: number;
   T: number;
@@ -89,6 +92,8 @@ export class Step1XEdit {
     readonly txt_in: Linear,
     readonly final_layer: LastLayer,
     readonly connector: Qwen2Connector,
+    /** v1.2 only (enable_text_token_mapping): Linear(connector in → connector hidden) */
+    readonly text_token_mapping: Linear | undefined,
     private readonly slots: Slot[],
     /** All blocks in execution order on the shared streaming engine (nn/block-stream.ts). */
     private readonly blocks: BlockStream<Block>,
@@ -98,9 +103,28 @@ export class Step1XEdit {
     this.single_blocks = slots.filter((s) => s.kind === 'single').map((_, j) => blocks.residentAt(cfg.depth + j) as SingleStreamBlock | undefined);
   }
 
-  /** v1.0 or v1.1, as the weights tell (connector.scale_factor present or not). */
+  /** v1.0, v1.1 or v1.2, as the weights tell (connector.scale_factor present, text_token_mapping present, neither). */
   get version(): DitVersion {
-    return this.connector.scale_factor === undefined ? 'v1.1' : 'v1.0';
+    return this.text_token_mapping ? 'v1.2' : this.connector.scale_factor === undefined ? 'v1.1' : 'v1.0';
+  }
+
+  /**
+   * v1.2's text token mapping: text_mask · Linear(text_embeds) [B, T, connector hidden] on the host. It
+   * does not depend on t, so a denoise run computes it once and passes it as DitInputs.contextAdd.
+   * text_embeds [B, T, Cin] are Qwen's embed_tokens rows (vision features on image tokens); text_mask [B, T] 0/1.
+   */
+  async textTokenMapping(textEmbeds: Float32Array, textMask: ArrayLike<number>, B: number, T: number): Promise<Float32Array> {
+    const lin = this.text_token_mapping;
+    if (!lin) fail(`dit: the weights have no text_token_mapping (a ${this.version} model); only v1.2 maps text tokens`);
+    const Cin = lin.inFeatures, CH = lin.outFeatures;
+    if (textEmbeds.length !== B * T * Cin || textMask.length !== B * T) fail(`dit: text_embeds / text_mask must be [${B},${T},${Cin}] / [${B},${T}]`);
+    const x = this.g.upload(textEmbeds, [B, T, Cin]);
+    const y = lin.forward(x);
+    x.dispose();
+    const out = await this.g.readF32(y);
+    y.dispose();
+    for (let r = 0; r < B * T; r++) if (!textMask[r]) out.fill(0, r * CH, (r + 1) * CH);
+    return out;
   }
 
   get streamedBlocks(): number {
@@ -128,10 +152,11 @@ export class Step1XEdit {
       const txt_in = keep(await Linear.load(g, ckpt, 'txt_in'));
       const final_layer = keep(await LastLayer.load(g, ckpt, 'final_layer'));
       const connector = keep(await Qwen2Connector.load(g, ckpt, cfg.connector, cfg.version));
+      const text_token_mapping = ckpt.has('text_token_mapping.weight') ? keep(await Linear.load(g, ckpt, 'text_token_mapping', { bias: true })) : undefined;
       const blocks = new BlockStream<Block>(slots.length, (j) => loadSlot(g, ckpt, slots[j], d), (j) => residentIdx.has(j));
       await blocks.preload();
       keep({ dispose: () => void blocks.dispose() });
-      return new Step1XEdit(g, ckpt, d, img_in, time_in, vector_in, txt_in, final_layer, connector, slots, blocks);
+      return new Step1XEdit(g, ckpt, d, img_in, time_in, vector_in, txt_in, final_layer, connector, text_token_mapping, slots, blocks);
     } catch (e) {
       for (const x of loaded) x.dispose();
       throw e;
@@ -144,10 +169,8 @@ export class Step1XEdit {
    * unexpected or mis-shaped tensor named), and load it under `opts` (budget / streaming).
    */
   static async open(g: Gpu, path: string, hparams: DitHparams = {}, opts: DitLoadOptions = {}): Promise<Step1XEdit> {
-    const ckpt = await Checkpoint.open(path);
+    const { ckpt, cfg } = await openDitWeights(path, hparams); // official file or diffusers transformer/
     try {
-      const cfg = configFromCheckpoint(ckpt.keys(), (n) => (ckpt.has(n) ? ckpt.info(n).shape : undefined), hparams, path);
-      checkKeys(ckpt, expectedDitKeys(cfg), { what: 'DiT checkpoint' });
       const m = await Step1XEdit.load(g, ckpt, cfg, opts);
       m.ownsCheckpoint = true;
       return m;
@@ -174,7 +197,17 @@ export class Step1XEdit {
     if (x.img.length !== B * L * cfg.in_channels) fail(`dit: img has ${x.img.length} values, expected [${B},${L},${cfg.in_channels}]`);
     if (x.imgIds.length !== B * L * 3 || x.txtIds.length !== B * T * 3) fail(`dit: img_ids / txt_ids must be [${B},${L},3] / [${B},${T},3]`);
     if (x.timesteps.length !== B) fail(`dit: timesteps has ${x.timesteps.length} values, expected ${B}`);
-    const { txt: ctxt, y } = await this.connector.forward(g, x.text?.connector ?? x.llmEmbedding, x.tVec, x.mask, B, T, tap);
+    const conn = await this.connector.forward(g, x.text?.connector ?? x.llmEmbedding, x.tVec, x.mask, B, T, tap);
+    const y = conn.y;
+    let ctxt = conn.txt;
+    if (x.contextAdd) {
+      // v1.2: context = connector(embeds) + text_mask · text_token_mapping(text_embeds)
+      const a = g.upload(x.contextAdd, [...ctxt.shape]);
+      const c2 = add(ctxt, a);
+      disposeAll(ctxt, a);
+      ctxt = c2;
+      await tap?.('mid.context_in', ctxt, [...ctxt.shape]);
+    }
     const imgIn = g.upload(x.img, [B, L, cfg.in_channels]);
     let img = this.img_in.forward(imgIn); // [B, L, H]
     imgIn.dispose();
@@ -292,7 +325,7 @@ export class Step1XEdit {
     };
   }
 
-  predictor(c: { llmEmbedding: Float32Array; mask: Float32Array; imgIds: Float32Array; txtIds: Float32Array; T: number; L: number; cache?: BlockCache }): DitPredictor & { cacheState?: BlockCacheState } {
+  predictor(c: { llmEmbedding: Float32Array; mask: Float32Array; imgIds: Float32Array; txtIds: Float32Array; T: number; L: number; cache?: BlockCache; contextAdd?: Float32Array }): DitPredictor & { cacheState?: BlockCacheState } {
     const { T, L } = c;
     const cacheState: BlockCacheState | undefined = c.cache ? { policy: c.cache } : undefined;
     const { pe } = this.ropeFor(c.txtIds.subarray(0, T * 3), c.imgIds.subarray(0, L * 3), 1, T, L);
@@ -308,6 +341,7 @@ export class Step1XEdit {
         const out = await this.forward({
           img, imgIds: rowsIds(c.imgIds, L), txtIds: rowsIds(c.txtIds, T), timesteps: tv, tVec: tv,
           llmEmbedding, mask, B, L, T, pe, cache: cacheState, text,
+          ...(c.contextAdd ? { contextAdd: c.contextAdd.subarray(0, (c.contextAdd.length / (c.mask.length / T)) * B) } : {}),
         });
         const host = await this.g.readF32(out);
         out.dispose();
@@ -330,6 +364,7 @@ export class Step1XEdit {
     this.txt_in.dispose();
     this.final_layer.dispose();
     this.connector.dispose();
+    this.text_token_mapping?.dispose();
     void this.blocks.dispose(); // resident blocks are freed synchronously
   }
 

@@ -15,6 +15,7 @@ import type { Gpu } from '../runtime/gpu.js';
 import type { Tensor } from '../runtime/tensor.js';
 import { Checkpoint } from '../io/checkpoint.js';
 import { checkVaeCheckpoint, type AeConfig } from './vae-config.js';
+import { openVaeWeights } from './diffusers-map.js';
 import { loadWeight } from '../nn/weights.js';
 import { conv2d, groupNorm, type Conv2dOpts } from '../ops/conv.js';
 import { attention } from '../ops/attention.js';
@@ -259,7 +260,10 @@ export class AutoEncoder {
    * one tensor at a time. `base` supplies scale/shift (and fallbacks for what cannot be inferred).
    */
   static async load(g: Gpu, src: string | Checkpoint, base: Partial<AeConfig> = {}): Promise<AutoEncoder> {
-    const ckpt = typeof src === 'string' ? await Checkpoint.open(src) : src;
+    // a path may be a diffusers vae/ directory: opened under the official names, its config.json gives scale/shift
+    const opened = typeof src === 'string' ? await openVaeWeights(src) : undefined;
+    const ckpt = opened?.ckpt ?? (src as Checkpoint);
+    base = { ...base, ...(opened?.base ?? {}) };
     try {
       const cfg = checkVaeCheckpoint(ckpt, base);
       // conv weights keep bf16 packed if stored so; everything else (and f16) is widened to f32

@@ -6,9 +6,9 @@
  * its config.json). Any problem is one line naming the file and exits 4 (model files), never 2.
  */
 import { ExitCode, Step1xError } from '../errors.js';
-import { Checkpoint, checkKeys } from '../io/checkpoint.js';
+import { Checkpoint } from '../io/checkpoint.js';
 import type { ModelFiles } from '../io/model-files.js';
-import { configFromCheckpoint, expectedDitKeys } from '../models/dit-config.js';
+import { openDitWeights, openVaeWeights } from '../models/diffusers-map.js';
 import { checkVaeCheckpoint, type AeConfig } from '../models/vae-config.js';
 import { loadQwenConfig } from '../models/qwen25vl/config.js';
 import { openQwenCheckpoint } from '../models/qwen25vl/loader.js';
@@ -30,17 +30,18 @@ async function checked(what: string, path: string, check: (ck: Checkpoint) => vo
 
 /** Validate the DiT, VAE and Qwen2.5-VL files of a model (throws Step1xError with ExitCode.WEIGHTS). */
 export async function validateModelFiles(files: ModelFiles): Promise<void> {
-  if (files.layout === 'diffusers')
-    throw new Step1xError(
-      `${files.diffusers?.root ?? files.dit}: a diffusers-layout model (${files.diffusers?.pipelineClass}, ${files.diffusers?.version}); ` +
-        'its transformer/ and vae/ cannot be run yet, use the official layout (step1x download --version v1.1)',
-      ExitCode.WEIGHTS,
-    );
-  await checked('DiT checkpoint', files.dit, (ck) => {
-    const cfg = configFromCheckpoint(ck.keys(), (n) => (ck.has(n) ? ck.info(n).shape : undefined), files.hparams ?? {}, files.dit);
-    checkKeys(ck, expectedDitKeys(cfg), { what: `DiT checkpoint ${files.dit}` });
+  // official files or diffusers component directories (models/diffusers-map.ts), checked in the file's own names
+  await checked('DiT checkpoint', files.dit, () => undefined, async () => (await openDitWeights(files.dit, files.hparams ?? {})).ckpt);
+  await checked('VAE checkpoint', files.vae, () => undefined, async () => {
+    const { ckpt, base } = await openVaeWeights(files.vae);
+    try {
+      checkVaeCheckpoint(ckpt, { ...((files.hparams?.ae ?? {}) as Partial<AeConfig>), ...base });
+    } catch (e) {
+      await ckpt.close();
+      throw e;
+    }
+    return ckpt;
   });
-  await checked('VAE checkpoint', files.vae, (ck) => void checkVaeCheckpoint(ck, (files.hparams?.ae ?? {}) as Partial<AeConfig>));
   let cfg;
   try {
     cfg = await loadQwenConfig(files.qwenDir);

@@ -15,7 +15,7 @@
  * across stages and across the images of a batch (`keepResident`); otherwise each stage loads its model
  * for itself, resident when it fits, else streaming under the budget.
  */
-import { Checkpoint } from '../io/checkpoint.js';
+import { openDitWeights, openVaeWeights } from '../models/diffusers-map.js';
 import { ExitCode, Step1xError } from '../errors.js';
 import { configFromCheckpoint, mlpHidden, planResidency, pooledBytes, type DitParams } from '../models/dit-config.js';
 import { loadQwenConfig, type QwenVLConfig } from '../models/qwen25vl/config.js';
@@ -76,9 +76,8 @@ export function ditActivationBytes(cfg: DitParams, B: number, L: number, T: numb
 
 /** ditActivationBytes for the DiT file of `files` (reads its header). */
 export async function ditActivationFor(files: Pick<ModelFiles, 'dit' | 'hparams'>, B: number, L: number, T: number): Promise<number> {
-  const ck = await Checkpoint.open(files.dit);
+  const { ckpt: ck, cfg } = await openDitWeights(files.dit, files.hparams ?? {}); // either layout
   try {
-    const cfg = configFromCheckpoint(ck.keys(), (n) => (ck.has(n) ? ck.info(n).shape : undefined), files.hparams ?? {}, files.dit);
     return ditActivationBytes(cfg.dit, B, L, T, cfg.connector.in_channels);
   } finally {
     await ck.close();
@@ -149,11 +148,10 @@ export async function planEdit(files: Pick<ModelFiles, 'dit' | 'vae' | 'qwenDir'
   const T = files.hparams?.embedder?.max_length ?? STEP1X_MAX_LENGTH;
 
   // ---- DiT ----
-  const dck = await Checkpoint.open(files.dit);
+  const { ckpt: dck, cfg } = await openDitWeights(files.dit, files.hparams ?? {}); // official file or diffusers transformer/
   let dit: StagePlan;
   let ditAll: number;
   try {
-    const cfg = configFromCheckpoint(dck.keys(), (n) => (dck.has(n) ? dck.info(n).shape : undefined), files.hparams ?? {}, files.dit);
     const act = ditActivationBytes(cfg.dit, 2, L, T, cfg.connector.in_channels);
     const all = planResidency(dck, cfg.dit, { weights: ditPolicy });
     const blocks = all.slots.reduce((s, b) => s + b.bytes, 0);
@@ -202,10 +200,10 @@ export async function planEdit(files: Pick<ModelFiles, 'dit' | 'vae' | 'qwenDir'
   }
 
   // ---- VAE ----
-  const vck = await Checkpoint.open(files.vae);
+  const { ckpt: vck, base: vaeBase } = await openVaeWeights(files.vae);
   let vaeW: number, encAct: number, decAct: number;
   try {
-    const acfg = inferAeConfig((n) => (vck.has(n) ? vck.info(n).shape : undefined), vck.keys(), (files.hparams?.ae ?? {}) as Partial<AeConfig>);
+    const acfg = inferAeConfig((n) => (vck.has(n) ? vck.info(n).shape : undefined), vck.keys(), { ...((files.hparams?.ae ?? {}) as Partial<AeConfig>), ...vaeBase });
     // the VAE keeps 4-D bf16 kernels packed and widens everything else to f32 (models/vae.ts)
     vaeW = vck.keys().reduce((s, k) => {
       const i = vck.info(k);

@@ -11,6 +11,7 @@
  * versions (`pack2x2` / `unpack2x2` in ops/layout.ts) exist for callers that already hold tensors.
  */
 import { fail, fmtShape } from '../errors.js';
+import type { DitVersion } from '../models/dit-config.js';
 
 /** `b c (h 2) (w 2) -> b (h w) (c 2 2)`: latent [B, C, H, W] → tokens [B, (H/2)(W/2), 4C]. */
 export function pack2x2Host(latent: Float32Array, shape: readonly number[]): Float32Array {
@@ -71,6 +72,14 @@ export function imageIds(B: number, h: number, w: number, base = 0): Float32Arra
 /** Base of the reference tokens' ids: 0 in v1.0 (the noise tokens' ids), 1 in v1.1. */
 export const refIdBase = (version: 'v1.0' | 'v1.1'): number => (version === 'v1.1' ? 1 : 0);
 
+/** Reference tokens' ids [h·w, 3]: v1.0 (0, i, j), v1.1 (1, 1 + i, 1 + j), v1.2 (1, i, j) (the fork's `_prepare_latent_image_ids` with index 1). */
+export function referenceIds(h: number, w: number, version: DitVersion): Float32Array {
+  if (version !== 'v1.2') return imageIds(1, h, w, refIdBase(version));
+  const ids = imageIds(1, h, w);
+  for (let t = 0; t < h * w; t++) ids[t * 3] = 1;
+  return ids;
+}
+
 /** Text ids [B, T, 3]: zeros. */
 export const textIds = (B: number, T: number): Float32Array => new Float32Array(B * T * 3);
 
@@ -96,9 +105,9 @@ export interface Prepared {
 /**
  * `ImageGenerator.prepare` without the embedder: noise and reference latents [1 or B, C, H, W]
  * (a batch of 1 is repeated to `batch`, as the official code does for [prompt, negative_prompt]).
- * `version` sets the reference tokens' ids (refIdBase).
+ * `version` sets the reference tokens' ids (referenceIds).
  */
-export function prepare(noise: Float32Array, ref: Float32Array, latentShape: readonly number[], batch: number, txtLen: number, version: 'v1.0' | 'v1.1' = 'v1.0'): Prepared {
+export function prepare(noise: Float32Array, ref: Float32Array, latentShape: readonly number[], batch: number, txtLen: number, version: DitVersion): Prepared {
   const [b0, C, H, W] = latentShape;
   if (latentShape.length !== 4 || (b0 !== 1 && b0 !== batch))
     fail(`prepare: latent ${fmtShape(latentShape)} must be [1 or ${batch}, C, H, W]`);
@@ -110,7 +119,7 @@ export function prepare(noise: Float32Array, ref: Float32Array, latentShape: rea
   const img = new Float32Array(batch * 2 * N * D);
   const imgIds = new Float32Array(batch * 2 * N * 3);
   const ids = imageIds(1, h, w);
-  const refIds = imageIds(1, h, w, refIdBase(version));
+  const refIds = referenceIds(h, w, version);
   for (let b = 0; b < batch; b++) {
     const src = b0 === 1 ? 0 : b;
     img.set(x.subarray(src * N * D, (src + 1) * N * D), b * 2 * N * D);

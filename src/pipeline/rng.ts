@@ -74,3 +74,15 @@ export function randnF32(n: number, seed: number): Float32Array {
 export function initialNoise(seed: number, h: number, w: number, channels = 16): Float32Array {
   return roundToBf16(randnF32(channels * h * w, seed));
 }
+
+/**
+ * The two streams one edit draws from `--seed S`: the initial noise from S (initialNoise) and, when the
+ * reference latent is sampled from the VAE posterior (`--sample-encode`), its ε from S + 1 (f32, not
+ * rounded: the posterior sample is computed in f32). test/rng.test.ts pins both with known answers.
+ */
+export const POSTERIOR_EPS_SEED_OFFSET = 1;
+
+/** ε [1, channels, h, w] of the sampled reference latent of an edit with seed `seed` (the edit's seed, not offset). */
+export function posteriorEps(seed: number, h: number, w: number, channels = 16): Float32Array {
+  return randnF32(channels * h * w, seed + POSTERIOR_EPS_SEED_OFFSET);
+}

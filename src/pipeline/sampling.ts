@@ -10,6 +10,7 @@
  */
 import { ExitCode, fail } from '../errors.js';
 import { imageSeqLen, prepare, unpack2x2Host } from './prepare.js';
+import type { DitVersion } from '../models/dit-config.js';
 
 const fr = Math.fround;
 
@@ -203,6 +204,8 @@ export interface PredictorSource {
 }
 
 export interface SampleOptions {
+  /** the checkpoint version: sets the reference tokens' ids (prepare.ts referenceIds) */
+  version: DitVersion;
   numSteps: number;
   /** CFG scale (inference.py default 6.0); -1 = no CFG (conditioning row 0 only). */
   cfgGuidance: number;
@@ -230,7 +233,7 @@ export async function sampleLatent(
   const [, C, Hl, Wl] = latentShape;
   const batch = opts.cfgGuidance === -1 ? 1 : 2;
   if (mask.length % T || mask.length / T < batch) fail(`sampleLatent: mask has ${mask.length} values, expected [${batch}, ${T}]`);
-  const p = prepare(noise, refLatent, latentShape, batch, T);
+  const p = prepare(noise, refLatent, latentShape, batch, T, opts.version);
   const timesteps = getSchedule(opts.numSteps, imageSeqLen(Hl, Wl));
   const predictor = dit.predictor({ llmEmbedding, mask, imgIds: p.imgIds, txtIds: p.txtIds, T, L: 2 * p.h * p.w });
   try {

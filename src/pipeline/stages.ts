@@ -22,7 +22,7 @@ import type { DitVersion } from '../models/dit-config.js';
 import type { Step1xPrompt } from '../models/qwen25vl/prompt.js';
 import { getSchedule, denoise } from './sampling.js';
 import { prepare, prepareT2i, imageSeqLen, unpack2x2Host } from './prepare.js';
-import { randnF32 } from './rng.js';
+import { posteriorEps } from './rng.js';
 import type { WeightPolicy } from '../nn/weight.js';
 import { ModelHost } from './model-host.js';
 import { TeaCache, type CacheOption } from './teacache.js';
@@ -139,7 +139,7 @@ function aeBase(files: ModelFiles): Partial<AeConfig> {
 }
 
 /** VAE encode of the reference → ref latent [1, 16, h/8, w/8] (mean path, or sampled with a seed). */
-export async function runVaeEncode(g: Gpu, files: ModelFiles, ref: RgbImage, o: { sampleSeed?: number; eps?: Float32Array; trace?: Trace; models?: ModelHost; onProgress?: (done: number, total: number) => void } = {}): Promise<Float32Array> {
+export async function runVaeEncode(g: Gpu, files: ModelFiles, ref: RgbImage, o: { /** the edit's seed: ε = posteriorEps(seed) */ sampleSeed?: number; eps?: Float32Array; trace?: Trace; models?: ModelHost; onProgress?: (done: number, total: number) => void } = {}): Promise<Float32Array> {
   return withVae(g, files, o.models, (vae) => vaeEncode(g, vae, ref, o));
 }
 
@@ -155,7 +155,7 @@ async function vaeEncode(g: Gpu, vae: AutoEncoder, ref: RgbImage, o: { sampleSee
   const x = g.upload(imageToModelInput(ref), [1, 3, ref.height, ref.width]);
   try {
     const zc = vae.config.z_channels, lh = ref.height / 8, lw = ref.width / 8;
-    const eps = o.eps ?? (o.sampleSeed !== undefined ? randnF32(zc * lh * lw, o.sampleSeed) : undefined);
+    const eps = o.eps ?? (o.sampleSeed !== undefined ? posteriorEps(o.sampleSeed, lh, lw, zc) : undefined);
     const tap = vaeProgressTap(vae.config.ch_mult.length, o.onProgress);
     const r = await vae.encode(x, { ...(eps ? { sample: eps } : {}), ...(tap ? { tap } : {}) });
     try {

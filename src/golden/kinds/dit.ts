@@ -6,7 +6,7 @@
  * `mid.pe`, `mid.img_embed`, `mid.txt_embed`, every block's streams, `mid.final.in`; also re-packs
  * `in.latent_noisy/ref` into `in.img` / `in.img_ids` / `in.txt_ids` to check prepare().
  * A case with `case.json` `lora` (lora_tiny) loads the DiT with that LoRA file merged (nn/lora.ts) and
- * also emits `out.merged.<weight key>`, the merged weights as the model holds them.
+ * also emits `out.merged.<weight key>` for every weight the LoRA file names, as the model holds them.
  */
 import { join } from 'node:path';
 import type { GoldenContext } from '../registry.js';
@@ -63,13 +63,6 @@ export async function runDit(ctx: GoldenContext, load: DitLoadOptions = {}): Pro
   const [B, L, Cimg] = shapeOfInput(ctx, 'in.img');
   const [B2, T, Cin] = shapeOfInput(ctx, 'in.llm_embedding');
   if (B2 !== B) fail(`dit golden: in.img ${fmtShape([B, L, Cimg])} and in.llm_embedding ${fmtShape([B2, T, Cin])} disagree on the batch`);
-  if (ctx.has('in.latent_noisy') && ctx.has('in.latent_ref')) {
-    const ls = shapeOfInput(ctx, 'in.latent_noisy');
-    const p = prepare(await ctx.input('in.latent_noisy'), await ctx.input('in.latent_ref'), ls, B, T);
-    ctx.emit('in.img', p.img, [B, L, Cimg]);
-    ctx.emit('in.img_ids', p.imgIds, [B, L, 3]);
-    ctx.emit('in.txt_ids', p.txtIds, [B, T, 3]);
-  }
   const lj = ctx.caseJson?.lora;
   const lora = lj ? await LoraFile.open(join(ctx.caseDir, lj.file ?? 'lora.safetensors'), lj.multiplier ?? 1) : undefined;
   if (lora) load = { ...load, weights: { ...load.weights, loras: [...(load.weights?.loras ?? []), lora] } };
@@ -82,14 +75,23 @@ export async function runDit(ctx: GoldenContext, load: DitLoadOptions = {}): Pro
   }
   const { model, ckpt } = loaded;
   try {
+    if (ctx.has('in.latent_noisy') && ctx.has('in.latent_ref')) {
+      // the reference ids depend on the version the weights tell, never on a default
+      const ls = shapeOfInput(ctx, 'in.latent_noisy');
+      const p = prepare(await ctx.input('in.latent_noisy'), await ctx.input('in.latent_ref'), ls, B, T, model.version);
+      ctx.emit('in.img', p.img, [B, L, Cimg]);
+      ctx.emit('in.img_ids', p.imgIds, [B, L, 3]);
+      ctx.emit('in.txt_ids', p.txtIds, [B, T, 3]);
+    }
     if (lora) {
       const warn = checkLoras([lora], ckpt);
       if (warn) ctx.log(warn);
-      for (const name of ctx.io.tensors.keys()) {
-        if (!name.startsWith('out.merged.')) continue;
-        const w = await loadLinearWeight(ctx.gpu, ckpt, name.slice('out.merged.'.length));
+      // every weight the LoRA file touches, as the model holds it after the merge
+      for (const key of ckpt.keys()) {
+        if (!key.endsWith('.weight') || !lora.module(key.slice(0, -'.weight'.length))) continue;
+        const w = await loadLinearWeight(ctx.gpu, ckpt, key);
         // packed weights (spec.weights) keep the LoRA unmerged: there is no merged matrix to show
-        if (!w.packed) ctx.emit(name, await ctx.gpu.readF32(w.data), [w.N, w.K]);
+        if (!w.packed) ctx.emit(`out.merged.${key}`, await ctx.gpu.readF32(w.data), [w.N, w.K]);
         w.dispose();
       }
     }

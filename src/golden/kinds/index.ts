@@ -17,3 +17,4 @@ registerLazyKind('v12_parsers', () => import('./v12_parsers.js'));
 registerLazyKind('v12_sampling', () => import('./v12_sampling.js'));
 registerLazyKind('v12_thinker', () => import('./v12_thinker.js'));
 registerLazyKind('v12_loop', () => import('./v12_loop.js'));
+registerLazyKind('v12_e2e', () => import('./v12_e2e.js'));

@@ -49,7 +49,7 @@ export async function run(ctx: GoldenContext): Promise<void> {
     const step = /^mid\.step(\d+)\.(.*)$/.exec(name);
     const mapped = step ? `stage6.step${step[1]}.${step[2]}` : NAMES[name];
     if (!mapped) return;
-    if (step && step[2] === 'pred_guided') ctx.emit(mapped, ...guidedForReference(ctx, mapped, data as Float32Array, shape[1], shape[2]));
+    if (step && step[2] === 'pred_guided') ctx.emit(mapped, ...guidedForReference(beh, data as Float32Array, shape[1], shape[2], !t2i));
     else ctx.emit(mapped, data, shape, kind);
   };
   const f = Math.fround;

@@ -50,10 +50,10 @@ export async function run(ctx: FrontEndGoldenContext): Promise<void> {
   for (const e of entries) {
     const img = await readU8Image(ctx, `in.${e}.image_u8`);
     const p = qwenProcessImage(img, opts);
-    // roundtrip_u8 / resized_u8 are stored only when they differ from the previous image
-    if (ctx.has(`mid.${e}.roundtrip_u8`)) emitU8(ctx, `mid.${e}.roundtrip_u8`, p.roundtrip);
+    // every stage is emitted (the case stores roundtrip_u8 / resized_u8 only where they differ from the previous image)
+    emitU8(ctx, `mid.${e}.roundtrip_u8`, p.roundtrip);
     emitU8(ctx, `mid.${e}.fetched_u8`, p.fetched);
-    if (ctx.has(`mid.${e}.resized_u8`) || p.resized !== p.fetched) emitU8(ctx, `mid.${e}.resized_u8`, p.resized);
+    emitU8(ctx, `mid.${e}.resized_u8`, p.resized);
     const rowLen = p.pixelValues.length / p.numPatches;
     const rowsName = `in.${e}.pixel_values_row_index`;
     if (ctx.has(rowsName)) {

@@ -60,7 +60,7 @@ export async function runSampler(ctx: GoldenContext, load: DitLoadOptions = {}):
           const k = s.step;
           if (!variant) ctx.emit(`step${k}.t_vec`, new Float32Array(2).fill(s.tCurr), [2]);
           ctx.emit(`${variant}step${k}.pred_raw`, s.predRaw, [2, L, p.channels]);
-          ctx.emit(`${variant}step${k}.pred_guided`, ...guidedForReference(ctx, `${variant}step${k}.pred_guided`, s.predGuided, L, p.channels));
+          ctx.emit(`${variant}step${k}.pred_guided`, ...guidedForReference(beh, s.predGuided, L, p.channels));
           ctx.emit(`${variant}step${k}.latent_after`, s.latentAfter, [1, L, p.channels]);
         },
       });

@@ -38,6 +38,11 @@ export interface QwenInput {
   imageEmbeds?: Float32Array;
   /** Semantics of masked tokens' own query rows (default 'sdpa', the current official embedder). */
   textAttention?: TextAttention;
+  /**
+   * The mask only get_rope_index sees (Step1X-Edit v1.2 passes `ids > 0` there but runs the LLM with no
+   * attention mask): with it, attention uses `attentionMask` or, when that is absent, none (all ones).
+   */
+  ropeMask?: Int32Array;
 }
 
 export interface QwenTrace {
@@ -107,8 +112,8 @@ export class QwenVL {
             if (trace.visionOut) await trace.visionOut(img);
           }
         }
-        const mask = inp.attentionMask ?? Int32Array.from(inp.inputIds, (v) => (v > 0 ? 1 : 0));
-        const { positionIds, ropeDelta } = getRopeIndex(inp.inputIds, mask, img ? inp.gridThw : [], {
+        const mask = inp.attentionMask ?? (inp.ropeMask ? new Int32Array(inp.inputIds.length).fill(1) : Int32Array.from(inp.inputIds, (v) => (v > 0 ? 1 : 0)));
+        const { positionIds, ropeDelta } = getRopeIndex(inp.inputIds, inp.ropeMask ?? mask, img ? inp.gridThw : [], {
           ...this.cfg, spatialMergeSize: this.cfg.vision.spatialMergeSize,
         });
         if (trace.positions) await trace.positions(positionIds, ropeDelta);
