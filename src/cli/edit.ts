@@ -16,6 +16,7 @@ import { createReporter, fmtBytes, fmtSeconds, type Reporter } from './progress.
 import { packageVersion } from './main.js';
 import { collect, openWeightChoice, type WeightCliOptions } from './weights.js';
 import { parseCacheOption } from '../pipeline/teacache.js';
+import { formatDryRun } from '../runtime/dryrun/index.js';
 import { outputFormatOf } from '../pipeline/output.js';
 import { parseCompat, parseVersion } from '../pipeline/official.js';
 
@@ -96,6 +97,7 @@ export async function runOne(pipe: EditPipeline, req: EditRequest, target: Outpu
     const r = await it.next();
     if (r.done) {
       await writeOutputPng(target, r.value.image, { ...meta, ...r.value.parameters });
+      if (r.value.dryrun) rep.done(formatDryRun(r.value.dryrun).trimEnd());
       return r.value;
     }
     render(rep, r.value);
@@ -144,6 +146,7 @@ export function summary(res: EditResult, output: string): Record<string, unknown
     peak_gpu_bytes: res.peakGpuBytes,
     peak_rss_bytes: process.resourceUsage().maxRSS * 1024,
     ...(res.cache ? { cache: { kind: res.cache.kind, threshold: res.cache.threshold, skipped_steps: res.cache.skippedSteps } } : {}),
+    ...(res.dryrun ? { dryrun: res.dryrun } : {}),
   };
 }
 

@@ -28,9 +28,15 @@ export async function loadWeight(g: Gpu, ckpt: Checkpoint, name: string, opts: L
   const info = ckpt.info(name);
   if (opts.shape && (opts.shape.length !== info.shape.length || opts.shape.some((d, i) => d !== info.shape[i])))
     throw new Step1xError(`${ckpt.path}: tensor "${name}" has shape ${fmtShape(info.shape)}, the model expects ${fmtShape(opts.shape)}`, ExitCode.WEIGHTS);
+  const native = (opts.as ?? 'native') === 'native';
+  if (g.isDryRun) {
+    // dry run (STEP1X_DRYRUN): the buffer as it would be uploaded, nothing read from the file
+    const f8 = info.dtype === 'F8_E4M3' || info.dtype === 'F8_E5M2';
+    const dt = !native || info.quant ? 'f32' : info.dtype === 'BF16' || f8 ? 'bf16' : info.dtype === 'F16' ? 'f16' : info.dtype === 'I32' ? 'i32' : 'f32';
+    return g.empty(info.shape, dt, name);
+  }
   const bytes = await ckpt.readBytes(name);
   const n = numelOfShape(info.shape);
-  const native = (opts.as ?? 'native') === 'native';
   // readBytes returns a fresh buffer at offset 0, so typed views are aligned.
   if (native && info.dtype === 'BF16') return g.upload(new Uint16Array(bytes.buffer, bytes.byteOffset, n), info.shape, 'bf16', name);
   if (native && info.dtype === 'F16') return g.upload(new Uint16Array(bytes.buffer, bytes.byteOffset, n), info.shape, 'f16', name);

@@ -16,6 +16,7 @@
  * golden names of the `e2e` case (`mid.*`, `out.*`), which is how the golden kinds check each stage.
  */
 import { Gpu } from '../runtime/gpu.js';
+import type { DryRunReport } from '../runtime/dryrun/recorder.js';
 import { ExitCode, Step1xError, fmtShape } from '../errors.js';
 import type { ModelFiles } from '../io/model-files.js';
 import { SafetensorsFile } from '../io/safetensors.js';
@@ -93,6 +94,8 @@ export interface EditResult {
   parameters: Record<string, string>;
   /** TeaCache: threshold and the steps whose blocks were skipped. */
   cache?: { kind: 'teacache'; threshold: number; skippedSteps: number };
+  /** On a dry-run device (STEP1X_DRYRUN): what the run asked of it (README "Dry run"). */
+  dryrun?: DryRunReport;
 }
 
 export interface LoadOptions {
@@ -174,6 +177,7 @@ export class EditPipeline {
       t0 = now;
     };
     g.pool.resetPeak();
+    g.dryrun?.reset();
     const emb = this.files.hparams?.embedder ?? {};
     // One plan decides residency: all models at once within --vram-budget -> kept across stages and
     // images. Without a budget the GPU's size is unknown (WebGPU does not tell): one model at a time.
@@ -183,6 +187,7 @@ export class EditPipeline {
       () => false,
     );
     if (!this.models.keep) await this.models.releaseAll();
+    if (g.dryrun) g.dryrun.planPeak = await planEdit(this.files, { ...planSize, weights: this.opts.weights, loras: this.opts.loras, budget: this.fullBudget }).then((p) => p.peak_bytes, () => null);
 
     // -- preprocess -------------------------------------------------------------------------------
     yield { stage: 'preprocess', message: t2i ? 'preparing the prompt' : 'resizing the input' };
@@ -226,6 +231,7 @@ export class EditPipeline {
 
     // -- embed: Qwen2.5-VL, loaded for this stage only --------------------------------------------
     yield { stage: 'embed', message: 'Qwen2.5-VL: embedding the instruction and the image' };
+    g.mark('embed');
     const report = (stage: Progress['stage']) => (step: number, total: number) => this.opts.onProgress?.({ stage, step, total });
     const embedded = await runEmbed(g, this.files, prompts, qp, { textAttention: beh.textAttention, budget: this.opts.vramBudget, models: this.models, weights: { weights: this.opts.weights }, maxLength: emb.max_length, drop: emb.drop_prefix_tokens, trace, onInfo: (m) => this.opts.onProgress?.({ stage: 'embed', message: m }), onProgress: report('embed') });
     lap('embed');
@@ -235,6 +241,7 @@ export class EditPipeline {
     let refLatent: Float32Array | undefined;
     if (ref) {
       yield { stage: 'encode', message: 'VAE: encoding the reference image' };
+      g.mark('encode');
       refLatent = await runVaeEncode(g, this.files, ref, { sampleSeed: req.sampleEncode ? seed + 1 : undefined, trace, onProgress: report('encode'), models: this.models });
       lap('encode');
     }
@@ -261,6 +268,7 @@ export class EditPipeline {
       finished = true;
       wake?.();
     });
+    g.mark('sample');
     yield { stage: 'sample', step: 0, total: steps };
     while (!finished || queue.length) {
       if (queue.length) yield queue.shift()!;
@@ -274,8 +282,10 @@ export class EditPipeline {
 
     // -- decode -----------------------------------------------------------------------------------
     yield { stage: 'decode', message: 'VAE: decoding' };
+    g.mark('decode');
     const small = await runVaeDecode(g, this.files, latent, lh, lw, trace, report('decode'), this.models);
     lap('decode');
+    g.mark('postprocess');
 
     // -- postprocess: resize back (PIL bicubic) unless the user keeps the working size --------------
     // (t2i: output_process_image resizes to width × height, the size it decoded at: nothing to do)
@@ -307,7 +317,8 @@ export class EditPipeline {
     if (req.mask) parameters.mask = `${req.mask.width}x${req.mask.height}${req.maskFeather ? `, feather ${req.maskFeather}px` : ''}`;
     if (req.cache) parameters.cache = `teacache:${req.cache.threshold} (skipped ${skipped} of ${steps} steps)`;
     const cacheInfo = req.cache ? { cache: { kind: 'teacache' as const, threshold: req.cache.threshold, skippedSteps: skipped } } : {};
-    return { image: out, task, version, behaviour: beh, workingSize: [outW, outH], seed, timings, peakGpuBytes: g.pool.peakLiveBytes, parameters, ...cacheInfo };
+    const dry = g.dryrun ? { dryrun: g.dryrun.report() } : {};
+    return { image: out, task, version, behaviour: beh, workingSize: [outW, outH], seed, timings, peakGpuBytes: g.pool.peakLiveBytes, parameters, ...cacheInfo, ...dry };
   }
 
   /** Convenience: run to completion, forwarding progress to a callback. */

@@ -18,6 +18,7 @@ import { bf16ArrayToF32, f16ArrayToF32 } from './half.js';
 import { ExitCode, Step1xError, fail, fmtShape } from '../errors.js';
 import type { Capabilities, KernelFamily, Precision } from './caps.js';
 import { appendFileSync } from 'node:fs';
+import type { Recorder } from './dryrun/recorder.js';
 
 /** A uniform scalar: plain numbers are u32; wrap signed or float values. */
 export type Uniform = number | { i32: number } | { f32: number };
@@ -110,6 +111,21 @@ export class Gpu {
   }
   describe(): AdapterDescription {
     return describeAdapter(this.handle.adapter);
+  }
+  /** The recorder of a dry-run device (STEP1X_DRYRUN); undefined on a real one. */
+  get dryrun(): Recorder | undefined {
+    return this.handle.dryrun;
+  }
+  /** Whether this device does no GPU work (loaders then allocate weights without reading them). */
+  get isDryRun(): boolean {
+    return this.handle.dryrun !== undefined;
+  }
+  /**
+   * Where the run is: a stage ('embed', 'encode', 'sample', 'decode') and, while sampling, the DiT step
+   * (1-based). The dry run counts its work per mark; on a real device this costs nothing.
+   */
+  mark(stage: string, step?: number): void {
+    this.handle.dryrun?.mark(stage, step);
   }
 
   // ---- allocation -------------------------------------------------------------------------------
@@ -215,6 +231,7 @@ export class Gpu {
     const entry = k.entry ?? 'main';
     const key = pipelineKey(k.file, entry, k.defines ?? {});
     const { pipeline: pipe, readOnly } = this.pipelines.get(k.file, entry, k.defines ?? {}, key);
+    this.handle.dryrun?.kernel(k.file, entry, k.defines ?? {}, k.uniforms);
     if (this.uniformCount >= MAX_BATCH || this.profiler?.full) this.flush();
     const entries: GPUBindGroupEntry[] = [];
     if (k.uniforms) {
