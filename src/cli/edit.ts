@@ -97,7 +97,7 @@ export async function runOne(pipe: EditPipeline, req: EditRequest, target: Outpu
     const r = await it.next();
     if (r.done) {
       await writeOutputPng(target, r.value.image, { ...meta, ...r.value.parameters });
-      if (r.value.dryrun) rep.done(formatDryRun(r.value.dryrun).trimEnd());
+      if (r.value.dryrun) process.stderr.write(formatDryRun(r.value.dryrun)); // also under --quiet: it is the result
       return r.value;
     }
     render(rep, r.value);

@@ -213,6 +213,7 @@ export class Step1XEdit {
     let joint: Tensor | undefined;
     try {
       for (let j = 0; j < this.slots.length; j++) {
+        await g.pace(); // backpressure: at most g.maxInFlight submits ahead of the GPU (runtime/gpu.ts)
         const blk = await this.blocks.get(j);
         const slot = this.slots[j];
         try {

@@ -9,7 +9,11 @@
 export interface PooledBuffer {
   buffer: GPUBuffer;
   size: number;
+  /** Stable id (bind groups are cached by it: runtime/bind-cache.ts). */
+  id: number;
 }
+
+let nextId = 1;
 
 const USAGE = 0x80 /* STORAGE */ | 0x4 /* COPY_SRC */ | 0x8; /* COPY_DST */
 
@@ -27,7 +31,11 @@ export class BufferPool {
   peakLiveBytes = 0;
   cachedBytes = 0;
   /** Upper bound on cached free bytes before they are destroyed instead of kept. */
-  maxCachedBytes = 512 << 20;
+  maxCachedBytes = Number(process.env.STEP1X_POOL_CACHE ?? 512 << 20);
+  /** Called just before a buffer is destroyed (the bind-group cache forgets it). */
+  onDestroy?: (pb: PooledBuffer) => void;
+  /** Buffers created since construction (the dry run and tests read it). */
+  created = 0;
 
   constructor(
     private readonly device: GPUDevice,
@@ -41,7 +49,10 @@ export class BufferPool {
     const list = this.free.get(size);
     let pb = list?.pop();
     if (pb) this.cachedBytes -= size;
-    else pb = { buffer: this.device.createBuffer({ size, usage: USAGE, label }), size };
+    else {
+      pb = { buffer: this.device.createBuffer({ size, usage: USAGE, label }), size, id: nextId++ };
+      this.created++;
+    }
     this.liveBytes += size;
     if (this.liveBytes > this.peakLiveBytes) this.peakLiveBytes = this.liveBytes;
     return pb;
@@ -77,12 +88,17 @@ export class BufferPool {
    */
   discard(pb: PooledBuffer): void {
     this.liveBytes -= pb.size;
+    this.destroy(pb);
+  }
+
+  private destroy(pb: PooledBuffer): void {
+    this.onDestroy?.(pb);
     pb.buffer.destroy();
   }
 
   /** Called by the runtime right after a submit: nothing unsubmitted refers to these any more. */
   collect(): void {
-    for (const pb of this.toDestroy) pb.buffer.destroy();
+    for (const pb of this.toDestroy) this.destroy(pb);
     this.toDestroy = [];
   }
 }

@@ -14,6 +14,7 @@ import { Storage, Tensor, type DType, DTYPE_BYTES, numelOf, storageBytes } from 
 import { Profiler, type ProfileReport } from './profiler.js';
 import { pipelineKey, type Defines } from './shader-source.js';
 import { PipelineCache } from './pipeline-cache.js';
+import { BindGroupCache, type BindEntry } from './bind-cache.js';
 import { bf16ArrayToF32, f16ArrayToF32 } from './half.js';
 import { ExitCode, Step1xError, fail, fmtShape } from '../errors.js';
 import type { Capabilities, KernelFamily, Precision } from './caps.js';
@@ -38,6 +39,8 @@ export type HostData = Float32Array | Int32Array | Uint32Array | Uint16Array;
 
 const UNIFORM_SLOT = 256;
 const MAX_BATCH = 256;
+/** Submits the GPU may be behind before `pace()` waits (STEP1X_MAX_INFLIGHT overrides). */
+const MAX_IN_FLIGHT = 2;
 
 /** Live runtimes, oldest first: `current()` is the newest one not yet destroyed. */
 const live: Gpu[] = [];
@@ -53,6 +56,11 @@ export class Gpu {
   private uniformCount = 0;
   private uniformBuf: GPUBuffer;
   private pending = 0;
+  private readonly bindGroups: BindGroupCache;
+  /** Completion of each submit not yet known to be done, oldest first (backpressure). */
+  private inFlight: Promise<unknown>[] = [];
+  /** Submits the host may lead the GPU by at a `pace()` point. */
+  readonly maxInFlight: number;
   /** Number of dispatches recorded since creation (benchmarks, tests). */
   dispatchCount = 0;
   /** Dispatches per shader file (STEP1X_DISPATCH_LOG appends them at destroy: the CI guard counts them). */
@@ -62,6 +70,12 @@ export class Gpu {
     this.device = handle.device;
     this.pool = new BufferPool(this.device, handle.maxBufferBytes);
     this.pipelines = new PipelineCache(this.device);
+    this.bindGroups = new BindGroupCache(this.device);
+    this.pool.onDestroy = (pb) => this.bindGroups.evictBuffer(pb.id);
+    const env = Number(process.env.STEP1X_MAX_INFLIGHT);
+    this.maxInFlight = Number.isInteger(env) && env >= 1 ? env : MAX_IN_FLIGHT;
+    // The dry run models the GPU as far behind as pacing lets it be.
+    if (handle.dryrun && process.env.STEP1X_DRYRUN_INFLIGHT === undefined) handle.dryrun.lag = this.maxInFlight;
     this.uniformBuf = this.device.createBuffer({
       size: UNIFORM_SLOT * MAX_BATCH,
       usage: 0x40 /* UNIFORM */ | 0x8 /* COPY_DST */,
@@ -233,7 +247,7 @@ export class Gpu {
     const { pipeline: pipe, readOnly } = this.pipelines.get(k.file, entry, k.defines ?? {}, key);
     this.handle.dryrun?.kernel(k.file, entry, k.defines ?? {}, k.uniforms);
     if (this.uniformCount >= MAX_BATCH || this.profiler?.full) this.flush();
-    const entries: GPUBindGroupEntry[] = [];
+    const entries: BindEntry[] = [];
     if (k.uniforms) {
       const slot = this.uniformCount++;
       const dv = new DataView(this.uniformHost, slot * UNIFORM_SLOT, UNIFORM_SLOT);
@@ -242,7 +256,7 @@ export class Gpu {
         else if ('i32' in u) dv.setInt32(i * 4, u.i32, true);
         else dv.setFloat32(i * 4, u.f32, true);
       });
-      entries.push({ binding: 0, resource: { buffer: this.uniformBuf, offset: slot * UNIFORM_SLOT, size: Math.max(16, Math.ceil(k.uniforms.length / 4) * 16) } });
+      entries.push({ binding: 0, buffer: this.uniformBuf, id: 0, offset: slot * UNIFORM_SLOT, size: Math.max(16, Math.ceil(k.uniforms.length / 4) * 16) });
     }
     // Storage bindings need 256-byte-aligned offsets: bind an aligned copy of a misaligned view, and
     // copy it back after the dispatch when the shader may write it (read_write binding).
@@ -253,9 +267,9 @@ export class Gpu {
         b = this.copy(t);
         temps.push({ view: t, copy: b, writeBack: !readOnly.has(i + 1) });
       }
-      entries.push({ binding: i + 1, resource: { buffer: b.storage.pooled.buffer, offset: b.byteOffset, size: Math.max(4, b.byteLength) } });
+      entries.push({ binding: i + 1, buffer: b.storage.pooled.buffer, id: b.storage.pooled.id, offset: b.byteOffset, size: Math.max(4, b.byteLength) });
     });
-    const bg = this.device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries, label: key });
+    const bg = this.bindGroups.get(key, () => pipe.getBindGroupLayout(0), entries);
     const timestampWrites = this.profiler?.passTimestamps(key);
     if (timestampWrites) this.endPass();
     const pass = timestampWrites ? this.enc().beginComputePass({ timestampWrites, label: key }) : this.beginPass();
@@ -325,11 +339,37 @@ export class Gpu {
     const afterSubmit = this.profiler?.beforeSubmit(this.encoder);
     this.device.queue.submit([this.encoder.finish()]);
     afterSubmit?.();
+    this.track();
     this.encoder = null;
     this.uniformCount = 0;
     this.pending = 0;
     this.pool.collect();
     this.throwPending();
+  }
+
+  /** Remember the submit's completion for `pace()` (the dry run models the bound itself). */
+  private track(): void {
+    if (this.handle.dryrun) return;
+    const p = this.device.queue.onSubmittedWorkDone().catch(() => undefined);
+    this.inFlight.push(p);
+    void p.then(() => {
+      const i = this.inFlight.indexOf(p);
+      if (i >= 0) this.inFlight.splice(0, i + 1); // completion is in order: older ones are done too
+    });
+  }
+
+  /**
+   * Backpressure: wait until at most `maxInFlight` submits are unfinished. Loops that record a lot of
+   * work between awaits (the DiT blocks) call it, so that the host does not encode a whole step ahead:
+   * every submit in flight holds the buffers it uses, and Dawn frees a destroyed buffer only after them.
+   */
+  async pace(): Promise<void> {
+    while (this.inFlight.length > this.maxInFlight) await this.inFlight[0];
+  }
+
+  /** Bind groups created and reused so far (benchmarks, tests). */
+  get bindGroupStats(): { created: number; reused: number; cached: number } {
+    return { created: this.bindGroups.misses, reused: this.bindGroups.hits, cached: this.bindGroups.size };
   }
 
   private discardBatch(): void {
@@ -470,6 +510,7 @@ export class Gpu {
     this.pass = null;
     this.pool.trim();
     this.pool.collect();
+    this.bindGroups.clear();
     this.uniformBuf.destroy();
     this.profiler?.destroy();
     this.profiler = null;
