@@ -231,7 +231,7 @@ export class EditPipeline {
 
     // -- embed: Qwen2.5-VL, loaded for this stage only --------------------------------------------
     yield { stage: 'embed', message: 'Qwen2.5-VL: embedding the instruction and the image' };
-    g.mark('embed');
+    this.stage('embed');
     const report = (stage: Progress['stage']) => (step: number, total: number) => this.opts.onProgress?.({ stage, step, total });
     const embedded = await runEmbed(g, this.files, prompts, qp, { textAttention: beh.textAttention, budget: this.opts.vramBudget, models: this.models, weights: { weights: this.opts.weights }, maxLength: emb.max_length, drop: emb.drop_prefix_tokens, trace, onInfo: (m) => this.opts.onProgress?.({ stage: 'embed', message: m }), onProgress: report('embed') });
     lap('embed');
@@ -241,7 +241,7 @@ export class EditPipeline {
     let refLatent: Float32Array | undefined;
     if (ref) {
       yield { stage: 'encode', message: 'VAE: encoding the reference image' };
-      g.mark('encode');
+      this.stage('encode');
       refLatent = await runVaeEncode(g, this.files, ref, { sampleSeed: req.sampleEncode ? seed + 1 : undefined, trace, onProgress: report('encode'), models: this.models });
       lap('encode');
     }
@@ -253,6 +253,7 @@ export class EditPipeline {
     let finished = false;
     let skipped = 0;
     let version: DitVersion = this.ditVersion;
+    this.stage('sample');
     const sampling = runDenoise(g, this.files, {
       noise, refLatent, lh, lw, llmEmbedding: embedded.embeddings, mask: embedded.mask, T: embedded.maxLength, steps, cfg,
       cfgTruncate: beh.cfgTruncate, version: req.version,
@@ -268,7 +269,6 @@ export class EditPipeline {
       finished = true;
       wake?.();
     });
-    g.mark('sample');
     yield { stage: 'sample', step: 0, total: steps };
     while (!finished || queue.length) {
       if (queue.length) yield queue.shift()!;
@@ -282,7 +282,7 @@ export class EditPipeline {
 
     // -- decode -----------------------------------------------------------------------------------
     yield { stage: 'decode', message: 'VAE: decoding' };
-    g.mark('decode');
+    this.stage('decode');
     const small = await runVaeDecode(g, this.files, latent, lh, lw, trace, report('decode'), this.models);
     lap('decode');
     g.mark('postprocess');
@@ -319,6 +319,15 @@ export class EditPipeline {
     const cacheInfo = req.cache ? { cache: { kind: 'teacache' as const, threshold: req.cache.threshold, skippedSteps: skipped } } : {};
     const dry = g.dryrun ? { dryrun: g.dryrun.report() } : {};
     return { image: out, task, version, behaviour: beh, workingSize: [outW, outH], seed, timings, peakGpuBytes: g.pool.peakLiveBytes, parameters, ...cacheInfo, ...dry };
+  }
+
+  /**
+   * A stage begins: the pool's cached free buffers of the last one go (each stage allocates its own,
+   * once, and reuses them: runtime/buffer-pool.ts), and the dry run counts from here.
+   */
+  private stage(name: 'embed' | 'encode' | 'sample' | 'decode'): void {
+    this.gpu.pool.trim();
+    this.gpu.mark(name);
   }
 
   /** Convenience: run to completion, forwarding progress to a callback. */

@@ -5,6 +5,13 @@
  * so transient activations of similar shapes reuse memory. `liveBytes` counts buffers handed out,
  * `peakLiveBytes` its high-water mark: the pipeline's memory budget and the tests read these.
  * Cached free buffers count in `cachedBytes`; `trim()` destroys them (called between stages).
+ *
+ * Static allocation per stage: freed buffers are kept (by default without a byte cap) until `trim()`,
+ * so a size class never holds more buffers than were live at once, and an op sequence that repeats
+ * (a DiT step) creates no buffer after its first run. Dawn zero-fills every new buffer and frees a
+ * destroyed one only after the submits that used it, so creating and destroying per op costs GPU time
+ * and multiplies the footprint by the host's lead. A class hands out its lowest-id free buffer first:
+ * the same op sequence then gets the same buffers every time, which keeps bind groups cached.
  */
 export interface PooledBuffer {
   buffer: GPUBuffer;
@@ -31,7 +38,7 @@ export class BufferPool {
   peakLiveBytes = 0;
   cachedBytes = 0;
   /** Upper bound on cached free bytes before they are destroyed instead of kept. */
-  maxCachedBytes = Number(process.env.STEP1X_POOL_CACHE ?? 512 << 20);
+  maxCachedBytes = Infinity;
   /** Called just before a buffer is destroyed (the bind-group cache forgets it). */
   onDestroy?: (pb: PooledBuffer) => void;
   /** Buffers created since construction (the dry run and tests read it). */
@@ -67,7 +74,10 @@ export class BufferPool {
     }
     let list = this.free.get(pb.size);
     if (!list) this.free.set(pb.size, (list = []));
-    list.push(pb);
+    // kept sorted by id, highest first: pop() hands out the lowest id
+    let i = list.length;
+    while (i > 0 && list[i - 1].id < pb.id) i--;
+    list.splice(i, 0, pb);
     this.cachedBytes += pb.size;
   }
 

@@ -56,6 +56,8 @@ export class Gpu {
   private uniformCount = 0;
   private uniformBuf: GPUBuffer;
   private pending = 0;
+  private staging: GPUBuffer | null = null;
+  private stagingBusy = false;
   private readonly bindGroups: BindGroupCache;
   /** Completion of each submit not yet known to be done, oldest first (backpressure). */
   private inFlight: Promise<unknown>[] = [];
@@ -405,7 +407,20 @@ export class Gpu {
   async readBytes(t: Tensor): Promise<Uint8Array> {
     t.assertAlive();
     const n = t.byteLength;
-    const staging = this.device.createBuffer({ size: Math.max(4, n), usage: 0x1 /* MAP_READ */ | 0x8 /* COPY_DST */ });
+    // one staging buffer, reused while it is large enough (a new one per read would be a buffer
+    // creation per sampler step); reads are awaited one at a time by their callers
+    const size = Math.max(256, Math.ceil(n / 256) * 256);
+    let staging: GPUBuffer;
+    // a concurrent read, or a large one (traces), gets a buffer of its own
+    const owned = !this.stagingBusy && size <= 64 << 20;
+    if (owned) {
+      if (this.staging && this.staging.size < size) {
+        this.staging.destroy();
+        this.staging = null;
+      }
+      staging = this.staging ??= this.device.createBuffer({ size, usage: 0x1 /* MAP_READ */ | 0x8 /* COPY_DST */, label: 'readback' });
+      this.stagingBusy = true;
+    } else staging = this.device.createBuffer({ size, usage: 0x1 /* MAP_READ */ | 0x8 /* COPY_DST */, label: 'readback' });
     try {
       this.endPass();
       this.enc().copyBufferToBuffer(t.storage.pooled.buffer, t.byteOffset, staging, 0, n);
@@ -418,11 +433,12 @@ export class Gpu {
         throw new Step1xError(`GPU readback of ${t.toString()} failed: ${(e as Error).message}`, ExitCode.GPU);
       }
       this.throwPending();
-      const copy = new Uint8Array(staging.getMappedRange().slice(0));
+      const copy = new Uint8Array(staging.getMappedRange(0, n).slice(0));
       staging.unmap();
       return copy;
     } finally {
-      staging.destroy();
+      if (owned) this.stagingBusy = false;
+      else staging.destroy();
     }
   }
 
@@ -511,6 +527,8 @@ export class Gpu {
     this.pool.trim();
     this.pool.collect();
     this.bindGroups.clear();
+    this.staging?.destroy();
+    this.staging = null;
     this.uniformBuf.destroy();
     this.profiler?.destroy();
     this.profiler = null;

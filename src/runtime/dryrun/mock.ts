@@ -20,9 +20,9 @@ class DryBuffer implements Tracked {
   async mapAsync(): Promise<void> {
     this.rec.synced(); // the copy into this staging buffer must have run
   }
-  getMappedRange(): ArrayBuffer {
+  getMappedRange(offset = 0, size = this.size - offset): ArrayBuffer {
     this.mapped ??= new ArrayBuffer(this.size);
-    return this.mapped;
+    return offset === 0 && size === this.size ? this.mapped : this.mapped.slice(offset, offset + size);
   }
   unmap(): void {
     this.mapped = null;
