@@ -32,7 +32,7 @@ import { checkVersion, versionOfKeys, type DitVersion } from '../models/dit-conf
 import { Checkpoint } from '../io/checkpoint.js';
 import { runDenoise, runEmbed, runVaeDecode, runVaeEncode, type Trace } from './stages.js';
 import { ModelHost } from './model-host.js';
-import { planEdit } from './plan.js';
+import { planEdit, stageBudget } from './plan.js';
 import type { CacheOption } from './teacache.js';
 import { validateModelFiles } from './model-check.js';
 import { compositeImage, packedMask, prepareMask, resizeMask, type Mask } from './mask.js';
@@ -135,7 +135,7 @@ export class EditPipeline {
     readonly ditVersion: DitVersion,
     private readonly opts: LoadOptions,
     private readonly ownsGpu: boolean,
-    /** --vram-budget as given (opts.vramBudget is what is left after the pool's cache share). */
+    /** --vram-budget as given. */
     private readonly fullBudget?: number,
   ) {}
 
@@ -149,15 +149,7 @@ export class EditPipeline {
     const ditVersion = versionOfKeys((n) => ck.has(n));
     await ck.close();
     const gpu = opts.gpu ?? (await Gpu.create());
-    const fullBudget = opts.vramBudget;
-    if (opts.vramBudget !== undefined) {
-      // The pool keeps freed buffers for reuse; they occupy GPU memory too. Give them a tenth of the
-      // budget and plan the models against the rest, so live + cached stays within the budget.
-      const cache = Math.floor(opts.vramBudget / 10);
-      gpu.pool.maxCachedBytes = Math.min(gpu.pool.maxCachedBytes, cache);
-      opts = { ...opts, vramBudget: opts.vramBudget - cache };
-    }
-    return new EditPipeline(gpu, files, tokenizer, ditVersion, opts, !opts.gpu, fullBudget);
+    return new EditPipeline(gpu, files, tokenizer, ditVersion, opts, !opts.gpu, opts.vramBudget);
   }
 
   async *run(req: EditRequest, trace?: Trace): AsyncGenerator<Progress, EditResult> {
@@ -179,15 +171,6 @@ export class EditPipeline {
     g.pool.resetPeak();
     g.dryrun?.reset();
     const emb = this.files.hparams?.embedder ?? {};
-    // One plan decides residency: all models at once within --vram-budget -> kept across stages and
-    // images. Without a budget the GPU's size is unknown (WebGPU does not tell): one model at a time.
-    const planSize = req.image ? { size } : { width: req.width ?? 1024, height: req.height ?? 1024 };
-    this.models.keep = this.fullBudget !== undefined && await planEdit(this.files, { ...planSize, weights: this.opts.weights, loras: this.opts.loras, budget: this.fullBudget }).then(
-      (p) => p.keep_resident,
-      () => false,
-    );
-    if (!this.models.keep) await this.models.releaseAll();
-    if (g.dryrun) g.dryrun.planPeak = await planEdit(this.files, { ...planSize, weights: this.opts.weights, loras: this.opts.loras, budget: this.fullBudget }).then((p) => p.peak_bytes, () => null);
 
     // -- preprocess -------------------------------------------------------------------------------
     yield { stage: 'preprocess', message: t2i ? 'preparing the prompt' : 'resizing the input' };
@@ -229,11 +212,22 @@ export class EditPipeline {
     if (noise.length !== 16 * lh * lw) throw new Step1xError(`noise has ${noise.length} values, this ${task} needs [1, 16, ${lh}, ${lw}]`, ExitCode.USAGE);
     lap('preprocess');
 
+    // One plan (pipeline/plan.ts) decides residency, and the stages follow it: all models at once within
+    // the budget (--vram-budget, else the device's memory when known) -> kept across stages and images;
+    // otherwise each stage loads its model against the budget less its activations. No budget at all
+    // (a real GPU's size is unknown to WebGPU): one model at a time, everything resident.
+    const plan = await planEdit(this.files, { width: outW, height: outH, weights: this.opts.weights, loras: this.opts.loras, budget: this.fullBudget, deviceBytes: g.memoryBytes }).catch(() => undefined);
+    this.models.keep = plan?.plan_budget_bytes != null && plan.keep_resident;
+    if (!this.models.keep) await this.models.releaseAll();
+    if (g.dryrun) g.dryrun.planPeak = plan?.peak_bytes ?? null;
+    // a budget no plan fits: the loaders get it whole and say what does not fit
+    const budgetFor = (stage: 'embed' | 'sample') => (plan ? stageBudget(plan, stage) : this.fullBudget);
+
     // -- embed: Qwen2.5-VL, loaded for this stage only --------------------------------------------
     yield { stage: 'embed', message: 'Qwen2.5-VL: embedding the instruction and the image' };
-    this.stage('embed');
+    await this.stage('embed');
     const report = (stage: Progress['stage']) => (step: number, total: number) => this.opts.onProgress?.({ stage, step, total });
-    const embedded = await runEmbed(g, this.files, prompts, qp, { textAttention: beh.textAttention, budget: this.opts.vramBudget, models: this.models, weights: { weights: this.opts.weights }, maxLength: emb.max_length, drop: emb.drop_prefix_tokens, trace, onInfo: (m) => this.opts.onProgress?.({ stage: 'embed', message: m }), onProgress: report('embed') });
+    const embedded = await runEmbed(g, this.files, prompts, qp, { textAttention: beh.textAttention, budget: budgetFor('embed'), models: this.models, weights: { weights: this.opts.weights }, maxLength: emb.max_length, drop: emb.drop_prefix_tokens, trace, onInfo: (m) => this.opts.onProgress?.({ stage: 'embed', message: m }), onProgress: report('embed') });
     lap('embed');
     yield { stage: 'embed', done: true, message: `embedded ${prompts.map((p) => p.inputIds.length).join(' + ')} tokens (${timings.embed}s)` };
 
@@ -241,7 +235,7 @@ export class EditPipeline {
     let refLatent: Float32Array | undefined;
     if (ref) {
       yield { stage: 'encode', message: 'VAE: encoding the reference image' };
-      this.stage('encode');
+      await this.stage('encode');
       refLatent = await runVaeEncode(g, this.files, ref, { sampleSeed: req.sampleEncode ? seed + 1 : undefined, trace, onProgress: report('encode'), models: this.models });
       lap('encode');
     }
@@ -253,11 +247,11 @@ export class EditPipeline {
     let finished = false;
     let skipped = 0;
     let version: DitVersion = this.ditVersion;
-    this.stage('sample');
+    await this.stage('sample');
     const sampling = runDenoise(g, this.files, {
       noise, refLatent, lh, lw, llmEmbedding: embedded.embeddings, mask: embedded.mask, T: embedded.maxLength, steps, cfg,
       cfgTruncate: beh.cfgTruncate, version: req.version,
-      budget: this.opts.vramBudget, models: this.models, weights: { weights: this.opts.weights, loras: this.opts.loras }, trace, cache: req.cache, maskPacked,
+      budget: budgetFor('sample'), models: this.models, weights: { weights: this.opts.weights, loras: this.opts.loras }, trace, cache: req.cache, maskPacked,
       onVersion: (v) => (version = v),
       onInfo: (m) => this.opts.onProgress?.({ stage: 'sample', message: m }),
       onStep: (i, n, sk) => {
@@ -282,7 +276,7 @@ export class EditPipeline {
 
     // -- decode -----------------------------------------------------------------------------------
     yield { stage: 'decode', message: 'VAE: decoding' };
-    this.stage('decode');
+    await this.stage('decode');
     const small = await runVaeDecode(g, this.files, latent, lh, lw, trace, report('decode'), this.models);
     lap('decode');
     g.mark('postprocess');
@@ -323,10 +317,13 @@ export class EditPipeline {
 
   /**
    * A stage begins: the pool's cached free buffers of the last one go (each stage allocates its own,
-   * once, and reuses them: runtime/buffer-pool.ts), and the dry run counts from here.
+   * once, and reuses them: runtime/buffer-pool.ts), and the GPU finishes the last stage's work, so the
+   * memory of the model it freed is back before this one allocates (Dawn frees a destroyed buffer only
+   * after the submits that used it). The dry run counts from here.
    */
-  private stage(name: 'embed' | 'encode' | 'sample' | 'decode'): void {
+  private async stage(name: 'embed' | 'encode' | 'sample' | 'decode'): Promise<void> {
     this.gpu.pool.trim();
+    await this.gpu.sync();
     this.gpu.mark(name);
   }
 

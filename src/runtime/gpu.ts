@@ -132,6 +132,10 @@ export class Gpu {
   get dryrun(): Recorder | undefined {
     return this.handle.dryrun;
   }
+  /** The device's memory when known (a dry-run profile's); WebGPU does not tell it on a real device. */
+  get memoryBytes(): number | undefined {
+    return this.handle.dryrun?.profile.memoryBytes;
+  }
   /** Whether this device does no GPU work (loaders then allocate weights without reading them). */
   get isDryRun(): boolean {
     return this.handle.dryrun !== undefined;
