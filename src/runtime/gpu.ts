@@ -57,6 +57,8 @@ export class Gpu {
   private uniformBuf: GPUBuffer;
   private pending = 0;
   private staging: GPUBuffer | null = null;
+  private passPipeline: GPUComputePipeline | null = null;
+  private readonly keyMemo = new Map<string, string>();
   private stagingBusy = false;
   private readonly bindGroups: BindGroupCache;
   /** Completion of each submit not yet known to be done, oldest first (backpressure). */
@@ -249,7 +251,7 @@ export class Gpu {
       if (typeof u === 'number' && (!Number.isInteger(u) || u < 0 || u > 0xffffffff)) fail(`${k.file}: uniform ${i} = ${u} is not a u32`);
     });
     const entry = k.entry ?? 'main';
-    const key = pipelineKey(k.file, entry, k.defines ?? {});
+    const key = this.keyOf(k.file, entry, k.defines);
     const { pipeline: pipe, readOnly } = this.pipelines.get(k.file, entry, k.defines ?? {}, key);
     this.handle.dryrun?.kernel(k.file, entry, k.defines ?? {}, k.uniforms);
     if (this.uniformCount >= MAX_BATCH || this.profiler?.full) this.flush();
@@ -279,7 +281,8 @@ export class Gpu {
     const timestampWrites = this.profiler?.passTimestamps(key);
     if (timestampWrites) this.endPass();
     const pass = timestampWrites ? this.enc().beginComputePass({ timestampWrites, label: key }) : this.beginPass();
-    pass.setPipeline(pipe);
+    if (pass !== this.pass || this.passPipeline !== pipe) pass.setPipeline(pipe);
+    this.passPipeline = timestampWrites ? null : pipe;
     pass.setBindGroup(0, bg);
     pass.dispatchWorkgroups(x, y, z);
     if (timestampWrites) pass.end();
@@ -318,7 +321,10 @@ export class Gpu {
     return this.encoder;
   }
   private beginPass(): GPUComputePassEncoder {
-    if (!this.pass) this.pass = this.enc().beginComputePass();
+    if (!this.pass) {
+      this.pass = this.enc().beginComputePass();
+      this.passPipeline = null;
+    }
     return this.pass;
   }
   private endPass(): void {
@@ -326,6 +332,21 @@ export class Gpu {
       this.pass.end();
       this.pass = null;
     }
+  }
+
+  /**
+   * pipelineKey() sorts the defines (≈ 10 µs for a GEMM's dozen): memoised by the defines in the order
+   * the op wrote them, which is the same on every call of an op.
+   */
+  private keyOf(file: string, entry: string, defines: Defines | undefined): string {
+    let raw = `${file}:${entry}`;
+    if (defines) for (const d in defines) raw += `,${d}=${defines[d]}`;
+    let key = this.keyMemo.get(raw);
+    if (key === undefined) {
+      key = pipelineKey(file, entry, defines ?? {});
+      this.keyMemo.set(raw, key);
+    }
+    return key;
   }
 
   /** Submit everything recorded so far. */

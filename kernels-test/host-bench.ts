@@ -1,0 +1,92 @@
+/**
+ * Host cost per dispatch on Dawn's Null backend (no GPU work; `backend=null`, 512 MiB cap), one run:
+ *   raw, reused bind group   setPipeline + setBindGroup + dispatchWorkgroups with one bind group
+ *                            (Dawn's floor: what any engine pays)
+ *   raw, new bind group      the same with a bind group created per dispatch (the old runtime's way)
+ *   runtime, g.dispatch      the runtime's path with the same kernel and buffers (uniform slot, binding
+ *                            validation, bind-group cache, batching)
+ *   runtime, silu op         ops/elementwise silu: the op wrapper plus a pooled output per call
+ * The ratio runtime ÷ raw-reused is the number the issue bounds (≤ 1.5×). Printed by `npm run bench`.
+ *   node dist/kernels-test/host-bench.js [dispatches]
+ */
+import { Gpu, f32u } from '../src/runtime/gpu.js';
+import { silu } from '../src/ops/elementwise.js';
+
+const N = Number(process.argv[2] ?? 20000);
+const BATCH = 256; // the runtime's uniform slots per submit: raw loops submit as often
+
+function timeUs(n: number, f: () => void): number {
+  const t0 = process.hrtime.bigint();
+  f();
+  return Number(process.hrtime.bigint() - t0) / 1000 / n;
+}
+
+async function main(): Promise<void> {
+  const g = await Gpu.create({ dawnFlags: ['backend=null'] });
+  try {
+    const n = 4096;
+    const x = g.upload(new Float32Array(n), [n]);
+    const out = g.empty([n], 'f32', 'out');
+    const kernel = { file: 'elementwise.wgsl', defines: { OP: 'silu' }, uniforms: [n, 1, n / 256, f32u(1), f32u(0)], bindings: [x, out], workgroups: [n / 256] as [number] };
+    g.dispatch(kernel); // compiles the pipeline
+    await g.sync();
+    const dev = g.device;
+    const pipe = g.pipeline('elementwise.wgsl', 'main', { OP: 'silu' });
+    const ubuf = dev.createBuffer({ size: 256, usage: 0x40 | 0x8 });
+    const entries = [
+      { binding: 0, resource: { buffer: ubuf, offset: 0, size: 32 } },
+      { binding: 1, resource: { buffer: x.storage.pooled.buffer } },
+      { binding: 2, resource: { buffer: out.storage.pooled.buffer } },
+    ];
+    const layout = pipe.getBindGroupLayout(0);
+    const reused = dev.createBindGroup({ layout, entries });
+    const raw = (fresh: boolean) => () => {
+      for (let i = 0; i < N; i += BATCH) {
+        const enc = dev.createCommandEncoder();
+        const pass = enc.beginComputePass();
+        for (let j = 0; j < BATCH && i + j < N; j++) {
+          pass.setPipeline(pipe);
+          pass.setBindGroup(0, fresh ? dev.createBindGroup({ layout, entries }) : reused);
+          pass.dispatchWorkgroups(n / 256);
+        }
+        pass.end();
+        dev.queue.submit([enc.finish()]);
+      }
+    };
+    const rows: [string, number][] = [];
+    raw(false)(); // warm-up
+    rows.push(['raw Dawn, reused bind group', timeUs(N, raw(false))]);
+    await g.sync();
+    rows.push(['raw Dawn, new bind group per dispatch', timeUs(N, raw(true))]);
+    await g.sync();
+    const before = g.bindGroupStats.created;
+    const viaRuntime = () => {
+      for (let i = 0; i < N; i++) g.dispatch(kernel);
+      g.flush();
+    };
+    viaRuntime(); // warm-up: the bind groups of every uniform slot
+    await g.sync();
+    rows.push(['runtime g.dispatch (same kernel and buffers)', timeUs(N, viaRuntime)]);
+    await g.sync();
+    const viaOp = () => {
+      for (let i = 0; i < N; i++) silu(x).dispose();
+      g.flush();
+    };
+    viaOp();
+    await g.sync();
+    rows.push(['runtime silu op (pooled output per call)', timeUs(N, viaOp)]);
+    await g.sync();
+    const created = g.bindGroupStats.created - before;
+    const base = rows[0][1];
+    process.stdout.write(`host cost per dispatch, Dawn Null backend, ${N} dispatches per row, one run (${g.describe().description || 'null adapter'})\n`);
+    for (const [name, us] of rows) process.stdout.write(`  ${name.padEnd(46)} ${us.toFixed(2).padStart(7)} µs  ${(us / base).toFixed(2)}×\n`);
+    process.stdout.write(`  bind groups created by the runtime rows: ${created} (of ${4 * N} dispatches incl. warm-up)\n`);
+    ubuf.destroy();
+    x.dispose();
+    out.dispose();
+  } finally {
+    g.destroy();
+  }
+}
+
+await main();
