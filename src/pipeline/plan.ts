@@ -58,7 +58,11 @@ export interface VramPlan {
   keep_resident: boolean;
   /** The budget the plan was made against: --vram-budget, else the device's memory when known. */
   plan_budget_bytes: number | null;
-  /** Freed buffers the pool keeps beyond the stages' activations (0: they are counted in activation_bytes). */
+  /**
+   * Beyond the stages' activations (which include the buffers the pool retains for reuse): the runtime's
+   * own buffers (uniform slots, readback staging, realigned views) and rounding slack: 1 % of the budget
+   * (of the peak without one). Loaders plan against the budget less this and their stage's activations.
+   */
   cache_bytes: number;
   stages: StagePlan[];
   /** Estimated peak GPU bytes of the whole edit (largest stage, or all models at once, + cache). */
@@ -166,8 +170,8 @@ export async function planEdit(files: Pick<ModelFiles, 'dit' | 'vae' | 'qwenDir'
   const size = o.size ?? 512;
   const [width, height] = o.width && o.height ? [o.width, o.height] : inputProcessSize(size, size, size);
   const budget = o.budget ?? o.deviceBytes;
-  const modelBudget = budget;
-  const cache = 0;
+  const slack = budget !== undefined ? Math.floor(budget / 100) : 0;
+  const modelBudget = budget !== undefined ? budget - slack : undefined;
   const ditPolicy: WeightPolicy = { weights: o.weights, loras: o.loras };
   const qwenPolicy: WeightPolicy = { weights: o.weights };
   const lh = height / 8, lw = width / 8;
@@ -250,10 +254,11 @@ export async function planEdit(files: Pick<ModelFiles, 'dit' | 'vae' | 'qwenDir'
   const together = qwenAll + ditAll + vaeW + maxAct;
   const keep = modelBudget === undefined || together <= modelBudget;
   const minStage = Math.max(...stages.map((s) => s.min_bytes));
-  const minimum = minStage + cache;
+  const minimum = Math.ceil((minStage * 100) / 99) + 1;
   if (budget !== undefined && (dit.resident_bytes < 0 || minStage > (modelBudget as number))) tooSmall(budget, minimum);
   if (keep) for (const s of stages) (s.resident_bytes = s.model === 'qwen' ? qwenAll : s.model === 'dit' ? ditAll : vaeW), (s.streamed_bytes = 0), (s.working_bytes = 0), (s.peak_bytes = s.resident_bytes + s.activation_bytes);
   const live = keep ? together : Math.max(...stages.map((s) => s.peak_bytes));
+  const cache = budget !== undefined ? slack : Math.ceil(live / 100);
   return {
     width, height, weights: o.weights ?? 'as stored', budget_bytes: o.budget ?? null, plan_budget_bytes: budget ?? null, keep_resident: keep, cache_bytes: cache, stages,
     peak_bytes: live + cache, minimum_budget_bytes: minimum,

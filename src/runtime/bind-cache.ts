@@ -1,8 +1,8 @@
 /**
  * Bind groups cached by what they bind. Creating a bind group is most of Dawn's per-dispatch host cost
  * (Null backend: 16 µs per dispatch with a new one, 2.9 µs with a reused one), and a DiT step is ≈ 1,600
- * dispatches that repeat every step: the pool hands the same buffers back, and the uniform slot of a
- * dispatch repeats too (batches are cut at the same points each step), so the keys repeat.
+ * dispatches that repeat every step: the pool hands the same buffers back (lowest id first), and the
+ * uniform block is bound at a dynamic offset (runtime/pipeline-cache.ts), so the keys repeat.
  *
  * Key: pipeline key, then per entry the buffer's id, offset and size. A bind group keeps its buffers
  * alive in Dawn, so the pool tells the cache when it destroys a buffer (`evictBuffer`), and the cache is
@@ -33,7 +33,7 @@ export class BindGroupCache {
     return this.groups.size;
   }
 
-  get(pipelineKey: string, layout: () => GPUBindGroupLayout, entries: readonly BindEntry[]): GPUBindGroup {
+  get(pipelineKey: string, layout: GPUBindGroupLayout, entries: readonly BindEntry[]): GPUBindGroup {
     let key = pipelineKey;
     for (const e of entries) key += `|${e.binding}:${e.id}@${e.offset}+${e.size}`;
     const hit = this.groups.get(key);
@@ -45,7 +45,7 @@ export class BindGroupCache {
     }
     this.misses++;
     const bg = this.device.createBindGroup({
-      layout: layout(),
+      layout,
       entries: entries.map((e) => ({ binding: e.binding, resource: { buffer: e.buffer, offset: e.offset, size: e.size } })),
       label: pipelineKey,
     });

@@ -59,6 +59,7 @@ export class Gpu {
   private staging: GPUBuffer | null = null;
   private passPipeline: GPUComputePipeline | null = null;
   private readonly keyMemo = new Map<string, string>();
+  private readonly dynOffset = [0];
   private stagingBusy = false;
   private readonly bindGroups: BindGroupCache;
   /** Completion of each submit not yet known to be done, oldest first (backpressure). */
@@ -252,19 +253,21 @@ export class Gpu {
     });
     const entry = k.entry ?? 'main';
     const key = this.keyOf(k.file, entry, k.defines);
-    const { pipeline: pipe, readOnly } = this.pipelines.get(k.file, entry, k.defines ?? {}, key);
+    const { pipeline: pipe, readOnly, layout, dynamicUniform } = this.pipelines.get(k.file, entry, k.defines ?? {}, key);
     this.handle.dryrun?.kernel(k.file, entry, k.defines ?? {}, k.uniforms);
     if (this.uniformCount >= MAX_BATCH || this.profiler?.full) this.flush();
     const entries: BindEntry[] = [];
+    let slot = -1;
     if (k.uniforms) {
-      const slot = this.uniformCount++;
+      slot = this.uniformCount++;
       const dv = new DataView(this.uniformHost, slot * UNIFORM_SLOT, UNIFORM_SLOT);
       k.uniforms.forEach((u, i) => {
         if (typeof u === 'number') dv.setUint32(i * 4, u, true);
         else if ('i32' in u) dv.setInt32(i * 4, u.i32, true);
         else dv.setFloat32(i * 4, u.f32, true);
       });
-      entries.push({ binding: 0, buffer: this.uniformBuf, id: 0, offset: slot * UNIFORM_SLOT, size: Math.max(16, Math.ceil(k.uniforms.length / 4) * 16) });
+      // a dynamic offset picks the slot at setBindGroup, so the bind group is the same for every slot
+      entries.push({ binding: 0, buffer: this.uniformBuf, id: 0, offset: dynamicUniform ? 0 : slot * UNIFORM_SLOT, size: Math.max(16, Math.ceil(k.uniforms.length / 4) * 16) });
     }
     // Storage bindings need 256-byte-aligned offsets: bind an aligned copy of a misaligned view, and
     // copy it back after the dispatch when the shader may write it (read_write binding).
@@ -277,13 +280,16 @@ export class Gpu {
       }
       entries.push({ binding: i + 1, buffer: b.storage.pooled.buffer, id: b.storage.pooled.id, offset: b.byteOffset, size: Math.max(4, b.byteLength) });
     });
-    const bg = this.bindGroups.get(key, () => pipe.getBindGroupLayout(0), entries);
+    const bg = this.bindGroups.get(key, layout, entries);
     const timestampWrites = this.profiler?.passTimestamps(key);
     if (timestampWrites) this.endPass();
     const pass = timestampWrites ? this.enc().beginComputePass({ timestampWrites, label: key }) : this.beginPass();
     if (pass !== this.pass || this.passPipeline !== pipe) pass.setPipeline(pipe);
     this.passPipeline = timestampWrites ? null : pipe;
-    pass.setBindGroup(0, bg);
+    if (dynamicUniform && slot >= 0) {
+      this.dynOffset[0] = slot * UNIFORM_SLOT;
+      pass.setBindGroup(0, bg, this.dynOffset);
+    } else pass.setBindGroup(0, bg);
     pass.dispatchWorkgroups(x, y, z);
     if (timestampWrites) pass.end();
     this.pending++;

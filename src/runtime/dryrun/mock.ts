@@ -110,6 +110,12 @@ class DryDevice extends EventTarget {
   createComputePipeline(d: { label?: string }): object {
     return { label: d.label ?? '', getBindGroupLayout: () => ({}) };
   }
+  createBindGroupLayout(d: { label?: string }): object {
+    return { label: d.label ?? '' };
+  }
+  createPipelineLayout(d: { label?: string }): object {
+    return { label: d.label ?? '' };
+  }
   createBindGroup(d: { entries: { resource: { buffer?: DryBuffer } }[] }): DryBindGroup {
     this.rec.bindGroup();
     return { buffers: d.entries.map((e) => e.resource.buffer).filter((b): b is DryBuffer => !!b) };
