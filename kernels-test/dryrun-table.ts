@@ -72,7 +72,9 @@ export function tableRow(c: Cell, r: ReturnType<typeof runCell>): string {
   const creates = later.reduce((s, t) => s + t.buffers_created, 0);
   const bgPct = later.length ? Math.max(...later.map((t) => (100 * t.bind_groups_created) / Math.max(1, t.dispatches))) : NaN;
   const s1 = d.steps[0];
-  return `${name} ${s1?.dispatches ?? 0} | ${s1?.buffers_created ?? 0} | ${creates} | ${bgPct.toFixed(1)} % | ${gb(d.peak_bytes)} | ${gb(d.plan_peak_bytes)} |`;
+  const limit = Math.min(d.memory_bytes, c.budget ? parseFloat(c.budget) * 1e9 : Infinity);
+  const fits = d.peak_bytes <= limit && (d.plan_peak_bytes === null || d.peak_bytes <= d.plan_peak_bytes) ? 'yes' : d.peak_bytes > limit ? '**over memory**' : '**over plan**';
+  return `${name} ${s1?.dispatches ?? 0} | ${s1?.buffers_created ?? 0} | ${creates} | ${bgPct.toFixed(1)} % | ${gb(d.peak_bytes)} | ${gb(d.plan_peak_bytes)} | ${fits} |`;
 }
 
 async function main(): Promise<void> {
@@ -85,7 +87,7 @@ async function main(): Promise<void> {
     const image = writeSquarePng(join(tmp, 'in.png'));
     const budgets: Record<Cell['weights'], (string | undefined)[]> = { bf16: [undefined], q8: [undefined, '24GB'], q4: [undefined, '16GB'] };
     process.stdout.write(`dry run of \`step1x edit\`, v1.1, ${steps} steps (GB = 1e9 bytes; steps 2..${steps} summed/maxed)\n\n`);
-    process.stdout.write('| profile | size | weights | budget | dispatches step 1 | buffers created step 1 | buffers created steps 2.. | bind groups / dispatch (max, steps 2..) | peak GB | plan peak GB |\n|---|---|---|---|---|---|---|---|---|---|\n');
+    process.stdout.write('| profile | size | weights | budget | dispatches step 1 | buffers created step 1 | buffers created steps 2.. | bind groups / dispatch (max, steps 2..) | peak GB | plan peak GB | peak ≤ plan, budget, memory |\n|---|---|---|---|---|---|---|---|---|---|---|\n');
     for (const profile of profiles)
       for (const size of sizes)
         for (const weights of ['bf16', 'q8', 'q4'] as const)

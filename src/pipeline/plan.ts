@@ -47,6 +47,8 @@ export interface StagePlan {
   peak_bytes: number;
   /** The least this stage needs (everything streamable streamed). */
   min_bytes: number;
+  /** What streams: DiT blocks (count), Qwen towers ('vision', 'text'); empty when all is resident. */
+  streams: string[];
 }
 
 export interface VramPlan {
@@ -191,17 +193,19 @@ export async function planEdit(files: Pick<ModelFiles, 'dit' | 'vae' | 'qwenDir'
     ditAll = all.fixedBytes + blocks;
     const min = all.fixedBytes + 2 * maxBlock + act;
     let resident = ditAll;
+    let streamedBlocks = 0;
     if (modelBudget !== undefined && ditAll + act > modelBudget) {
       if (min > modelBudget) resident = -1;
       else {
         const p = planResidency(dck, cfg.dit, { weights: ditPolicy, budgetBytes: modelBudget, activationBytes: act });
         resident = all.fixedBytes + [...p.resident].reduce((s, j) => s + p.slots[j].bytes, 0);
+        streamedBlocks = p.slots.length - p.resident.size;
       }
     }
     const streamed = resident < 0 ? blocks : ditAll - resident;
     const working = streamed > 0 ? 2 * maxBlock : 0;
     const res = resident < 0 ? all.fixedBytes : resident;
-    dit = { stage: 'sample', model: 'dit', resident_bytes: res, streamed_bytes: streamed, working_bytes: working, activation_bytes: act, peak_bytes: res + working + act, min_bytes: min };
+    dit = { stage: 'sample', model: 'dit', resident_bytes: res, streamed_bytes: streamed, working_bytes: working, activation_bytes: act, peak_bytes: res + working + act, min_bytes: min, streams: streamedBlocks ? [`${streamedBlocks} blocks`] : [] };
   } finally {
     await dck.close();
   }
@@ -226,7 +230,8 @@ export async function planEdit(files: Pick<ModelFiles, 'dit' | 'vae' | 'qwenDir'
     const { streamVision, streamText } = modelBudget === undefined ? { streamVision: false, streamText: false } : residencyPlan('auto', vs, ts, qcfg.text.numHiddenLayers, Math.max(1, modelBudget - act));
     const res = vs.fixed + ts.fixed + (streamVision ? 0 : vs.blocks) + (streamText ? 0 : ts.blocks);
     const working = (streamVision ? 2 * visionBlock : 0) + (streamText ? 2 * textLayer : 0);
-    qwen = { stage: 'embed', model: 'qwen', resident_bytes: res, streamed_bytes: qwenAll - res, working_bytes: working, activation_bytes: act, peak_bytes: res + working + act, min_bytes: min };
+    const streams = [...(streamText ? ['text'] : []), ...(streamVision ? ['vision'] : [])];
+    qwen = { stage: 'embed', model: 'qwen', resident_bytes: res, streamed_bytes: qwenAll - res, working_bytes: working, activation_bytes: act, peak_bytes: res + working + act, min_bytes: min, streams };
   } finally {
     await qck.close();
   }
@@ -247,7 +252,7 @@ export async function planEdit(files: Pick<ModelFiles, 'dit' | 'vae' | 'qwenDir'
   } finally {
     await vck.close();
   }
-  const enc: StagePlan = { stage: 'encode', model: 'vae', resident_bytes: vaeW, streamed_bytes: 0, working_bytes: 0, activation_bytes: encAct, peak_bytes: vaeW + encAct, min_bytes: vaeW + encAct };
+  const enc: StagePlan = { stage: 'encode', model: 'vae', resident_bytes: vaeW, streamed_bytes: 0, working_bytes: 0, activation_bytes: encAct, peak_bytes: vaeW + encAct, min_bytes: vaeW + encAct, streams: [] };
   const dec: StagePlan = { ...enc, stage: 'decode', activation_bytes: decAct, peak_bytes: vaeW + decAct, min_bytes: vaeW + decAct };
   const stages = [qwen, enc, dit, dec];
   const maxAct = Math.max(...stages.map((s) => s.activation_bytes));
@@ -256,7 +261,7 @@ export async function planEdit(files: Pick<ModelFiles, 'dit' | 'vae' | 'qwenDir'
   const minStage = Math.max(...stages.map((s) => s.min_bytes));
   const minimum = Math.ceil((minStage * 100) / 99) + 1;
   if (budget !== undefined && (dit.resident_bytes < 0 || minStage > (modelBudget as number))) tooSmall(budget, minimum);
-  if (keep) for (const s of stages) (s.resident_bytes = s.model === 'qwen' ? qwenAll : s.model === 'dit' ? ditAll : vaeW), (s.streamed_bytes = 0), (s.working_bytes = 0), (s.peak_bytes = s.resident_bytes + s.activation_bytes);
+  if (keep) for (const s of stages) (s.resident_bytes = s.model === 'qwen' ? qwenAll : s.model === 'dit' ? ditAll : vaeW), (s.streamed_bytes = 0), (s.working_bytes = 0), (s.streams = []), (s.peak_bytes = s.resident_bytes + s.activation_bytes);
   const live = keep ? together : Math.max(...stages.map((s) => s.peak_bytes));
   const cache = budget !== undefined ? slack : Math.ceil(live / 100);
   return {
