@@ -24,7 +24,7 @@
  */
 import { Checkpoint } from '../io/checkpoint.js';
 import { ExitCode, Step1xError } from '../errors.js';
-import { configFromCheckpoint, mlpHidden, planResidency, pooledBytes, type DitParams } from '../models/dit-config.js';
+import { configFromCheckpoint, mlpHidden, planResidency, pooledBytes, streamReserve, type DitParams } from '../models/dit-config.js';
 import { loadQwenConfig, type QwenVLConfig } from '../models/qwen25vl/config.js';
 import { openQwenCheckpoint, residencyPlan } from '../models/qwen25vl/loader.js';
 import { QwenVisionTower } from '../models/qwen25vl/vision.js';
@@ -171,7 +171,8 @@ function tooSmall(budget: number, minimum: number): never {
 export async function planEdit(files: Pick<ModelFiles, 'dit' | 'vae' | 'qwenDir' | 'hparams'>, o: PlanOptions = {}): Promise<VramPlan> {
   const size = o.size ?? 512;
   const [width, height] = o.width && o.height ? [o.width, o.height] : inputProcessSize(size, size, size);
-  const budget = o.budget ?? o.deviceBytes;
+  // a budget above the device's memory (when known) is the device's memory
+  const budget = o.budget !== undefined && o.deviceBytes !== undefined ? Math.min(o.budget, o.deviceBytes) : (o.budget ?? o.deviceBytes);
   const slack = budget !== undefined ? Math.floor(budget / 100) : 0;
   const modelBudget = budget !== undefined ? budget - slack : undefined;
   const ditPolicy: WeightPolicy = { weights: o.weights, loras: o.loras };
@@ -189,9 +190,9 @@ export async function planEdit(files: Pick<ModelFiles, 'dit' | 'vae' | 'qwenDir'
     const act = ditActivationBytes(cfg.dit, 2, L, T, cfg.connector.in_channels);
     const all = planResidency(dck, cfg.dit, { weights: ditPolicy });
     const blocks = all.slots.reduce((s, b) => s + b.bytes, 0);
-    const maxBlock = Math.max(0, ...all.slots.map((s) => s.bytes));
+    const reserve = streamReserve(all.slots);
     ditAll = all.fixedBytes + blocks;
-    const min = all.fixedBytes + 2 * maxBlock + act;
+    const min = all.fixedBytes + reserve + act;
     let resident = ditAll;
     let streamedBlocks = 0;
     if (modelBudget !== undefined && ditAll + act > modelBudget) {
@@ -203,7 +204,7 @@ export async function planEdit(files: Pick<ModelFiles, 'dit' | 'vae' | 'qwenDir'
       }
     }
     const streamed = resident < 0 ? blocks : ditAll - resident;
-    const working = streamed > 0 ? 2 * maxBlock : 0;
+    const working = streamed > 0 ? reserve : 0;
     const res = resident < 0 ? all.fixedBytes : resident;
     dit = { stage: 'sample', model: 'dit', resident_bytes: res, streamed_bytes: streamed, working_bytes: working, activation_bytes: act, peak_bytes: res + working + act, min_bytes: min, streams: streamedBlocks ? [`${streamedBlocks} blocks`] : [] };
   } finally {
