@@ -100,7 +100,7 @@ export class Step1XEdit {
   /**
    * Load from a checkpoint whose keys were checked against expectedDitKeys(cfg). With a budget, the
    * first blocks in execution order stay resident while they fit next to the non-block weights, the
-   * activation reserve and room for two streamed blocks (current + read-ahead).
+   * activation reserve and room for two streamed blocks of each kind (current + read-ahead; dit-config.ts streamReserve).
    */
   static async load(g: Gpu, ckpt: Checkpoint, cfg: Step1xConfig, opts: DitLoadOptions = {}): Promise<Step1XEdit> {
     const d = cfg.dit;
