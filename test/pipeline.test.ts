@@ -100,7 +100,6 @@ test('under a GPU budget the Qwen2.5-VL layers stream and give the golden embedd
   const messages: string[] = [];
   try {
     const pipe = await EditPipeline.load(files, { gpu: g, vramBudget: 150_000, onProgress: (p) => p.message && messages.push(p.message) });
-    expect(g.pool.maxCachedBytes).toBe(15_000);
     const err = await pipe.edit(req, undefined, (n, d) => traced.set(n, d)).catch((e) => e);
     expect(String(err)).toMatch(/GPU budget 0\.1 MiB is too small for the DiT: non-block weights/);
   } finally {

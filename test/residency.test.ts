@@ -31,7 +31,7 @@ test('batch: loads counted, peaks under the plan, same images resident or per st
   const lines: string[] = [];
   const images: Record<string, Buffer[]> = {};
   try {
-    for (const budget of [undefined, 400e6, 14.5e6]) {
+    for (const budget of [undefined, 400e6, 20.5e6]) {
       const plan = await planEdit(files, { size: 80, budget });
       const pipe = await EditPipeline.load(files, { gpu: g, vramBudget: budget });
       const got: Buffer[] = [];

@@ -20,6 +20,7 @@ import { collect, openWeightChoice, type WeightCliOptions } from './weights.js';
 import { registerRunInput, stdoutWasClosed } from '../io/safe-write.js';
 import { sanitizeForTerminal } from './sanitize.js';
 import { parseCacheOption } from '../pipeline/teacache.js';
+import { formatDryRun } from '../runtime/dryrun/index.js';
 import { outputFormatOf } from '../pipeline/output.js';
 import { parseCompat, parseVersion } from '../pipeline/official.js';
 
@@ -107,6 +108,7 @@ export async function runOne(pipe: EditPipeline, req: EditRequest, target: Outpu
     const r = await it.next();
     if (r.done) {
       await writeOutputPng(target, r.value.image, { ...meta, ...r.value.parameters });
+      if (r.value.dryrun) process.stderr.write(formatDryRun(r.value.dryrun)); // also under --quiet: it is the result
       return r.value;
     }
     render(rep, r.value);
@@ -155,6 +157,7 @@ export function summary(res: EditResult, output: string): Record<string, unknown
     peak_gpu_bytes: res.peakGpuBytes,
     peak_rss_bytes: process.resourceUsage().maxRSS * 1024,
     ...(res.cache ? { cache: { kind: res.cache.kind, threshold: res.cache.threshold, skipped_steps: res.cache.skippedSteps } } : {}),
+    ...(res.dryrun ? { dryrun: res.dryrun } : {}),
   };
 }
 

@@ -9,6 +9,7 @@ import type { Command } from 'commander';
 import { ExitCode, Step1xError } from '../errors.js';
 import { DIT_FILE_OF, resolveModelFiles, type ModelFiles } from '../io/model-files.js';
 import { planEdit } from '../pipeline/plan.js';
+import { dryRunProfile } from '../runtime/dryrun/index.js';
 import { parseBytes } from './edit.js';
 import { collect, openWeightChoice } from './weights.js';
 import { fmtBytes } from './progress.js';
@@ -30,7 +31,8 @@ export function register(program: Command): void {
       const files = resolveModelFiles(o.model);
       const wc = await openWeightChoice(o, files.dit, (m) => process.stderr.write(`step1x: warning: ${m}\n`));
       try {
-        const plan = await planEdit(files, { size, weights: wc.weights, loras: wc.loras, budget });
+        // under STEP1X_DRYRUN the device's memory is known, and the run plans with it when no budget is given
+        const plan = await planEdit(files, { size, weights: wc.weights, loras: wc.loras, budget, deviceBytes: dryRunProfile()?.memoryBytes });
         const model = modelKind(files);
         if (o.json) {
           process.stdout.write(JSON.stringify({ ...model, ...plan }) + '\n');
@@ -41,7 +43,8 @@ export function register(program: Command): void {
           `plan for a ${plan.width}x${plan.height} edit, weights ${plan.weights}, budget ${budget === undefined ? 'none' : fmtBytes(budget)}; models ${plan.keep_resident ? 'loaded once and kept resident' : 'loaded per stage'}`,
           `${'stage'.padEnd(8)} ${'model'.padEnd(6)} ${'resident'.padStart(11)} ${'streamed'.padStart(11)} ${'working'.padStart(11)} ${'activations'.padStart(11)} ${'peak'.padStart(11)}`,
           ...plan.stages.map((s) => `${s.stage.padEnd(8)} ${s.model.padEnd(6)} ${fmtBytes(s.resident_bytes).padStart(11)} ${fmtBytes(s.streamed_bytes).padStart(11)} ${fmtBytes(s.working_bytes).padStart(11)} ${fmtBytes(s.activation_bytes).padStart(11)} ${fmtBytes(s.peak_bytes).padStart(11)}`),
-          `pool cache ${fmtBytes(plan.cache_bytes)}; estimated peak ${fmtBytes(plan.peak_bytes)} (${plan.peak_bytes} bytes); smallest budget that fits: ${fmtBytes(plan.minimum_budget_bytes)}`,
+          ...plan.stages.filter((s) => s.streams.length).map((s) => `${s.stage}: streams ${s.model === 'qwen' ? `the ${s.streams.join(' and ')} layers` : s.streams.join(', ')} from disk`),
+          `runtime reserve ${fmtBytes(plan.cache_bytes)}; estimated peak ${fmtBytes(plan.peak_bytes)} (${plan.peak_bytes} bytes); smallest budget that fits: ${fmtBytes(plan.minimum_budget_bytes)}`,
         ];
         process.stdout.write(lines.join('\n') + '\n');
       } finally {

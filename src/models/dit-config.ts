@@ -341,6 +341,16 @@ export interface ResidencyPlan {
  * reserve; otherwise the first blocks in execution order while they fit beside the non-block weights,
  * the reserve and two streamed blocks (current + read-ahead); the rest are streamed.
  */
+/**
+ * GPU bytes streamed blocks occupy: two of each kind (current + read-ahead). The pool keeps a freed
+ * block's buffers for the next block of its shape (runtime/buffer-pool.ts), so once the single blocks
+ * stream, the double blocks' two sets are still held beside theirs.
+ */
+export function streamReserve(slots: readonly Slot[]): number {
+  const max = (kind: Slot['kind']) => Math.max(0, ...slots.filter((s) => s.kind === kind).map((s) => s.bytes));
+  return 2 * (max('double') + max('single'));
+}
+
 export function planResidency(ckpt: Checkpoint, d: DitParams, opts: DitLoadOptions = {}): ResidencyPlan {
   const keys = ckpt.keys();
   const policy = opts.weights ? ditWeightPolicy(opts.weights) : weightPolicy(ckpt);
@@ -358,12 +368,12 @@ export function planResidency(ckpt: Checkpoint, d: DitParams, opts: DitLoadOptio
   if (!opts.streamAll && (budget === undefined || fixedBytes + blockTotal + act <= budget)) slots.forEach((_, j) => resident.add(j));
   else if (!opts.streamAll) {
     const b = budget as number;
-    const maxBlock = Math.max(0, ...slots.map((s) => s.bytes));
-    let avail = b - fixedBytes - act - 2 * maxBlock;
+    const reserve = streamReserve(slots);
+    let avail = b - fixedBytes - act - reserve;
     const mib = (x: number) => `${(x / 2 ** 20).toFixed(1)} MiB`;
     if (avail < 0)
       throw new Step1xError(
-        `GPU budget ${mib(b)} is too small for the DiT: non-block weights ${mib(fixedBytes)} + 2 streamed blocks ${mib(2 * maxBlock)} + activations ${mib(act)}`,
+        `GPU budget ${mib(b)} is too small for the DiT: non-block weights ${mib(fixedBytes)} + streamed blocks ${mib(reserve)} + activations ${mib(act)}`,
         ExitCode.GPU_OOM,
       );
     for (let j = 0; j < slots.length && slots[j].bytes <= avail; j++) {

@@ -134,7 +134,7 @@ export class Step1XEdit {
   /**
    * Load from a checkpoint whose keys were checked against expectedDitKeys(cfg). With a budget, the
    * first blocks in execution order stay resident while they fit next to the non-block weights, the
-   * activation reserve and room for two streamed blocks (current + read-ahead).
+   * activation reserve and room for two streamed blocks of each kind (current + read-ahead; dit-config.ts streamReserve).
    */
   static async load(g: Gpu, ckpt: Checkpoint, cfg: Step1xConfig, opts: DitLoadOptions = {}): Promise<Step1XEdit> {
     const d = cfg.dit;
@@ -256,6 +256,7 @@ export class Step1XEdit {
     let joint: Tensor | undefined;
     try {
       for (let j = 0; j < this.slots.length; j++) {
+        await g.pace(); // backpressure: at most g.maxInFlight submits ahead of the GPU (runtime/gpu.ts)
         const blk = await this.blocks.get(j);
         const slot = this.slots[j];
         try {

@@ -226,6 +226,7 @@ export async function loadLinearWeight(g: Gpu, ckpt: Checkpoint, name: string, o
   }
   const fmt = opts.as === 'f32' ? 'f32' : targetFormat(info, p);
   const stored = storedFormat(info);
+  if (g.isDryRun) return dryWeight(g, name, fmt, N, K, factors.map((f) => f.rank), modulePath);
 
   if (fmt === 'f32' || fmt === 'f16' || fmt === 'bf16') {
     // Plain: as stored when possible, LoRA merged exactly as the official loader (f32 math, then the
@@ -372,6 +373,16 @@ async function streamStored(g: Gpu, ckpt: Checkpoint, name: string, N: number, K
     sc?.dispose();
     throw e;
   }
+}
+
+/** Dry run (STEP1X_DRYRUN): the buffers loadLinearWeight would upload, nothing read or converted. */
+function dryWeight(g: Gpu, name: string, fmt: WeightFormat, N: number, K: number, ranks: number[], modulePath: string): Weight {
+  if (fmt === 'f32' || fmt === 'f16' || fmt === 'bf16') return Weight.plain(g.empty([N, K], fmt, name));
+  const rowBytes = fmt === 'q4' ? K / 2 : K;
+  const data = g.empty([N, Math.ceil(rowBytes / 4)], 'u32', name);
+  const sc = fmt === 'q8' || fmt === 'q4' ? g.empty([N, K / QBLOCK], 'f16', `${name}.scales`) : undefined;
+  const adapters = ranks.map((r) => ({ down: g.empty([r, K], 'f32', `${modulePath}.lora_down`), up: g.empty([N, r], 'f32', `${modulePath}.lora_up`) }));
+  return new Weight(fmt, N, K, data, sc, adapters);
 }
 
 /**

@@ -30,8 +30,14 @@ export async function loadWeight(g: Gpu, ckpt: Checkpoint, name: string, opts: L
   const info = ckpt.info(name);
   if (opts.shape && (opts.shape.length !== info.shape.length || opts.shape.some((d, i) => d !== info.shape[i])))
     throw new Step1xError(`${ckpt.path}: tensor "${name}" has shape ${fmtShape(info.shape)}, the model expects ${fmtShape(opts.shape)}`, ExitCode.WEIGHTS);
-  const n = numelOfShape(info.shape);
   const native = (opts.as ?? 'native') === 'native';
+  if (g.isDryRun) {
+    // dry run (STEP1X_DRYRUN): the buffer as it would be uploaded, nothing read from the file
+    const f8 = info.dtype === 'F8_E4M3' || info.dtype === 'F8_E5M2';
+    const dt = !native || info.quant ? 'f32' : info.dtype === 'BF16' || f8 ? 'bf16' : info.dtype === 'F16' ? 'f16' : info.dtype === 'I32' ? 'i32' : 'f32';
+    return g.empty(info.shape, dt, name);
+  }
+  const n = numelOfShape(info.shape);
   // As stored, or 16-bit widened to f32: streamed in chunks (nn/upload.ts), no host copy of the tensor.
   if (!info.quant) {
     if (native && info.dtype === 'BF16') return streamTensor(g, ckpt, name, g.empty(info.shape, 'bf16', name));

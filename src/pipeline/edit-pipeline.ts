@@ -16,6 +16,7 @@
  * golden names of the `e2e` case (`mid.*`, `out.*`), which is how the golden kinds check each stage.
  */
 import { Gpu } from '../runtime/gpu.js';
+import type { DryRunReport } from '../runtime/dryrun/recorder.js';
 import { ExitCode, Step1xError, fmtShape } from '../errors.js';
 import { tokenizerDirOf, type ModelFiles } from '../io/model-files.js';
 import { SafetensorsFile } from '../io/safetensors.js';
@@ -32,7 +33,7 @@ import { checkVersion, versionOfKeys, type DitVersion } from '../models/dit-conf
 import { Checkpoint } from '../io/checkpoint.js';
 import { runDenoise, runEmbed, runVaeDecode, runVaeEncode, type Trace } from './stages.js';
 import { ModelHost } from './model-host.js';
-import { planEdit } from './plan.js';
+import { planEdit, stageBudget } from './plan.js';
 import type { CacheOption } from './teacache.js';
 import { validateModelFiles } from './model-check.js';
 import { compositeImage, packedMask, prepareMask, resizeMask, type Mask } from './mask.js';
@@ -94,6 +95,8 @@ export interface EditResult {
   parameters: Record<string, string>;
   /** TeaCache: threshold and the steps whose blocks were skipped. */
   cache?: { kind: 'teacache'; threshold: number; skippedSteps: number };
+  /** On a dry-run device (STEP1X_DRYRUN): what the run asked of it (README "Dry run"). */
+  dryrun?: DryRunReport;
 }
 
 export interface LoadOptions {
@@ -153,7 +156,7 @@ export class EditPipeline {
     readonly ditVersion: DitVersion,
     private readonly opts: LoadOptions,
     private readonly ownsGpu: boolean,
-    /** --vram-budget as given (opts.vramBudget is what is left after the pool's cache share). */
+    /** --vram-budget as given. */
     private readonly fullBudget?: number,
   ) {}
 
@@ -169,15 +172,7 @@ export class EditPipeline {
     if (ditVersion === 'v1.2' && (opts.weights || opts.loras?.length))
       throw new Step1xError(`${files.source}: --weights and --lora are not supported with a v1.2 model yet (it loads as stored)`, ExitCode.USAGE);
     const gpu = opts.gpu ?? (await Gpu.create());
-    const fullBudget = opts.vramBudget;
-    if (opts.vramBudget !== undefined) {
-      // The pool keeps freed buffers for reuse; they occupy GPU memory too. Give them a tenth of the
-      // budget and plan the models against the rest, so live + cached stays within the budget.
-      const cache = Math.floor(opts.vramBudget / 10);
-      gpu.pool.maxCachedBytes = Math.min(gpu.pool.maxCachedBytes, cache);
-      opts = { ...opts, vramBudget: opts.vramBudget - cache };
-    }
-    return new EditPipeline(gpu, files, tokenizer, ditVersion, opts, !opts.gpu, fullBudget);
+    return new EditPipeline(gpu, files, tokenizer, ditVersion, opts, !opts.gpu, opts.vramBudget);
   }
 
   async *run(req: EditRequest, trace?: Trace): AsyncGenerator<Progress, EditResult> {
@@ -198,15 +193,8 @@ export class EditPipeline {
       t0 = now;
     };
     g.pool.resetPeak();
+    g.dryrun?.reset();
     const emb = this.files.hparams?.embedder ?? {};
-    // One plan decides residency: all models at once within --vram-budget -> kept across stages and
-    // images. Without a budget the GPU's size is unknown (WebGPU does not tell): one model at a time.
-    const planSize = req.image ? { size } : { width: req.width ?? 1024, height: req.height ?? 1024 };
-    this.models.keep = this.fullBudget !== undefined && await planEdit(this.files, { ...planSize, weights: this.opts.weights, loras: this.opts.loras, budget: this.fullBudget }).then(
-      (p) => p.keep_resident,
-      () => false,
-    );
-    if (!this.models.keep) await this.models.releaseAll();
 
     // -- preprocess -------------------------------------------------------------------------------
     yield { stage: 'preprocess', message: t2i ? 'preparing the prompt' : 'resizing the input' };
@@ -248,10 +236,22 @@ export class EditPipeline {
     if (noise.length !== 16 * lh * lw) throw new Step1xError(`noise has ${noise.length} values, this ${task} needs [1, 16, ${lh}, ${lw}]`, ExitCode.USAGE);
     lap('preprocess');
 
+    // One plan (pipeline/plan.ts) decides residency, and the stages follow it: all models at once within
+    // the budget (--vram-budget, else the device's memory when known) -> kept across stages and images;
+    // otherwise each stage loads its model against the budget less its activations. No budget at all
+    // (a real GPU's size is unknown to WebGPU): one model at a time, everything resident.
+    const plan = await planEdit(this.files, { width: outW, height: outH, weights: this.opts.weights, loras: this.opts.loras, budget: this.fullBudget, deviceBytes: g.memoryBytes }).catch(() => undefined);
+    this.models.keep = plan?.plan_budget_bytes != null && plan.keep_resident;
+    if (!this.models.keep) await this.models.releaseAll();
+    if (g.dryrun) g.dryrun.planPeak = plan?.peak_bytes ?? null;
+    // a budget no plan fits: the loaders get it whole and say what does not fit
+    const budgetFor = (stage: 'embed' | 'sample') => (plan ? stageBudget(plan, stage) : this.fullBudget);
+
     // -- embed: Qwen2.5-VL, loaded for this stage only --------------------------------------------
     yield { stage: 'embed', message: 'Qwen2.5-VL: embedding the instruction and the image' };
+    await this.stage('embed');
     const report = (stage: Progress['stage']) => (step: number, total: number) => this.opts.onProgress?.({ stage, step, total });
-    const embedded = await runEmbed(g, this.files, prompts, qp, { textAttention: beh.textAttention, budget: this.opts.vramBudget, models: this.models, weights: { weights: this.opts.weights }, maxLength: emb.max_length, drop: emb.drop_prefix_tokens, trace, onInfo: (m) => this.opts.onProgress?.({ stage: 'embed', message: m }), onProgress: report('embed') });
+    const embedded = await runEmbed(g, this.files, prompts, qp, { textAttention: beh.textAttention, budget: budgetFor('embed'), models: this.models, weights: { weights: this.opts.weights }, maxLength: emb.max_length, drop: emb.drop_prefix_tokens, trace, onInfo: (m) => this.opts.onProgress?.({ stage: 'embed', message: m }), onProgress: report('embed') });
     lap('embed');
     yield { stage: 'embed', done: true, message: `embedded ${prompts.map((p) => p.inputIds.length).join(' + ')} tokens (${timings.embed}s)` };
 
@@ -259,6 +259,7 @@ export class EditPipeline {
     let refLatent: Float32Array | undefined;
     if (ref) {
       yield { stage: 'encode', message: 'VAE: encoding the reference image' };
+      await this.stage('encode');
       refLatent = await runVaeEncode(g, this.files, ref, { sampleSeed: req.sampleEncode ? seed : undefined, trace, onProgress: report('encode'), models: this.models });
       lap('encode');
     }
@@ -270,10 +271,11 @@ export class EditPipeline {
     let finished = false;
     let skipped = 0;
     let version: DitVersion = this.ditVersion;
+    await this.stage('sample');
     const sampling = runDenoise(g, this.files, {
       noise, refLatent, lh, lw, llmEmbedding: embedded.embeddings, mask: embedded.mask, T: embedded.maxLength, steps, cfg,
       cfgTruncate: beh.cfgTruncate, version: req.version,
-      budget: this.opts.vramBudget, models: this.models, weights: { weights: this.opts.weights, loras: this.opts.loras }, trace, cache: req.cache, maskPacked,
+      budget: budgetFor('sample'), models: this.models, weights: { weights: this.opts.weights, loras: this.opts.loras }, trace, cache: req.cache, maskPacked,
       onVersion: (v) => (version = v),
       onInfo: (m) => this.opts.onProgress?.({ stage: 'sample', message: m }),
       onStep: (i, n, sk) => {
@@ -298,8 +300,10 @@ export class EditPipeline {
 
     // -- decode -----------------------------------------------------------------------------------
     yield { stage: 'decode', message: 'VAE: decoding' };
+    await this.stage('decode');
     const small = await runVaeDecode(g, this.files, latent, lh, lw, trace, report('decode'), this.models);
     lap('decode');
+    g.mark('postprocess');
 
     // -- postprocess: resize back (PIL bicubic) unless the user keeps the working size --------------
     // (t2i: output_process_image resizes to width × height, the size it decoded at: nothing to do)
@@ -331,7 +335,20 @@ export class EditPipeline {
     if (req.mask) parameters.mask = `${req.mask.width}x${req.mask.height}${req.maskFeather ? `, feather ${req.maskFeather}px` : ''}`;
     if (req.cache) parameters.cache = `teacache:${req.cache.threshold} (skipped ${skipped} of ${steps} steps)`;
     const cacheInfo = req.cache ? { cache: { kind: 'teacache' as const, threshold: req.cache.threshold, skippedSteps: skipped } } : {};
-    return { image: out, task, version, behaviour: beh, workingSize: [outW, outH], seed, timings, peakGpuBytes: g.pool.peakLiveBytes, parameters, ...cacheInfo };
+    const dry = g.dryrun ? { dryrun: g.dryrun.report() } : {};
+    return { image: out, task, version, behaviour: beh, workingSize: [outW, outH], seed, timings, peakGpuBytes: g.pool.peakLiveBytes, parameters, ...cacheInfo, ...dry };
+  }
+
+  /**
+   * A stage begins: the pool's cached free buffers of the last one go (each stage allocates its own,
+   * once, and reuses them: runtime/buffer-pool.ts), and the GPU finishes the last stage's work, so the
+   * memory of the model it freed is back before this one allocates (Dawn frees a destroyed buffer only
+   * after the submits that used it). The dry run counts from here.
+   */
+  private async stage(name: 'embed' | 'encode' | 'sample' | 'decode'): Promise<void> {
+    this.gpu.pool.trim();
+    await this.gpu.sync();
+    this.gpu.mark(name);
   }
 
   /**

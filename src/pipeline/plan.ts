@@ -14,10 +14,17 @@
  * Residency: when every model fits the budget together (or there is no budget), models stay resident
  * across stages and across the images of a batch (`keepResident`); otherwise each stage loads its model
  * for itself, resident when it fits, else streaming under the budget.
+ *
+ * This is the one plan the run follows (pipeline/edit-pipeline.ts): the stages hand the loaders
+ * `stageBudget()` — the budget less the stage's activations — so the DiT's planResidency and Qwen's
+ * residencyPlan decide exactly what is printed here. The pool keeps a stage's freed buffers for reuse
+ * until the stage ends (runtime/buffer-pool.ts): those retained buffers are part of each stage's
+ * activation bytes, so there is no separate cache share. Without a budget the device's memory is the
+ * budget when it is known (the dry run's profile; WebGPU does not tell it on a real device).
  */
 import { openDitWeights, openVaeWeights } from '../models/diffusers-map.js';
 import { ExitCode, Step1xError } from '../errors.js';
-import { configFromCheckpoint, mlpHidden, planResidency, pooledBytes, type DitParams } from '../models/dit-config.js';
+import { configFromCheckpoint, mlpHidden, planResidency, pooledBytes, streamReserve, type DitParams } from '../models/dit-config.js';
 import { loadQwenConfig, type QwenVLConfig } from '../models/qwen25vl/config.js';
 import { openQwenCheckpoint, residencyPlan } from '../models/qwen25vl/loader.js';
 import { QwenVisionTower } from '../models/qwen25vl/vision.js';
@@ -40,6 +47,8 @@ export interface StagePlan {
   peak_bytes: number;
   /** The least this stage needs (everything streamable streamed). */
   min_bytes: number;
+  /** What streams: DiT blocks (count), Qwen towers ('vision', 'text'); empty when all is resident. */
+  streams: string[];
 }
 
 export interface VramPlan {
@@ -49,7 +58,13 @@ export interface VramPlan {
   budget_bytes: number | null;
   /** Every model fits at once: loaded once, kept across stages and batch images. */
   keep_resident: boolean;
-  /** Freed buffers the pool may keep for reuse (a tenth of the budget, or its 512 MiB default). */
+  /** The budget the plan was made against: --vram-budget, else the device's memory when known. */
+  plan_budget_bytes: number | null;
+  /**
+   * Beyond the stages' activations (which include the buffers the pool retains for reuse): the runtime's
+   * own buffers (uniform slots, readback staging, realigned views) and rounding slack: 1 % of the budget
+   * (of the peak without one). Loaders plan against the budget less this and their stage's activations.
+   */
   cache_bytes: number;
   stages: StagePlan[];
   /** Estimated peak GPU bytes of the whole edit (largest stage, or all models at once, + cache). */
@@ -60,12 +75,22 @@ export interface VramPlan {
 
 const sumPooled = (bufs: [number, number][]): number => bufs.reduce((s, [b, n]) => s + (b > 0 ? pooledBytes(b) * n : 0), 0);
 
-/** DiT forward activations over B rows of T text + L image tokens (the biggest block's buffers). */
+/**
+ * DiT forward activations over B rows of T text + L image tokens, as the pool holds them: a size class
+ * keeps as many buffers as were ever live at once in it, so the double blocks' per-stream buffers (B·L
+ * image rows, B·T text rows) and the single blocks' joint ones (B·(T+L) rows) are all retained.
+ * The dry run measures it (README "Dry run": bytes allocated in step 1 ≤ this).
+ */
 export function ditActivationBytes(cfg: DitParams, B: number, L: number, T: number, Cllm: number): number {
   const H = cfg.hidden_size, M = mlpHidden(H, cfg.mlp_ratio), S = B * (T + L), hd = H / cfg.num_heads;
+  const stream = (r: number): [number, number][] => [
+    [r * H * 4, 10], // residual in / out, modulated input, q, k, v, rotated q, k, attention out, projection
+    [r * M * 4, 1], // GELU(mlp) branch
+  ];
   return sumPooled([
-    [S * H * 4, 10], // residual in / out, modulated input, q, k, v, rotated q, k, attention out, projection
-    [S * M * 4, 1], // GELU(mlp) branch
+    ...stream(B * L), // double blocks, image stream
+    ...stream(B * T), // double blocks, text stream
+    ...stream(S), // single blocks
     [S * (H + M) * 4, 1], // cat(attn, mlp) of a single block
     [(T + L) * hd * 2 * 4, 1], // rope table (batch-1, broadcast)
     [B * L * cfg.in_channels * 4, 2], // packed tokens in, prediction out
@@ -125,9 +150,16 @@ export interface PlanOptions {
   weights?: WeightsOption;
   loras?: readonly LoraFile[];
   budget?: number;
+  /** The device's memory, when known: the budget when none is given. */
+  deviceBytes?: number;
 }
 
-const CACHE_DEFAULT = 512 << 20;
+/** What a stage's loader plans its residency against: the budget less the stage's activations. */
+export function stageBudget(plan: VramPlan, stage: StagePlan['stage']): number | undefined {
+  if (plan.plan_budget_bytes === null || plan.keep_resident) return undefined;
+  const s = plan.stages.find((x) => x.stage === stage)!;
+  return Math.max(1, plan.plan_budget_bytes - plan.cache_bytes - s.activation_bytes);
+}
 
 function tooSmall(budget: number, minimum: number): never {
   const gb = (x: number) => (x >= 1e9 ? `${(x / 1e9).toFixed(2)} GB` : `${(x / 1e6).toFixed(1)} MB`);
@@ -138,9 +170,10 @@ function tooSmall(budget: number, minimum: number): never {
 export async function planEdit(files: Pick<ModelFiles, 'dit' | 'vae' | 'qwenDir' | 'hparams'>, o: PlanOptions = {}): Promise<VramPlan> {
   const size = o.size ?? 512;
   const [width, height] = o.width && o.height ? [o.width, o.height] : inputProcessSize(size, size, size);
-  const budget = o.budget;
-  const modelBudget = budget !== undefined ? budget - Math.floor(budget / 10) : undefined;
-  const cache = budget !== undefined ? Math.floor(budget / 10) : CACHE_DEFAULT;
+  // a budget above the device's memory (when known) is the device's memory
+  const budget = o.budget !== undefined && o.deviceBytes !== undefined ? Math.min(o.budget, o.deviceBytes) : (o.budget ?? o.deviceBytes);
+  const slack = budget !== undefined ? Math.floor(budget / 100) : 0;
+  const modelBudget = budget !== undefined ? budget - slack : undefined;
   const ditPolicy: WeightPolicy = { weights: o.weights, loras: o.loras };
   const qwenPolicy: WeightPolicy = { weights: o.weights };
   const lh = height / 8, lw = width / 8;
@@ -155,21 +188,23 @@ export async function planEdit(files: Pick<ModelFiles, 'dit' | 'vae' | 'qwenDir'
     const act = ditActivationBytes(cfg.dit, 2, L, T, cfg.connector.in_channels);
     const all = planResidency(dck, cfg.dit, { weights: ditPolicy });
     const blocks = all.slots.reduce((s, b) => s + b.bytes, 0);
-    const maxBlock = Math.max(0, ...all.slots.map((s) => s.bytes));
+    const reserve = streamReserve(all.slots);
     ditAll = all.fixedBytes + blocks;
-    const min = all.fixedBytes + 2 * maxBlock + act;
+    const min = all.fixedBytes + reserve + act;
     let resident = ditAll;
+    let streamedBlocks = 0;
     if (modelBudget !== undefined && ditAll + act > modelBudget) {
       if (min > modelBudget) resident = -1;
       else {
         const p = planResidency(dck, cfg.dit, { weights: ditPolicy, budgetBytes: modelBudget, activationBytes: act });
         resident = all.fixedBytes + [...p.resident].reduce((s, j) => s + p.slots[j].bytes, 0);
+        streamedBlocks = p.slots.length - p.resident.size;
       }
     }
     const streamed = resident < 0 ? blocks : ditAll - resident;
-    const working = streamed > 0 ? 2 * maxBlock : 0;
+    const working = streamed > 0 ? reserve : 0;
     const res = resident < 0 ? all.fixedBytes : resident;
-    dit = { stage: 'sample', model: 'dit', resident_bytes: res, streamed_bytes: streamed, working_bytes: working, activation_bytes: act, peak_bytes: res + working + act, min_bytes: min };
+    dit = { stage: 'sample', model: 'dit', resident_bytes: res, streamed_bytes: streamed, working_bytes: working, activation_bytes: act, peak_bytes: res + working + act, min_bytes: min, streams: streamedBlocks ? [`${streamedBlocks} blocks`] : [] };
   } finally {
     await dck.close();
   }
@@ -194,7 +229,8 @@ export async function planEdit(files: Pick<ModelFiles, 'dit' | 'vae' | 'qwenDir'
     const { streamVision, streamText } = modelBudget === undefined ? { streamVision: false, streamText: false } : residencyPlan('auto', vs, ts, qcfg.text.numHiddenLayers, Math.max(1, modelBudget - act));
     const res = vs.fixed + ts.fixed + (streamVision ? 0 : vs.blocks) + (streamText ? 0 : ts.blocks);
     const working = (streamVision ? 2 * visionBlock : 0) + (streamText ? 2 * textLayer : 0);
-    qwen = { stage: 'embed', model: 'qwen', resident_bytes: res, streamed_bytes: qwenAll - res, working_bytes: working, activation_bytes: act, peak_bytes: res + working + act, min_bytes: min };
+    const streams = [...(streamText ? ['text'] : []), ...(streamVision ? ['vision'] : [])];
+    qwen = { stage: 'embed', model: 'qwen', resident_bytes: res, streamed_bytes: qwenAll - res, working_bytes: working, activation_bytes: act, peak_bytes: res + working + act, min_bytes: min, streams };
   } finally {
     await qck.close();
   }
@@ -215,19 +251,20 @@ export async function planEdit(files: Pick<ModelFiles, 'dit' | 'vae' | 'qwenDir'
   } finally {
     await vck.close();
   }
-  const enc: StagePlan = { stage: 'encode', model: 'vae', resident_bytes: vaeW, streamed_bytes: 0, working_bytes: 0, activation_bytes: encAct, peak_bytes: vaeW + encAct, min_bytes: vaeW + encAct };
+  const enc: StagePlan = { stage: 'encode', model: 'vae', resident_bytes: vaeW, streamed_bytes: 0, working_bytes: 0, activation_bytes: encAct, peak_bytes: vaeW + encAct, min_bytes: vaeW + encAct, streams: [] };
   const dec: StagePlan = { ...enc, stage: 'decode', activation_bytes: decAct, peak_bytes: vaeW + decAct, min_bytes: vaeW + decAct };
   const stages = [qwen, enc, dit, dec];
   const maxAct = Math.max(...stages.map((s) => s.activation_bytes));
   const together = qwenAll + ditAll + vaeW + maxAct;
   const keep = modelBudget === undefined || together <= modelBudget;
   const minStage = Math.max(...stages.map((s) => s.min_bytes));
-  const minimum = Math.ceil((minStage * 10) / 9) + 1;
+  const minimum = Math.ceil((minStage * 100) / 99) + 1;
   if (budget !== undefined && (dit.resident_bytes < 0 || minStage > (modelBudget as number))) tooSmall(budget, minimum);
-  if (keep) for (const s of stages) (s.resident_bytes = s.model === 'qwen' ? qwenAll : s.model === 'dit' ? ditAll : vaeW), (s.streamed_bytes = 0), (s.working_bytes = 0), (s.peak_bytes = s.resident_bytes + s.activation_bytes);
+  if (keep) for (const s of stages) (s.resident_bytes = s.model === 'qwen' ? qwenAll : s.model === 'dit' ? ditAll : vaeW), (s.streamed_bytes = 0), (s.working_bytes = 0), (s.streams = []), (s.peak_bytes = s.resident_bytes + s.activation_bytes);
   const live = keep ? together : Math.max(...stages.map((s) => s.peak_bytes));
+  const cache = budget !== undefined ? slack : Math.ceil(live / 100);
   return {
-    width, height, weights: o.weights ?? 'as stored', budget_bytes: budget ?? null, keep_resident: keep, cache_bytes: cache, stages,
+    width, height, weights: o.weights ?? 'as stored', budget_bytes: o.budget ?? null, plan_budget_bytes: budget ?? null, keep_resident: keep, cache_bytes: cache, stages,
     peak_bytes: live + cache, minimum_budget_bytes: minimum,
   };
 }

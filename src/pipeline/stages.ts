@@ -227,6 +227,7 @@ export async function runDenoise(g: Gpu, files: ModelFiles, o: DenoiseStageOptio
       const cache = o.cache ? new TeaCache(o.steps, o.cache.threshold) : undefined;
       const pred = model.predictor({ llmEmbedding: o.llmEmbedding, mask, imgIds: prep.imgIds, txtIds: prep.txtIds, T: o.T, L, cache });
       try {
+        g.mark('sample', 1);
         const out = await denoise(pred, prep.img, B, {
           timesteps,
           cfgGuidance: o.cfg,
@@ -241,6 +242,7 @@ export async function runDenoise(g: Gpu, files: ModelFiles, o: DenoiseStageOptio
             o.trace?.(`mid.step${s.step}.pred_guided`, s.predGuided, [1, L, prep.channels]);
             o.trace?.(`mid.step${s.step}.latent_after`, s.latentAfter, [1, L, prep.channels]);
             o.onStep?.(s.step + 1, s.total, pred.cacheState?.skipped);
+            g.mark('sample', s.step + 1 < s.total ? s.step + 2 : undefined);
           },
         });
         o.trace?.('mid.latent_packed', out, [1, N, prep.channels]);

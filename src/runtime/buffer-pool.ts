@@ -5,11 +5,22 @@
  * so transient activations of similar shapes reuse memory. `liveBytes` counts buffers handed out,
  * `peakLiveBytes` its high-water mark: the pipeline's memory budget and the tests read these.
  * Cached free buffers count in `cachedBytes`; `trim()` destroys them (called between stages).
+ *
+ * Static allocation per stage: freed buffers are kept (by default without a byte cap) until `trim()`,
+ * so a size class never holds more buffers than were live at once, and an op sequence that repeats
+ * (a DiT step) creates no buffer after its first run. Dawn zero-fills every new buffer and frees a
+ * destroyed one only after the submits that used it, so creating and destroying per op costs GPU time
+ * and multiplies the footprint by the host's lead. A class hands out its lowest-id free buffer first:
+ * the same op sequence then gets the same buffers every time, which keeps bind groups cached.
  */
 export interface PooledBuffer {
   buffer: GPUBuffer;
   size: number;
+  /** Stable id (bind groups are cached by it: runtime/bind-cache.ts). */
+  id: number;
 }
+
+let nextId = 1;
 
 const USAGE = 0x80 /* STORAGE */ | 0x4 /* COPY_SRC */ | 0x8; /* COPY_DST */
 
@@ -27,7 +38,11 @@ export class BufferPool {
   peakLiveBytes = 0;
   cachedBytes = 0;
   /** Upper bound on cached free bytes before they are destroyed instead of kept. */
-  maxCachedBytes = 512 << 20;
+  maxCachedBytes = Infinity;
+  /** Called just before a buffer is destroyed (the bind-group cache forgets it). */
+  onDestroy?: (pb: PooledBuffer) => void;
+  /** Buffers created since construction (the dry run and tests read it). */
+  created = 0;
 
   constructor(
     private readonly device: GPUDevice,
@@ -41,7 +56,10 @@ export class BufferPool {
     const list = this.free.get(size);
     let pb = list?.pop();
     if (pb) this.cachedBytes -= size;
-    else pb = { buffer: this.device.createBuffer({ size, usage: USAGE, label }), size };
+    else {
+      pb = { buffer: this.device.createBuffer({ size, usage: USAGE, label }), size, id: nextId++ };
+      this.created++;
+    }
     this.liveBytes += size;
     if (this.liveBytes > this.peakLiveBytes) this.peakLiveBytes = this.liveBytes;
     return pb;
@@ -56,7 +74,10 @@ export class BufferPool {
     }
     let list = this.free.get(pb.size);
     if (!list) this.free.set(pb.size, (list = []));
-    list.push(pb);
+    // kept sorted by id, highest first: pop() hands out the lowest id
+    let i = list.length;
+    while (i > 0 && list[i - 1].id < pb.id) i--;
+    list.splice(i, 0, pb);
     this.cachedBytes += pb.size;
   }
 
@@ -77,12 +98,17 @@ export class BufferPool {
    */
   discard(pb: PooledBuffer): void {
     this.liveBytes -= pb.size;
+    this.destroy(pb);
+  }
+
+  private destroy(pb: PooledBuffer): void {
+    this.onDestroy?.(pb);
     pb.buffer.destroy();
   }
 
   /** Called by the runtime right after a submit: nothing unsubmitted refers to these any more. */
   collect(): void {
-    for (const pb of this.toDestroy) pb.buffer.destroy();
+    for (const pb of this.toDestroy) this.destroy(pb);
     this.toDestroy = [];
   }
 }

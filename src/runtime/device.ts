@@ -9,6 +9,7 @@
  * - `destroy()` must be called when a command ends: Dawn keeps Node's event loop alive otherwise.
  */
 import { ExitCode, Step1xError } from '../errors.js';
+import { dryAdapter, dryRunLag, dryRunProfile, recorderOf, Recorder } from './dryrun/index.js';
 import { readCapabilities, resolveKernels, resolvePrecision, featuresFor, requestedKernels, SGMAT_DAWN_FLAGS, type Capabilities, type KernelFamily, type Precision } from './caps.js';
 
 export const WANTED_FEATURES = ['shader-f16', 'subgroups', 'timestamp-query'] as const;
@@ -56,6 +57,9 @@ const NO_ADAPTER_HELP =
   '"apt-get install -t bookworm-backports mesa-vulkan-drivers libvulkan1" (see README, Set-up)';
 
 export async function requestAdapter(opts: DeviceOptions = {}): Promise<GPUAdapter> {
+  // STEP1X_DRYRUN=<profile>: a device that does no GPU work and records what it is asked (dryrun/).
+  const dry = dryRunProfile();
+  if (dry) return dryAdapter(dry, new Recorder({ id: dry.id, description: dry.description, memoryBytes: dry.memoryBytes }, dryRunLag()));
   const { create } = await loadDawn();
   // The GPU instance must outlive every adapter and device made from it: if it is garbage-collected,
   // Dawn tears down the instance under a live device and the process aborts. Keep it module-level.
@@ -126,6 +130,8 @@ export interface DeviceHandle {
   /** The kernel family in force (--kernels / STEP1X_KERNELS resolved on this adapter). */
   kernels: Exclude<KernelFamily, 'auto'>;
   precision: Precision;
+  /** Set on a dry-run device (STEP1X_DRYRUN): what the run asked of it. */
+  dryrun?: Recorder;
 }
 
 export async function createDevice(opts: DeviceOptions = {}): Promise<DeviceHandle> {
@@ -161,6 +167,7 @@ export async function createDevice(opts: DeviceOptions = {}): Promise<DeviceHand
     caps,
     kernels,
     precision: resolvePrecision(kernels),
+    dryrun: recorderOf(device),
   };
   device.addEventListener('uncapturederror', (ev) => {
     const err = (ev as GPUUncapturedErrorEvent).error;

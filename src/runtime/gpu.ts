@@ -14,10 +14,12 @@ import { Storage, Tensor, type DType, DTYPE_BYTES, numelOf, storageBytes } from 
 import { Profiler, type ProfileReport } from './profiler.js';
 import { pipelineKey, type Defines } from './shader-source.js';
 import { PipelineCache } from './pipeline-cache.js';
+import { BindGroupCache, type BindEntry } from './bind-cache.js';
 import { bf16ArrayToF32, f16ArrayToF32 } from './half.js';
 import { ExitCode, Step1xError, fail, fmtShape } from '../errors.js';
 import type { Capabilities, KernelFamily, Precision } from './caps.js';
 import { appendFileSync } from 'node:fs';
+import type { Recorder } from './dryrun/recorder.js';
 
 /** A uniform scalar: plain numbers are u32; wrap signed or float values. */
 export type Uniform = number | { i32: number } | { f32: number };
@@ -37,6 +39,8 @@ export type HostData = Float32Array | Int32Array | Uint32Array | Uint16Array;
 
 const UNIFORM_SLOT = 256;
 const MAX_BATCH = 256;
+/** Submits the GPU may be behind before `pace()` waits (STEP1X_MAX_INFLIGHT overrides). */
+const MAX_IN_FLIGHT = 2;
 
 /** Live runtimes, oldest first: `current()` is the newest one not yet destroyed. */
 const live: Gpu[] = [];
@@ -52,6 +56,16 @@ export class Gpu {
   private uniformCount = 0;
   private uniformBuf: GPUBuffer;
   private pending = 0;
+  private staging: GPUBuffer | null = null;
+  private passPipeline: GPUComputePipeline | null = null;
+  private readonly keyMemo = new Map<string, string>();
+  private readonly dynOffset = [0];
+  private stagingBusy = false;
+  private readonly bindGroups: BindGroupCache;
+  /** Completion of each submit not yet known to be done, oldest first (backpressure). */
+  private inFlight: Promise<unknown>[] = [];
+  /** Submits the host may lead the GPU by at a `pace()` point. */
+  readonly maxInFlight: number;
   /** Number of dispatches recorded since creation (benchmarks, tests). */
   dispatchCount = 0;
   /** Host → GPU writes since creation (writeInto / writeBytes calls and bytes): per-step counts in tests. */
@@ -64,6 +78,12 @@ export class Gpu {
     this.device = handle.device;
     this.pool = new BufferPool(this.device, handle.maxBufferBytes);
     this.pipelines = new PipelineCache(this.device);
+    this.bindGroups = new BindGroupCache(this.device);
+    this.pool.onDestroy = (pb) => this.bindGroups.evictBuffer(pb.id);
+    const env = Number(process.env.STEP1X_MAX_INFLIGHT);
+    this.maxInFlight = Number.isInteger(env) && env >= 1 ? env : MAX_IN_FLIGHT;
+    // The dry run models the GPU as far behind as pacing lets it be.
+    if (handle.dryrun && process.env.STEP1X_DRYRUN_INFLIGHT === undefined) handle.dryrun.lag = this.maxInFlight;
     this.uniformBuf = this.device.createBuffer({
       size: UNIFORM_SLOT * MAX_BATCH,
       usage: 0x40 /* UNIFORM */ | 0x8 /* COPY_DST */,
@@ -113,6 +133,25 @@ export class Gpu {
   }
   describe(): AdapterDescription {
     return describeAdapter(this.handle.adapter);
+  }
+  /** The recorder of a dry-run device (STEP1X_DRYRUN); undefined on a real one. */
+  get dryrun(): Recorder | undefined {
+    return this.handle.dryrun;
+  }
+  /** The device's memory when known (a dry-run profile's); WebGPU does not tell it on a real device. */
+  get memoryBytes(): number | undefined {
+    return this.handle.dryrun?.profile.memoryBytes;
+  }
+  /** Whether this device does no GPU work (loaders then allocate weights without reading them). */
+  get isDryRun(): boolean {
+    return this.handle.dryrun !== undefined;
+  }
+  /**
+   * Where the run is: a stage ('embed', 'encode', 'sample', 'decode') and, while sampling, the DiT step
+   * (1-based). The dry run counts its work per mark; on a real device this costs nothing.
+   */
+  mark(stage: string, step?: number): void {
+    this.handle.dryrun?.mark(stage, step);
   }
 
   // ---- allocation -------------------------------------------------------------------------------
@@ -240,19 +279,22 @@ export class Gpu {
       if (typeof u === 'number' && (!Number.isInteger(u) || u < 0 || u > 0xffffffff)) fail(`${k.file}: uniform ${i} = ${u} is not a u32`);
     });
     const entry = k.entry ?? 'main';
-    const key = pipelineKey(k.file, entry, k.defines ?? {});
-    const { pipeline: pipe, readOnly } = this.pipelines.get(k.file, entry, k.defines ?? {}, key);
+    const key = this.keyOf(k.file, entry, k.defines);
+    const { pipeline: pipe, readOnly, layout, dynamicUniform } = this.pipelines.get(k.file, entry, k.defines ?? {}, key);
+    this.handle.dryrun?.kernel(k.file, entry, k.defines ?? {}, k.uniforms);
     if (this.uniformCount >= MAX_BATCH || this.profiler?.full) this.flush();
-    const entries: GPUBindGroupEntry[] = [];
+    const entries: BindEntry[] = [];
+    let slot = -1;
     if (k.uniforms) {
-      const slot = this.uniformCount++;
+      slot = this.uniformCount++;
       const dv = new DataView(this.uniformHost, slot * UNIFORM_SLOT, UNIFORM_SLOT);
       k.uniforms.forEach((u, i) => {
         if (typeof u === 'number') dv.setUint32(i * 4, u, true);
         else if ('i32' in u) dv.setInt32(i * 4, u.i32, true);
         else dv.setFloat32(i * 4, u.f32, true);
       });
-      entries.push({ binding: 0, resource: { buffer: this.uniformBuf, offset: slot * UNIFORM_SLOT, size: Math.max(16, Math.ceil(k.uniforms.length / 4) * 16) } });
+      // a dynamic offset picks the slot at setBindGroup, so the bind group is the same for every slot
+      entries.push({ binding: 0, buffer: this.uniformBuf, id: 0, offset: dynamicUniform ? 0 : slot * UNIFORM_SLOT, size: Math.max(16, Math.ceil(k.uniforms.length / 4) * 16) });
     }
     // Storage bindings need 256-byte-aligned offsets: bind an aligned copy of a misaligned view, and
     // copy it back after the dispatch when the shader may write it (read_write binding).
@@ -263,14 +305,18 @@ export class Gpu {
         b = this.copy(t);
         temps.push({ view: t, copy: b, writeBack: !readOnly.has(i + 1) });
       }
-      entries.push({ binding: i + 1, resource: { buffer: b.storage.pooled.buffer, offset: b.byteOffset, size: Math.max(4, b.byteLength) } });
+      entries.push({ binding: i + 1, buffer: b.storage.pooled.buffer, id: b.storage.pooled.id, offset: b.byteOffset, size: Math.max(4, b.byteLength) });
     });
-    const bg = this.device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries, label: key });
+    const bg = this.bindGroups.get(key, layout, entries);
     const timestampWrites = this.profiler?.passTimestamps(key);
     if (timestampWrites) this.endPass();
     const pass = timestampWrites ? this.enc().beginComputePass({ timestampWrites, label: key }) : this.beginPass();
-    pass.setPipeline(pipe);
-    pass.setBindGroup(0, bg);
+    if (pass !== this.pass || this.passPipeline !== pipe) pass.setPipeline(pipe);
+    this.passPipeline = timestampWrites ? null : pipe;
+    if (dynamicUniform && slot >= 0) {
+      this.dynOffset[0] = slot * UNIFORM_SLOT;
+      pass.setBindGroup(0, bg, this.dynOffset);
+    } else pass.setBindGroup(0, bg);
     pass.dispatchWorkgroups(x, y, z);
     if (timestampWrites) pass.end();
     this.pending++;
@@ -308,7 +354,10 @@ export class Gpu {
     return this.encoder;
   }
   private beginPass(): GPUComputePassEncoder {
-    if (!this.pass) this.pass = this.enc().beginComputePass();
+    if (!this.pass) {
+      this.pass = this.enc().beginComputePass();
+      this.passPipeline = null;
+    }
     return this.pass;
   }
   private endPass(): void {
@@ -316,6 +365,21 @@ export class Gpu {
       this.pass.end();
       this.pass = null;
     }
+  }
+
+  /**
+   * pipelineKey() sorts the defines (≈ 10 µs for a GEMM's dozen): memoised by the defines in the order
+   * the op wrote them, which is the same on every call of an op.
+   */
+  private keyOf(file: string, entry: string, defines: Defines | undefined): string {
+    let raw = `${file}:${entry}`;
+    if (defines) for (const d in defines) raw += `,${d}=${defines[d]}`;
+    let key = this.keyMemo.get(raw);
+    if (key === undefined) {
+      key = pipelineKey(file, entry, defines ?? {});
+      this.keyMemo.set(raw, key);
+    }
+    return key;
   }
 
   /** Submit everything recorded so far. */
@@ -335,11 +399,37 @@ export class Gpu {
     const afterSubmit = this.profiler?.beforeSubmit(this.encoder);
     this.device.queue.submit([this.encoder.finish()]);
     afterSubmit?.();
+    this.track();
     this.encoder = null;
     this.uniformCount = 0;
     this.pending = 0;
     this.pool.collect();
     this.throwPending();
+  }
+
+  /** Remember the submit's completion for `pace()` (the dry run models the bound itself). */
+  private track(): void {
+    if (this.handle.dryrun) return;
+    const p = this.device.queue.onSubmittedWorkDone().catch(() => undefined);
+    this.inFlight.push(p);
+    void p.then(() => {
+      const i = this.inFlight.indexOf(p);
+      if (i >= 0) this.inFlight.splice(0, i + 1); // completion is in order: older ones are done too
+    });
+  }
+
+  /**
+   * Backpressure: wait until at most `maxInFlight` submits are unfinished. Loops that record a lot of
+   * work between awaits (the DiT blocks) call it, so that the host does not encode a whole step ahead:
+   * every submit in flight holds the buffers it uses, and Dawn frees a destroyed buffer only after them.
+   */
+  async pace(): Promise<void> {
+    while (this.inFlight.length > this.maxInFlight) await this.inFlight[0];
+  }
+
+  /** Bind groups created and reused so far (benchmarks, tests). */
+  get bindGroupStats(): { created: number; reused: number; cached: number } {
+    return { created: this.bindGroups.misses, reused: this.bindGroups.hits, cached: this.bindGroups.size };
   }
 
   private discardBatch(): void {
@@ -375,7 +465,20 @@ export class Gpu {
   async readBytes(t: Tensor): Promise<Uint8Array> {
     t.assertAlive();
     const n = t.byteLength;
-    const staging = this.device.createBuffer({ size: Math.max(4, n), usage: 0x1 /* MAP_READ */ | 0x8 /* COPY_DST */ });
+    // one staging buffer, reused while it is large enough (a new one per read would be a buffer
+    // creation per sampler step); reads are awaited one at a time by their callers
+    const size = Math.max(256, Math.ceil(n / 256) * 256);
+    let staging: GPUBuffer;
+    // a concurrent read, or a large one (traces), gets a buffer of its own
+    const owned = !this.stagingBusy && size <= 64 << 20;
+    if (owned) {
+      if (this.staging && this.staging.size < size) {
+        this.staging.destroy();
+        this.staging = null;
+      }
+      staging = this.staging ??= this.device.createBuffer({ size, usage: 0x1 /* MAP_READ */ | 0x8 /* COPY_DST */, label: 'readback' });
+      this.stagingBusy = true;
+    } else staging = this.device.createBuffer({ size, usage: 0x1 /* MAP_READ */ | 0x8 /* COPY_DST */, label: 'readback' });
     try {
       this.endPass();
       this.enc().copyBufferToBuffer(t.storage.pooled.buffer, t.byteOffset, staging, 0, n);
@@ -388,11 +491,12 @@ export class Gpu {
         throw new Step1xError(`GPU readback of ${t.toString()} failed: ${(e as Error).message}`, ExitCode.GPU);
       }
       this.throwPending();
-      const copy = new Uint8Array(staging.getMappedRange().slice(0));
+      const copy = new Uint8Array(staging.getMappedRange(0, n).slice(0));
       staging.unmap();
       return copy;
     } finally {
-      staging.destroy();
+      if (owned) this.stagingBusy = false;
+      else staging.destroy();
     }
   }
 
@@ -480,6 +584,9 @@ export class Gpu {
     this.pass = null;
     this.pool.trim();
     this.pool.collect();
+    this.bindGroups.clear();
+    this.staging?.destroy();
+    this.staging = null;
     this.uniformBuf.destroy();
     this.profiler?.destroy();
     this.profiler = null;
