@@ -101,10 +101,13 @@ describe('step1x edit on a dry-run device at real size (header-only v1.1 fakes)'
     expect(d.stages.map((s) => s.stage)).toEqual(['embed', 'encode', 'sample', 'decode']);
     expect(d.steps.map((s) => s.step)).toEqual([1, 2, 3]);
     const sample = d.stages.find((s) => s.stage === 'sample')!;
-    // the DiT step is the same op sequence every time; the sample stage is its steps (+ loading)
-    expect(new Set(d.steps.map((s) => s.dispatches)).size).toBe(1);
-    expect(d.steps[0].dispatches).toBeGreaterThan(1000);
-    expect(sample.dispatches).toBeGreaterThanOrEqual(3 * d.steps[0].dispatches);
+    // the DiT step is the same op sequence every time after the first, which also prepares the per-edit text
+    // conditioning (connector constants, vector_in(y)); the sample stage is its steps (+ loading)
+    expect(new Set(d.steps.slice(1).map((s) => s.dispatches)).size).toBe(1);
+    expect(d.steps[1].dispatches).toBeGreaterThan(1000);
+    expect(d.steps[0].dispatches).toBeGreaterThan(d.steps[1].dispatches);
+    expect(d.steps[0].dispatches - d.steps[1].dispatches).toBeLessThan(50);
+    expect(sample.dispatches).toBeGreaterThanOrEqual(d.steps[0].dispatches + 2 * d.steps[1].dispatches);
     for (const s of d.steps) expect(s.syncs).toBe(1); // the sampler's one readback per step
     // every DiT GEMM over tokens (M > 4; M <= 4 is left to gemv) runs on the matrix units
     const big = d.kernels.filter((k) => k.shape.startsWith('dit.gemm') && Number(/M=(\d+)/.exec(k.shape)![1]) > 4);
