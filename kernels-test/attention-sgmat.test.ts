@@ -11,6 +11,8 @@ import { getGpu, releaseGpu, randn, expectClose, rng } from './harness.js';
 import { attentionRef } from './ref/attention.js';
 import { planAttention } from '../src/ops/plan-attention.js';
 import { attentionSgmat } from '../src/ops/attention-sgmat.js';
+import { attention } from '../src/ops/attention.js';
+import type { Tensor } from '../src/runtime/tensor.js';
 import { overflowCounter } from '../src/ops/plan-gemm.js';
 import { hasMatrixUnits } from '../src/runtime/caps.js';
 import type { Gpu } from '../src/runtime/gpu.js';
@@ -24,7 +26,8 @@ async function sgGpu(): Promise<Gpu | null> {
   return null;
 }
 
-interface C { B: number; L: number; Lk?: number; H: number; Hkv: number; Dh: number; causal?: boolean; keyMask?: boolean; segments?: boolean; queryMask?: boolean; inject?: number }
+/** split: through attention() with the binding limit lowered so that only one batch item fits a binding. */
+interface C { split?: boolean; B: number; L: number; Lk?: number; H: number; Hkv: number; Dh: number; causal?: boolean; keyMask?: boolean; segments?: boolean; queryMask?: boolean; inject?: number }
 
 async function run(g: Gpu, c: C): Promise<void> {
   const Lk = c.Lk ?? c.L;
@@ -48,8 +51,26 @@ async function run(g: Gpu, c: C): Promise<void> {
   const before = (await g.read(overflowCounter(g)))[1];
   const plan = planAttention(g, { Lq: c.L, Lk, Dh: c.Dh }, 'subgroup-matrix');
   const scale = 1 / Math.sqrt(c.Dh);
-  attentionSgmat(g, plan, { q: ts[0], k: ts[1], v: ts[2], out, B: c.B, Lq: c.L, Lk, H: c.H, Hkv: c.Hkv, scale, causal: !!c.causal, keyMask: kmT, segments: segT, queryMask: qmT });
-  const got = await g.readF32(out);
+  let got: Float32Array;
+  if (c.split) {
+    const saved = g.maxBindingBytes;
+    const n0 = g.fileCounts.get('attention-sgmat.wgsl') ?? 0, r0 = g.fileCounts.get('attention.wgsl') ?? 0;
+    g.maxBindingBytes = Math.max(c.L * c.H, Lk * c.Hkv) * c.Dh * 4 + 256;
+    expect(c.B * c.L * c.H * c.Dh * 4).toBeGreaterThan(g.maxBindingBytes);
+    let o2: Tensor | undefined;
+    try {
+      o2 = attention(ts[0], ts[1], ts[2], { scale, causal: c.causal, keyMask: kmT, segments: segT, queryMask: qmT, kernel: 'subgroup-matrix' });
+      got = await g.readF32(o2);
+    } finally {
+      g.maxBindingBytes = saved;
+      o2?.dispose();
+    }
+    expect(g.fileCounts.get('attention-sgmat.wgsl') ?? 0).toBe(n0 + c.B);
+    expect(g.fileCounts.get('attention.wgsl') ?? 0).toBe(r0);
+  } else {
+    attentionSgmat(g, plan, { q: ts[0], k: ts[1], v: ts[2], out, B: c.B, Lq: c.L, Lk, H: c.H, Hkv: c.Hkv, scale, causal: !!c.causal, keyMask: kmT, segments: segT, queryMask: qmT });
+    got = await g.readF32(out);
+  }
   const ref = attentionRef(q, k, v, c.B, c.L, Lk, c.H, c.Hkv, c.Dh, { causal: c.causal, keyMask: km, segments: seg, queryMask: qm });
   const name = `sgmat attention B=${c.B} L=${c.L} Lk=${Lk} H=${c.H}/${c.Hkv} Dh=${c.Dh}${c.causal ? ' causal' : ''}${c.keyMask ? ' keyMask' : ''}${c.segments ? ' segments' : ''}${c.queryMask ? ' queryMask' : ''}`;
   const after = (await g.read(overflowCounter(g)))[1];
@@ -79,6 +100,12 @@ describe('subgroup-matrix flash attention', () => {
     await run(g, { B: 2, L: 35, H: 2, Hkv: 2, Dh: 80, keyMask: true, queryMask: true });
     await run(g, { B: 1, L: 45, H: 2, Hkv: 2, Dh: 80, segments: true });
     await run(g, { B: 1, L: 19, H: 7, Hkv: 1, Dh: 128, causal: true, keyMask: true });
+  });
+  test('q over the binding limit: one batch item per dispatch, still on the matrix units (masks per item)', async () => {
+    const g = await sgGpu();
+    if (!g) return;
+    await run(g, { split: true, B: 3, L: 17, Lk: 23, H: 2, Hkv: 1, Dh: 64, causal: true, keyMask: true, queryMask: true });
+    await run(g, { split: true, B: 2, L: 33, H: 3, Hkv: 3, Dh: 80, segments: true });
   });
   test('a k value beyond 65504 makes the workgroup recompute in f32 (no inf/NaN)', async () => {
     const g = await sgGpu();

@@ -11,7 +11,7 @@
  */
 import type { Gpu } from '../runtime/gpu.js';
 import type { Capabilities, MatrixConfig } from '../runtime/caps.js';
-import { matrixConfig } from './plan-gemm.js';
+import { matrixConfig, warnNoMatrixUnits } from './plan-gemm.js';
 import { fail } from '../errors.js';
 
 export interface AttentionPlan {
@@ -20,6 +20,8 @@ export interface AttentionPlan {
   /** Query rows per workgroup (subgroup-matrix only). */
   bq: number;
   describe: string;
+  /** Set when a subgroup-matrix request fell back to the register kernel: why. */
+  why?: string;
 }
 
 export interface AttentionShape {
@@ -55,15 +57,23 @@ export function attentionSgmatTile(caps: Capabilities, dh: number): { nsg: numbe
 }
 
 export function planAttention(g: Gpu, s: AttentionShape, variant: 'auto' | 'subgroup-matrix' | 'register' = 'auto'): AttentionPlan {
-  const register: AttentionPlan = { kind: 'register', defines: {}, bq: 0, describe: 'register-tiled f32 flash attention (attention.wgsl)' };
   const want = variant === 'auto' ? (g.kernels === 'subgroup-matrix' && g.precision === 'mixed' ? 'subgroup-matrix' : 'register') : variant;
-  if (want === 'register') return register;
-  const caps = g.caps;
-  const t = attentionSgmatTile(caps, s.Dh);
-  if (!t) {
-    if (variant === 'subgroup-matrix') fail(`attention: no subgroup-matrix tiling of head dim ${s.Dh} fits ${caps.maxWorkgroupStorage} bytes of workgroup storage`);
-    return register;
+  const plan = planAttentionFor(g.caps, s, want);
+  if (plan.why) {
+    if (variant === 'subgroup-matrix') fail(`attention: ${plan.why}`);
+    warnNoMatrixUnits(g, `attention (Dh ${s.Dh})`, plan.why);
   }
+  return plan;
+}
+
+/** The plan on a capabilities object alone; `why` says why a subgroup-matrix request got the register kernel. */
+export function planAttentionFor(caps: Capabilities, s: AttentionShape, want: 'subgroup-matrix' | 'register'): AttentionPlan {
+  const register: AttentionPlan = { kind: 'register', defines: {}, bq: 0, describe: 'register-tiled f32 flash attention (attention.wgsl)' };
+  if (want === 'register') return register;
+  if (!caps.matrixConfigs.length)
+    return { ...register, why: `attention-sgmat.wgsl needs an f16→f32 config, the adapter reports ${caps.allMatrixConfigs.map((c) => `${c.component}→${c.result} ${c.M}x${c.N}x${c.K}`).join(', ') || 'none'}` };
+  const t = attentionSgmatTile(caps, s.Dh);
+  if (!t) return { ...register, why: `no subgroup-matrix tiling of head dim ${s.Dh} fits ${caps.maxWorkgroupStorage} bytes of workgroup storage` };
   const cfg = matrixConfig(caps);
   return {
     kind: 'subgroup-matrix',
@@ -71,4 +81,15 @@ export function planAttention(g: Gpu, s: AttentionShape, variant: 'auto' | 'subg
     bq: t.nsg * cfg.M,
     describe: `subgroup-matrix flash attention ${cfg.M}x${cfg.N}x${cfg.K} f16→f32, ${t.nsg * cfg.M} query rows x ${t.bkv} keys per tile, Dh padded to ${t.dhp}`,
   };
+}
+
+/**
+ * How attention-sgmat binds q/k/v/out/mask under a binding limit: all at once, one batch item per
+ * dispatch, or not at all (then the register kernel's row/key split runs, with a warning). Row bytes:
+ * q/out H*Dh*4, k/v Hkv*Dh*4, a dense mask Lk*4 (0 without one).
+ */
+export function attentionBinding(limit: number, B: number, Lq: number, Lk: number, qRow: number, kRow: number, mRow: number): 'whole' | 'per-item' | null {
+  if (B * Lq * Math.max(qRow, mRow) <= limit && B * Lk * kRow <= limit) return 'whole';
+  if (Lq * Math.max(qRow, mRow) <= limit && Lk * kRow <= limit) return 'per-item';
+  return null;
 }

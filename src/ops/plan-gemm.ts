@@ -16,7 +16,7 @@
 import type { Gpu } from '../runtime/gpu.js';
 import type { Tensor, DType } from '../runtime/tensor.js';
 import type { Capabilities, KernelFamily, MatrixConfig, Precision } from '../runtime/caps.js';
-import { requestedKernels, SUBGROUP_SIZE_CONTROL } from '../runtime/caps.js';
+import { requestedKernels, hasMatrixUnits, SUBGROUP_SIZE_CONTROL } from '../runtime/caps.js';
 import { fail } from '../errors.js';
 
 export type GemmKind = 'subgroup-matrix' | 'workgroup';
@@ -162,7 +162,7 @@ export function sgmatFits(caps: Capabilities, cfg: MatrixConfig, t: SgmatTile): 
 }
 
 /** A tile of bm x bn outputs on sgm x sgn subgroups for this config (null when the fragments do not divide it). */
-function tileOf(cfg: MatrixConfig, bm: number, bn: number, sgm: number, sgn: number, bk: number): SgmatTile | null {
+export function sgmatTileOf(cfg: MatrixConfig, bm: number, bn: number, sgm: number, sgn: number, bk: number): SgmatTile | null {
   const pm = bm / (sgm * cfg.M), pn = bn / (sgn * cfg.N);
   return Number.isInteger(pm) && Number.isInteger(pn) && pm >= 1 && pn >= 1 ? { sgm, sgn, pm, pn, bk: Math.max(bk, cfg.K) } : null;
 }
@@ -174,8 +174,8 @@ function tileOf(cfg: MatrixConfig, bm: number, bn: number, sgm: number, sgn: num
  */
 export function defaultSgmatTiles(caps: Capabilities, cfg: MatrixConfig): SgmatTile[] {
   const list = caps.cpu
-    ? [DEFAULT_SGMAT_TILE, tileOf(cfg, 2 * cfg.M, 2 * cfg.N, 2, 2, 16)]
-    : [tileOf(cfg, 128, 128, 2, 4, 32), tileOf(cfg, 128, 128, 2, 4, 16), tileOf(cfg, 128, 64, 2, 2, 32), tileOf(cfg, 64, 64, 2, 2, 32), tileOf(cfg, 64, 64, 2, 2, 16)];
+    ? [DEFAULT_SGMAT_TILE, sgmatTileOf(cfg, 2 * cfg.M, 2 * cfg.N, 2, 2, 16)]
+    : [sgmatTileOf(cfg, 128, 128, 2, 4, 32), sgmatTileOf(cfg, 128, 128, 2, 4, 16), sgmatTileOf(cfg, 128, 64, 2, 2, 32), sgmatTileOf(cfg, 64, 64, 2, 2, 32), sgmatTileOf(cfg, 64, 64, 2, 2, 16)];
   return list.filter((t): t is SgmatTile => !!t && sgmatFits(caps, cfg, t));
 }
 
@@ -255,6 +255,23 @@ function planFor(family: Exclude<KernelFamily, 'auto'>, precision: Precision, fo
   if (s.M <= 4 && !forced) return null;
   if (family === 'subgroup-matrix' && precision === 'mixed') return pick('subgroup-matrix');
   return pick('workgroup');
+}
+
+// ---- fallbacks are said once -------------------------------------------------------------------------
+
+const warned = new WeakMap<Gpu, Set<string>>();
+
+/**
+ * One stderr line per device and op when an adapter with matrix units (not a CPU adapter) runs a main
+ * shape without them, saying why (tests and benchmarks that force a family on lavapipe stay quiet).
+ */
+export function warnNoMatrixUnits(g: Gpu, what: string, why: string): void {
+  if (g.caps.cpu || !hasMatrixUnits(g.caps) || g.kernels !== 'subgroup-matrix') return;
+  let seen = warned.get(g);
+  if (!seen) warned.set(g, (seen = new Set()));
+  if (seen.has(what)) return;
+  seen.add(what);
+  process.stderr.write(`step1x: warning: ${what} runs without matrix units: ${why}\n`);
 }
 
 // ---- overflow counter ---------------------------------------------------------------------------
