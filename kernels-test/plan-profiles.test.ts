@@ -46,6 +46,13 @@ describe('plans per device profile at 1024²', () => {
         expect(plan.bn).toBeGreaterThanOrEqual(128);
         expect(plan.defines).toMatchObject({ SM: 16, SN: 16, SK: 16, RES: 'f32', SGSIZE: 32, SGCTL: true });
       }
+      // Quantized weights (fp8 / q8 / q4): linearPacked takes the plan of the f32-weight shape and runs it
+      // as gemm-sgmat with QUANT, so the DiT's quantized GEMMs get the same 128x128 tiles.
+      const p = byName(name);
+      for (const s of DIT) {
+        const q = planGemmFor(p.caps, 'subgroup-matrix', 'mixed', { ...s, wdt: 'f32' })!;
+        expect([q.kind, q.bm, q.bn]).toEqual(['subgroup-matrix', 128, 128]);
+      }
     }
   });
 

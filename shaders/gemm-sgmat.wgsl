@@ -11,11 +11,15 @@ diagnostic(off, chromium.subgroup_matrix_uniformity);
 // double-buffered workgroup tiles, f32 sums (f64 reference: kernels-test/ref/gemm.ts; plan: src/ops/plan-gemm.ts).
 //
 // Bindings (same Params and order as gemm.wgsl, so src/ops/linear.ts splits both alike): 0 uniform Params;
-//   1 x f32 [M, K] from x_off; 2 w [N, K] (nn.Linear layout; WDT f32 or packed bf16/f16) from w_off;
-//   3 bias (HAS_BIAS); then out f32 (element (m, n) at o_off + m*ldo + n); last ovf: array<atomic<u32>>,
-//   word 0 counts workgroups that took the f32 recompute.
+//   1 x f32 [M, K] from x_off; 2 w [N, K] (nn.Linear layout; WDT f32 or packed bf16/f16) from w_off, or
+//   (QUANT) packed codes, row n at w_off + n*row_words; 3 (QUANT q8/q4) f16 scales, (n, k/QBLOCK) at
+//   s_off + n*nb + k/QBLOCK; then bias (HAS_BIAS); then out f32 (element (m, n) at o_off + m*ldo + n);
+//   last ovf: array<atomic<u32>>, word 0 counts workgroups that took the f32 recompute.
 // Defines:
 //   WDT, BDT, HAS_BIAS, ACT     as in gemm.wgsl
+//   QUANT, FMT, QBLOCK, BLOCKED packed weights instead of WDT (formats and decoders: common/quant.wgsl, as in
+//                               gemm-quant.wgsl): codes times block scale are narrowed into the f16 W tile
+//   B_BIAS, B_OUT, B_OVF        binding numbers (they follow x, w and, for q8 / q4, the scales at 3)
 //   SM, SN, SK                  the adapter's config (result SM x SN, inner SK)
 //   RES = f32 | f16             the config's result type. f16 (Metal reports only f16→f16 with f16 operands):
 //                               each chunk of FLUSH k-tiles is summed in f16 fragments, then added into
@@ -50,44 +54,47 @@ struct Params {
   M: u32, N: u32, K: u32, K4: u32,
   x_off: u32, w_off: u32, b_off: u32, o_off: u32,
   ldo: u32, tiles_n: u32, wg_x: u32, group_m: u32,
-  xbs: u32, wbs: u32, obs: u32, _pad2: u32,
+  s_off: u32, row_words: u32, nb: u32, _pad2: u32,
 }
 @group(0) @binding(0) var<uniform> U: Params;
 #ifdef VEC
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+#else
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+#endif
+#ifdef QUANT
+@group(0) @binding(2) var<storage, read> w: array<u32>;
+#ifdef BLOCKED
+@group(0) @binding(3) var<storage, read> scales: array<u32>;
+#endif
+#else
+#ifdef VEC
 #if WDT == f32
 @group(0) @binding(2) var<storage, read> w: array<vec4<f32>>;
 #else
 @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
 #endif
 #else
-@group(0) @binding(1) var<storage, read> x: array<f32>;
 #if WDT == f32
 @group(0) @binding(2) var<storage, read> w: array<f32>;
 #else
 @group(0) @binding(2) var<storage, read> w: array<u32>;
 #endif
 #endif
+#endif
 #ifdef HAS_BIAS
 #if BDT == f32
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(B_BIAS) var<storage, read> bias: array<f32>;
 #else
-@group(0) @binding(3) var<storage, read> bias: array<u32>;
+@group(0) @binding(B_BIAS) var<storage, read> bias: array<u32>;
+#endif
 #endif
 #ifdef OVEC
-@group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;
+@group(0) @binding(B_OUT) var<storage, read_write> out: array<vec4<f32>>;
 #else
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(B_OUT) var<storage, read_write> out: array<f32>;
 #endif
-@group(0) @binding(5) var<storage, read_write> ovf: array<atomic<u32>>;
-#else
-#ifdef OVEC
-@group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
-#else
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
-#endif
-@group(0) @binding(4) var<storage, read_write> ovf: array<atomic<u32>>;
-#endif
+@group(0) @binding(B_OVF) var<storage, read_write> ovf: array<atomic<u32>>;
 
 const WG: u32 = SGM * SGN * SGSIZE;
 const BM: u32 = SGM * PM * SM;
@@ -114,6 +121,14 @@ fn x_at(e: u32) -> f32 {
 #endif
 }
 
+#ifdef QUANT
+#include "common/quant.wgsl"
+
+// W(n, k) of the chunk.
+fn wval(n: u32, k: u32) -> f32 {
+  return wquad(U.w_off + n * U.row_words, U.s_off + n * U.nb, k >> 2u)[k & 3u];
+}
+#else
 // Packed word i of a bf16/f16 weight (two elements per word).
 fn w_word(i: u32) -> u32 {
 #if WDT == f32
@@ -142,6 +157,12 @@ fn w_at(e: u32) -> f32 {
   return f16_at(w_word(e >> 1u), e);
 #endif
 }
+
+// W(n, k) of the chunk.
+fn wval(n: u32, k: u32) -> f32 {
+  return w_at(U.w_off + n * U.K + k);
+}
+#endif
 
 fn store_out(e: u32, v: f32) {
 #ifdef OVEC
@@ -176,6 +197,20 @@ fn stage(buf: u32, m0: u32, n0: u32, k0: u32, li: u32, bad: ptr<function, bool>)
     let o = ab + r * BKP + kk;
     As[o] = narrow(v.x, bad); As[o + 1u] = narrow(v.y, bad); As[o + 2u] = narrow(v.z, bad); As[o + 3u] = narrow(v.w, bad);
   }
+#ifdef QUANT
+  // K % 4 == 0 (every packed format): a quad of codes is wholly inside or outside [0, K); codes times the
+  // block scale are narrowed to f16 once, here.
+  for (var e = li; e < BN * BK / 4u; e += WG) {
+    let c = e / (BK / 4u);
+    let kk = (e % (BK / 4u)) * 4u;
+    let n = n0 + c;
+    let k = k0 + kk;
+    var v = vec4<f32>();
+    if (n < U.N && k < U.K) { v = wquad(U.w_off + n * U.row_words, U.s_off + n * U.nb, k >> 2u); }
+    let o = bb + c * BKP + kk;
+    Bs[o] = narrow(v.x, bad); Bs[o + 1u] = narrow(v.y, bad); Bs[o + 2u] = narrow(v.z, bad); Bs[o + 3u] = narrow(v.w, bad);
+  }
+#else
 #if WDT == f32
   for (var e = li; e < BN * BK / 4u; e += WG) {
     let c = e / (BK / 4u);
@@ -210,6 +245,7 @@ fn stage(buf: u32, m0: u32, n0: u32, k0: u32, li: u32, bad: ptr<function, bool>)
     }
   }
 #endif
+#endif
 #else
   for (var e = li; e < BM * BK; e += WG) {
     let r = e / BK;
@@ -226,7 +262,7 @@ fn stage(buf: u32, m0: u32, n0: u32, k0: u32, li: u32, bad: ptr<function, bool>)
     let n = n0 + c;
     let k = k0 + kk;
     var v = 0.0;
-    if (n < U.N && k < U.K) { v = w_at(U.w_off + n * U.K + k); }
+    if (n < U.N && k < U.K) { v = wval(n, k); }
     Bs[bb + c * BKP + kk] = narrow(v, bad);
   }
 #endif
@@ -325,7 +361,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       let n = n0 + e % BN;
       if (m < U.M && n < U.N) {
         var s = 0.0;
-        for (var k = 0u; k < U.K; k++) { s += x_at(U.x_off + m * U.K + k) * w_at(U.w_off + n * U.K + k); }
+        for (var k = 0u; k < U.K; k++) { s += x_at(U.x_off + m * U.K + k) * wval(n, k); }
         store_out(ob + m * U.ldo + n, finish(s, n));
       }
     }

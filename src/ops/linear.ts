@@ -16,7 +16,7 @@ import type { Tensor, DType } from '../runtime/tensor.js';
 import { DTYPE_BYTES, storageBytes } from '../runtime/tensor.js';
 import type { Gpu, Kernel } from '../runtime/gpu.js';
 import { fail, fmtShape } from '../errors.js';
-import { planGemm, overflowCounter, type GemmPlan } from './plan-gemm.js';
+import { planGemm, overflowCounter, sgmatBindings, type GemmPlan } from './plan-gemm.js';
 
 export type Activation = 'silu' | 'gelu_tanh' | 'gelu_erf';
 /** 'subgroup-matrix' / 'workgroup' force those kernels (src/ops/plan-gemm.ts); 'auto' follows the device's plan. */
@@ -182,7 +182,7 @@ function dispatchChunk(g: Gpu, entry: string, defines: Kernel['defines'], tile: 
     // vector stores need the same of the output rows. Both only change how the same values move.
     const vec = c.K % 8 === 0 && xs.off % 4 === 0 && ws.off % 8 === 0;
     const ovec = c.N % 4 === 0 && c.nc % 4 === 0 && os.off % 4 === 0;
-    chunkDefines = { ...defines, ...(vec ? { VEC: true } : {}), ...(ovec ? { OVEC: true } : {}) };
+    chunkDefines = { ...defines, ...sgmatBindings(false, !!c.b), ...(vec ? { VEC: true } : {}), ...(ovec ? { OVEC: true } : {}) };
   }
   if (plan) {
     tilesN = Math.ceil(c.nc / plan.bn);

@@ -210,6 +210,16 @@ export function sgmatPlan(caps: Capabilities, t?: SgmatTile): GemmPlan {
   };
 }
 
+/** gemm-sgmat.wgsl's binding numbers after x (1) and w (2): scales (q8 / q4), bias, out, ovf. */
+export function sgmatBindings(scales: boolean, bias: boolean): Record<string, number> {
+  let slot = scales ? 4 : 3;
+  const d: Record<string, number> = {};
+  if (bias) d.B_BIAS = slot++;
+  d.B_OUT = slot++;
+  d.B_OVF = slot;
+  return d;
+}
+
 export function wgPlan(caps: Capabilities, t: WgTile = DEFAULT_WG_TILE): GemmPlan {
   if (!wgFits(caps, t)) fail(`gemm: workgroup tile ${JSON.stringify(t)} does not fit this device`);
   return {
