@@ -4,8 +4,8 @@
  * Measured speed lives in `npm run bench`; these are the structural promises of the plans.
  */
 import { PROFILES, byName, type DeviceProfile } from './device-profiles.js';
-import { planGemmFor, sgmatPlan, sgmatStorageBytes, gemmConfig, type GemmPlan, type GemmShape } from '../src/ops/plan-gemm.js';
-import { planAttentionFor, attentionBinding } from '../src/ops/plan-attention.js';
+import { planGemmFor, sgmatPlan, sgmatStorageBytes, gemmConfig, matrixConfig, type GemmPlan, type GemmShape } from '../src/ops/plan-gemm.js';
+import { planAttentionFor, attentionBinding, attentionSgmatTile, attentionSgmatBytes } from '../src/ops/plan-attention.js';
 import { resolveKernels, resolvePrecision, hasMatrixUnits } from '../src/runtime/caps.js';
 
 const TOKENS = 2 * 4096 + 640; // one image's noise + reference tokens and the text at 1024²
@@ -95,6 +95,27 @@ describe('plans per device profile at 1024²', () => {
       expect(plan.bq).toBeGreaterThanOrEqual(32);
       const row = s.H * s.Dh * 4;
       expect(attentionBinding(p.maxBindingBytes, 2, s.Lq, s.Lk, row, row, 0)).not.toBeNull();
+    }
+  });
+
+  test.each(['H100', 'RTX 4090'])('%s: attention ≥ 64 query rows per workgroup at every main shape, reduced through workgroup memory (driver 595.58)', (n) => {
+    const p = byName(n);
+    for (const s of ATTN) {
+      const plan = planAttentionFor(p.caps, s, 'subgroup-matrix');
+      expect(plan.kind).toBe('subgroup-matrix');
+      expect(plan.bq).toBeGreaterThanOrEqual(64);
+      expect(plan.defines).toMatchObject({ SM: 16, SGSIZE: 32, LPR: 2 });
+      expect(plan.defines.SGREDUCE).toBeUndefined();
+      const tile = attentionSgmatTile(p.caps, s.Dh)!;
+      expect(attentionSgmatBytes(matrixConfig(p.caps), tile.nsg, tile.bkv, tile.dhp, 2)).toBeLessThanOrEqual(p.caps.maxWorkgroupStorage);
+    }
+  });
+
+  test('RDNA3 and Xe2: attention reduces the row max with subgroup shuffles (lanes of a row share the pinned subgroup)', () => {
+    for (const n of ['RDNA3', 'Xe2']) {
+      const plan = planAttentionFor(byName(n).caps, ATTN[0], 'subgroup-matrix');
+      expect(plan.defines.SGREDUCE).toBe(true);
+      expect(plan.bq).toBeGreaterThanOrEqual(64);
     }
   });
 

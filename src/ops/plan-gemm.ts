@@ -288,7 +288,10 @@ export function warnNoMatrixUnits(g: Gpu, what: string, why: string): void {
 
 const counters = new WeakMap<Gpu, Tensor>();
 
-/** The per-device u32 counter gemm-sgmat.wgsl bumps for every tile recomputed in f32. */
+/**
+ * Per-device u32 counters: [0] gemm-sgmat.wgsl tiles recomputed in f32, [1] attention-sgmat.wgsl workgroups
+ * recomputed in f32, [3] attention-sgmat.wgsl KV tiles whose O was rescaled (lazy softmax rescale).
+ */
 export function overflowCounter(g: Gpu): Tensor {
   let t = counters.get(g);
   if (!t) {
