@@ -27,6 +27,7 @@ import { randn } from './harness.js';
 import { hasMatrixUnits, setKernelSettings } from '../src/runtime/caps.js';
 import { tune } from '../src/ops/tune.js';
 import { benchGenerate } from './bench-generate.js';
+import { setTunedTiles, sgmatFits, sgmatTileOf, gemmConfig, defaultSgmatTiles, DEFAULT_SGMAT_TILE, type SgmatTile } from '../src/ops/plan-gemm.js';
 
 const args = new Set(process.argv.slice(2));
 const FULL = args.has('--full');
@@ -159,13 +160,32 @@ async function benchVariants(g: Gpu): Promise<void> {
   if (!sg) console.log('(subgroup-matrix variants: not available on this adapter; run in scripts/sgmat-env.sh or on a GPU with matrix units)');
   const shapes: [number, number, number][] = FULL
     ? [[2 * (4096 + 4096 + 640), 3072, 3072], [2 * (4096 + 4096 + 640), 3072, 9216], [2 * (4096 + 4096 + 640), 3072, 12288], [2 * (4096 + 4096 + 640), 3072, 21504]]
-    : [[128, 768, 512], [255, 257, 129]]; // lavapipe emulates matrix units slowly: small shapes
+    : [[128, 768, 512], [255, 257, 129]]; // lavapipe emulates matrix units slowly: small shapes (257: scalar staging)
+  // Subgroup-matrix tiles beyond the plan's default: the wide 128x128 and 256x128 tiles and the f16→f16
+  // config (Metal's), each where it fits this device; a K % 8 != 0 shape shows the scalar staging path.
+  const sgTiles: [string, SgmatTile][] = [];
+  const cfg = sg ? gemmConfig(g.caps) : null;
+  if (cfg) {
+    for (const [name, t] of [['sgmat 128x128', sgmatTileOf(cfg, 128, 128, 2, 4, 16)], ['sgmat 256x128', sgmatTileOf(cfg, 256, 128, 4, 2, 16)]] as const)
+      if (t && sgmatFits(g.caps, cfg, t)) sgTiles.push([name, t]);
+    const f16 = gemmConfig(g.caps, 'f16');
+    if (f16) sgTiles.push(['sgmat f16→f16', { ...(defaultSgmatTiles(g.caps, f16)[0] ?? DEFAULT_SGMAT_TILE), res: 'f16' }]);
+  }
   for (const [M, K, N] of shapes) {
     let base: Row | null = null;
     for (const [name, opts] of gemmVariants) {
       const r = await benchLinear(g, M, K, N, 'bf16', opts, name);
       if (name === 'register') base = r;
       else if (r && base) console.log(`  ${name} / register at M=${M} K=${K} N=${N}: ${(base.ms / r.ms).toFixed(2)}x`);
+    }
+    for (const [name, t] of sgTiles) {
+      setTunedTiles(g, { lookup: (kind) => (kind === 'subgroup-matrix' ? t : undefined) });
+      try {
+        const r = await benchLinear(g, M, K, N, 'bf16', { variant: 'subgroup-matrix' }, name);
+        if (r && base) console.log(`  ${name} / register at M=${M} K=${K} N=${N}: ${(base.ms / r.ms).toFixed(2)}x`);
+      } finally {
+        setTunedTiles(g, undefined);
+      }
     }
   }
   const [L, H, Dh] = FULL ? [8832, 24, 128] : [128, 4, 128];

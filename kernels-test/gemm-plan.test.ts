@@ -15,7 +15,8 @@
 import { getGpu, releaseGpu, randn, uploadAs, poison, expectClose, expectWithin } from './harness.js';
 import * as ref from './ref/gemm.js';
 import { linear, type Activation, type GemmVariant } from '../src/ops/linear.js';
-import { overflowCount, sgmatPlan, DEFAULT_SGMAT_TILE } from '../src/ops/plan-gemm.js';
+import { overflowCount, sgmatPlan, setTunedTiles, sgmatFits, gemmConfig, DEFAULT_SGMAT_TILE, type SgmatTile } from '../src/ops/plan-gemm.js';
+import type { Kernel } from '../src/runtime/gpu.js';
 import { hasMatrixUnits } from '../src/runtime/caps.js';
 import type { Gpu } from '../src/runtime/gpu.js';
 import type { DType } from '../src/runtime/tensor.js';
@@ -24,7 +25,8 @@ afterAll(releaseGpu);
 
 const f32Tol = (K: number, act?: Activation): number => 2e-6 + 1e-7 * K + (act === 'gelu_erf' ? 2e-7 : 0);
 
-interface Case { M: number; K: number; N: number; wdt?: DType; bdt?: DType | null; act?: Activation; seed?: number; scaleX?: number }
+/** chunk: the f16→f16 path's k-chunk (f16ResultBound); unset: the f16→f32 bound. */
+interface Case { M: number; K: number; N: number; wdt?: DType; bdt?: DType | null; act?: Activation; seed?: number; scaleX?: number; chunk?: number }
 
 async function runCase(g: Gpu, variant: GemmVariant, c: Case, inject?: (x: Float32Array, w: Float32Array) => void): Promise<Float32Array> {
   const { M, K, N, wdt = 'f32', bdt = null, act, seed = 1 } = c;
@@ -43,7 +45,8 @@ async function runCase(g: Gpu, variant: GemmVariant, c: Case, inject?: (x: Float
   const got = await g.readF32(out);
   const want = ref.linear(x, w.exact, M, N, K, b?.exact, act);
   const name = `${variant} M=${M} K=${K} N=${N} w=${wdt} b=${bdt} act=${act}`;
-  if (variant === 'subgroup-matrix' && !inject) expectWithin(name, got, want, ref.f16Bound(x, w.exact, M, N, K, act));
+  if (variant === 'subgroup-matrix' && !inject)
+    expectWithin(name, got, want, c.chunk ? ref.f16ResultBound(x, w.exact, M, N, K, c.chunk, act) : ref.f16Bound(x, w.exact, M, N, K, act));
   else expectClose(name, got, want, f32Tol(K, act) * (c.scaleX ?? 1), 1e-6);
   for (const t of [xt, w.t, b?.t, out]) t?.dispose();
   return got;
@@ -117,6 +120,85 @@ describe('subgroup-matrix GEMM (f16 operands, f32 accumulate)', () => {
     const got2 = await runCase(g, 'subgroup-matrix', { M: 9, K: 24, N: 11 }, (_x, w) => { w[2 * 24 + 1] = 7e4; });
     expect(got2.every(Number.isFinite)).toBe(true);
     expect(await overflowCount(g)).toBeGreaterThan(mid);
+  });
+});
+
+/** Run `body` with tile t forced on g, recording the defines of every gemm-sgmat dispatch. */
+async function withTile(g: Gpu, t: SgmatTile, body: () => Promise<void>): Promise<Kernel['defines'][]> {
+  const seen: Kernel['defines'][] = [];
+  const orig = g.dispatch;
+  g.dispatch = (k: Kernel) => {
+    if (k.file === 'gemm-sgmat.wgsl') seen.push(k.defines);
+    orig.call(g, k);
+  };
+  setTunedTiles(g, { lookup: (k) => (k === 'subgroup-matrix' ? t : undefined) });
+  try {
+    await body();
+  } finally {
+    setTunedTiles(g, undefined);
+    g.dispatch = orig;
+  }
+  return seen;
+}
+
+describe('subgroup-matrix GEMM: wide tiles, vector paths, f16→f16 config', () => {
+  // K % 8 == 0 and N % 4 == 0: vec4 staging and vec4 stores; M, N, K still non-multiples of the tiles.
+  const VSHAPES: [number, number, number][] = [[1, 8, 4], [3, 64, 68], [17, 72, 36], [255, 136, 132]];
+  test('vector staging / vec4 epilogue at odd shapes, every weight dtype, scalar fallback rows', async () => {
+    const g = await sgmatGpu();
+    if (!g) return;
+    const seen = await withTile(g, DEFAULT_SGMAT_TILE, async () => {
+      for (const [i, [M, K, N]] of VSHAPES.entries())
+        await runCase(g, 'subgroup-matrix', { M, K, N, wdt: (['bf16', 'f16', 'f32'] as const)[i % 3], bdt: i % 2 ? 'bf16' : null, act: i === 2 ? 'silu' : undefined, seed: i + 3 });
+    });
+    expect(seen.every((d) => d?.VEC === true && d?.OVEC === true)).toBe(true);
+    const scalar = await withTile(g, DEFAULT_SGMAT_TILE, () => runCase(g, 'subgroup-matrix', { M: 17, K: 60, N: 18, wdt: 'bf16' }).then(() => undefined));
+    expect(scalar.some((d) => d?.VEC || d?.OVEC)).toBe(false);
+  });
+  test('128x128 tile (2x4 subgroups) with grouped tile order over several row groups', async () => {
+    const g = await sgmatGpu();
+    if (!g) return;
+    const cfg = gemmConfig(g.caps, 'f32')!;
+    const t: SgmatTile = { sgm: 2, sgn: 4, pm: 128 / (2 * cfg.M), pn: 128 / (4 * cfg.N), bk: 16 };
+    if (!sgmatFits(g.caps, cfg, t)) {
+      console.log(`gemm-plan: 128x128 tile does not fit ${g.caps.maxWorkgroupStorage} bytes here`);
+      return;
+    }
+    // 32-row tiles of 2 subgroups x 2 fragments: M = 300 is 10 row blocks, 2 groups of GROUP_M = 8.
+    await withTile(g, { ...DEFAULT_SGMAT_TILE }, () => runCase(g, 'subgroup-matrix', { M: 300, K: 40, N: 70, wdt: 'bf16', bdt: 'f32' }).then(() => undefined));
+    const seen = await withTile(g, t, async () => {
+      await runCase(g, 'subgroup-matrix', { M: 255, K: 136, N: 132, wdt: 'bf16', bdt: 'f32', act: 'gelu_tanh' });
+      await runCase(g, 'subgroup-matrix', { M: 131, K: 17, N: 129, wdt: 'f16' });
+    });
+    expect(seen.length).toBeGreaterThan(0);
+  });
+  test('f16→f16 config: k-chunks summed in f16 and added into f32', async () => {
+    const g = await sgmatGpu();
+    if (!g) return;
+    if (!gemmConfig(g.caps, 'f16')) {
+      console.log(`gemm-plan: f16→f16 cases not run: adapter "${g.caps.description}" reports no f16→f16 config`);
+      return;
+    }
+    for (const flush of [1, 2]) {
+      const t: SgmatTile = { ...DEFAULT_SGMAT_TILE, res: 'f16', flush };
+      const chunk = flush * t.bk;
+      const seen = await withTile(g, t, async () => {
+        for (const [M, K, N] of SHAPES) await runCase(g, 'subgroup-matrix', { M, K, N, wdt: 'bf16', seed: M + N, chunk });
+        await runCase(g, 'subgroup-matrix', { M: 37, K: 200, N: 44, wdt: 'f16', bdt: 'f32', act: 'gelu_erf', chunk });
+      });
+      expect(seen.every((d) => d?.RES === 'f16' && d?.FLUSH === flush)).toBe(true);
+    }
+  });
+  test('f16→f16 config: an f16 partial sum beyond 65504 is recomputed in f32', async () => {
+    const g = await sgmatGpu();
+    if (!g || !gemmConfig(g.caps, 'f16')) return;
+    const before = await overflowCount(g);
+    // Every product 300 * 300 = 9e4 is itself beyond f16; operands are in range.
+    await withTile(g, { ...DEFAULT_SGMAT_TILE, res: 'f16', flush: 1 }, async () => {
+      const got = await runCase(g, 'subgroup-matrix', { M: 9, K: 16, N: 11, scaleX: 1 }, (x, w) => { x.fill(300); w.fill(300); });
+      expect(got.every(Number.isFinite)).toBe(true);
+    });
+    expect(await overflowCount(g)).toBeGreaterThan(before);
   });
 });
 

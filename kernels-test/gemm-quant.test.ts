@@ -1,5 +1,6 @@
 /**
- * Packed-weight GEMM (shaders/gemm-quant.wgsl via ops/linear-quant.ts and nn/weight.ts) vs the f64
+ * Packed-weight GEMM (shaders/gemm-quant.wgsl, or gemm-sgmat.wgsl with QUANT where the device's plan is
+ * subgroup-matrix: the trixie root with STEP1X_KERNELS=subgroup-matrix; f16-operand bound there) vs the f64
  * reference over the exactly dequantized weights (src/io/quant.ts decoders): every format (fp8 E4M3,
  * fp8 E5M2, q8, q4) at odd M / N and several K, bias dtypes, fused activations, the N / M split paths,
  * row slices of a fused matrix, and unmerged LoRA adapters. Also the host codecs themselves.
@@ -58,10 +59,17 @@ async function runCase(g: Gpu, c: Case): Promise<void> {
   const xt = g.upload(x, [M, K]);
   const out = g.empty([M, N]);
   poison(g, out);
+  // Where the device's plan is subgroup-matrix the codes are dequantized into gemm-sgmat's f16 tiles.
+  const sg = planGemm(g, { M, N, K, wdt: 'f32' })?.kind === 'subgroup-matrix';
+  const file = sg ? 'gemm-sgmat.wgsl' : 'gemm-quant.wgsl';
+  const ran = g.fileCounts.get(file) ?? 0;
   linearPacked(xt, { format: fmt, data: weight.data, scales: weight.scales, block: QBLOCK, N, K }, b?.t, { act, out });
+  expect(g.fileCounts.get(file) ?? 0).toBeGreaterThan(ran);
   const got = await g.readF32(out);
   const want = ref.linear(x, exact, M, N, K, b?.exact, act);
-  expectClose(`${fmt} M=${M} K=${K} N=${N} b=${bdt} act=${act}`, got, want, tolFor(K), 1e-6);
+  const name = `${fmt} M=${M} K=${K} N=${N} b=${bdt} act=${act}`;
+  if (sg) expectWithin(`${name} (subgroup-matrix, f16 bound)`, got, want, ref.f16Bound(x, exact, M, N, K, act));
+  else expectClose(name, got, want, tolFor(K), 1e-6);
   for (const t of [xt, b?.t, out]) t?.dispose();
   weight.dispose();
 }
@@ -111,6 +119,7 @@ describe('gemm-quant kernel', () => {
       await runCase(g, { fmt, M: 5, K: Ks[1], N: 7, bdt: 'f32', act: 'gelu_tanh' });
       await runCase(g, { fmt, M: 2, K: Ks[1], N: 9, bdt: 'bf16', act: 'silu' });
       await runCase(g, { fmt, M: 66, K: Ks[2], N: 65, bdt: 'f16' });
+      await runCase(g, { fmt, M: 255, K: Ks[0], N: 17, bdt: 'f32', act: 'silu' });
     });
 
   test('split paths (maxBindingBytes lowered) equal the unsplit result bit for bit', async () => {

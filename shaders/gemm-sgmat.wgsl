@@ -1,28 +1,50 @@
 enable f16;
 enable subgroups;
 enable chromium_experimental_subgroup_matrix;
+#ifdef SGCTL
+enable subgroup_size_control;
+#endif
 // Fragment offsets depend on the subgroup id (subgroup-uniform, not workgroup-uniform), which the
 // default uniformity diagnostic cannot prove; every matrix op below sits in subgroup-uniform control flow.
 diagnostic(off, chromium.subgroup_matrix_uniformity);
 // GEMM on subgroup matrices: out[m, n] = act(sum_k x[m, k] * W(n, k) + bias[n]), f16 operands staged in
-// workgroup memory, f32 accumulation (f64 reference: kernels-test/ref/gemm.ts; plan: src/ops/plan-gemm.ts).
+// double-buffered workgroup tiles, f32 sums (f64 reference: kernels-test/ref/gemm.ts; plan: src/ops/plan-gemm.ts).
 //
 // Bindings (same Params and order as gemm.wgsl, so src/ops/linear.ts splits both alike): 0 uniform Params;
-//   1 x f32 [M, K] from x_off; 2 w [N, K] (nn.Linear layout; WDT f32 or packed bf16/f16) from w_off;
-//   3 bias (HAS_BIAS); then out f32 (element (m, n) at o_off + m*ldo + n); last ovf: array<atomic<u32>>,
-//   word 0 counts workgroups that took the f32 recompute.
+//   1 x f32 [M, K] from x_off; 2 w [N, K] (nn.Linear layout; WDT f32 or packed bf16/f16) from w_off, or
+//   (QUANT) packed codes, row n at w_off + n*row_words; 3 (QUANT q8/q4) f16 scales, (n, k/QBLOCK) at
+//   s_off + n*nb + k/QBLOCK; then bias (HAS_BIAS); then out f32 (element (m, n) at o_off + m*ldo + n);
+//   last ovf: array<atomic<u32>>, word 0 counts workgroups that took the f32 recompute.
 // Defines:
 //   WDT, BDT, HAS_BIAS, ACT     as in gemm.wgsl
-//   SM, SN, SK                  the adapter's f16→f32 config (result SM x SN, inner SK)
+//   QUANT, FMT, QBLOCK, BLOCKED packed weights instead of WDT (formats and decoders: common/quant.wgsl, as in
+//                               gemm-quant.wgsl): codes times block scale are narrowed into the f16 W tile
+//   B_BIAS, B_OUT, B_OVF        binding numbers (they follow x, w and, for q8 / q4, the scales at 3)
+//   SM, SN, SK                  the adapter's config (result SM x SN, inner SK)
+//   RES = f32 | f16             the config's result type. f16 (Metal reports only f16→f16 with f16 operands):
+//                               each chunk of FLUSH k-tiles is summed in f16 fragments, then added into
+//                               per-lane f32 sums, so long K keeps f32-like accuracy (error ~ FLUSH*BK*2^-11)
 //   SGM, SGN                    subgroups per workgroup along M / N (a grid of SGM x SGN)
 //   PM, PN                      fragments per subgroup along M / N (registers: PM*PN accumulators)
-//   BK                          k-tile staged per step (multiple of SK)
-//   SGSIZE                      the adapter's max subgroup size (workgroup = SGM*SGN*SGSIZE lanes)
-// Tile: BM = SGM*PM*SM rows by BN = SGN*PN*SN columns per workgroup.
-// Dispatch: tiles_n * ceil(M / BM) groups folded as (wg_x, y); tile % tiles_n = column tile.
-// Overflow: f16 holds |v| <= 65504. A staged x or w value outside that range (or inf) sets a workgroup
-//   flag; after the k loop that workgroup recomputes its whole tile in f32 straight from storage (slow,
-//   rare) and bumps ovf[0], so no inf/NaN is ever produced by the narrowing. NaN inputs stay NaN.
+//   BK                          k-tile staged per step (multiple of SK and of 8)
+//   SGSIZE                      lanes per subgroup the workgroup is sized for (workgroup = SGM*SGN*SGSIZE)
+//   SGCTL                       pin the subgroup size to SGSIZE (@subgroup_size; Intel's 8x16x16 configs need
+//                               16, AMD's need 32); without it SGSIZE is the adapter's maximum
+//   VEC                         K % 8 == 0 and x_off % 4 == w_off % 8 == 0: x and w staged with vec4 loads
+//                               (bf16/f16: 8 weights per load, each packed pair unpacked once)
+//   OVEC                        ldo, o_off and the column count are multiples of 4: vec4 output stores
+//   ER                          epilogue rounds: the f32 fragment scratch holds SGM*SGN/ER fragments (ER = 2
+//                               lets a 128x128x32 tile fit 48 KiB)
+//   FLUSH                       (RES == f16) k-tiles per f16 chunk
+//   SGMIN                       the smallest subgroup the pipeline may get (sizes the lane-owned f32 sums)
+// Tile: BM = SGM*PM*SM rows by BN = SGN*PN*SN columns per workgroup. K loop: the next k-tile is staged into
+//   the other buffer while the current one is multiplied: one barrier per k-tile.
+// Dispatch: tiles_n * ceil(M / BM) groups folded as (wg_x, y). Tile order: groups of group_m row blocks
+//   walk down M first, then along N, so workgroups in flight share weight columns (a weight larger than
+//   L2 is streamed ~ceil(tiles_m / group_m) times instead of tiles_m times) and x rows.
+// Overflow: f16 holds |v| <= 65504. A staged x or w value outside that range (or inf), or (RES == f16) an
+//   f16 partial sum beyond it, sets a workgroup flag; after the k loop that workgroup recomputes its whole
+//   tile in f32 straight from storage (slow, rare) and bumps ovf[0]. NaN inputs stay NaN.
 // Subgroups: with a subgroup smaller than SGSIZE there are more subgroups than SGM*SGN; the extra ones
 //   only help staging.
 #include "common/dtype.wgsl"
@@ -31,50 +53,122 @@ diagnostic(off, chromium.subgroup_matrix_uniformity);
 struct Params {
   M: u32, N: u32, K: u32, K4: u32,
   x_off: u32, w_off: u32, b_off: u32, o_off: u32,
-  ldo: u32, tiles_n: u32, wg_x: u32, _pad: u32,
-  xbs: u32, wbs: u32, obs: u32, _pad2: u32,
+  ldo: u32, tiles_n: u32, wg_x: u32, group_m: u32,
+  s_off: u32, row_words: u32, nb: u32, _pad2: u32,
 }
 @group(0) @binding(0) var<uniform> U: Params;
+#ifdef VEC
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+#else
 @group(0) @binding(1) var<storage, read> x: array<f32>;
+#endif
+#ifdef QUANT
+@group(0) @binding(2) var<storage, read> w: array<u32>;
+#ifdef BLOCKED
+@group(0) @binding(3) var<storage, read> scales: array<u32>;
+#endif
+#else
+#ifdef VEC
+#if WDT == f32
+@group(0) @binding(2) var<storage, read> w: array<vec4<f32>>;
+#else
+@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
+#endif
+#else
 #if WDT == f32
 @group(0) @binding(2) var<storage, read> w: array<f32>;
 #else
 @group(0) @binding(2) var<storage, read> w: array<u32>;
 #endif
+#endif
+#endif
 #ifdef HAS_BIAS
 #if BDT == f32
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(B_BIAS) var<storage, read> bias: array<f32>;
 #else
-@group(0) @binding(3) var<storage, read> bias: array<u32>;
+@group(0) @binding(B_BIAS) var<storage, read> bias: array<u32>;
 #endif
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
-@group(0) @binding(5) var<storage, read_write> ovf: array<atomic<u32>>;
+#endif
+#ifdef OVEC
+@group(0) @binding(B_OUT) var<storage, read_write> out: array<vec4<f32>>;
 #else
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
-@group(0) @binding(4) var<storage, read_write> ovf: array<atomic<u32>>;
+@group(0) @binding(B_OUT) var<storage, read_write> out: array<f32>;
 #endif
+@group(0) @binding(B_OVF) var<storage, read_write> ovf: array<atomic<u32>>;
 
 const WG: u32 = SGM * SGN * SGSIZE;
 const BM: u32 = SGM * PM * SM;
 const BN: u32 = SGN * PN * SN;
 const BKP: u32 = BK + 8u;            // padded row: staggers rows across banks, stays a multiple of 8
+const ABUF: u32 = BM * BKP;
+const BBUF: u32 = BN * BKP;
+const NF: u32 = PM * PN;
+const FE: u32 = (SM * SN + SGMIN - 1u) / SGMIN;   // (RES == f16) fragment elements per lane
+const CSLOTS: u32 = (SGM * SGN + ER - 1u) / ER;
 const F16_MAX: f32 = 65504.0;
 
-var<workgroup> As: array<f16, BM * BKP>;       // x tile, row-major [BM][BKP]
-var<workgroup> Bs: array<f16, BN * BKP>;       // W tile, [BN][BKP] = the K x N operand in column-major
-var<workgroup> Cs: array<f32, SGM * SGN * SM * SN>; // fragment scratch of each computing subgroup
+var<workgroup> As: array<f16, 2u * ABUF>;     // x tiles, row-major [2][BM][BKP]
+var<workgroup> Bs: array<f16, 2u * BBUF>;     // W tiles, [2][BN][BKP] = the K x N operand in column-major
+var<workgroup> Cs: array<RES, CSLOTS * SM * SN>; // one fragment per computing subgroup (per epilogue round)
 var<workgroup> ovf_any: atomic<u32>;
 var<workgroup> ovf_flag: u32;
 
+fn x_at(e: u32) -> f32 {
+#ifdef VEC
+  return x[e >> 2u][e & 3u];
+#else
+  return x[e];
+#endif
+}
+
+#ifdef QUANT
+#include "common/quant.wgsl"
+
+// W(n, k) of the chunk.
+fn wval(n: u32, k: u32) -> f32 {
+  return wquad(U.w_off + n * U.row_words, U.s_off + n * U.nb, k >> 2u)[k & 3u];
+}
+#else
+// Packed word i of a bf16/f16 weight (two elements per word).
+fn w_word(i: u32) -> u32 {
+#if WDT == f32
+  return 0u;
+#else
+#ifdef VEC
+  return w[i >> 2u][i & 3u];
+#else
+  return w[i];
+#endif
+#endif
+}
+
 fn w_at(e: u32) -> f32 {
 #if WDT == f32
+#ifdef VEC
+  return w[e >> 2u][e & 3u];
+#else
   return w[e];
 #endif
+#endif
 #if WDT == bf16
-  return bf16_at(w[e >> 1u], e);
+  return bf16_at(w_word(e >> 1u), e);
 #endif
 #if WDT == f16
-  return f16_at(w[e >> 1u], e);
+  return f16_at(w_word(e >> 1u), e);
+#endif
+}
+
+// W(n, k) of the chunk.
+fn wval(n: u32, k: u32) -> f32 {
+  return w_at(U.w_off + n * U.K + k);
+}
+#endif
+
+fn store_out(e: u32, v: f32) {
+#ifdef OVEC
+  out[e >> 2u][e & 3u] = v;
+#else
+  out[e] = v;
 #endif
 }
 
@@ -87,13 +181,113 @@ fn narrow(v: f32, bad: ptr<function, bool>) -> f16 {
   return f16(select(v, 0.0, over));
 }
 
+// Stage k-tile k0 of x rows [m0, m0+BM) and W rows [n0, n0+BN) into buffer `buf` (zeros outside the matrix).
+fn stage(buf: u32, m0: u32, n0: u32, k0: u32, li: u32, bad: ptr<function, bool>) {
+  let ab = buf * ABUF;
+  let bb = buf * BBUF;
+#ifdef VEC
+  // K % 8 == 0 and k0 % 8 == 0: a vector is wholly inside or wholly outside [0, K).
+  for (var e = li; e < BM * BK / 4u; e += WG) {
+    let r = e / (BK / 4u);
+    let kk = (e % (BK / 4u)) * 4u;
+    let m = m0 + r;
+    let k = k0 + kk;
+    var v = vec4<f32>();
+    if (m < U.M && k < U.K) { v = x[(U.x_off + m * U.K + k) >> 2u]; }
+    let o = ab + r * BKP + kk;
+    As[o] = narrow(v.x, bad); As[o + 1u] = narrow(v.y, bad); As[o + 2u] = narrow(v.z, bad); As[o + 3u] = narrow(v.w, bad);
+  }
+#ifdef QUANT
+  // K % 4 == 0 (every packed format): a quad of codes is wholly inside or outside [0, K); codes times the
+  // block scale are narrowed to f16 once, here.
+  for (var e = li; e < BN * BK / 4u; e += WG) {
+    let c = e / (BK / 4u);
+    let kk = (e % (BK / 4u)) * 4u;
+    let n = n0 + c;
+    let k = k0 + kk;
+    var v = vec4<f32>();
+    if (n < U.N && k < U.K) { v = wquad(U.w_off + n * U.row_words, U.s_off + n * U.nb, k >> 2u); }
+    let o = bb + c * BKP + kk;
+    Bs[o] = narrow(v.x, bad); Bs[o + 1u] = narrow(v.y, bad); Bs[o + 2u] = narrow(v.z, bad); Bs[o + 3u] = narrow(v.w, bad);
+  }
+#else
+#if WDT == f32
+  for (var e = li; e < BN * BK / 4u; e += WG) {
+    let c = e / (BK / 4u);
+    let kk = (e % (BK / 4u)) * 4u;
+    let n = n0 + c;
+    let k = k0 + kk;
+    var v = vec4<f32>();
+    if (n < U.N && k < U.K) { v = w[(U.w_off + n * U.K + k) >> 2u]; }
+    let o = bb + c * BKP + kk;
+    Bs[o] = narrow(v.x, bad); Bs[o + 1u] = narrow(v.y, bad); Bs[o + 2u] = narrow(v.z, bad); Bs[o + 3u] = narrow(v.w, bad);
+  }
+#else
+  for (var e = li; e < BN * BK / 8u; e += WG) {
+    let c = e / (BK / 8u);
+    let kk = (e % (BK / 8u)) * 8u;
+    let n = n0 + c;
+    let k = k0 + kk;
+    var v = vec4<u32>();
+    if (n < U.N && k < U.K) { v = w[(U.w_off + n * U.K + k) >> 3u]; }
+    let o = bb + c * BKP + kk;
+    for (var j = 0u; j < 4u; j++) {
+#if WDT == bf16
+      let lo = bitcast<f32>(v[j] << 16u);
+      let hi = bitcast<f32>(v[j] & 0xffff0000u);
+#else
+      let p = unpack2x16float(v[j]);
+      let lo = p.x;
+      let hi = p.y;
+#endif
+      Bs[o + 2u * j] = narrow(lo, bad);
+      Bs[o + 2u * j + 1u] = narrow(hi, bad);
+    }
+  }
+#endif
+#endif
+#else
+  for (var e = li; e < BM * BK; e += WG) {
+    let r = e / BK;
+    let kk = e % BK;
+    let m = m0 + r;
+    let k = k0 + kk;
+    var v = 0.0;
+    if (m < U.M && k < U.K) { v = x_at(U.x_off + m * U.K + k); }
+    As[ab + r * BKP + kk] = narrow(v, bad);
+  }
+  for (var e = li; e < BN * BK; e += WG) {
+    let c = e / BK;
+    let kk = e % BK;
+    let n = n0 + c;
+    let k = k0 + kk;
+    var v = 0.0;
+    if (n < U.N && k < U.K) { v = wval(n, k); }
+    Bs[bb + c * BKP + kk] = narrow(v, bad);
+  }
+#endif
+}
+
+#ifdef SGCTL
+@compute @workgroup_size(WG) @subgroup_size(SGSIZE)
+#else
 @compute @workgroup_size(WG)
+#endif
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32,
-        @builtin(subgroup_size) sg_size: u32) {
+        @builtin(subgroup_size) sg_size: u32, @builtin(subgroup_invocation_id) lane: u32) {
+  // Grouped tile order (see header): tile -> (row block mt, column block nt).
   let tile = wid.y * U.wg_x + wid.x;
-  let n0 = (tile % U.tiles_n) * BN;
-  let m0 = (tile / U.tiles_n) * BM;
-  if (m0 >= U.M) { return; }   // workgroup-uniform
+  let tiles_m = (U.M + BM - 1u) / BM;
+  let per_group = U.group_m * U.tiles_n;
+  let first_m = (tile / per_group) * U.group_m;
+  if (first_m >= tiles_m) { return; }   // workgroup-uniform
+  let gsize = min(tiles_m - first_m, U.group_m);
+  let in_group = tile % per_group;
+  let mt = first_m + in_group % gsize;
+  let nt = in_group / gsize;
+  if (nt >= U.tiles_n) { return; }
+  let m0 = mt * BM;
+  let n0 = nt * BN;
   let sg = li / sg_size;
   let sy = sg / SGN;
   let sx = sg % SGN;
@@ -101,44 +295,57 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   if (li == 0u) { atomicStore(&ovf_any, 0u); }
   var bad = false;
 
-  var acc: array<subgroup_matrix_result<f32, SN, SM>, PM * PN>;
+#if RES == f16
+  // Lane-owned f32 sums: element e = lane + j*sg_size of fragment f lives in accf[f * FE + j].
+  var accf: array<f32, NF * FE>;
+#endif
+  var acc: array<subgroup_matrix_result<RES, SN, SM>, NF>;
   let n_kt = (U.K + BK - 1u) / BK;
+  stage(0u, m0, n0, 0u, li, &bad);
+  workgroupBarrier();
   for (var kt = 0u; kt < n_kt; kt++) {
-    let k0 = kt * BK;
-    workgroupBarrier();
-    for (var e = li; e < BM * BK; e += WG) {
-      let r = e / BK;
-      let kk = e % BK;
-      let m = m0 + r;
-      let k = k0 + kk;
-      var v = 0.0;
-      if (m < U.M && k < U.K) { v = x[U.x_off + m * U.K + k]; }
-      As[r * BKP + kk] = narrow(v, &bad);
-    }
-    for (var e = li; e < BN * BK; e += WG) {
-      let c = e / BK;
-      let kk = e % BK;
-      let n = n0 + c;
-      let k = k0 + kk;
-      var v = 0.0;
-      if (n < U.N && k < U.K) { v = w_at(U.w_off + n * U.K + k); }
-      Bs[c * BKP + kk] = narrow(v, &bad);
-    }
-    workgroupBarrier();
+    let cur = kt & 1u;
+    // The other buffer was last read in step kt-1, which ended with a barrier.
+    if (kt + 1u < n_kt) { stage(cur ^ 1u, m0, n0, (kt + 1u) * BK, li, &bad); }
     if (computes) {
+      let ab = cur * ABUF;
+      let bb = cur * BBUF;
       for (var ks = 0u; ks < BK; ks += SK) {
         var lt: array<subgroup_matrix_left<f16, SK, SM>, PM>;
         for (var i = 0u; i < PM; i++) {
-          lt[i] = subgroupMatrixLoad<subgroup_matrix_left<f16, SK, SM>, row_major>(&As, ((sy * PM + i) * SM) * BKP + ks, BKP);
+          lt[i] = subgroupMatrixLoad<subgroup_matrix_left<f16, SK, SM>, row_major>(&As, ab + ((sy * PM + i) * SM) * BKP + ks, BKP);
         }
         for (var j = 0u; j < PN; j++) {
-          let rt = subgroupMatrixLoad<subgroup_matrix_right<f16, SN, SK>, col_major>(&Bs, ((sx * PN + j) * SN) * BKP + ks, BKP);
+          let rt = subgroupMatrixLoad<subgroup_matrix_right<f16, SN, SK>, col_major>(&Bs, bb + ((sx * PN + j) * SN) * BKP + ks, BKP);
           for (var i = 0u; i < PM; i++) {
             acc[i * PN + j] = subgroupMatrixMultiplyAccumulate(lt[i], rt, acc[i * PN + j]);
           }
         }
       }
     }
+#if RES == f16
+    if ((kt + 1u) % FLUSH == 0u || kt + 1u == n_kt) {
+      // Add this chunk's f16 partial sums into the lane-owned f32 sums (Cs slot per computing subgroup;
+      // ER == 1 for f16 results, the plan sees to it).
+      for (var f = 0u; f < NF; f++) {
+        if (computes) { subgroupMatrixStore<row_major>(&Cs, sg * SM * SN, acc[f], SN); }
+        workgroupBarrier();
+        if (computes) {
+          for (var j = 0u; j < FE; j++) {
+            let e = lane + j * sg_size;
+            if (e < SM * SN) {
+              let p = f32(Cs[sg * SM * SN + e]);
+              bad = bad || abs(p) > F16_MAX;
+              accf[f * FE + j] += p;
+            }
+          }
+          acc[f] = subgroup_matrix_result<f16, SN, SM>();
+        }
+        workgroupBarrier();
+      }
+    }
+#endif
+    workgroupBarrier();
   }
   if (bad) { atomicStore(&ovf_any, 1u); }
   workgroupBarrier();
@@ -154,28 +361,59 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       let n = n0 + e % BN;
       if (m < U.M && n < U.N) {
         var s = 0.0;
-        for (var k = 0u; k < U.K; k++) { s += x[U.x_off + m * U.K + k] * w_at(U.w_off + n * U.K + k); }
-        out[ob + m * U.ldo + n] = finish(s, n);
+        for (var k = 0u; k < U.K; k++) { s += x_at(U.x_off + m * U.K + k) * wval(n, k); }
+        store_out(ob + m * U.ldo + n, finish(s, n));
       }
     }
     return;
   }
 
-  // Epilogue: each subgroup parks one fragment at a time in its scratch, its lanes add bias, apply the
-  // activation and store the in-range elements.
-  let cs = sg * SM * SN;
-  for (var f = 0u; f < PM * PN; f++) {
-    if (computes) { subgroupMatrixStore<row_major>(&Cs, cs, acc[f], SN); }
-    workgroupBarrier();
-    if (computes) {
+#if RES == f16
+  // Lanes store the elements they own (no scratch round trip).
+  if (computes) {
+    for (var f = 0u; f < NF; f++) {
       let fm0 = m0 + (sy * PM + f / PN) * SM;
       let fn0 = n0 + (sx * PN + f % PN) * SN;
-      for (var e = li % sg_size; e < SM * SN; e += sg_size) {
+      for (var j = 0u; j < FE; j++) {
+        let e = lane + j * sg_size;
         let m = fm0 + e / SN;
         let n = fn0 + e % SN;
-        if (m < U.M && n < U.N) { out[ob + m * U.ldo + n] = finish(Cs[cs + e], n); }
+        if (e < SM * SN && m < U.M && n < U.N) { store_out(ob + m * U.ldo + n, finish(accf[f * FE + j], n)); }
       }
     }
-    workgroupBarrier();
   }
+#else
+  // Epilogue: per round, each subgroup of that round parks one fragment at a time in its scratch slot;
+  // its lanes add bias and the activation to four consecutive columns and store them as one vec4.
+  let slot = (sg / ER) * SM * SN;
+  for (var f = 0u; f < NF; f++) {
+    for (var round = 0u; round < ER; round++) {
+      let mine = computes && sg % ER == round;
+      if (mine) { subgroupMatrixStore<row_major>(&Cs, slot, acc[f], SN); }
+      workgroupBarrier();
+      if (mine) {
+        let fm0 = m0 + (sy * PM + f / PN) * SM;
+        let fn0 = n0 + (sx * PN + f % PN) * SN;
+        for (var e = lane * 4u; e < SM * SN; e += sg_size * 4u) {
+          let m = fm0 + e / SN;
+          let n = fn0 + e % SN;
+          if (m < U.M) {
+            let o = ob + m * U.ldo + n;
+            let c = slot + e;
+#ifdef OVEC
+            if (n + 3u < U.N) {
+              out[o >> 2u] = vec4<f32>(finish(Cs[c], n), finish(Cs[c + 1u], n + 1u), finish(Cs[c + 2u], n + 2u), finish(Cs[c + 3u], n + 3u));
+              continue;
+            }
+#endif
+            for (var i = 0u; i < 4u; i++) {
+              if (n + i < U.N) { store_out(o + i, finish(Cs[c + i], n + i)); }
+            }
+          }
+        }
+      }
+      workgroupBarrier();
+    }
+  }
+#endif
 }

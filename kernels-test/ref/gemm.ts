@@ -65,3 +65,23 @@ export function f16Bound(x: ArrayLike<number>, w: ArrayLike<number>, M: number, 
   return b;
 }
 
+
+/**
+ * Per-element error bound of the f16→f16-config GEMM (gemm-sgmat.wgsl with RES = f16): operands rounded as
+ * in f16Bound, each chunk of `chunk` k summed in f16 (every addition rounds by at most 2^-11 of the running
+ * |partial| <= the chunk's sum|x w|, plus 2^-25 absolute for f16 subnormal partials), the chunks added in f32:
+ *   |err| <= (2^-10 + chunk 2^-11 + K 2^-23) sum_k |x_k w_k| + 2^-24 sum_k |x_k| + K 2^-25 + 1e-6,
+ * times 1.2 through an activation.
+ */
+export function f16ResultBound(x: ArrayLike<number>, w: ArrayLike<number>, M: number, N: number, K: number, chunk: number, act?: Act): Float64Array {
+  const b = f16Bound(x, w, M, N, K);
+  const s = new Float64Array(M * N);
+  for (let m = 0; m < M; m++)
+    for (let n = 0; n < N; n++) {
+      let a = 0;
+      for (let k = 0; k < K; k++) a += Math.abs(x[m * K + k] * w[n * K + k]);
+      s[m * N + n] = a;
+    }
+  for (let i = 0; i < b.length; i++) b[i] = (b[i] + Math.min(chunk, K) * 2 ** -11 * s[i] + K * 2 ** -25) * (act ? 1.2 : 1);
+  return b;
+}

@@ -12,7 +12,8 @@ import type { Gpu, Uniform } from '../runtime/gpu.js';
 import { f32u } from '../runtime/gpu.js';
 import { fail, fmtShape } from '../errors.js';
 import { grid1d, requireF32 } from './util.js';
-import { planAttention } from './plan-attention.js';
+import { planAttention, attentionBinding } from './plan-attention.js';
+import { warnNoMatrixUnits } from './plan-gemm.js';
 import { attentionSgmat } from './attention-sgmat.js';
 
 export interface AttentionOptions {
@@ -109,12 +110,37 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
   const qRow = H * Dh * 4, kRow = Hkv * Dh * 4, mRow = mask ? Lk * 4 : 0;
   const whole = B * Lq * Math.max(qRow, mRow) <= limit && B * Lk * kRow <= limit;
   const ctx: Ctx = { g, vr, B, Lq, Lk, H, Hkv, Dh, scale, causal: !!opts.causal, keyMask, mask, segments, queryMask };
-  if (whole) {
-    const plan = planAttention(g, { Lq, Lk, Dh }, opts.kernel);
-    if (plan.kind === 'subgroup-matrix') {
-      attentionSgmat(g, plan, { q, k, v, out, B, Lq, Lk, H, Hkv, scale, causal: !!opts.causal, keyMask, mask, segments, queryMask });
+  const plan = planAttention(g, { Lq, Lk, Dh }, opts.kernel);
+  if (plan.kind === 'subgroup-matrix') {
+    const sg = { B, Lq, Lk, H, Hkv, scale, causal: !!opts.causal, segments };
+    if (whole) {
+      attentionSgmat(g, plan, { ...sg, q, k, v, out, keyMask, mask, queryMask });
       return out;
     }
+    // Over the binding limit (q is 217 MB at 1024², CFG batch 2): one batch item per dispatch when it fits.
+    if (attentionBinding(limit, B, Lq, Lk, qRow, kRow, mRow) === 'per-item') {
+      const item = (t: Tensor | undefined, b: number): Tensor | undefined => {
+        if (!t) return undefined;
+        const r = t.reshape([B, t.numel / B]);
+        const v = r.rows(b, 1); // the kernel reads shapes from its arguments, not from the views
+        r.dispose();
+        return v;
+      };
+      for (let b = 0; b < B; b++) {
+        const outOff = b * Lq * qRow;
+        const views = [item(q, b)!, item(k, b)!, item(v, b)!, item(keyMask, b), item(mask, b), item(queryMask, b)];
+        // Output views must be bound in place (the runtime copies misaligned views: writes would be lost).
+        const ov = outOff % 256 === 0 ? item(out, b)! : g.empty([Lq, H * Dh], 'f32', 'attention item');
+        const [qv, kv, vv, kmv, mv, qmv] = views;
+        attentionSgmat(g, plan, { ...sg, B: 1, q: qv!, k: kv!, v: vv!, out: ov, keyMask: kmv, mask: mv, queryMask: qmv });
+        if (ov.byteOffset !== outOff) g.copyInto(ov, out, outOff);
+        for (const t of [...views, ov]) t?.dispose();
+      }
+      return out;
+    }
+    warnNoMatrixUnits(g, `attention (Dh ${Dh})`, `one batch item of q (${Lq * qRow} bytes) exceeds the binding limit ${limit}; the register kernel splits it`);
+  }
+  if (whole) {
     run(ctx, { q, k, v, out, mask, nb: B, bOff: 0, q0: 0, nq: Lq, k0: 0, nk: Lk, stateIn: false, finalize: true });
     return out;
   }

@@ -16,6 +16,7 @@ import { Tensor, DTYPE_BYTES } from '../runtime/tensor.js';
 import { f32u } from '../runtime/gpu.js';
 import { fail, fmtShape } from '../errors.js';
 import { grid1d, requireF32 } from './util.js';
+import { warnNoMatrixUnits } from './plan-gemm.js';
 
 /** A binding window over elements [start, start + count) of t: the view and the offset of `start` in it. */
 function win(t: Tensor, start: number, count: number): { v: Tensor; off: number } {
@@ -53,6 +54,7 @@ export function conv2d(x: Tensor, w: Tensor, b?: Tensor, opts: Conv2dOpts = {}):
   if (w.rank !== 4) fail(`conv2d: w must be [O, C, kh, kw], got ${fmtShape(w.shape)}`);
   if (w.dtype !== 'f32' && w.dtype !== 'bf16') fail(`conv2d: w dtype ${w.dtype} not supported (f32/bf16)`);
   const [O, Cw, KH, KW] = w.shape;
+  warnNoMatrixUnits(x.gpu, 'conv2d (VAE)', 'there is no implicit-GEMM conv kernel yet; the direct conv2d.wgsl runs');
   let B: number, C: number, H: number, W: number;
   if (opts.inTokens) {
     [H, W] = opts.inTokens;

@@ -1,5 +1,8 @@
 /**
- * Linear layers over packed weights (shaders/gemm-quant.wgsl): fp8 (E4M3 / E5M2), q8, q4.
+ * Linear layers over packed weights: fp8 (E4M3 / E5M2), q8, q4. Where the device's GEMM plan is
+ * subgroup-matrix (planGemm), shaders/gemm-sgmat.wgsl with QUANT (codes times block scale narrowed into
+ * its f16 W tiles, the same tile and overflow recompute as bf16 weights); otherwise the register tile of
+ * shaders/gemm-quant.wgsl.
  *
  * linearPacked(x [..., K] f32, w { data u32 [N, row_words], scales? f16 [N, K/QBLOCK] }, b? [N]) ->
  * [..., N] f32 with bias and activation fused, dequantizing in the kernel (the weights stay packed in
@@ -14,6 +17,7 @@ import { DTYPE_BYTES, storageBytes } from '../runtime/tensor.js';
 import type { Gpu } from '../runtime/gpu.js';
 import { fail, fmtShape } from '../errors.js';
 import type { Activation } from './linear.js';
+import { warnNoMatrixUnits, planGemm, sgmatBindings, overflowCounter } from './plan-gemm.js';
 
 /** Packed weight formats (the host codecs and their layout: src/io/quant.ts). */
 export type PackedFormat = 'fp8_e4m3' | 'fp8_e5m2' | 'q8' | 'q4';
@@ -87,7 +91,13 @@ export function linearPacked(x: Tensor, w: PackedWeight, b?: Tensor, opts: { act
     if (out.dtype !== 'f32' || out.numel !== M * N) fail(`linearPacked: out ${out.dtype}${fmtShape(out.shape)} must be f32 ${fmtShape(outShape)}`);
   } else out = g.empty(outShape, 'f32', 'linear');
   if (M === 0 || N === 0) return out;
-  const defines: Record<string, string | number | boolean> = { FMT: format, QBLOCK, ACT: opts.act ?? 'none', HAS_BIAS: !!b, TM: TILE.tm, TN: TILE.tn, WGN: TILE.wgn };
+  // Matrix units where the device's GEMM plan uses them: the same gemm-sgmat tile, codes dequantized into it.
+  const plan = planGemm(g, { M, N, K, wdt: 'f32' });
+  const sg = plan?.kind === 'subgroup-matrix' ? plan : null;
+  if (!sg && M > 4) warnNoMatrixUnits(g, `quantized GEMM (${format})`, 'the device plan for this shape is not subgroup-matrix, so the gemm-quant.wgsl register tile runs');
+  const defines: Record<string, string | number | boolean> = sg
+    ? { ...sg.defines, QUANT: true, FMT: format, QBLOCK, ...(blocked ? { BLOCKED: true } : {}), ACT: opts.act ?? 'none', HAS_BIAS: !!b, ...sgmatBindings(blocked, !!b) }
+    : { FMT: format, QBLOCK, ACT: opts.act ?? 'none', HAS_BIAS: !!b, TM: TILE.tm, TN: TILE.tn, WGN: TILE.wgn };
   if (b) defines.BDT = b.dtype;
   const nb = blocked ? K / QBLOCK : 0;
   const limit = g.maxBindingBytes;
@@ -103,19 +113,32 @@ export function linearPacked(x: Tensor, w: PackedWeight, b?: Tensor, opts: { act
       const ss = blocked ? span(w.scales!, n0 * nb, nc * nb) : null;
       const bs = b ? span(b, n0, nc) : null;
       const os = span(out, m0 * N + n0, (mc - 1) * N + nc);
-      const tilesN = Math.ceil(nc / (TILE.wgn * TILE.tn));
-      const [gx, gy] = foldGrid(g, tilesN * Math.ceil(mc / TILE.tm));
+      const tilesN = Math.ceil(nc / (sg ? sg.bn : TILE.wgn * TILE.tn));
+      const [gx, gy] = foldGrid(g, tilesN * Math.ceil(mc / (sg ? sg.bm : TILE.tm)));
       const bindings = [xs.view, ws.view, ...(ss ? [ss.view] : []), ...(bs ? [bs.view] : []), os.view];
       try {
-        g.dispatch({
-          file: 'gemm-quant.wgsl',
-          entry: 'tiled',
-          defines,
-          // M, N, K, K4, x_off, w_off, s_off, b_off, o_off, ldo, tiles_n, wg_x, row_words, nb, pad, pad
-          uniforms: [mc, nc, K, K >> 2, xs.off, ws.off, ss ? ss.off : 0, bs ? bs.off : 0, os.off, N, tilesN, gx, rowWords, nb, 0, 0],
-          bindings,
-          workgroups: [gx, gy],
-        });
+        if (sg) {
+          // Vector loads of x and vec4 stores where the chunk allows them (only how the same values move).
+          const vec = K % 8 === 0 && xs.off % 4 === 0;
+          const ovec = N % 4 === 0 && nc % 4 === 0 && os.off % 4 === 0;
+          g.dispatch({
+            file: sg.file,
+            defines: { ...defines, ...(vec ? { VEC: true } : {}), ...(ovec ? { OVEC: true } : {}) },
+            // M, N, K, K4, x_off, w_off, b_off, o_off, ldo, tiles_n, wg_x, group_m, s_off, row_words, nb, pad
+            uniforms: [mc, nc, K, K >> 2, xs.off, ws.off, bs ? bs.off : 0, os.off, N, tilesN, gx, sg.groupM, ss ? ss.off : 0, rowWords, nb, 0],
+            bindings: [...bindings, overflowCounter(g)],
+            workgroups: [gx, gy],
+          });
+        } else
+          g.dispatch({
+            file: 'gemm-quant.wgsl',
+            entry: 'tiled',
+            defines,
+            // M, N, K, K4, x_off, w_off, s_off, b_off, o_off, ldo, tiles_n, wg_x, row_words, nb, pad, pad
+            uniforms: [mc, nc, K, K >> 2, xs.off, ws.off, ss ? ss.off : 0, bs ? bs.off : 0, os.off, N, tilesN, gx, rowWords, nb, 0, 0],
+            bindings,
+            workgroups: [gx, gy],
+          });
       } finally {
         for (const t of bindings) t.dispose();
       }

@@ -16,7 +16,7 @@ import type { Tensor, DType } from '../runtime/tensor.js';
 import { DTYPE_BYTES, storageBytes } from '../runtime/tensor.js';
 import type { Gpu, Kernel } from '../runtime/gpu.js';
 import { fail, fmtShape } from '../errors.js';
-import { planGemm, overflowCounter, type GemmPlan } from './plan-gemm.js';
+import { planGemm, overflowCounter, sgmatBindings, type GemmPlan } from './plan-gemm.js';
 
 export type Activation = 'silu' | 'gelu_tanh' | 'gelu_erf';
 /** 'subgroup-matrix' / 'workgroup' force those kernels (src/ops/plan-gemm.ts); 'auto' follows the device's plan. */
@@ -176,6 +176,14 @@ function dispatchChunk(g: Gpu, entry: string, defines: Kernel['defines'], tile: 
   const bs = c.b ? span(c.b, c.n0, c.nc) : null;
   const os = span(c.out, c.m0 * c.N + c.n0, (c.mc - 1) * c.N + c.nc);
   let groups: number, tilesN = 0;
+  let chunkDefines = defines;
+  if (plan?.kind === 'subgroup-matrix') {
+    // Vector staging needs whole vectors in every row and vector-aligned starts (bf16/f16: 8 per vec4<u32>);
+    // vector stores need the same of the output rows. Both only change how the same values move.
+    const vec = c.K % 8 === 0 && xs.off % 4 === 0 && ws.off % 8 === 0;
+    const ovec = c.N % 4 === 0 && c.nc % 4 === 0 && os.off % 4 === 0;
+    chunkDefines = { ...defines, ...sgmatBindings(false, !!c.b), ...(vec ? { VEC: true } : {}), ...(ovec ? { OVEC: true } : {}) };
+  }
   if (plan) {
     tilesN = Math.ceil(c.nc / plan.bn);
     groups = tilesN * Math.ceil(c.mc / plan.bm);
@@ -191,9 +199,9 @@ function dispatchChunk(g: Gpu, entry: string, defines: Kernel['defines'], tile: 
     g.dispatch({
       file: plan ? plan.file : 'gemm.wgsl',
       entry,
-      defines,
-      // M, N, K, K4, x_off, w_off, b_off, o_off, ldo, tiles_n, wg_x, pad, xbs, wbs, obs, pad
-      uniforms: [c.mc, c.nc, c.K, c.K >> 2, xs.off, ws.off, bs ? bs.off : 0, os.off, c.N, tilesN, gx, 0, 0, 0, 0, 0],
+      defines: chunkDefines,
+      // M, N, K, K4, x_off, w_off, b_off, o_off, ldo, tiles_n, wg_x, group_m, xbs, wbs, obs, pad
+      uniforms: [c.mc, c.nc, c.K, c.K >> 2, xs.off, ws.off, bs ? bs.off : 0, os.off, c.N, tilesN, gx, plan?.groupM ?? 1, 0, 0, 0, 0],
       bindings: [...bindings, ...extra],
       workgroups: [gx, gy],
     });

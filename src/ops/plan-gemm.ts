@@ -16,18 +16,24 @@
 import type { Gpu } from '../runtime/gpu.js';
 import type { Tensor, DType } from '../runtime/tensor.js';
 import type { Capabilities, KernelFamily, MatrixConfig, Precision } from '../runtime/caps.js';
-import { requestedKernels } from '../runtime/caps.js';
+import { requestedKernels, hasMatrixUnits, SUBGROUP_SIZE_CONTROL } from '../runtime/caps.js';
 import { fail } from '../errors.js';
 
 export type GemmKind = 'subgroup-matrix' | 'workgroup';
 
-/** gemm-sgmat.wgsl geometry: SGM x SGN subgroups, each PM x PN fragments, k-tile BK. */
+/**
+ * gemm-sgmat.wgsl geometry: SGM x SGN subgroups, each PM x PN fragments, k-tile BK. `res` picks the
+ * config's result type (default: f16→f32 where offered, else f16→f16); `flush` is the number of k-tiles
+ * summed in f16 before they are added into f32 (f16 results only).
+ */
 export interface SgmatTile {
   sgm: number;
   sgn: number;
   pm: number;
   pn: number;
   bk: number;
+  res?: 'f32' | 'f16';
+  flush?: number;
 }
 /** gemm-wg.wgsl geometry: BM x BN tile, BK k-slice, TM x TN per lane. */
 export interface WgTile {
@@ -45,6 +51,8 @@ export interface GemmPlan {
   /** Output rows / columns per workgroup. */
   bm: number;
   bn: number;
+  /** Row blocks per tile group (gemm-sgmat's L2-friendly tile order; 1 = row-major walk). */
+  groupM: number;
   /** Binds the overflow counter (subgroup-matrix only). */
   ovf: boolean;
   /** One line for `step1x devices` and the bench. */
@@ -58,8 +66,13 @@ export interface GemmShape {
   wdt: DType;
 }
 
+/** CPU adapters (lavapipe): a small tile, its matrix "units" are emulated per lane. */
 export const DEFAULT_SGMAT_TILE: SgmatTile = { sgm: 2, sgn: 2, pm: 2, pn: 2, bk: 32 };
 export const DEFAULT_WG_TILE: WgTile = { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4 };
+/** Row blocks per tile group: 8 x 128 rows of x (12.6 MB at K = 3072 f32) next to the weight columns in flight. */
+export const GROUP_M = 8;
+/** K summed in f16 before it is added into f32 on f16→f16 configs (error ~ FLUSH_K * 2^-11 of sum|x w|). */
+export const FLUSH_K = 64;
 
 /** Tile overrides chosen by the autotuner (set per Gpu by src/ops/tune.ts). */
 export interface TunedTiles {
@@ -85,42 +98,126 @@ function tunedFor(g: Gpu): TunedTiles | undefined {
   return tuned.get(g);
 }
 
-export function sgmatStorageBytes(cfg: MatrixConfig, t: SgmatTile): number {
-  const bm = t.sgm * t.pm * cfg.M, bn = t.sgn * t.pn * cfg.N;
-  return (bm + bn) * (t.bk + 8) * 2 + t.sgm * t.sgn * cfg.M * cfg.N * 4 + 8;
+// ---- configs and subgroup sizes ----------------------------------------------------------------------
+
+/**
+ * The config a GEMM tile uses: f16→f32 where offered (Vulkan: NVIDIA, AMD, Intel, lavapipe), else
+ * f16→f16 (Metal reports only f16→f16 and f32→f32); `res` forces one.
+ */
+export function gemmConfig(caps: Capabilities, res?: 'f32' | 'f16'): MatrixConfig | null {
+  if (res === 'f16') return caps.f16ResultConfigs[0] ?? null;
+  if (res === 'f32') return caps.matrixConfigs[0] ?? null;
+  return caps.matrixConfigs[0] ?? caps.f16ResultConfigs[0] ?? null;
 }
 
-export function sgmatFits(caps: Capabilities, cfg: MatrixConfig, t: SgmatTile): boolean {
-  const wg = t.sgm * t.sgn * caps.subgroupMaxSize;
-  return t.bk % cfg.K === 0 && wg <= caps.maxInvocations && wg <= caps.maxWorkgroupSizeX && sgmatStorageBytes(cfg, t) <= caps.maxWorkgroupStorage;
-}
-
-export function wgFits(caps: Capabilities, t: WgTile): boolean {
-  const lanes = (t.bm / t.tm) * (t.bn / t.tn);
-  return t.bm % t.tm === 0 && t.bn % t.tn === 0 && lanes <= caps.maxInvocations && (t.bm + t.bn) * t.bk * 4 <= caps.maxWorkgroupStorage;
-}
-
-/** The matrix config our kernels use: the largest f16→f32 one (configs are sorted largest first). */
+/** The f16→f32 config (attention's kernels need f32 results). */
 export function matrixConfig(caps: Capabilities): MatrixConfig {
   const c = caps.matrixConfigs[0];
   if (!c) fail('gemm: the adapter reports no f16→f32 subgroup-matrix config');
   return c;
 }
 
-export function sgmatPlan(caps: Capabilities, t: SgmatTile = DEFAULT_SGMAT_TILE): GemmPlan {
-  const cfg = matrixConfig(caps);
-  if (!sgmatFits(caps, cfg, t))
-    fail(`gemm: subgroup-matrix tile ${JSON.stringify(t)} does not fit this device (${sgmatStorageBytes(cfg, t)} bytes of workgroup storage, limit ${caps.maxWorkgroupStorage})`);
+export interface SubgroupChoice {
+  /** Lanes per subgroup the workgroup is sized for. */
+  size: number;
+  /** Pinned with @subgroup_size (subgroup-size-control); otherwise the adapter's maximum. */
+  pinned: boolean;
+}
+
+/**
+ * The subgroup size the matrix configs need: Intel's 8x16x16 configs run on SIMD16, NVIDIA and Apple have
+ * 32 lanes only, AMD RDNA3 reports 32–64 and its 16x16x16 configs need wave32. With subgroup-size-control
+ * that size is pinned; without it the workgroup is sized by the maximum (a smaller real subgroup only
+ * leaves extra subgroups that help staging, a larger one could not be handled).
+ */
+export function sgmatSubgroup(caps: Capabilities): SubgroupChoice {
+  const { subgroupMinSize: lo, subgroupMaxSize: hi } = caps;
+  const ctl = caps.features.has(SUBGROUP_SIZE_CONTROL);
+  if (lo === hi) return { size: hi, pinned: ctl };
+  const v = caps.vendor.toLowerCase();
+  const want = v.includes('intel') ? 16 : /nvidia|apple|amd|ati/.test(v) ? 32 : hi;
+  if (ctl && want >= lo && want <= hi) return { size: want, pinned: true };
+  return { size: hi, pinned: false };
+}
+
+// ---- subgroup-matrix tiles -----------------------------------------------------------------------------
+
+const resBytes = (cfg: MatrixConfig): number => (cfg.result === 'f16' ? 2 : 4);
+
+/** Workgroup storage of a tile: two A and two B k-tiles in f16, the epilogue scratch, two flag words. */
+export function sgmatStorageBytes(cfg: MatrixConfig, t: SgmatTile, er = 1): number {
   const bm = t.sgm * t.pm * cfg.M, bn = t.sgn * t.pn * cfg.N;
+  return 2 * (bm + bn) * (t.bk + 8) * 2 + Math.ceil((t.sgm * t.sgn) / er) * cfg.M * cfg.N * resBytes(cfg) + 8;
+}
+
+/** Epilogue rounds that make the tile fit (f32 results only; f16 results need one slot per subgroup), or 0. */
+export function sgmatRounds(caps: Capabilities, cfg: MatrixConfig, t: SgmatTile): number {
+  for (const er of cfg.result === 'f16' ? [1] : [1, 2, 4]) if (sgmatStorageBytes(cfg, t, er) <= caps.maxWorkgroupStorage) return er;
+  return 0;
+}
+
+export function sgmatFits(caps: Capabilities, cfg: MatrixConfig, t: SgmatTile): boolean {
+  const wg = t.sgm * t.sgn * sgmatSubgroup(caps).size;
+  return t.bk % cfg.K === 0 && t.bk % 8 === 0 && wg <= caps.maxInvocations && wg <= caps.maxWorkgroupSizeX && sgmatRounds(caps, cfg, t) > 0;
+}
+
+/** A tile of bm x bn outputs on sgm x sgn subgroups for this config (null when the fragments do not divide it). */
+export function sgmatTileOf(cfg: MatrixConfig, bm: number, bn: number, sgm: number, sgn: number, bk: number): SgmatTile | null {
+  const pm = bm / (sgm * cfg.M), pn = bn / (sgn * cfg.N);
+  return Number.isInteger(pm) && Number.isInteger(pn) && pm >= 1 && pn >= 1 ? { sgm, sgn, pm, pn, bk: Math.max(bk, cfg.K) } : null;
+}
+
+/**
+ * Default tiles, best first: on GPUs 128x128 (2x4 subgroups, as ggml-webgpu and ONNX Runtime use), with
+ * a 32-deep k-tile where it fits and 16 otherwise, then 128x64 and 64x64 for small workgroup memory;
+ * on CPU adapters the small tile of DEFAULT_SGMAT_TILE.
+ */
+export function defaultSgmatTiles(caps: Capabilities, cfg: MatrixConfig): SgmatTile[] {
+  const list = caps.cpu
+    ? [DEFAULT_SGMAT_TILE, sgmatTileOf(cfg, 2 * cfg.M, 2 * cfg.N, 2, 2, 16)]
+    : [sgmatTileOf(cfg, 128, 128, 2, 4, 32), sgmatTileOf(cfg, 128, 128, 2, 4, 16), sgmatTileOf(cfg, 128, 64, 2, 2, 32), sgmatTileOf(cfg, 64, 64, 2, 2, 32), sgmatTileOf(cfg, 64, 64, 2, 2, 16)];
+  return list.filter((t): t is SgmatTile => !!t && sgmatFits(caps, cfg, t));
+}
+
+export function sgmatPlan(caps: Capabilities, t?: SgmatTile): GemmPlan {
+  const cfg = gemmConfig(caps, t?.res);
+  if (!cfg) fail(`gemm: the adapter reports no ${t?.res ? `f16→${t.res}` : 'f16-operand'} subgroup-matrix config (it reports: ${caps.allMatrixConfigs.map((c) => `${c.component}→${c.result} ${c.M}x${c.N}x${c.K}`).join(', ') || 'none'})`);
+  const tile = t ?? defaultSgmatTiles(caps, cfg)[0];
+  if (!tile) fail(`gemm: no subgroup-matrix tile for the ${cfg.M}x${cfg.N}x${cfg.K} config fits ${caps.maxWorkgroupStorage} bytes of workgroup storage`);
+  if (!sgmatFits(caps, cfg, tile))
+    fail(`gemm: subgroup-matrix tile ${JSON.stringify(tile)} does not fit this device (${sgmatStorageBytes(cfg, tile)} bytes of workgroup storage, limit ${caps.maxWorkgroupStorage})`);
+  const sgc = sgmatSubgroup(caps);
+  const er = sgmatRounds(caps, cfg, tile);
+  const bm = tile.sgm * tile.pm * cfg.M, bn = tile.sgn * tile.pn * cfg.N;
+  const f16 = cfg.result === 'f16';
+  const flush = tile.flush ?? Math.max(1, Math.floor(FLUSH_K / tile.bk));
+  const defines: GemmPlan['defines'] = {
+    SM: cfg.M, SN: cfg.N, SK: cfg.K, RES: cfg.result, SGM: tile.sgm, SGN: tile.sgn, PM: tile.pm, PN: tile.pn, BK: tile.bk,
+    SGSIZE: sgc.size, SGMIN: sgc.pinned ? sgc.size : Math.min(caps.subgroupMinSize, sgc.size), ER: er, FLUSH: f16 ? flush : 1,
+  };
+  if (sgc.pinned) defines.SGCTL = true;
   return {
     kind: 'subgroup-matrix',
     file: 'gemm-sgmat.wgsl',
-    defines: { SM: cfg.M, SN: cfg.N, SK: cfg.K, SGM: t.sgm, SGN: t.sgn, PM: t.pm, PN: t.pn, BK: t.bk, SGSIZE: caps.subgroupMaxSize },
+    defines,
     bm,
     bn,
+    groupM: GROUP_M,
     ovf: true,
-    describe: `subgroup-matrix ${cfg.M}x${cfg.N}x${cfg.K} f16→f32, tile ${bm}x${bn}x${t.bk}, ${t.sgm}x${t.sgn} subgroups of ${caps.subgroupMaxSize}`,
+    describe:
+      `subgroup-matrix ${cfg.M}x${cfg.N}x${cfg.K} f16→${cfg.result}${f16 ? ` (f32 sums every ${flush * tile.bk} k)` : ''}, tile ${bm}x${bn}x${tile.bk} double-buffered, ` +
+      `${tile.sgm}x${tile.sgn} subgroups of ${sgc.size}${sgc.pinned ? ' (pinned)' : ''}`,
   };
+}
+
+/** gemm-sgmat.wgsl's binding numbers after x (1) and w (2): scales (q8 / q4), bias, out, ovf. */
+export function sgmatBindings(scales: boolean, bias: boolean): Record<string, number> {
+  let slot = scales ? 4 : 3;
+  const d: Record<string, number> = {};
+  if (bias) d.B_BIAS = slot++;
+  d.B_OUT = slot++;
+  d.B_OVF = slot;
+  return d;
 }
 
 export function wgPlan(caps: Capabilities, t: WgTile = DEFAULT_WG_TILE): GemmPlan {
@@ -131,9 +228,15 @@ export function wgPlan(caps: Capabilities, t: WgTile = DEFAULT_WG_TILE): GemmPla
     defines: { BM: t.bm, BN: t.bn, BK: t.bk, TM: t.tm, TN: t.tn },
     bm: t.bm,
     bn: t.bn,
+    groupM: 1,
     ovf: false,
     describe: `workgroup-tiled f32, tile ${t.bm}x${t.bn}x${t.bk}, ${t.tm}x${t.tn} per lane`,
   };
+}
+
+export function wgFits(caps: Capabilities, t: WgTile): boolean {
+  const lanes = (t.bm / t.tm) * (t.bn / t.tn);
+  return t.bm % t.tm === 0 && t.bn % t.tn === 0 && lanes <= caps.maxInvocations && (t.bm + t.bn) * t.bk * 4 <= caps.maxWorkgroupStorage;
 }
 
 /**
@@ -149,21 +252,46 @@ export function planGemm(g: Gpu, s: GemmShape, variant = 'auto'): GemmPlan | nul
   };
   if (variant === 'subgroup-matrix' || variant === 'workgroup') return pick(variant);
   if (variant !== 'auto') return null;
-  return pick2(g.kernels, g.precision, requestedKernels() !== 'auto', s, pick);
+  return planFor(g.kernels, g.precision, requestedKernels() !== 'auto', s, pick);
 }
 
-function pick2(family: Exclude<KernelFamily, 'auto'>, precision: Precision, forced: boolean, s: GemmShape, pick: (k: GemmKind) => GemmPlan): GemmPlan | null {
+/** The family/precision rule of planGemm, on a capabilities object alone (plan tests, `step1x devices`). */
+export function planGemmFor(caps: Capabilities, family: Exclude<KernelFamily, 'auto'>, precision: Precision, s: GemmShape, forced = false): GemmPlan | null {
+  return planFor(family, precision, forced, s, (kind) => (kind === 'subgroup-matrix' ? sgmatPlan(caps) : wgPlan(caps)));
+}
+
+function planFor(family: Exclude<KernelFamily, 'auto'>, precision: Precision, forced: boolean, s: GemmShape, pick: (k: GemmKind) => GemmPlan): GemmPlan | null {
   if (family === 'register') return null;
   if (s.M <= 4 && !forced) return null;
   if (family === 'subgroup-matrix' && precision === 'mixed') return pick('subgroup-matrix');
   return pick('workgroup');
 }
 
+// ---- fallbacks are said once -------------------------------------------------------------------------
+
+const warned = new WeakMap<Gpu, Set<string>>();
+
+/**
+ * One stderr line per device and op when an adapter with matrix units (not a CPU adapter) runs a main
+ * shape without them, saying why (tests and benchmarks that force a family on lavapipe stay quiet).
+ */
+export function warnNoMatrixUnits(g: Gpu, what: string, why: string): void {
+  if (g.caps.cpu || !hasMatrixUnits(g.caps) || g.kernels !== 'subgroup-matrix') return;
+  let seen = warned.get(g);
+  if (!seen) warned.set(g, (seen = new Set()));
+  if (seen.has(what)) return;
+  seen.add(what);
+  process.stderr.write(`step1x: warning: ${what} runs without matrix units: ${why}\n`);
+}
+
 // ---- overflow counter ---------------------------------------------------------------------------
 
 const counters = new WeakMap<Gpu, Tensor>();
 
-/** The per-device u32 counter gemm-sgmat.wgsl bumps for every tile recomputed in f32. */
+/**
+ * Per-device u32 counters: [0] gemm-sgmat.wgsl tiles recomputed in f32, [1] attention-sgmat.wgsl workgroups
+ * recomputed in f32, [3] attention-sgmat.wgsl KV tiles whose O was rescaled (lazy softmax rescale).
+ */
 export function overflowCounter(g: Gpu): Tensor {
   let t = counters.get(g);
   if (!t) {

@@ -17,7 +17,7 @@ import type { Gpu } from '../runtime/gpu.js';
 import type { DType } from '../runtime/tensor.js';
 import { linear } from './linear.js';
 import {
-  planGemm, setTunedTiles, registerTuneLoader, sgmatFits, wgFits, matrixConfig, DEFAULT_SGMAT_TILE, DEFAULT_WG_TILE,
+  planGemm, setTunedTiles, registerTuneLoader, sgmatFits, wgFits, gemmConfig, defaultSgmatTiles, sgmatTileOf, DEFAULT_WG_TILE,
   type GemmKind, type GemmShape, type SgmatTile, type WgTile,
 } from './plan-gemm.js';
 
@@ -127,24 +127,33 @@ export function loadTuned(g: Gpu): number {
   return map.size;
 }
 
-const SG_KEYS = ['sgm', 'sgn', 'pm', 'pn', 'bk'] as const;
+const SG_KEYS = ['sgm', 'sgn', 'pm', 'pn', 'bk', 'res'] as const; // res: the config's result type (f16→f16 on Metal)
 const WG_KEYS = ['bm', 'bn', 'bk', 'tm', 'tn'] as const;
 /** A tile's fields in a fixed order (a cache entry may list them in any order). */
 const tileKey = (t: Tile, keys: readonly string[]) => JSON.stringify(Object.fromEntries(keys.map((k) => [k, (t as unknown as Record<string, number>)[k]])));
-const isSgmatTile = (t: Tile): t is SgmatTile => ['sgm', 'sgn', 'pm', 'pn', 'bk'].every((k) => Number.isInteger((t as unknown as Record<string, number>)[k]));
+const isSgmatTile = (t: Tile): t is SgmatTile =>
+  ['sgm', 'sgn', 'pm', 'pn', 'bk'].every((k) => Number.isInteger((t as unknown as Record<string, number>)[k])) && [undefined, 'f32', 'f16'].includes((t as SgmatTile).res);
 const isWgTile = (t: Tile): t is WgTile => ['bm', 'bn', 'bk', 'tm', 'tn'].every((k) => Number.isInteger((t as unknown as Record<string, number>)[k]));
-const sgmatOk = (g: Gpu, t: SgmatTile): boolean => g.caps.matrixConfigs.length > 0 && sgmatFits(g.caps, matrixConfig(g.caps), t);
+const sgmatOk = (g: Gpu, t: SgmatTile): boolean => {
+  const cfg = gemmConfig(g.caps, t.res);
+  return !!cfg && sgmatFits(g.caps, cfg, t);
+};
 
-/** Candidate tiles for a kind, filtered by the device's limits; the default first. */
+/**
+ * Candidate tiles for a kind, filtered by the device's limits; the plan's default first. Subgroup-matrix:
+ * the default list (128x128 on GPUs), 256x128 and 128x256, then the historical grid of small tiles.
+ */
 export function candidates(g: Gpu, kind: GemmKind): Tile[] {
   if (kind === 'subgroup-matrix') {
-    const out: SgmatTile[] = [DEFAULT_SGMAT_TILE];
+    const cfg = gemmConfig(g.caps);
+    if (!cfg) return [];
+    const out: (SgmatTile | null)[] = [...defaultSgmatTiles(g.caps, cfg)];
+    for (const bk of [32, 16]) out.push(sgmatTileOf(cfg, 256, 128, 4, 2, bk), sgmatTileOf(cfg, 128, 256, 2, 4, bk), sgmatTileOf(cfg, 256, 128, 4, 4, bk));
     for (const [sgm, sgn] of [[2, 2], [2, 4], [4, 2], [1, 1]])
       for (const [pm, pn] of [[2, 2], [4, 2], [2, 4], [4, 4]])
         for (const bk of [32, 64]) out.push({ sgm, sgn, pm, pn, bk });
-    const cfg = matrixConfig(g.caps);
     const seen = new Set<string>();
-    return out.filter((t) => sgmatFits(g.caps, cfg, t) && !seen.has(JSON.stringify(t)) && !!seen.add(JSON.stringify(t)));
+    return out.filter((t): t is SgmatTile => !!t && sgmatFits(g.caps, cfg, t) && !seen.has(JSON.stringify(t)) && !!seen.add(JSON.stringify(t)));
   }
   const out: WgTile[] = [DEFAULT_WG_TILE, { bm: 32, bn: 64, bk: 16, tm: 2, tn: 4 }, { bm: 64, bn: 64, bk: 8, tm: 4, tn: 4 }, { bm: 128, bn: 64, bk: 16, tm: 8, tn: 4 }, { bm: 32, bn: 32, bk: 16, tm: 2, tn: 2 }];
   return out.filter((t) => wgFits(g.caps, t));

@@ -22,6 +22,8 @@ export type Precision = 'f32' | 'mixed';
 export const KERNEL_FAMILIES: readonly KernelFamily[] = ['auto', 'subgroup-matrix', 'tiled', 'register'];
 export const PRECISIONS: readonly Precision[] = ['f32', 'mixed'];
 export const SGMAT_FEATURE = 'chromium-experimental-subgroup-matrix';
+/** Lets a pipeline pin its subgroup size (`@subgroup_size`): Intel's matrix configs need 16, AMD's 32. */
+export const SUBGROUP_SIZE_CONTROL = 'subgroup-size-control';
 /** Dawn toggles: allow_unsafe_apis exposes the experimental subgroup-matrix feature and its configs; NVIDIA's Vulkan f16 (needed by the f16 operands) is off in Dawn unless vulkan_enable_f16_on_nvidia is set (unknown toggles are ignored elsewhere). */
 export const SGMAT_DAWN_FLAGS = ['enable-dawn-features=allow_unsafe_apis,vulkan_enable_f16_on_nvidia'];
 
@@ -42,8 +44,10 @@ export interface Capabilities {
   features: Set<string>;
   subgroupMinSize: number;
   subgroupMaxSize: number;
-  /** f16-operand configs with f32 results, the ones our kernels use, preferred (largest) first. */
+  /** f16-operand configs with f32 results (GEMM and attention), preferred (largest) first. */
   matrixConfigs: MatrixConfig[];
+  /** f16-operand configs with f16 results (Metal's only f16 ones; the GEMM adds each k-chunk into f32). */
+  f16ResultConfigs: MatrixConfig[];
   /** Every config the adapter reports (printed by `step1x devices`). */
   allMatrixConfigs: MatrixConfig[];
   maxWorkgroupStorage: number;
@@ -83,18 +87,22 @@ export function readCapabilities(adapter: GPUAdapter): Capabilities {
     subgroupMinSize: num('subgroupMinSize', 4),
     subgroupMaxSize: num('subgroupMaxSize', 128),
     allMatrixConfigs: all,
-    matrixConfigs: all
-      .filter((c) => c.component === 'f16' && c.result === 'f32')
-      .sort((a, b) => b.M * b.N * b.K - a.M * a.N * a.K),
+    matrixConfigs: configsOf(all, 'f32'),
+    f16ResultConfigs: configsOf(all, 'f16'),
     maxWorkgroupStorage: l.maxComputeWorkgroupStorageSize,
     maxInvocations: l.maxComputeInvocationsPerWorkgroup,
     maxWorkgroupSizeX: l.maxComputeWorkgroupSizeX,
   };
 }
 
-/** Whether the adapter can run our subgroup-matrix kernels (the feature, f16, subgroups, an f16→f32 config). */
+/** f16-operand configs with `result` results, largest first. */
+export function configsOf(all: MatrixConfig[], result: 'f32' | 'f16'): MatrixConfig[] {
+  return all.filter((c) => c.component === 'f16' && c.result === result).sort((a, b) => b.M * b.N * b.K - a.M * a.N * a.K);
+}
+
+/** Whether the adapter can run our subgroup-matrix GEMM (the feature, f16, subgroups, an f16→f32 or f16→f16 config). */
 export function hasMatrixUnits(c: Capabilities): boolean {
-  return c.features.has(SGMAT_FEATURE) && c.features.has('shader-f16') && c.features.has('subgroups') && c.matrixConfigs.length > 0;
+  return c.features.has(SGMAT_FEATURE) && c.features.has('shader-f16') && c.features.has('subgroups') && c.matrixConfigs.length + c.f16ResultConfigs.length > 0;
 }
 
 // ---- settings (CLI global options override the environment) ----------------------------------------
@@ -131,8 +139,9 @@ export function requestedPrecision(): Precision | undefined {
 export function resolveKernels(c: Capabilities, k: KernelFamily = requestedKernels()): Exclude<KernelFamily, 'auto'> {
   if (k === 'subgroup-matrix' && !hasMatrixUnits(c))
     throw new Step1xError(
-      `--kernels subgroup-matrix: the adapter (${c.description || c.vendor || 'unknown'}) does not offer ${SGMAT_FEATURE} with an f16→f32 config ` +
-        '(Vulkan with VK_KHR_cooperative_matrix, e.g. NVIDIA, AMD RDNA3, Mesa ≥ 26 lavapipe; Metal on Apple M1+); on a CPU machine use scripts/sgmat-env.sh',
+      `--kernels subgroup-matrix: the adapter (${c.description || c.vendor || 'unknown'}) does not offer ${SGMAT_FEATURE} with shader-f16, subgroups and an ` +
+        'f16→f32 or f16→f16 config (Vulkan with VK_KHR_cooperative_matrix: NVIDIA, AMD RDNA3+, Intel Xe2 with Mesa ≥ 25.2, Mesa ≥ 26 lavapipe; ' +
+        'Metal on Apple silicon with f16→f16 configs; Dawn lists them only with allow_unsafe_apis); on a CPU machine use scripts/sgmat-env.sh',
       ExitCode.NO_GPU,
     );
   if (k !== 'auto') return k;
@@ -143,7 +152,7 @@ export function resolveKernels(c: Capabilities, k: KernelFamily = requestedKerne
 /** Features the chosen family's plans use, of those the adapter has. */
 export function featuresFor(c: Capabilities, family: Exclude<KernelFamily, 'auto'>): string[] {
   const want = ['shader-f16', 'subgroups', 'timestamp-query'];
-  if (family === 'subgroup-matrix') want.push(SGMAT_FEATURE);
+  if (family === 'subgroup-matrix') want.push(SGMAT_FEATURE, SUBGROUP_SIZE_CONTROL);
   return want.filter((f) => c.features.has(f));
 }
 

@@ -1,0 +1,127 @@
+/**
+ * Kernel plans per device profile (kernels-test/device-profiles.ts), no GPU needed: the variant, tile and
+ * subgroup size every main shape gets at 1024² (CFG batch 2), and that nothing falls back silently.
+ * Measured speed lives in `npm run bench`; these are the structural promises of the plans.
+ */
+import { PROFILES, byName, type DeviceProfile } from './device-profiles.js';
+import { planGemmFor, sgmatPlan, sgmatStorageBytes, gemmConfig, matrixConfig, type GemmPlan, type GemmShape } from '../src/ops/plan-gemm.js';
+import { planAttentionFor, attentionBinding, attentionSgmatTile, attentionSgmatBytes } from '../src/ops/plan-attention.js';
+import { resolveKernels, resolvePrecision, hasMatrixUnits } from '../src/runtime/caps.js';
+
+const TOKENS = 2 * 4096 + 640; // one image's noise + reference tokens and the text at 1024²
+const M = 2 * TOKENS;
+const DIT: GemmShape[] = [[3072, 9216], [3072, 12288], [3072, 21504], [3072, 3072], [12288, 3072], [15360, 3072]].map(([K, N]) => ({ M, K, N, wdt: 'bf16' }));
+const QWEN: GemmShape[] = [[3584, 18944], [18944, 3584], [3584, 4608]].map(([K, N]) => ({ M: 1024, K, N, wdt: 'bf16' }));
+const VAE_ATTN: GemmShape = { M: 128 * 128, K: 512, N: 512, wdt: 'f32' };
+const ATTN = [{ what: 'DiT', Lq: TOKENS, Lk: TOKENS, Dh: 128, H: 24 }, { what: 'Qwen text', Lq: 1024, Lk: 1024, Dh: 128, H: 28 }, { what: 'Qwen vision', Lq: 4096, Lk: 4096, Dh: 80, H: 16 }];
+
+function gemmPlans(p: DeviceProfile): GemmPlan[] {
+  const family = resolveKernels(p.caps, 'auto');
+  const precision = resolvePrecision(family, undefined);
+  return [...DIT, ...QWEN, VAE_ATTN].map((s) => {
+    const plan = planGemmFor(p.caps, family, precision, s);
+    if (!plan) throw new Error(`${p.name}: GEMM M=${s.M} K=${s.K} N=${s.N} has no plan (register path) under family ${family}`);
+    return plan;
+  });
+}
+
+describe('plans per device profile at 1024²', () => {
+  test.each(PROFILES.filter((p) => !p.caps.cpu).map((p) => [p.name, p] as const))('%s: every main GEMM on matrix units, tiles fit', (_n, p) => {
+    expect(hasMatrixUnits(p.caps)).toBe(true);
+    expect(resolveKernels(p.caps, 'auto')).toBe('subgroup-matrix');
+    for (const plan of gemmPlans(p)) {
+      expect(plan.kind).toBe('subgroup-matrix');
+      const cfg = gemmConfig(p.caps)!;
+      const d = plan.defines as Record<string, number>;
+      expect(sgmatStorageBytes(cfg, { sgm: d.SGM, sgn: d.SGN, pm: d.PM, pn: d.PN, bk: d.BK }, d.ER)).toBeLessThanOrEqual(p.caps.maxWorkgroupStorage);
+      expect((d.SGM * d.SGN * d.SGSIZE) % d.SGSIZE).toBe(0);
+      expect(d.SGM * d.SGN * d.SGSIZE).toBeLessThanOrEqual(p.caps.maxInvocations);
+    }
+  });
+
+  test('H100 and RTX 4090: 128x128 GEMM tiles on 16x16x16 f16→f32, subgroups pinned at 32', () => {
+    for (const name of ['H100', 'RTX 4090']) {
+      for (const plan of gemmPlans(byName(name))) {
+        expect(plan.bm).toBeGreaterThanOrEqual(128);
+        expect(plan.bn).toBeGreaterThanOrEqual(128);
+        expect(plan.defines).toMatchObject({ SM: 16, SN: 16, SK: 16, RES: 'f32', SGSIZE: 32, SGCTL: true });
+      }
+      // Quantized weights (fp8 / q8 / q4): linearPacked takes the plan of the f32-weight shape and runs it
+      // as gemm-sgmat with QUANT, so the DiT's quantized GEMMs get the same 128x128 tiles.
+      const p = byName(name);
+      for (const s of DIT) {
+        const q = planGemmFor(p.caps, 'subgroup-matrix', 'mixed', { ...s, wdt: 'f32' })!;
+        expect([q.kind, q.bm, q.bn]).toEqual(['subgroup-matrix', 128, 128]);
+      }
+    }
+  });
+
+  test('M2 Max (Metal): the f16→f16 8x8x8 config on matrix units, k-chunks summed into f32', () => {
+    const p = byName('M2 Max');
+    for (const plan of gemmPlans(p)) {
+      expect(plan.defines).toMatchObject({ SM: 8, SN: 8, SK: 8, RES: 'f16', SGSIZE: 32 });
+      expect(plan.bm * plan.bn).toBeGreaterThanOrEqual(64 * 64);
+      expect(plan.describe).toMatch(/f32 sums every \d+ k/);
+    }
+    // Attention needs an f16→f32 config: the register kernel, with the reason said (not silent).
+    const a = planAttentionFor(p.caps, ATTN[0], 'subgroup-matrix');
+    expect(a.kind).toBe('register');
+    expect(a.why).toMatch(/f16→f32/);
+  });
+
+  test('Xe2: 8x16x16 config on subgroups pinned at 16; RDNA3: wave32 pinned from 32–64', () => {
+    for (const plan of gemmPlans(byName('Xe2'))) expect(plan.defines).toMatchObject({ SM: 8, SN: 16, SK: 16, SGSIZE: 16, SGCTL: true });
+    for (const plan of gemmPlans(byName('RDNA3'))) expect(plan.defines).toMatchObject({ SM: 16, SN: 16, SGSIZE: 32, SGCTL: true });
+    // Without subgroup-size-control the workgroup is sized by the maximum (64 on RDNA3), unpinned.
+    const rd = byName('RDNA3').caps;
+    const unpinned = sgmatPlan({ ...rd, features: new Set([...rd.features].filter((f) => f !== 'subgroup-size-control')) });
+    expect(unpinned.defines.SGSIZE).toBe(64);
+    expect(unpinned.defines.SGCTL).toBeUndefined();
+  });
+
+  test('lavapipe: auto is the register family; forced subgroup-matrix gets the small tile, pinned at 8', () => {
+    const p = byName('lavapipe');
+    expect(resolveKernels(p.caps, 'auto')).toBe('register');
+    const plan = planGemmFor(p.caps, 'subgroup-matrix', 'mixed', DIT[0])!;
+    expect(plan.defines).toMatchObject({ SM: 8, SN: 8, RES: 'f32', SGSIZE: 8, SGCTL: true });
+    expect(sgmatPlan(p.caps, { sgm: 2, sgn: 2, pm: 2, pn: 2, bk: 32, res: 'f16' }).defines.RES).toBe('f16');
+  });
+
+  test.each(PROFILES.filter((p) => p.caps.matrixConfigs.length > 0).map((p) => [p.name, p] as const))('%s: attention on matrix units at every main shape, bound whole or per batch item', (_n, p) => {
+    for (const s of ATTN) {
+      const plan = planAttentionFor(p.caps, s, 'subgroup-matrix');
+      expect(plan.why).toBeUndefined();
+      expect(plan.kind).toBe('subgroup-matrix');
+      expect(plan.bq).toBeGreaterThanOrEqual(32);
+      const row = s.H * s.Dh * 4;
+      expect(attentionBinding(p.maxBindingBytes, 2, s.Lq, s.Lk, row, row, 0)).not.toBeNull();
+    }
+  });
+
+  test.each(['H100', 'RTX 4090'])('%s: attention ≥ 64 query rows per workgroup at every main shape, reduced through workgroup memory (driver 595.58)', (n) => {
+    const p = byName(n);
+    for (const s of ATTN) {
+      const plan = planAttentionFor(p.caps, s, 'subgroup-matrix');
+      expect(plan.kind).toBe('subgroup-matrix');
+      expect(plan.bq).toBeGreaterThanOrEqual(64);
+      expect(plan.defines).toMatchObject({ SM: 16, SGSIZE: 32, LPR: 2 });
+      expect(plan.defines.SGREDUCE).toBeUndefined();
+      const tile = attentionSgmatTile(p.caps, s.Dh)!;
+      expect(attentionSgmatBytes(matrixConfig(p.caps), tile.nsg, tile.bkv, tile.dhp, 2)).toBeLessThanOrEqual(p.caps.maxWorkgroupStorage);
+    }
+  });
+
+  test('RDNA3 and Xe2: attention reduces the row max with subgroup shuffles (lanes of a row share the pinned subgroup)', () => {
+    for (const n of ['RDNA3', 'Xe2']) {
+      const plan = planAttentionFor(byName(n).caps, ATTN[0], 'subgroup-matrix');
+      expect(plan.defines.SGREDUCE).toBe(true);
+      expect(plan.bq).toBeGreaterThanOrEqual(64);
+    }
+  });
+
+  test('a 128 MiB binding limit: DiT attention at 1024² runs one batch item per dispatch (q is 217 MB)', () => {
+    const row = 24 * 128 * 4;
+    expect(2 * TOKENS * row).toBeGreaterThan(2 ** 27);
+    expect(attentionBinding(2 ** 27, 2, TOKENS, TOKENS, row, row, 0)).toBe('per-item');
+  });
+});
