@@ -5,8 +5,8 @@
  *
  * Sources (../shared/design.md §5): Dawn's Vulkan backend lists the VK_KHR_cooperative_matrix configs it
  * accepts (f16 on NVIDIA only with `vulkan_enable_f16_on_nvidia`, which we pass); its Metal backend lists
- * 8×8×8 f32→f32 and f16→f16 on Apple7+ (no f16→f32 in the Dawn of npm webgpu 0.6.x, so our matrix
- * kernels do not run there and `auto` picks the workgroup-tiled family); lavapipe's numbers are those
+ * 8×8×8 f32→f32 and f16→f16 on Apple7+ (no f16→f32 in the Dawn of npm webgpu 0.6.x: GEMMs run on the
+ * f16→f16 config with f32 k-chunk sums, attention on the workgroup-tiled kernel); lavapipe's numbers are those
  * `step1x devices --json` prints on Mesa 25 (limits) and Mesa 26 in the trixie root (configs).
  * Limits a Vulkan driver reports as 2^32 − 1 appear as Dawn clamps them (multiples of 4). Values no public
  * source pins down (exact maxBufferSize on Apple, Intel workgroup storage) are the conservative choice; a
