@@ -22,7 +22,7 @@ import { SafetensorsFile } from '../io/safetensors.js';
 import { resize, type RgbImage } from '../io/resize.js';
 import { inputProcessImage, inputProcessSize, qwenProcessImage, STEP1X_MAX_PIXELS, STEP1X_MIN_PIXELS } from '../models/qwen25vl/processor.js';
 import { runV12Edit, V12_DEFAULTS } from './v12-edit.js';
-import { describeReasonEvent, pumpEvents, runReasonEdit, type ReasonEditResult } from './reason-edit.js';
+import { describeReasonEvent, pumpEvents, reasonParameters, runReasonEdit, type ReasonEditResult } from './reason-edit.js';
 import { QwenTokenizer } from '../models/qwen25vl/tokenizer.js';
 import { buildStep1xInputIds } from '../models/qwen25vl/prompt.js';
 import { initialNoise } from './rng.js';
@@ -382,15 +382,7 @@ export class EditPipeline {
       steps: String(steps), cfg: String(cfg), 'dit-version': 'v1.2', layout: 'diffusers', size: String(size), 'working-size': `${w}x${h}`,
       'input-resize': 'lanczos', 'vae-encode': 'sample', models: d.root.split(/[\\/]/).pop() ?? d.root,
     };
-    if (reason) {
-      parameters.reasoning = [req.reason!.think && 'think', req.reason!.reflect && `reflect (max ${req.reason!.maxRounds} rounds)`].filter(Boolean).join(' + ');
-      if (reason.rewritten !== null) parameters['rewritten-instruction'] = reason.rewritten;
-      parameters.rounds = JSON.stringify(reason.rounds.map((x) => ({ round: x.round, prompt: x.prompt, edits: x.edits, verdict: x.reflection, score1: x.score1, score2: x.score2 })));
-      parameters['final-round'] = String(reason.finalIndex);
-      parameters['mllm-calls'] = `${reason.calls} (${reason.promptTokens} prompt tokens, ${reason.generatedTokens} generated)`;
-      if (req.reason!.maxNewTokens !== undefined || req.reason!.maxRetries !== undefined)
-        parameters['thinker-limits'] = `max new tokens ${req.reason!.maxNewTokens ?? 128}, tries per parser ${req.reason!.maxRetries ?? 20} (test limits, not the official)`;
-    }
+    if (reason) Object.assign(parameters, reasonParameters(reason, req.reason!));
     return { image: out, task: 'edit', version: 'v1.2', behaviour: officialBehaviour('current'), workingSize: [w, h], seed, timings: { total }, peakGpuBytes: this.gpu.pool.peakLiveBytes, parameters, reason };
   }
 

@@ -156,3 +156,17 @@ export function reasonSummary(r: ReasonEditResult, o: { think: boolean; reflect:
     mllm_calls: r.calls, mllm_prompt_tokens: r.promptTokens, mllm_generated_tokens: r.generatedTokens,
   };
 }
+
+/** The PNG parameters of a reasoning edit. */
+export function reasonParameters(r: ReasonEditResult, o: { think: boolean; reflect: boolean; maxRounds: number; maxNewTokens?: number; maxRetries?: number }): Record<string, string> {
+  const p: Record<string, string> = {
+    reasoning: [o.think && 'think', o.reflect && `reflect (max ${o.maxRounds} rounds)`].filter(Boolean).join(' + '),
+    ...(r.rewritten !== null ? { 'rewritten-instruction': r.rewritten } : {}),
+    rounds: JSON.stringify(r.rounds.map((x) => ({ round: x.round, prompt: x.prompt, edits: x.edits, verdict: x.reflection, score1: x.score1, score2: x.score2 }))),
+    'final-round': String(r.finalIndex),
+    'mllm-calls': `${r.calls} (${r.promptTokens} prompt tokens, ${r.generatedTokens} generated)`,
+  };
+  if (o.maxNewTokens !== undefined || o.maxRetries !== undefined)
+    p['thinker-limits'] = `max new tokens ${o.maxNewTokens ?? 128}, tries per parser ${o.maxRetries ?? 20} (test limits, not the official)`;
+  return p;
+}
