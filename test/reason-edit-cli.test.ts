@@ -58,7 +58,8 @@ test('edit --think --reflect --max-rounds 2 --keep-rounds: rounds, verdicts and 
   expect(rs.mllm_generated_tokens).toBeLessThanOrEqual(9 * 8);
   expect(rs.mllm_prompt_tokens).toBeGreaterThan(0);
   expect(rs.kept_rounds).toEqual([join(keep, 'round0.png'), join(keep, 'round1.png')]);
-  expect(r.stderr).toContain(`rewritten instruction: ${rs.rewritten_instruction}`);
+  expect(r.stderr).toContain(`rewritten instruction: ${rs.rewritten_instruction.replace(/\s+/g, ' ').trim()}`);
+  expect(r.stderr).toMatch(/thinking .*reformat: /); // the generation streamed as counted progress
   expect(r.stderr).toMatch(/round 1: verdict Failed, score1 \[0,0\], score2 \[0,0\]/);
   const final = await readImage(out), round1 = await readImage(join(keep, 'round1.png'));
   expect([final.width, final.height]).toEqual([64, 48]);

@@ -115,11 +115,11 @@ export async function checkOptionsUpFront(o: EditCliOptions): Promise<void> {
   if (o.noise !== undefined) await checkNoiseFile(o.noise);
 }
 
-const STAGE_LABEL: Record<string, string> = { embed: 'Qwen2.5-VL layers', encode: 'VAE encode', decode: 'VAE decode', sample: 'sampling' };
+const STAGE_LABEL: Record<string, string> = { embed: 'Qwen2.5-VL layers', encode: 'VAE encode', decode: 'VAE decode', sample: 'sampling', reason: 'thinking' };
 
 /** Counted work (steps, layers, VAE levels) as a bar / timestamped line; stage messages as text. */
 export function render(rep: Reporter, p: Progress): void {
-  if (p.step !== undefined && p.total) rep.progress(STAGE_LABEL[p.stage] ?? p.stage, p.step, p.total, p.skipped ? `${p.skipped} cached` : undefined);
+  if (p.step !== undefined && p.total) rep.progress(STAGE_LABEL[p.stage] ?? p.stage, p.step, p.total, p.detail ?? (p.skipped ? `${p.skipped} cached` : undefined));
   else if (p.done) rep.done(p.message ?? p.stage);
   else rep.update(p.message ?? p.stage);
 }

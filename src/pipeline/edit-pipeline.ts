@@ -81,6 +81,8 @@ export interface Progress {
   done?: boolean;
   /** sample: steps whose DiT blocks were skipped so far (TeaCache). */
   skipped?: number;
+  /** Text after the counter (reason: the generation so far). */
+  detail?: string;
 }
 
 export interface EditResult {
@@ -363,7 +365,8 @@ export class EditPipeline {
     let out: RgbImage, reason: ReasonEditResult | undefined;
     if (req.reason) {
       const ro = req.reason, small = new Map<RgbImage, RgbImage>();
-      reason = yield* pumpEvents<Progress, ReasonEditResult>((emit) => runReasonEdit(this.gpu, d, photo, { prompt: req.instruction, ...ro, seed, onEvent: (e) => emit({ stage: 'reason', message: describeReasonEvent(e), done: e.type !== 'round' }) },
+      reason = yield* pumpEvents<Progress, ReasonEditResult>((emit) => runReasonEdit(this.gpu, d, photo, { prompt: req.instruction, ...ro, seed, onEvent: (e) => emit({ stage: 'reason', message: describeReasonEvent(e), done: e.type !== 'round' }),
+        onToken: (kind, text, n) => emit({ stage: 'reason', step: n, total: ro.maxNewTokens ?? 128, detail: `${kind}: ${text.replace(/\s+/g, ' ').slice(-60)}` }) },
         async (p, img, r) => {
           const res = await editOf(p, img, r);
           small.set(res.image, res.small);

@@ -30,6 +30,8 @@ export interface ReasonEditOptions {
   maxNewTokens?: number;
   maxRetries?: number;
   onEvent?(e: ReasonEvent): void;
+  /** Each generated token of a thinker call: the call's kind, its text so far and its token count. */
+  onToken?(kind: string, textSoFar: string, tokens: number): void;
 }
 
 export interface ReasonRound {
@@ -59,7 +61,7 @@ export interface ReasonEditResult {
 export type RoundEdit = (prompt: string, image: RgbImage, round: number) => Promise<RgbImage>;
 
 export async function runReasonEdit(g: Gpu, d: DiffusersModelDir, photo: RgbImage, o: ReasonEditOptions, edit: RoundEdit): Promise<ReasonEditResult> {
-  const client = await QwenThinkerClient.load(g, d.textEncoderDir, d.tokenizerDir, { seed: o.seed, greedy: o.greedy, maxNewTokens: o.maxNewTokens });
+  const client = await QwenThinkerClient.load(g, d.textEncoderDir, d.tokenizerDir, { seed: o.seed, greedy: o.greedy, maxNewTokens: o.maxNewTokens, onToken: o.onToken });
   try {
     const names = new Map<RgbImage, string>([[photo, 'original']]);
     const rounds: ReasonRound[] = [];
@@ -97,15 +99,18 @@ export async function runReasonEdit(g: Gpu, d: DiffusersModelDir, photo: RgbImag
   }
 }
 
+/** A model's text on one progress line: whitespace runs (newlines too) as one space. */
+const oneLine = (t: string) => t.replace(/\s+/g, ' ').trim();
+
 /** One line per event for the progress reporter. */
 export function describeReasonEvent(e: ReasonEvent): string {
   switch (e.type) {
     case 'rewrite':
-      return `rewritten instruction: ${e.prompt}`;
+      return `rewritten instruction: ${oneLine(e.prompt)}`;
     case 'round':
-      return `round ${e.round}: editing the ${e.editsOriginal ? 'original' : 'previous output'} with "${e.prompt}"`;
+      return `round ${e.round}: editing the ${e.editsOriginal ? 'original' : 'previous output'} with ${JSON.stringify(e.prompt)}`;
     case 'retry':
-      return `${e.stage}: reply not usable (try ${e.attempt}): ${e.error}`;
+      return `${e.stage}: reply not usable (try ${e.attempt}): ${oneLine(e.error)}`;
     case 'verdict': {
       const tag = /<#(Success|Reflection|Failed|Others)>/.exec(e.reflection)?.[1] ?? 'Failed';
       return `round ${e.round}: verdict ${tag}, score1 ${JSON.stringify(e.score1)}, score2 ${JSON.stringify(e.score2)}`;
