@@ -6,7 +6,7 @@
  */
 import type { Command } from 'commander';
 import { basename, dirname, extname, join, resolve } from 'node:path';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdirSync, statSync } from 'node:fs';
 import { ExitCode, Step1xError } from '../errors.js';
 import { resolveModelFiles, type ModelFiles } from '../io/model-files.js';
 import { readImage } from '../io/image.js';
@@ -14,6 +14,7 @@ import { checkRegularFile } from '../io/safe-read.js';
 import type { EditPipeline, EditRequest, EditResult, Progress } from '../pipeline/edit-pipeline.js';
 import { checkOutputPath, installInterruptCleanup, readInputImage, writeOutputPng, type OutputTarget } from '../pipeline/output.js';
 import { checkInstruction, checkNoiseFile, checkSizeLevel, floatOpt, intOpt, parseBytes } from './options.js';
+import { reasonSummary } from '../pipeline/reason-edit.js';
 import { createReporter, fmtBytes, fmtSeconds, type Reporter } from './progress.js';
 import { packageVersion } from './main.js';
 import { collect, openWeightChoice, type WeightCliOptions } from './weights.js';
@@ -46,6 +47,28 @@ export interface EditCliOptions extends WeightCliOptions {
   cache?: string;
   mask?: string;
   maskFeather?: string;
+  think?: boolean;
+  reflect?: boolean;
+  maxRounds?: string;
+  keepRounds?: string;
+}
+
+/** --think / --reflect / --max-rounds / --keep-rounds (v1.2 models only; checked again once the model is known). */
+export function reasonFromOptions(o: EditCliOptions): EditRequest['reason'] {
+  if (o.maxRounds !== undefined && !o.reflect) throw new Step1xError('--max-rounds needs --reflect', ExitCode.USAGE);
+  if (o.keepRounds !== undefined && !o.think && !o.reflect) throw new Step1xError('--keep-rounds needs --think or --reflect', ExitCode.USAGE);
+  if (!o.think && !o.reflect) return undefined;
+  // STEP1X_THINKER_MAX_TOKENS / STEP1X_THINKER_RETRIES shorten the thinker for tests (recorded in the PNG)
+  const env = (name: string, max: number) => {
+    const v = process.env[name];
+    if (v === undefined) return undefined;
+    if (!/^\d+$/.test(v) || +v < 1 || +v > max) throw new Step1xError(`${name} must be a decimal integer in [1, ${max}], got "${v}"`, ExitCode.USAGE);
+    return +v;
+  };
+  return {
+    think: !!o.think, reflect: !!o.reflect, maxRounds: o.maxRounds === undefined ? 3 : intOpt('max-rounds', o.maxRounds, 1, 10),
+    maxNewTokens: env('STEP1X_THINKER_MAX_TOKENS', 128), maxRetries: env('STEP1X_THINKER_RETRIES', 20),
+  };
 }
 
 export { parseBytes } from './options.js';
@@ -93,11 +116,11 @@ export async function checkOptionsUpFront(o: EditCliOptions): Promise<void> {
   if (o.noise !== undefined) await checkNoiseFile(o.noise);
 }
 
-const STAGE_LABEL: Record<string, string> = { embed: 'Qwen2.5-VL layers', encode: 'VAE encode', decode: 'VAE decode', sample: 'sampling' };
+const STAGE_LABEL: Record<string, string> = { embed: 'Qwen2.5-VL layers', encode: 'VAE encode', decode: 'VAE decode', sample: 'sampling', reason: 'thinking' };
 
 /** Counted work (steps, layers, VAE levels) as a bar / timestamped line; stage messages as text. */
 export function render(rep: Reporter, p: Progress): void {
-  if (p.step !== undefined && p.total) rep.progress(STAGE_LABEL[p.stage] ?? p.stage, p.step, p.total, p.skipped ? `${p.skipped} cached` : undefined);
+  if (p.step !== undefined && p.total) rep.progress(STAGE_LABEL[p.stage] ?? p.stage, p.step, p.total, p.detail ?? (p.skipped ? `${p.skipped} cached` : undefined));
   else if (p.done) rep.done(p.message ?? p.stage);
   else rep.update(p.message ?? p.stage);
 }
@@ -199,10 +222,15 @@ export function register(program: Command): void {
       .option('-o, --output <file>', 'output .png, .jpg/.jpeg or .webp, or - for PNG on stdout (default: <input>-edited.png)')
       .option('--noise <file>', 'initial latent noise [1, 16, H/8, W/8] from a safetensors file holding that one tensor')
       .option('--mask <file>', 'region mask image, any size: white = may change, black = keep the input pixels')
-      .option('--mask-feather <px>', 'soften the mask border by this many pixels (Gaussian, sigma = px/2)'),
+      .option('--mask-feather <px>', 'soften the mask border by this many pixels (Gaussian, sigma = px/2)')
+      .option('--think', 'v1.2 models: let the MLLM rewrite the instruction before the edit (1 generation)')
+      .option('--reflect', 'v1.2 models: judge each result and correct it, up to --max-rounds edits (5 generations per round)')
+      .option('--max-rounds <n>', 'with --reflect: most edit rounds (official max_try_cnt)', undefined)
+      .option('--keep-rounds <dir>', 'with --think/--reflect: also write every round\'s image as DIR/round<r>.png'),
   ).action(async (image: string, instruction: string, o: EditCliOptions) => {
     installInterruptCleanup();
     const base = requestFromOptions(o);
+    const reason = reasonFromOptions(o);
     if (!instruction.trim()) throw new Step1xError('the instruction is empty', ExitCode.USAGE);
     checkInstruction(instruction, 'the instruction');
     const output = o.output ?? (image === '-' ? '-' : join(dirname(image), `${basename(image, extname(image))}-edited.png`));
@@ -224,11 +252,29 @@ export function register(program: Command): void {
     // a mask is resized to the photo: one far larger only costs memory (a 10000² 16-bit mask took 1.5 GB)
     const mask = o.mask ? await readImage(o.mask, { maxPixels: maskPixelLimit(img.width, img.height) }) : undefined;
     const files = resolveModelFiles(o.model, { version: base.version });
+    if (reason && files.diffusers?.version !== 'v1.2')
+      throw new Step1xError(`--think / --reflect need a v1.2 model directory (diffusers layout); ${files.source} is ${files.diffusers?.version ?? 'not one'}`, ExitCode.USAGE);
+    if (o.keepRounds !== undefined) {
+      try {
+        mkdirSync(o.keepRounds, { recursive: true });
+        if (!statSync(o.keepRounds).isDirectory()) throw new Error('not a directory');
+      } catch (e) {
+        throw new Step1xError(`--keep-rounds ${o.keepRounds}: cannot use it as a directory (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, ExitCode.OUTPUT);
+      }
+    }
     const rep = createReporter({ quiet: o.quiet });
     await withPipeline(files, o, rep, async (pipe, meta) => {
-      const res = await runOne(pipe, { ...base, image: img, instruction, mask }, { path: output }, rep, meta);
+      const res = await runOne(pipe, { ...base, image: img, instruction, mask, reason }, { path: output }, rep, meta);
+      const kept: string[] = [];
+      if (o.keepRounds !== undefined && res.reason)
+        for (const r of res.reason.rounds) {
+          const path = join(o.keepRounds, `round${r.round}.png`);
+          await writeOutputPng({ path }, r.image, { ...meta, ...res.parameters, round: String(r.round), 'round-prompt': r.prompt, ...(r.reflection ? { verdict: r.reflection } : {}) });
+          kept.push(path);
+        }
       rep.done(`wrote ${output === '-' ? 'stdout' : output} (${res.image.width}×${res.image.height}) in ${fmtSeconds(res.timings.total ?? 0)}, peak GPU ${fmtBytes(res.peakGpuBytes)}`);
-      if (o.json) (output === '-' ? process.stderr : process.stdout).write(`${JSON.stringify(summary(res, output))}\n`);
+      const rs = res.reason && reason ? { reason: { ...reasonSummary(res.reason, reason), ...(kept.length ? { kept_rounds: kept } : {}) } } : {};
+      if (o.json) (output === '-' ? process.stderr : process.stdout).write(`${JSON.stringify({ ...summary(res, output), ...rs })}\n`);
     });
   });
 }

@@ -23,6 +23,7 @@ import { SafetensorsFile } from '../io/safetensors.js';
 import { resize, type RgbImage } from '../io/resize.js';
 import { inputProcessImage, inputProcessSize, qwenProcessImage, STEP1X_MAX_PIXELS, STEP1X_MIN_PIXELS } from '../models/qwen25vl/processor.js';
 import { runV12Edit, V12_DEFAULTS } from './v12-edit.js';
+import { describeReasonEvent, pumpEvents, reasonParameters, runReasonEdit, type ReasonEditResult } from './reason-edit.js';
 import { QwenTokenizer } from '../models/qwen25vl/tokenizer.js';
 import { buildStep1xInputIds } from '../models/qwen25vl/prompt.js';
 import { initialNoise } from './rng.js';
@@ -68,10 +69,12 @@ export interface EditRequest {
   cfgTruncate?: number;
   /** Checkpoint version the caller expects; the weights must agree. */
   version?: DitVersion;
+  /** v1.2 only: rewrite the instruction first (`think`), judge and correct up to maxRounds (`reflect`). */
+  reason?: { think: boolean; reflect: boolean; maxRounds: number; maxNewTokens?: number; maxRetries?: number };
 }
 
 export interface Progress {
-  stage: 'load' | 'preprocess' | 'embed' | 'encode' | 'sample' | 'decode' | 'postprocess';
+  stage: 'load' | 'preprocess' | 'embed' | 'encode' | 'sample' | 'decode' | 'postprocess' | 'reason';
   step?: number;
   total?: number;
   message?: string;
@@ -79,6 +82,8 @@ export interface Progress {
   done?: boolean;
   /** sample: steps whose DiT blocks were skipped so far (TeaCache). */
   skipped?: number;
+  /** Text after the counter (reason: the generation so far). */
+  detail?: string;
 }
 
 export interface EditResult {
@@ -97,6 +102,8 @@ export interface EditResult {
   cache?: { kind: 'teacache'; threshold: number; skippedSteps: number };
   /** On a dry-run device (STEP1X_DRYRUN): what the run asked of it (README "Dry run"). */
   dryrun?: DryRunReport;
+  /** --think / --reflect: every round (with its image) and the thinker's work; `image` is the final round's. */
+  reason?: ReasonEditResult;
 }
 
 export interface LoadOptions {
@@ -184,6 +191,7 @@ export class EditPipeline {
     const beh = officialBehaviour(req.compat ?? 'current', req.cfgTruncate);
     checkVersion(this.files.dit, this.ditVersion, req.version); // before any stage runs
     if (this.ditVersion === 'v1.2') return yield* this.runV12(req);
+    if (req.reason) throw new Step1xError(`--think / --reflect need a v1.2 model (this one is ${this.ditVersion})`, ExitCode.USAGE);
     const timings: Record<string, number> = {};
     const tStart = performance.now();
     let t0 = tStart;
@@ -367,10 +375,26 @@ export class EditPipeline {
     const given: { noise?: Float32Array; refEps?: Float32Array } = req.noise ? { noise: req.noise } : req.noisePath ? await readNoiseTensors(req.noisePath, h / 8, w / 8) : {};
     const tStart = performance.now();
     yield { stage: 'embed', message: `v1.2 edit: ${steps} steps, cfg ${cfg}, ${w}x${h}` };
-    const { small, image } = await runV12Edit(this.gpu, d, photo, {
-      prompt: req.instruction, sizeLevel: size, steps, cfg, seed, processorPixels: V12_DEFAULTS.processorPixels, ...given,
+    // round r of a reasoning edit draws from seed + r; round 0 (and a plain edit) takes --noise when given
+    const editOf = async (prompt: string, img: RgbImage, r: number) => runV12Edit(this.gpu, d, img, {
+      prompt, sizeLevel: size, steps, cfg, seed: seed + r, processorPixels: V12_DEFAULTS.processorPixels, ...(r === 0 ? given : {}),
     });
-    const out = req.nativeSize ? small : image;
+    let out: RgbImage, reason: ReasonEditResult | undefined;
+    if (req.reason) {
+      const ro = req.reason, small = new Map<RgbImage, RgbImage>();
+      reason = yield* pumpEvents<Progress, ReasonEditResult>((emit) => runReasonEdit(this.gpu, d, photo, { prompt: req.instruction, ...ro, seed, onEvent: (e) => emit({ stage: 'reason', message: describeReasonEvent(e), done: e.type !== 'round' }),
+        onToken: (kind, text, n) => emit({ stage: 'reason', step: n, total: ro.maxNewTokens ?? 128, detail: `${kind}: ${text.replace(/\s+/g, ' ').slice(-60)}` }) },
+        async (p, img, r) => {
+          const res = await editOf(p, img, r);
+          small.set(res.image, res.small);
+          return res.image;
+        }));
+      const fin = reason.rounds[reason.finalIndex].image;
+      out = req.nativeSize ? small.get(fin)! : fin;
+    } else {
+      const { small, image } = await editOf(req.instruction, photo, 0);
+      out = req.nativeSize ? small : image;
+    }
     const total = +((performance.now() - tStart) / 1000).toFixed(3);
     const parameters: Record<string, string> = {
       task: 'edit', instruction: req.instruction, negative: '',
@@ -378,7 +402,8 @@ export class EditPipeline {
       steps: String(steps), cfg: String(cfg), 'dit-version': 'v1.2', layout: 'diffusers', size: String(size), 'working-size': `${w}x${h}`,
       'input-resize': 'lanczos', 'vae-encode': 'sample', models: d.root.split(/[\\/]/).pop() ?? d.root,
     };
-    return { image: out, task: 'edit', version: 'v1.2', behaviour: officialBehaviour('current'), workingSize: [w, h], seed, timings: { total }, peakGpuBytes: this.gpu.pool.peakLiveBytes, parameters };
+    if (reason) Object.assign(parameters, reasonParameters(reason, req.reason!));
+    return { image: out, task: 'edit', version: 'v1.2', behaviour: officialBehaviour('current'), workingSize: [w, h], seed, timings: { total }, peakGpuBytes: this.gpu.pool.peakLiveBytes, parameters, reason };
   }
 
   /** Convenience: run to completion, forwarding progress to a callback. */

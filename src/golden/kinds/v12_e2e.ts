@@ -26,7 +26,7 @@ function sha256(path: string): string {
 }
 
 /** The case's model directory, or a temporary one with the shared files linked in (sha256 checked). */
-function assembleModel(caseDir: string, spec: any): { dir: string; cleanup: () => void } {
+export function assembleModel(caseDir: string, spec: any): { dir: string; cleanup: () => void } {
   const model = join(caseDir, spec.model_dir ?? 'model');
   const shared = (spec.shared_files ?? []) as { from: string; to: string; sha256: string }[];
   const present = (p: string) => [p, `${p}.gz`].find((q) => existsSync(q));
@@ -50,12 +50,30 @@ function assembleModel(caseDir: string, spec: any): { dir: string; cleanup: () =
   return { dir: tmpModel, cleanup: () => rmSync(root, { recursive: true, force: true }) };
 }
 
-async function photoOf(ctx: GoldenContext): Promise<RgbImage> {
+/**
+ * The model of `spec.model_from` (a v12_e2e case beside this one, relative to its parent folder): that case's
+ * model directory with ITS `spec.shared_files` applied.
+ */
+export function modelFrom(ctx: GoldenContext): { dir: string; cleanup: () => void } {
+  const from = ctx.spec?.model_from;
+  if (typeof from !== 'string') fail(`${ctx.caseDir}: spec.model_from is missing`, ExitCode.USAGE);
+  const caseDir = resolve(dirname(resolve(ctx.caseDir)), from);
+  const cj = join(caseDir, 'case.json');
+  if (!existsSync(cj)) fail(`${ctx.caseDir}: spec.model_from: ${cj} not found (copy the case it names beside this one)`, ExitCode.WEIGHTS);
+  let spec: any;
+  try {
+    spec = JSON.parse(readFileSync(cj, 'utf8')).spec ?? {};
+  } catch (e) {
+    fail(`${cj}: invalid JSON (${(e as Error).message.split('\n')[0]})`, ExitCode.USAGE);
+  }
+  return assembleModel(caseDir, spec);
+}
+
+export async function photoOf(ctx: GoldenContext): Promise<RgbImage> {
   const info = ctx.io.tensors.get('in.photo_u8');
   if (!info || info.shape.length !== 3 || info.shape[2] !== 3) fail(`${ctx.caseDir}: in.photo_u8 must be [H, W, 3]`, ExitCode.USAGE);
   return { height: info.shape[0], width: info.shape[1], data: await ctx.io.readBytes('in.photo_u8') };
 }
-
 
 export async function run(ctx: GoldenContext): Promise<void> {
   const spec = ctx.spec ?? {}, g = ctx.gpu;

@@ -4,22 +4,33 @@
  * every call of `scenarios[s].transcript` (kind, system prompt, user content, max_tokens) and the whole
  * `scenarios[s].result` exactly, and fails naming the first difference.
  *
- * The per-round images (`out.<s>.round<r>.rgb_u8`, `out.<s>.final_u8`) need the v1.2 edit pipeline behind
- * the loop's `edit` hook; this kind does not compute them, so the runner reports them as not computed.
+ * Behind the loop's `edit` hook runs the real v1.2 edit (pipeline/v12-edit.ts) of the model of
+ * `spec.model_from`: round r of scenario s edits the image the loop picked (the photo `in.photo_u8` or an
+ * earlier round's OWN output, never the case's recorded one) with the round's prompt, the scenario's
+ * size_level / num_steps / cfg and the draws `in.<s>.round<r>.noise` / `sample_eps`, and emits
+ * `mid.<s>.round<r>.edit_input_u8` [H, W, 3], `out.<s>.round<r>.rgb_u8` [H, W, 3] (photo size) and, after the
+ * loop, `out.<s>.final_u8` (the selected round's output).
  */
-import { ExitCode, Step1xError } from '../../errors.js';
+import { ExitCode, Step1xError, fail } from '../../errors.js';
 import type { GoldenContext } from '../registry.js';
+import type { RgbImage } from '../../io/resize.js';
+import { readDiffusersDir } from '../../io/diffusers-layout.js';
 import { ReasonLoop } from '../../pipeline/reason/loop.js';
 import type { ThinkerMessages } from '../../pipeline/reason/prompts.js';
+import { V12_DEFAULTS, runV12Edit } from '../../pipeline/v12-edit.js';
 import { jsonEqual } from './v12_parsers.js';
+import { modelFrom, photoOf } from './v12_e2e.js';
 
 export interface ScriptedRun {
   transcript: Record<string, unknown>[];
   result: Record<string, unknown>;
 }
 
+/** The pixels behind an edit round: `image` (an identity) edited with `prompt` becomes `output`. */
+export type ScriptedEdit = (prompt: string, image: string, round: number, output: string) => Promise<void>;
+
 /** One scenario with its script: the transcript and the result in the case's JSON form. */
-export async function runScriptedScenario(spec: any): Promise<ScriptedRun> {
+export async function runScriptedScenario(spec: any, editPixels?: ScriptedEdit): Promise<ScriptedRun> {
   const script = [...spec.script];
   const transcript: Record<string, unknown>[] = [];
   const loop = new ReasonLoop<string>({
@@ -30,7 +41,11 @@ export async function runScriptedScenario(spec: any): Promise<ScriptedRun> {
       transcript.push({ kind: m.kind, system: m.system, user_content: m.user, max_tokens_arg: maxTokens, scripted_response: next.response });
       return next.response;
     },
-    edit: async (_prompt, _image, round) => `round${round}_output`,
+    async edit(prompt, image, round) {
+      const output = `round${round}_output`;
+      await editPixels?.(prompt, image, round, output);
+      return output;
+    },
   });
   const r = await loop.run('original', { prompt: spec.prompt, thinking: spec.thinking, maxRounds: spec.max_try_cnt });
   if (script.length) throw new Step1xError(`scenario ${spec.name}: ${script.length} scripted replies left unused`, ExitCode.MISMATCH);
@@ -51,19 +66,40 @@ export async function runScriptedScenario(spec: any): Promise<ScriptedRun> {
 
 export async function run(ctx: GoldenContext): Promise<void> {
   const problems: string[] = [];
-  for (const [i, sc] of (ctx.caseJson.scenarios as any[]).entries()) {
-    const spec = ctx.spec.scenarios[i];
-    const got = await runScriptedScenario(spec);
-    const n = Math.max(got.transcript.length, sc.transcript.length);
-    for (let k = 0; k < n; k++)
-      if (!jsonEqual(got.transcript[k], sc.transcript[k])) {
-        problems.push(`scenario ${sc.name}: call ${k} differs (${(got.transcript[k] as any)?.kind} vs ${sc.transcript[k]?.kind})`);
-        break;
-      }
-    for (const key of Object.keys(sc.result))
-      if (!jsonEqual(got.result[key], sc.result[key])) problems.push(`scenario ${sc.name}: result.${key} = ${JSON.stringify(got.result[key])}, want ${JSON.stringify(sc.result[key])}`);
-    ctx.log(`scenario ${sc.name}: ${got.transcript.length} calls, ${(got.result.rounds as unknown[]).length} rounds, final ${got.result.final_image}`);
+  const model = modelFrom(ctx);
+  try {
+    const d = readDiffusersDir(model.dir);
+    if (d.version !== 'v1.2') fail(`${model.dir}: a ${d.version} model; the v12_loop kind runs v1.2`, ExitCode.WEIGHTS);
+    const photo = await photoOf(ctx);
+    const shape = [photo.height, photo.width, 3];
+    for (const [i, sc] of (ctx.caseJson.scenarios as any[]).entries()) {
+      const spec = ctx.spec.scenarios[i], s = spec.name as string;
+      const images = new Map<string, RgbImage>([['original', photo]]);
+      const got = await runScriptedScenario(spec, async (prompt, image, r, output) => {
+        const src = images.get(image) ?? fail(`v12_loop: scenario ${s} round ${r} edits "${image}", which no earlier round produced`, ExitCode.MISMATCH);
+        ctx.emit(`mid.${s}.round${r}.edit_input_u8`, src.data, shape, 'u8');
+        const res = await runV12Edit(ctx.gpu, d, src, {
+          prompt, sizeLevel: spec.size_level, steps: spec.num_steps, cfg: spec.cfg, processorPixels: V12_DEFAULTS.processorPixels,
+          noise: await ctx.input(`in.${s}.round${r}.noise`), refEps: await ctx.input(`in.${s}.round${r}.sample_eps`),
+        });
+        images.set(output, res.image);
+        ctx.emit(`out.${s}.round${r}.rgb_u8`, res.image.data, shape, 'u8');
+      });
+      const final = images.get(got.result.final_image as string);
+      if (final) ctx.emit(`out.${s}.final_u8`, final.data, shape, 'u8');
+      const n = Math.max(got.transcript.length, sc.transcript.length);
+      for (let k = 0; k < n; k++)
+        if (!jsonEqual(got.transcript[k], sc.transcript[k])) {
+          problems.push(`scenario ${sc.name}: call ${k} differs (${(got.transcript[k] as any)?.kind} vs ${sc.transcript[k]?.kind})`);
+          break;
+        }
+      for (const key of Object.keys(sc.result))
+        if (!jsonEqual(got.result[key], sc.result[key])) problems.push(`scenario ${sc.name}: result.${key} = ${JSON.stringify(got.result[key])}, want ${JSON.stringify(sc.result[key])}`);
+      ctx.log(`scenario ${sc.name}: ${got.transcript.length} calls, ${(got.result.rounds as unknown[]).length} rounds (each a real v1.2 edit), final ${got.result.final_image}`);
+    }
+  } finally {
+    model.cleanup();
   }
   if (problems.length) throw new Step1xError(`v12_loop: ${problems.join('; ')}`, ExitCode.MISMATCH);
-  ctx.log('transcripts and results exact; per-round images not computed (they need the v1.2 edit pipeline)');
+  ctx.log('transcripts and results exact; per-round images computed by the v1.2 edit');
 }

@@ -21,7 +21,7 @@ export interface ThinkerClientOptions {
   maxNewTokens?: number;
   load?: QwenLoadOptions;
   /** Each call's text so far, after every token (decoded without special tokens). */
-  onToken?(kind: string, textSoFar: string): void;
+  onToken?(kind: string, textSoFar: string, tokens: number): void;
 }
 
 export interface CallRecord {
@@ -61,7 +61,7 @@ export class QwenThinkerClient {
     const onStep = this.o.onToken
       ? (_s: number, t: number) => {
           ids.push(t);
-          this.o.onToken!(m.kind, this.tok.decode(ids, true));
+          this.o.onToken!(m.kind, this.tok.decode(ids, true), ids.length);
         }
       : undefined;
     // one seed per call, derived from the request's seed and the call's position: reproducible, independent draws

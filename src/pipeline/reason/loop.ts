@@ -78,7 +78,8 @@ function minScore(list: unknown[], which: string): number {
 
 export class ReasonLoop<I> {
   calls = 0;
-  constructor(private readonly h: ReasonHooks<I>) {}
+  /** `maxRetries`: tries per parser (the official 20; fewer only to shorten tests). */
+  constructor(private readonly h: ReasonHooks<I>, private readonly maxRetries = MAX_RETRIES) {}
 
   private async ask(kind: PromptKind, v: PromptVars<I>): Promise<string> {
     this.calls++;
@@ -91,7 +92,7 @@ export class ReasonLoop<I> {
 
   /** Up to MAX_RETRIES attempts of `f`; a PyError (the Python code's raise) is retried, anything else propagates. */
   private async retry<T>(stage: string, f: () => Promise<T>): Promise<T | null> {
-    for (let attempt = 1; attempt <= MAX_RETRIES; attempt++) {
+    for (let attempt = 1; attempt <= this.maxRetries; attempt++) {
       try {
         return await f();
       } catch (e) {
