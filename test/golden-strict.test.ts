@@ -12,8 +12,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { getGpu, releaseGpu } from '../kernels-test/harness.js';
 import { SafetensorsFile, writeSafetensors, type WriteTensor } from '../src/io/safetensors.js';
-import { runGolden } from '../src/golden/runner.js';
-import { compareTensor, findTolerance, formatDetail } from '../src/golden/compare.js';
+import { compareWithReference, runGolden } from '../src/golden/runner.js';
+import { formatDetail } from '../src/golden/compare.js';
 import { knownKinds, resolveKind } from '../src/golden/registry.js';
 import { REPO_ROOT } from './util/golden-path.js';
 import { testUnless } from './util/skip.js';
@@ -76,8 +76,7 @@ for (const name of cases) {
           bad.push(`${n}: shape [${e.shape}], the case has [${info.shape}]`);
           continue;
         }
-        const ref = info.dtype === 'U8' ? await io.readBytes(n) : /^(I|BOOL)/.test(info.dtype) ? await io.readI64AsNumber(n) : await io.readF32(n);
-        const d = compareTensor(n, e.data, ref, findTolerance(caseJson.tolerance ?? [], n));
+        const d = await compareWithReference(io, n, e.data, caseJson.tolerance ?? []);
         compared++;
         if (!d.pass) bad.push(formatDetail(d));
       }

@@ -71,6 +71,22 @@ async function readReference(io: SafetensorsFile, name: string): Promise<ArrayLi
   return io.readF32(name);
 }
 
+/**
+ * One computed tensor against the reference `name` of a case's io file under the case's tolerances (through
+ * `contract`: the reduced-precision one for f16-operand kernels). Ranked ids beside their scores (`X_ids` and
+ * `X`) may differ by adjacent swaps of scores within tolerance (compare.ts explainRankSwaps).
+ */
+export async function compareWithReference(
+  io: SafetensorsFile, name: string, got: ArrayLike<number>, tolerances: readonly Tolerance[], contract: (t: Tolerance | undefined) => Tolerance | undefined = (t) => t,
+): Promise<TensorDetail> {
+  const ref = await readReference(io, name);
+  const d = compareTensor(name, got, ref, contract(findTolerance(tolerances, name)));
+  const shape = io.tensors.get(name)!.shape;
+  const scores = name.endsWith('_ids') ? name.slice(0, -4) : '';
+  if (d.pass || !scores || !io.has(scores) || shape.length === 0) return d;
+  return explainRankSwaps(d, got, ref, await readReference(io, scores), shape[shape.length - 1], contract(findTolerance(tolerances, scores)));
+}
+
 function toWrite(e: Emitted): WriteTensor {
   const n = e.data.length;
   if (e.kind === 'u8') return { dtype: 'U8', shape: e.shape, data: e.data instanceof Uint8Array ? e.data : Uint8Array.from(e.data, (v) => Math.max(0, Math.min(255, Math.round(v)))) };
@@ -149,12 +165,7 @@ export async function runGolden(caseDirArg: string, opts: GoldenOptions = {}): P
         details.push({ name, maxAbs: null, relL2: null, pass: false, skipped: false, note: `computed shape [${e.shape}], reference [${info.shape}]` });
         continue;
       }
-      const ref = await readReference(io, name);
-      let d = compareTensor(name, e.data, ref, contract(findTolerance(tolerances, name)));
-      const scores = name.endsWith('_ids') ? name.slice(0, -4) : '';
-      if (!d.pass && scores && io.has(scores) && info.shape.length > 0)
-        d = explainRankSwaps(d, e.data, ref, await readReference(io, scores), info.shape[info.shape.length - 1], contract(findTolerance(tolerances, scores)));
-      details.push(d);
+      details.push(await compareWithReference(io, name, e.data, tolerances, contract));
     }
     const unreferenced = [...emitted.keys()].filter((n) => !io.has(n));
     if (unreferenced.length) log(`  computed without reference: ${unreferenced.join(', ')}`);
