@@ -10,13 +10,13 @@
  */
 import type { Gpu } from '../../runtime/gpu.js';
 import type { Tensor } from '../../runtime/tensor.js';
-import { rmsNorm, swiglu } from '../../ops/norm.js';
-import { add } from '../../ops/elementwise.js';
+import { rmsNorm } from '../../ops/norm.js';
 import { attention } from '../../ops/attention.js';
 import { applyRopeHalf } from '../../ops/rope.js';
 import { ExitCode, fail } from '../../errors.js';
 import type { QwenTextConfig } from './config.js';
 import type { DecoderLayerWeights } from './loader.js';
+import { layerOutput } from './text.js';
 
 export class KvCache {
   readonly k: Tensor[];
@@ -81,20 +81,5 @@ export function cachedDecoderLayer(c: QwenTextConfig, w: DecoderLayerWeights, s:
   kr.dispose(); vr.dispose();
   const a = attention(q, kAll, vAll, { causal: true });
   q.dispose(); kAll.dispose(); vAll.dispose();
-  const a2 = a.reshape([1, L, H * Dh]);
-  a.dispose();
-  const o = w.self_attn.o_proj.forward(a2);
-  a2.dispose();
-  const h1 = add(s.h, o);
-  o.dispose();
-  const x2 = rmsNorm(h1, w.post_attention_layernorm, c.rmsNormEps);
-  const gate = w.mlp.gate_proj.forward(x2), up = w.mlp.up_proj.forward(x2);
-  x2.dispose();
-  const act = swiglu(gate, up);
-  gate.dispose(); up.dispose();
-  const d = w.mlp.down_proj.forward(act);
-  act.dispose();
-  const h2 = add(h1, d);
-  h1.dispose(); d.dispose();
-  return h2;
+  return layerOutput(c, w, s.h, a);
 }

@@ -51,11 +51,20 @@ export function decoderLayer(c: QwenTextConfig, w: DecoderLayerWeights, s: TextS
   q1.dispose(); k1.dispose();
   const a = attention(q, k, v, { causal: true, keyMask: s.keyMask, queryMask: s.queryMask });
   q.dispose(); k.dispose(); v.dispose();
-  const a2 = a.reshape([1, L, H * Dh]);
+  return layerOutput(c, w, s.h, a);
+}
+
+/**
+ * The rest of a decoder layer after attention (shared with the cached layer, kv-cache.ts): h + o_proj(a),
+ * then + down(silu(gate)·up) over post_attention_layernorm. `a` [1, L, H, Dh] is consumed, `h` left alive.
+ */
+export function layerOutput(c: QwenTextConfig, w: DecoderLayerWeights, h: Tensor, a: Tensor): Tensor {
+  const L = h.shape[1];
+  const a2 = a.reshape([1, L, c.numAttentionHeads * c.headDim]);
   a.dispose();
   const o = w.self_attn.o_proj.forward(a2);
   a2.dispose();
-  const h1 = add(s.h, o);
+  const h1 = add(h, o);
   o.dispose();
   const x2 = rmsNorm(h1, w.post_attention_layernorm, c.rmsNormEps);
   const gate = w.mlp.gate_proj.forward(x2), up = w.mlp.up_proj.forward(x2);
