@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The subgroup-matrix part of CI, run inside the trixie root (.ci/run: scripts/sgmat-env.sh run
 # scripts/ci-sgmat.sh) on Mesa 26 lavapipe, whose Vulkan driver has VK_KHR_cooperative_matrix:
-#   1. every kernel test and the --kernels CLI test with STEP1X_KERNELS=subgroup-matrix (mixed precision)
+#   1. every kernel test, the --kernels CLI test and KV-cache generation = full recompute with
+#      STEP1X_KERNELS=subgroup-matrix (mixed precision)
 #   2. every golden case of test/golden with --kernels subgroup-matrix (reduced-precision contract)
 #   3. the same cases with --precision f32 (the cases' own tolerances, no subgroup-matrix dispatch)
 # After 1 and 2 a guard fails when gemm-sgmat.wgsl or attention-sgmat.wgsl was never dispatched (counts
@@ -18,7 +19,7 @@ node bin/step1x.js devices --kernels subgroup-matrix 2>&1 | grep -v '^Warning:'
 
 phase "kernel tests (subgroup-matrix, mixed)"
 STEP1X_DISPATCH_LOG="$logs/kernels.log" STEP1X_KERNELS=subgroup-matrix \
-  node --experimental-vm-modules --no-warnings node_modules/jest/bin/jest.js --runInBand kernels-test test/kernels-cli.test.ts
+  node --experimental-vm-modules --no-warnings node_modules/jest/bin/jest.js --runInBand kernels-test test/kernels-cli.test.ts test/qwen-generate.test.ts
 node scripts/dispatch-guard.mjs "$logs/kernels.log" --min "${SG[@]}"
 
 cases=()
