@@ -64,6 +64,10 @@ describe('tolerance globs and forms', () => {
     expect(check([7, 8, 4, 9, 5, 6]).pass).toBe(false); // across rows
     expect(check([7, 8, 9, 4, 5, 1]).pass).toBe(false); // another id
     expect(explainRankSwaps(compareTensor('t_ids', [8, 7, 9, 4, 5, 6], ref, exact), [8, 7, 9, 4, 5, 6], ref, scores, 3, exact).pass).toBe(false);
+    // reduced-precision contract (rel_l2 1e-2): scores within 1 % of each other may swap, others not
+    const red = { match: '*', rel_l2: 1e-2 }, sc2 = [3, 2.98, 1, 9, 8, 7];
+    expect(explainRankSwaps(compareTensor('t_ids', [8, 7, 9, 4, 5, 6], ref, exact), [8, 7, 9, 4, 5, 6], ref, sc2, 3, red).pass).toBe(true);
+    expect(explainRankSwaps(compareTensor('t_ids', [7, 8, 9, 5, 4, 6], ref, exact), [7, 8, 9, 5, 4, 6], ref, sc2, 3, red).pass).toBe(false); // 9 vs 8
   });
 });
 

@@ -127,11 +127,14 @@ export function formatDetail(d: TensorDetail): string {
  * Ranked ids (a top-k of scores, e.g. `mid.*.raw_logits_top5_ids` beside `mid.*.raw_logits_top5`): an exact
  * comparison that fails only by swaps of adjacent ranks whose reference scores lie within the scores' own
  * tolerance is a pass — their order is not determined by an f32 model (score2 step 91 of
- * v12_thinker_greedy_tiny: 18.371675 vs 18.371674, one ulp). Returns the updated detail, or the one given.
+ * v12_thinker_greedy_tiny: 18.371675 vs 18.371674, one ulp; under the reduced-precision contract, scores within
+ * rel_l2 of each other). Returns the updated detail, or the one given.
  */
 export function explainRankSwaps(d: TensorDetail, got: ArrayLike<number>, ref: ArrayLike<number>, refScores: ArrayLike<number>, k: number, scoreTol: Tolerance | undefined): TensorDetail {
-  if (d.pass || !scoreTol || scoreTol.exact || got.length !== ref.length || refScores.length !== ref.length || k < 2) return d;
-  const close = (i: number, j: number) => Math.abs(refScores[i] - refScores[j]) <= (scoreTol.atol ?? 0) + (scoreTol.rtol ?? 0) * Math.abs(refScores[i]);
+  if (d.pass || !scoreTol || scoreTol.exact || scoreTol.u8_max_diff !== undefined || got.length !== ref.length || refScores.length !== ref.length || k < 2) return d;
+  // the reduced-precision contract bounds the scores by relative L2 (rel_l2): read per element as relative
+  const bound = (r: number) => (scoreTol.rel_l2 !== undefined ? scoreTol.rel_l2 * Math.abs(r) : (scoreTol.atol ?? 0) + (scoreTol.rtol ?? 0) * Math.abs(r));
+  const close = (i: number, j: number) => Math.abs(refScores[i] - refScores[j]) <= bound(refScores[i]);
   let swaps = 0;
   for (let i = 0; i < ref.length; i++) {
     if (got[i] === ref[i]) continue;
