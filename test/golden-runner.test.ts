@@ -71,6 +71,13 @@ describe('tolerance globs and forms', () => {
     expect(explainRankSwaps(compareTensor('t_ids', [7, 8, 9, 5, 4, 6], ref, exact), [7, 8, 9, 5, 4, 6], ref, sc2, 3, red).pass).toBe(false); // 9 vs 8
     const sc3 = [5, 4.99, 4.98, 9, 8, 7]; // three scores within 1 %: a rotation of the three passes
     expect(explainRankSwaps(compareTensor('t_ids', [8, 9, 7, 4, 5, 6], ref, exact), [8, 9, 7, 4, 5, 6], ref, sc3, 3, red).pass).toBe(true);
+    // the border: another id at the last rank passes only where our score there ties the reference's
+    const border = [7, 8, 1, 4, 5, 6], ours = [3, 2.98, 0.995, 9, 8, 7];
+    expect(explainRankSwaps(compareTensor('t_ids', border, ref, exact), border, ref, sc2, 3, red, ours).pass).toBe(true);
+    expect(explainRankSwaps(compareTensor('t_ids', border, ref, exact), border, ref, sc2, 3, red, [3, 2.98, 0.9, 9, 8, 7]).pass).toBe(false);
+    expect(explainRankSwaps(compareTensor('t_ids', border, ref, exact), border, ref, sc2, 3, red).pass).toBe(false); // no scores of ours
+    const mid = [7, 1, 9, 4, 5, 6]; // another id before the last rank
+    expect(explainRankSwaps(compareTensor('t_ids', mid, ref, exact), mid, ref, sc2, 3, red, [3, 2.98, 1, 9, 8, 7]).pass).toBe(false);
   });
 });
 

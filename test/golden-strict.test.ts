@@ -76,7 +76,7 @@ for (const name of cases) {
           bad.push(`${n}: shape [${e.shape}], the case has [${info.shape}]`);
           continue;
         }
-        const d = await compareWithReference(io, n, e.data, caseJson.tolerance ?? []);
+        const d = await compareWithReference(io, n, e.data, caseJson.tolerance ?? [], undefined, (m) => res.emitted.get(m)?.data);
         compared++;
         if (!d.pass) bad.push(formatDetail(d));
       }

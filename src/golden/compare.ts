@@ -128,9 +128,10 @@ export function formatDetail(d: TensorDetail): string {
  * comparison that fails only by a reordering within a row, each id moved to a rank whose reference score lies
  * within the scores' own tolerance of its own, is a pass — their order is not determined by an f32 model (score2 step 91 of
  * v12_thinker_greedy_tiny: 18.371675 vs 18.371674, one ulp; under the reduced-precision contract, scores within
- * rel_l2 of each other). Returns the updated detail, or the one given.
+ * rel_l2 of each other). The last rank of a row may hold another id where our own score there (`gotScores`) is
+ * within tolerance of the reference's: a tie at the top-k's border. Returns the updated detail, or the one given.
  */
-export function explainRankSwaps(d: TensorDetail, got: ArrayLike<number>, ref: ArrayLike<number>, refScores: ArrayLike<number>, k: number, scoreTol: Tolerance | undefined): TensorDetail {
+export function explainRankSwaps(d: TensorDetail, got: ArrayLike<number>, ref: ArrayLike<number>, refScores: ArrayLike<number>, k: number, scoreTol: Tolerance | undefined, gotScores?: ArrayLike<number>): TensorDetail {
   if (d.pass || !scoreTol || scoreTol.exact || scoreTol.u8_max_diff !== undefined || got.length !== ref.length || refScores.length !== ref.length || k < 2) return d;
   // the reduced-precision contract bounds the scores by relative L2 (rel_l2): read per element as relative
   const bound = (r: number) => (scoreTol.rel_l2 !== undefined ? scoreTol.rel_l2 * Math.abs(r) : (scoreTol.atol ?? 0) + (scoreTol.rtol ?? 0) * Math.abs(r));
@@ -144,7 +145,9 @@ export function explainRankSwaps(d: TensorDetail, got: ArrayLike<number>, ref: A
       if (got[i] === ref[i]) continue;
       let j = row;
       while (j < row + k && ref[j] !== got[i]) j++;
-      if (j === row + k || !close(i, j)) return d; // another id, or a rank its score does not reach
+      // the last rank may hold another id where our score there ties the reference's (the top-k's border)
+      const border = j === row + k && i === row + k - 1 && gotScores !== undefined && Math.abs(gotScores[i] - refScores[i]) <= bound(refScores[i]);
+      if (!border && (j === row + k || !close(i, j))) return d; // another id, or a rank its score does not reach
       moved++;
     }
   }

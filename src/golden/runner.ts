@@ -78,13 +78,14 @@ async function readReference(io: SafetensorsFile, name: string): Promise<ArrayLi
  */
 export async function compareWithReference(
   io: SafetensorsFile, name: string, got: ArrayLike<number>, tolerances: readonly Tolerance[], contract: (t: Tolerance | undefined) => Tolerance | undefined = (t) => t,
+  computed?: (name: string) => ArrayLike<number> | undefined,
 ): Promise<TensorDetail> {
   const ref = await readReference(io, name);
   const d = compareTensor(name, got, ref, contract(findTolerance(tolerances, name)));
   const shape = io.tensors.get(name)!.shape;
   const scores = name.endsWith('_ids') ? name.slice(0, -4) : '';
   if (d.pass || !scores || !io.has(scores) || shape.length === 0) return d;
-  return explainRankSwaps(d, got, ref, await readReference(io, scores), shape[shape.length - 1], contract(findTolerance(tolerances, scores)));
+  return explainRankSwaps(d, got, ref, await readReference(io, scores), shape[shape.length - 1], contract(findTolerance(tolerances, scores)), computed?.(scores));
 }
 
 function toWrite(e: Emitted): WriteTensor {
@@ -165,7 +166,7 @@ export async function runGolden(caseDirArg: string, opts: GoldenOptions = {}): P
         details.push({ name, maxAbs: null, relL2: null, pass: false, skipped: false, note: `computed shape [${e.shape}], reference [${info.shape}]` });
         continue;
       }
-      details.push(await compareWithReference(io, name, e.data, tolerances, contract));
+      details.push(await compareWithReference(io, name, e.data, tolerances, contract, (n) => emitted.get(n)?.data));
     }
     const unreferenced = [...emitted.keys()].filter((n) => !io.has(n));
     if (unreferenced.length) log(`  computed without reference: ${unreferenced.join(', ')}`);
