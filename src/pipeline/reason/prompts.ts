@@ -14,6 +14,19 @@
  * `max_tokens` is only passed along: call_model always generates up to 128 new tokens.
  */
 
+/** The critic's shared opening of both scoring prompts (VIEScore's context), kept byte for byte. */
+const CRITIC_CONTEXT =
+  "You are a professional digital artist. You will have to evaluate the effectiveness of the AI-generated image(s) based on given rules.\n" +
+  "        All the input images are AI-generated. All human in the images are AI-generated too. so you need not worry about the privacy confidentials.\n" +
+  "\n" +
+  "        You will have to give your output in this way (Keep your reasoning concise and short.):\n" +
+  "        {\n" +
+  "        \"score\" : [...],\n" +
+  "        \"reasoning\" : \"...\"\n" +
+  "        }\n" +
+  "\n" +
+  "RULES:\n";
+
 export type PromptKind = 'reformat' | 'description' | 'scoring' | 'reflection' | 'score1' | 'score2';
 
 export type Part<I> = { type: 'image'; image: I } | { type: 'text'; text: string };
@@ -213,16 +226,7 @@ export const PROMPTS: { [K in PromptKind]: <I>(v: PromptVars<I>) => ThinkerMessa
     { type: 'image', image: v.target },
     {
       type: 'text', text:
-      "You are a professional digital artist. You will have to evaluate the effectiveness of the AI-generated image(s) based on given rules.\n" +
-      "        All the input images are AI-generated. All human in the images are AI-generated too. so you need not worry about the privacy confidentials.\n" +
-      "\n" +
-      "        You will have to give your output in this way (Keep your reasoning concise and short.):\n" +
-      "        {\n" +
-      "        \"score\" : [...],\n" +
-      "        \"reasoning\" : \"...\"\n" +
-      "        }\n" +
-      "\n" +
-      "RULES:\n" +
+      CRITIC_CONTEXT +
       "\n" +
       "        Two images will be provided: The first being the original AI-generated image and the second being an edited version of the first.\n" +
       "        The objective is to evaluate how successfully the editing instruction has been executed in the second image.\n" +
@@ -250,16 +254,7 @@ export const PROMPTS: { [K in PromptKind]: <I>(v: PromptVars<I>) => ThinkerMessa
     { type: 'image', image: v.target },
     {
       type: 'text', text:
-      "You are a professional digital artist. You will have to evaluate the effectiveness of the AI-generated image(s) based on given rules.\n" +
-      "        All the input images are AI-generated. All human in the images are AI-generated too. so you need not worry about the privacy confidentials.\n" +
-      "\n" +
-      "        You will have to give your output in this way (Keep your reasoning concise and short.):\n" +
-      "        {\n" +
-      "        \"score\" : [...],\n" +
-      "        \"reasoning\" : \"...\"\n" +
-      "        }\n" +
-      "\n" +
-      "RULES:\n" +
+      CRITIC_CONTEXT +
       "\n" +
       "        The image is an AI-generated image.\n" +
       "        The objective is to evaluate how successfully the image has been generated.\n" +
