@@ -20,6 +20,7 @@ import { ExitCode, Step1xError, fail, fmtShape } from '../errors.js';
 import type { Capabilities, KernelFamily, Precision } from './caps.js';
 import { appendFileSync } from 'node:fs';
 import type { Recorder } from './dryrun/recorder.js';
+import { ScopeStack } from './scope.js';
 
 /** A uniform scalar: plain numbers are u32; wrap signed or float values. */
 export type Uniform = number | { i32: number } | { f32: number };
@@ -48,6 +49,8 @@ const live: Gpu[] = [];
 export class Gpu {
   readonly device: GPUDevice;
   readonly pool: BufferPool;
+  /** Open tensor scopes (runtime/scope.ts): every Tensor made on this runtime is tracked by the innermost. */
+  readonly scopes = new ScopeStack();
   private readonly pipelines: PipelineCache;
   private profiler: Profiler | null = null;
   private encoder: GPUCommandEncoder | null = null;
@@ -152,6 +155,25 @@ export class Gpu {
    */
   mark(stage: string, step?: number): void {
     this.handle.dryrun?.mark(stage, step);
+  }
+
+  // ---- scoped lifetimes (runtime/scope.ts) ------------------------------------------------------
+
+  /** Run fn; tensors it makes are disposed at the end unless returned (TF.js tidy). */
+  scope<T>(fn: () => T): T {
+    return this.scopes.run(fn);
+  }
+  /** `scope` for async work (taps, streamed weights); scopes must not interleave. */
+  scopeAsync<T>(fn: () => Promise<T>): Promise<T> {
+    return this.scopes.runAsync(fn);
+  }
+  /** Tensors made inside fn belong to no scope (weights loaded mid-forward, long-lived caches). */
+  untracked<T>(fn: () => T): T {
+    return this.scopes.untracked(fn);
+  }
+  /** Take a tensor out of its scope: the caller disposes it. */
+  keep<T extends Tensor | undefined>(t: T): T {
+    return this.scopes.keep(t);
   }
 
   // ---- allocation -------------------------------------------------------------------------------

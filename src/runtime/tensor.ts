@@ -61,6 +61,7 @@ export class Tensor {
     readonly label = '',
   ) {
     this.numel = numelOf(shape);
+    storage.gpu.scopes?.track(this); // runtime/scope.ts: owned by the innermost open scope, if any
   }
 
   get gpu(): Gpu {
