@@ -155,3 +155,12 @@ export abstract class Module {
     return n;
   }
 }
+
+/**
+ * A tensor that outlives the forward it is made in (a cache carried across steps, e.g. TeaCache's residual):
+ * taken out of its scope, and the one it replaces freed.
+ */
+export function hold(old: Tensor | undefined, next: Tensor): Tensor {
+  old?.dispose();
+  return next.gpu.keep(next);
+}

@@ -325,8 +325,9 @@ export function setPackOnGpu(on: boolean): void {
  */
 async function packBf16OnGpu(g: Gpu, ckpt: Checkpoint, name: string, N: number, K: number, fmt: 'q8' | 'q4', data: Tensor, sc: Tensor): Promise<[Tensor, Tensor]> {
   const rows = Math.max(2, Math.floor(LOAD_CHUNK_BYTES / (2 * K) / 2) * 2);
-  const staging = g.empty([Math.ceil((rows * K) / 2)], 'u32', `${name} (bf16 staging)`);
-  const table = g.upload(scaleTableHost(fmt), [1 << 15], 'u32', `${fmt} scale table`);
+  // held across awaits while a forward may be running (read-ahead): no scope may own them
+  const staging = weightGpu(g).empty([Math.ceil((rows * K) / 2)], 'u32', `${name} (bf16 staging)`);
+  const table = weightGpu(g).upload(scaleTableHost(fmt), [1 << 15], 'u32', `${fmt} scale table`);
   try {
     const info = ckpt.info(name);
     let r0 = 0;
@@ -387,9 +388,9 @@ async function mergeInto(g: Gpu, w: Float32Array, N: number, K: number, f: { dow
   const r = f.rank;
   const downT = new Float32Array(K * r);
   for (let i = 0; i < r; i++) for (let k = 0; k < K; k++) downT[k * r + i] = f.down[i * K + k];
-  const up = g.upload(f.up, [N, r]);
-  const dt = g.upload(downT, [K, r]);
-  const delta = linear(up, dt);
+  const up = weightGpu(g).upload(f.up, [N, r]);
+  const dt = weightGpu(g).upload(downT, [K, r]);
+  const delta = g.untracked(() => linear(up, dt));
   up.dispose();
   dt.dispose();
   const d = await g.readF32(delta);
