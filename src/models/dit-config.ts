@@ -12,7 +12,9 @@
 import { ExitCode, Step1xError, fail } from '../errors.js';
 import type { Checkpoint } from '../io/checkpoint.js';
 import { gpuTensorBytes, weightPolicy, type WeightPolicy } from '../nn/weight.js';
+import type { Module } from '../nn/module.js';
 import { ditKeys } from './dit.js';
+import { DoubleStreamBlock, SingleStreamBlock } from './dit-blocks.js';
 
 /** `Step1XParams` (modules/model_edit.py). */
 export interface DitParams {
@@ -299,10 +301,12 @@ export function planResidency(ckpt: Checkpoint, d: DitParams, opts: DitLoadOptio
   const keys = ckpt.keys();
   const policy = opts.weights ? ditWeightPolicy(opts.weights) : weightPolicy(ckpt);
   const tensorBytes = (k: string) => gpuTensorBytes(ckpt.info(k), policy).reduce((s, b) => s + pooledBytes(b), 0);
-  const bytesOf = (prefix: string) => keys.filter((k) => k.startsWith(prefix)).reduce((s, k) => s + tensorBytes(k), 0);
+  // a block's bytes from its declaration (nn/module.ts): the tensors it loads, in the formats it loads them
+  const blockBytes = (m: Module, prefix: string) => m.gpuBytes(ckpt, prefix, pooledBytes, policy);
+  const [dbl, sgl] = [new DoubleStreamBlock(d), new SingleStreamBlock(d)];
   const slots: Slot[] = [];
-  for (let i = 0; i < d.depth; i++) slots.push({ kind: 'double', i, prefix: `double_blocks.${i}.`, bytes: bytesOf(`double_blocks.${i}.`) });
-  for (let i = 0; i < d.depth_single_blocks; i++) slots.push({ kind: 'single', i, prefix: `single_blocks.${i}.`, bytes: bytesOf(`single_blocks.${i}.`) });
+  for (let i = 0; i < d.depth; i++) slots.push({ kind: 'double', i, prefix: `double_blocks.${i}.`, bytes: blockBytes(dbl, `double_blocks.${i}`) });
+  for (let i = 0; i < d.depth_single_blocks; i++) slots.push({ kind: 'single', i, prefix: `single_blocks.${i}.`, bytes: blockBytes(sgl, `single_blocks.${i}`) });
   const blockTotal = slots.reduce((s, b) => s + b.bytes, 0);
   // scale_factor is read to the host, never uploaded
   const fixedBytes = keys.filter((k) => !/^(double|single)_blocks\./.test(k) && k !== 'connector.scale_factor').reduce((s, k) => s + tensorBytes(k), 0);
