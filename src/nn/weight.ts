@@ -325,9 +325,8 @@ export function setPackOnGpu(on: boolean): void {
  */
 async function packBf16OnGpu(g: Gpu, ckpt: Checkpoint, name: string, N: number, K: number, fmt: 'q8' | 'q4', data: Tensor, sc: Tensor): Promise<[Tensor, Tensor]> {
   const rows = Math.max(2, Math.floor(LOAD_CHUNK_BYTES / (2 * K) / 2) * 2);
-  // held across awaits while a forward may be running (read-ahead): no scope may own them
   const staging = weightGpu(g).empty([Math.ceil((rows * K) / 2)], 'u32', `${name} (bf16 staging)`);
-  const table = weightGpu(g).upload(scaleTableHost(fmt), [1 << 15], 'u32', `${fmt} scale table`);
+  const table = weightGpu(g).upload(scaleTableHost(fmt), [1 << 15], 'u32', `${fmt} scale table`); // untracked: held across awaits
   try {
     const info = ckpt.info(name);
     let r0 = 0;
