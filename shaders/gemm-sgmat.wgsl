@@ -278,14 +278,27 @@ fn stage(buf: u32, m0: u32, n0: u32, k0: u32, li: u32, bad: ptr<function, bool>)
 #else
 #ifdef CONV
   // Gathered A: neighbouring lanes take neighbouring output pixels (neighbouring input pixels in NCHW).
-  for (var e = li; e < BM * BK; e += WG) {
-    let r = e % BM;
-    let kk = e / BM;
+  // The planned tiles have WG % BM == 0: each lane then keeps one pixel (decoded once) and walks k.
+  if (WG % BM == 0u) {
+    let r = li % BM;
     let m = m0 + r;
-    let k = k0 + kk;
-    var v = 0.0;
-    if (m < U.M && k < U.K) { v = a_val(m, k); }
-    As[ab + r * BKP + kk] = narrow(v, bad);
+    let base = a_base(m);
+    for (var kk = li / BM; kk < BK; kk += WG / BM) {
+      let k = k0 + kk;
+      var v = 0.0;
+      if (m < U.M && k < U.K) { v = a_tap(base, k); }
+      As[ab + r * BKP + kk] = narrow(v, bad);
+    }
+  } else {
+    for (var e = li; e < BM * BK; e += WG) {
+      let r = e % BM;
+      let kk = e / BM;
+      let m = m0 + r;
+      let k = k0 + kk;
+      var v = 0.0;
+      if (m < U.M && k < U.K) { v = a_val(m, k); }
+      As[ab + r * BKP + kk] = narrow(v, bad);
+    }
   }
 #else
   for (var e = li; e < BM * BK; e += WG) {

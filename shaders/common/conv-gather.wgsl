@@ -10,17 +10,27 @@
 // `out`, fin != 0 (the last block) adds bias(o0 + n) (b_off = o0) and res (at r_off, layout of out).
 // Needs from gemm-sgmat.wgsl: U (Params with the CONV fields), x (f32, scalar), w_at, out, bias_at, res.
 
-fn a_val(m: u32, k: u32) -> f32 {
+// Top-left input tap (virtual, upsampled coordinates) of output pixel m.
+fn a_base(m: u32) -> vec2<i32> {
+  return vec2<i32>(vec2<u32>(m / U.Wo, m % U.Wo) * U.stride) - vec2<i32>(i32(U.padT), i32(U.padL));
+}
+
+// A(m, k) for the pixel whose top-left tap is `base`.
+fn a_tap(base: vec2<i32>, k: u32) -> f32 {
   let KK = U.KH * U.KW;
   let c = k / KK;
   let t = k % KK;
-  let iy = i32((m / U.Wo) * U.stride + t / U.KW) - i32(U.padT);
-  let ix = i32((m % U.Wo) * U.stride + t % U.KW) - i32(U.padL);
+  let iy = base.x + i32(t / U.KW);
+  let ix = base.y + i32(t % U.KW);
   let ok = iy >= 0 && ix >= 0 && iy < i32(U.H << U.ups) && ix < i32(U.W << U.ups);
   // clamped, always valid index (select keeps lanes together; the value outside is 0)
   let sy = min(u32(max(iy, 0)) >> U.ups, U.H - 1u);
   let sx = min(u32(max(ix, 0)) >> U.ups, U.W - 1u);
   return select(0.0, x[U.x_off + c * U.xs_c + sy * U.xs_y + sx * U.xs_x], ok);
+}
+
+fn a_val(m: u32, k: u32) -> f32 {
+  return a_tap(a_base(m), k);
 }
 
 fn put(m: u32, n: u32, s: f32) {

@@ -106,8 +106,9 @@ export function conv2d(x: Tensor, w: Tensor, b?: Tensor, opts: Conv2dOpts = {}):
 
   const out = g.empty(outShape, 'f32', 'conv2d');
   const plan = planConv(g, { C, O, KH, KW, Ho, Wo, wdt: w.dtype }, opts.variant, opts.tile);
-  if (plan.kind === 'direct' && M > 4)
-    warnNoMatrixUnits(g, 'conv2d (VAE)', `the plan for ${Ho}x${Wo} pixels is not subgroup-matrix (--precision f32?); the direct conv2d.wgsl runs`);
+  // (--precision f32 asks for the direct kernel: nothing to say)
+  if (plan.kind === 'direct' && M > 4 && g.precision !== 'f32' && opts.variant !== 'direct')
+    warnNoMatrixUnits(g, 'conv2d (VAE)', `the plan for ${Ho}x${Wo} pixels is not subgroup-matrix; the direct conv2d.wgsl runs`);
   const RM = 4, RN = O >= 8 ? 8 : 4; // pixels x output channels per invocation (RM fixed by the shader)
   let slot = 3;
   const defines: Record<string, string | number | boolean> = {
