@@ -43,8 +43,15 @@ const MAX_BATCH = 256;
 /** Submits the GPU may be behind before `pace()` waits (STEP1X_MAX_INFLIGHT overrides). */
 const MAX_IN_FLIGHT = 2;
 
-/** Live runtimes, oldest first: `current()` is the newest one not yet destroyed. */
-const live: Gpu[] = [];
+/**
+ * Gpu.create options: the device's (DeviceOptions: kernel family, precision, binding cap, Dawn flags) and
+ * where this run's tuned GEMM tiles come from (`tiles`: ops/tune.ts `tuneCacheTiles`, which the CLI passes;
+ * without it the plans use their default tiles). Everything a run decides is carried by its Gpu.
+ */
+export interface GpuOptions extends DeviceOptions {
+  /** Installs the device's tuned tiles; called once, at the first GEMM plan (ops/plan-gemm.ts). */
+  tiles?: (g: Gpu) => void;
+}
 
 export class Gpu {
   readonly device: GPUDevice;
@@ -76,8 +83,14 @@ export class Gpu {
   uploadBytes = 0;
   /** Dispatches per shader file (STEP1X_DISPATCH_LOG appends them at destroy: the CI guard counts them). */
   readonly fileCounts = new Map<string, number>();
+  /** Messages this runtime has said once already (fallback warnings: one line per device and op). */
+  readonly saidOnce = new Set<string>();
 
-  private constructor(readonly handle: DeviceHandle) {
+  private constructor(
+    readonly handle: DeviceHandle,
+    /** Installs the tuned GEMM tiles (GpuOptions.tiles). */
+    readonly tiles?: (g: Gpu) => void,
+  ) {
     this.device = handle.device;
     this.pool = new BufferPool(this.device, handle.maxBufferBytes);
     this.pipelines = new PipelineCache(this.device);
@@ -94,17 +107,9 @@ export class Gpu {
     });
   }
 
-  static async create(opts: DeviceOptions = {}): Promise<Gpu> {
-    const g = new Gpu(await createDevice(opts));
-    live.push(g);
+  static async create(opts: GpuOptions = {}): Promise<Gpu> {
+    const g = new Gpu(await createDevice(opts), opts.tiles);
     if (process.env.STEP1X_PROFILE === '1') g.enableProfiling();
-    return g;
-  }
-
-  /** The most recently created, not yet destroyed runtime. */
-  static current(): Gpu {
-    const g = live[live.length - 1];
-    if (!g) fail('no GPU runtime: call Gpu.create() first');
     return g;
   }
 
@@ -130,6 +135,10 @@ export class Gpu {
   }
   get precision(): Precision {
     return this.handle.precision;
+  }
+  /** Whether the family was named (--kernels / STEP1X_KERNELS) rather than chosen by auto. */
+  get kernelsForced(): boolean {
+    return this.handle.requestedKernels !== 'auto';
   }
   hasFeature(f: string): boolean {
     return this.handle.features.has(f);
@@ -613,7 +622,5 @@ export class Gpu {
     this.profiler?.destroy();
     this.profiler = null;
     this.device.destroy();
-    const i = live.indexOf(this);
-    if (i >= 0) live.splice(i, 1);
   }
 }
