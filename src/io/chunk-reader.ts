@@ -9,11 +9,11 @@ import { ExitCode, Step1xError } from '../errors.js';
 /** One positional read at most this long (FileHandle.read takes an int32 length). */
 const READ_CHUNK = 1 << 30;
 /**
- * Chunk of a streamed tensor read (readChunks), and so of each `queue.writeBuffer` of a load. 4 MiB: Dawn
- * stages a write of up to 4 MiB in its reused upload ring, a larger one in a staging buffer of its own,
- * created per write (fresh memory). Measured on the dev VM (lavapipe, page cache warm): read + writeBuffer
- * of a 1.13 GB checkpoint at 1–4 MiB chunks ≈ 3.4–3.7 GB/s, at 8–16 MiB ≈ 0.6–0.9 GB/s with 1.5× the CPU
- * time; positional reads alone run alike from 1 to 8 MiB, and the per-read overhead (~20 µs) stays < 1 %.
+ * Chunk of a streamed tensor read (readChunks), and so of each `queue.writeBuffer` of a load. 4 MiB: the
+ * size of the buffers of Dawn's upload ring (a larger write gets a staging buffer of its own). One sweep on
+ * the dev VM (lavapipe, page cache warm, 1.13 GB): read + writeBuffer at 1–4 MiB chunks ≈ 3.4–3.7 GB/s, at
+ * 8–16 MiB ≈ 0.6–0.9 GB/s (other sweeps, under heavier load, showed no difference); positional reads alone
+ * run alike from 1 to 8 MiB, and the per-read overhead (~20 µs) stays < 1 %.
  */
 export const LOAD_CHUNK_BYTES = 4 << 20;
 
