@@ -25,7 +25,7 @@ import { benchLoading } from './load-bench.js';
 import { f32ArrayToBf16 } from '../src/runtime/half.js';
 import { linear, DEFAULT_TILE, type LinearOptions, type TileConfig } from '../src/ops/linear.js';
 import { randn } from './harness.js';
-import { hasMatrixUnits, setKernelSettings } from '../src/runtime/caps.js';
+import { hasMatrixUnits } from '../src/runtime/caps.js';
 import { tune } from '../src/ops/tune.js';
 import { benchGenerate } from './bench-generate.js';
 import { setTunedTiles, sgmatFits, sgmatTileOf, gemmConfig, defaultSgmatTiles, DEFAULT_SGMAT_TILE, type SgmatTile } from '../src/ops/plan-gemm.js';
@@ -225,13 +225,9 @@ async function benchVariants(g: Gpu): Promise<void> {
 /** A device with the subgroup-matrix feature requested when the adapter has it (else the default one). */
 async function variantsGpu(): Promise<Gpu> {
   try {
-    setKernelSettings({ kernels: 'subgroup-matrix' });
-    return await Gpu.create();
+    return await Gpu.create({ kernels: 'subgroup-matrix' });
   } catch {
-    setKernelSettings({ kernels: 'register' });
-    return await Gpu.create();
-  } finally {
-    setKernelSettings({});
+    return await Gpu.create({ kernels: 'register' });
   }
 }
 

@@ -1,6 +1,6 @@
 /**
  * Bridge from a Checkpoint (host, lazy positional reads) to GPU tensors. Tensors kept as stored (and
- * 16-bit ones widened to f32) stream in 8 MiB chunks through reused buffers (nn/upload.ts); the rare
+ * 16-bit ones widened to f32) stream in 4 MiB chunks through reused buffers (nn/upload.ts); the rare
  * conversions below read one whole tensor, so host memory peaks at the largest such tensor.
  *
  *   BF16 → packed 'bf16' tensor (two per u32, shaders widen exactly) unless as: 'f32'

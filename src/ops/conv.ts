@@ -221,7 +221,7 @@ export function upsampleNearest2x(x: Tensor): Tensor {
     const np = Math.min(blk, planes - p0);
     const xw = win(x, p0 * HW, np * HW), ow = win(out, p0 * 4 * HW, np * 4 * HW);
     const n = np * 4 * HW;
-    const [gx, gy] = grid1d(n);
+    const [gx, gy] = grid1d(g, n);
     g.dispatch({
       file: 'conv2d.wgsl',
       entry: 'upsample2x',
@@ -272,7 +272,7 @@ export function groupNorm(x: Tensor, groups: number, w?: Tensor, b?: Tensor, eps
       const nq = Math.min(perDispatch, Q - q0);
       const base = pieceStart(q0);
       const xw = win(x, base, pieceEnd(q0 + nq - 1) - base);
-      const [gx, gy] = grid1d(nq, 1);
+      const [gx, gy] = grid1d(g, nq, 1);
       g.dispatch({
         file: 'groupnorm.wgsl',
         defines: { ENTRY: 'partial', PASS: pass },
@@ -293,7 +293,7 @@ export function groupNorm(x: Tensor, groups: number, w?: Tensor, b?: Tensor, eps
   for (let e0 = 0; e0 < x.numel; e0 += lim) {
     const n = Math.min(lim, x.numel - e0);
     const xw = win(x, e0, n), yw = win(out, e0, n);
-    const [gx, gy] = grid1d(n);
+    const [gx, gy] = grid1d(g, n);
     g.dispatch({
       file: 'groupnorm.wgsl',
       defines: { ENTRY: 'apply', AFFINE: !!w, SILU: !!opts.silu },

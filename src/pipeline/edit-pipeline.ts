@@ -15,7 +15,7 @@
  * `run()` yields progress events and returns the result; a `trace` sees every intermediate under the
  * golden names of the `e2e` case (`mid.*`, `out.*`), which is how the golden kinds check each stage.
  */
-import { Gpu } from '../runtime/gpu.js';
+import { Gpu, type GpuOptions } from '../runtime/gpu.js';
 import type { DryRunReport } from '../runtime/dryrun/recorder.js';
 import { ExitCode, Step1xError, fmtShape } from '../errors.js';
 import { tokenizerDirOf, type ModelFiles } from '../io/model-files.js';
@@ -113,6 +113,8 @@ export interface LoadOptions {
   /** LoRAs merged into (or attached to) the DiT (`--lora`). */
   loras?: LoraFile[];
   gpu?: Gpu;
+  /** How to make the runtime when `gpu` is not given (kernel family, precision, tuned tiles). */
+  device?: GpuOptions;
   onProgress?: (p: Progress) => void;
 }
 
@@ -178,7 +180,7 @@ export class EditPipeline {
     await ck.close();
     if (ditVersion === 'v1.2' && (opts.weights || opts.loras?.length))
       throw new Step1xError(`${files.source}: --weights and --lora are not supported with a v1.2 model yet (it loads as stored)`, ExitCode.USAGE);
-    const gpu = opts.gpu ?? (await Gpu.create());
+    const gpu = opts.gpu ?? (await Gpu.create(opts.device));
     return new EditPipeline(gpu, files, tokenizer, ditVersion, opts, !opts.gpu, opts.vramBudget);
   }
 
