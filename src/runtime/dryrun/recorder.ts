@@ -17,6 +17,10 @@ export interface Counts {
   bytes_allocated: number;
   /** Peak co-existing bytes (live + pending frees) inside this segment. */
   peak_bytes: number;
+  /** Global-memory traffic: bytes bound by every dispatch (each binding once) plus copies read and written. */
+  bound_bytes: number;
+  /** GEMM operand re-reads the tile plan implies beyond the one read in bound_bytes (traffic.ts). */
+  reread_bytes: number;
 }
 
 export interface KernelUse {
@@ -48,7 +52,9 @@ export interface Tracked {
   destroyed: boolean;
 }
 
-const zero = (): Counts => ({ dispatches: 0, submits: 0, syncs: 0, bind_groups_created: 0, buffers_created: 0, bytes_allocated: 0, peak_bytes: 0 });
+const zero = (): Counts => ({ dispatches: 0, submits: 0, syncs: 0, bind_groups_created: 0, buffers_created: 0, bytes_allocated: 0, peak_bytes: 0, bound_bytes: 0, reread_bytes: 0 });
+
+import { gemmRereadBytes } from './traffic.js';
 
 const MODEL_OF: Record<string, string> = { embed: 'qwen', encode: 'vae', decode: 'vae', sample: 'dit' };
 
@@ -173,9 +179,19 @@ export class Recorder {
     this.pending = keep;
   }
 
-  /** A dispatch's kernel: GEMM and attention shapes are read from their uniform blocks (M, N, K / Lq, Lk, H). */
-  kernel(file: string, entry: string, defines: Record<string, string | number | boolean>, uniforms: readonly unknown[] | undefined): void {
+  /** A copy pass of `bytes`: read once and written once. */
+  copied(bytes: number): void {
+    this.current.bound_bytes += 2 * bytes;
+  }
+
+  /**
+   * A dispatch's kernel: its traffic (the bytes of every binding, `bound`, plus the GEMM re-reads of
+   * traffic.ts); GEMM and attention shapes are read from their uniform blocks (M, N, K / Lq, Lk, H).
+   */
+  kernel(file: string, entry: string, defines: Record<string, string | number | boolean>, uniforms: readonly unknown[] | undefined, bound: readonly number[] = []): void {
     const u = (i: number) => (typeof uniforms?.[i] === 'number' ? (uniforms[i] as number) : NaN);
+    for (const b of bound) this.current.bound_bytes += b;
+    this.current.reread_bytes += gemmRereadBytes(file, entry, defines, uniforms, bound);
     const model = MODEL_OF[this.stage] ?? this.stage;
     let shape: string;
     if (file.startsWith('gemm')) shape = `${model}.gemm M=${u(0)} K=${u(2)} N=${u(1)}`;
