@@ -14,7 +14,7 @@ import type { Tensor } from '../runtime/tensor.js';
 import { Checkpoint } from '../io/checkpoint.js';
 import { Linear } from '../nn/linear.js';
 import { loadWeight } from '../nn/weights.js';
-import { layerNorm, rmsNorm, modulate, gatedResidual } from '../ops/norm.js';
+import { layerNormModulate, rmsNorm, gatedResidual } from '../ops/norm.js';
 import { silu } from '../ops/elementwise.js';
 import { concat, slice } from '../ops/layout.js';
 import { attention } from '../ops/attention.js';
@@ -183,9 +183,7 @@ export class DoubleStreamBlock {
     const [tSh1, tSc1, tG1, tSh2, tSc2, tG2] = chunkLastDim(tm, 6);
     disposeAll(im, tm);
     const pre = (x: Tensor, s: StreamWeights, sh: Tensor, sc: Tensor) => {
-      const n = layerNorm(x, undefined, undefined, 1e-6);
-      const m = modulate(n, sh, sc);
-      n.dispose();
+      const m = layerNormModulate(x, sh, sc, 1e-6);
       const r = projectQkv(m, s.attn.qkv, x.shape[2], this.heads, s.attn.norm);
       m.dispose();
       return r;
@@ -203,9 +201,7 @@ export class DoubleStreamBlock {
       const p = s.attn.proj.forward(a);
       const x1 = gatedResidual(x, g1, p);
       p.dispose();
-      const n = layerNorm(x1, undefined, undefined, 1e-6);
-      const m = modulate(n, sh2, sc2);
-      n.dispose();
+      const m = layerNormModulate(x1, sh2, sc2, 1e-6);
       const h = s.mlp[0].forward(m, 'gelu_tanh'); // [B, *, M]
       m.dispose();
       const o = s.mlp[1].forward(h);
@@ -253,9 +249,7 @@ export class SingleStreamBlock {
     const mod = this.modulation.lin.forward(siluVec); // [B, 3H]
     const [shift, scale, gate] = chunkLastDim(mod, 3);
     mod.dispose();
-    const n = layerNorm(x, undefined, undefined, 1e-6);
-    const xm = modulate(n, shift, scale);
-    n.dispose();
+    const xm = layerNormModulate(x, shift, scale, 1e-6);
     // linear1 = [q | k | v | mlp] by output rows, run as GEMMs over row views of its weight: the
     // same dot products without the [B, T+L, 3H+M] buffer (1.5 GB at 1024²) and its slices.
     const [q, k, v] = projectQkv(xm, this.linear1, H, this.heads, this.norm);
@@ -293,9 +287,8 @@ export class LastLayer {
     const mod = this.adaLN_modulation.forward(siluVec); // [B, 2H]
     const [shift, scale] = chunkLastDim(mod, 2);
     mod.dispose();
-    const n = layerNorm(x, undefined, undefined, 1e-6);
-    const m = modulate(n, shift, scale);
-    disposeAll(n, shift, scale);
+    const m = layerNormModulate(x, shift, scale, 1e-6);
+    disposeAll(shift, scale);
     const y = this.linear.forward(m);
     m.dispose();
     return y;
