@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Recorder, type DryRunReport } from '../src/runtime/dryrun/recorder.js';
 import { dryRunProfile, PROFILE_IDS } from '../src/runtime/dryrun/index.js';
+import { L2_REUSE_BYTES } from '../src/runtime/dryrun/traffic.js';
 import { writeDryRunModel, writeSquarePng } from '../kernels-test/dryrun-table.js';
 import { REPO_ROOT } from './util/golden-path.js';
 
@@ -52,6 +53,26 @@ describe('recorder memory model', () => {
     r.created(buf(1));
     const rep = r.report();
     expect(rep.steps).toEqual([expect.objectContaining({ step: 1, submits: 1, syncs: 1, buffers_created: 1, peak_bytes: 57 })]);
+  });
+
+  test('traffic: bytes bound per dispatch, copies read and written, GEMM re-reads from the tile plan (traffic.ts)', () => {
+    const r = new Recorder({ id: 't', description: 't', memoryBytes: 0 }, 2);
+    r.mark('sample', 1);
+    // 128x128 tiles (2x4 subgroups of 4x2 16x16 fragments), M = N = 1000: 8 x 8 tiles, groups of 2 row blocks
+    const sg = { SM: 16, SN: 16, SGM: 2, SGN: 4, PM: 4, PN: 2 };
+    const u = (group: number) => [1000, 1000, 64, 16, 0, 0, 0, 0, 1000, 8, 64, group, 0, 0, 0, 0];
+    // x 100 MB: a group's 256 rows are 25.6 MB > L2_REUSE_BYTES, re-read once per column block (7 more);
+    // w 1 MB: read once per group of 2 row blocks (4 groups, 3 more)
+    r.kernel('gemm-sgmat.wgsl', 'main', sg, u(2), [100e6, 1e6, 4e6]);
+    r.mark('sample', 2);
+    // x 10 MB: the group's slab (2.56 MB) stays in L2; groups of 8 row blocks: w once
+    r.kernel('gemm-sgmat.wgsl', 'main', sg, u(8), [10e6, 1e6, 4e6]);
+    r.kernel('norm.wgsl', 'main', { OP: 'layer_norm' }, [3, 4], [40, 40]);
+    r.copied(100);
+    const rep = r.report();
+    expect(rep.steps.map((s) => [s.bound_bytes, s.reread_bytes])).toEqual([[105e6, 7 * 100e6 + 3 * 1e6], [15e6 + 80 + 200, 0]]);
+    expect(rep.traffic).toEqual({ step: 2, bound_bytes: 15e6 + 280, reread_bytes: 0, total_bytes: 15e6 + 280 });
+    expect(L2_REUSE_BYTES).toBe(16 * 2 ** 20);
   });
 
   test('profiles: an unknown STEP1X_DRYRUN is a usage error naming the choices', () => {

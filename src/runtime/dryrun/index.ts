@@ -37,15 +37,6 @@ function row(name: string, c: Counts): string {
     gb(c.bytes_allocated).padStart(12) + gb(c.peak_bytes).padStart(11);
 }
 
-/**
- * Global-memory traffic of one DiT step (README "Dry run"): step 2 (step 1 also builds per-run
- * constants), or step 1 when the run has one step; null without DiT steps.
- */
-export function stepTraffic(r: DryRunReport): { step: number; bound_bytes: number; reread_bytes: number; total_bytes: number } | null {
-  const s = r.steps[1] ?? r.steps[0];
-  return s ? { step: s.step, bound_bytes: s.bound_bytes, reread_bytes: s.reread_bytes, total_bytes: s.bound_bytes + s.reread_bytes } : null;
-}
-
 /** The report as a table for stderr: per stage, first / second / last DiT step, main kernel shapes. */
 export function formatDryRun(r: DryRunReport): string {
   const head = `${'stage'.padEnd(10)}${['dispatch', 'submits', 'syncs', 'bindgrps', 'buffers'].map((h) => h.padStart(10)).join('')}${'allocated'.padStart(12)}${'peak'.padStart(11)}`;
@@ -54,7 +45,7 @@ export function formatDryRun(r: DryRunReport): string {
   const pick = [...new Set([0, 1, r.steps.length - 1])].filter((i) => i >= 0 && i < r.steps.length);
   for (const i of pick) lines.push(row(`  step ${r.steps[i].step}`, r.steps[i]));
   lines.push(`peak co-existing ${gb(r.peak_bytes)} (pending frees included); plan peak ${r.plan_peak_bytes === null ? 'n/a' : gb(r.plan_peak_bytes)}`);
-  const t = stepTraffic(r);
+  const t = r.traffic;
   if (t) lines.push(`traffic per DiT step (step ${t.step}): ${gb(t.bound_bytes)} bound + ${gb(t.reread_bytes)} GEMM re-reads = ${gb(t.total_bytes)}`);
   const main = new Map<string, (typeof r.kernels)[number]>();
   for (const k of r.kernels) if ((main.get(k.shape)?.dispatches ?? 0) < k.dispatches) main.set(k.shape, k);

@@ -43,6 +43,8 @@ export interface DryRunReport {
   stages: (Counts & { stage: string })[];
   steps: (Counts & { step: number })[];
   kernels: KernelUse[];
+  /** Global-memory traffic of one DiT step: step 2 (step 1 also builds per-run constants), else step 1; null without steps. */
+  traffic: { step: number; bound_bytes: number; reread_bytes: number; total_bytes: number } | null;
 }
 
 export interface Tracked {
@@ -212,9 +214,11 @@ export class Recorder {
     const stages = [...this.stages].filter(([, c]) => c.dispatches || c.buffers_created || c.submits).map(([stage, c]) => ({ stage, ...c }));
     const steps = [...this.steps].sort(([a], [b]) => a - b).map(([step, c]) => ({ step, ...c }));
     const kernels = [...this.kernels.values()].sort((a, b) => (a.shape < b.shape ? -1 : a.shape > b.shape ? 1 : b.dispatches - a.dispatches));
+    const t = steps[1] ?? steps[0];
+    const traffic = t ? { step: t.step, bound_bytes: t.bound_bytes, reread_bytes: t.reread_bytes, total_bytes: t.bound_bytes + t.reread_bytes } : null;
     return {
       profile: this.profile.id, device: this.profile.description, memory_bytes: this.profile.memoryBytes, submits_in_flight: this.lag,
-      peak_bytes: this.peak, plan_peak_bytes: this.planPeak, stages, steps, kernels,
+      peak_bytes: this.peak, plan_peak_bytes: this.planPeak, stages, steps, kernels, traffic,
     };
   }
 }
