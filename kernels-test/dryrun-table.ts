@@ -69,9 +69,15 @@ const gb = (b: number | null | undefined) => (b == null ? 'n/a' : (b / 1e9).toFi
  * Global-memory traffic per DiT step (GB, `dryrun.traffic.total_bytes`, step 2) of the same cell before
  * issue 19's f16 / fusion / tile-group work: main at 80f2fda with this traffic model (runtime/dryrun/
  * traffic.ts) added and nothing else changed, measured once per cell (2 steps; step 2 is the same
- * dispatch sequence at any step count). The table prints it next to today's; the issue asks at most half.
+ * dispatch sequence at any step count); 1024² on the GPU profiles (the cells the issue names), other cells n/a.
+ * The table prints it next to today's; the issue asks at most half.
  */
 export const TRAFFIC_BEFORE_GB: Record<string, number> = {
+  'h100 1024 bf16': 2214.0, 'h100 1024 q8': 2102.0, 'h100 1024 q4': 2042.3,
+  'rtx4090 1024 bf16': 2214.0, 'rtx4090 1024 q8': 2102.0, 'rtx4090 1024 q4': 2042.3,
+  'm2max 1024 bf16': 2214.0, 'm2max 1024 q8': 2102.0, 'm2max 1024 q4': 2042.3,
+  'rdna3 1024 bf16': 2214.0, 'rdna3 1024 q8': 2102.0, 'rdna3 1024 q4': 2042.3,
+  'xe2 1024 bf16': 2214.0, 'xe2 1024 q8': 2102.0, 'xe2 1024 q4': 2042.3,
 };
 
 export function trafficCells(c: Cell, d: DryRunReport): string {

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { Recorder, type DryRunReport } from '../src/runtime/dryrun/recorder.js';
 import { dryRunProfile, PROFILE_IDS } from '../src/runtime/dryrun/index.js';
 import { L2_REUSE_BYTES } from '../src/runtime/dryrun/traffic.js';
-import { writeDryRunModel, writeSquarePng } from '../kernels-test/dryrun-table.js';
+import { writeDryRunModel, writeSquarePng, TRAFFIC_BEFORE_GB } from '../kernels-test/dryrun-table.js';
 import { REPO_ROOT } from './util/golden-path.js';
 
 describe('recorder memory model', () => {
@@ -136,6 +136,16 @@ describe('step1x edit on a dry-run device at real size (header-only v1.1 fakes)'
     for (const k of big) expect([k.variant.startsWith('gemm-sgmat.wgsl'), k.matrix_units, k.tile]).toEqual([true, true, expect.stringContaining('SM=16')]);
     expect(d.peak_bytes).toBeGreaterThan(24e9); // the DiT's bf16 weights alone are 24.9 GB
     expectSteadyState('h100 512 bf16', d, 80e9);
+  });
+
+  test('h100, 1024², bf16: global-memory traffic per DiT step at most half of before issue 19 (TRAFFIC_BEFORE_GB)', () => {
+    const d = dry('h100', ['--size', '1024', '--steps', '2', '--quiet']);
+    const before = TRAFFIC_BEFORE_GB['h100 1024 bf16'] * 1e9;
+    process.stderr.write(`  h100 1024 bf16 traffic: ${JSON.stringify(d.traffic)}, before ${before}\n`);
+    expect(d.traffic).toEqual({ step: 2, bound_bytes: d.steps[1].bound_bytes, reread_bytes: d.steps[1].reread_bytes, total_bytes: d.steps[1].bound_bytes + d.steps[1].reread_bytes });
+    expect(d.traffic!.bound_bytes).toBeGreaterThan(100e9); // the step's activations and its 24.9 GB of weights, at least
+    expect(d.traffic!.total_bytes).toBeLessThanOrEqual(0.5 * before);
+    expect(d.stderr).toMatch(/traffic per DiT step \(step 2\): [\d.]+ GB bound \+ [\d.]+ GB GEMM re-reads = [\d.]+ GB/);
   });
 
   test('rtx4090 q8 24GB and m2max q4 16GB: the same steady state, peak within the budget', () => {
