@@ -3,7 +3,8 @@
  * model directory, on every device profile × size level × weight format × budget, one child process per
  * cell with STEP1X_DRYRUN=<profile> and --json. Prints a markdown table of the counts the issue asks for:
  * buffers created per DiT step after the first, bind groups per dispatch, peak co-existing bytes (pending
- * frees included) against the plan's peak and the budget.
+ * frees included) against the plan's peak and the budget, and the global-memory traffic of one DiT step
+ * next to the same cell's before issue 19 (TRAFFIC_BEFORE_GB).
  *   npm run dryrun                         the standard table (28 steps)
  *   node dist/kernels-test/dryrun-table.js [steps] [profiles,…] [sizes,…]
  * The fakes are sparse files (a few MB on disk) built from test/golden/real_shapes*; STEP1X_DRYRUN_MODEL
@@ -64,6 +65,27 @@ export function runCell(model: string, image: string, c: Cell, steps: number, ou
 
 const gb = (b: number | null | undefined) => (b == null ? 'n/a' : (b / 1e9).toFixed(1));
 
+/**
+ * Global-memory traffic per DiT step (GB, `dryrun.traffic.total_bytes`, step 2) of the same cell before
+ * issue 19's f16 / fusion / tile-group work: main at 80f2fda with this traffic model (runtime/dryrun/
+ * traffic.ts) added and nothing else changed, measured once per cell (2 steps; step 2 is the same
+ * dispatch sequence at any step count); 1024² on the GPU profiles (the cells the issue names), other cells n/a.
+ * The table prints it next to today's; the issue asks at most half.
+ */
+export const TRAFFIC_BEFORE_GB: Record<string, number> = {
+  'h100 1024 bf16': 2214.0, 'h100 1024 q8': 2102.0, 'h100 1024 q4': 2042.3,
+  'rtx4090 1024 bf16': 2214.0, 'rtx4090 1024 q8': 2102.0, 'rtx4090 1024 q4': 2042.3,
+  'm2max 1024 bf16': 2214.0, 'm2max 1024 q8': 2102.0, 'm2max 1024 q4': 2042.3,
+  'rdna3 1024 bf16': 2214.0, 'rdna3 1024 q8': 2102.0, 'rdna3 1024 q4': 2042.3,
+  'xe2 1024 bf16': 2214.0, 'xe2 1024 q8': 2102.0, 'xe2 1024 q4': 2042.3,
+};
+
+export function trafficCells(c: Cell, d: DryRunReport): string {
+  const now = d.traffic ? d.traffic.total_bytes / 1e9 : NaN;
+  const before = TRAFFIC_BEFORE_GB[`${c.profile} ${c.size} ${c.weights}`];
+  return `${now.toFixed(1)} | ${before === undefined ? 'n/a' : before.toFixed(1)} | ${before === undefined ? 'n/a' : (now / before).toFixed(2)} |`;
+}
+
 export function tableRow(c: Cell, r: ReturnType<typeof runCell>): string {
   const name = `| ${c.profile} | ${c.size} | ${c.weights} | ${c.budget ?? '—'} |`;
   if (!r.report) return `${name} failed (exit ${r.code}): ${r.error} |`;
@@ -74,7 +96,7 @@ export function tableRow(c: Cell, r: ReturnType<typeof runCell>): string {
   const s1 = d.steps[0];
   const limit = Math.min(d.memory_bytes, c.budget ? parseFloat(c.budget) * 1e9 : Infinity);
   const fits = d.peak_bytes <= limit && (d.plan_peak_bytes === null || d.peak_bytes <= d.plan_peak_bytes) ? 'yes' : d.peak_bytes > limit ? '**over memory**' : '**over plan**';
-  return `${name} ${s1?.dispatches ?? 0} | ${s1?.buffers_created ?? 0} | ${creates} | ${bgPct.toFixed(1)} % | ${gb(d.peak_bytes)} | ${gb(d.plan_peak_bytes)} | ${fits} |`;
+  return `${name} ${s1?.dispatches ?? 0} | ${s1?.buffers_created ?? 0} | ${creates} | ${bgPct.toFixed(1)} % | ${gb(d.peak_bytes)} | ${gb(d.plan_peak_bytes)} | ${fits} | ${trafficCells(c, d)}`;
 }
 
 async function main(): Promise<void> {
@@ -87,7 +109,7 @@ async function main(): Promise<void> {
     const image = writeSquarePng(join(tmp, 'in.png'));
     const budgets: Record<Cell['weights'], (string | undefined)[]> = { bf16: [undefined], q8: [undefined, '24GB'], q4: [undefined, '16GB'] };
     process.stdout.write(`dry run of \`step1x edit\`, v1.1, ${steps} steps (GB = 1e9 bytes; steps 2..${steps} summed/maxed)\n\n`);
-    process.stdout.write('| profile | size | weights | budget | dispatches step 1 | buffers created step 1 | buffers created steps 2.. | bind groups / dispatch (max, steps 2..) | peak GB | plan peak GB | peak ≤ plan, budget, memory |\n|---|---|---|---|---|---|---|---|---|---|---|\n');
+    process.stdout.write('| profile | size | weights | budget | dispatches step 1 | buffers created step 1 | buffers created steps 2.. | bind groups / dispatch (max, steps 2..) | peak GB | plan peak GB | peak ≤ plan, budget, memory | traffic GB / DiT step | before (main 80f2fda) | ratio |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n');
     for (const profile of profiles)
       for (const size of sizes)
         for (const weights of ['bf16', 'q8', 'q4'] as const)

@@ -15,8 +15,9 @@
 import { getGpu, releaseGpu, randn, uploadAs, poison, expectClose, expectWithin } from './harness.js';
 import * as ref from './ref/gemm.js';
 import { linear, type Activation, type GemmVariant } from '../src/ops/linear.js';
-import { overflowCount, sgmatPlan, setTunedTiles, sgmatFits, gemmConfig, DEFAULT_SGMAT_TILE, type SgmatTile } from '../src/ops/plan-gemm.js';
+import { overflowCount, groupRows, GROUP_M, sgmatPlan, setTunedTiles, sgmatFits, gemmConfig, DEFAULT_SGMAT_TILE, type SgmatTile } from '../src/ops/plan-gemm.js';
 import type { Kernel } from '../src/runtime/gpu.js';
+import { L2_REUSE_BYTES } from '../src/runtime/dryrun/traffic.js';
 import { hasMatrixUnits } from '../src/runtime/caps.js';
 import type { Gpu } from '../src/runtime/gpu.js';
 import type { DType } from '../src/runtime/tensor.js';
@@ -164,8 +165,10 @@ describe('subgroup-matrix GEMM: wide tiles, vector paths, f16→f16 config', () 
       console.log(`gemm-plan: 128x128 tile does not fit ${g.caps.maxWorkgroupStorage} bytes here`);
       return;
     }
-    // 32-row tiles of 2 subgroups x 2 fragments: M = 300 is 10 row blocks, 2 groups of GROUP_M = 8.
-    await withTile(g, { ...DEFAULT_SGMAT_TILE }, () => runCase(g, 'subgroup-matrix', { M: 300, K: 40, N: 70, wdt: 'bf16', bdt: 'f32' }).then(() => undefined));
+    // 32-row tiles of 2 subgroups x 2 fragments: M = 600 is 19 row blocks, a group of GROUP_M = 16 (groupRows
+    // at K = 40) and a partial group of 3.
+    expect(groupRows(32, 40, 4)).toBe(GROUP_M);
+    await withTile(g, { ...DEFAULT_SGMAT_TILE }, () => runCase(g, 'subgroup-matrix', { M: 600, K: 40, N: 70, wdt: 'bf16', bdt: 'f32' }).then(() => undefined));
     const seen = await withTile(g, t, async () => {
       await runCase(g, 'subgroup-matrix', { M: 255, K: 136, N: 132, wdt: 'bf16', bdt: 'f32', act: 'gelu_tanh' });
       await runCase(g, 'subgroup-matrix', { M: 131, K: 17, N: 129, wdt: 'f16' });
@@ -199,6 +202,16 @@ describe('subgroup-matrix GEMM: wide tiles, vector paths, f16→f16 config', () 
       expect(got.every(Number.isFinite)).toBe(true);
     });
     expect(await overflowCount(g)).toBeGreaterThan(before);
+  });
+});
+
+describe('tile groups (groupRows)', () => {
+  test("a group's rows of x stay within L2_REUSE_BYTES; at least 1, at most GROUP_M", () => {
+    expect(groupRows(128, 3072, 4)).toBe(10); // 10 x 128 rows x 3072 x 4 B = 15.7 MB <= 16 MiB
+    expect(groupRows(128, 3072, 2)).toBe(GROUP_M); // f16 x: 16 row blocks fit
+    expect(groupRows(128, 15360, 4)).toBe(2); // the single block's linear2 (K = H + M)
+    expect(groupRows(128, 1 << 20, 4)).toBe(1); // even one row block over the bound: the row-major walk
+    for (const [bm, K] of [[32, 17], [64, 255], [128, 12288]]) expect(groupRows(bm, K, 4) * bm * K * 4 <= L2_REUSE_BYTES || groupRows(bm, K, 4) === 1).toBe(true);
   });
 });
 

@@ -2,7 +2,7 @@ import { getGpu, releaseGpu, randn, expectClose, uploadAs, poison, primePoison, 
 import type { Gpu } from '../src/runtime/gpu.js';
 import type { DType } from '../src/runtime/tensor.js';
 import * as ref from './ref/norm.js';
-import { layerNorm, rmsNorm, softmax, modulate, gatedResidual, swiglu } from '../src/ops/norm.js';
+import { layerNorm, layerNormModulate, rmsNorm, softmax, modulate, gatedResidual, swiglu } from '../src/ops/norm.js';
 
 afterAll(releaseGpu);
 
@@ -68,6 +68,47 @@ describe('layerNorm / rmsNorm', () => {
       const s = softmax(xt);
       expectClose('softmax split', await g.readF32(s), ref.softmax(x, C), 1e-7, 1e-5);
     });
+  });
+});
+
+describe('layerNormModulate (fused and two-kernel)', () => {
+  // f64 reference: modulate(layerNorm(x)). The normalised value carries NORM_ATOL / NORM_RTOL; (1 + scale)
+  // scales its error, so the bound is NORM_ATOL * max|1 + scale| (+ NORM_RTOL relative).
+  const cases: [B: number, L: number, C: number][] = [[1, 1, 1], [1, 3, 3], [2, 17, 17], [2, 3, 255], [3, 5, 1000], [1, 2, 3072]];
+  for (const [B, L, C] of cases) {
+    test(`B=${B} L=${L} C=${C}`, async () => {
+      const g = await getGpu();
+      const x = randn(B * L * C, B * 100 + L * 10 + C, 3).map((v) => v + 5);
+      const sh = randn(B * C, C + 3), sc = randn(B * C, C + 4);
+      const xt = g.upload(x, [B, L, C]), sht = g.upload(sh, [B, C]), sct = g.upload(sc, [B, 1, C]);
+      const want = ref.modulate(ref.layerNorm(x, C, null, null, 1e-6), B, L, C, sh, sc);
+      const atol = NORM_ATOL * Math.max(...Array.from(sc, (v) => Math.abs(1 + v)));
+      for (const fused of [true, false]) {
+        primePoison(g, [B, L, C]);
+        const d0 = g.dispatchCount;
+        const y = layerNormModulate(xt, sht, sct, 1e-6, fused);
+        expect(g.dispatchCount - d0).toBe(fused ? 1 : 2);
+        expectClose(`layerNormModulate fused=${fused} ${B}x${L}x${C}`, await g.readF32(y), want, atol, NORM_RTOL);
+        y.dispose();
+      }
+      for (const t of [xt, sht, sct]) t.dispose();
+    });
+  }
+
+  test('split along rows: chunks cross the batch boundary (row0 picks the batch row of shift/scale)', async () => {
+    const g = await getGpu();
+    const B = 3, L = 50, C = 17; // 150 rows of 68 bytes: chunks of 64 rows, the second starts inside batch row 1
+    const x = randn(B * L * C, 21, 2), sh = randn(B * C, 22), sc = randn(B * C, 23);
+    const xt = g.upload(x, [B, L, C]), sht = g.upload(sh, [B, C]), sct = g.upload(sc, [B, C]);
+    const want = ref.modulate(ref.layerNorm(x, C, null, null, 1e-6), B, L, C, sh, sc);
+    await withBindingLimit(g, 8192, async () => {
+      const d0 = g.dispatchCount;
+      primePoison(g, [B, L, C]);
+      const y = layerNormModulate(xt, sht, sct, 1e-6, true);
+      expect(g.dispatchCount - d0).toBe(3);
+      expectClose('layerNormModulate split', await g.readF32(y), want, NORM_ATOL * 6, NORM_RTOL);
+    });
+    expect(() => layerNormModulate(xt, g.upload(sh.subarray(0, C), [1, C]), sct)).toThrow(/shift \[1,17\] must be \[3, 17\]/);
   });
 });
 

@@ -4,9 +4,13 @@
 //   OP = layer_norm : (x - mean) * rsqrt(var + eps) [* w] [+ b]   (biased var, two passes in f32)
 //   OP = rms_norm   : x * rsqrt(mean(x²) + eps) * w
 //   OP = softmax    : exp(x - max) / sum(exp(x - max))
-//   Bindings: 0 uniform {rows, C, wg_x, eps:f32}; 1 x (f32); 2 out (f32, rw);
-//             3 w (HAS_W; W_DT f32|bf16|f16, W_AT its widening fn); B_BINDING b (HAS_B; B_DT, B_AT likewise).
-//   Defines: ROWS (selects this entry), OP, HAS_W, W_DT, W_AT, HAS_B, B_DT, B_AT, B_BINDING.
+//   MOD (layer_norm only): then out = (1 + scale[b, c]) * n + shift[b, c], n the normalised value above and
+//                b = (row0 + row) / L: layerNormModulate, one pass instead of layerNorm + modulate (the
+//                normalised tensor never goes through memory; same f32 arithmetic)
+//   Bindings: 0 uniform {rows, C, wg_x, eps:f32, L, row0}; 1 x (f32); 2 out (f32, rw);
+//             3 w (HAS_W; W_DT f32|bf16|f16, W_AT its widening fn); B_BINDING b (HAS_B; B_DT, B_AT likewise);
+//             MOD: B_SHIFT shift [B, C] f32, B_SCALE scale [B, C] f32.
+//   Defines: ROWS (selects this entry), OP, HAS_W, W_DT, W_AT, HAS_B, B_DT, B_AT, B_BINDING, MOD, B_SHIFT, B_SCALE.
 //   Dispatch: one workgroup of 256 per row, rows folded into (wg_x, y): row = wid.y * wg_x + wid.x.
 //
 // Entry `ew` (define EW) — elementwise over a chunk of n elements of x viewed as [rows, C] (rows = B*L tokens):
@@ -23,10 +27,14 @@
 const WG: u32 = 256u;
 
 #ifdef ROWS
-struct Params { rows: u32, C: u32, wg_x: u32, eps: f32 }
+struct Params { rows: u32, C: u32, wg_x: u32, eps: f32, L: u32, row0: u32 }
 @group(0) @binding(0) var<uniform> U: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
+#ifdef MOD
+@group(0) @binding(B_SHIFT) var<storage, read> shift: array<f32>;
+@group(0) @binding(B_SCALE) var<storage, read> scale: array<f32>;
+#endif
 
 #ifdef HAS_W
 #if W_DT == f32
@@ -92,7 +100,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   var q = 0.0;
   for (var c = li; c < C; c += WG) { let d = x[base + c] - mean; q += d * d; }
   let rstd = inverseSqrt(wg_sum(q, li) / f32(C) + U.eps);
+#ifdef MOD
+  let mb = ((U.row0 + row) / U.L) * C;
+  for (var c = li; c < C; c += WG) {
+    let n = (x[base + c] - mean) * rstd * ldw(c) + ldb(c);
+    out[base + c] = (1.0 + scale[mb + c]) * n + shift[mb + c];
+  }
+#else
   for (var c = li; c < C; c += WG) { out[base + c] = (x[base + c] - mean) * rstd * ldw(c) + ldb(c); }
+#endif
 #endif
 #if OP == rms_norm
   var q = 0.0;

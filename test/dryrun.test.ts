@@ -9,7 +9,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Recorder, type DryRunReport } from '../src/runtime/dryrun/recorder.js';
 import { dryRunProfile, PROFILE_IDS } from '../src/runtime/dryrun/index.js';
-import { writeDryRunModel, writeSquarePng } from '../kernels-test/dryrun-table.js';
+import { L2_REUSE_BYTES } from '../src/runtime/dryrun/traffic.js';
+import { writeDryRunModel, writeSquarePng, TRAFFIC_BEFORE_GB } from '../kernels-test/dryrun-table.js';
 import { REPO_ROOT } from './util/golden-path.js';
 
 describe('recorder memory model', () => {
@@ -52,6 +53,26 @@ describe('recorder memory model', () => {
     r.created(buf(1));
     const rep = r.report();
     expect(rep.steps).toEqual([expect.objectContaining({ step: 1, submits: 1, syncs: 1, buffers_created: 1, peak_bytes: 57 })]);
+  });
+
+  test('traffic: bytes bound per dispatch, copies read and written, GEMM re-reads from the tile plan (traffic.ts)', () => {
+    const r = new Recorder({ id: 't', description: 't', memoryBytes: 0 }, 2);
+    r.mark('sample', 1);
+    // 128x128 tiles (2x4 subgroups of 4x2 16x16 fragments), M = N = 1000: 8 x 8 tiles, groups of 2 row blocks
+    const sg = { SM: 16, SN: 16, SGM: 2, SGN: 4, PM: 4, PN: 2 };
+    const u = (group: number) => [1000, 1000, 64, 16, 0, 0, 0, 0, 1000, 8, 64, group, 0, 0, 0, 0];
+    // x 100 MB: a group's 256 rows are 25.6 MB > L2_REUSE_BYTES, re-read once per column block (7 more);
+    // w 1 MB: read once per group of 2 row blocks (4 groups, 3 more)
+    r.kernel('gemm-sgmat.wgsl', 'main', sg, u(2), [100e6, 1e6, 4e6]);
+    r.mark('sample', 2);
+    // x 10 MB: the group's slab (2.56 MB) stays in L2; groups of 8 row blocks: w once
+    r.kernel('gemm-sgmat.wgsl', 'main', sg, u(8), [10e6, 1e6, 4e6]);
+    r.kernel('norm.wgsl', 'main', { OP: 'layer_norm' }, [3, 4], [40, 40]);
+    r.copied(100);
+    const rep = r.report();
+    expect(rep.steps.map((s) => [s.bound_bytes, s.reread_bytes])).toEqual([[105e6, 7 * 100e6 + 3 * 1e6], [15e6 + 80 + 200, 0]]);
+    expect(rep.traffic).toEqual({ step: 2, bound_bytes: 15e6 + 280, reread_bytes: 0, total_bytes: 15e6 + 280 });
+    expect(L2_REUSE_BYTES).toBe(16 * 2 ** 20);
   });
 
   test('profiles: an unknown STEP1X_DRYRUN is a usage error naming the choices', () => {
@@ -119,6 +140,16 @@ describe('step1x edit on a dry-run device at real size (header-only v1.1 fakes)'
     for (const k of convs) expect([k.shape, k.variant.startsWith('gemm-sgmat.wgsl:main'), k.variant.includes('CONV'), k.matrix_units]).toEqual([k.shape, true, true, true]);
     expect(d.peak_bytes).toBeGreaterThan(24e9); // the DiT's bf16 weights alone are 24.9 GB
     expectSteadyState('h100 512 bf16', d, 80e9);
+  });
+
+  test('h100, 1024², bf16: global-memory traffic per DiT step at most half of before issue 19 (TRAFFIC_BEFORE_GB)', () => {
+    const d = dry('h100', ['--size', '1024', '--steps', '2', '--quiet']);
+    const before = TRAFFIC_BEFORE_GB['h100 1024 bf16'] * 1e9;
+    process.stderr.write(`  h100 1024 bf16 traffic: ${JSON.stringify(d.traffic)}, before ${before}\n`);
+    expect(d.traffic).toEqual({ step: 2, bound_bytes: d.steps[1].bound_bytes, reread_bytes: d.steps[1].reread_bytes, total_bytes: d.steps[1].bound_bytes + d.steps[1].reread_bytes });
+    expect(d.traffic!.bound_bytes).toBeGreaterThan(100e9); // the step's activations and its 24.9 GB of weights, at least
+    expect(d.traffic!.total_bytes).toBeLessThanOrEqual(0.5 * before);
+    expect(d.stderr).toMatch(/traffic per DiT step \(step 2\): [\d.]+ GB bound \+ [\d.]+ GB GEMM re-reads = [\d.]+ GB/);
   });
 
   test('rtx4090 q8 24GB and m2max q4 16GB: the same steady state, peak within the budget', () => {

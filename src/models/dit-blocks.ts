@@ -18,7 +18,7 @@ import type { Tensor } from '../runtime/tensor.js';
 import type { Activation } from '../ops/linear.js';
 import { Linear } from '../nn/linear.js';
 import { Module, param, type TensorParam } from '../nn/module.js';
-import { layerNorm, rmsNorm, modulate, gatedResidual } from '../ops/norm.js';
+import { layerNormModulate, rmsNorm, gatedResidual } from '../ops/norm.js';
 import { concat, slice } from '../ops/layout.js';
 import { attention } from '../ops/attention.js';
 import { applyRopeFlux } from '../ops/rope.js';
@@ -119,8 +119,8 @@ export class Modulation extends Module {
   }
 }
 
-/** LayerNorm without affine (eps 1e-6), then (1 + scale)·x + shift. */
-export const normModulate = (x: Tensor, shift: Tensor, scale: Tensor): Tensor => x.gpu.scope(() => modulate(layerNorm(x, undefined, undefined, 1e-6), shift, scale));
+/** (1 + scale)·LN(x) + shift, LN without affine, eps 1e-6: one fused kernel under --precision mixed (ops/norm.ts). */
+export const normModulate = (x: Tensor, shift: Tensor, scale: Tensor): Tensor => layerNormModulate(x, shift, scale, 1e-6);
 
 /**
  * Output rows [start, start+count) of a Linear: a GEMM over row views of weight and bias, identical to

@@ -34,7 +34,14 @@ function checkParam(op: string, name: string, p: Tensor, C: number, x: Tensor): 
 
 type RowOp = 'layer_norm' | 'rms_norm' | 'softmax';
 
-function rowOp(op: RowOp, x: Tensor, w: Tensor | undefined, b: Tensor | undefined, eps: number): Tensor {
+/** layerNormModulate's per-batch operands ([B, C] f32) and the tokens per batch row. */
+interface Mod {
+  shift: Tensor;
+  scale: Tensor;
+  L: number;
+}
+
+function rowOp(op: RowOp, x: Tensor, w: Tensor | undefined, b: Tensor | undefined, eps: number, mod?: Mod): Tensor {
   requireF32(op, ['x', x]);
   const C = lastDim(op, x);
   const rows = x.numel / C;
@@ -51,7 +58,8 @@ function rowOp(op: RowOp, x: Tensor, w: Tensor | undefined, b: Tensor | undefine
     Object.assign(defines, { HAS_B: true, B_DT: dt, B_AT: WIDEN[dt] ?? 'none', B_BINDING: 3 + params.length });
     params.push(b);
   }
-  const out = g.empty(x.shape, 'f32', op);
+  if (mod) Object.assign(defines, { MOD: true, B_SHIFT: 3 + params.length, B_SCALE: 4 + params.length });
+  const out = g.empty(x.shape, 'f32', mod ? 'layer_norm_modulate' : op);
   const x2 = x.reshape([rows, C]);
   const o2 = out.reshape([rows, C]);
   const chunks = rowChunks(op, rows, [C * 4], g.maxBindingBytes);
@@ -63,8 +71,8 @@ function rowOp(op: RowOp, x: Tensor, w: Tensor | undefined, b: Tensor | undefine
     g.dispatch({
       file: 'norm.wgsl',
       defines,
-      uniforms: [count, C, wx, f32u(eps)],
-      bindings: [xs, os, ...params],
+      uniforms: [count, C, wx, f32u(eps), mod?.L ?? 1, start],
+      bindings: [xs, os, ...params, ...(mod ? [mod.shift, mod.scale] : [])],
       workgroups: [wx, wy],
     });
     if (!whole) {
@@ -80,6 +88,24 @@ function rowOp(op: RowOp, x: Tensor, w: Tensor | undefined, b: Tensor | undefine
 /** torch.nn.LayerNorm over the last dim (biased variance); w/b optional (elementwise_affine=False). */
 export function layerNorm(x: Tensor, w?: Tensor, b?: Tensor, eps = 1e-6): Tensor {
   return rowOp('layer_norm', x, w, b, eps);
+}
+
+/**
+ * modulate(layerNorm(x, eps), shift, scale) for x [B, L, C], shift/scale [B, C] or [B, 1, C]: the DiT's
+ * pre-attention / pre-MLP norm (FLUX `(1 + scale) * norm(x) + shift`, no affine). `fused` (default: under
+ * --precision mixed) runs one kernel that never writes the normalised tensor (x read once, out written
+ * once: 2 of the 4 activation-sized passes of the two-kernel form). Otherwise the two kernels run as
+ * before, so the f32 path stays bit-identical to layerNorm + modulate.
+ */
+export function layerNormModulate(x: Tensor, shift: Tensor, scale: Tensor, eps = 1e-6, fused = x.gpu.precision === 'mixed'): Tensor {
+  const [L] = checkTokens('layerNormModulate', x);
+  checkPerBatch('layerNormModulate', 'shift', shift, x);
+  checkPerBatch('layerNormModulate', 'scale', scale, x);
+  if (fused) return rowOp('layer_norm', x, undefined, undefined, eps, { shift, scale, L });
+  const n = layerNorm(x, undefined, undefined, eps);
+  const m = modulate(n, shift, scale);
+  n.dispose();
+  return m;
 }
 
 /** x * rsqrt(mean(x²) + eps) * w, in f32 (Qwen2 RMSNorm, FLUX QK-norm). */

@@ -18,6 +18,7 @@ import type { Tensor, DType } from '../runtime/tensor.js';
 import type { Capabilities, KernelFamily, MatrixConfig, Precision } from '../runtime/caps.js';
 import { hasMatrixUnits, SUBGROUP_SIZE_CONTROL } from '../runtime/caps.js';
 import { fail } from '../errors.js';
+import { L2_REUSE_BYTES } from '../runtime/dryrun/traffic.js';
 
 export type GemmKind = 'subgroup-matrix' | 'workgroup';
 
@@ -69,8 +70,19 @@ export interface GemmShape {
 /** CPU adapters (lavapipe): a small tile, its matrix "units" are emulated per lane. */
 export const DEFAULT_SGMAT_TILE: SgmatTile = { sgm: 2, sgn: 2, pm: 2, pn: 2, bk: 32 };
 export const DEFAULT_WG_TILE: WgTile = { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4 };
-/** Row blocks per tile group: 8 x 128 rows of x (12.6 MB at K = 3072 f32) next to the weight columns in flight. */
-export const GROUP_M = 8;
+/** Row blocks per tile group at most (groupRows picks fewer where a group's rows of x would not stay in L2). */
+export const GROUP_M = 16;
+
+/**
+ * Row blocks per tile group for a shape: as many as keep the group's slab of x (G·bm rows × K) within
+ * L2_REUSE_BYTES, so it stays in L2 while the group walks the weight columns, at least 1 and at most
+ * GROUP_M. Each group streams the weight once, so larger groups save weight reads; a slab that does not
+ * fit is re-read once per column block (K = 15360 f32 at G = 8: 63 MB, re-read 24 times for N = 3072).
+ * The dry run's traffic model (runtime/dryrun/traffic.ts) uses the same bound.
+ */
+export function groupRows(bm: number, K: number, xBytes: number): number {
+  return Math.max(1, Math.min(GROUP_M, Math.floor(L2_REUSE_BYTES / (bm * K * xBytes))));
+}
 /** K summed in f16 before it is added into f32 on f16→f16 configs (error ~ FLUSH_K * 2^-11 of sum|x w|). */
 export const FLUSH_K = 64;
 
@@ -246,9 +258,9 @@ export function planGemm(g: Gpu, s: GemmShape, variant = 'auto'): GemmPlan | nul
     const t = tunedFor(g)?.lookup(kind, s);
     return kind === 'subgroup-matrix' ? sgmatPlan(caps, t as SgmatTile | undefined) : wgPlan(caps, t as WgTile | undefined);
   };
-  if (variant === 'subgroup-matrix' || variant === 'workgroup') return pick(variant);
-  if (variant !== 'auto') return null;
-  return planFor(g.kernels, g.precision, g.kernelsForced, s, pick);
+  const plan = variant === 'subgroup-matrix' || variant === 'workgroup' ? pick(variant) : variant === 'auto' ? planFor(g.kernels, g.precision, g.kernelsForced, s, pick) : null;
+  if (plan?.kind === 'subgroup-matrix') plan.groupM = groupRows(plan.bm, s.K, 4); // x is f32
+  return plan;
 }
 
 /** The family/precision rule of planGemm, on a capabilities object alone (plan tests, `step1x devices`). */

@@ -194,7 +194,7 @@ export abstract class GpuEncoder {
     const entry = k.entry ?? 'main';
     const key = this.keyOf(k.file, entry, k.defines);
     const { pipeline: pipe, readOnly, layout, dynamicUniform } = this.pipelines.get(k.file, entry, k.defines ?? {}, key);
-    this.handle.dryrun?.kernel(k.file, entry, k.defines ?? {}, k.uniforms);
+    this.handle.dryrun?.kernel(k.file, entry, k.defines ?? {}, k.uniforms, k.bindings.map((t) => t.byteLength));
     if (this.uniformCount >= MAX_BATCH || this.profiler?.full) this.flush();
     const entries: BindEntry[] = [];
     let slot = -1;

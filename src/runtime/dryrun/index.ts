@@ -45,6 +45,8 @@ export function formatDryRun(r: DryRunReport): string {
   const pick = [...new Set([0, 1, r.steps.length - 1])].filter((i) => i >= 0 && i < r.steps.length);
   for (const i of pick) lines.push(row(`  step ${r.steps[i].step}`, r.steps[i]));
   lines.push(`peak co-existing ${gb(r.peak_bytes)} (pending frees included); plan peak ${r.plan_peak_bytes === null ? 'n/a' : gb(r.plan_peak_bytes)}`);
+  const t = r.traffic;
+  if (t) lines.push(`traffic per DiT step (step ${t.step}): ${gb(t.bound_bytes)} bound + ${gb(t.reread_bytes)} GEMM re-reads = ${gb(t.total_bytes)}`);
   const main = new Map<string, (typeof r.kernels)[number]>();
   for (const k of r.kernels) if ((main.get(k.shape)?.dispatches ?? 0) < k.dispatches) main.set(k.shape, k);
   // the 12 most dispatched shapes, then every conv shape (few dispatches each, but the VAE's main work)

@@ -57,7 +57,8 @@ class DryEncoder {
   beginComputePass(): DryPass {
     return new DryPass(this.rec, this.uses);
   }
-  copyBufferToBuffer(src: DryBuffer, _so: number, dst: DryBuffer): void {
+  copyBufferToBuffer(src: DryBuffer, _so: number, dst: DryBuffer, _do: number, size: number): void {
+    this.rec.copied(size);
     this.uses.add(src);
     this.uses.add(dst);
   }

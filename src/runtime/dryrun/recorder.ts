@@ -17,6 +17,10 @@ export interface Counts {
   bytes_allocated: number;
   /** Peak co-existing bytes (live + pending frees) inside this segment. */
   peak_bytes: number;
+  /** Global-memory traffic: bytes bound by every dispatch (each binding once) plus copies read and written. */
+  bound_bytes: number;
+  /** GEMM operand re-reads the tile plan implies beyond the one read in bound_bytes (traffic.ts). */
+  reread_bytes: number;
 }
 
 export interface KernelUse {
@@ -39,6 +43,8 @@ export interface DryRunReport {
   stages: (Counts & { stage: string })[];
   steps: (Counts & { step: number })[];
   kernels: KernelUse[];
+  /** Global-memory traffic of one DiT step: step 2 (step 1 also builds per-run constants), else step 1; null without steps. */
+  traffic: { step: number; bound_bytes: number; reread_bytes: number; total_bytes: number } | null;
 }
 
 export interface Tracked {
@@ -48,7 +54,9 @@ export interface Tracked {
   destroyed: boolean;
 }
 
-const zero = (): Counts => ({ dispatches: 0, submits: 0, syncs: 0, bind_groups_created: 0, buffers_created: 0, bytes_allocated: 0, peak_bytes: 0 });
+const zero = (): Counts => ({ dispatches: 0, submits: 0, syncs: 0, bind_groups_created: 0, buffers_created: 0, bytes_allocated: 0, peak_bytes: 0, bound_bytes: 0, reread_bytes: 0 });
+
+import { gemmRereadBytes } from './traffic.js';
 
 const MODEL_OF: Record<string, string> = { embed: 'qwen', encode: 'vae', decode: 'vae', sample: 'dit' };
 
@@ -173,9 +181,19 @@ export class Recorder {
     this.pending = keep;
   }
 
-  /** A dispatch's kernel: GEMM, conv and attention shapes are read from their uniform blocks (M, N, K / conv sizes / Lq, Lk, H). */
-  kernel(file: string, entry: string, defines: Record<string, string | number | boolean>, uniforms: readonly unknown[] | undefined): void {
+  /** A copy pass of `bytes`: read once and written once. */
+  copied(bytes: number): void {
+    this.current.bound_bytes += 2 * bytes;
+  }
+
+  /**
+   * A dispatch's kernel: its traffic (the bytes of every binding, `bound`, plus the GEMM re-reads of
+   * traffic.ts); GEMM, conv and attention shapes are read from their uniform blocks (M, N, K / conv sizes / Lq, Lk, H).
+   */
+  kernel(file: string, entry: string, defines: Record<string, string | number | boolean>, uniforms: readonly unknown[] | undefined, bound: readonly number[] = []): void {
     const u = (i: number) => (typeof uniforms?.[i] === 'number' ? (uniforms[i] as number) : NaN);
+    for (const b of bound) this.current.bound_bytes += b;
+    this.current.reread_bytes += gemmRereadBytes(file, entry, defines, uniforms, bound);
     const model = MODEL_OF[this.stage] ?? this.stage;
     let shape: string;
     // convs: direct conv2d.wgsl (H, W, CT at 1–3, OT at 7, KH, KW, stride, ups at 19–22) or the implicit GEMM
@@ -202,9 +220,11 @@ export class Recorder {
     const stages = [...this.stages].filter(([, c]) => c.dispatches || c.buffers_created || c.submits).map(([stage, c]) => ({ stage, ...c }));
     const steps = [...this.steps].sort(([a], [b]) => a - b).map(([step, c]) => ({ step, ...c }));
     const kernels = [...this.kernels.values()].sort((a, b) => (a.shape < b.shape ? -1 : a.shape > b.shape ? 1 : b.dispatches - a.dispatches));
+    const t = steps[1] ?? steps[0];
+    const traffic = t ? { step: t.step, bound_bytes: t.bound_bytes, reread_bytes: t.reread_bytes, total_bytes: t.bound_bytes + t.reread_bytes } : null;
     return {
       profile: this.profile.id, device: this.profile.description, memory_bytes: this.profile.memoryBytes, submits_in_flight: this.lag,
-      peak_bytes: this.peak, plan_peak_bytes: this.planPeak, stages, steps, kernels,
+      peak_bytes: this.peak, plan_peak_bytes: this.planPeak, stages, steps, kernels, traffic,
     };
   }
 }
