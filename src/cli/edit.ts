@@ -31,7 +31,8 @@ export interface EditCliOptions extends WeightCliOptions {
   steps: string;
   cfg: string;
   seed: string;
-  size: string;
+  /** absent: the version's own (512; 1024 for v1.2) */
+  size?: string;
   negative: string;
   nativeSize?: boolean;
   noise?: string;
@@ -78,6 +79,11 @@ export function maskPixelLimit(width: number, height: number): number {
   return Math.max(4 * width * height, 4_000_000);
 }
 
+/** The size level an edit runs at without --size: the official 512, or the v1.2 pipeline's 1024. */
+export function defaultSizeLevel(files: ModelFiles): number {
+  return files.diffusers?.version === 'v1.2' ? 1024 : 512;
+}
+
 /** Fail before any model work if the output cannot be written (see src/pipeline/output.ts). */
 export function checkWritable(path: string, inputs: readonly string[] = []): void {
   checkOutputPath(path, inputs);
@@ -102,7 +108,7 @@ export function sharedRequestOptions(o: EditCliOptions): Omit<EditRequest, 'imag
 export function requestFromOptions(o: EditCliOptions): Omit<EditRequest, 'image' | 'instruction'> {
   return {
     ...sharedRequestOptions(o),
-    size: intOpt('size', o.size, 16, 4096),
+    ...(o.size !== undefined ? { size: intOpt('size', o.size, 16, 4096) } : {}),
     nativeSize: Boolean(o.nativeSize),
     sampleEncode: Boolean(o.sampleEncode),
     ...(o.maskFeather !== undefined ? { maskFeather: floatOpt('mask-feather', o.maskFeather, 0, 1000) } : {}),
@@ -205,7 +211,7 @@ export function modelOptions(c: Command): Command {
 /** The options `edit` and `batch` share. */
 export function editOptions(c: Command): Command {
   return modelOptions(c)
-    .option('--size <n>', 'size level: working area ≈ size², sides floored to multiples of 16 (official size_level)', '512')
+    .option('--size <n>', 'size level: working area ≈ size², sides floored to multiples of 16 (official size_level; default 512, 1024 with a v1.2 model as its pipeline has it)')
     .option('--negative <text>', 'negative prompt (the official code hard-codes "")', '')
     .option('--native-size', 'keep the working resolution instead of resizing back to the input size (avoids the resize-back blur)')
     .option('--sample-encode', 'sample the VAE posterior like the official code (default: its mean, deterministic)')
@@ -247,11 +253,11 @@ export function register(program: Command): void {
     checkWritable(output);
     outputFormatOf(output); // an unsupported extension is refused before any work
     const img = await readInputImage(image, { ignoreExif: o.ignoreExif });
-    const [ww, wh] = checkSizeLevel(img.width, img.height, base.size!);
+    const files = resolveModelFiles(o.model, { version: base.version });
+    const [ww, wh] = checkSizeLevel(img.width, img.height, base.size ?? defaultSizeLevel(files));
     if (o.noise !== undefined) await checkNoiseFile(o.noise, [wh / 8, ww / 8]);
     // a mask is resized to the photo: one far larger only costs memory (a 10000² 16-bit mask took 1.5 GB)
     const mask = o.mask ? await readImage(o.mask, { maxPixels: maskPixelLimit(img.width, img.height) }) : undefined;
-    const files = resolveModelFiles(o.model, { version: base.version });
     if (reason && files.diffusers?.version !== 'v1.2')
       throw new Step1xError(`--think / --reflect need a v1.2 model directory (diffusers layout); ${files.source} is ${files.diffusers?.version ?? 'not one'}`, ExitCode.USAGE);
     if (o.keepRounds !== undefined) {
