@@ -193,8 +193,8 @@ export function summary(res: EditResult, output: string): Record<string, unknown
 /** Options of every command that runs the model (edit, batch, generate). */
 export function modelOptions(c: Command): Command {
   return c
-    .option('--model <dir>', 'model directory in the official layout (default: $STEP1X_MODEL, then the Hugging Face cache)')
-    .option('--version <v>', 'checkpoint version v1.1 or v1.0 (default: told by the weights; with both files in the model directory, v1.1)')
+    .option('--model <dir>', 'model directory, official or diffusers layout (default: $STEP1X_MODEL, then the Hugging Face cache)')
+    .option('--version <v>', 'checkpoint version v1.2, v1.1 or v1.0 (default: told by the model directory; from the Hugging Face cache the best present, v1.2 > v1.1 > v1.0; with both official files in a directory, v1.1)')
     .option('--compat <mode>', 'official behaviour to follow: current (Dec 2025: CFG truncation 0.93, LANCZOS input resize, SDPA text attention) or 2025-05 (the May 2025 code: none of these)', 'current')
     .option('--cfg-truncate <t>', 'timesteps_truncate: diff-norm CFG while t > this (default 0.93; 1 in --compat 2025-05); 1 disables')
     .option('--steps <n>', 'sampling steps', '28')
