@@ -398,14 +398,18 @@ export class EditPipeline {
     const budgetFor = (stage: 'embed' | 'sample') => (plan ? stageBudget(plan, stage) : this.fullBudget);
     const STAGE_NOTE = { embed: 'Qwen2.5-VL: embedding the instruction and the image', encode: 'VAE: encoding the reference image', sample: 'sampling', decode: 'VAE: decoding' } as const;
     let skipped = 0;
+    // seconds per stage, summed over the rounds of a reasoning edit
+    let last: string | undefined, t0 = performance.now();
+    const lap = (next?: string) => {
+      const now = performance.now();
+      if (last) timings[last] = +((timings[last] ?? 0) + (now - t0) / 1000).toFixed(3);
+      (last = next), (t0 = now);
+    };
     const runOpts = (emit: (p: Progress) => void): V12StageOptions => {
-      let last: string | undefined, t0 = performance.now();
       return {
         models: this.models, budget: { embed: budgetFor('embed'), sample: budgetFor('sample') }, weights: this.opts.weights, loras: this.opts.loras, cache: req.cache, maskPacked,
         onStage: async (s) => {
-          const now = performance.now();
-          if (last) timings[last] = +((timings[last] ?? 0) + (now - t0) / 1000).toFixed(3);
-          (last = s), (t0 = now);
+          lap(s);
           emit({ stage: s, message: STAGE_NOTE[s] });
           await this.stage(s);
         },
@@ -428,6 +432,7 @@ export class EditPipeline {
         onToken: (kind, text, n) => emit({ stage: 'reason', step: n, total: ro.maxNewTokens ?? 128, detail: `${kind}: ${text.replace(/\s+/g, ' ').slice(-60)}` }) },
         async (p, img, r) => {
           const res = await editOf(p, img, r, emit);
+          lap();
           small.set(res.image, res.small);
           return res.image;
         }));
@@ -435,6 +440,7 @@ export class EditPipeline {
       out = req.nativeSize ? small.get(fin)! : fin;
     } else {
       const res = yield* pumpEvents<Progress, { small: RgbImage; image: RgbImage }>((emit) => editOf(req.instruction, photo, 0, emit));
+      lap();
       out = req.nativeSize ? res.small : res.image;
     }
     // outside the mask the written image is the input's own pixels (the working image with --native-size)
