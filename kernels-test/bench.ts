@@ -15,7 +15,8 @@
  *
  * Variants (every run): each GEMM kernel the device can run (register-tiled, workgroup-tiled,
  * subgroup-matrix when the adapter has it) and each attention kernel at the same shapes, GFLOP/s and
- * the ratio to the register path, plus the autotune's choice for the first shape (cached per adapter;
+ * the ratio to the register path, the VAE's 3x3 convs as implicit GEMM on subgroup matrices vs the direct
+ * f32 kernel, plus the autotune's choice for the first shape (cached per adapter;
  * printed, not applied to the other rows). On lavapipe the ratios say nothing about GPUs.
  */
 import { Gpu } from '../src/runtime/gpu.js';
@@ -24,7 +25,7 @@ import { benchLoading } from './load-bench.js';
 import { f32ArrayToBf16 } from '../src/runtime/half.js';
 import { linear, DEFAULT_TILE, type LinearOptions, type TileConfig } from '../src/ops/linear.js';
 import { randn } from './harness.js';
-import { hasMatrixUnits, setKernelSettings } from '../src/runtime/caps.js';
+import { hasMatrixUnits } from '../src/runtime/caps.js';
 import { tune } from '../src/ops/tune.js';
 import { benchGenerate } from './bench-generate.js';
 import { setTunedTiles, sgmatFits, sgmatTileOf, gemmConfig, defaultSgmatTiles, DEFAULT_SGMAT_TILE, type SgmatTile } from '../src/ops/plan-gemm.js';
@@ -117,7 +118,10 @@ async function optional<T>(path: string, name: string): Promise<T | null> {
 }
 
 type AttentionFn = (q: Tensor, k: Tensor, v: Tensor) => Tensor;
-type Conv2dFn = (x: Tensor, w: Tensor, b?: Tensor, opts?: { stride?: 1 | 2; pad?: [number, number, number, number] }) => Tensor;
+type Conv2dFn = (x: Tensor, w: Tensor, b?: Tensor, opts?: { stride?: 1 | 2; pad?: [number, number, number, number]; variant?: 'auto' | 'direct' | 'subgroup-matrix' }) => Tensor;
+
+/** The VAE decoder's 3x3 convs (C -> O at S²): full sizes on a GPU, small ones on lavapipe (emulated matrix units). */
+const VAE_CONVS: [number, number, number][] = FULL ? [[512, 512, 128], [512, 512, 256], [256, 256, 512], [128, 128, 1024]] : [[64, 64, 32], [33, 17, 23]];
 
 async function benchAttention(g: Gpu, L: number, H: number, Dh: number): Promise<void> {
   const attention = await optional<AttentionFn>('../src/ops/attention.js', 'attention');
@@ -134,19 +138,21 @@ async function benchAttention(g: Gpu, L: number, H: number, Dh: number): Promise
   for (const t of [q, k, v]) t.dispose();
 }
 
-async function benchConv(g: Gpu, C: number, O: number, S: number): Promise<void> {
+async function benchConv(g: Gpu, C: number, O: number, S: number, variant: 'auto' | 'direct' | 'subgroup-matrix' = 'auto', name = 'default'): Promise<Row | null> {
   const conv2d = await optional<Conv2dFn>('../src/ops/conv.js', 'conv2d');
-  if (!conv2d) return;
+  if (!conv2d) return null;
   const x = upload(g, C * S * S, [1, C, S, S], 'f32', 4);
   const w = upload(g, O * C * 9, [O, C, 3, 3], 'f32', 5);
   try {
-    const ms = await time(g, () => conv2d(x, w, undefined, { pad: [1, 1, 1, 1] }));
-    record(`conv2d 3x3 ${C}->${O} ${S}x${S}`, 'default', ms, 2 * O * C * 9 * S * S, (C + O) * S * S * 4 + O * C * 36);
+    const ms = await time(g, () => conv2d(x, w, undefined, { pad: [1, 1, 1, 1], variant }));
+    return record(`conv2d 3x3 ${C}->${O} ${S}x${S}`, name, ms, 2 * O * C * 9 * S * S, (C + O) * S * S * 4 + O * C * 36);
   } catch (e) {
     console.log(`(conv2d ${C}->${O} ${S}² failed: ${(e as Error).message.split('\n')[0]})`);
+    return null;
+  } finally {
+    x.dispose();
+    w.dispose();
   }
-  x.dispose();
-  w.dispose();
 }
 
 /** Every GEMM and attention variant at the same shapes, with the ratio to the register path. */
@@ -202,6 +208,13 @@ async function benchVariants(g: Gpu): Promise<void> {
   } finally {
     for (const t of [q, k, v]) t.dispose();
   }
+  // VAE convs: the implicit GEMM on subgroup matrices (src/ops/plan-conv.ts) against the direct f32 kernel
+  // (first, so bench/torch_ref.py's summary compares the implicit GEMM where it runs).
+  for (const [C, O, S] of VAE_CONVS) {
+    const r = sg ? await benchConv(g, C, O, S, 'subgroup-matrix', 'implicit-gemm sgmat') : null;
+    const base = await benchConv(g, C, O, S, 'direct', 'direct');
+    if (r && base) console.log(`  implicit-gemm sgmat / direct conv ${C}->${O} ${S}²: ${(base.ms / r.ms).toFixed(2)}x`);
+  }
   // The autotune's choice at the first shape (timed here, cached for later runs on this adapter).
   const [M, K, N] = shapes[0];
   const res = await tune(g, [{ M, K, N, wdt: 'bf16' }], { reps: FULL ? 3 : 1, maxCandidates: FULL ? undefined : 4 });
@@ -212,13 +225,9 @@ async function benchVariants(g: Gpu): Promise<void> {
 /** A device with the subgroup-matrix feature requested when the adapter has it (else the default one). */
 async function variantsGpu(): Promise<Gpu> {
   try {
-    setKernelSettings({ kernels: 'subgroup-matrix' });
-    return await Gpu.create();
+    return await Gpu.create({ kernels: 'subgroup-matrix' });
   } catch {
-    setKernelSettings({ kernels: 'register' });
-    return await Gpu.create();
-  } finally {
-    setKernelSettings({});
+    return await Gpu.create({ kernels: 'register' });
   }
 }
 
@@ -273,6 +282,7 @@ async function main(): Promise<void> {
     else await benchAttention(g, 256, 24, 128);
     if (FULL) {
       await benchConv(g, 512, 512, 128);
+      await benchConv(g, 512, 512, 256);
       await benchConv(g, 256, 256, 512);
       await benchConv(g, 128, 128, 1024);
     } else await benchConv(g, 128, 128, 64);

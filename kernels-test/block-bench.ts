@@ -16,8 +16,10 @@
 import { writeFileSync } from 'node:fs';
 import { Gpu } from '../src/runtime/gpu.js';
 import type { Tensor } from '../src/runtime/tensor.js';
-import { Linear } from '../src/nn/linear.js';
-import { DoubleStreamBlock, SingleStreamBlock, RopePe, type StreamWeights, type QKNorm } from '../src/models/dit-blocks.js';
+import { Module, TensorParam, WeightParam } from '../src/nn/module.js';
+import { Weight } from '../src/nn/weight.js';
+import { DoubleStreamBlock, SingleStreamBlock, RopePe } from '../src/models/dit-blocks.js';
+import { REAL_DIT, type DitParams } from '../src/models/dit-config.js';
 import { fluxPe } from '../src/ops/rope-tables.js';
 
 const argv = process.argv.slice(2);
@@ -79,28 +81,24 @@ function randF32(n: number, scale: number): Float32Array {
   return out;
 }
 
-/** A Linear with bf16 weight [N, K] and bf16 bias [N], as in the checkpoint (init scale ~ 1/sqrt(K)). */
-function lin(g: Gpu, N: number, K: number, name: string): Linear {
-  const w = g.upload(randBf16(N * K, 1 / Math.sqrt(K)), [N, K], 'bf16', `${name}.weight`);
-  const b = g.upload(randBf16(N, 0.02), [N], 'bf16', `${name}.bias`);
-  return new Linear(w, b, name);
+/**
+ * The declared block's parameters filled as in the checkpoint: bf16 Linear weights (init scale ~ 1/sqrt(K)),
+ * bf16 biases ~ U(±0.02), RMSNorm scales near 1: 1 + U(-0.1, 0.1), truncated to bf16.
+ */
+function randomize<M extends Module>(g: Gpu, m: M): M {
+  for (const [name, p] of m.params()) {
+    if (p instanceof WeightParam) {
+      const [N, K] = p.shape;
+      p.set(Weight.plain(g.upload(randBf16(N * K, 1 / Math.sqrt(K)), [N, K], 'bf16', name)));
+    } else if (p instanceof TensorParam && name.endsWith('.scale')) {
+      const f = randF32(p.shape[0], 0.1).map((v) => 1 + v);
+      const u = new Uint32Array(f.buffer);
+      p.set(g.upload(Uint16Array.from(u, (b) => b >>> 16), [...p.shape], 'bf16', name));
+    } else if (p instanceof TensorParam) p.set(g.upload(randBf16(p.shape[0], 0.02), [...p.shape], 'bf16', name));
+  }
+  return m;
 }
-function qkNorm(g: Gpu, name: string): QKNorm {
-  // RMSNorm scales near 1: 1 + U(-0.1, 0.1), truncated to bf16
-  const one = (n: string) => {
-    const f = randF32(HD, 0.1).map((v) => 1 + v);
-    const u = new Uint32Array(f.buffer);
-    return { scale: g.upload(Uint16Array.from(u, (b) => b >>> 16), [HD], 'bf16', n) };
-  };
-  return { query_norm: one(`${name}.query_norm.scale`), key_norm: one(`${name}.key_norm.scale`) };
-}
-function stream(g: Gpu, p: string): StreamWeights {
-  return {
-    mod: { lin: lin(g, 6 * H, H, `${p}_mod.lin`) },
-    attn: { qkv: lin(g, 3 * H, H, `${p}_attn.qkv`), norm: qkNorm(g, `${p}_attn.norm`), proj: lin(g, H, H, `${p}_attn.proj`) },
-    mlp: [lin(g, M, H, `${p}_mlp.0`), lin(g, H, M, `${p}_mlp.2`)],
-  };
-}
+const blockCfg = (): DitParams => ({ ...REAL_DIT, axes_dim: [...REAL_DIT.axes_dim], hidden_size: H, num_heads: HEADS, mlp_ratio: M / H, qkv_bias: true });
 
 // ---- timing -------------------------------------------------------------------------------------
 
@@ -167,7 +165,7 @@ async function main(): Promise<void> {
 
     {
       const live0 = g.pool.liveBytes;
-      const blk = new DoubleStreamBlock(HEADS, stream(g, 'img'), stream(g, 'txt'));
+      const blk = randomize(g, new DoubleStreamBlock(blockCfg()));
       const weightBytes = g.pool.liveBytes - live0;
       const linFlops = 2 * B * L * (H * 3 * H + H * H + 2 * H * M) + 2 * 2 * B * 6 * H * H;
       const t = await timeBlock(g, () => blk.forward(img, txt, siluVec, pe));
@@ -177,9 +175,7 @@ async function main(): Promise<void> {
     }
     {
       const live0 = g.pool.liveBytes;
-      const blk = new SingleStreamBlock(HEADS, M, lin(g, 3 * H + M, H, 'linear1'), lin(g, H, H + M, 'linear2'), qkNorm(g, 'norm'), {
-        lin: lin(g, 3 * H, H, 'modulation.lin'),
-      });
+      const blk = randomize(g, new SingleStreamBlock(blockCfg()));
       const weightBytes = g.pool.liveBytes - live0;
       const linFlops = 2 * B * L * (H * (3 * H + M) + (H + M) * H) + 2 * B * 3 * H * H;
       const t = await timeBlock(g, () => [blk.forward(joint, siluVec, pe)]);

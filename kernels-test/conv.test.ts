@@ -1,9 +1,13 @@
 import { getGpu, releaseGpu, randn, uploadAs, expectClose, withBindingLimit } from './harness.js';
 import * as ref from './ref/conv.js';
-import { conv2d, upsampleNearest2x, groupNorm } from '../src/ops/conv.js';
+import { conv2d as conv2dAny, upsampleNearest2x, groupNorm, type Conv2dOpts } from '../src/ops/conv.js';
+import type { Tensor } from '../src/runtime/tensor.js';
 import type { Gpu } from '../src/runtime/gpu.js';
 
 afterAll(releaseGpu);
+
+/** The direct f32 kernel (conv2d.wgsl) whatever the device plan; the implicit GEMM: conv-sgmat.test.ts. */
+const conv2d = (x: Tensor, w: Tensor, b?: Tensor, o: Conv2dOpts = {}) => conv2dAny(x, w, b, { ...o, variant: 'direct' });
 
 type Pad = [number, number, number, number];
 const CASES: { name: string; B: number; C: number; H: number; W: number; O: number; K: number; stride: 1 | 2; pad: Pad; bias: boolean }[] = [

@@ -2,7 +2,7 @@
  * Test harness for kernels: one shared Gpu per test file, seeded random inputs, poisoned outputs,
  * explicit tolerances that print numbers on failure.
  */
-import { Gpu } from '../src/runtime/gpu.js';
+import { Gpu, type GpuOptions } from '../src/runtime/gpu.js';
 import type { Tensor, DType } from '../src/runtime/tensor.js';
 import { f32ArrayToBf16, f32ArrayToF16, roundToBf16, bf16ArrayToF32, f16ArrayToF32 } from '../src/runtime/half.js';
 
@@ -27,8 +27,9 @@ export function randn(n: number, seed: number, scale = 1): Float32Array {
 }
 
 let gpu: Gpu | null = null;
-export async function getGpu(): Promise<Gpu> {
-  if (!gpu) gpu = await Gpu.create();
+/** The test file's runtime, made on the first call (with `opts`: a forced family, a binding cap). */
+export async function getGpu(opts?: GpuOptions): Promise<Gpu> {
+  if (!gpu) gpu = await Gpu.create(opts);
   return gpu;
 }
 export function releaseGpu(): void {

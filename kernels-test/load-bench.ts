@@ -3,16 +3,22 @@
  *
  * Writes a DiT-like bf16 checkpoint of about 1 GB (blocks of qkv [9216, 3072], proj [3072, 3072],
  * mlp [12288, 3072] / [3072, 12288] weights with their biases) into a temp directory, deleted afterwards,
- * reads it once so that the page cache is warm for every row, then prints in one run:
- *   raw read        sequential `FileHandle.read` of the file into one reused 8 MiB buffer, best of three
- *                   (the ceiling every ratio is taken against); and `readFile` into fresh memory
+ * reads it once so that the page cache is warm for every row (raw reads and loads alike), then prints in
+ * one run:
+ *   raw read        sequential `FileHandle.read` of the file into one reused 4 MiB buffer (the ceiling every
+ *                   ratio is taken against); and `readFile` into fresh memory
  *   fresh memory    first write of newly allocated host memory (page faults; lavapipe's GPU memory is host
  *                   memory, so this bounds any load into new GPU buffers on the same machine)
  *   load bf16 / q8  the real load path (`loadLinearWeight` / `loadWeight`, as `Linear.load` calls them) into
- *                   GPU buffers, until the GPU has them (`g.sync()`): into new buffers, then (best of three,
- *                   like the raw read) into the buffers the first load freed (kept by the pool), which is the
- *                   loader's own speed
- * with MB/s (of checkpoint bytes) and the ratio to the raw read.
+ *                   GPU buffers, until the GPU has them (`g.sync()`): into new buffers (the first load), then
+ *                   into the buffers the first load freed (kept by the pool), which is the loader's own speed
+ *   pack kernel     the q8 packing kernel alone over 64 MiB of bf16 (on lavapipe it runs on the same CPU),
+ *                   and the share of the q8 load's time that it accounts for
+ *   Null backend    the same loads on Dawn's Null backend (no GPU work: the copies into GPU memory and the
+ *                   packing kernel cost nothing), i.e. the host side of each path
+ * The raw read and the reused-buffer loads run in ROUNDS interleaved rounds and each row reports its best
+ * round, so that load from other processes on a shared machine hits every row alike; MB/s are of checkpoint
+ * bytes, ratios against the best raw read.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { open, readFile } from 'node:fs/promises';
@@ -23,9 +29,12 @@ import { Checkpoint } from '../src/io/checkpoint.js';
 import { buildHeader, type HeaderEntry } from '../src/io/safetensors.js';
 import { loadLinearWeight, setWeightPolicy, type Weight, type WeightsOption } from '../src/nn/weight.js';
 import { loadWeight } from '../src/nn/weights.js';
+import { packQuantChunk } from '../src/ops/pack-quant.js';
+import { quantScaleTable } from '../src/io/quant.js';
 import type { Tensor } from '../src/runtime/tensor.js';
 
-const CHUNK = 8 << 20;
+const CHUNK = 4 << 20;
+const ROUNDS = 3;
 
 /** Header entries of `blocks` DiT-like blocks (bf16 weights and biases). */
 function entries(blocks: number): HeaderEntry[] {
@@ -39,7 +48,7 @@ function entries(blocks: number): HeaderEntry[] {
 }
 
 /** Write the checkpoint chunk by chunk (finite bf16 values in ±[2^-8, 2^8)), never all of it in memory. */
-async function writeCheckpoint(path: string, targetBytes: number): Promise<number> {
+export async function writeCheckpoint(path: string, targetBytes: number): Promise<number> {
   const blocks = Math.max(1, Math.ceil(targetBytes / (36864 * 3072 * 2)));
   const { prefix, dataBytes } = buildHeader(entries(blocks));
   const fh = await open(path, 'w');
@@ -84,14 +93,20 @@ function freshMemoryMBs(bytes: number): number {
   return bytes / (performance.now() - t0) / 1e3;
 }
 
-/** ms to load every tensor under `weights` and have it on the GPU; the tensors are freed (into the pool). */
-async function load(g: Gpu, path: string, weights: WeightsOption): Promise<number> {
+/**
+ * ms to load every tensor under `weights` and have it on the GPU; the tensors are freed (into the pool).
+ * `each`: free each tensor as soon as it is loaded (the Null backend holds at most 512 MiB).
+ */
+async function load(g: Gpu, path: string, weights: WeightsOption, each = false): Promise<number> {
   const ck = await Checkpoint.open(path);
   setWeightPolicy(ck, { weights });
   const held: (Weight | Tensor)[] = [];
   try {
     const t0 = performance.now();
-    for (const k of ck.keys()) held.push(k.endsWith('.weight') ? await loadLinearWeight(g, ck, k) : await loadWeight(g, ck, k));
+    for (const k of ck.keys()) {
+      held.push(k.endsWith('.weight') ? await loadLinearWeight(g, ck, k) : await loadWeight(g, ck, k));
+      if (each) held.pop()!.dispose();
+    }
     await g.sync();
     return performance.now() - t0;
   } finally {
@@ -101,33 +116,76 @@ async function load(g: Gpu, path: string, weights: WeightsOption): Promise<numbe
   }
 }
 
+/** Wall ms of the q8 packing kernel over `bytes` of bf16, in 4 MiB chunks of [rows, 3072] as the loader packs them. */
+async function packKernelMs(g: Gpu, bytes: number, rounds: number): Promise<number> {
+  const K = 3072, rows = Math.floor(CHUNK / (2 * K) / 2) * 2, blocks = (rows * K) / 32;
+  const x = g.empty([(rows * K) / 2], 'u32', 'bf16 chunk');
+  g.writeBytes(x, 0, new Uint8Array(rows * K * 2).fill(0x3c));
+  const table = g.upload(quantScaleTable('q8'), [1 << 15], 'u32');
+  const codes = g.empty([(rows * K) / 4], 'u32');
+  const scales = g.empty([blocks / 2], 'u32');
+  try {
+    packQuantChunk(x, table, codes, scales, 'q8', 0, blocks); // compiles the pipeline
+    await g.sync();
+    const n = Math.ceil(bytes / (rows * K * 2));
+    let best = Infinity;
+    for (let r = 0; r < rounds; r++) {
+      const t0 = performance.now();
+      for (let i = 0; i < n; i++) packQuantChunk(x, table, codes, scales, 'q8', 0, blocks);
+      await g.sync();
+      best = Math.min(best, performance.now() - t0);
+    }
+    return (best * bytes) / (n * rows * K * 2);
+  } finally {
+    for (const t of [x, table, codes, scales]) t.dispose();
+  }
+}
+
 export async function benchLoading(targetBytes = 1e9): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'step1x-load-bench-'));
-  const g = await Gpu.create();
-  g.pool.maxCachedBytes = 4 * targetBytes; // keep the first load's buffers for the second
+  let g = await Gpu.create();
+  g.pool.maxCachedBytes = 4 * targetBytes; // keep the first load's buffers for the later ones
   try {
     const path = join(dir, 'dit-like.safetensors');
     const size = await writeCheckpoint(path, targetBytes);
     await rawRead(path); // warm the page cache
     const mbs = (ms: number) => size / ms / 1e3;
-    // The ceiling: the best of three reads (other processes share the CPU; a slow read would flatter the ratios).
-    const raw = mbs(Math.min(await rawRead(path), await rawRead(path), await rawRead(path)));
+    const d = g.describe();
+    console.log(`loading: ${(size / 1e9).toFixed(2)} GB bf16 checkpoint, page cache warm for every row, device ${d.vendor} ${d.description}`);
     const t0 = performance.now();
     await readFile(path); // into fresh memory (dropped at once): the same page faults as new buffers
     const rawFresh = mbs(performance.now() - t0);
-    const d = g.describe();
-    console.log(`loading: ${(size / 1e9).toFixed(2)} GB bf16 checkpoint (page cache warm), device ${d.vendor} ${d.description}`);
-    console.log(`  raw read, 8 MiB reused buffer (best of 3)  ${raw.toFixed(0).padStart(6)} MB/s`);
-    console.log(`  raw read into fresh memory (readFile)      ${rawFresh.toFixed(0).padStart(6)} MB/s  ${((100 * rawFresh) / raw).toFixed(0).padStart(3)} % of raw`);
-    console.log(`  fresh host memory, first write             ${freshMemoryMBs(256 << 20).toFixed(0).padStart(6)} MB/s  (page faults; lavapipe's GPU memory is host memory)`);
-    for (const w of ['bf16', 'q8'] as const)
-      for (const into of ['new GPU buffers', 'reused GPU buffers (best of 3)']) {
-        // New buffers: the first load only. Reused: best of three, as the raw read.
-        let ms = await load(g, path, w);
-        if (into.startsWith('reused')) ms = Math.min(await load(g, path, w), await load(g, path, w), await load(g, path, w));
-        const v = mbs(ms);
-        console.log(`  load ${w.padEnd(4)} into ${into.padEnd(30)}${v.toFixed(0).padStart(6)} MB/s  ${((100 * v) / raw).toFixed(0).padStart(3)} % of raw`);
-      }
+    const fresh = freshMemoryMBs(256 << 20);
+    const first = { bf16: mbs(await load(g, path, 'bf16')), q8: mbs(await load(g, path, 'q8')) };
+    // Interleaved rounds: raw read, then each load into the pool's buffers; best round of each row.
+    const best = { raw: Infinity, bf16: Infinity, q8: Infinity, pack: Infinity, nullBf16: Infinity, nullQ8: Infinity };
+    for (let r = 0; r < ROUNDS; r++) {
+      best.raw = Math.min(best.raw, await rawRead(path));
+      best.bf16 = Math.min(best.bf16, await load(g, path, 'bf16'));
+      best.q8 = Math.min(best.q8, await load(g, path, 'q8'));
+      best.pack = Math.min(best.pack, await packKernelMs(g, 64 << 20, 2));
+    }
+    g.destroy();
+    g = await Gpu.create({ dawnFlags: ['backend=null'] });
+    for (let r = 0; r < ROUNDS; r++) {
+      best.raw = Math.min(best.raw, await rawRead(path));
+      best.nullBf16 = Math.min(best.nullBf16, await load(g, path, 'bf16', true));
+      best.nullQ8 = Math.min(best.nullQ8, await load(g, path, 'q8', true));
+    }
+    const raw = mbs(best.raw);
+    const row = (what: string, v: number, note = `${((100 * v) / raw).toFixed(0).padStart(3)} % of raw`) =>
+      console.log(`  ${what.padEnd(52)}${v.toFixed(0).padStart(6)} MB/s  ${note}`);
+    row(`raw read, 4 MiB reused buffer (best of ${2 * ROUNDS})`, raw, '100 % (the ceiling)');
+    row('raw read into fresh memory (readFile)', rawFresh);
+    row('fresh host memory, first write', fresh, "(page faults; lavapipe's GPU memory is host memory)");
+    row('load bf16 into new GPU buffers', first.bf16);
+    row('load q8   into new GPU buffers', first.q8);
+    row(`load bf16 into reused GPU buffers (best of ${ROUNDS})`, mbs(best.bf16));
+    row(`load q8   into reused GPU buffers (best of ${ROUNDS})`, mbs(best.q8));
+    const packMBs = (64 << 20) / best.pack / 1e3;
+    row(`q8 pack kernel alone, 64 MiB of bf16 (best of ${2 * ROUNDS})`, packMBs, `${((100 * packMBs) / raw).toFixed(0).padStart(3)} % of raw; ${((100 * (size / packMBs / 1e3)) / best.q8).toFixed(0)} % of the q8 load's time`);
+    row(`Null backend: load bf16, host side (best of ${ROUNDS})`, mbs(best.nullBf16));
+    row(`Null backend: load q8, host side (best of ${ROUNDS})`, mbs(best.nullQ8));
   } finally {
     g.destroy();
     rmSync(dir, { recursive: true, force: true });

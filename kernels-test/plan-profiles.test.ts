@@ -7,12 +7,24 @@ import { PROFILES, byName, type DeviceProfile } from './device-profiles.js';
 import { planGemmFor, sgmatPlan, sgmatStorageBytes, gemmConfig, matrixConfig, type GemmPlan, type GemmShape } from '../src/ops/plan-gemm.js';
 import { planAttentionFor, attentionBinding, attentionSgmatTile, attentionSgmatBytes } from '../src/ops/plan-attention.js';
 import { resolveKernels, resolvePrecision, hasMatrixUnits } from '../src/runtime/caps.js';
+import { planConvFor, type ConvShape } from '../src/ops/plan-conv.js';
 
 const TOKENS = 2 * 4096 + 640; // one image's noise + reference tokens and the text at 1024²
 const M = 2 * TOKENS;
 const DIT: GemmShape[] = [[3072, 9216], [3072, 12288], [3072, 21504], [3072, 3072], [12288, 3072], [15360, 3072]].map(([K, N]) => ({ M, K, N, wdt: 'bf16' }));
 const QWEN: GemmShape[] = [[3584, 18944], [18944, 3584], [3584, 4608]].map(([K, N]) => ({ M: 1024, K, N, wdt: 'bf16' }));
 const VAE_ATTN: GemmShape = { M: 128 * 128, K: 512, N: 512, wdt: 'f32' };
+/**
+ * The VAE's convs at 1024² (FLUX AE, ch 128, ch_mult 1,2,4,4; decoder from the 128² latent, encoder of the
+ * 1024² reference image): [what, C, O, kernel, output side, input side (stride 2 / fused upsample)].
+ */
+const VAE_CONVS: [string, number, number, number, number][] = [
+  ['dec.conv_in 16→512', 16, 512, 3, 128], ['dec 512→512 at 128²', 512, 512, 3, 128], ['dec.attn q/k/v 1x1', 512, 512, 1, 128],
+  ['dec up 512→512 at 256²', 512, 512, 3, 256], ['dec 512→256 at 512²', 512, 256, 3, 512], ['dec nin 1x1 512→256', 512, 256, 1, 512],
+  ['dec 256→256 at 512²', 256, 256, 3, 512], ['dec 256→128 at 1024²', 256, 128, 3, 1024], ['dec 128→128 at 1024²', 128, 128, 3, 1024],
+  ['dec.conv_out 128→3', 128, 3, 3, 1024], ['enc.conv_in 3→128', 3, 128, 3, 1024], ['enc downsample 128→128 s2', 128, 128, 3, 512],
+];
+const VAE_SHAPES: (ConvShape & { what: string })[] = VAE_CONVS.map(([what, C, O, k, side]) => ({ what, C, O, KH: k, KW: k, Ho: side, Wo: side, wdt: 'f32' }));
 const ATTN = [{ what: 'DiT', Lq: TOKENS, Lk: TOKENS, Dh: 128, H: 24 }, { what: 'Qwen text', Lq: 1024, Lk: 1024, Dh: 128, H: 28 }, { what: 'Qwen vision', Lq: 4096, Lk: 4096, Dh: 80, H: 16 }];
 
 function gemmPlans(p: DeviceProfile): GemmPlan[] {
@@ -117,6 +129,27 @@ describe('plans per device profile at 1024²', () => {
       expect(plan.defines.SGREDUCE).toBe(true);
       expect(plan.bq).toBeGreaterThanOrEqual(64);
     }
+  });
+
+  test.each(PROFILES.map((p) => [p.name, p] as const))('%s: VAE convs at 1024² — implicit GEMM on matrix units on GPUs, the direct f32 kernel on CPU adapters', (_n, p) => {
+    const family = resolveKernels(p.caps, 'auto');
+    for (const s of VAE_SHAPES) {
+      const plan = planConvFor(p.caps, family, resolvePrecision(family, undefined), s);
+      expect([s.what, plan.kind]).toEqual([s.what, p.caps.cpu ? 'direct' : 'subgroup-matrix']);
+      // conv.ts splits by whole input / output planes: one plane (and one weight row) must fit one binding
+      expect(4 * Math.max(s.Ho * s.Wo * (s.what.includes('s2') ? 4 : 1), s.C * s.KH * s.KW)).toBeLessThan(p.maxBindingBytes);
+      if (plan.kind === 'direct') continue;
+      const d = plan.gemm!.defines;
+      if (/^(H100|RTX 4090)/.test(p.name)) {
+        expect(d).toMatchObject({ SM: 16, SN: 16, SK: 16, RES: 'f32', SGSIZE: 32, SGCTL: true });
+        expect([plan.gemm!.bm, plan.gemm!.bn]).toEqual([128, 128]);
+      }
+      if (p.name.startsWith('M2 Max')) expect(d).toMatchObject({ SM: 8, SN: 8, SK: 8, RES: 'f16', SGSIZE: 32 });
+      if (p.name.startsWith('Xe2')) expect(d).toMatchObject({ SM: 8, SN: 16, SK: 16, SGSIZE: 16, SGCTL: true });
+      if (p.name.startsWith('RDNA3')) expect(d).toMatchObject({ SM: 16, SGSIZE: 32, SGCTL: true });
+    }
+    // --precision f32 keeps the direct f32 kernel on every device
+    expect(planConvFor(p.caps, family, 'f32', VAE_SHAPES[1]).kind).toBe('direct');
   });
 
   test('a 128 MiB binding limit: DiT attention at 1024² runs one batch item per dispatch (q is 217 MB)', () => {

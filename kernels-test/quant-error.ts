@@ -108,7 +108,7 @@ async function main(): Promise<void> {
       setWeightPolicy(ck, { weights: w });
       await g.sync();
       const base = g.pool.liveBytes;
-      const blk = await DoubleStreamBlock.load(g, ck, 'double_blocks.0', cfg);
+      const blk = await new DoubleStreamBlock(cfg).load(g, ck, 'double_blocks.0');
       await g.sync();
       const bytes = g.pool.liveBytes - base;
       const xi = g.upload(img, [B, L, H]), xt = g.upload(txt, [B, T, H]), sv = g.upload(vec, [B, H]);

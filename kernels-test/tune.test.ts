@@ -9,21 +9,21 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { getGpu, releaseGpu, randn, expectClose } from './harness.js';
 import * as ref from './ref/gemm.js';
-import { setKernelSettings } from '../src/runtime/caps.js';
-import { tune, loadTuned, adapterKey, shapeClass, candidates } from '../src/ops/tune.js';
+import { tune, tuneCacheTiles, loadTuned, adapterKey, shapeClass, candidates } from '../src/ops/tune.js';
 import { planGemm } from '../src/ops/plan-gemm.js';
 import { linear } from '../src/ops/linear.js';
+
+/** The tiled family, forced (the workgroup tiles are what is tuned), and the tune cache's tiles as the CLI loads them. */
+const TILED = { kernels: 'tiled' as const, tiles: tuneCacheTiles };
 
 const dir = mkdtempSync(join(tmpdir(), 'step1x-tune-'));
 const cache = join(dir, 'tune.json');
 const savedEnv = process.env.STEP1X_TUNE_CACHE;
 beforeAll(() => {
   process.env.STEP1X_TUNE_CACHE = cache;
-  setKernelSettings({ kernels: 'tiled' });
 });
 afterAll(() => {
   releaseGpu();
-  setKernelSettings({});
   if (savedEnv === undefined) delete process.env.STEP1X_TUNE_CACHE;
   else process.env.STEP1X_TUNE_CACHE = savedEnv;
 });
@@ -31,7 +31,7 @@ afterAll(() => {
 const S = { M: 33, K: 20, N: 17, wdt: 'f32' as const };
 
 test('tune caches the winner per adapter and shape class; the plan reuses it', async () => {
-  const g = await getGpu();
+  const g = await getGpu(TILED);
   expect(g.kernels).toBe('tiled');
   // two candidates keep the compile time down on lavapipe (every tile is its own pipeline)
   const res = await tune(g, [S, { ...S, M: 40 }], { reps: 1, maxCandidates: 2 });
@@ -49,7 +49,7 @@ test('tune caches the winner per adapter and shape class; the plan reuses it', a
 });
 
 test('a corrupt cache or an invalid cached tile is ignored', async () => {
-  const g = await getGpu();
+  const g = await getGpu(TILED);
   writeFileSync(cache, '{ not json');
   expect(loadTuned(g)).toBe(0);
   writeFileSync(cache, JSON.stringify({ [adapterKey(g)]: { [shapeClass('workgroup', S)]: { bm: 30, bn: 64, bk: 16, tm: 4, tn: 4 } } }));

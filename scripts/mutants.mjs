@@ -26,8 +26,7 @@ const MUTANTS = [
     id: 'gelu-erf',
     what: 'GELU-erf instead of GELU-tanh in the DiT double-block MLP',
     edits: [
-      { file: 'src/models/dit-blocks.ts', from: "import { silu } from '../ops/elementwise.js';", to: "import { silu, geluErf } from '../ops/elementwise.js';" },
-      { file: 'src/models/dit-blocks.ts', from: "const h = s.mlp[0].forward(m, 'gelu_tanh'); // [B, *, M]", to: 'const h0 = s.mlp[0].forward(m); const h = geluErf(h0); h0.dispose();' },
+      { file: 'src/models/dit-blocks.ts', from: "const mlp = (): Mlp => [new Linear(M, H), 'gelu_tanh', new Linear(H, M)];", to: "const mlp = (): Mlp => [new Linear(M, H), 'gelu_erf', new Linear(H, M)];" },
     ],
     tests: ['test/dit.test.ts'],
   },

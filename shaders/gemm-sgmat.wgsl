@@ -37,6 +37,9 @@ diagnostic(off, chromium.subgroup_matrix_uniformity);
 //                               lets a 128x128x32 tile fit 48 KiB)
 //   FLUSH                       (RES == f16) k-tiles per f16 chunk
 //   SGMIN                       the smallest subgroup the pipeline may get (sizes the lane-owned f32 sums)
+//   CONV, RESIDUAL, B_RES       implicit-GEMM conv (src/ops/conv.ts, plan src/ops/plan-conv.ts): A is gathered
+//                               from the conv input and the output written NCHW / token-major with bias,
+//                               residual and block accumulation (common/conv-gather.wgsl); never VEC / OVEC
 // Tile: BM = SGM*PM*SM rows by BN = SGN*PN*SN columns per workgroup. K loop: the next k-tile is staged into
 //   the other buffer while the current one is multiplied: one barrier per k-tile.
 // Dispatch: tiles_n * ceil(M / BM) groups folded as (wg_x, y). Tile order: groups of group_m row blocks
@@ -55,6 +58,12 @@ struct Params {
   x_off: u32, w_off: u32, b_off: u32, o_off: u32,
   ldo: u32, tiles_n: u32, wg_x: u32, group_m: u32,
   s_off: u32, row_words: u32, nb: u32, _pad2: u32,
+#ifdef CONV
+  // implicit-GEMM conv (common/conv-gather.wgsl; same order as conv2d.wgsl's shape fields)
+  H: u32, W: u32, CT: u32, Ho: u32, Wo: u32, OT: u32, KH: u32, KW: u32,
+  stride: u32, ups: u32, padT: u32, padL: u32, xs_c: u32, xs_y: u32, xs_x: u32, os_o: u32,
+  os_m: u32, r_off: u32, accum: u32, fin: u32, ldw: u32, _c0: u32, _c1: u32, _c2: u32,
+#endif
 }
 @group(0) @binding(0) var<uniform> U: Params;
 #ifdef VEC
@@ -93,6 +102,9 @@ struct Params {
 @group(0) @binding(B_OUT) var<storage, read_write> out: array<vec4<f32>>;
 #else
 @group(0) @binding(B_OUT) var<storage, read_write> out: array<f32>;
+#endif
+#ifdef RESIDUAL
+@group(0) @binding(B_RES) var<storage, read> res: array<f32>;
 #endif
 @group(0) @binding(B_OVF) var<storage, read_write> ovf: array<atomic<u32>>;
 
@@ -158,9 +170,13 @@ fn w_at(e: u32) -> f32 {
 #endif
 }
 
-// W(n, k) of the chunk.
+// W(n, k) of the chunk (conv: rows of all CT*KH*KW taps, the chunk's input channels from w_off).
 fn wval(n: u32, k: u32) -> f32 {
+#ifdef CONV
+  return w_at(U.w_off + n * U.ldw + k);
+#else
   return w_at(U.w_off + n * U.K + k);
+#endif
 }
 #endif
 
@@ -173,6 +189,19 @@ fn store_out(e: u32, v: f32) {
 }
 
 #include "common/gemm-epilogue.wgsl"
+#ifdef CONV
+#include "common/conv-gather.wgsl"
+#else
+// A(m, k): row m of x.
+fn a_val(m: u32, k: u32) -> f32 {
+  return x_at(U.x_off + m * U.K + k);
+}
+
+// The finished output element (m, n).
+fn put(m: u32, n: u32, s: f32) {
+  store_out(U.o_off + m * U.ldo + n, finish(s, n));
+}
+#endif
 
 // Narrow to f16; out-of-range values (|v| > 65504, inf) are replaced by 0 and reported.
 fn narrow(v: f32, bad: ptr<function, bool>) -> f16 {
@@ -247,15 +276,41 @@ fn stage(buf: u32, m0: u32, n0: u32, k0: u32, li: u32, bad: ptr<function, bool>)
 #endif
 #endif
 #else
+#ifdef CONV
+  // Gathered A: neighbouring lanes take neighbouring output pixels (neighbouring input pixels in NCHW).
+  // The planned tiles have WG % BM == 0: each lane then keeps one pixel (decoded once) and walks k.
+  if (WG % BM == 0u) {
+    let r = li % BM;
+    let m = m0 + r;
+    let base = a_base(m);
+    for (var kk = li / BM; kk < BK; kk += WG / BM) {
+      let k = k0 + kk;
+      var v = 0.0;
+      if (m < U.M && k < U.K) { v = a_tap(base, k); }
+      As[ab + r * BKP + kk] = narrow(v, bad);
+    }
+  } else {
+    for (var e = li; e < BM * BK; e += WG) {
+      let r = e % BM;
+      let kk = e / BM;
+      let m = m0 + r;
+      let k = k0 + kk;
+      var v = 0.0;
+      if (m < U.M && k < U.K) { v = a_val(m, k); }
+      As[ab + r * BKP + kk] = narrow(v, bad);
+    }
+  }
+#else
   for (var e = li; e < BM * BK; e += WG) {
     let r = e / BK;
     let kk = e % BK;
     let m = m0 + r;
     let k = k0 + kk;
     var v = 0.0;
-    if (m < U.M && k < U.K) { v = x_at(U.x_off + m * U.K + k); }
+    if (m < U.M && k < U.K) { v = a_val(m, k); }
     As[ab + r * BKP + kk] = narrow(v, bad);
   }
+#endif
   for (var e = li; e < BN * BK; e += WG) {
     let c = e / BK;
     let kk = e % BK;
@@ -361,8 +416,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       let n = n0 + e % BN;
       if (m < U.M && n < U.N) {
         var s = 0.0;
-        for (var k = 0u; k < U.K; k++) { s += x_at(U.x_off + m * U.K + k) * wval(n, k); }
-        store_out(ob + m * U.ldo + n, finish(s, n));
+        for (var k = 0u; k < U.K; k++) { s += a_val(m, k) * wval(n, k); }
+        put(m, n, s);
       }
     }
     return;
@@ -378,7 +433,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let e = lane + j * sg_size;
         let m = fm0 + e / SN;
         let n = fn0 + e % SN;
-        if (e < SM * SN && m < U.M && n < U.N) { store_out(ob + m * U.ldo + n, finish(accf[f * FE + j], n)); }
+        if (e < SM * SN && m < U.M && n < U.N) { put(m, n, accf[f * FE + j]); }
       }
     }
   }
@@ -394,6 +449,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       if (mine) {
         let fm0 = m0 + (sy * PM + f / PN) * SM;
         let fn0 = n0 + (sx * PN + f % PN) * SN;
+#ifdef CONV
+        // NCHW output: neighbouring lanes store neighbouring pixels of one channel.
+        for (var e = lane; e < SM * SN; e += sg_size) {
+          let m = fm0 + e % SM;
+          let n = fn0 + e / SM;
+          if (m < U.M && n < U.N) { put(m, n, Cs[slot + (e % SM) * SN + e / SM]); }
+        }
+#else
         for (var e = lane * 4u; e < SM * SN; e += sg_size * 4u) {
           let m = fm0 + e / SN;
           let n = fn0 + e % SN;
@@ -407,10 +470,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             }
 #endif
             for (var i = 0u; i < 4u; i++) {
-              if (n + i < U.N) { store_out(o + i, finish(Cs[c + i], n + i)); }
+              if (n + i < U.N) { put(m, n + i, Cs[c + i]); }
             }
           }
         }
+#endif
       }
       workgroupBarrier();
     }

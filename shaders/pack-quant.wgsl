@@ -2,20 +2,22 @@
 // the result of io/quant.ts quantizeBlocks (its plain-TS reference; test/weight-load.test.ts compares them).
 //   block j of QBLOCK = 32 weights: m = max |bits| (|bf16| orders as its low 15 bits), scale bits = table[m]
 //   (computed on the host by the reference itself, NaN / Inf blocks included), code = round-half-up(w / s)
-//   clamped to [QMIN, QMAX], in exact integer arithmetic: w = mw·2^ew (8 significant bits), s = ms·2^es
-//   (11), so w / s = mw / ms · 2^d and floor(w/s + 1/2) = floor((2·mw·2^d + ms) / (2·ms)), all in u32.
-// Defines: FMT = q8 | q4.
-// Bindings: 0 uniform {pairs, blocks, code_word0, scale_word0}; 1 x (u32 [chunk / 2]: bf16 pairs, row-major
-//   [rows, K] of the chunk); 2 table (u32 [32768]: f16 scale bits per m); 3 codes (u32, rw: the whole
-//   weight, q8 4 codes per word, q4 8 nibbles, code + 8, low nibble first); 4 scales (u32, rw: f16 pairs).
+//   clamped to [QMIN, QMAX], exact: an f32 quotient proposes the code and exact f32 products settle it
+//   (codes4). Vectorised over 4 words (8 weights) at a time, no integer division (which CPU backends such
+//   as lavapipe run one lane at a time).
+// Defines: FMT = q8 | q4; QSKEW (tests only) = a factor near 1 applied to the quotient, as an inexact
+//   division may be off, so that lavapipe's exact division still exercises the correction.
+// Bindings: 0 uniform {pairs, blocks, code_word0, scale_word0}; 1 x (vec4<u32> [chunk / 8]: bf16 pairs, row-major
+//   [rows, K] of the chunk); 2 table (u32 [32768]: f16 scale bits per m); 3 codes (vec4<u32>, rw: the whole
+//   weight, q8 4 codes per word, q4 8 nibbles, code + 8, low nibble first; a block's codes are whole vectors); 4 scales (u32, rw: f16 pairs).
 // One invocation per two blocks (so that it owns one whole scale word); workgroups of 64 along x. The host
 // starts every chunk on an even block, so scale words never straddle chunks.
 
 struct Params { pairs: u32, blocks: u32, code_word0: u32, scale_word0: u32 }
 @group(0) @binding(0) var<uniform> U: Params;
-@group(0) @binding(1) var<storage, read> x: array<u32>;
+@group(0) @binding(1) var<storage, read> x: array<vec4<u32>>; // a block per 4 vectors
 @group(0) @binding(2) var<storage, read> table: array<u32>;
-@group(0) @binding(3) var<storage, read_write> codes: array<u32>;
+@group(0) @binding(3) var<storage, read_write> codes: array<vec4<u32>>;
 @group(0) @binding(4) var<storage, read_write> scales: array<u32>;
 
 #if FMT == q8
@@ -26,48 +28,71 @@ const QMAX: i32 = 7;
 const QMIN: i32 = -8;
 #endif
 
-fn bf16_bits(i: u32) -> u32 {
-  return (x[i >> 1u] >> ((i & 1u) * 16u)) & 0xffffu;
-}
-
-// round-half-up(w / s) clamped, for a finite bf16 w and a positive finite f16 scale s (bits sb).
-fn code_of(wb: u32, sb: u32) -> i32 {
-  let ew = (wb >> 7u) & 0xffu;
-  let mw = select(wb & 0x7fu, (wb & 0x7fu) | 0x80u, ew != 0u);
+// f32 value of the positive finite f16 scale bits sb, built from its fields: exact for subnormal scales
+// (a block max below 127 · 2^-14) on GPUs that flush f16 denormals in unpack2x16float.
+fn scale_f32(sb: u32) -> f32 {
   let es = (sb >> 10u) & 0x1fu;
-  let ms = select(sb & 0x3ffu, (sb & 0x3ffu) | 0x400u, es != 0u);
-  if (mw == 0u) { return 0; }
-  // d = (ew' - 127 - 7) - (es' - 15 - 10), with the subnormal exponents 1
-  let d = i32(max(ew, 1u)) - 134 - (i32(max(es, 1u)) - 25);
-  let neg = (wb & 0x8000u) != 0u;
-  if (d > 20) { return select(QMAX, QMIN, neg); } // |w / s| > 2^20: clamped (cannot happen with a block's own scale)
-  if (d <= -10) { return 0; } // |w / s| < 255 · 2^-10 < 1/2
-  var num: u32;
-  var msk: u32; // ms·2^k for d = -k < 0, else ms
-  if (d >= 0) { num = (2u * mw) << u32(d); msk = ms; } else { num = 2u * mw; msk = ms << u32(-d); }
-  let den = 2u * msk;
-  var c: i32;
-  if (!neg) {
-    c = i32((num + msk) / den);
-  } else if (num > msk) {
-    c = -i32((num - msk + den - 1u) / den); // floor(-x + 1/2) = -ceil(x - 1/2)
-  } else {
-    c = 0;
-  }
-  return clamp(c, QMIN, QMAX);
+  let ms = sb & 0x3ffu;
+  return select(bitcast<f32>(((es + 112u) << 23u) | (ms << 13u)), f32(ms) * 0x1p-24f, es == 0u);
 }
 
-// The code of weight bits wb in a block whose scale bits are sb (NaN, Inf and zero scales as the reference).
-fn block_code(wb: u32, sb: u32) -> i32 {
+// round-half-up(w / s) clamped, for four finite weights w (f32, from bf16) and a positive finite scale s.
+// The quotient only proposes c: exact products then move it by one where it is wrong. |w| has 8 significant
+// bits and s 11, so (2c ± 1)·s (c ≤ 256) and 2|w| are exact in f32 and the comparisons decide exactly
+// (a quotient within 2.5 ulp, as WGSL allows, is off by at most one, next to a half-integer):
+//   w ≥ 0: c = floor(|w|/s + 1/2)  ⇔ (2c−1)s ≤ 2|w| < (2c+1)s
+//   w < 0: c = −ceil(|w|/s − 1/2)  ⇔ (2c−1)s < 2|w| ≤ (2c+1)s  (Math.round's tie towards +∞)
+// A subnormal |w| (flushed or not) gives 0, as it must: |w| < 2^-126 and s ≥ 2^-24.
+fn codes4(w: vec4<f32>, s: f32) -> vec4<i32> {
+  let a = 2.0 * abs(w);
+#ifdef QSKEW
+  var c = floor(min(abs(w) / s * QSKEW, vec4<f32>(256.0)) + 0.5); // tests: a quotient off by a factor
+#else
+  var c = floor(min(abs(w) / s, vec4<f32>(256.0)) + 0.5);
+#endif
+  let neg = w < vec4<f32>(0.0);
+  let hi = (2.0 * c + 1.0) * s;
+  let lo = (2.0 * c - 1.0) * s;
+  c = c + select(vec4<f32>(0.0), vec4<f32>(1.0), select(a >= hi, a > hi, neg));
+  c = c - select(vec4<f32>(0.0), vec4<f32>(1.0), select(a < lo, a <= lo, neg));
+  let ci = vec4<i32>(c);
+  return select(min(ci, vec4<i32>(QMAX)), max(-ci, vec4<i32>(QMIN)), neg);
+}
+
+// Codes of the weights of word vector v (two bf16 each: the low halves are the even weights) in a block
+// whose scale bits are sb; NaN, Inf and zero scales as the reference.
+fn block_codes(v: vec4<u32>, sb: u32, even: ptr<function, vec4<i32>>, odd: ptr<function, vec4<i32>>) {
   let sexp = sb & 0x7c00u;
-  if ((sb & 0x7fffu) == 0u || (sexp == 0x7c00u && (sb & 0x3ffu) != 0u)) { return 0; } // s = 0 or NaN: code 0
+  if ((sb & 0x7fffu) == 0u || (sexp == 0x7c00u && (sb & 0x3ffu) != 0u)) { // s = 0 or NaN: code 0
+    *even = vec4<i32>(0);
+    *odd = vec4<i32>(0);
+    return;
+  }
   if (sexp == 0x7c00u) {
     // s = +Inf (a block holding ±Inf, or an f16-overflowing max): w / Inf = 0; ±Inf / Inf = NaN, stored as
     // byte 0 (q8) / nibble 0 (q4) by the reference's integer conversion
-    if ((wb & 0x7f80u) == 0x7f80u) { return select(0, -8, QMIN == -8); }
-    return 0;
+    let inf = select(0, -8, QMIN == -8);
+    *even = select(vec4<i32>(0), vec4<i32>(inf), (v & vec4<u32>(0x7f80u)) == vec4<u32>(0x7f80u));
+    *odd = select(vec4<i32>(0), vec4<i32>(inf), ((v >> vec4<u32>(16u)) & vec4<u32>(0x7f80u)) == vec4<u32>(0x7f80u));
+    return;
   }
-  return code_of(wb, sb);
+  let s = scale_f32(sb);
+  *even = codes4(bitcast<vec4<f32>>(v << vec4<u32>(16u)), s);
+  *odd = codes4(bitcast<vec4<f32>>(v & vec4<u32>(0xffff0000u)), s);
+}
+
+// q8: weights 2k (e[k]) and 2k + 1 (o[k]) of a word are bytes 2k and 2k + 1
+fn q8word(e: vec2<i32>, o: vec2<i32>) -> u32 {
+  let be = vec2<u32>(e) & vec2<u32>(0xffu);
+  let bo = vec2<u32>(o) & vec2<u32>(0xffu);
+  return be.x | (bo.x << 8u) | (be.y << 16u) | (bo.y << 24u);
+}
+
+// q4: weight k of a word is nibble k (code + 8)
+fn q4word(e: vec4<i32>, o: vec4<i32>) -> u32 {
+  let ne = vec4<u32>(e + vec4<i32>(8)) & vec4<u32>(0xfu);
+  let no = vec4<u32>(o + vec4<i32>(8)) & vec4<u32>(0xfu);
+  return ne.x | (no.x << 4u) | (ne.y << 8u) | (no.y << 12u) | (ne.z << 16u) | (no.z << 20u) | (ne.w << 24u) | (no.w << 28u);
 }
 
 @compute @workgroup_size(64)
@@ -78,23 +103,30 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   for (var h = 0u; h < 2u; h++) {
     let j = 2u * p + h;
     if (j >= U.blocks) { break; }
-    let base = j * 32u;
-    var m = 0u;
-    for (var i = 0u; i < 32u; i++) { m = max(m, bf16_bits(base + i) & 0x7fffu); }
-    let sb = table[m];
+    // the block's 32 bf16 as 4 vectors of 4 words (weights 8i .. 8i + 7 in vector i)
+    let v0 = x[4u * j];
+    let v1 = x[4u * j + 1u];
+    let v2 = x[4u * j + 2u];
+    let v3 = x[4u * j + 3u];
+    let lo = vec4<u32>(0x7fffu);
+    let mv = max(max(max(v0 & lo, (v0 >> vec4<u32>(16u)) & lo), max(v1 & lo, (v1 >> vec4<u32>(16u)) & lo)),
+                 max(max(v2 & lo, (v2 >> vec4<u32>(16u)) & lo), max(v3 & lo, (v3 >> vec4<u32>(16u)) & lo)));
+    let sb = table[max(max(mv.x, mv.y), max(mv.z, mv.w))];
     sw = sw | (sb << (16u * h));
+    var e0: vec4<i32>; var o0: vec4<i32>; var e1: vec4<i32>; var o1: vec4<i32>;
+    var e2: vec4<i32>; var o2: vec4<i32>; var e3: vec4<i32>; var o3: vec4<i32>;
+    block_codes(v0, sb, &e0, &o0);
+    block_codes(v1, sb, &e1, &o1);
+    block_codes(v2, sb, &e2, &o2);
+    block_codes(v3, sb, &e3, &o3);
 #if FMT == q8
-    for (var w = 0u; w < 8u; w++) {
-      var word = 0u;
-      for (var b = 0u; b < 4u; b++) { word = word | ((u32(block_code(bf16_bits(base + 4u * w + b), sb)) & 0xffu) << (8u * b)); }
-      codes[U.code_word0 + j * 8u + w] = word;
-    }
+    // the block's 8 code words as 2 vectors; word 2i + t holds weights 8i + 4t .. 8i + 4t + 3
+    let c = U.code_word0 / 4u + 2u * j;
+    codes[c] = vec4<u32>(q8word(e0.xy, o0.xy), q8word(e0.zw, o0.zw), q8word(e1.xy, o1.xy), q8word(e1.zw, o1.zw));
+    codes[c + 1u] = vec4<u32>(q8word(e2.xy, o2.xy), q8word(e2.zw, o2.zw), q8word(e3.xy, o3.xy), q8word(e3.zw, o3.zw));
 #else
-    for (var w = 0u; w < 4u; w++) {
-      var word = 0u;
-      for (var b = 0u; b < 8u; b++) { word = word | ((u32(block_code(bf16_bits(base + 8u * w + b), sb) + 8) & 0xfu) << (4u * b)); }
-      codes[U.code_word0 + j * 4u + w] = word;
-    }
+    // the block's 4 code words as 1 vector; word i holds weights 8i .. 8i + 7
+    codes[U.code_word0 / 4u + j] = vec4<u32>(q4word(e0, o0), q4word(e1, o1), q4word(e2, o2), q4word(e3, o3));
 #endif
   }
   scales[U.scale_word0 + p] = sw;

@@ -167,7 +167,7 @@ describe('connector alone (GPU)', () => {
     const { ctx, emitted, check, io, g } = await goldenCtx('dit_tiny');
     const ck = await Checkpoint.open(join(ctx.caseDir, 'dit.safetensors'));
     const cfg = configFromCheckpoint(ck.keys(), (n) => (ck.has(n) ? ck.info(n).shape : undefined), { dit: ctx.spec.dit, connector: ctx.spec.connector });
-    const conn = await Qwen2Connector.load(g, ck, cfg.connector, cfg.version);
+    const conn = await new Qwen2Connector(cfg.connector, cfg.version).load(g, ck, 'connector');
     const [B, T] = io.tensors.get('in.mask')!.shape;
     const out = await conn.forward(g, await io.readF32('in.llm_embedding'), await io.readF32('in.t_vec'), await io.readF32('in.mask'), B, T, async (n, v, shape) =>
       ctx.emit(n, v instanceof Float32Array ? v : await g.readF32(v), shape),

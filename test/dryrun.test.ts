@@ -132,6 +132,10 @@ describe('step1x edit on a dry-run device at real size (header-only v1.1 fakes)'
     const big = d.kernels.filter((k) => k.shape.startsWith('dit.gemm') && Number(/M=(\d+)/.exec(k.shape)![1]) > 4);
     expect(big.length).toBeGreaterThan(5);
     for (const k of big) expect([k.variant.startsWith('gemm-sgmat.wgsl'), k.matrix_units, k.tile]).toEqual([true, true, expect.stringContaining('SM=16')]);
+    // every VAE conv (encode and decode, 1x1 and 3x3, stride 2, fused upsample) is an implicit GEMM on the matrix units
+    const convs = d.kernels.filter((k) => k.shape.startsWith('vae.conv'));
+    expect(convs.length).toBeGreaterThan(10);
+    for (const k of convs) expect([k.shape, k.variant.startsWith('gemm-sgmat.wgsl:main'), k.variant.includes('CONV'), k.matrix_units]).toEqual([k.shape, true, true, true]);
     expect(d.peak_bytes).toBeGreaterThan(24e9); // the DiT's bf16 weights alone are 24.9 GB
     expectSteadyState('h100 512 bf16', d, 80e9);
   });
@@ -153,6 +157,9 @@ describe('step1x edit on a dry-run device at real size (header-only v1.1 fakes)'
     const gemms = d.kernels.filter((k) => k.shape.startsWith('dit.gemm'));
     expect(gemms.length).toBeGreaterThan(0);
     expect(gemms.every((k) => !k.matrix_units)).toBe(true);
+    const convs = d.kernels.filter((k) => k.shape.startsWith('vae.conv'));
+    expect(convs.length).toBeGreaterThan(10);
+    expect(convs.every((k) => k.variant.startsWith('conv2d.wgsl:main') && !k.matrix_units)).toBe(true);
   });
 });
 

@@ -9,10 +9,12 @@ import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { getGpu, releaseGpu } from '../kernels-test/harness.js';
-import { setKernelSettings } from '../src/runtime/caps.js';
-import { adapterKey, loadTuned, shapeClass, tune, tuneCachePath } from '../src/ops/tune.js';
+import { adapterKey, loadTuned, tuneCacheTiles, shapeClass, tune, tuneCachePath } from '../src/ops/tune.js';
 import { planGemm } from '../src/ops/plan-gemm.js';
 import { ExitCode, Step1xError } from '../src/errors.js';
+
+/** The tiled family, forced (the workgroup tiles are what is tuned), and the tune cache's tiles as the CLI loads them. */
+const TILED = { kernels: 'tiled' as const, tiles: tuneCacheTiles };
 
 const dir = mkdtempSync(join(tmpdir(), 'step1x-tc-'));
 const saved = { c: process.env.STEP1X_TUNE_CACHE, x: process.env.XDG_CACHE_HOME };
@@ -20,7 +22,6 @@ const S = { M: 33, K: 20, N: 17, wdt: 'f32' as const };
 let warnings: string[] = [];
 const realWrite = process.stderr.write.bind(process.stderr);
 
-beforeAll(() => setKernelSettings({ kernels: 'tiled' }));
 beforeEach(() => {
   warnings = [];
   process.stderr.write = ((s: string) => (warnings.push(String(s)), true)) as typeof process.stderr.write;
@@ -28,13 +29,12 @@ beforeEach(() => {
 afterEach(() => void (process.stderr.write = realWrite));
 afterAll(() => {
   releaseGpu();
-  setKernelSettings({});
   for (const [k, v] of [['STEP1X_TUNE_CACHE', saved.c], ['XDG_CACHE_HOME', saved.x]] as const) if (v === undefined) delete process.env[k];
     else process.env[k] = v;
 });
 
 test('null, bk: 0, huge and string entries: each named and ignored, the plan keeps its default', async () => {
-  const g = await getGpu();
+  const g = await getGpu(TILED);
   const cache = join(dir, 'bad.json');
   process.env.STEP1X_TUNE_CACHE = cache;
   const cls = shapeClass('workgroup', S);
@@ -50,7 +50,7 @@ test('null, bk: 0, huge and string entries: each named and ignored, the plan kee
 });
 
 test('a FIFO, /dev/zero, a directory or a top-level [] as the cache: ignored at once with a warning', async () => {
-  const g = await getGpu();
+  const g = await getGpu(TILED);
   const fifo = join(dir, 'fifo.json');
   execFileSync('mkfifo', [fifo]);
   const d = join(dir, 'adir');
@@ -66,7 +66,7 @@ test('a FIFO, /dev/zero, a directory or a top-level [] as the cache: ignored at 
 });
 
 test('tune never overwrites a file that is not a tune cache (exit 7, the file intact)', async () => {
-  const g = await getGpu();
+  const g = await getGpu(TILED);
   for (const [name, text] of [['notes.txt', 'my notes, not JSON\n'], ['arr.json', '[]']]) {
     const p = join(dir, `w-${name}`);
     writeFileSync(p, text);

@@ -93,7 +93,7 @@ describe('quantizeBf16Into', () => {
 });
 
 describe('streamed loads read back exactly', () => {
-  // 1101 x 4128 bf16 = 9.1 MB: two 8 MiB chunks as stored; q8/q4 rows per chunk 1016 (even), last 85 (odd);
+  // 1101 x 4128 bf16 = 9.1 MB: three 4 MiB chunks as stored; q8/q4 rows per chunk 508 (even), last 85 (odd);
   // K / QBLOCK = 129 is odd, so only even row counts keep the scales' chunks in whole words.
   const N = 1101, K = 4128;
   const big = bf16Bits(N * K, 7);

@@ -66,3 +66,25 @@ export function groupNorm(x: ArrayLike<number>, B: number, C: number, HW: number
   }
   return out;
 }
+
+/**
+ * The conv as the GEMM the implicit-GEMM kernel computes: per batch item, A [Ho*Wo, C*KH*KW] (im2col of x,
+ * zeros in the padding) and W [O, C*KH*KW] (the weight as stored). For the f16-operand error bounds of
+ * kernels-test/ref/gemm.ts.
+ */
+export function im2col(x: ArrayLike<number>, s: ConvShape, bi: number, stride: number, pad: [number, number, number, number]): { A: Float64Array; M: number; K: number } {
+  const { C, H, W, KH, KW } = s;
+  const [pt, pb, pl, pr] = pad;
+  const Ho = Math.floor((H + pt + pb - KH) / stride) + 1, Wo = Math.floor((W + pl + pr - KW) / stride) + 1;
+  const M = Ho * Wo, K = C * KH * KW;
+  const A = new Float64Array(M * K);
+  for (let oy = 0; oy < Ho; oy++)
+    for (let ox = 0; ox < Wo; ox++)
+      for (let c = 0; c < C; c++)
+        for (let ky = 0; ky < KH; ky++)
+          for (let kx = 0; kx < KW; kx++) {
+            const iy = oy * stride - pt + ky, ix = ox * stride - pl + kx;
+            if (iy >= 0 && iy < H && ix >= 0 && ix < W) A[(oy * Wo + ox) * K + (c * KH + ky) * KW + kx] = x[((bi * C + c) * H + iy) * W + ix];
+          }
+  return { A, M, K };
+}

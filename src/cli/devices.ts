@@ -7,12 +7,13 @@ import type { Command } from 'commander';
 import { Gpu } from '../runtime/gpu.js';
 import { planGemm } from '../ops/plan-gemm.js';
 import { planAttention } from '../ops/plan-attention.js';
+import { gpuOptions, type KernelCliOptions } from './gpu-options.js';
 import { exitQuietlyOnEpipe, humanBytes } from './inspect.js';
 
 const BYTE_LIMITS = new Set(['maxStorageBufferBindingSize', 'maxBufferSize', 'maxComputeWorkgroupStorageSize', 'maxUniformBufferBindingSize']);
 
-export async function describeDevices(opts: { json?: boolean }): Promise<void> {
-  const g = await Gpu.create();
+export async function describeDevices(opts: { json?: boolean } & KernelCliOptions): Promise<void> {
+  const g = await Gpu.create(gpuOptions(opts));
   try {
     const d = g.describe();
     const used = d.features.filter((f) => g.hasFeature(f));
@@ -76,7 +77,7 @@ export function register(program: Command): void {
     .command('devices')
     .description('show the WebGPU adapter, its features and limits')
     .option('--json', 'print JSON')
-    .action(async (opts: { json?: boolean }) => {
+    .action(async (opts: { json?: boolean } & KernelCliOptions) => {
       exitQuietlyOnEpipe();
       await describeDevices(opts);
     });

@@ -18,6 +18,7 @@ import { reasonSummary } from '../pipeline/reason-edit.js';
 import { createReporter, fmtBytes, fmtSeconds, type Reporter } from './progress.js';
 import { packageVersion } from './main.js';
 import { collect, openWeightChoice, type WeightCliOptions } from './weights.js';
+import { gpuOptions, type KernelCliOptions } from './gpu-options.js';
 import { registerRunInput, stdoutWasClosed } from '../io/safe-write.js';
 import { sanitizeForTerminal } from './sanitize.js';
 import { parseCacheOption } from '../pipeline/teacache.js';
@@ -25,7 +26,7 @@ import { formatDryRun } from '../runtime/dryrun/index.js';
 import { outputFormatOf } from '../pipeline/output.js';
 import { parseCompat, parseVersion } from '../pipeline/official.js';
 
-export interface EditCliOptions extends WeightCliOptions {
+export interface EditCliOptions extends WeightCliOptions, KernelCliOptions {
   output?: string;
   model?: string;
   steps: string;
@@ -153,7 +154,7 @@ export async function withPipeline(files: ModelFiles, o: EditCliOptions, rep: Re
   const { EditPipeline } = await import('../pipeline/edit-pipeline.js'); // models load only for edits
   let pipe: EditPipeline;
   try {
-    pipe = await EditPipeline.load(files, { vramBudget: o.vramBudget ? parseBytes(o.vramBudget) : undefined, weights: wc.weights, loras: wc.loras, onProgress: (p) => render(rep, p) });
+    pipe = await EditPipeline.load(files, { vramBudget: o.vramBudget ? parseBytes(o.vramBudget) : undefined, weights: wc.weights, loras: wc.loras, device: gpuOptions(o), onProgress: (p) => render(rep, p) });
   } catch (e) {
     await wc.close();
     throw e;

@@ -8,6 +8,7 @@
 import type { Command } from 'commander';
 import { ExitCode, Step1xError } from '../errors.js';
 import { runGolden } from '../golden/runner.js';
+import { gpuOptions, type KernelCliOptions } from './gpu-options.js';
 import { formatDetail } from '../golden/compare.js';
 import { checkOutputPath } from '../pipeline/output.js';
 
@@ -18,11 +19,11 @@ export function register(program: Command): void {
     .argument('<case-dir>', 'golden case directory (case.json, io.safetensors, weights)')
     .option('--json', 'print one JSON report object on stdout (logs on stderr)')
     .option('--dump <file>', 'write every computed tensor to this safetensors file')
-    .action(async (caseDir: string, o: { json?: boolean; dump?: string }) => {
+    .action(async (caseDir: string, o: { json?: boolean; dump?: string } & KernelCliOptions) => {
       if (o.dump) checkOutputPath(o.dump); // a bad --dump path is found before the case runs
       let res;
       try {
-        res = await runGolden(caseDir, { dump: o.dump });
+        res = await runGolden(caseDir, { dump: o.dump, device: gpuOptions(o) });
       } catch (e) {
         // a case with missing or malformed files is an input error of this command (exit 2)
         if (e instanceof Step1xError && (e.code === ExitCode.WEIGHTS || e.code === ExitCode.INPUT)) throw new Step1xError(e.message, ExitCode.USAGE);

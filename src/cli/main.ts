@@ -19,7 +19,7 @@ import { register as registerPlan } from './plan.js';
 import { register as registerBatch } from './batch.js';
 import { register as registerGenerate } from './generate.js';
 import { register as registerTune } from './tune.js';
-import { setKernelSettings } from '../runtime/caps.js';
+import { parseKernelSettings } from '../runtime/caps.js';
 
 export function packageVersion(): string {
   const here = dirname(fileURLToPath(import.meta.url));
@@ -60,7 +60,7 @@ export function buildProgram(): Command {
       '--precision <mode>',
       'f32 | mixed: f16 operands with f32 accumulation, the default with subgroup matrices (env STEP1X_PRECISION)',
     );
-  program.hook('preAction', (_p, action) => setKernelSettings(action.opts<{ kernels?: string; precision?: string }>()));
+  program.hook('preAction', (_p, action) => void parseKernelSettings(action.opts<{ kernels?: string; precision?: string }>()));
   return program;
 }
 

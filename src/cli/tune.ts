@@ -8,6 +8,7 @@ import type { Command } from 'commander';
 import { Gpu } from '../runtime/gpu.js';
 import { fail } from '../errors.js';
 import { tune, modelShapes, tuneCachePath } from '../ops/tune.js';
+import { gpuOptions, type KernelCliOptions } from './gpu-options.js';
 
 export function register(program: Command): void {
   program
@@ -17,12 +18,12 @@ export function register(program: Command): void {
     .option('--max-dim <n>', 'cap every GEMM dimension (default: 512 on CPU adapters, none on GPUs)')
     .option('--reps <n>', 'timed runs per tile (minimum is kept)', '2')
     .option('--json', 'print the results as JSON')
-    .action(async (o: { size: string; maxDim?: string; reps: string; json?: boolean }) => {
+    .action(async (o: { size: string; maxDim?: string; reps: string; json?: boolean } & KernelCliOptions) => {
       const size = Number(o.size);
       if (size !== 512 && size !== 1024) fail(`--size must be 512 or 1024, got "${o.size}"`);
       const reps = Number(o.reps);
       if (!Number.isInteger(reps) || reps < 1) fail(`--reps must be a positive integer, got "${o.reps}"`);
-      const g = await Gpu.create();
+      const g = await Gpu.create(gpuOptions(o));
       try {
         const maxDim = o.maxDim !== undefined ? Number(o.maxDim) : g.caps.cpu ? 512 : 0;
         if (!Number.isInteger(maxDim) || maxDim < 0) fail(`--max-dim must be a non-negative integer, got "${o.maxDim}"`);

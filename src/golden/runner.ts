@@ -7,7 +7,7 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
-import { Gpu } from '../runtime/gpu.js';
+import { Gpu, type GpuOptions } from '../runtime/gpu.js';
 import { SafetensorsFile, writeSafetensors, type WriteTensor } from '../io/safetensors.js';
 import { ExitCode, Step1xError, fail } from '../errors.js';
 import { compareTensor, explainRankSwaps, findTolerance, reducedPrecision, type TensorDetail, type TensorResult, type Tolerance } from './compare.js';
@@ -24,8 +24,9 @@ export interface GoldenReport {
 export interface GoldenOptions {
   /** Write every computed tensor (not in.*) here. */
   dump?: string;
-  /** Use this runtime (tests); otherwise one is created and destroyed. */
+  /** Use this runtime (tests); otherwise one is created (with `device`) and destroyed. */
   gpu?: Gpu;
+  device?: GpuOptions;
   /** Progress lines (default: stderr). */
   log?: (msg: string) => void;
 }
@@ -123,7 +124,7 @@ export async function runGolden(caseDirArg: string, opts: GoldenOptions = {}): P
   let gpu = opts.gpu;
   const ownGpu = !gpu;
   try {
-    if (!gpu) gpu = await Gpu.create();
+    if (!gpu) gpu = await Gpu.create(opts.device);
     const ctx: GoldenContext = {
       caseDir, spec: caseJson.spec ?? {}, caseJson, io, gpu,
       input: (n) => {

@@ -9,11 +9,13 @@ import { ExitCode, Step1xError } from '../errors.js';
 /** One positional read at most this long (FileHandle.read takes an int32 length). */
 const READ_CHUNK = 1 << 30;
 /**
- * Chunk of a streamed tensor read (readChunks). 8 MiB: measured on the dev VM, positional reads from the
- * page cache into a reused buffer run at ~5 GB/s for 1–8 MiB and ~2.7 GB/s for 64 MiB (the copy no
- * longer stays in the CPU caches), and per-read overhead (~20 µs) is < 1 % at this size.
+ * Chunk of a streamed tensor read (readChunks), and so of each `queue.writeBuffer` of a load. 4 MiB: the
+ * size of the buffers of Dawn's upload ring (a larger write gets a staging buffer of its own). One sweep on
+ * the dev VM (lavapipe, page cache warm, 1.13 GB): read + writeBuffer at 1–4 MiB chunks ≈ 3.4–3.7 GB/s, at
+ * 8–16 MiB ≈ 0.6–0.9 GB/s (other sweeps, under heavier load, showed no difference); positional reads alone
+ * run alike from 1 to 8 MiB, and the per-read overhead (~20 µs) stays < 1 %.
  */
-export const LOAD_CHUNK_BYTES = 8 << 20;
+export const LOAD_CHUNK_BYTES = 4 << 20;
 
 /**
  * Read buffers shared by every file and stream: a stream takes two and gives them back when it ends, so a

@@ -16,16 +16,15 @@
  */
 import type { Gpu } from '../runtime/gpu.js';
 import type { Tensor } from '../runtime/tensor.js';
-import type { Checkpoint } from '../io/checkpoint.js';
 import { Linear } from '../nn/linear.js';
-import { loadWeight } from '../nn/weights.js';
-import { linear } from '../ops/linear.js';
+import { HostParam, Module, param, type TensorParam } from '../nn/module.js';
 import { layerNorm, gatedResidual } from '../ops/norm.js';
 import { silu, add } from '../ops/elementwise.js';
 import { chunkLast } from '../ops/layout.js';
 import { attention } from '../ops/attention.js';
 import { fail, fmtShape } from '../errors.js';
-import { CONNECTOR_GLOBAL_DIM, TIME_FREQ_DIM, type ConnectorParams, type DitVersion } from './dit-config.js';
+import { CONNECTOR_GLOBAL_DIM, TIME_FREQ_DIM, mlpHidden, type ConnectorParams, type DitVersion } from './dit-config.js';
+import { mlpForward, type Mlp } from './dit-blocks.js';
 
 const fr = Math.fround;
 
@@ -84,112 +83,118 @@ export function refinerAttnMask(mask: Float32Array, B: number, T: number): Float
 /** Split a fused projection [B, L, k·C] into k contiguous [B, L, C] parts (torch `.chunk(k, -1)`). */
 export const chunkLastDim = (x: Tensor, k: number): Tensor[] => chunkLast(x, k);
 
-/** Two-layer MLP `out(act(in(x)))` with the activation fused into the first GEMM. */
-export class SiluMlp {
-  constructor(
-    readonly l1: Linear,
-    readonly l2: Linear,
-  ) {}
-  forward(x: Tensor): Tensor {
-    const h = this.l1.forward(x, 'silu');
-    const y = this.l2.forward(h);
-    h.dispose();
-    return y;
+/** LayerNorm with affine (eps 1e-6): `weight`, `bias` [C]. */
+export class LayerNorm extends Module {
+  readonly weight: TensorParam;
+  readonly bias: TensorParam;
+  constructor(C: number) {
+    super();
+    [this.weight, this.bias] = [param(C), param(C)];
   }
-  dispose(): void {
-    this.l1.dispose();
-    this.l2.dispose();
+  forward(x: Tensor): Tensor {
+    return layerNorm(x, this.weight.value, this.bias.value, 1e-6);
+  }
+}
+
+/** `MLP(fc1 → SiLU → fc2)` of a refiner block. */
+export class SiluMlp extends Module {
+  readonly fc1: Linear;
+  readonly fc2: Linear;
+  constructor(C: number, hidden: number) {
+    super();
+    [this.fc1, this.fc2] = [new Linear(hidden, C), new Linear(C, hidden)];
+  }
+  forward(x: Tensor): Tensor {
+    return x.gpu.scope(() => this.fc2.forward(this.fc1.forward(x, 'silu')));
+  }
+}
+
+/** `TimestepEmbedder.mlp` = Sequential(Linear(256, CH), SiLU, Linear(CH, CH)). */
+export class TimestepEmbedder extends Module {
+  readonly mlp: Mlp;
+  constructor(CH: number) {
+    super();
+    this.mlp = [new Linear(CH, TIME_FREQ_DIM), 'silu', new Linear(CH, CH)];
+  }
+  forward(tFreq: Tensor): Tensor {
+    return mlpForward(this.mlp, tFreq);
+  }
+}
+
+/** `TextProjection`: linear_2(SiLU(linear_1(x))). */
+export class TextProjection extends Module {
+  readonly linear_1: Linear;
+  readonly linear_2: Linear;
+  constructor(Cin: number, CH: number) {
+    super();
+    [this.linear_1, this.linear_2] = [new Linear(CH, Cin), new Linear(CH, CH)];
+  }
+  forward(x: Tensor): Tensor {
+    return x.gpu.scope(() => this.linear_2.forward(this.linear_1.forward(x, 'silu')));
   }
 }
 
 /** IndividualTokenRefinerBlock: `connector.S.individual_token_refiner.blocks.{i}`. */
-export class IndividualTokenRefinerBlock {
-  constructor(
-    readonly heads: number,
-    readonly norm1: { weight: Tensor; bias: Tensor },
-    readonly self_attn_qkv: Linear,
-    readonly self_attn_proj: Linear,
-    readonly norm2: { weight: Tensor; bias: Tensor },
-    readonly mlp: SiluMlp, // mlp.fc1 → SiLU → mlp.fc2
-    readonly adaLN_modulation: Linear, // adaLN_modulation.1 (after SiLU)
-  ) {}
+export class IndividualTokenRefinerBlock extends Module {
+  readonly norm1: LayerNorm;
+  readonly self_attn_qkv: Linear;
+  readonly self_attn_proj: Linear;
+  readonly norm2: LayerNorm;
+  readonly mlp: SiluMlp;
+  readonly adaLN_modulation: ['silu', Linear]; // Sequential(SiLU, Linear): SiLU(c) computed once by the caller
 
-  static async load(g: Gpu, ckpt: Checkpoint, p: string, heads: number): Promise<IndividualTokenRefinerBlock> {
-    const w = (n: string) => loadWeight(g, ckpt, `${p}.${n}`);
-    return new IndividualTokenRefinerBlock(
-      heads,
-      { weight: await w('norm1.weight'), bias: await w('norm1.bias') },
-      await Linear.load(g, ckpt, `${p}.self_attn_qkv`),
-      await Linear.load(g, ckpt, `${p}.self_attn_proj`),
-      { weight: await w('norm2.weight'), bias: await w('norm2.bias') },
-      new SiluMlp(await Linear.load(g, ckpt, `${p}.mlp.fc1`), await Linear.load(g, ckpt, `${p}.mlp.fc2`)),
-      await Linear.load(g, ckpt, `${p}.adaLN_modulation.1`),
-    );
+  constructor(
+    C: number,
+    readonly heads: number,
+  ) {
+    super();
+    [this.norm1, this.self_attn_qkv, this.self_attn_proj] = [new LayerNorm(C), new Linear(3 * C, C), new Linear(C, C)];
+    [this.norm2, this.mlp, this.adaLN_modulation] = [new LayerNorm(C), new SiluMlp(C, mlpHidden(C, 4.0)), ['silu', new Linear(2 * C, C)]];
   }
 
   /** x [B, T, C], siluC = SiLU(c) [B, C], attnMask [B, T, T] → [B, T, C]. */
   forward(x: Tensor, siluC: Tensor, attnMask: Tensor): Tensor {
-    const [B, T, C] = x.shape;
-    const mod = this.adaLN_modulation.forward(siluC); // [B, 2C]
-    const [gateMsa, gateMlp] = chunkLastDim(mod, 2); // [B, C] each
-    mod.dispose();
-    const n1 = layerNorm(x, this.norm1.weight, this.norm1.bias, 1e-6);
-    const qkv = this.self_attn_qkv.forward(n1); // [B, T, 3C]
-    n1.dispose();
-    const hd = C / this.heads;
-    const [q, k, v] = chunkLastDim(qkv, 3).map((t) => { const r = t.reshape([B, T, this.heads, hd]); t.dispose(); return r; });
-    qkv.dispose();
-    const att = attention(q, k, v, { mask: attnMask }); // [B, T, heads, hd]
-    q.dispose(); k.dispose(); v.dispose();
-    const att2 = att.reshape([B, T, C]);
-    att.dispose();
-    const proj = this.self_attn_proj.forward(att2);
-    att2.dispose();
-    const x1 = gatedResidual(x, gateMsa, proj);
-    proj.dispose();
-    const n2 = layerNorm(x1, this.norm2.weight, this.norm2.bias, 1e-6);
-    const m = this.mlp.forward(n2);
-    n2.dispose();
-    const x2 = gatedResidual(x1, gateMlp, m);
-    for (const t of [m, x1, gateMsa, gateMlp]) t.dispose();
-    return x2;
+    const g = x.gpu;
+    return g.scope(() => {
+      const [gateMsa, gateMlp] = g.scope(() => chunkLastDim(this.adaLN_modulation[1].forward(siluC), 2)); // [B, C] each
+      const x1 = g.scope(() => gatedResidual(x, gateMsa, this.self_attn_proj.forward(this.selfAttention(x, attnMask))));
+      return gatedResidual(x1, gateMlp, g.scope(() => this.mlp.forward(this.norm2.forward(x1))));
+    });
   }
 
-  dispose(): void {
-    for (const t of [this.norm1.weight, this.norm1.bias, this.norm2.weight, this.norm2.bias]) t.dispose();
-    this.self_attn_qkv.dispose();
-    this.self_attn_proj.dispose();
-    this.mlp.dispose();
-    this.adaLN_modulation.dispose();
+  /** attn(LN1(x)) with the refiner mask, no q/k norm: [B, T, C]. */
+  private selfAttention(x: Tensor, attnMask: Tensor): Tensor {
+    const g = x.gpu, [B, T, C] = x.shape;
+    return g.scope(() => {
+      const [q, k, v] = g.scope(() => chunkLastDim(g.scope(() => this.self_attn_qkv.forward(this.norm1.forward(x))), 3)).map((t) => t.reshape([B, T, this.heads, C / this.heads]));
+      return attention(q, k, v, { mask: attnMask }).reshape([B, T, C]);
+    });
   }
 }
 
-/** SingleTokenRefiner `connector.S`: input_embedder, t_embedder.mlp.{0,2}, c_embedder.linear_{1,2}, blocks. */
-export class SingleTokenRefiner {
-  constructor(
-    readonly input_embedder: Linear,
-    readonly t_embedder: SiluMlp,
-    readonly c_embedder: SiluMlp,
-    readonly blocks: IndividualTokenRefinerBlock[],
-  ) {}
-
-  static async load(g: Gpu, ckpt: Checkpoint, p: string, cfg: ConnectorParams): Promise<SingleTokenRefiner> {
-    const L = (n: string) => Linear.load(g, ckpt, `${p}.${n}`);
-    const blocks: IndividualTokenRefinerBlock[] = [];
-    for (let i = 0; i < cfg.depth; i++) blocks.push(await IndividualTokenRefinerBlock.load(g, ckpt, `${p}.individual_token_refiner.blocks.${i}`, cfg.heads_num));
-    return new SingleTokenRefiner(
-      await L('input_embedder'),
-      new SiluMlp(await L('t_embedder.mlp.0'), await L('t_embedder.mlp.2')),
-      new SiluMlp(await L('c_embedder.linear_1'), await L('c_embedder.linear_2')),
-      blocks,
-    );
+/** IndividualTokenRefiner: `blocks`. */
+export class IndividualTokenRefiner extends Module {
+  readonly blocks: IndividualTokenRefinerBlock[];
+  constructor(cfg: ConnectorParams) {
+    super();
+    this.blocks = Array.from({ length: cfg.depth }, () => new IndividualTokenRefinerBlock(cfg.hidden_size, cfg.heads_num));
   }
+}
 
-  dispose(): void {
-    this.input_embedder.dispose();
-    this.t_embedder.dispose();
-    this.c_embedder.dispose();
-    for (const b of this.blocks) b.dispose();
+/** SingleTokenRefiner `connector.S`: input_embedder, t_embedder, c_embedder, individual_token_refiner. */
+export class SingleTokenRefiner extends Module {
+  readonly input_embedder: Linear;
+  readonly t_embedder: TimestepEmbedder;
+  readonly c_embedder: TextProjection;
+  readonly individual_token_refiner: IndividualTokenRefiner;
+  constructor(cfg: ConnectorParams) {
+    super();
+    const CH = cfg.hidden_size;
+    [this.input_embedder, this.t_embedder, this.c_embedder] = [new Linear(CH, cfg.in_channels), new TimestepEmbedder(CH), new TextProjection(cfg.in_channels, CH)];
+    this.individual_token_refiner = new IndividualTokenRefiner(cfg);
+  }
+  get blocks(): IndividualTokenRefinerBlock[] {
+    return this.individual_token_refiner.blocks;
   }
 }
 
@@ -214,109 +219,89 @@ export class ConnectorText {
     /** refiner self-attention mask [B, T, T] */
     readonly attnMask: Tensor,
   ) {}
+  get tensors(): Tensor[] {
+    return [this.y, this.cEmb, this.xEmbed, this.attnMask];
+  }
   dispose(): void {
-    for (const t of [this.y, this.cEmb, this.xEmbed, this.attnMask]) t.dispose();
+    for (const t of this.tensors) t.dispose();
   }
 }
 
 /** Qwen2Connector `connector.*`. */
-export class Qwen2Connector {
+export class Qwen2Connector extends Module {
+  /** connector.scale_factor (a [1] parameter of v1.0), read to the host; absent in v1.1 / v1.2. */
+  readonly scale_factor: HostParam | undefined;
+  readonly S: SingleTokenRefiner;
+  readonly global_proj_out: Linear;
+
   constructor(
     readonly cfg: ConnectorParams,
-    readonly S: SingleTokenRefiner,
-    readonly global_proj_out: Linear,
-    /** connector.scale_factor (a [1] parameter of v1.0), read to the host; undefined for v1.1, which has none. */
-    readonly scale_factor: number | undefined,
-  ) {}
-
-  static async load(g: Gpu, ckpt: Checkpoint, cfg: ConnectorParams, version: DitVersion, prefix = 'connector'): Promise<Qwen2Connector> {
-    let sf: number | undefined;
-    if (version === 'v1.0') {
-      const v = await ckpt.readF32(`${prefix}.scale_factor`);
-      if (v.length !== 1) fail(`${prefix}.scale_factor must hold 1 value, has ${v.length}`);
-      sf = v[0];
-    }
-    return new Qwen2Connector(cfg, await SingleTokenRefiner.load(g, ckpt, `${prefix}.S`, cfg), await Linear.load(g, ckpt, `${prefix}.global_proj_out`), sf);
+    version: DitVersion,
+  ) {
+    super();
+    this.scale_factor = version === 'v1.0' ? new HostParam([1]) : undefined;
+    this.S = new SingleTokenRefiner(cfg);
+    this.global_proj_out = new Linear(CONNECTOR_GLOBAL_DIM, cfg.in_channels);
   }
 
   /**
    * What depends on the edit and not on the step (x: llm_embedding [B, T, Cin] host f32, zero-padded;
    * mask [B, T] 0/1): computed and uploaded once per edit, reused by every step's forward (a DiT predictor
    * holds it). The 18 MB embedding upload, the masked means, y, c_embedder(mean), input_embedder(x) and
-   * the refiner mask [B, T, T] are all here; only t varies per step.
+   * the refiner mask [B, T, T] are all here; only t varies per step. The tensors belong to the caller's scope.
    */
   async prepare(g: Gpu, x: Float32Array, mask: Float32Array, B: number, T: number, tap?: Tap): Promise<ConnectorText> {
     const Cin = this.cfg.in_channels, CH = this.cfg.hidden_size;
     if (x.length !== B * T * Cin) fail(`connector: llm_embedding has ${x.length} values, expected [${B},${T},${Cin}]`);
     if (mask.length !== B * T) fail(`connector: mask has ${mask.length} values, expected [${B},${T}]`);
-    // global branch: masked mean (× (1 + scale_factor) in v1.0; v1.1 uses it unscaled) → global_proj_out → y [B, 768]
-    const mean = maskedMean(x, mask, B, T, Cin); // [B, Cin]
-    let meanScaled = mean;
-    if (this.scale_factor !== undefined) {
-      const s = fr(1 + fr(this.scale_factor));
-      meanScaled = mean.map((v) => fr(v * s));
-      await tap?.('mid.connector.x_mean_scaled', meanScaled, [B, Cin]);
-    }
-    await tap?.('mid.connector.context_mean', mean, [B, Cin]);
-    const ms = g.upload(meanScaled, [B, Cin]);
-    const y = this.global_proj_out.forward(ms); // [B, 768]
-    ms.dispose();
-    if (y.shape[1] !== CONNECTOR_GLOBAL_DIM) fail(`connector: global_proj_out gives ${fmtShape(y.shape)}, expected [${B},${CONNECTOR_GLOBAL_DIM}]`);
-    const cm = g.upload(mean, [B, Cin]);
-    const cEmb = this.S.c_embedder.forward(cm); // [B, CH]
-    cm.dispose();
-    await tap?.('mid.connector.c_emb', cEmb, [B, CH]);
-    const xs = g.upload(x, [B, T, Cin]);
-    const xEmbed = this.S.input_embedder.forward(xs); // [B, T, CH]
-    xs.dispose();
-    await tap?.('mid.connector.x_embed', xEmbed, [B, T, CH]);
-    const maskHost = refinerAttnMask(mask, B, T);
-    await tap?.('mid.connector.self_attn_mask', maskHost, [B, 1, T, T]);
-    const attnMask = g.upload(maskHost, [B, T, T]);
-    return new ConnectorText(B, T, y, cEmb, xEmbed, attnMask);
+    const t = await g.scopeAsync(async () => {
+      // global branch: masked mean (× (1 + scale_factor) in v1.0; v1.1 uses it unscaled) → global_proj_out → y [B, 768]
+      const mean = maskedMean(x, mask, B, T, Cin); // [B, Cin]
+      let meanScaled = mean;
+      if (this.scale_factor) {
+        const s = fr(1 + fr(this.scale_factor.value.data[0]));
+        meanScaled = mean.map((v) => fr(v * s));
+        await tap?.('mid.connector.x_mean_scaled', meanScaled, [B, Cin]);
+      }
+      await tap?.('mid.connector.context_mean', mean, [B, Cin]);
+      const y = this.global_proj_out.forward(g.upload(meanScaled, [B, Cin])); // [B, 768]
+      if (y.shape[1] !== CONNECTOR_GLOBAL_DIM) fail(`connector: global_proj_out gives ${fmtShape(y.shape)}, expected [${B},${CONNECTOR_GLOBAL_DIM}]`);
+      const cEmb = this.S.c_embedder.forward(g.upload(mean, [B, Cin])); // [B, CH]
+      await tap?.('mid.connector.c_emb', cEmb, [B, CH]);
+      const xEmbed = this.S.input_embedder.forward(g.upload(x, [B, T, Cin])); // [B, T, CH]
+      await tap?.('mid.connector.x_embed', xEmbed, [B, T, CH]);
+      const maskHost = refinerAttnMask(mask, B, T);
+      await tap?.('mid.connector.self_attn_mask', maskHost, [B, 1, T, T]);
+      return [y, cEmb, xEmbed, g.upload(maskHost, [B, T, T])];
+    });
+    return new ConnectorText(B, T, t[0], t[1], t[2], t[3]);
   }
 
   /**
    * t: t_vec [B] in [0, 1]; `text` from prepare() (kept by the caller across steps), or x and mask to
-   * prepare it for this call only. The caller disposes the returned tensors.
+   * prepare it for this call only. The returned tensors belong to the caller's scope.
    */
   async forward(g: Gpu, x: Float32Array | ConnectorText, t: ArrayLike<number>, mask: Float32Array | undefined, B: number, T: number, tap?: Tap): Promise<ConnectorOut> {
     const CH = this.cfg.hidden_size;
     if (t.length !== B) fail(`connector: t has ${t.length} values, expected [${B}]`);
-    const own = !(x instanceof ConnectorText);
-    const text = x instanceof ConnectorText ? x : await this.prepare(g, x, mask!, B, T, tap);
-    if (text.B !== B || text.T !== T) fail(`connector: prepared text is [${text.B}, ${text.T}], the step asks for [${B}, ${T}]`);
-    try {
+    return g.scopeAsync(async () => {
+      const text = x instanceof ConnectorText ? x : await this.prepare(g, x, mask!, B, T, tap);
+      if (text.B !== B || text.T !== T) fail(`connector: prepared text is [${text.B}, ${text.T}], the step asks for [${B}, ${T}]`);
       // t·1000 (Qwen2Connector) → TimestepEmbedder (no further factor) → t_emb [B, CH]
-      const tf = g.upload(timestepEmbedding(Array.from(t, (v) => fr(fr(v) * 1000))), [B, TIME_FREQ_DIM]);
-      const tEmb = this.S.t_embedder.forward(tf);
-      tf.dispose();
+      const tEmb = this.S.t_embedder.forward(g.upload(timestepEmbedding(Array.from(t, (v) => fr(fr(v) * 1000))), [B, TIME_FREQ_DIM]));
       await tap?.('mid.connector.t_emb', tEmb, [B, CH]);
       const c = add(tEmb, text.cEmb); // [B, CH]
-      tEmb.dispose();
       await tap?.('mid.connector.c', c, [B, CH]);
       const siluC = silu(c); // adaLN_modulation = Sequential(SiLU, Linear): shared by every block
-      c.dispose();
-      let h = text.xEmbed;
-      for (let i = 0; i < this.S.blocks.length; i++) {
-        const nh = this.S.blocks[i].forward(h, siluC, text.attnMask);
-        if (h !== text.xEmbed) h.dispose();
-        h = nh;
+      let h = text.xEmbed.reshape(text.xEmbed.shape); // a view: the prepared text stays the caller's
+      for (const [i, blk] of this.S.blocks.entries()) {
+        h = blk.forward(h, siluC, text.attnMask);
         await tap?.(`mid.connector.refiner${i}.x`, h, [B, T, CH]);
       }
-      siluC.dispose();
-      if (h === text.xEmbed) h = h.reshape(h.shape); // depth 0: the caller's own reference
       const y = text.y.reshape(text.y.shape);
       await tap?.('mid.connector.txt', h, [B, T, CH]);
       await tap?.('mid.connector.y', y, [B, CONNECTOR_GLOBAL_DIM]);
       return { txt: h, y };
-    } finally {
-      if (own) text.dispose();
-    }
-  }
-
-  dispose(): void {
-    this.S.dispose();
-    this.global_proj_out.dispose();
+    });
   }
 }

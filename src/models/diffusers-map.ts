@@ -1,6 +1,6 @@
 /**
- * diffusers names → our modules. Our DiT and VAE modules carry the official key names (dit-config.ts,
- * vae-config.ts); a diffusers `transformer/` (Step1XEditTransformer2DModel, the fork's
+ * diffusers names → our modules. Our DiT and VAE modules carry the official key names (the DiT's are derived
+ * from its module declaration, nn/module.ts → dit-config.ts expectedDitKeys; vae-config.ts); a diffusers `transformer/` (Step1XEditTransformer2DModel, the fork's
  * scripts/convert_step1x_edit_to_diffusers.py) or `vae/` (AutoencoderKL) is opened as a Checkpoint.view
  * under those names, so loading, streaming, --weights and the VRAM plan see one key set. The key set is
  * checked in the FILE's names first (every missing, unexpected or mis-shaped diffusers tensor named).

@@ -12,6 +12,9 @@
 import { ExitCode, Step1xError, fail } from '../errors.js';
 import type { Checkpoint } from '../io/checkpoint.js';
 import { gpuTensorBytes, weightPolicy, type WeightPolicy } from '../nn/weight.js';
+import type { Module } from '../nn/module.js';
+import { ditKeys } from './dit.js';
+import { DoubleStreamBlock, SingleStreamBlock } from './dit-blocks.js';
 
 /** `Step1XParams` (modules/model_edit.py). */
 export interface DitParams {
@@ -119,67 +122,10 @@ export function validateConfig(c: Step1xConfig): void {
 
 /**
  * Every tensor name → shape of `Step1XEdit.state_dict()` for this config (the real config gives exactly
- * the 817 tensors of step1x-edit-i1258.safetensors), in the checkpoint's order.
+ * the 817 tensors of step1x-edit-i1258.safetensors), derived from the declared modules (nn/module.ts).
  */
 export function expectedDitKeys(c: Step1xConfig): Map<string, number[]> {
-  const d = c.dit, k = c.connector, H = d.hidden_size, hd = headDim(d), M = mlpHidden(H, d.mlp_ratio);
-  const m = new Map<string, number[]>();
-  const lin = (p: string, out: number, inp: number, bias = true) => {
-    m.set(`${p}.weight`, [out, inp]);
-    if (bias) m.set(`${p}.bias`, [out]);
-  };
-  lin('img_in', H, d.in_channels);
-  lin('time_in.in_layer', H, TIME_FREQ_DIM);
-  lin('time_in.out_layer', H, H);
-  lin('vector_in.in_layer', H, d.vec_in_dim);
-  lin('vector_in.out_layer', H, H);
-  lin('txt_in', H, d.context_in_dim);
-  for (let i = 0; i < d.depth; i++) {
-    for (const s of ['img', 'txt']) {
-      const p = `double_blocks.${i}.${s}`;
-      lin(`${p}_mod.lin`, 6 * H, H);
-      lin(`${p}_attn.qkv`, 3 * H, H, d.qkv_bias);
-      m.set(`${p}_attn.norm.query_norm.scale`, [hd]);
-      m.set(`${p}_attn.norm.key_norm.scale`, [hd]);
-      lin(`${p}_attn.proj`, H, H);
-      lin(`${p}_mlp.0`, M, H);
-      lin(`${p}_mlp.2`, H, M);
-    }
-  }
-  for (let i = 0; i < d.depth_single_blocks; i++) {
-    const p = `single_blocks.${i}`;
-    lin(`${p}.linear1`, 3 * H + M, H);
-    lin(`${p}.linear2`, H, H + M);
-    m.set(`${p}.norm.query_norm.scale`, [hd]);
-    m.set(`${p}.norm.key_norm.scale`, [hd]);
-    lin(`${p}.modulation.lin`, 3 * H, H);
-  }
-  lin('final_layer.linear', d.out_channels, H);
-  lin('final_layer.adaLN_modulation.1', 2 * H, H);
-  // Qwen2Connector
-  const CH = k.hidden_size, CM = mlpHidden(CH, 4.0);
-  if (c.version === 'v1.0') m.set('connector.scale_factor', [1]);
-  lin('connector.S.input_embedder', CH, k.in_channels);
-  lin('connector.S.t_embedder.mlp.0', CH, TIME_FREQ_DIM);
-  lin('connector.S.t_embedder.mlp.2', CH, CH);
-  lin('connector.S.c_embedder.linear_1', CH, k.in_channels);
-  lin('connector.S.c_embedder.linear_2', CH, CH);
-  for (let i = 0; i < k.depth; i++) {
-    const p = `connector.S.individual_token_refiner.blocks.${i}`;
-    m.set(`${p}.norm1.weight`, [CH]);
-    m.set(`${p}.norm1.bias`, [CH]);
-    lin(`${p}.self_attn_qkv`, 3 * CH, CH);
-    lin(`${p}.self_attn_proj`, CH, CH);
-    m.set(`${p}.norm2.weight`, [CH]);
-    m.set(`${p}.norm2.bias`, [CH]);
-    lin(`${p}.mlp.fc1`, CM, CH);
-    lin(`${p}.mlp.fc2`, CH, CM);
-    lin(`${p}.adaLN_modulation.1`, 2 * CH, CH);
-  }
-  lin('connector.global_proj_out', CONNECTOR_GLOBAL_DIM, k.in_channels);
-  // v1.2: context += text_mask · Linear(text embeddings) (the fork hard-codes 3584 → 4096 = connector in → hidden)
-  if (c.version === 'v1.2') lin('text_token_mapping', CH, k.in_channels);
-  return m;
+  return ditKeys(c);
 }
 
 /** Hyper-parameters given beside the weights: step1x.json's / a golden spec's sections, and a requested version. */
@@ -355,10 +301,12 @@ export function planResidency(ckpt: Checkpoint, d: DitParams, opts: DitLoadOptio
   const keys = ckpt.keys();
   const policy = opts.weights ? ditWeightPolicy(opts.weights) : weightPolicy(ckpt);
   const tensorBytes = (k: string) => gpuTensorBytes(ckpt.info(k), policy).reduce((s, b) => s + pooledBytes(b), 0);
-  const bytesOf = (prefix: string) => keys.filter((k) => k.startsWith(prefix)).reduce((s, k) => s + tensorBytes(k), 0);
+  // a block's bytes from its declaration (nn/module.ts): the tensors it loads, in the formats it loads them
+  const blockBytes = (m: Module, prefix: string) => m.gpuBytes(ckpt, prefix, pooledBytes, policy);
+  const [dbl, sgl] = [new DoubleStreamBlock(d), new SingleStreamBlock(d)];
   const slots: Slot[] = [];
-  for (let i = 0; i < d.depth; i++) slots.push({ kind: 'double', i, prefix: `double_blocks.${i}.`, bytes: bytesOf(`double_blocks.${i}.`) });
-  for (let i = 0; i < d.depth_single_blocks; i++) slots.push({ kind: 'single', i, prefix: `single_blocks.${i}.`, bytes: bytesOf(`single_blocks.${i}.`) });
+  for (let i = 0; i < d.depth; i++) slots.push({ kind: 'double', i, prefix: `double_blocks.${i}.`, bytes: blockBytes(dbl, `double_blocks.${i}`) });
+  for (let i = 0; i < d.depth_single_blocks; i++) slots.push({ kind: 'single', i, prefix: `single_blocks.${i}.`, bytes: blockBytes(sgl, `single_blocks.${i}`) });
   const blockTotal = slots.reduce((s, b) => s + b.bytes, 0);
   // scale_factor is read to the host, never uploaded
   const fixedBytes = keys.filter((k) => !/^(double|single)_blocks\./.test(k) && k !== 'connector.scale_factor').reduce((s, k) => s + tensorBytes(k), 0);

@@ -10,13 +10,14 @@ import { Checkpoint, checkKeys } from '../io/checkpoint.js';
 import { Linear } from '../nn/linear.js';
 import { setWeightPolicy } from '../nn/weight.js';
 import { BlockStream } from '../nn/block-stream.js';
+import { Module, hold } from '../nn/module.js';
 import { silu, add, sub } from '../ops/elementwise.js';
 import { layerNorm } from '../ops/norm.js';
 import { concat, slice } from '../ops/layout.js';
 import { Qwen2Connector, timestepEmbedding, type ConnectorText, type Tap } from './connector.js';
 import { configFromCheckpoint, ditWeightPolicy, expectedDitKeys, planResidency, TIME_FREQ_DIM, type DitHparams, type DitLoadOptions, type DitParams, type DitVersion, type Slot, type Step1xConfig } from './dit-config.js';
 import { fail } from '../errors.js';
-import { disposeAll, DoubleStreamBlock, EmbedND, LastLayer, MLPEmbedder, RopePe, SingleStreamBlock } from './dit-blocks.js';
+import { DoubleStreamBlock, EmbedND, LastLayer, MLPEmbedder, RopePe, SingleStreamBlock } from './dit-blocks.js';
 import { openDitWeights } from './diffusers-map.js';
 export * from './dit-blocks.js';
 export type { DitLoadOptions } from './dit-config.js';
@@ -74,33 +75,44 @@ export interface DitPredictor {
   dispose(): void;
 }
 
-export class Step1XEdit {
-  /** Blocks kept on the GPU; undefined entries are streamed from `ckpt` on every forward. */
-  readonly double_blocks: (DoubleStreamBlock | undefined)[];
-  readonly single_blocks: (SingleStreamBlock | undefined)[];
+export class Step1XEdit extends Module {
+  readonly img_in: Linear;
+  readonly time_in: MLPEmbedder;
+  readonly vector_in: MLPEmbedder;
+  readonly txt_in: Linear;
+  /** Loaded when resident; streamed ones are loaded for one forward at a time (nn/block-stream.ts). */
+  readonly double_blocks: DoubleStreamBlock[];
+  readonly single_blocks: SingleStreamBlock[];
+  readonly final_layer: LastLayer;
+  readonly connector: Qwen2Connector;
+  /** v1.2 only (enable_text_token_mapping): Linear(connector in → connector hidden) */
+  readonly text_token_mapping: Linear | undefined;
   readonly pe_embedder: EmbedND;
+  readonly cfg: DitParams;
+  /** Set by `load`. */
+  private g!: Gpu;
+  private ckpt!: Checkpoint;
+  private slots!: Slot[];
+  /** All blocks in execution order on the shared streaming engine (nn/block-stream.ts). */
+  private blocks!: BlockStream<Block>;
   /** Set by `open`: close() also closes the checkpoint. */
   private ownsCheckpoint = false;
 
-  private constructor(
-    readonly g: Gpu,
-    readonly ckpt: Checkpoint,
-    readonly cfg: DitParams,
-    readonly img_in: Linear,
-    readonly time_in: MLPEmbedder,
-    readonly vector_in: MLPEmbedder,
-    readonly txt_in: Linear,
-    readonly final_layer: LastLayer,
-    readonly connector: Qwen2Connector,
-    /** v1.2 only (enable_text_token_mapping): Linear(connector in → connector hidden) */
-    readonly text_token_mapping: Linear | undefined,
-    private readonly slots: Slot[],
-    /** All blocks in execution order on the shared streaming engine (nn/block-stream.ts). */
-    private readonly blocks: BlockStream<Block>,
-  ) {
-    this.pe_embedder = new EmbedND(cfg.axes_dim, cfg.theta);
-    this.double_blocks = slots.filter((s) => s.kind === 'double').map((_, j) => blocks.residentAt(j) as DoubleStreamBlock | undefined);
-    this.single_blocks = slots.filter((s) => s.kind === 'single').map((_, j) => blocks.residentAt(cfg.depth + j) as SingleStreamBlock | undefined);
+  /** The declared model of a config: its keys (expectedDitKeys), shapes and byte counts; `load` fills it. */
+  constructor(c: Step1xConfig) {
+    super();
+    const d = (this.cfg = c.dit), H = d.hidden_size;
+    this.img_in = new Linear(H, d.in_channels);
+    this.time_in = new MLPEmbedder(TIME_FREQ_DIM, H);
+    this.vector_in = new MLPEmbedder(d.vec_in_dim, H);
+    this.txt_in = new Linear(H, d.context_in_dim);
+    this.double_blocks = Array.from({ length: d.depth }, () => new DoubleStreamBlock(d));
+    this.single_blocks = Array.from({ length: d.depth_single_blocks }, () => new SingleStreamBlock(d));
+    this.final_layer = new LastLayer(H, d.out_channels);
+    this.connector = new Qwen2Connector(c.connector, c.version);
+    // v1.2: context += text_mask · Linear(text embeddings) (the fork hard-codes 3584 → 4096 = connector in → hidden)
+    this.text_token_mapping = c.version === 'v1.2' ? new Linear(c.connector.hidden_size, c.connector.in_channels) : undefined;
+    this.pe_embedder = new EmbedND(d.axes_dim, d.theta);
   }
 
   /** v1.0, v1.1 or v1.2, as the weights tell (connector.scale_factor present, text_token_mapping present, neither). */
@@ -114,21 +126,17 @@ export class Step1XEdit {
    * text_embeds [B, T, Cin] are Qwen's embed_tokens rows (vision features on image tokens); text_mask [B, T] 0/1.
    */
   async textTokenMapping(textEmbeds: Float32Array, textMask: ArrayLike<number>, B: number, T: number): Promise<Float32Array> {
-    const lin = this.text_token_mapping;
+    const lin = this.text_token_mapping, g = this.g;
     if (!lin) fail(`dit: the weights have no text_token_mapping (a ${this.version} model); only v1.2 maps text tokens`);
     const Cin = lin.inFeatures, CH = lin.outFeatures;
     if (textEmbeds.length !== B * T * Cin || textMask.length !== B * T) fail(`dit: text_embeds / text_mask must be [${B},${T},${Cin}] / [${B},${T}]`);
-    const x = this.g.upload(textEmbeds, [B, T, Cin]);
-    const y = lin.forward(x);
-    x.dispose();
-    const out = await this.g.readF32(y);
-    y.dispose();
+    const out = await g.scopeAsync(() => g.readF32(lin.forward(g.upload(textEmbeds, [B, T, Cin]))));
     for (let r = 0; r < B * T; r++) if (!textMask[r]) out.fill(0, r * CH, (r + 1) * CH);
     return out;
   }
 
   get streamedBlocks(): number {
-    return this.double_blocks.filter((b) => !b).length + this.single_blocks.filter((b) => !b).length;
+    return this.blocks.streamedCount;
   }
 
   /**
@@ -137,30 +145,20 @@ export class Step1XEdit {
    * activation reserve and room for two streamed blocks of each kind (current + read-ahead; dit-config.ts streamReserve).
    */
   static async load(g: Gpu, ckpt: Checkpoint, cfg: Step1xConfig, opts: DitLoadOptions = {}): Promise<Step1XEdit> {
-    const d = cfg.dit;
     if (opts.weights) setWeightPolicy(ckpt, ditWeightPolicy(opts.weights)); // streamed blocks load under it too
-    const plan = planResidency(ckpt, d, opts);
-    const slots = plan.slots;
-    const residentIdx = plan.resident;
-    // on a failure part-way (bad tensor, out of memory) free what was already uploaded
-    const loaded: { dispose(): void }[] = [];
-    const keep = <T extends { dispose(): void }>(x: T): T => (loaded.push(x), x);
+    const m = new Step1XEdit(cfg);
+    const plan = planResidency(ckpt, cfg.dit, opts);
+    const all: Block[] = [...m.double_blocks, ...m.single_blocks];
+    [m.g, m.ckpt, m.slots] = [g, ckpt, plan.slots];
+    m.blocks = new BlockStream<Block>(all.length, (j) => all[j].load(g, ckpt, plan.slots[j].prefix.slice(0, -1)), (j) => plan.resident.has(j));
     try {
-      const img_in = keep(await Linear.load(g, ckpt, 'img_in'));
-      const time_in = keep(await MLPEmbedder.load(g, ckpt, 'time_in'));
-      const vector_in = keep(await MLPEmbedder.load(g, ckpt, 'vector_in'));
-      const txt_in = keep(await Linear.load(g, ckpt, 'txt_in'));
-      const final_layer = keep(await LastLayer.load(g, ckpt, 'final_layer'));
-      const connector = keep(await Qwen2Connector.load(g, ckpt, cfg.connector, cfg.version));
-      const text_token_mapping = ckpt.has('text_token_mapping.weight') ? keep(await Linear.load(g, ckpt, 'text_token_mapping', { bias: true })) : undefined;
-      const blocks = new BlockStream<Block>(slots.length, (j) => loadSlot(g, ckpt, slots[j], d), (j) => residentIdx.has(j));
-      await blocks.preload();
-      keep({ dispose: () => void blocks.dispose() });
-      return new Step1XEdit(g, ckpt, d, img_in, time_in, vector_in, txt_in, final_layer, connector, text_token_mapping, slots, blocks);
+      for (const [name, child] of m.children()) if (!/^(double|single)_blocks\./.test(name)) await child.load(g, ckpt, name);
+      await m.blocks.preload();
     } catch (e) {
-      for (const x of loaded) x.dispose();
+      m.dispose(); // on a failure part-way (bad tensor, out of memory) free what was already uploaded
       throw e;
     }
+    return m;
   }
 
   /**
@@ -191,131 +189,73 @@ export class Step1XEdit {
     return { pe: RopePe.build(this.g, this.pe_embedder.table(ids, B, T + L), B, T + L, hd), ids };
   }
 
-  /** `Step1XEdit.forward` → pred [B, L, out_channels] (velocity of ALL image tokens). */
+  /** `Step1XEdit.forward` → pred [B, L, out_channels] (velocity of ALL image tokens); the caller's tensor. */
   async forward(x: DitInputs, tap?: Tap): Promise<Tensor> {
     const g = this.g, cfg = this.cfg, { B, L, T } = x, H = cfg.hidden_size;
     if (x.img.length !== B * L * cfg.in_channels) fail(`dit: img has ${x.img.length} values, expected [${B},${L},${cfg.in_channels}]`);
     if (x.imgIds.length !== B * L * 3 || x.txtIds.length !== B * T * 3) fail(`dit: img_ids / txt_ids must be [${B},${L},3] / [${B},${T},3]`);
     if (x.timesteps.length !== B) fail(`dit: timesteps has ${x.timesteps.length} values, expected ${B}`);
-    const conn = await this.connector.forward(g, x.text?.connector ?? x.llmEmbedding, x.tVec, x.mask, B, T, tap);
-    const y = conn.y;
-    let ctxt = conn.txt;
-    if (x.contextAdd) {
-      // v1.2: context = connector(embeds) + text_mask · text_token_mapping(text_embeds)
-      const a = g.upload(x.contextAdd, [...ctxt.shape]);
-      const c2 = add(ctxt, a);
-      disposeAll(ctxt, a);
-      ctxt = c2;
-      await tap?.('mid.context_in', ctxt, [...ctxt.shape]);
-    }
-    const imgIn = g.upload(x.img, [B, L, cfg.in_channels]);
-    let img = this.img_in.forward(imgIn); // [B, L, H]
-    imgIn.dispose();
-    await tap?.('mid.img_embed', img, [B, L, H]);
-    const tfHost = timestepEmbedding(x.timesteps, TIME_FREQ_DIM, 10000, 1000);
-    await tap?.('mid.time_freq', tfHost, [B, TIME_FREQ_DIM]);
-    const tf = g.upload(tfHost, [B, TIME_FREQ_DIM]);
-    const tEmb = this.time_in.forward(tf); // [B, H]
-    tf.dispose();
-    await tap?.('mid.time_in', tEmb, [B, H]);
-    const vIn = x.text ? x.text.vIn.reshape(x.text.vIn.shape) : this.vector_in.forward(y);
-    y.dispose();
-    await tap?.('mid.vector_in', vIn, [B, H]);
-    const vec = add(tEmb, vIn);
-    disposeAll(tEmb, vIn);
-    await tap?.('mid.vec', vec, [B, H]);
-    const siluVec = silu(vec); // every Modulation / adaLN applies SiLU(vec) first
-    vec.dispose();
-    let txt = this.txt_in.forward(ctxt); // [B, T, H]
-    ctxt.dispose();
-    await tap?.('mid.txt_embed', txt, [B, T, H]);
-    // TeaCache: decide from double_blocks[0].img_norm1(img_in(img)) (LayerNorm, no affine, no modulation)
-    const imgEmbed = x.cache ? img : undefined;
-    if (x.cache) {
-      const tracked = layerNorm(img, undefined, undefined, 1e-6);
-      const host = await g.readF32(tracked);
-      tracked.dispose();
-      const run = x.cache.policy.decide(host);
-      x.cache.skipped = !run && x.cache.residual !== undefined;
-      if (x.cache.skipped) {
-        const imgOut = add(img, x.cache.residual!);
-        disposeAll(img, txt);
-        const pred = this.final_layer.forward(imgOut, siluVec);
-        disposeAll(imgOut, siluVec);
-        return pred;
+    return g.scopeAsync(async () => {
+      const conn = await this.connector.forward(g, x.text?.connector ?? x.llmEmbedding, x.tVec, x.mask, B, T, tap);
+      let ctxt = conn.txt;
+      if (x.contextAdd) {
+        // v1.2: context = connector(embeds) + text_mask · text_token_mapping(text_embeds)
+        ctxt = add(ctxt, g.upload(x.contextAdd, [...ctxt.shape]));
+        await tap?.('mid.context_in', ctxt, [...ctxt.shape]);
       }
-    }
-    let pe = x.pe;
-    if (!pe) {
-      const r = this.ropeFor(x.txtIds, x.imgIds, B, T, L);
-      pe = r.pe;
-      await tap?.('mid.ids', r.ids, [B, T + L, 3]);
-      await tap?.('mid.pe', pe.pe, [B, 1, T + L, cfg.axes_dim.reduce((a, b) => a + b, 0) / 2, 2, 2]);
-    }
-    // Blocks, streaming the non-resident ones with one block of read-ahead (nn/block-stream.ts).
-    let joint: Tensor | undefined;
-    try {
-      for (let j = 0; j < this.slots.length; j++) {
-        await g.pace(); // backpressure: at most g.maxInFlight submits ahead of the GPU (runtime/gpu.ts)
-        const blk = await this.blocks.get(j);
+      const img = this.img_in.forward(g.upload(x.img, [B, L, cfg.in_channels])); // [B, L, H]
+      await tap?.('mid.img_embed', img, [B, L, H]);
+      const tfHost = timestepEmbedding(x.timesteps, TIME_FREQ_DIM, 10000, 1000);
+      await tap?.('mid.time_freq', tfHost, [B, TIME_FREQ_DIM]);
+      const tEmb = this.time_in.forward(g.upload(tfHost, [B, TIME_FREQ_DIM])); // [B, H]
+      await tap?.('mid.time_in', tEmb, [B, H]);
+      const vIn = x.text ? x.text.vIn.reshape(x.text.vIn.shape) : this.vector_in.forward(conn.y);
+      await tap?.('mid.vector_in', vIn, [B, H]);
+      const vec = add(tEmb, vIn);
+      await tap?.('mid.vec', vec, [B, H]);
+      const siluVec = silu(vec); // every Modulation / adaLN applies SiLU(vec) first
+      const txt = this.txt_in.forward(ctxt); // [B, T, H]
+      await tap?.('mid.txt_embed', txt, [B, T, H]);
+      // TeaCache: decide from double_blocks[0].img_norm1(img_in(img)) (LayerNorm, no affine, no modulation)
+      if (x.cache) {
+        const run = x.cache.policy.decide(await g.readF32(layerNorm(img, undefined, undefined, 1e-6)));
+        x.cache.skipped = !run && x.cache.residual !== undefined;
+        if (x.cache.skipped) return this.final_layer.forward(add(img, x.cache.residual!), siluVec);
+      }
+      let pe = x.pe;
+      if (!pe) {
+        const r = this.ropeFor(x.txtIds, x.imgIds, B, T, L);
+        pe = r.pe;
+        await tap?.('mid.ids', r.ids, [B, T + L, 3]);
+        await tap?.('mid.pe', pe.pe, [B, 1, T + L, cfg.axes_dim.reduce((a, b) => a + b, 0) / 2, 2, 2]);
+      }
+      const rope = pe;
+      // The blocks, streaming the non-resident ones with one block of read-ahead; the residual streams are
+      // the carry, each replaced one freed as soon as the next exists (img_in's output kept for TeaCache).
+      const out = await this.blocks.scan(g, [img, txt], async (blk, j, [a, b]) => {
         const slot = this.slots[j];
-        try {
-          if (blk instanceof DoubleStreamBlock) {
-            const [i2, t2] = blk.forward(img, txt, siluVec, pe);
-            if (img !== imgEmbed) img.dispose(); // TeaCache keeps img_in's output for the residual
-            txt.dispose();
-            img = i2;
-            txt = t2;
-            await tap?.(`mid.double${slot.i}.img`, img, [B, L, H]);
-            await tap?.(`mid.double${slot.i}.txt`, txt, [B, T, H]);
-          } else {
-            if (!joint) {
-              joint = concat([txt, img], 1); // [B, T+L, H]: text first
-              txt.dispose();
-              if (img !== imgEmbed) img.dispose();
-            }
-            const j2 = blk.forward(joint, siluVec, pe);
-            joint.dispose();
-            joint = j2;
-            await tap?.(`mid.single${slot.i}.x`, joint, [B, T + L, H]);
-          }
-        } finally {
-          this.blocks.release(j, blk); // streamed: freed; commands using it are recorded, queue order protects reuse
+        if (blk instanceof DoubleStreamBlock) {
+          const [img2, txt2] = blk.forward(a, b, siluVec, rope);
+          await tap?.(`mid.double${slot.i}.img`, img2, [B, L, H]);
+          await tap?.(`mid.double${slot.i}.txt`, txt2, [B, T, H]);
+          return [img2, txt2];
         }
-        g.flush(); // let the GPU run this block while the next one is read
-      }
-      let imgOut: Tensor;
-      if (joint) {
-        imgOut = slice(joint, 1, T, L);
-        joint.dispose();
-      } else {
-        imgOut = img;
-        txt.dispose();
-      }
-      if (x.cache && imgEmbed) {
-        x.cache.residual?.dispose();
-        x.cache.residual = sub(imgOut, imgEmbed);
-        if (imgEmbed !== imgOut) imgEmbed.dispose();
-      }
+        const joint = blk.forward(b ? concat([b, a], 1) : a, siluVec, rope); // [B, T+L, H]: text first
+        await tap?.(`mid.single${slot.i}.x`, joint, [B, T + L, H]);
+        return [joint];
+      }, { keep: x.cache ? [img] : [] });
+      const imgOut = out.length === 1 ? slice(out[0], 1, T, L) : out[0];
+      if (x.cache) x.cache.residual = hold(x.cache.residual, sub(imgOut, img));
       await tap?.('mid.final.in', imgOut, [B, L, H]);
-      const pred = this.final_layer.forward(imgOut, siluVec); // [B, L, out]
-      disposeAll(imgOut, siluVec);
-      if (!x.pe) pe.dispose();
-      return pred;
-    } catch (e) {
-      this.blocks.abandon();
-      throw e;
-    }
+      return this.final_layer.forward(imgOut, siluVec); // [B, L, out]
+    });
   }
 
-  /**
-   * A sampling.Predictor over fixed conditioning (rows: cond, uncond). The rope table is built once;
-   * a batch of 1 (no CFG) uses the first row.
-   */
-  /** The per-edit text conditioning (connector.prepare, then vector_in(y)) of B rows, for DitInputs.text. */
+  /** The per-edit text conditioning (connector.prepare, then vector_in(y)) of B rows, for DitInputs.text; kept until its dispose(). */
   async prepareText(llmEmbedding: Float32Array, mask: Float32Array, B: number, T: number): Promise<PreparedText> {
     const connector = await this.connector.prepare(this.g, llmEmbedding, mask, B, T);
     const vIn = this.vector_in.forward(connector.y);
+    for (const t of [...connector.tensors, vIn]) this.g.keep(t);
     return {
       connector,
       vIn,
@@ -326,10 +266,14 @@ export class Step1XEdit {
     };
   }
 
+  /**
+   * A sampling.Predictor over fixed conditioning (rows: cond, uncond). The rope table is built once;
+   * a batch of 1 (no CFG) uses the first row.
+   */
   predictor(c: { llmEmbedding: Float32Array; mask: Float32Array; imgIds: Float32Array; txtIds: Float32Array; T: number; L: number; cache?: BlockCache; contextAdd?: Float32Array }): DitPredictor & { cacheState?: BlockCacheState } {
-    const { T, L } = c;
+    const { T, L } = c, g = this.g;
     const cacheState: BlockCacheState | undefined = c.cache ? { policy: c.cache } : undefined;
-    const { pe } = this.ropeFor(c.txtIds.subarray(0, T * 3), c.imgIds.subarray(0, L * 3), 1, T, L);
+    const { pe } = g.untracked(() => this.ropeFor(c.txtIds.subarray(0, T * 3), c.imgIds.subarray(0, L * 3), 1, T, L));
     const Cin = c.llmEmbedding.length / (c.mask.length / T) / T;
     const texts = new Map<number, PreparedText>(); // per batch size (cond + uncond, or one row)
     return {
@@ -339,14 +283,12 @@ export class Step1XEdit {
         const llmEmbedding = c.llmEmbedding.subarray(0, B * T * Cin), mask = c.mask.subarray(0, B * T);
         let text = texts.get(B);
         if (!text) texts.set(B, (text = await this.prepareText(llmEmbedding, mask, B, T)));
-        const out = await this.forward({
+        const inputs: DitInputs = {
           img, imgIds: rowsIds(c.imgIds, L), txtIds: rowsIds(c.txtIds, T), timesteps: tv, tVec: tv,
           llmEmbedding, mask, B, L, T, pe, cache: cacheState, text,
           ...(c.contextAdd ? { contextAdd: c.contextAdd.subarray(0, (c.contextAdd.length / (c.mask.length / T)) * B) } : {}),
-        });
-        const host = await this.g.readF32(out);
-        out.dispose();
-        return host;
+        };
+        return g.scopeAsync(async () => g.readF32(await this.forward(inputs)));
       },
       cacheState,
       dispose: () => {
@@ -358,15 +300,10 @@ export class Step1XEdit {
     };
   }
 
-  dispose(): void {
-    this.img_in.dispose();
-    this.time_in.dispose();
-    this.vector_in.dispose();
-    this.txt_in.dispose();
-    this.final_layer.dispose();
-    this.connector.dispose();
-    this.text_token_mapping?.dispose();
-    void this.blocks.dispose(); // resident blocks are freed synchronously
+  /** Free the resident weights and any read-ahead block. */
+  override dispose(): void {
+    super.dispose();
+    void this.blocks?.dispose(); // resident blocks are freed synchronously
   }
 
   /** dispose(), and close the checkpoint when `open` opened it. */
@@ -376,7 +313,7 @@ export class Step1XEdit {
   }
 }
 
-function loadSlot(g: Gpu, ckpt: Checkpoint, s: Slot, cfg: DitParams): Promise<Block> {
-  const p = s.prefix.slice(0, -1);
-  return s.kind === 'double' ? DoubleStreamBlock.load(g, ckpt, p, cfg) : SingleStreamBlock.load(g, ckpt, p, cfg);
+/** Every tensor name → shape of `Step1XEdit.state_dict()` for this config, derived from the declared modules. */
+export function ditKeys(c: Step1xConfig): Map<string, number[]> {
+  return new Step1XEdit(c).expectedKeys();
 }

@@ -6,7 +6,12 @@
  * recorded (the buffer pool hands memory back only to later dispatches, which WebGPU orders after it).
  * Which blocks are resident is the caller's residency plan (models/dit-config.ts planResidency for the DiT,
  * models/qwen25vl/loader.ts residencyPlan for Qwen, both counted by nn/weight.ts gpuTensorBytes).
+ * `scan` runs a forward pass over all blocks with their lifetimes handled here, not in the model: each
+ * block's step is a tensor scope, streamed weights are freed after it, and the carried residual streams
+ * are replaced (JAX `lax.scan`'s carry).
  */
+import type { Gpu } from '../runtime/gpu.js';
+import type { Tensor } from '../runtime/tensor.js';
 import { fail } from '../errors.js';
 
 export class BlockStream<T extends { dispose(): void }> {
@@ -66,6 +71,36 @@ export class BlockStream<T extends { dispose(): void }> {
         break;
       }
     return p;
+  }
+
+  /**
+   * One pass over every block: `step(block, i, carry)` runs in its own tensor scope and returns the next
+   * carry (tensors made in the step survive only through it). The carry it replaces is freed as soon as the
+   * next exists, except tensors in `keep` (and the caller's first carry stays the caller's to free: it lives
+   * in the caller's scope, freeing it here is only early). Backpressure before each block (runtime/gpu.ts
+   * pace); a flush after it lets the GPU run the block while the next one is read.
+   */
+  async scan<C extends Tensor[]>(g: Gpu, init: C, step: (block: T, i: number, carry: C) => Promise<C>, opts: { keep?: readonly Tensor[] } = {}): Promise<C> {
+    let carry = init;
+    try {
+      for (let i = 0; i < this.count; i++) {
+        await g.pace(); // at most g.maxInFlight submits ahead of the GPU
+        const block = await this.get(i);
+        let next: C;
+        try {
+          next = await g.scopeAsync(() => step(block, i, carry));
+        } finally {
+          this.release(i, block); // streamed: freed; commands using it are recorded, queue order protects reuse
+        }
+        for (const t of carry) if (!next.includes(t) && !opts.keep?.includes(t)) t.dispose();
+        carry = next;
+        g.flush();
+      }
+      return carry;
+    } catch (e) {
+      this.abandon();
+      throw e;
+    }
   }
 
   release(i: number, block: T): void {

@@ -1,17 +1,19 @@
 /**
- * Linear layer holding checkpoint weights: `w` [N, K] (a Weight: f32 / f16 / bf16, or packed fp8 / q8 / q4
- * with LoRA adapters, see nn/weight.ts), optional `bias` [N].
- * `Linear.load(g, ckpt, 'double_blocks.0.img_attn.qkv')` reads `<prefix>.weight` under the checkpoint's
- * WeightPolicy and `<prefix>.bias` (when present). forward(x [..., K]) = x · Wᵀ + b; `rows(start, n)` is
- * the Linear of output rows [start, start + n) (fused qkv / linear1), sharing the GPU memory.
+ * Linear layer holding checkpoint weights: `weight` [N, K] (a Weight: f32 / f16 / bf16, or packed fp8 / q8 /
+ * q4 with LoRA adapters, see nn/weight.ts), optional `bias` [N]. forward(x [..., K]) = x · Wᵀ + b;
+ * `rows(start, n)` is the Linear of output rows [start, start + n) (fused qkv / linear1), sharing the GPU memory.
+ *
+ *   new Linear(N, K, { bias })       declared (a field of a Module; loaded by Module.load under its prefix)
+ *   new Linear(weight, bias?, name)  built from tensors already on the GPU
+ *   Linear.load(g, ckpt, 'double_blocks.0.img_attn.qkv')  standalone, shapes from the checkpoint
  */
 import type { Gpu } from '../runtime/gpu.js';
 import type { Tensor } from '../runtime/tensor.js';
 import type { Checkpoint } from '../io/checkpoint.js';
 import type { Activation } from '../ops/linear.js';
 import { ExitCode, Step1xError, fmtShape } from '../errors.js';
-import { loadWeight } from './weights.js';
-import { Weight, loadLinearWeight } from './weight.js';
+import { Weight } from './weight.js';
+import { Module, TensorParam, WeightParam } from './module.js';
 
 export interface LinearLoadOptions {
   as?: 'native' | 'f32';
@@ -21,60 +23,71 @@ export interface LinearLoadOptions {
   bias?: boolean;
 }
 
-export class Linear {
-  readonly w: Weight;
-  constructor(
-    weight: Tensor | Weight,
-    public bias?: Tensor,
-    readonly name = '',
-  ) {
-    if (!(weight instanceof Weight) && weight.rank !== 2) throw new Step1xError(`Linear ${name}: weight must be [N, K], got ${fmtShape(weight.shape)}`, ExitCode.WEIGHTS);
-    this.w = weight instanceof Weight ? weight : Weight.plain(weight);
-    if (bias && (bias.rank !== 1 || bias.shape[0] !== this.w.N))
-      throw new Step1xError(`Linear ${name}: bias ${fmtShape(bias.shape)} does not match weight ${fmtShape(this.w.shape)}`, ExitCode.WEIGHTS);
+export class Linear extends Module {
+  private readonly wp: WeightParam;
+  private readonly bp: TensorParam | undefined;
+  readonly name: string;
+
+  constructor(outFeatures: number, inFeatures: number, opts?: { bias?: boolean; as?: 'native' | 'f32' });
+  constructor(weight: Tensor | Weight, bias?: Tensor, name?: string);
+  constructor(a: number | Tensor | Weight, b?: number | Tensor, c?: string | { bias?: boolean; as?: 'native' | 'f32' }) {
+    super();
+    if (typeof a === 'number') {
+      const o = (c ?? {}) as { bias?: boolean; as?: 'native' | 'f32' };
+      this.name = '';
+      this.wp = new WeightParam([a, b as number], o.as);
+      this.bp = o.bias === false ? undefined : new TensorParam([a], o.as);
+      return;
+    }
+    const name = (c as string | undefined) ?? '';
+    const bias = b as Tensor | undefined;
+    if (!(a instanceof Weight) && a.rank !== 2) throw new Step1xError(`Linear ${name}: weight must be [N, K], got ${fmtShape(a.shape)}`, ExitCode.WEIGHTS);
+    const w = a instanceof Weight ? a : Weight.plain(a);
+    if (bias && (bias.rank !== 1 || bias.shape[0] !== w.N))
+      throw new Step1xError(`Linear ${name}: bias ${fmtShape(bias.shape)} does not match weight ${fmtShape(w.shape)}`, ExitCode.WEIGHTS);
+    this.name = name;
+    this.wp = new WeightParam(w.shape).set(w);
+    this.bp = bias ? new TensorParam(bias.shape).set(bias) : undefined;
   }
 
+  /** The checkpoint keys are `weight` and `bias`, not the field names. */
+  protected override entries(): [string, TensorParam | WeightParam][] {
+    return this.bp ? [['weight', this.wp], ['bias', this.bp]] : [['weight', this.wp]];
+  }
+
+  get w(): Weight {
+    return this.wp.value;
+  }
+  get bias(): Tensor | undefined {
+    return this.bp?.value;
+  }
   /** The plain weight tensor (f32 / f16 / bf16); packed weights have none. */
   get weight(): Tensor {
     if (this.w.packed) throw new Step1xError(`Linear ${this.name}: weight is ${this.w.format}, not a plain tensor`, ExitCode.WEIGHTS);
     return this.w.data;
   }
   get outFeatures(): number {
-    return this.w.N;
+    return this.wp.shape[0];
   }
   get inFeatures(): number {
-    return this.w.K;
+    return this.wp.shape[1];
   }
 
-  /** Output rows [start, start + count) as a Linear over views (dispose it after use). */
+  /** Output rows [start, start + count) as a Linear over views (tensors of the open scope, like any result). */
   rows(start: number, count: number): Linear {
     return new Linear(this.w.rows(start, count), this.bias?.rows(start, count), this.name);
   }
 
+  /** Standalone load, the shape taken from the checkpoint (`<prefix>.weight`, `<prefix>.bias` per opts.bias). */
   static async load(g: Gpu, ckpt: Checkpoint, prefix: string, opts: LinearLoadOptions = {}): Promise<Linear> {
-    const weight = await loadLinearWeight(g, ckpt, `${prefix}.weight`, { as: opts.as, shape: opts.shape, modulePath: prefix });
+    const shape = opts.shape ?? (ckpt.info(`${prefix}.weight`).shape as [number, number]);
     const bname = `${prefix}.bias`;
-    if (opts.bias === true && !ckpt.has(bname)) {
-      weight.dispose();
-      throw new Step1xError(`${ckpt.path}: checkpoint has no tensor "${bname}"`, ExitCode.WEIGHTS);
-    }
-    let bias: Tensor | undefined;
-    try {
-      if (opts.bias !== false && ckpt.has(bname)) bias = await loadWeight(g, ckpt, bname, { as: opts.as, shape: [weight.N] });
-      return new Linear(weight, bias, prefix);
-    } catch (e) {
-      weight.dispose();
-      bias?.dispose();
-      throw e;
-    }
+    if (opts.bias === true && !ckpt.has(bname)) throw new Step1xError(`${ckpt.path}: checkpoint has no tensor "${bname}"`, ExitCode.WEIGHTS);
+    const lin = new Linear(shape[0], shape[1], { bias: opts.bias !== false && ckpt.has(bname), as: opts.as });
+    return lin.load(g, ckpt, prefix);
   }
 
   forward(x: Tensor, act?: Activation): Tensor {
     return this.w.forward(x, this.bias, act);
-  }
-
-  dispose(): void {
-    this.w.dispose();
-    this.bias?.dispose();
   }
 }

@@ -1,5 +1,5 @@
 /**
- * Streamed weight upload: a checkpoint tensor goes to its GPU buffer chunk by chunk (8 MiB reads into two
+ * Streamed weight upload: a checkpoint tensor goes to its GPU buffer chunk by chunk (4 MiB reads into two
  * reused host buffers, the next read in flight while the current chunk is written or converted; see
  * io/safetensors.ts readChunks), never as one host copy of the whole tensor.
  *

@@ -25,6 +25,7 @@ import { add, silu, geluTanh, geluErf } from '../ops/elementwise.js';
 import { bf16ToE4m3Codes, canPack, encodeFp8Array, isLinearWeightName, packedRowBytes, quantizeBf16Into, quantizeBlocks, quantScaleTable, QBLOCK, type PackedFormat } from '../io/quant.js';
 import { LOAD_CHUNK_BYTES } from '../io/safetensors.js';
 import { scratch, streamTensor, writeChunk } from './upload.js';
+import { weightGpu } from './weights.js';
 import { PACK_BLOCK, packQuantChunk } from '../ops/pack-quant.js';
 import { f32ArrayToBf16, f32ArrayToF16 } from '../runtime/half.js';
 import { ExitCode, Step1xError, fail, fmtShape } from '../errors.js';
@@ -84,18 +85,11 @@ export class Weight {
         ? linearPacked(x, { format: this.format as PackedFormat, data: this.data, scales: this.scales, block: QBLOCK, N: this.N, K: this.K }, b, { act: a })
         : linear(x, this.data, b, a ? { act: a } : undefined);
     if (!this.adapters.length) return base(act);
-    let y = base();
-    for (const a of this.adapters) {
-      const h = linear(x, a.down);
-      const d = linear(h, a.up);
-      const y2 = add(y, d);
-      for (const t of [h, d, y]) t.dispose();
-      y = y2;
-    }
-    if (!act) return y;
-    const z = act === 'silu' ? silu(y) : act === 'gelu_tanh' ? geluTanh(y) : geluErf(y);
-    y.dispose();
-    return z;
+    return x.gpu.scope(() => {
+      let y = base();
+      for (const a of this.adapters) y = add(y, linear(linear(x, a.down), a.up));
+      return !act ? y : act === 'silu' ? silu(y) : act === 'gelu_tanh' ? geluTanh(y) : geluErf(y);
+    });
   }
 
   dispose(): void {
@@ -232,12 +226,12 @@ export async function loadLinearWeight(g: Gpu, ckpt: Checkpoint, name: string, o
     // Plain: as stored when possible, LoRA merged exactly as the official loader (f32 math, then the
     // weight's own dtype: bf16(W + s·(up @ down)·alpha/r)).
     if (!factors.length && !stored && opts.as !== 'f32' && (info.dtype === 'BF16' || info.dtype === 'F16' || info.dtype === 'F32'))
-      return Weight.plain(await streamTensor(g, ckpt, name, g.empty([N, K], fmt, name)));
+      return Weight.plain(await streamTensor(g, ckpt, name, weightGpu(g).empty([N, K], fmt, name)));
     const w = await ckpt.readF32(name);
     for (const f of factors) await mergeInto(g, w, N, K, f);
-    if (fmt === 'bf16') return Weight.plain(g.upload(f32ArrayToBf16(w), [N, K], 'bf16', name));
-    if (fmt === 'f16') return Weight.plain(g.upload(f32ArrayToF16(w), [N, K], 'f16', name));
-    return Weight.plain(g.upload(w, [N, K], 'f32', name));
+    if (fmt === 'bf16') return Weight.plain(weightGpu(g).upload(f32ArrayToBf16(w), [N, K], 'bf16', name));
+    if (fmt === 'f16') return Weight.plain(weightGpu(g).upload(f32ArrayToF16(w), [N, K], 'f16', name));
+    return Weight.plain(weightGpu(g).upload(w, [N, K], 'f32', name));
   }
 
   // Packed. From bf16 (the checkpoints' dtype) and as stored: in row chunks, straight into the GPU buffers.
@@ -251,8 +245,8 @@ export async function loadLinearWeight(g: Gpu, ckpt: Checkpoint, name: string, o
   if (fmt === 'q8' || fmt === 'q4') ({ data: codes, scales } = quantizeBlocks(w, N, K, fmt));
   else codes = encodeFp8Array(w, fmt);
   const words = u32View(codes);
-  const data = g.upload(words, [N, words.length / N], 'u32', name);
-  const sc = scales ? g.upload(scales, [N, K / QBLOCK], 'f16', `${name}.scales`) : undefined;
+  const data = weightGpu(g).upload(words, [N, words.length / N], 'u32', name);
+  const sc = scales ? weightGpu(g).upload(scales, [N, K / QBLOCK], 'f16', `${name}.scales`) : undefined;
   return new Weight(fmt, N, K, data, sc, uploadAdapters(g, factors, N, K, modulePath));
 }
 
@@ -261,15 +255,15 @@ type Factors = { down: Float32Array; up: Float32Array; rank: number; scale: numb
 function uploadAdapters(g: Gpu, factors: Factors[], N: number, K: number, modulePath: string): Adapter[] {
   return factors.map((f) => {
     const up = Float32Array.from(f.up, (v) => v * f.scale);
-    return { down: g.upload(f.down, [f.rank, K], 'f32', `${modulePath}.lora_down`), up: g.upload(up, [N, f.rank], 'f32', `${modulePath}.lora_up`) };
+    return { down: weightGpu(g).upload(f.down, [f.rank, K], 'f32', `${modulePath}.lora_down`), up: weightGpu(g).upload(up, [N, f.rank], 'f32', `${modulePath}.lora_up`) };
   });
 }
 
 /** GPU tensors of a packed [N, K] weight: u32 words [N, row words] (+ f16 scales [N, K / QBLOCK]). */
 function packedTensors(g: Gpu, name: string, N: number, K: number, fmt: PackedFormat): [Tensor, Tensor | undefined] {
   const words = (packedRowBytes(fmt, K) * N) / 4;
-  const data = g.empty([N, words / N], 'u32', name);
-  return [data, fmt === 'q8' || fmt === 'q4' ? g.empty([N, K / QBLOCK], 'f16', `${name}.scales`) : undefined];
+  const data = weightGpu(g).empty([N, words / N], 'u32', name);
+  return [data, fmt === 'q8' || fmt === 'q4' ? weightGpu(g).empty([N, K / QBLOCK], 'f16', `${name}.scales`) : undefined];
 }
 
 /**
@@ -339,8 +333,8 @@ export function setPackOnGpu(on: boolean): void {
  */
 async function packBf16OnGpu(g: Gpu, ckpt: Checkpoint, name: string, N: number, K: number, fmt: 'q8' | 'q4', data: Tensor, sc: Tensor): Promise<[Tensor, Tensor]> {
   const rows = Math.max(2, Math.floor(LOAD_CHUNK_BYTES / (2 * K) / 2) * 2);
-  const staging = g.empty([Math.ceil((rows * K) / 2)], 'u32', `${name} (bf16 staging)`);
-  const table = g.upload(scaleTableHost(fmt), [1 << 15], 'u32', `${fmt} scale table`);
+  const staging = weightGpu(g).empty([Math.ceil((rows * K) / 2)], 'u32', `${name} (bf16 staging)`);
+  const table = weightGpu(g).upload(scaleTableHost(fmt), [1 << 15], 'u32', `${fmt} scale table`); // untracked: held across awaits
   try {
     let r0 = 0;
     for await (const c of bf16RowChunks(ckpt, name, K, rows)) {
@@ -384,11 +378,11 @@ async function streamStored(g: Gpu, ckpt: Checkpoint, name: string, N: number, K
 
 /** Dry run (STEP1X_DRYRUN): the buffers loadLinearWeight would upload, nothing read or converted. */
 function dryWeight(g: Gpu, name: string, fmt: WeightFormat, N: number, K: number, ranks: number[], modulePath: string): Weight {
-  if (fmt === 'f32' || fmt === 'f16' || fmt === 'bf16') return Weight.plain(g.empty([N, K], fmt, name));
+  if (fmt === 'f32' || fmt === 'f16' || fmt === 'bf16') return Weight.plain(weightGpu(g).empty([N, K], fmt, name));
   const rowBytes = fmt === 'q4' ? K / 2 : K;
-  const data = g.empty([N, Math.ceil(rowBytes / 4)], 'u32', name);
-  const sc = fmt === 'q8' || fmt === 'q4' ? g.empty([N, K / QBLOCK], 'f16', `${name}.scales`) : undefined;
-  const adapters = ranks.map((r) => ({ down: g.empty([r, K], 'f32', `${modulePath}.lora_down`), up: g.empty([N, r], 'f32', `${modulePath}.lora_up`) }));
+  const data = weightGpu(g).empty([N, Math.ceil(rowBytes / 4)], 'u32', name);
+  const sc = fmt === 'q8' || fmt === 'q4' ? weightGpu(g).empty([N, K / QBLOCK], 'f16', `${name}.scales`) : undefined;
+  const adapters = ranks.map((r) => ({ down: weightGpu(g).empty([r, K], 'f32', `${modulePath}.lora_down`), up: weightGpu(g).empty([N, r], 'f32', `${modulePath}.lora_up`) }));
   return new Weight(fmt, N, K, data, sc, adapters);
 }
 
@@ -400,9 +394,9 @@ async function mergeInto(g: Gpu, w: Float32Array, N: number, K: number, f: { dow
   const r = f.rank;
   const downT = new Float32Array(K * r);
   for (let i = 0; i < r; i++) for (let k = 0; k < K; k++) downT[k * r + i] = f.down[i * K + k];
-  const up = g.upload(f.up, [N, r]);
-  const dt = g.upload(downT, [K, r]);
-  const delta = linear(up, dt);
+  const up = weightGpu(g).upload(f.up, [N, r]);
+  const dt = weightGpu(g).upload(downT, [K, r]);
+  const delta = g.untracked(() => linear(up, dt));
   up.dispose();
   dt.dispose();
   const d = await g.readF32(delta);

@@ -1,6 +1,6 @@
 /**
  * Bridge from a Checkpoint (host, lazy positional reads) to GPU tensors. Tensors kept as stored (and
- * 16-bit ones widened to f32) stream in 8 MiB chunks through reused buffers (nn/upload.ts); the rare
+ * 16-bit ones widened to f32) stream in 4 MiB chunks through reused buffers (nn/upload.ts); the rare
  * conversions below read one whole tensor, so host memory peaks at the largest such tensor.
  *
  *   BF16 → packed 'bf16' tensor (two per u32, shaders widen exactly) unless as: 'f32'
@@ -26,7 +26,19 @@ export interface LoadWeightOptions {
   shape?: readonly number[];
 }
 
+/**
+ * `g` whose new tensors belong to no tensor scope (runtime/scope.ts): weights outlive whatever forward they
+ * are read in (a block streamed with read-ahead is created while some scope is open and freed by its owner).
+ */
+export function weightGpu(g: Gpu): Pick<Gpu, 'empty' | 'upload'> {
+  return {
+    empty: (shape, dtype, label) => g.untracked(() => g.empty(shape, dtype, label)),
+    upload: (data, shape, dtype, label) => g.untracked(() => g.upload(data, shape, dtype, label)),
+  };
+}
+
 export async function loadWeight(g: Gpu, ckpt: Checkpoint, name: string, opts: LoadWeightOptions = {}): Promise<Tensor> {
+  const w = weightGpu(g);
   const info = ckpt.info(name);
   if (opts.shape && (opts.shape.length !== info.shape.length || opts.shape.some((d, i) => d !== info.shape[i])))
     throw new Step1xError(`${ckpt.path}: tensor "${name}" has shape ${fmtShape(info.shape)}, the model expects ${fmtShape(opts.shape)}`, ExitCode.WEIGHTS);
@@ -35,18 +47,18 @@ export async function loadWeight(g: Gpu, ckpt: Checkpoint, name: string, opts: L
     // dry run (STEP1X_DRYRUN): the buffer as it would be uploaded, nothing read from the file
     const f8 = info.dtype === 'F8_E4M3' || info.dtype === 'F8_E5M2';
     const dt = !native || info.quant ? 'f32' : info.dtype === 'BF16' || f8 ? 'bf16' : info.dtype === 'F16' ? 'f16' : info.dtype === 'I32' ? 'i32' : 'f32';
-    return g.empty(info.shape, dt, name);
+    return w.empty(info.shape, dt, name);
   }
   const n = numelOfShape(info.shape);
   // As stored, or 16-bit widened to f32: streamed in chunks (nn/upload.ts), no host copy of the tensor.
   if (!info.quant) {
-    if (native && info.dtype === 'BF16') return streamTensor(g, ckpt, name, g.empty(info.shape, 'bf16', name));
-    if (native && info.dtype === 'F16') return streamTensor(g, ckpt, name, g.empty(info.shape, 'f16', name));
-    if (native && info.dtype === 'I32') return streamTensor(g, ckpt, name, g.empty(info.shape, 'i32', name));
-    if (info.dtype === 'F32') return streamTensor(g, ckpt, name, g.empty(info.shape, 'f32', name));
+    if (native && info.dtype === 'BF16') return streamTensor(g, ckpt, name, w.empty(info.shape, 'bf16', name));
+    if (native && info.dtype === 'F16') return streamTensor(g, ckpt, name, w.empty(info.shape, 'f16', name));
+    if (native && info.dtype === 'I32') return streamTensor(g, ckpt, name, w.empty(info.shape, 'i32', name));
+    if (info.dtype === 'F32') return streamTensor(g, ckpt, name, w.empty(info.shape, 'f32', name));
     if (info.dtype === 'BF16' || info.dtype === 'F16') {
       const widen = info.dtype === 'BF16' ? bf16BitsToF32Into : f16BitsToF32Into;
-      return streamTensor(g, ckpt, name, g.empty(info.shape, 'f32', name), {
+      return streamTensor(g, ckpt, name, w.empty(info.shape, 'f32', name), {
         elemBytes: 2,
         outBytes: 4,
         fn: (c) => {
@@ -59,12 +71,12 @@ export async function loadWeight(g: Gpu, ckpt: Checkpoint, name: string, opts: L
   }
   const bytes = await ckpt.readBytes(name);
   // readBytes returns a fresh buffer at offset 0, so typed views are aligned.
-  if (native && info.dtype === 'BF16') return g.upload(new Uint16Array(bytes.buffer, bytes.byteOffset, n), info.shape, 'bf16', name);
-  if (native && info.dtype === 'F16') return g.upload(new Uint16Array(bytes.buffer, bytes.byteOffset, n), info.shape, 'f16', name);
-  if (native && info.dtype === 'I32') return g.upload(new Int32Array(bytes.buffer, bytes.byteOffset, n), info.shape, 'i32', name);
-  if (info.quant) return g.upload(await ckpt.readF32(name), info.shape, 'f32', name);
-  if (native && (info.dtype === 'F8_E4M3' || info.dtype === 'F8_E5M2')) return g.upload(f32ArrayToBf16(bytesToF32(ckpt.path, info, bytes)), info.shape, 'bf16', name);
-  return g.upload(bytesToF32(ckpt.path, info, bytes), info.shape, 'f32', name);
+  if (native && info.dtype === 'BF16') return w.upload(new Uint16Array(bytes.buffer, bytes.byteOffset, n), info.shape, 'bf16', name);
+  if (native && info.dtype === 'F16') return w.upload(new Uint16Array(bytes.buffer, bytes.byteOffset, n), info.shape, 'f16', name);
+  if (native && info.dtype === 'I32') return w.upload(new Int32Array(bytes.buffer, bytes.byteOffset, n), info.shape, 'i32', name);
+  if (info.quant) return w.upload(await ckpt.readF32(name), info.shape, 'f32', name);
+  if (native && (info.dtype === 'F8_E4M3' || info.dtype === 'F8_E5M2')) return w.upload(f32ArrayToBf16(bytesToF32(ckpt.path, info, bytes)), info.shape, 'bf16', name);
+  return w.upload(bytesToF32(ckpt.path, info, bytes), info.shape, 'f32', name);
 }
 
 /** Load `name` if the checkpoint has it, else undefined (optional biases). */

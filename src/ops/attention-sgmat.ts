@@ -30,7 +30,7 @@ export function attentionSgmat(g: Gpu, plan: AttentionPlan, a: SgmatAttentionArg
   add('B_SEG', a.segments, 'SEG');
   add('B_QMASK', a.queryMask, 'QMASK');
   const nQt = Math.ceil(a.Lq / plan.bq);
-  const [wx, wy] = grid1d(nQt * a.H * a.B, 1);
+  const [wx, wy] = grid1d(g, nQt * a.H * a.B, 1);
   g.dispatch({
     file: 'attention-sgmat.wgsl',
     defines,

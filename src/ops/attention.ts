@@ -208,7 +208,7 @@ function run(c: Ctx, ch: Chunk): void {
   // Skipping whole key tiles pays when masks blank out large regions (windows, padding).
   if (c.keyMask || ch.mask || c.segments) defines.SKIP = true;
   const nQt = Math.ceil(ch.nq / vr.BQ);
-  const [wx, wy] = grid1d(nQt * c.H * ch.nb, 1);
+  const [wx, wy] = grid1d(c.g, nQt * c.H * ch.nb, 1);
   const uniforms: Uniform[] = [
     ch.nq, ch.nk, c.H, c.Hkv,
     ch.q0, ch.k0, c.Lq, c.Lk,

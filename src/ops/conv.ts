@@ -1,12 +1,15 @@
 /**
  * Convolution family (shaders/conv2d.wgsl, shaders/groupnorm.wgsl): conv2d, nearest 2x upsampling,
- * GroupNorm (optionally fused with SiLU).
+ * GroupNorm (optionally fused with SiLU). conv2d runs as an implicit GEMM on matrix units
+ * (shaders/gemm-sgmat.wgsl with CONV) where the plan says so (src/ops/plan-conv.ts), else the direct
+ * f32 kernel of shaders/conv2d.wgsl.
  *
  * Tensors larger than `gpu.maxBindingBytes` (the real VAE decoder at 1024² has 128 × 1024² f32 = 512 MB
  * activations) are processed in blocks that each fit one binding:
  *   conv2d    blocks of whole channel planes: input channels [c0, c1) × output channels [o0, o1) per
  *             batch item; later input blocks accumulate onto the partial sums in the output, in the same
- *             k order, so the result is bitwise identical to the unsplit one.
+ *             k order, so the result is bitwise identical to the unsplit one (the direct kernel; the
+ *             implicit GEMM adds each block's f32 sums onto the output, within its f16-operand tolerance).
  *   upsample  blocks of whole planes.
  *   groupNorm reductions run over fixed 1024-element pieces (independent of the split), then a
  *             per-element apply pass over arbitrary element ranges.
@@ -16,7 +19,9 @@ import { Tensor, DTYPE_BYTES } from '../runtime/tensor.js';
 import { f32u } from '../runtime/gpu.js';
 import { fail, fmtShape } from '../errors.js';
 import { grid1d, requireF32 } from './util.js';
-import { warnNoMatrixUnits } from './plan-gemm.js';
+import { warnNoMatrixUnits, overflowCounter } from './plan-gemm.js';
+import { planConv, type ConvPlan, type ConvVariant } from './plan-conv.js';
+import type { SgmatTile } from './plan-gemm.js';
 
 /** A binding window over elements [start, start + count) of t: the view and the offset of `start` in it. */
 function win(t: Tensor, start: number, count: number): { v: Tensor; off: number } {
@@ -46,6 +51,10 @@ export interface Conv2dOpts {
   outTokens?: boolean;
   /** Convolve the nearest-2x upsampled x (2H x 2W) without materialising it (FLUX VAE Upsample). */
   upsample2x?: boolean;
+  /** 'auto' (the device plan, src/ops/plan-conv.ts), or force 'direct' / 'subgroup-matrix' (tests, bench). */
+  variant?: ConvVariant;
+  /** Force the implicit GEMM's tile (tests). */
+  tile?: SgmatTile;
 }
 
 /** 2-D convolution, f32 activations, weights [O, C, kh, kw] f32|bf16, bias [O] f32. */
@@ -54,7 +63,6 @@ export function conv2d(x: Tensor, w: Tensor, b?: Tensor, opts: Conv2dOpts = {}):
   if (w.rank !== 4) fail(`conv2d: w must be [O, C, kh, kw], got ${fmtShape(w.shape)}`);
   if (w.dtype !== 'f32' && w.dtype !== 'bf16') fail(`conv2d: w dtype ${w.dtype} not supported (f32/bf16)`);
   const [O, Cw, KH, KW] = w.shape;
-  warnNoMatrixUnits(x.gpu, 'conv2d (VAE)', 'there is no implicit-GEMM conv kernel yet; the direct conv2d.wgsl runs');
   let B: number, C: number, H: number, W: number;
   if (opts.inTokens) {
     [H, W] = opts.inTokens;
@@ -97,6 +105,10 @@ export function conv2d(x: Tensor, w: Tensor, b?: Tensor, opts: Conv2dOpts = {}):
     fail(`conv2d: x ${fmtShape(x.shape)} / w ${fmtShape(w.shape)} cannot be split under the binding limit ${g.maxBindingBytes} bytes`);
 
   const out = g.empty(outShape, 'f32', 'conv2d');
+  const plan = planConv(g, { C, O, KH, KW, Ho, Wo, wdt: w.dtype }, opts.variant, opts.tile);
+  // (--precision f32 asks for the direct kernel: nothing to say)
+  if (plan.kind === 'direct' && M > 4 && g.precision !== 'f32' && opts.variant !== 'direct')
+    warnNoMatrixUnits(g, 'conv2d (VAE)', `the plan for ${Ho}x${Wo} pixels is not subgroup-matrix; the direct conv2d.wgsl runs`);
   const RM = 4, RN = O >= 8 ? 8 : 4; // pixels x output channels per invocation (RM fixed by the shader)
   let slot = 3;
   const defines: Record<string, string | number | boolean> = {
@@ -128,6 +140,14 @@ export function conv2d(x: Tensor, w: Tensor, b?: Tensor, opts: Conv2dOpts = {}):
         if (b) bindings.push(b);
         if (rw) bindings.push(rw.v);
         bindings.push(ow.v);
+        if (plan.kind === 'subgroup-matrix') {
+          implicitGemm(plan, bindings, !!b, {
+            M, no, K: nc * KK, xOff, wOff: ww.off + c0 * KK, o0, oOff, rOff: rw ? (opts.outTokens ? rw.off + o0 : rw.off) : 0,
+            shape: [H, W, C, Ho, Wo, O, KH, KW, stride, ups, pt, pl, ...xs, ...os], accum: c0 > 0, fin: c0 + nc >= C, ldw: C * KK,
+          });
+          xw.v.dispose();
+          continue;
+        }
         g.dispatch({
           file: 'conv2d.wgsl',
           defines,
@@ -146,6 +166,47 @@ export function conv2d(x: Tensor, w: Tensor, b?: Tensor, opts: Conv2dOpts = {}):
   return out;
 }
 
+interface GemmChunk {
+  M: number;
+  no: number;
+  K: number;
+  xOff: number;
+  wOff: number;
+  o0: number;
+  oOff: number;
+  rOff: number;
+  /** H, W, CT, Ho, Wo, OT, KH, KW, stride, ups, padT, padL, x strides (c, y, x), out strides (o, m). */
+  shape: number[];
+  accum: boolean;
+  fin: boolean;
+  ldw: number;
+}
+
+/** One channel block of the conv as gemm-sgmat.wgsl with CONV (bindings: x, w, bias?, res?, out). */
+function implicitGemm(plan: ConvPlan, bindings: Tensor[], bias: boolean, c: GemmChunk): void {
+  const p = plan.gemm!;
+  const g = bindings[0].gpu;
+  const res = bindings.length === (bias ? 5 : 4);
+  let slot = 3;
+  const defines: Record<string, string | number | boolean> = { ...p.defines, WDT: bindings[1].dtype, ACT: 'none', HAS_BIAS: bias, CONV: true, RESIDUAL: res };
+  if (bias) Object.assign(defines, { BDT: 'f32', B_BIAS: slot++ });
+  if (res) defines.B_RES = slot++;
+  defines.B_OUT = slot++;
+  defines.B_OVF = slot;
+  const tilesN = Math.ceil(c.no / p.bn);
+  const groups = tilesN * Math.ceil(c.M / p.bm);
+  const gx = Math.min(groups, g.maxWorkgroupsPerDim), gy = Math.ceil(groups / gx);
+  g.dispatch({
+    file: p.file,
+    defines,
+    // gemm-sgmat's Params (M, N, K, K4, x_off, w_off, b_off, o_off, ldo, tiles_n, wg_x, group_m, 4 unused), then the conv's
+    uniforms: [c.M, c.no, c.K, c.K >> 2, c.xOff, c.wOff, c.o0, c.oOff, 0, tilesN, gx, p.groupM, 0, 0, 0, 0,
+      ...c.shape, c.rOff, c.accum ? 1 : 0, c.fin ? 1 : 0, c.ldw, 0, 0, 0],
+    bindings: [...bindings, overflowCounter(g)],
+    workgroups: [gx, gy],
+  });
+}
+
 /** Nearest-neighbour 2x upsampling of [B, C, H, W] (torch interpolate(scale_factor=2, mode='nearest')). */
 export function upsampleNearest2x(x: Tensor): Tensor {
   requireF32('upsampleNearest2x', ['x', x]);
@@ -160,7 +221,7 @@ export function upsampleNearest2x(x: Tensor): Tensor {
     const np = Math.min(blk, planes - p0);
     const xw = win(x, p0 * HW, np * HW), ow = win(out, p0 * 4 * HW, np * 4 * HW);
     const n = np * 4 * HW;
-    const [gx, gy] = grid1d(n);
+    const [gx, gy] = grid1d(g, n);
     g.dispatch({
       file: 'conv2d.wgsl',
       entry: 'upsample2x',
@@ -211,7 +272,7 @@ export function groupNorm(x: Tensor, groups: number, w?: Tensor, b?: Tensor, eps
       const nq = Math.min(perDispatch, Q - q0);
       const base = pieceStart(q0);
       const xw = win(x, base, pieceEnd(q0 + nq - 1) - base);
-      const [gx, gy] = grid1d(nq, 1);
+      const [gx, gy] = grid1d(g, nq, 1);
       g.dispatch({
         file: 'groupnorm.wgsl',
         defines: { ENTRY: 'partial', PASS: pass },
@@ -232,7 +293,7 @@ export function groupNorm(x: Tensor, groups: number, w?: Tensor, b?: Tensor, eps
   for (let e0 = 0; e0 < x.numel; e0 += lim) {
     const n = Math.min(lim, x.numel - e0);
     const xw = win(x, e0, n), yw = win(out, e0, n);
-    const [gx, gy] = grid1d(n);
+    const [gx, gy] = grid1d(g, n);
     g.dispatch({
       file: 'groupnorm.wgsl',
       defines: { ENTRY: 'apply', AFFINE: !!w, SILU: !!opts.silu },

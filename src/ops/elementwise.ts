@@ -9,7 +9,7 @@ type Unary = 'silu' | 'gelu_tanh' | 'gelu_erf';
 function unary(op: Unary | 'scale', x: Tensor, alpha = 1, beta = 0): Tensor {
   requireF32(op, ['x', x]);
   const out = x.gpu.empty(x.shape, 'f32', op);
-  const [wx, wy] = grid1d(x.numel);
+  const [wx, wy] = grid1d(x.gpu, x.numel);
   x.gpu.dispatch({
     file: 'elementwise.wgsl',
     defines: { OP: op },
@@ -36,7 +36,7 @@ function binary(op: 'add' | 'sub' | 'mul', a: Tensor, b: Tensor): Tensor {
   const trailing = b.rank <= a.rank && b.shape.every((d, i) => d === tail[i]);
   if (!trailing || b.numel === 0) fail(`${op}: b ${fmtShape(b.shape)} does not broadcast over a ${fmtShape(a.shape)}`);
   const out = a.gpu.empty(a.shape, 'f32', op);
-  const [wx, wy] = grid1d(a.numel);
+  const [wx, wy] = grid1d(a.gpu, a.numel);
   a.gpu.dispatch({
     file: 'elementwise.wgsl',
     defines: { OP: op, BINARY: true },

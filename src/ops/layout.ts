@@ -85,7 +85,7 @@ function stridedCopy(op: string, src: Tensor, dst: Tensor, dims: number[], s: nu
   }
   const n = prod(D);
   if (n === 0) return;
-  const [wx, wy] = grid1d(n);
+  const [wx, wy] = grid1d(src.gpu, n);
   src.gpu.dispatch({
     file: 'layout.wgsl',
     defines: { COPY: true },
@@ -283,7 +283,7 @@ export function cast(x: Tensor, dtype: 'f32'): Tensor {
   for (const [start, count] of chunks) {
     const whole = chunks.length === 1;
     const xv = whole ? xf : xf.rows(start, count), ov = whole ? of : of.rows(start, count);
-    const [wx, wy] = grid1d(count);
+    const [wx, wy] = grid1d(g, count);
     g.dispatch({ file: 'cast.wgsl', defines: { SRC_DT: x.dtype }, uniforms: [count, wx], bindings: [xv, ov], workgroups: [wx, wy] });
     if (!whole) {
       xv.dispose();
@@ -315,7 +315,7 @@ export function gatherRows(table: Tensor, idx: Int32Array): Tensor {
   for (const [os, oc] of outChunks) {
     const oneOut = outChunks.length === 1;
     const ov = oneOut ? out : out.rows(os, oc), iv = oneOut ? idxT : idxT.rows(os, oc);
-    const [wx, wy] = grid1d(oc * D);
+    const [wx, wy] = grid1d(g, oc * D);
     for (const [ts, tc] of tableChunks) {
       // skip table chunks that no index of this output chunk refers to (idx is on the host)
       let used = false;

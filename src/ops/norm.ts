@@ -59,7 +59,7 @@ function rowOp(op: RowOp, x: Tensor, w: Tensor | undefined, b: Tensor | undefine
     const whole = chunks.length === 1;
     const xs = whole ? x2 : x2.rows(start, count);
     const os = whole ? o2 : o2.rows(start, count);
-    const [wx, wy] = grid1d(count, 1);
+    const [wx, wy] = grid1d(g, count, 1);
     g.dispatch({
       file: 'norm.wgsl',
       defines,
@@ -114,7 +114,7 @@ function ew(op: 'modulate' | 'gated' | 'swiglu', x: Tensor, big: Tensor[], small
     const view = (t: Tensor) => (whole ? t : t.rows(start, count));
     const xs = view(x2), os = view(o2), bigs = big2.map(view);
     const n = count * C;
-    const [wx, wy] = grid1d(n);
+    const [wx, wy] = grid1d(g, n);
     // binding order per OP: see shaders/norm.wgsl header
     const bindings = op === 'modulate' ? [xs, ...small, os] : op === 'gated' ? [xs, small[0], bigs[0], os] : [xs, bigs[0], os];
     g.dispatch({ file: 'norm.wgsl', entry: 'ew', defines: { EW: true, OP: op }, uniforms: [n, C, L, start, wx], bindings, workgroups: [wx, wy] });

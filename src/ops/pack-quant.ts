@@ -19,7 +19,17 @@ const QBLOCK = PACK_BLOCK;
  * (u32 words of the whole weight) from block `block0` on, and their scales into `scales` (f16 pairs as u32).
  * `block0` must be even (a scale word per two blocks).
  */
-export function packQuantChunk(x: Tensor, table: Tensor, codes: Tensor, scales: Tensor, format: 'q8' | 'q4', block0: number, blocks: number): void {
+export function packQuantChunk(
+  x: Tensor,
+  table: Tensor,
+  codes: Tensor,
+  scales: Tensor,
+  format: 'q8' | 'q4',
+  block0: number,
+  blocks: number,
+  /** Tests: the quotient times this factor (an inexact GPU division), which the exact correction must undo. */
+  quotientSkew?: number,
+): void {
   const g = x.gpu;
   if (table.numel !== 1 << 15) fail(`packQuantChunk: the scale table has ${table.numel} entries, not 32768`);
   if (block0 % 2) fail(`packQuantChunk: chunk starts at block ${block0}, not an even block`);
@@ -30,7 +40,7 @@ export function packQuantChunk(x: Tensor, table: Tensor, codes: Tensor, scales: 
   const pairs = Math.ceil(blocks / 2);
   g.dispatch({
     file: 'pack-quant.wgsl',
-    defines: { FMT: format },
+    defines: quotientSkew === undefined ? { FMT: format } : { FMT: format, QSKEW: quotientSkew.toFixed(12) },
     uniforms: [pairs, blocks, block0 * wordsPerBlock, block0 / 2],
     bindings: [x, table, codes, scales],
     workgroups: [Math.ceil(pairs / 64)],

@@ -16,7 +16,7 @@
 import type { Gpu } from '../runtime/gpu.js';
 import type { Tensor, DType } from '../runtime/tensor.js';
 import type { Capabilities, KernelFamily, MatrixConfig, Precision } from '../runtime/caps.js';
-import { requestedKernels, hasMatrixUnits, SUBGROUP_SIZE_CONTROL } from '../runtime/caps.js';
+import { hasMatrixUnits, SUBGROUP_SIZE_CONTROL } from '../runtime/caps.js';
 import { fail } from '../errors.js';
 
 export type GemmKind = 'subgroup-matrix' | 'workgroup';
@@ -80,20 +80,16 @@ export interface TunedTiles {
 }
 const tuned = new WeakMap<Gpu, TunedTiles>();
 const loaded = new WeakSet<Gpu>();
-let loader: ((g: Gpu) => void) | undefined;
 export function setTunedTiles(g: Gpu, t: TunedTiles | undefined): void {
   loaded.add(g);
   if (t) tuned.set(g, t);
   else tuned.delete(g);
 }
-/** src/ops/tune.ts registers the cache reader here (no import cycle); run once per device on first plan. */
-export function registerTuneLoader(f: (g: Gpu) => void): void {
-  loader = f;
-}
+/** The device's tuned tiles: installed on the first plan by the loader the run passed (Gpu.create `tiles`). */
 function tunedFor(g: Gpu): TunedTiles | undefined {
   if (!loaded.has(g)) {
     loaded.add(g);
-    loader?.(g);
+    g.tiles?.(g);
   }
   return tuned.get(g);
 }
@@ -252,7 +248,7 @@ export function planGemm(g: Gpu, s: GemmShape, variant = 'auto'): GemmPlan | nul
   };
   if (variant === 'subgroup-matrix' || variant === 'workgroup') return pick(variant);
   if (variant !== 'auto') return null;
-  return planFor(g.kernels, g.precision, requestedKernels() !== 'auto', s, pick);
+  return planFor(g.kernels, g.precision, g.kernelsForced, s, pick);
 }
 
 /** The family/precision rule of planGemm, on a capabilities object alone (plan tests, `step1x devices`). */
@@ -269,7 +265,6 @@ function planFor(family: Exclude<KernelFamily, 'auto'>, precision: Precision, fo
 
 // ---- fallbacks are said once -------------------------------------------------------------------------
 
-const warned = new WeakMap<Gpu, Set<string>>();
 
 /**
  * One stderr line per device and op when an adapter with matrix units (not a CPU adapter) runs a main
@@ -277,10 +272,9 @@ const warned = new WeakMap<Gpu, Set<string>>();
  */
 export function warnNoMatrixUnits(g: Gpu, what: string, why: string): void {
   if (g.caps.cpu || !hasMatrixUnits(g.caps) || g.kernels !== 'subgroup-matrix') return;
-  let seen = warned.get(g);
-  if (!seen) warned.set(g, (seen = new Set()));
-  if (seen.has(what)) return;
-  seen.add(what);
+  const key = `no matrix units: ${what}`;
+  if (g.saidOnce.has(key)) return;
+  g.saidOnce.add(key);
   process.stderr.write(`step1x: warning: ${what} runs without matrix units: ${why}\n`);
 }
 

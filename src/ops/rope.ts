@@ -28,7 +28,7 @@ function run(op: Op, x: Tensor, tables: Tensor[], tblRow: number): Tensor {
   const bcast = tables[0].shape[0] === 1 && B > 1;
   const dispatch = (xv: Tensor, tv: Tensor[], ov: Tensor, nb: number, l: number, bstride: number): void => {
     const n = nb * l * H * (Dh / 2);
-    const [wx, wy] = grid1d(n);
+    const [wx, wy] = grid1d(g, n);
     g.dispatch({
       file: 'rope.wgsl',
       defines: { OP: op },

@@ -2,7 +2,8 @@
  * GEMM autotune: time candidate tiles of the planned kernel (subgroup-matrix or workgroup) on the actual
  * device for the model's main shapes and cache the winners per adapter + driver + shape class in the
  * user cache directory (`$XDG_CACHE_HOME/step1x/tune.json`, default ~/.cache; STEP1X_TUNE_CACHE
- * overrides the file). `step1x tune` runs it; planGemm() loads the cache once per device, so a tuned
+ * overrides the file). `step1x tune` runs it; a Gpu created with `tiles: tuneCacheTiles` (the CLI's) loads
+ * the cache on its first plan, so a tuned
  * plan is reused by every later run on that adapter and driver.
  *
  * Shape class: M, N and K each bucketed by powers of 4 (ceil(log4)), so 17664 and 8192 rows share a
@@ -17,7 +18,7 @@ import type { Gpu } from '../runtime/gpu.js';
 import type { DType } from '../runtime/tensor.js';
 import { linear } from './linear.js';
 import {
-  planGemm, setTunedTiles, registerTuneLoader, sgmatFits, wgFits, gemmConfig, defaultSgmatTiles, sgmatTileOf, DEFAULT_WG_TILE,
+  planGemm, setTunedTiles, sgmatFits, wgFits, gemmConfig, defaultSgmatTiles, sgmatTileOf, DEFAULT_WG_TILE,
   type GemmKind, type GemmShape, type SgmatTile, type WgTile,
 } from './plan-gemm.js';
 
@@ -238,7 +239,11 @@ export function modelShapes(size: number, maxDim = 0, wdt: DType = 'bf16'): Gemm
 }
 
 let noticed = false;
-registerTuneLoader((g) => {
+/**
+ * The tuned tiles of the tune cache, as a Gpu.create `tiles` loader (the CLI passes it; a Gpu created
+ * without it plans with the default tiles). Says once per process how to tune a GPU that has none cached.
+ */
+export function tuneCacheTiles(g: Gpu): void {
   const n = loadTuned(g);
   if (n && process.env.STEP1X_DEBUG) process.stderr.write(`step1x: ${n} tuned GEMM tile classes loaded from ${tuneCachePath()}\n`);
   // A GPU with a tunable family and no cached tiles: say once how to tune (defaults are used meanwhile).
@@ -246,4 +251,4 @@ registerTuneLoader((g) => {
     noticed = true;
     process.stderr.write(`step1x: note: no tuned ${g.kernels} tiles for this GPU yet (default tiles used); run "step1x tune" once to time and cache them\n`);
   }
-});
+}

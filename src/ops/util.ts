@@ -1,12 +1,12 @@
 /** Shared helpers for op wrappers: dispatch geometry and argument checks. */
-import { Gpu } from '../runtime/gpu.js';
+import type { Gpu } from '../runtime/gpu.js';
 import type { Tensor } from '../runtime/tensor.js';
 import { fail, fmtShape } from '../errors.js';
 
-/** 1-D grid of `ceil(n / wg)` workgroups folded into (x, y) under the per-dimension limit. Returns [x, y]. */
-export function grid1d(n: number, wg = 256): [number, number] {
+/** 1-D grid of `ceil(n / wg)` workgroups folded into (x, y) under g's per-dimension limit. Returns [x, y]. */
+export function grid1d(g: Gpu, n: number, wg = 256): [number, number] {
   const groups = Math.ceil(n / wg);
-  const max = Gpu.current().maxWorkgroupsPerDim;
+  const max = g.maxWorkgroupsPerDim;
   if (groups <= max) return [Math.max(groups, 1), 1];
   const y = Math.ceil(groups / max);
   return [Math.ceil(groups / y), y];

@@ -15,7 +15,7 @@
  * `run()` yields progress events and returns the result; a `trace` sees every intermediate under the
  * golden names of the `e2e` case (`mid.*`, `out.*`), which is how the golden kinds check each stage.
  */
-import { Gpu } from '../runtime/gpu.js';
+import { Gpu, type GpuOptions } from '../runtime/gpu.js';
 import type { DryRunReport } from '../runtime/dryrun/recorder.js';
 import { ExitCode, Step1xError, fmtShape } from '../errors.js';
 import { tokenizerDirOf, type ModelFiles } from '../io/model-files.js';
@@ -113,6 +113,8 @@ export interface LoadOptions {
   /** LoRAs merged into (or attached to) the DiT (`--lora`). */
   loras?: LoraFile[];
   gpu?: Gpu;
+  /** How to make the runtime when `gpu` is not given (kernel family, precision, tuned tiles). */
+  device?: GpuOptions;
   onProgress?: (p: Progress) => void;
 }
 
@@ -158,7 +160,7 @@ export class EditPipeline {
     const ck = await Checkpoint.open(files.dit); // headers only: which version the weights are
     const ditVersion = versionOfKeys((n) => ck.has(n));
     await ck.close();
-    const gpu = opts.gpu ?? (await Gpu.create());
+    const gpu = opts.gpu ?? (await Gpu.create(opts.device));
     return new EditPipeline(gpu, files, tokenizer, ditVersion, opts, !opts.gpu, opts.vramBudget);
   }
 

@@ -105,9 +105,13 @@ export function hasMatrixUnits(c: Capabilities): boolean {
   return c.features.has(SGMAT_FEATURE) && c.features.has('shader-f16') && c.features.has('subgroups') && c.matrixConfigs.length + c.f16ResultConfigs.length > 0;
 }
 
-// ---- settings (CLI global options override the environment) ----------------------------------------
+// ---- settings (Gpu.create options: the CLI's --kernels / --precision, else the environment) ----------
 
-let override: { kernels?: KernelFamily; precision?: Precision } = {};
+/** The kernel settings a run asks for, passed to Gpu.create (unset: the environment, then auto). */
+export interface KernelSettings {
+  kernels?: KernelFamily;
+  precision?: Precision;
+}
 
 function parse<T extends string>(what: string, v: string, allowed: readonly T[]): T {
   if (!(allowed as readonly string[]).includes(v))
@@ -115,28 +119,30 @@ function parse<T extends string>(what: string, v: string, allowed: readonly T[])
   return v as T;
 }
 
-/** Set by the CLI's --kernels / --precision (validated; a bad value is a USAGE error). */
-export function setKernelSettings(s: { kernels?: string; precision?: string }): void {
-  override = {
+/** The CLI's --kernels / --precision strings, validated (a bad value is a USAGE error naming the choices). */
+export function parseKernelSettings(s: { kernels?: string; precision?: string }): KernelSettings {
+  return {
     kernels: s.kernels === undefined ? undefined : parse('--kernels', s.kernels, KERNEL_FAMILIES),
     precision: s.precision === undefined ? undefined : parse('--precision', s.precision, PRECISIONS),
   };
 }
 
-export function requestedKernels(): KernelFamily {
-  if (override.kernels) return override.kernels;
+/** The family asked for: the setting, else STEP1X_KERNELS, else auto. */
+export function requestedKernels(s: KernelSettings = {}): KernelFamily {
+  if (s.kernels) return s.kernels;
   const e = process.env.STEP1X_KERNELS;
   return e ? parse('STEP1X_KERNELS', e, KERNEL_FAMILIES) : 'auto';
 }
 
-export function requestedPrecision(): Precision | undefined {
-  if (override.precision) return override.precision;
+/** The precision asked for: the setting, else STEP1X_PRECISION, else the family's default (undefined). */
+export function requestedPrecision(s: KernelSettings = {}): Precision | undefined {
+  if (s.precision) return s.precision;
   const e = process.env.STEP1X_PRECISION;
   return e ? parse('STEP1X_PRECISION', e, PRECISIONS) : undefined;
 }
 
 /** The family `auto` resolves to on this adapter. */
-export function resolveKernels(c: Capabilities, k: KernelFamily = requestedKernels()): Exclude<KernelFamily, 'auto'> {
+export function resolveKernels(c: Capabilities, k: KernelFamily): Exclude<KernelFamily, 'auto'> {
   if (k === 'subgroup-matrix' && !hasMatrixUnits(c))
     throw new Step1xError(
       `--kernels subgroup-matrix: the adapter (${c.description || c.vendor || 'unknown'}) does not offer ${SGMAT_FEATURE} with shader-f16, subgroups and an ` +
@@ -157,6 +163,6 @@ export function featuresFor(c: Capabilities, family: Exclude<KernelFamily, 'auto
 }
 
 /** Effective precision: mixed where matrix units are in use, else f32 (an explicit setting wins). */
-export function resolvePrecision(family: Exclude<KernelFamily, 'auto'>, p: Precision | undefined = requestedPrecision()): Precision {
+export function resolvePrecision(family: Exclude<KernelFamily, 'auto'>, p: Precision | undefined): Precision {
   return p ?? (family === 'subgroup-matrix' ? 'mixed' : 'f32');
 }

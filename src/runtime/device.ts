@@ -10,11 +10,12 @@
  */
 import { ExitCode, Step1xError } from '../errors.js';
 import { dryAdapter, dryRunLag, dryRunProfile, recorderOf, Recorder } from './dryrun/index.js';
-import { readCapabilities, resolveKernels, resolvePrecision, featuresFor, requestedKernels, SGMAT_DAWN_FLAGS, type Capabilities, type KernelFamily, type Precision } from './caps.js';
+import { readCapabilities, resolveKernels, resolvePrecision, featuresFor, requestedKernels, requestedPrecision, SGMAT_DAWN_FLAGS, type Capabilities, type KernelFamily, type KernelSettings, type Precision } from './caps.js';
 
 export const WANTED_FEATURES = ['shader-f16', 'subgroups', 'timestamp-query'] as const;
 
-export interface DeviceOptions {
+/** How a run's device is made: the kernel settings (unset: STEP1X_KERNELS / STEP1X_PRECISION, then auto) and more. */
+export interface DeviceOptions extends KernelSettings {
   /** Pretend the device can bind at most this many bytes per storage binding (tests the split paths). */
   maxBindingBytes?: number;
   /** Vulkan/Dawn backend toggles passed to `create()`. */
@@ -65,7 +66,7 @@ export async function requestAdapter(opts: DeviceOptions = {}): Promise<GPUAdapt
   // Dawn tears down the instance under a live device and the process aborts. Keep it module-level.
   // The subgroup-matrix feature and its configs are only listed with allow_unsafe_apis; families
   // that never use it do without the flag.
-  const k = requestedKernels();
+  const k = requestedKernels(opts);
   const flags = [...(opts.dawnFlags ?? []), ...(k === 'auto' || k === 'subgroup-matrix' ? SGMAT_DAWN_FLAGS : [])];
   const gpu = create(flags);
   instances.push(gpu);
@@ -127,7 +128,9 @@ export interface DeviceHandle {
   lostError: Step1xError | null;
   /** What the adapter offers (plans read it). */
   caps: Capabilities;
-  /** The kernel family in force (--kernels / STEP1X_KERNELS resolved on this adapter). */
+  /** The kernel family asked for ('auto' unless --kernels / STEP1X_KERNELS named one). */
+  requestedKernels: KernelFamily;
+  /** The kernel family in force (the one asked for, resolved on this adapter). */
   kernels: Exclude<KernelFamily, 'auto'>;
   precision: Precision;
   /** Set on a dry-run device (STEP1X_DRYRUN): what the run asked of it. */
@@ -144,7 +147,8 @@ export async function createDevice(opts: DeviceOptions = {}): Promise<DeviceHand
     if (typeof v === 'number') requiredLimits[k] = v;
   }
   const caps = readCapabilities(adapter);
-  const kernels = resolveKernels(caps);
+  const requested = requestedKernels(opts);
+  const kernels = resolveKernels(caps, requested);
   // Only the features the chosen family's plans use (WANTED_FEATURES, plus subgroup matrices).
   const requiredFeatures = featuresFor(caps, kernels) as GPUFeatureName[];
   let device: GPUDevice;
@@ -165,8 +169,9 @@ export async function createDevice(opts: DeviceOptions = {}): Promise<DeviceHand
     lost: false,
     lostError: null,
     caps,
+    requestedKernels: requested,
     kernels,
-    precision: resolvePrecision(kernels),
+    precision: resolvePrecision(kernels, requestedPrecision(opts)),
     dryrun: recorderOf(device),
   };
   device.addEventListener('uncapturederror', (ev) => {

@@ -47,7 +47,9 @@ export function formatDryRun(r: DryRunReport): string {
   lines.push(`peak co-existing ${gb(r.peak_bytes)} (pending frees included); plan peak ${r.plan_peak_bytes === null ? 'n/a' : gb(r.plan_peak_bytes)}`);
   const main = new Map<string, (typeof r.kernels)[number]>();
   for (const k of r.kernels) if ((main.get(k.shape)?.dispatches ?? 0) < k.dispatches) main.set(k.shape, k);
-  const top = [...main.values()].sort((a, b) => b.dispatches - a.dispatches).slice(0, 12);
+  // the 12 most dispatched shapes, then every conv shape (few dispatches each, but the VAE's main work)
+  const sorted = [...main.values()].sort((a, b) => b.dispatches - a.dispatches);
+  const top = [...sorted.slice(0, 12), ...sorted.slice(12).filter((k) => k.shape.includes('.conv '))];
   for (const k of top) lines.push(`  ${k.shape.padEnd(40)} ${k.variant}${k.tile ? ` [${k.tile}]` : ''}${k.matrix_units ? ' (matrix units)' : ''} ×${k.dispatches}`);
   return lines.join('\n') + '\n';
 }

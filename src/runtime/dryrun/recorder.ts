@@ -173,12 +173,18 @@ export class Recorder {
     this.pending = keep;
   }
 
-  /** A dispatch's kernel: GEMM and attention shapes are read from their uniform blocks (M, N, K / Lq, Lk, H). */
+  /** A dispatch's kernel: GEMM, conv and attention shapes are read from their uniform blocks (M, N, K / conv sizes / Lq, Lk, H). */
   kernel(file: string, entry: string, defines: Record<string, string | number | boolean>, uniforms: readonly unknown[] | undefined): void {
     const u = (i: number) => (typeof uniforms?.[i] === 'number' ? (uniforms[i] as number) : NaN);
     const model = MODEL_OF[this.stage] ?? this.stage;
     let shape: string;
-    if (file.startsWith('gemm')) shape = `${model}.gemm M=${u(0)} K=${u(2)} N=${u(1)}`;
+    // convs: direct conv2d.wgsl (H, W, CT at 1–3, OT at 7, KH, KW, stride, ups at 19–22) or the implicit GEMM
+    // (gemm-sgmat.wgsl with CONV: the same fields from 16 on, in the order of src/ops/conv.ts)
+    const conv = file === 'conv2d.wgsl' && entry === 'main' ? [1, 2, 3, 7, 19, 20, 21, 22] : defines.CONV ? [16, 17, 18, 21, 22, 23, 24, 25] : null;
+    if (conv) {
+      const [H, W, C, O, KH, KW, st, ups] = conv.map(u);
+      shape = `${model}.conv ${KH}x${KW} C=${C} O=${O} ${H}x${W}${ups ? ' up2x' : ''}${st > 1 ? ` s${st}` : ''}`;
+    } else if (file.startsWith('gemm')) shape = `${model}.gemm M=${u(0)} K=${u(2)} N=${u(1)}`;
     else if (file.startsWith('attention')) shape = `${model}.attention Lq=${u(0)} Lk=${u(1)} H=${u(2)}`;
     else return;
     const entries = Object.entries(defines).sort(([a], [b]) => (a < b ? -1 : 1));
