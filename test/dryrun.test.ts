@@ -1,7 +1,8 @@
 /**
  * The dry run (STEP1X_DRYRUN, src/runtime/dryrun/): the recorder's deferred-free memory model on a
  * scripted sequence, and `step1x edit` at real size on header-only fakes of the real v1.1 directory
- * (few steps): the counts the README's table reports, per stage and per DiT step, against the plan.
+ * (few steps), and of the real v1.2 directory (diffusers layout, real_shapes_v12): the counts the README's
+ * table reports, per stage and per DiT step, against the plan; `step1x plan` equals what the run does.
  */
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -12,6 +13,7 @@ import { dryRunProfile, PROFILE_IDS } from '../src/runtime/dryrun/index.js';
 import { L2_REUSE_BYTES } from '../src/runtime/dryrun/traffic.js';
 import { writeDryRunModel, writeSquarePng, TRAFFIC_BEFORE_GB } from '../kernels-test/dryrun-table.js';
 import { REPO_ROOT } from './util/golden-path.js';
+import { writeFakeV12Model } from './util/fake-model.js';
 
 describe('recorder memory model', () => {
   const buf = (size: number) => ({ size, lastUse: 0, destroyed: false });
@@ -81,6 +83,45 @@ describe('recorder memory model', () => {
   });
 });
 
+function runCli(profile: string, args: string[]) {
+  const r = spawnSync(process.execPath, [join(REPO_ROOT, 'bin/step1x.js'), ...args], { encoding: 'utf8', env: { ...process.env, STEP1X_DRYRUN: profile }, timeout: 600_000 });
+  if (r.status !== 0) throw new Error(`step1x ${args.join(' ')}: exit ${r.status}: ${r.stderr.slice(-2000)}`);
+  return r;
+}
+
+/** `step1x edit --json` of `image` with `model` on a dry-run device → its report, and the progress text. */
+function dryEdit(profile: string, model: string, image: string, args: string[]): DryRunReport & { stderr: string } {
+  const r = runCli(profile, ['edit', image, 'make it blue', '-o', join(image, '..', 'out.png'), '--model', model, '--json', ...args]);
+  return { ...JSON.parse(r.stdout.split('\n').find((l) => l.startsWith('{'))!).dryrun, stderr: r.stderr };
+}
+
+/** The issue's acceptance counts: no buffer created and ≤ 5 % new bind groups in the steps after the first, peak ≤ plan ≤ limit. */
+function expectSteadyState(what: string, d: DryRunReport, limit: number): void {
+  const later = d.steps.slice(1);
+  process.stderr.write(`  ${what}: peak ${d.peak_bytes}, plan ${d.plan_peak_bytes}, limit ${limit}, steps 2..: ${later.map((s) => `${s.buffers_created} buffers / ${s.bind_groups_created} bind groups of ${s.dispatches}`).join('; ')}\n`);
+  expect(later.length).toBeGreaterThan(0);
+  for (const s of later) {
+    expect(s.buffers_created).toBe(0);
+    expect(s.bind_groups_created).toBeLessThanOrEqual(0.05 * s.dispatches);
+  }
+  expect(d.submits_in_flight).toBeGreaterThanOrEqual(2);
+  expect(d.plan_peak_bytes).not.toBeNull();
+  expect(d.peak_bytes).toBeLessThanOrEqual(d.plan_peak_bytes!);
+  expect(d.plan_peak_bytes!).toBeLessThanOrEqual(limit);
+}
+
+/** `step1x plan --json` under a budget and the run with the same options stream the same (DiT blocks, Qwen towers), with the same plan peak. */
+function expectPlanIsRun(what: string, plan: { peak_bytes: number; stages: { stage: string; streams: string[] }[] }, d: DryRunReport & { stderr: string }): void {
+  const streams = (stage: string) => plan.stages.find((s) => s.stage === stage)!.streams;
+  const ditRun = /DiT: streaming (\d+) blocks from disk/.exec(d.stderr)?.[1];
+  const qwenRun = /Qwen2\.5-VL: streaming (text)?(?: and )?(vision)? layers from disk/.exec(d.stderr);
+  process.stderr.write(`  ${what}: plan dit ${JSON.stringify(streams('sample'))} qwen ${JSON.stringify(streams('embed'))} peak ${plan.peak_bytes}; run dit ${ditRun ?? 0} qwen ${qwenRun ? qwenRun.slice(1).filter(Boolean).join('+') : '-'} plan peak ${d.plan_peak_bytes} peak ${d.peak_bytes}\n`);
+  expect(ditRun ? [`${ditRun} blocks`] : []).toEqual(streams('sample'));
+  expect(qwenRun ? qwenRun.slice(1).filter(Boolean) : []).toEqual(streams('embed'));
+  expect(d.plan_peak_bytes).toBe(plan.peak_bytes);
+  expect(d.peak_bytes).toBeLessThanOrEqual(plan.peak_bytes);
+}
+
 describe('step1x edit on a dry-run device at real size (header-only v1.1 fakes)', () => {
   let dir = '', model = '', image = '';
   beforeAll(async () => {
@@ -90,30 +131,8 @@ describe('step1x edit on a dry-run device at real size (header-only v1.1 fakes)'
   });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-  function run(profile: string, args: string[]) {
-    const r = spawnSync(process.execPath, [join(REPO_ROOT, 'bin/step1x.js'), ...args], { encoding: 'utf8', env: { ...process.env, STEP1X_DRYRUN: profile }, timeout: 600_000 });
-    if (r.status !== 0) throw new Error(`step1x ${args.join(' ')}: exit ${r.status}: ${r.stderr.slice(-2000)}`);
-    return r;
-  }
-  function dry(profile: string, args: string[]): DryRunReport & { stderr: string } {
-    const r = run(profile, ['edit', image, 'make it blue', '-o', join(dir, 'out.png'), '--model', model, '--json', ...args]);
-    return { ...JSON.parse(r.stdout.split('\n').find((l) => l.startsWith('{'))!).dryrun, stderr: r.stderr };
-  }
-
-  /** The issue's acceptance counts: no buffer created and ≤ 5 % new bind groups in the steps after the first, peak ≤ plan ≤ limit. */
-  function expectSteadyState(what: string, d: DryRunReport, limit: number): void {
-    const later = d.steps.slice(1);
-    process.stderr.write(`  ${what}: peak ${d.peak_bytes}, plan ${d.plan_peak_bytes}, limit ${limit}, steps 2..: ${later.map((s) => `${s.buffers_created} buffers / ${s.bind_groups_created} bind groups of ${s.dispatches}`).join('; ')}\n`);
-    expect(later.length).toBeGreaterThan(0);
-    for (const s of later) {
-      expect(s.buffers_created).toBe(0);
-      expect(s.bind_groups_created).toBeLessThanOrEqual(0.05 * s.dispatches);
-    }
-    expect(d.submits_in_flight).toBeGreaterThanOrEqual(2);
-    expect(d.plan_peak_bytes).not.toBeNull();
-    expect(d.peak_bytes).toBeLessThanOrEqual(d.plan_peak_bytes!);
-    expect(d.plan_peak_bytes!).toBeLessThanOrEqual(limit);
-  }
+  const run = runCli;
+  const dry = (profile: string, args: string[]) => dryEdit(profile, model, image, args);
 
   test('h100, 512², bf16, 3 steps: every stage and step counted, matrix-unit kernels, peak within the plan', () => {
     const d = dry('h100', ['--size', '512', '--steps', '3', '--quiet']);
@@ -160,15 +179,7 @@ describe('step1x edit on a dry-run device at real size (header-only v1.1 fakes)'
   test('`step1x plan` prints the streaming the run performs (DiT blocks, Qwen towers) and the peak it stays under', () => {
     for (const [profile, w, budget] of [['rtx4090', 'q8', '12GB'], ['m2max', 'q4', '4.5GB']]) {
       const plan = JSON.parse(run(profile, ['plan', '--model', model, '--size', '512', '--weights', w, '--vram-budget', budget, '--json']).stdout);
-      const d = dry(profile, ['--size', '512', '--steps', '2', '--weights', w, '--vram-budget', budget]);
-      const streams = (stage: string) => plan.stages.find((s: { stage: string }) => s.stage === stage).streams as string[];
-      const ditRun = /DiT: streaming (\d+) blocks from disk/.exec(d.stderr)?.[1];
-      const qwenRun = /Qwen2\.5-VL: streaming (text)?(?: and )?(vision)? layers from disk/.exec(d.stderr);
-      process.stderr.write(`  ${profile} ${w} ${budget}: plan dit ${JSON.stringify(streams('sample'))} qwen ${JSON.stringify(streams('embed'))}; run dit ${ditRun ?? 0} qwen ${qwenRun ? qwenRun.slice(1).filter(Boolean).join('+') : '-'}\n`);
-      expect(ditRun ? [`${ditRun} blocks`] : []).toEqual(streams('sample'));
-      expect(qwenRun ? qwenRun.slice(1).filter(Boolean) : []).toEqual(streams('embed'));
-      expect(d.plan_peak_bytes).toBe(plan.peak_bytes);
-      expect(d.peak_bytes).toBeLessThanOrEqual(plan.peak_bytes);
+      expectPlanIsRun(`${profile} ${w} ${budget}`, plan, dry(profile, ['--size', '512', '--steps', '2', '--weights', w, '--vram-budget', budget]));
     }
   });
 
@@ -180,5 +191,42 @@ describe('step1x edit on a dry-run device at real size (header-only v1.1 fakes)'
     const convs = d.kernels.filter((k) => k.shape.startsWith('vae.conv'));
     expect(convs.length).toBeGreaterThan(10);
     expect(convs.every((k) => k.variant.startsWith('conv2d.wgsl:main') && !k.matrix_units)).toBe(true);
+  });
+});
+
+describe('step1x edit v1.2 on a dry-run device at real size (header-only real_shapes_v12 fake, diffusers layout)', () => {
+  let dir = '', model = '', image = '';
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'step1x-dryrun-v12-'));
+    model = await writeFakeV12Model(join(dir, 'Step1X-Edit-v1p2'), { tokenizer: true });
+    image = writeSquarePng(join(dir, 'in.png'));
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  const dry = (profile: string, args: string[]) => dryEdit(profile, model, image, args);
+
+  test('h100, 1024² (the v1.2 default size), bf16, 3 steps: the four stages, two DiT forwards a step, no buffer created in steps 2..N, peak within the plan', () => {
+    const d = dry('h100', ['--steps', '3', '--quiet']);
+    expect(d.stages.map((s) => s.stage)).toEqual(['embed', 'encode', 'sample', 'decode']);
+    expect(d.steps.map((s) => s.step)).toEqual([1, 2, 3]);
+    expect(new Set(d.steps.slice(1).map((s) => s.dispatches)).size).toBe(1);
+    for (const s of d.steps) expect(s.syncs).toBe(2); // one readback per side (prompt, "") a step
+    // the prompt's and ""'s rows run one by one over all 2 · 4096 image tokens (noise + reference)
+    expect(d.kernels.some((k) => k.shape.startsWith('dit.gemm M=8192 '))).toBe(true);
+    expect(d.peak_bytes).toBeGreaterThan(24e9); // the DiT's bf16 weights alone are 24.9 GB
+    expectSteadyState('v1.2 h100 1024 bf16', d, 80e9);
+  });
+
+  test('rtx4090 q8 24GB and m2max q4 16GB: the same steady state, peak within the budget', () => {
+    expectSteadyState('v1.2 rtx4090 1024 q8 24GB', dry('rtx4090', ['--steps', '2', '--weights', 'q8', '--vram-budget', '24GB', '--quiet']), 24e9);
+    expectSteadyState('v1.2 m2max 1024 q4 16GB', dry('m2max', ['--steps', '2', '--weights', 'q4', '--vram-budget', '16GB', '--quiet']), 16e9);
+  });
+
+  test('`step1x plan` prints the residency and streaming the v1.2 run performs, also under budgets that stream the DiT', () => {
+    for (const [profile, w, budget, streamsDit] of [['rtx4090', 'q8', '24GB', false], ['rtx4090', 'q8', '12GB', true], ['m2max', 'q4', '10GB', true]] as const) {
+      const plan = JSON.parse(runCli(profile, ['plan', '--model', model, '--weights', w, '--vram-budget', budget, '--json']).stdout);
+      expect([plan.version, plan.width, plan.height]).toEqual(['v1.2', 1024, 1024]);
+      expect(plan.stages.find((s: { stage: string }) => s.stage === 'sample').streams.length > 0).toBe(streamsDit);
+      expectPlanIsRun(`v1.2 ${profile} ${w} ${budget}`, plan, dry(profile, ['--steps', '2', '--weights', w, '--vram-budget', budget]));
+    }
   });
 });

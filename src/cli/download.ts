@@ -1,8 +1,8 @@
 /**
- * `step1x download [--local-dir DIR] [--version v1.1|v1.0]`: fetch the model files resumably, with
- * checksums and progress. Default: into the Hugging Face cache (`$HF_HUB_CACHE`, `$HF_HOME/hub`), where
+ * `step1x download [--local-dir DIR] [--version v1.2|v1.1|v1.0]`: fetch the model files resumably, with
+ * checksums and progress; v1.2 (the diffusers-layout repo, the file list the hub gives) unless --version says. Default: into the Hugging Face cache (`$HF_HUB_CACHE`, `$HF_HOME/hub`), where
  * `step1x edit` finds them with no flags and files already cached are reused; `--local-dir DIR` (or the
- * positional DIR) writes the official directory layout instead. Ctrl-C keeps what arrived: run again to resume.
+ * positional DIR) writes the repo's layout (official for v1.0/v1.1, diffusers for v1.2) instead. Ctrl-C keeps what arrived: run again to resume.
  */
 import type { Command } from 'commander';
 import { resolve } from 'node:path';
@@ -33,10 +33,10 @@ async function fetchAll(items: DownloadItem[], rep: Reporter, one: (item: Downlo
 export function register(program: Command): void {
   program
     .command('download')
-    .description('download the model files (DiT, VAE, Qwen2.5-VL-7B-Instruct, ~42 GB) into the Hugging Face cache (or --local-dir DIR); resumes interrupted downloads')
+    .description('download the model files (v1.2 by default: DiT, VAE, Qwen2.5-VL-7B text encoder, ~42 GB) into the Hugging Face cache (or --local-dir DIR); resumes interrupted downloads')
     .argument('[dir]', 'same as --local-dir DIR')
-    .option('--local-dir <dir>', 'write the official directory layout into DIR instead of the Hugging Face cache (then pass --model DIR)')
-    .option('--version <v>', 'checkpoint version: v1.1 (step1x-edit-v1p1-official.safetensors, the official default), v1.0 (step1x-edit-i1258.safetensors) or v1.2 (stepfun-ai/Step1X-Edit-v1p2, diffusers layout)', 'v1.1')
+    .option('--local-dir <dir>', 'write the model directory into DIR instead of the Hugging Face cache (then pass --model DIR)')
+    .option('--version <v>', 'checkpoint version: v1.2 (stepfun-ai/Step1X-Edit-v1p2, diffusers layout, the best open model), v1.1 (step1x-edit-v1p1-official.safetensors + Qwen2.5-VL-7B-Instruct, official layout) or v1.0 (step1x-edit-i1258.safetensors)', 'v1.2')
     .option('--quiet', 'no progress output')
     .action(async (dir: string | undefined, opts: { quiet?: boolean; version: string; localDir?: string }) => {
       installInterruptCleanup('what arrived is kept: run the same command again to resume the download');

@@ -32,7 +32,8 @@ export interface EditCliOptions extends WeightCliOptions, KernelCliOptions {
   steps: string;
   cfg: string;
   seed: string;
-  size: string;
+  /** absent: the version's own (512; 1024 for v1.2) */
+  size?: string;
   negative: string;
   nativeSize?: boolean;
   noise?: string;
@@ -79,6 +80,11 @@ export function maskPixelLimit(width: number, height: number): number {
   return Math.max(4 * width * height, 4_000_000);
 }
 
+/** The size level an edit runs at without --size: the official 512, or the v1.2 pipeline's 1024. */
+export function defaultSizeLevel(files: ModelFiles): number {
+  return files.diffusers?.version === 'v1.2' ? 1024 : 512;
+}
+
 /** Fail before any model work if the output cannot be written (see src/pipeline/output.ts). */
 export function checkWritable(path: string, inputs: readonly string[] = []): void {
   checkOutputPath(path, inputs);
@@ -103,7 +109,7 @@ export function sharedRequestOptions(o: EditCliOptions): Omit<EditRequest, 'imag
 export function requestFromOptions(o: EditCliOptions): Omit<EditRequest, 'image' | 'instruction'> {
   return {
     ...sharedRequestOptions(o),
-    size: intOpt('size', o.size, 16, 4096),
+    ...(o.size !== undefined ? { size: intOpt('size', o.size, 16, 4096) } : {}),
     nativeSize: Boolean(o.nativeSize),
     sampleEncode: Boolean(o.sampleEncode),
     ...(o.maskFeather !== undefined ? { maskFeather: floatOpt('mask-feather', o.maskFeather, 0, 1000) } : {}),
@@ -188,8 +194,8 @@ export function summary(res: EditResult, output: string): Record<string, unknown
 /** Options of every command that runs the model (edit, batch, generate). */
 export function modelOptions(c: Command): Command {
   return c
-    .option('--model <dir>', 'model directory in the official layout (default: $STEP1X_MODEL, then the Hugging Face cache)')
-    .option('--version <v>', 'checkpoint version v1.1 or v1.0 (default: told by the weights; with both files in the model directory, v1.1)')
+    .option('--model <dir>', 'model directory, official or diffusers layout (default: $STEP1X_MODEL, then the Hugging Face cache)')
+    .option('--version <v>', 'checkpoint version v1.2, v1.1 or v1.0 (default: told by the model directory; from the Hugging Face cache the best present, v1.2 > v1.1 > v1.0; with both official files in a directory, v1.1)')
     .option('--compat <mode>', 'official behaviour to follow: current (Dec 2025: CFG truncation 0.93, LANCZOS input resize, SDPA text attention) or 2025-05 (the May 2025 code: none of these)', 'current')
     .option('--cfg-truncate <t>', 'timesteps_truncate: diff-norm CFG while t > this (default 0.93; 1 in --compat 2025-05); 1 disables')
     .option('--steps <n>', 'sampling steps', '28')
@@ -206,7 +212,7 @@ export function modelOptions(c: Command): Command {
 /** The options `edit` and `batch` share. */
 export function editOptions(c: Command): Command {
   return modelOptions(c)
-    .option('--size <n>', 'size level: working area ≈ size², sides floored to multiples of 16 (official size_level)', '512')
+    .option('--size <n>', 'size level: working area ≈ size², sides floored to multiples of 16 (official size_level; default 512, 1024 with a v1.2 model as its pipeline has it)')
     .option('--negative <text>', 'negative prompt (the official code hard-codes "")', '')
     .option('--native-size', 'keep the working resolution instead of resizing back to the input size (avoids the resize-back blur)')
     .option('--sample-encode', 'sample the VAE posterior like the official code (default: its mean, deterministic)')
@@ -248,11 +254,11 @@ export function register(program: Command): void {
     checkWritable(output);
     outputFormatOf(output); // an unsupported extension is refused before any work
     const img = await readInputImage(image, { ignoreExif: o.ignoreExif });
-    const [ww, wh] = checkSizeLevel(img.width, img.height, base.size!);
+    const files = resolveModelFiles(o.model, { version: base.version });
+    const [ww, wh] = checkSizeLevel(img.width, img.height, base.size ?? defaultSizeLevel(files));
     if (o.noise !== undefined) await checkNoiseFile(o.noise, [wh / 8, ww / 8]);
     // a mask is resized to the photo: one far larger only costs memory (a 10000² 16-bit mask took 1.5 GB)
     const mask = o.mask ? await readImage(o.mask, { maxPixels: maskPixelLimit(img.width, img.height) }) : undefined;
-    const files = resolveModelFiles(o.model, { version: base.version });
     if (reason && files.diffusers?.version !== 'v1.2')
       throw new Step1xError(`--think / --reflect need a v1.2 model directory (diffusers layout); ${files.source} is ${files.diffusers?.version ?? 'not one'}`, ExitCode.USAGE);
     if (o.keepRounds !== undefined) {

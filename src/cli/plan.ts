@@ -19,14 +19,14 @@ export function register(program: Command): void {
     .command('plan')
     .description('print the GPU memory plan of an edit (what stays resident, what streams, peaks) without running the model')
     .option('--model <dir>', 'model directory, official or diffusers layout (default: $STEP1X_MODEL, then the Hugging Face cache)')
-    .option('--size <n>', 'size level (official size_level; a square input is assumed)', '512')
+    .option('--size <n>', 'size level (official size_level; a square input is assumed; default 512, 1024 with a v1.2 model)')
     .option('--weights <format>', 'bf16, fp8, q8 or q4 (default: as stored)')
     .option('--vram-budget <bytes>', 'GPU memory budget, e.g. 16GB')
     .option('--lora <file[:scale]>', 'LoRA applied to the DiT (repeatable)', collect)
     .option('--json', 'one JSON object on stdout')
-    .action(async (o: { model?: string; size: string; weights?: string; vramBudget?: string; lora?: string[]; json?: boolean }) => {
-      const size = Number(o.size);
-      if (!Number.isInteger(size) || size < 16 || size > 4096) throw new Step1xError(`--size must be an integer in [16, 4096], got "${o.size}"`, ExitCode.USAGE);
+    .action(async (o: { model?: string; size?: string; weights?: string; vramBudget?: string; lora?: string[]; json?: boolean }) => {
+      const size = o.size === undefined ? undefined : Number(o.size);
+      if (size !== undefined && (!Number.isInteger(size) || size < 16 || size > 4096)) throw new Step1xError(`--size must be an integer in [16, 4096], got "${o.size}"`, ExitCode.USAGE);
       const budget = o.vramBudget ? parseBytes(o.vramBudget) : undefined;
       const files = resolveModelFiles(o.model);
       const wc = await openWeightChoice(o, files.dit, (m) => process.stderr.write(`step1x: warning: ${m}\n`));

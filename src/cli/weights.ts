@@ -5,6 +5,7 @@
  * modules that name no Linear of the DiT are reported in one warning.
  */
 import { Checkpoint } from '../io/checkpoint.js';
+import { isDiffusersComponent, openDitWeights, TRANSFORMER_CLASS } from '../models/diffusers-map.js';
 import { ExitCode, Step1xError } from '../errors.js';
 import { LoraFile, checkLoras } from '../nn/lora.js';
 import { WEIGHTS_OPTIONS, type WeightsOption } from '../nn/weight.js';
@@ -42,7 +43,8 @@ export async function openWeightChoice(o: WeightCliOptions, ditPath: string, war
       loras.push(await LoraFile.open(path, multiplier));
     }
     if (loras.length) {
-      const ck = await Checkpoint.open(ditPath);
+      // a diffusers transformer/ is opened under the official names, which kohya LoRA keys use
+      const ck = isDiffusersComponent(ditPath, TRANSFORMER_CLASS) ? (await openDitWeights(ditPath)).ckpt : await Checkpoint.open(ditPath);
       try {
         const w = checkLoras(loras, ck);
         if (w) warn(w);

@@ -2,8 +2,9 @@
  * Where the model lives. Resolution order:
  *   1. `--model DIR` (the official `inference.py --model_path` layout)
  *   2. `$STEP1X_MODEL`
- *   3. the Hugging Face cache (`$HF_HOME/hub` or `~/.cache/huggingface/hub`): repos
- *      `stepfun-ai/Step1X-Edit` (DiT + VAE) and `Qwen/Qwen2.5-VL-7B-Instruct`
+ *   3. the Hugging Face cache (`$HF_HOME/hub` or `~/.cache/huggingface/hub`): the best model present,
+ *      v1.2 (`stepfun-ai/Step1X-Edit-v1p2`, diffusers layout) > v1.1 (`stepfun-ai/Step1X-Edit` +
+ *      `Qwen/Qwen2.5-VL-7B-Instruct`, else `stepfun-ai/Step1X-Edit-v1p1-diffusers`) > v1.0; `--version` picks
  * A directory in the official layout:
  *   step1x-edit-v1p1-official.safetensors (v1.1) | step1x-edit-i1258.safetensors (v1.0)   DiT + connector (bf16);
  *                                            with both, v1.1 unless --version v1.0
@@ -179,12 +180,14 @@ function sizeOf(m: string): string | undefined {
 
 function missingMessage(where: string, missing: string[], version: CheckpointVersion = 'v1.1', hfMode = false): string {
   const lines = missing.map((m) => `  - ${m}${sizeOf(m) && !m.includes('GB') ? ` (${sizeOf(m)})` : ''}`);
-  const v = version === 'v1.1' ? '' : ` --version ${version}`;
+  // the files listed are the official layout's; plain `step1x download` fetches v1.2 (diffusers layout)
+  const v = ` --version ${version}`;
   return (
     `model files missing in ${where}:\n${lines.join('\n')}\n` +
     `Get them (about 42 GB) with step1x itself:\n` +
     `  step1x download${v}                   into the Hugging Face cache, found with no flags\n` +
     `  step1x download${v} --local-dir DIR   into DIR, then pass --model DIR (or set STEP1X_MODEL=DIR)\n` +
+    `  step1x download [--local-dir DIR]               the default instead: v1.2 (${HF_REPO_DIFFUSERS['v1.2']}, diffusers layout, about 42 GB)\n` +
     `or with the Hugging Face CLI: huggingface-cli download ${HF_REPO_STEP1X} ${DIT_FILE_OF[version]} vae.safetensors` +
     `${hfMode ? '' : ' --local-dir DIR'}; huggingface-cli download ${HF_REPO_QWEN}${hfMode ? '' : ` --local-dir DIR/${QWEN_DIR}`}.`
   );
@@ -245,11 +248,19 @@ export function resolveModelFiles(modelOpt?: string, opts: ResolveOptions = {}):
   if (modelOpt) return modelFilesInDir(modelOpt, modelOpt, opts);
   if (process.env.STEP1X_MODEL) return modelFilesInDir(process.env.STEP1X_MODEL, '$STEP1X_MODEL', opts);
   const hub = hfHub();
-  // diffusers-layout repos: v1.2 only there; v1.1's diffusers repo when the official one is absent
-  const dv = opts.version === 'v1.2' || opts.version === 'v1.1' ? opts.version : undefined;
-  const dsnap = dv ? hfSnapshot(HF_REPO_DIFFUSERS[dv], hub) : undefined;
-  if (dsnap && isDiffusersDir(dsnap) && (dv === 'v1.2' || !hfSnapshot(HF_REPO_STEP1X, hub)))
-    return diffusersModelFiles(dsnap, `Hugging Face cache ${hub}`, opts);
+  // without --version the best model present: v1.2 (diffusers layout only) > v1.1 (the official file, else
+  // its diffusers repo) > v1.0; --version picks one
+  const diffusersSnap = (v: 'v1.1' | 'v1.2') => {
+    const s = hfSnapshot(HF_REPO_DIFFUSERS[v], hub);
+    return s && isDiffusersDir(s) ? s : undefined;
+  };
+  const found = (dir: string, v: 'v1.1' | 'v1.2') => diffusersModelFiles(dir, `Hugging Face cache ${hub}`, { ...opts, version: v });
+  const s12 = opts.version === undefined || opts.version === 'v1.2' ? diffusersSnap('v1.2') : undefined;
+  if (s12) return found(s12, 'v1.2');
+  if (opts.version === undefined || opts.version === 'v1.1') {
+    const off = hfSnapshot(HF_REPO_STEP1X, hub), s11 = diffusersSnap('v1.1');
+    if (s11 && !(off && findDit(off, 'v1.1'))) return found(s11, 'v1.1');
+  }
   if (opts.version === 'v1.2')
     throw new Step1xError(
       `--version v1.2: no --model given, $STEP1X_MODEL unset, and the Hugging Face cache (${hub}) has no ${HF_REPO_DIFFUSERS['v1.2']} snapshot. ` +

@@ -272,14 +272,22 @@ function packedTensors(g: Gpu, name: string, N: number, K: number, fmt: PackedFo
  * limit; otherwise, and for fp8, each chunk is packed into scratch on the host (quantizeBf16Into /
  * bf16ToE4m3Codes: bit-identical to quantizeBlocks / the whole-tensor path) and written at its rows' offsets.
  */
+/**
+ * A bf16 [N, K] tensor's bytes in chunks of at most `rows` rows, through the checkpoint (a renamed view of the
+ * diffusers layout joins to_q/to_k/to_v and swaps halves: its bytes are not one range of one file).
+ */
+async function* bf16RowChunks(ckpt: Checkpoint, name: string, K: number, rows: number): AsyncGenerator<Uint8Array> {
+  const step = rows * 2 * K;
+  for await (const c of ckpt.tensorChunks(name, step)) for (let at = 0; at < c.byteLength; at += step) yield c.subarray(at, Math.min(c.byteLength, at + step));
+}
+
 async function packBf16Streamed(g: Gpu, ckpt: Checkpoint, name: string, N: number, K: number, fmt: 'q8' | 'q4' | 'fp8_e4m3'): Promise<[Tensor, Tensor | undefined]> {
   const [data, sc] = packedTensors(g, name, N, K, fmt);
   if (fmt !== 'fp8_e4m3' && data.byteLength <= g.maxBindingBytes && packOnGpu && QBLOCK === PACK_BLOCK) return packBf16OnGpu(g, ckpt, name, N, K, fmt, data, sc!);
   try {
     const rows = Math.max(2, Math.floor(LOAD_CHUNK_BYTES / (2 * K) / 2) * 2);
-    const info = ckpt.info(name);
     let r0 = 0;
-    for await (const c of ckpt.fileOf(name).readChunks(info.begin, info.end - info.begin, rows * 2 * K)) {
+    for await (const c of bf16RowChunks(ckpt, name, K, rows)) {
       const r = c.byteLength / (2 * K);
       const bits = new Uint16Array(c.buffer, c.byteOffset, r * K);
       const codeBytes = packedRowBytes(fmt, K) * r;
@@ -328,9 +336,8 @@ async function packBf16OnGpu(g: Gpu, ckpt: Checkpoint, name: string, N: number, 
   const staging = weightGpu(g).empty([Math.ceil((rows * K) / 2)], 'u32', `${name} (bf16 staging)`);
   const table = weightGpu(g).upload(scaleTableHost(fmt), [1 << 15], 'u32', `${fmt} scale table`); // untracked: held across awaits
   try {
-    const info = ckpt.info(name);
     let r0 = 0;
-    for await (const c of ckpt.fileOf(name).readChunks(info.begin, info.end - info.begin, rows * 2 * K)) {
+    for await (const c of bf16RowChunks(ckpt, name, K, rows)) {
       const r = c.byteLength / (2 * K);
       // writeBytes submits the previous chunk's pack first, so the staging tensor is free again
       await writeChunk(g, staging, 0, c);

@@ -21,9 +21,9 @@ import { ExitCode, Step1xError, fmtShape } from '../errors.js';
 import { tokenizerDirOf, type ModelFiles } from '../io/model-files.js';
 import { SafetensorsFile } from '../io/safetensors.js';
 import { resize, type RgbImage } from '../io/resize.js';
-import { inputProcessImage, inputProcessSize, qwenProcessImage, STEP1X_MAX_PIXELS, STEP1X_MIN_PIXELS } from '../models/qwen25vl/processor.js';
-import { runV12Edit, V12_DEFAULTS } from './v12-edit.js';
-import { describeReasonEvent, pumpEvents, reasonParameters, runReasonEdit, type ReasonEditResult } from './reason-edit.js';
+import { inputProcessImage, qwenProcessImage, STEP1X_MAX_PIXELS, STEP1X_MIN_PIXELS } from '../models/qwen25vl/processor.js';
+import { runV12Request } from './v12-run.js';
+import type { ReasonEditResult } from './reason-edit.js';
 import { QwenTokenizer } from '../models/qwen25vl/tokenizer.js';
 import { buildStep1xInputIds } from '../models/qwen25vl/prompt.js';
 import { initialNoise } from './rng.js';
@@ -134,25 +134,7 @@ export async function readNoiseFile(path: string, h: number, w: number): Promise
   }
 }
 
-/** `--noise FILE` for a v1.2 edit: one tensor (the noise) or `noise` and `ref_eps`, each [1, 16, h, w]. */
-export async function readNoiseTensors(path: string, h: number, w: number): Promise<{ noise: Float32Array; refEps?: Float32Array }> {
-  const f = await SafetensorsFile.open(path);
-  try {
-    const names = [...f.tensors.keys()];
-    const pair = names.length === 2 && names.includes('noise') && names.includes('ref_eps');
-    if (names.length !== 1 && !pair) throw new Step1xError(`--noise ${path}: expected one tensor, or "noise" and "ref_eps"; found ${names.join(', ')}`, ExitCode.USAGE);
-    const want = [1, 16, h, w];
-    const read = async (n: string) => {
-      const info = f.tensors.get(n)!;
-      if (info.shape.length !== 4 || info.shape.some((d, i) => d !== want[i]))
-        throw new Step1xError(`--noise ${path}: tensor "${n}" has shape ${fmtShape(info.shape)}, this edit needs ${fmtShape(want)}`, ExitCode.USAGE);
-      return f.readF32(n);
-    };
-    return pair ? { noise: await read('noise'), refEps: await read('ref_eps') } : { noise: await read(names[0]) };
-  } finally {
-    await f.close();
-  }
-}
+export { readNoiseTensors } from './v12-run.js';
 
 export class EditPipeline {
   /** Models kept across stages and images when the VRAM plan fits them all (model-host.ts). */
@@ -178,8 +160,6 @@ export class EditPipeline {
     const ck = await Checkpoint.open(files.dit); // headers only: which version the weights are
     const ditVersion = versionOfKeys((n) => ck.has(n));
     await ck.close();
-    if (ditVersion === 'v1.2' && (opts.weights || opts.loras?.length))
-      throw new Step1xError(`${files.source}: --weights and --lora are not supported with a v1.2 model yet (it loads as stored)`, ExitCode.USAGE);
     const gpu = opts.gpu ?? (await Gpu.create(opts.device));
     return new EditPipeline(gpu, files, tokenizer, ditVersion, opts, !opts.gpu, opts.vramBudget);
   }
@@ -192,7 +172,8 @@ export class EditPipeline {
     const negative = req.negative ?? (t2i ? T2I_NEGATIVE_PROMPT : '');
     const beh = officialBehaviour(req.compat ?? 'current', req.cfgTruncate);
     checkVersion(this.files.dit, this.ditVersion, req.version); // before any stage runs
-    if (this.ditVersion === 'v1.2') return yield* this.runV12(req);
+    if (this.ditVersion === 'v1.2')
+      return yield* runV12Request({ gpu: g, files: this.files, tokenizer: this.tokenizer, models: this.models, opts: this.opts, fullBudget: this.fullBudget, stage: (s) => this.stage(s) }, req);
     if (req.reason) throw new Step1xError(`--think / --reflect need a v1.2 model (this one is ${this.ditVersion})`, ExitCode.USAGE);
     const timings: Record<string, number> = {};
     const tStart = performance.now();
@@ -359,53 +340,6 @@ export class EditPipeline {
     this.gpu.pool.trim();
     await this.gpu.sync();
     this.gpu.mark(name);
-  }
-
-  /**
-   * The v1.2 edit (pipeline/v12-edit.ts) with the fork's defaults for what the request leaves open; the
-   * options that have no v1.2 counterpart yet are refused by name.
-   */
-  private async *runV12(req: EditRequest): AsyncGenerator<Progress, EditResult> {
-    const d = this.files.diffusers;
-    if (!d) throw new Step1xError(`${this.files.source}: a v1.2 DiT outside a diffusers-layout directory`, ExitCode.WEIGHTS);
-    const refuse = ([['a text-to-image run (no input image)', !req.image], ['--mask', !!req.mask], ['--cache', !!req.cache], ['--compat 2025-05', req.compat === '2025-05'],
-      ['--cfg-truncate', req.cfgTruncate !== undefined], ['--negative', !!req.negative]] as const).filter(([, on]) => on).map(([n]) => n);
-    if (refuse.length) throw new Step1xError(`v1.2 edit: ${refuse.join(', ')} not supported with a v1.2 model`, ExitCode.USAGE);
-    const photo = req.image!;
-    const steps = req.steps ?? V12_DEFAULTS.steps, cfg = req.cfg ?? V12_DEFAULTS.cfg, size = req.size ?? V12_DEFAULTS.sizeLevel, seed = req.seed ?? 42;
-    const [w, h] = inputProcessSize(photo.width, photo.height, size);
-    const given: { noise?: Float32Array; refEps?: Float32Array } = req.noise ? { noise: req.noise } : req.noisePath ? await readNoiseTensors(req.noisePath, h / 8, w / 8) : {};
-    const tStart = performance.now();
-    yield { stage: 'embed', message: `v1.2 edit: ${steps} steps, cfg ${cfg}, ${w}x${h}` };
-    // round r of a reasoning edit draws from seed + r; round 0 (and a plain edit) takes --noise when given
-    const editOf = async (prompt: string, img: RgbImage, r: number) => runV12Edit(this.gpu, d, img, {
-      prompt, sizeLevel: size, steps, cfg, seed: seed + r, processorPixels: V12_DEFAULTS.processorPixels, ...(r === 0 ? given : {}),
-    });
-    let out: RgbImage, reason: ReasonEditResult | undefined;
-    if (req.reason) {
-      const ro = req.reason, small = new Map<RgbImage, RgbImage>();
-      reason = yield* pumpEvents<Progress, ReasonEditResult>((emit) => runReasonEdit(this.gpu, d, photo, { prompt: req.instruction, ...ro, seed, onEvent: (e) => emit({ stage: 'reason', message: describeReasonEvent(e), done: e.type !== 'round' }),
-        onToken: (kind, text, n) => emit({ stage: 'reason', step: n, total: ro.maxNewTokens ?? 128, detail: `${kind}: ${text.replace(/\s+/g, ' ').slice(-60)}` }) },
-        async (p, img, r) => {
-          const res = await editOf(p, img, r);
-          small.set(res.image, res.small);
-          return res.image;
-        }));
-      const fin = reason.rounds[reason.finalIndex].image;
-      out = req.nativeSize ? small.get(fin)! : fin;
-    } else {
-      const { small, image } = await editOf(req.instruction, photo, 0);
-      out = req.nativeSize ? small : image;
-    }
-    const total = +((performance.now() - tStart) / 1000).toFixed(3);
-    const parameters: Record<string, string> = {
-      task: 'edit', instruction: req.instruction, negative: '',
-      seed: given.noise ? `${seed} (noise${given.refEps ? ' and ref_eps' : ''} from ${req.noisePath ?? 'caller'})` : String(seed),
-      steps: String(steps), cfg: String(cfg), 'dit-version': 'v1.2', layout: 'diffusers', size: String(size), 'working-size': `${w}x${h}`,
-      'input-resize': 'lanczos', 'vae-encode': 'sample', models: d.root.split(/[\\/]/).pop() ?? d.root,
-    };
-    if (reason) Object.assign(parameters, reasonParameters(reason, req.reason!));
-    return { image: out, task: 'edit', version: 'v1.2', behaviour: officialBehaviour('current'), workingSize: [w, h], seed, timings: { total }, peakGpuBytes: this.gpu.pool.peakLiveBytes, parameters, reason };
   }
 
   /** Convenience: run to completion, forwarding progress to a callback. */

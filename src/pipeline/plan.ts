@@ -30,7 +30,9 @@ import { openQwenCheckpoint, residencyPlan } from '../models/qwen25vl/loader.js'
 import { QwenVisionTower } from '../models/qwen25vl/vision.js';
 import { QwenTextModel } from '../models/qwen25vl/text.js';
 import { inferAeConfig, type AeConfig } from '../models/vae-config.js';
-import { inputProcessSize, STEP1X_MAX_PIXELS } from '../models/qwen25vl/processor.js';
+import { inputProcessSize, smartResize, STEP1X_MAX_PIXELS } from '../models/qwen25vl/processor.js';
+import { V12_DROP_PREFIX } from '../models/qwen25vl/prompt-v12.js';
+import { V12_DEFAULTS } from './v12-sampling.js';
 import { STEP1X_MAX_LENGTH } from '../models/qwen25vl/embedder.js';
 import { gpuTensorBytes, setWeightPolicy, type WeightPolicy, type WeightsOption } from '../nn/weight.js';
 import type { LoraFile } from '../nn/lora.js';
@@ -152,6 +154,21 @@ export interface PlanOptions {
   budget?: number;
   /** The device's memory, when known: the budget when none is given. */
   deviceBytes?: number;
+  /**
+   * v1.2: the longest kept prompt span (image tokens + text) the DiT sees; default the image tokens plus
+   * V12_PLAN_PROMPT_TOKENS. The run passes its own when a prompt is longer, so the plan never undercounts.
+   */
+  textTokens?: number;
+}
+
+/** v1.2: text tokens (template + instruction) the plan assumes beside the image tokens when no prompt is known. */
+export const V12_PLAN_PROMPT_TOKENS = 256;
+
+/** v1.2: the image tokens Qwen sees for a w × h working image (smart_resize with the fork's processor pixels). */
+export function v12ImageTokens(width: number, height: number): number {
+  const px = V12_DEFAULTS.processorPixels;
+  const [rh, rw] = smartResize(height, width, 28, px.min_pixels, px.max_pixels, 'processor');
+  return (rh * rw) / (28 * 28);
 }
 
 /** What a stage's loader plans its residency against: the budget less the stage's activations. */
@@ -167,8 +184,11 @@ function tooSmall(budget: number, minimum: number): never {
 }
 
 /** Plan an edit from the model files' headers. */
-export async function planEdit(files: Pick<ModelFiles, 'dit' | 'vae' | 'qwenDir' | 'hparams'>, o: PlanOptions = {}): Promise<VramPlan> {
-  const size = o.size ?? 512;
+export async function planEdit(files: Pick<ModelFiles, 'dit' | 'vae' | 'qwenDir' | 'hparams' | 'diffusers'>, o: PlanOptions = {}): Promise<VramPlan> {
+  // v1.2 (pipeline/v12-edit.ts): the fork's size level 1024; the prompt and "" run one by one at their own
+  // lengths (no padding), so the DiT counts two rows of the longest kept span and Qwen two prompts of it + the drop
+  const v12 = files.diffusers?.version === 'v1.2';
+  const size = o.size ?? (v12 ? V12_DEFAULTS.sizeLevel : 512);
   const [width, height] = o.width && o.height ? [o.width, o.height] : inputProcessSize(size, size, size);
   // a budget above the device's memory (when known) is the device's memory
   const budget = o.budget !== undefined && o.deviceBytes !== undefined ? Math.min(o.budget, o.deviceBytes) : (o.budget ?? o.deviceBytes);
@@ -178,7 +198,8 @@ export async function planEdit(files: Pick<ModelFiles, 'dit' | 'vae' | 'qwenDir'
   const qwenPolicy: WeightPolicy = { weights: o.weights };
   const lh = height / 8, lw = width / 8;
   const L = 2 * Math.floor((lh * lw) / 4);
-  const T = files.hparams?.embedder?.max_length ?? STEP1X_MAX_LENGTH;
+  const v12Tokens = v12 ? v12ImageTokens(width, height) : 0;
+  const T = v12 ? (o.textTokens ?? v12Tokens + V12_PLAN_PROMPT_TOKENS) : (files.hparams?.embedder?.max_length ?? STEP1X_MAX_LENGTH);
 
   // ---- DiT ----
   const { ckpt: dck, cfg } = await openDitWeights(files.dit, files.hparams ?? {}); // official file or diffusers transformer/
@@ -220,9 +241,9 @@ export async function planEdit(files: Pick<ModelFiles, 'dit' | 'vae' | 'qwenDir'
     const ts = QwenTextModel.sizes(qck, qcfg.text);
     const maxPixels = files.hparams?.embedder?.max_pixels ?? STEP1X_MAX_PIXELS;
     const unit = qcfg.vision.patchSize * qcfg.vision.spatialMergeSize;
-    const imageTokens = Math.min(Math.floor(maxPixels / (unit * unit)), Math.ceil(width / unit) * Math.ceil(height / unit));
+    const imageTokens = v12 ? v12Tokens : Math.min(Math.floor(maxPixels / (unit * unit)), Math.ceil(width / unit) * Math.ceil(height / unit));
     const N = imageTokens * qcfg.vision.spatialMergeSize ** 2;
-    const act = qwenActivationBytes(qcfg, 2, imageTokens + T, N);
+    const act = qwenActivationBytes(qcfg, 2, v12 ? T + V12_DROP_PREFIX : imageTokens + T, N);
     qwenAll = vs.blocks + vs.fixed + ts.blocks + ts.fixed;
     const textLayer = ts.blocks / qcfg.text.numHiddenLayers, visionBlock = vs.blocks / qcfg.vision.depth;
     const min = vs.fixed + ts.fixed + 2 * textLayer + 2 * visionBlock + act;

@@ -40,7 +40,7 @@ export const oomInjection = { residentLoads: 0 };
  * Run `stage(budget)`; on GPU out-of-memory without a budget, free everything and retry with every block
  * streamed (`stage(undefined, true)`).
  */
-async function withOomFallback<T>(g: Gpu, what: string, budget: number | undefined, stage: (budget: number | undefined, streamAll?: boolean) => Promise<T>, info?: (m: string) => void): Promise<T> {
+export async function withOomFallback<T>(g: Gpu, what: string, budget: number | undefined, stage: (budget: number | undefined, streamAll?: boolean) => Promise<T>, info?: (m: string) => void): Promise<T> {
   try {
     if (budget === undefined && oomInjection.residentLoads > 0) {
       oomInjection.residentLoads--;

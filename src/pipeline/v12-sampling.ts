@@ -13,6 +13,9 @@ import { cfgCombine, shiftMu } from './sampling.js';
 
 const fr = Math.fround;
 
+/** The fork's defaults (pipeline_step1x_edit_v1p2.py): 28 steps, true CFG 6, size level 1024, processor pixels 256·28² … 400·28². */
+export const V12_DEFAULTS = { steps: 28, cfg: 6.0, sizeLevel: 1024, processorPixels: { min_pixels: 200704, max_pixels: 313600 } } as const;
+
 export interface V12Schedule {
   /** [S + 1] f32, the last 0 */
   sigmas: Float32Array;
@@ -46,7 +49,11 @@ export interface V12StepInfo {
 }
 
 /** The denoising loop; `latents` [N, C] packed noise tokens (consumed). Returns the final latents. */
-export async function v12Denoise(predict: V12Predict, latents: Float32Array, sched: V12Schedule, o: { cfg: number; channels: number; normPower?: number; onStep?: (s: V12StepInfo) => void | Promise<void> }): Promise<Float32Array> {
+export async function v12Denoise(predict: V12Predict, latents: Float32Array, sched: V12Schedule, o: {
+  cfg: number; channels: number; normPower?: number; onStep?: (s: V12StepInfo) => void | Promise<void>;
+  /** In place on the latents after step k, before onStep (a region mask's blend at σ_next). */
+  afterStep?: (x: Float32Array, sigmaNext: number) => void;
+}): Promise<Float32Array> {
   let x = latents;
   for (let k = 0; k < sched.timesteps.length; k++) {
     const t = fr(sched.timesteps[k] / 1000);
@@ -57,6 +64,7 @@ export async function v12Denoise(predict: V12Predict, latents: Float32Array, sch
     const next = new Float32Array(x.length);
     for (let i = 0; i < x.length; i++) next[i] = fr(x[i] + fr(dt * guided[i]));
     x = next;
+    o.afterStep?.(x, sched.sigmas[k + 1]);
     await o.onStep?.({ step: k, predCond: cond, predUncond: uncond, predGuided: guided, latentAfter: x });
   }
   return x;

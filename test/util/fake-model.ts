@@ -31,7 +31,7 @@ export async function writeFakeRealModel(dir: string, version: 'v1.0' | 'v1.1'):
  * sharded as the description says (each tensor's shard, an index per folder), vae/ one file; processor/
  * with placeholder tokenizer files (plan and inspect read no tokenizer).
  */
-export async function writeFakeV12Model(dir: string): Promise<string> {
+export async function writeFakeV12Model(dir: string, o: { /** v12_e2e_tiny's real Qwen tokenizer and chat template (a dry-run edit tokenizes) */ tokenizer?: boolean } = {}): Promise<string> {
   const rs = goldenCase('real_shapes_v12');
   const configs = JSON.parse(await readFile(join(rs, 'configs.json'), 'utf8'));
   const sharded = async (sub: string, file: string, stem: string) => {
@@ -54,7 +54,9 @@ export async function writeFakeV12Model(dir: string): Promise<string> {
     await writeFile(join(dir, name), JSON.stringify(c.value));
   }
   await mkdir(join(dir, 'processor'), { recursive: true });
-  for (const f of ['tokenizer.json', 'tokenizer_config.json']) await writeFile(join(dir, 'processor', f), '{}');
-  await copyFile(join(goldenCase('v12_e2e_tiny'), 'model', 'processor', 'preprocessor_config.json'), join(dir, 'processor', 'preprocessor_config.json'));
+  const tiny = join(goldenCase('v12_e2e_tiny'), 'model', 'processor');
+  if (o.tokenizer) for (const f of ['tokenizer.json.gz', 'tokenizer_config.json', 'chat_template.jinja']) await copyFile(join(tiny, f), join(dir, 'processor', f));
+  else for (const f of ['tokenizer.json', 'tokenizer_config.json']) await writeFile(join(dir, 'processor', f), '{}');
+  await copyFile(join(tiny, 'preprocessor_config.json'), join(dir, 'processor', 'preprocessor_config.json'));
   return dir;
 }
