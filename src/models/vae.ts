@@ -9,7 +9,8 @@
  *            Upsample (nearest 2x + 3x3 conv) except level 0 → GroupNorm → swish → conv_out
  * GroupNorm has 32 groups, eps 1e-6; the mid attention is single-head over all H·W positions with
  * head dim = channels. encode: latent = scale·(z − shift); decode(z) = decoder(z/scale + shift).
- * Every intermediate is disposed as soon as it is consumed, so peak memory is a few activations.
+ * Forward code frees by scope (nn/chain.ts): each intermediate goes as soon as the next one exists, so
+ * peak memory is a few activations, as if freed by hand.
  */
 import type { Gpu } from '../runtime/gpu.js';
 import type { Tensor } from '../runtime/tensor.js';
@@ -17,6 +18,7 @@ import { Checkpoint } from '../io/checkpoint.js';
 import { checkVaeCheckpoint, type AeConfig } from './vae-config.js';
 import { openVaeWeights } from './diffusers-map.js';
 import { loadWeight } from '../nn/weights.js';
+import { chain, chainAsync } from '../nn/chain.js';
 import { conv2d, groupNorm, type Conv2dOpts } from '../ops/conv.js';
 import { attention } from '../ops/attention.js';
 import { scale } from '../ops/elementwise.js';
@@ -71,16 +73,11 @@ export class ResnetBlock {
   }
   /** x + conv2(swish(norm2(conv1(swish(norm1(x)))))), the shortcut through nin_shortcut when channels change. */
   forward(x: Tensor): Tensor {
-    const h0 = this.norm1.forward(x, true);
-    const h1 = this.conv1.forward(h0, { pad: PAD1 });
-    h0.dispose();
-    const h2 = this.norm2.forward(h1, true);
-    h1.dispose();
-    const short = this.nin_shortcut ? this.nin_shortcut.forward(x) : x;
-    const out = this.conv2.forward(h2, { pad: PAD1, residual: short });
-    h2.dispose();
-    if (short !== x) short.dispose();
-    return out;
+    return chain(x.gpu,
+      () => this.norm1.forward(x, true),
+      (h) => this.conv1.forward(h, { pad: PAD1 }),
+      (h) => this.norm2.forward(h, true),
+      (h) => this.conv2.forward(h, { pad: PAD1, residual: this.nin_shortcut?.forward(x) ?? x }));
   }
   dispose(): void {
     for (const m of [this.norm1, this.conv1, this.norm2, this.conv2, this.nin_shortcut]) m?.dispose();
@@ -96,23 +93,13 @@ export class AttnBlock {
   /** x + proj_out(sdpa(q, k, v)) with one head of Dh = C over the H·W positions ([B, HW, 1, C] tokens). */
   forward(x: Tensor): Tensor {
     const [B, C, H, W] = x.shape;
-    const hn = this.norm.forward(x, false);
     // the 1x1 q/k/v convs write token-major [B, HW, C] directly (= [B, HW, 1, C], one head)
-    const tok = (c: Conv) => {
-      const t = c.forward(hn, { outTokens: true });
-      const r = t.reshape([B, H * W, 1, C]);
-      t.dispose();
-      return r;
-    };
-    const q = tok(this.q), k = tok(this.k), v = tok(this.v);
-    hn.dispose();
-    const a = attention(q, k, v);
-    for (const t of [q, k, v]) t.dispose();
-    const a3 = a.reshape([B, H * W, C]);
-    a.dispose();
-    const out = this.proj_out.forward(a3, { inTokens: [H, W], residual: x });
-    a3.dispose();
-    return out;
+    const tokens = (c: Conv, h: Tensor) => c.forward(h, { outTokens: true }).reshape([B, H * W, 1, C]);
+    return chain(x.gpu,
+      () => this.norm.forward(x, false),
+      (h) => [tokens(this.q, h), tokens(this.k, h), tokens(this.v, h)],
+      ([q, k, v]) => attention(q, k, v).reshape([B, H * W, C]),
+      (a) => this.proj_out.forward(a, { inTokens: [H, W], residual: x }));
   }
   dispose(): void {
     for (const m of [this.norm, this.q, this.k, this.v, this.proj_out]) m.dispose();
@@ -135,18 +122,23 @@ async function loadMid(ld: Loader, p: string, c: number): Promise<Mid> {
   return { block_1: await ResnetBlock.load(ld, `${p}.block_1`, c, c), attn_1: await AttnBlock.load(ld, `${p}.attn_1`), block_2: await ResnetBlock.load(ld, `${p}.block_2`, c, c) };
 }
 
-/** Run `f(x)`, dispose x (unless `keep`), tap the result. */
-async function step(x: Tensor, f: (x: Tensor) => Tensor, tap: VaeTap | undefined, name: string | null, keep = false): Promise<Tensor> {
-  const y = f(x);
-  if (!keep) x.dispose();
-  if (tap && name) await tap(name, y);
-  return y;
+/** One step of an encoder/decoder chain and the tap names its result is shown under. */
+type Step = { f: (h: Tensor) => Tensor; taps: string[] };
+const step = (f: (h: Tensor) => Tensor, ...taps: string[]): Step => ({ f, taps });
+
+function midSteps(mid: Mid, pre: string): Step[] {
+  return [step((h) => mid.block_1.forward(h), `${pre}.mid.block_1`), step((h) => mid.attn_1.forward(h), `${pre}.mid.attn_1`),
+    step((h) => mid.block_2.forward(h), `${pre}.mid.block_2`)];
 }
 
-async function runMid(mid: Mid, h: Tensor, tap: VaeTap | undefined, pre: string): Promise<Tensor> {
-  h = await step(h, (t) => mid.block_1.forward(t), tap, `${pre}.mid.block_1`);
-  h = await step(h, (t) => mid.attn_1.forward(t), tap, `${pre}.mid.attn_1`);
-  return step(h, (t) => mid.block_2.forward(t), tap, `${pre}.mid.block_2`);
+/** The steps on x (left to its owner), each value freed once the next exists (nn/chain.ts), tapped as named. */
+function runSteps(x: Tensor, [first, ...rest]: Step[], tap: VaeTap | undefined): Promise<Tensor> {
+  const tapped = (s: Step) => async (h: Tensor) => {
+    const y = s.f(h);
+    if (tap) for (const name of s.taps) await tap(name, y);
+    return y;
+  };
+  return chainAsync(x.gpu, () => tapped(first)(x), rest.map(tapped));
 }
 
 export class Encoder {
@@ -168,20 +160,16 @@ export class Encoder {
     return new Encoder(conv_in, down, await loadMid(ld, 'encoder.mid', cin), await Norm.load(ld, 'encoder.norm_out'), await Conv.load(ld, 'encoder.conv_out'));
   }
   /** img [B, in_channels, H, W] → moments [B, 2z, H/2^(L-1), W/2^(L-1)]. */
-  async forward(img: Tensor, tap?: VaeTap): Promise<Tensor> {
-    let h = await step(img, (t) => this.conv_in.forward(t, { pad: PAD1 }), tap, 'enc.conv_in', true);
-    for (let i = 0; i < this.down.length; i++) {
-      const lv = this.down[i];
-      for (let j = 0; j < lv.block.length; j++)
-        h = await step(h, (t) => lv.block[j].forward(t), tap, j === lv.block.length - 1 ? `enc.down${i}.blocks` : null);
-      if (lv.downsample) {
-        const ds = lv.downsample.conv;
-        h = await step(h, (t) => ds.forward(t, { stride: 2, pad: [0, 1, 0, 1] }), tap, `enc.down${i}.downsample`);
-      }
-    }
-    h = await runMid(this.mid, h, tap, 'enc');
-    h = await step(h, (t) => this.norm_out.forward(t, true), tap, 'enc.pre_conv_out');
-    return step(h, (t) => this.conv_out.forward(t, { pad: PAD1 }), undefined, null);
+  forward(img: Tensor, tap?: VaeTap): Promise<Tensor> {
+    const steps = [step((h) => this.conv_in.forward(h, { pad: PAD1 }), 'enc.conv_in')];
+    this.down.forEach((lv, i) => {
+      lv.block.forEach((b, j) => steps.push(step((h) => b.forward(h), ...(j === lv.block.length - 1 ? [`enc.down${i}.blocks`] : []))));
+      const ds = lv.downsample?.conv;
+      if (ds) steps.push(step((h) => ds.forward(h, { stride: 2, pad: [0, 1, 0, 1] }), `enc.down${i}.downsample`));
+    });
+    steps.push(...midSteps(this.mid, 'enc'), step((h) => this.norm_out.forward(h, true), 'enc.pre_conv_out'),
+      step((h) => this.conv_out.forward(h, { pad: PAD1 })));
+    return runSteps(img, steps, tap);
   }
   dispose(): void {
     disposeAll([this.conv_in, this.norm_out, this.conv_out], this.down, this.mid);
@@ -208,22 +196,18 @@ export class Decoder {
     return new Decoder(conv_in, mid, up, await Norm.load(ld, 'decoder.norm_out'), await Conv.load(ld, 'decoder.conv_out'));
   }
   /** z [B, z_channels, h, w] (already unscaled) → image [B, out_ch, h·2^(L-1), w·2^(L-1)]. */
-  async forward(z: Tensor, tap?: VaeTap): Promise<Tensor> {
-    let h = await step(z, (t) => this.conv_in.forward(t, { pad: PAD1 }), tap, 'dec.conv_in', true);
-    h = await runMid(this.mid, h, tap, 'dec');
+  forward(z: Tensor, tap?: VaeTap): Promise<Tensor> {
+    const steps = [step((h) => this.conv_in.forward(h, { pad: PAD1 }), 'dec.conv_in'), ...midSteps(this.mid, 'dec')];
     for (let i = this.up.length - 1; i >= 0; i--) {
       const lv = this.up[i];
-      for (let j = 0; j < lv.block.length; j++)
-        h = await step(h, (t) => lv.block[j].forward(t), tap, j === lv.block.length - 1 ? `dec.up${i}.blocks` : null);
-      if (lv.upsample) {
-        const us = lv.upsample.conv;
-        // Upsample = nearest 2x then 3x3 conv, fused (the 2x tensor is never materialised)
-        h = await step(h, (t) => us.forward(t, { pad: PAD1, upsample2x: true }), tap, `dec.up${i}.upsample`);
-      }
+      lv.block.forEach((b, j) => steps.push(step((h) => b.forward(h), ...(j === lv.block.length - 1 ? [`dec.up${i}.blocks`] : []))));
+      // Upsample = nearest 2x then 3x3 conv, fused (the 2x tensor is never materialised)
+      const us = lv.upsample?.conv;
+      if (us) steps.push(step((h) => us.forward(h, { pad: PAD1, upsample2x: true }), `dec.up${i}.upsample`));
     }
-    if (tap) await tap('dec.pre_norm_out', h);
-    h = await step(h, (t) => this.norm_out.forward(t, true), undefined, null);
-    return step(h, (t) => this.conv_out.forward(t, { pad: PAD1 }), undefined, null);
+    steps[steps.length - 1].taps.push('dec.pre_norm_out');
+    steps.push(step((h) => this.norm_out.forward(h, true)), step((h) => this.conv_out.forward(h, { pad: PAD1 })));
+    return runSteps(z, steps, tap);
   }
   dispose(): void {
     disposeAll([this.conv_in, this.norm_out, this.conv_out], this.up, this.mid);
@@ -292,31 +276,27 @@ export class AutoEncoder {
    * official sampled encode.
    */
   async encode(img: Tensor, opts: { sample?: Float32Array; tap?: VaeTap } = {}): Promise<EncodeResult> {
-    const moments = await this.moments(img, opts.tap);
-    const [B, C2, h, w] = moments.shape;
-    const z = C2 / 2, plane = z * h * w;
-    const g = moments.gpu;
-    const mean = g.empty([B, z, h, w], 'f32', 'vae.mean');
-    const logvar = g.empty([B, z, h, w], 'f32', 'vae.logvar');
-    const rows = moments.reshape([B * 2, plane]);
-    for (let b = 0; b < B; b++) {
-      const mv = rows.rows(2 * b, 1), lv = rows.rows(2 * b + 1, 1);
-      g.copyInto(mv, mean, b * plane * 4);
-      g.copyInto(lv, logvar, b * plane * 4);
-      mv.dispose();
-      lv.dispose();
-    }
-    rows.dispose();
-    const latent = opts.sample ? await this.sampleLatent(mean, logvar, opts.sample) : this.scaleLatent(mean);
-    return { moments, mean, logvar, latent };
+    const g = img.gpu;
+    return g.scopeAsync(async () => {
+      const moments = await this.moments(img, opts.tap);
+      const [B, C2, h, w] = moments.shape;
+      const z = C2 / 2, plane = z * h * w;
+      const mean = g.empty([B, z, h, w], 'f32', 'vae.mean');
+      const logvar = g.empty([B, z, h, w], 'f32', 'vae.logvar');
+      // moments rows per image: [mean channels | logvar channels]
+      const rows = moments.reshape([B * 2, plane]);
+      for (let b = 0; b < B; b++) {
+        g.copyInto(rows.rows(2 * b, 1), mean, b * plane * 4);
+        g.copyInto(rows.rows(2 * b + 1, 1), logvar, b * plane * 4);
+      }
+      const latent = opts.sample ? await this.sampleLatent(mean, logvar, opts.sample) : this.scaleLatent(mean);
+      return { moments, mean, logvar, latent };
+    });
   }
 
   /** scale·(z − shift), as two exact-order f32 steps like the reference. */
   scaleLatent(z: Tensor): Tensor {
-    const t = scale(z, 1, -this.config.shift_factor);
-    const out = scale(t, this.config.scale_factor, 0);
-    t.dispose();
-    return out;
+    return chain(z.gpu, () => scale(z, 1, -this.config.shift_factor), (t) => scale(t, this.config.scale_factor, 0));
   }
 
   /**
@@ -340,11 +320,11 @@ export class AutoEncoder {
   async decode(z: Tensor, tap?: VaeTap): Promise<Tensor> {
     const zc = this.config.z_channels;
     if (z.rank !== 4 || z.shape[1] !== zc) fail(`vae.decode: latent ${fmtShape(z.shape)} must be [B, ${zc}, h, w]`);
-    const zu = scale(z, 1 / this.config.scale_factor, this.config.shift_factor);
-    if (tap) await tap('dec.z_unscaled', zu);
-    const out = await this.decoder.forward(zu, tap);
-    zu.dispose();
-    return out;
+    return z.gpu.scopeAsync(async () => {
+      const zu = scale(z, 1 / this.config.scale_factor, this.config.shift_factor);
+      if (tap) await tap('dec.z_unscaled', zu);
+      return this.decoder.forward(zu, tap);
+    });
   }
 
   dispose(): void {
