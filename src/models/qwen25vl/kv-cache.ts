@@ -6,17 +6,16 @@
  * [0, len + L) — the prefill (L = prompt length, causal lower triangle) and each decode step (L = 1, every
  * cached key visible: attention's causal rule j ≤ i + Lk − Lq) are the same code. No attention mask: the
  * thinker's prompts are unpadded (attention_mask all ones), so a `!` (id 0) token is an ordinary key.
- * Real size: 28 layers × 2 × Lmax × 512 × 4 B = 112 KiB per token of Lmax.
+ * Real size: 28 layers × 2 × Lmax × 512 × 4 B = 112 KiB per token of Lmax. The cache lives as long as the
+ * scope it is made in (one generate() call, generate.ts).
  */
 import type { Gpu } from '../../runtime/gpu.js';
 import type { Tensor } from '../../runtime/tensor.js';
-import { rmsNorm } from '../../ops/norm.js';
 import { attention } from '../../ops/attention.js';
-import { applyRopeHalf } from '../../ops/rope.js';
 import { ExitCode, fail } from '../../errors.js';
 import type { QwenTextConfig } from './config.js';
 import type { DecoderLayerWeights } from './loader.js';
-import { layerOutput } from './text.js';
+import { residualLayer } from './text.js';
 
 export class KvCache {
   readonly k: Tensor[];
@@ -24,28 +23,17 @@ export class KvCache {
   /** Rows filled (the same in every layer once a step has gone through all layers). */
   len = 0;
 
+  /** Tensors of the open scope: made inside generate()'s, they go when the generation ends. */
   constructor(g: Gpu, readonly cfg: QwenTextConfig, readonly maxLen: number) {
     const row = cfg.numKeyValueHeads * cfg.headDim;
-    this.k = [];
-    this.v = [];
-    try {
-      for (let i = 0; i < cfg.numHiddenLayers; i++) {
-        this.k.push(g.empty([maxLen, row], 'f32', `kv.k.${i}`));
-        this.v.push(g.empty([maxLen, row], 'f32', `kv.v.${i}`));
-      }
-    } catch (e) {
-      this.dispose();
-      throw e;
-    }
+    const layers = (kind: string) => Array.from({ length: cfg.numHiddenLayers }, (_, i) => g.empty([maxLen, row], 'f32', `kv.${kind}.${i}`));
+    this.k = layers('k');
+    this.v = layers('v');
   }
 
   /** Bytes the cache holds on the GPU. */
   get bytes(): number {
     return 2 * this.cfg.numHiddenLayers * this.maxLen * this.cfg.numKeyValueHeads * this.cfg.headDim * 4;
-  }
-
-  dispose(): void {
-    for (const t of [...this.k, ...this.v]) t.dispose();
   }
 }
 
@@ -61,25 +49,14 @@ export interface CachedStep {
  * and its queries attend over every cached row. Returns the new hidden state [1, L, D] (`s.h` left alive).
  */
 export function cachedDecoderLayer(c: QwenTextConfig, w: DecoderLayerWeights, s: CachedStep, cache: KvCache, i: number): Tensor {
-  const L = s.h.shape[1], H = c.numAttentionHeads, Hkv = c.numKeyValueHeads, Dh = c.headDim;
+  const L = s.h.shape[1], Hkv = c.numKeyValueHeads, Dh = c.headDim;
   const past = cache.len, total = past + L;
   if (total > cache.maxLen) fail(`generation: ${total} tokens exceed the KV cache of ${cache.maxLen}`, ExitCode.USAGE);
-  const g = s.h.gpu;
-  const x = rmsNorm(s.h, w.input_layernorm, c.rmsNormEps);
-  const q0 = w.self_attn.q_proj.forward(x), k0 = w.self_attn.k_proj.forward(x), v0 = w.self_attn.v_proj.forward(x);
-  x.dispose();
-  const q1 = q0.reshape([1, L, H, Dh]), k1 = k0.reshape([1, L, Hkv, Dh]);
-  q0.dispose(); k0.dispose();
-  const q = applyRopeHalf(q1, s.cos, s.sin), k = applyRopeHalf(k1, s.cos, s.sin);
-  q1.dispose(); k1.dispose();
-  const rowBytes = Hkv * Dh * 4;
-  g.copyInto(k, cache.k[i], past * rowBytes);
-  g.copyInto(v0, cache.v[i], past * rowBytes);
-  k.dispose(); v0.dispose();
-  const kr = cache.k[i].rows(0, total), vr = cache.v[i].rows(0, total);
-  const kAll = kr.reshape([1, total, Hkv, Dh]), vAll = vr.reshape([1, total, Hkv, Dh]);
-  kr.dispose(); vr.dispose();
-  const a = attention(q, kAll, vAll, { causal: true });
-  q.dispose(); kAll.dispose(); vAll.dispose();
-  return layerOutput(c, w, s.h, a);
+  const g = s.h.gpu, rowBytes = Hkv * Dh * 4;
+  const upToNow = (t: Tensor) => t.rows(0, total).reshape([1, total, Hkv, Dh]);
+  return residualLayer(c, w, s.h, s, (q, k, v) => {
+    g.copyInto(k, cache.k[i], past * rowBytes);
+    g.copyInto(v, cache.v[i], past * rowBytes);
+    return attention(q, upToNow(cache.k[i]), upToNow(cache.v[i]), { causal: true });
+  });
 }

@@ -186,10 +186,43 @@ export class DecoderLayerWeights {
   }
 }
 
-/** A tower's blocks, all resident or all streamed, on the shared streaming engine (nn/block-stream.ts). */
+/**
+ * A tower's blocks, all resident or all streamed, on the shared streaming engine (nn/block-stream.ts).
+ * Blocks load untracked (runtime/scope.ts): one read ahead in the background appears while some forward
+ * scope is open, and must outlive it.
+ */
 export class LayerSet<T extends { dispose(): void }> extends BlockStream<T> {
-  constructor(count: number, loader: (i: number) => Promise<T>, readonly streamed: boolean) {
-    super(count, loader, () => !streamed);
+  constructor(g: Gpu, count: number, loader: (i: number) => Promise<T>, readonly streamed: boolean) {
+    super(count, (i) => g.untracked(() => loader(i)), () => !streamed);
+  }
+
+  /** A streamed block kept loaded for the next use of the same index (`again`). */
+  private kept: { i: number; b: T } | undefined;
+
+  /**
+   * fn on block i; a streamed block is freed once fn has returned (its work is recorded by then), or
+   * with `again` kept for the next use(i) (layer-major passes over several sequences).
+   */
+  async use<R>(i: number, fn: (block: T) => R | Promise<R>, opts: { again?: boolean } = {}): Promise<R> {
+    const k = this.kept;
+    this.kept = undefined;
+    if (k && k.i !== i) this.release(k.i, k.b);
+    const b = k?.i === i ? k.b : await this.get(i);
+    let again = false;
+    try {
+      const r = await fn(b);
+      again = !!opts.again;
+      return r;
+    } finally {
+      if (again) this.kept = { i, b };
+      else this.release(i, b);
+    }
+  }
+
+  override async dispose(): Promise<void> {
+    if (this.kept) this.release(this.kept.i, this.kept.b);
+    this.kept = undefined;
+    await super.dispose();
   }
 }
 
