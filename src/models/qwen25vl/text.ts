@@ -17,7 +17,6 @@
 import type { Gpu } from '../../runtime/gpu.js';
 import type { Tensor } from '../../runtime/tensor.js';
 import type { Checkpoint } from '../../io/checkpoint.js';
-import { loadWeight } from '../../nn/weights.js';
 import { rmsNorm, swiglu } from '../../ops/norm.js';
 import { add } from '../../ops/elementwise.js';
 import { attention } from '../../ops/attention.js';
@@ -26,7 +25,7 @@ import { mropeCosSin } from '../../ops/rope-tables.js';
 import { chain, chainAsync } from '../../nn/chain.js';
 import { ExitCode, fail } from '../../errors.js';
 import type { QwenTextConfig } from './config.js';
-import { DecoderLayerWeights, LayerSet, gatherEmbeddingRows, tensorBytes } from './loader.js';
+import { DecoderLayerWeights, LayerSet, TextFixed, gatherEmbeddingRows, towerBytes } from './loader.js';
 
 /** How masked text tokens' own rows attend: 'sdpa' (eager semantics, current official) or 'flash' (zeroed, May 2025). */
 export type TextAttention = 'sdpa' | 'flash';
@@ -57,13 +56,13 @@ export function residualLayer(c: QwenTextConfig, w: DecoderLayerWeights, h: Tens
   const sa = w.self_attn, mlp = w.mlp;
   return chain(g,
     () => add(h, chain(g,
-      () => rmsNorm(h, w.input_layernorm, eps),
+      () => rmsNorm(h, w.input_layernorm.weight.value, eps),
       (x) => [sa.q_proj.forward(x).reshape([1, L, H, Dh]), sa.k_proj.forward(x).reshape([1, L, Hkv, Dh]), sa.v_proj.forward(x).reshape([1, L, Hkv, Dh])],
       ([q, k, v]) => [applyRopeHalf(q, rope.cos, rope.sin), applyRopeHalf(k, rope.cos, rope.sin), v],
       ([q, k, v]) => attend(q, k, v).reshape([1, L, H * Dh]),
       (a) => sa.o_proj.forward(a))),
     (h1) => add(h1, chain(g,
-      () => rmsNorm(h1, w.post_attention_layernorm, eps),
+      () => rmsNorm(h1, w.post_attention_layernorm.weight.value, eps),
       (x) => [mlp.gate_proj.forward(x), mlp.up_proj.forward(x)],
       ([gate, up]) => swiglu(gate, up),
       (act) => mlp.down_proj.forward(act))));
@@ -74,17 +73,22 @@ export class QwenTextModel {
     readonly cfg: QwenTextConfig,
     readonly ckpt: Checkpoint,
     readonly layers: LayerSet<DecoderLayerWeights>,
-    readonly norm: Tensor,
+    /** `model.norm` (embed_tokens stays on the host), always resident. */
+    readonly fixed: TextFixed,
   ) {}
 
+  get norm(): Tensor {
+    return this.fixed.norm.weight.value;
+  }
+
+  /** Bytes of all layers (streaming decision) and of the always-resident parts, from the declarations. */
   static sizes(ckpt: Checkpoint, cfg: QwenTextConfig): { blocks: number; fixed: number } {
-    const names = Array.from({ length: cfg.numHiddenLayers }, (_, i) => DecoderLayerWeights.names(i)).flat();
-    return { blocks: tensorBytes(ckpt, names), fixed: tensorBytes(ckpt, ['model.norm.weight']) };
+    return towerBytes(ckpt, new DecoderLayerWeights(cfg), 'model.layers', cfg.numHiddenLayers, new TextFixed(cfg), 'model');
   }
 
   static async load(g: Gpu, ckpt: Checkpoint, cfg: QwenTextConfig, streamed: boolean): Promise<QwenTextModel> {
-    const layers = new LayerSet(g, cfg.numHiddenLayers, (i) => DecoderLayerWeights.load(g, ckpt, i), streamed);
-    const m = new QwenTextModel(cfg, ckpt, layers, await loadWeight(g, ckpt, 'model.norm.weight'));
+    const layers = new LayerSet(g, cfg.numHiddenLayers, (i) => new DecoderLayerWeights(cfg).load(g, ckpt, `model.layers.${i}`), streamed);
+    const m = new QwenTextModel(cfg, ckpt, layers, await new TextFixed(cfg).load(g, ckpt, 'model'));
     try {
       await layers.preload();
     } catch (e) {
@@ -164,7 +168,7 @@ export class QwenTextModel {
   }
 
   async dispose(): Promise<void> {
-    this.norm.dispose();
+    this.fixed.dispose();
     await this.layers.dispose();
   }
 }
