@@ -86,7 +86,7 @@ export class QwenGenerator {
   private async run(cache: KvCache, first: () => CachedStep | Promise<CachedStep>): Promise<Float32Array> {
     const g = this.g, m = this.qwen.model, c = m.cfg;
     const layers = Array.from({ length: c.numHiddenLayers }, (_, i) => async (s: CachedStep) =>
-      ({ ...s, h: await m.layers.use(i, (w) => cachedDecoderLayer(c, w, s, cache, i)) }));
+      ({ ...s, h: await m.layers.stream(i, (w) => cachedDecoderLayer(c, w, s, cache, i)) }));
     return g.scopeAsync(async () => {
       const last = await chainAsync(g, first, layers);
       cache.len += last.h.shape[1];

@@ -203,14 +203,15 @@ export class LayerSet<T extends { dispose(): void }> extends BlockStream<T> {
     super(count, (i) => g.untracked(() => loader(i)), () => !streamed);
   }
 
-  /** A streamed block kept loaded for the next use of the same index (`again`). */
+  /** A streamed block kept loaded for the next stream() of the same index (`again`). */
   private kept: { i: number; b: T } | undefined;
 
   /**
-   * fn on block i; a streamed block is freed once fn has returned (its work is recorded by then), or
-   * with `again` kept for the next use(i) (layer-major passes over several sequences).
+   * Streams block i through fn: a streamed block is freed once fn has returned (its work is recorded by
+   * then), or with `again` kept for the next stream(i) (layer-major passes over several sequences). The
+   * block's lifetime is handled here, so forward code frees nothing by hand.
    */
-  async use<R>(i: number, fn: (block: T) => R | Promise<R>, opts: { again?: boolean } = {}): Promise<R> {
+  async stream<R>(i: number, fn: (block: T) => R | Promise<R>, opts: { again?: boolean } = {}): Promise<R> {
     const k = this.kept;
     this.kept = undefined;
     if (k && k.i !== i) this.release(k.i, k.b);

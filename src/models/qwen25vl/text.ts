@@ -158,7 +158,7 @@ export class QwenTextModel {
       for (let s = 0; s < count; s++)
         steps.push(async (seqs) => {
           // a streamed layer stays loaded for the next sequence
-          const h = await this.layers.use(i, (w) => this.layer(w, seqs[s]), { again: s < count - 1 });
+          const h = await this.layers.stream(i, (w) => this.layer(w, seqs[s]), { again: s < count - 1 });
           if (onLayer) await onLayer(i, s, h);
           return seqs.map((q, k) => (k === s ? { ...q, h } : q));
         });

@@ -91,7 +91,7 @@ export class QwenVisionTower {
       const segFull = g.upload(cuSeqlensToSegments(fullAttentionCuSeqlens(grids), N), [N], 'i32', 'vision.frame_segments');
       const blocks = Array.from({ length: c.depth }, (_, i) => async (h: Tensor) => {
         const segments = c.fullattBlockIndexes.includes(i) ? segFull : segWin;
-        const y = await this.blocks.use(i, (w) => visionBlock(w, h, { cos, sin }, segments, H));
+        const y = await this.blocks.stream(i, (w) => visionBlock(w, h, { cos, sin }, segments, H));
         if (trace.block) await trace.block(i, y.reshape([N, Dv]));
         return y;
       });
