@@ -3,7 +3,7 @@
  *
  *   prefill   vision tower on the prompt's images, embeddings with the image rows scattered in, M-RoPE
  *             positions from get_rope_index (attention mask all ones), every layer over the L prompt tokens
- *             filling the KV cache (kv-cache.ts); logits of the last position only
+ *             filling the KV cache (below); logits of the last position only
  *   decode    one token per step: its embedding row (host gather), position n + rope_delta on all three
  *             M-RoPE axes (n = tokens so far), every layer with M = 1 over the cached keys
  *   lm_head   `lm_head.weight` [V, D], or `model.embed_tokens.weight` when the checkpoint has no lm_head
@@ -14,6 +14,14 @@
  *
  * The model's weights may be streamed per layer (QwenVL.load's residency plan): then every step streams
  * all layers, which is correct but bandwidth-bound on the disk.
+ *
+ * The KV cache: per layer one K and one V buffer [Lmax, Hkv·Dh] f32 (keys stored AFTER M-RoPE, as transformers'
+ * DynamicCache holds them). A step appends its L new rows at row `len` and attends its queries over rows
+ * [0, len + L) — the prefill (L = prompt length, causal lower triangle) and each decode step (L = 1, every
+ * cached key visible: attention's causal rule j ≤ i + Lk − Lq) are the same code. No attention mask: the
+ * thinker's prompts are unpadded (attention_mask all ones), so a `!` (id 0) token is an ordinary key.
+ * Real size: 28 layers × 2 × Lmax × 512 × 4 B = 112 KiB per token of Lmax. The cache is a tensor of
+ * generate()'s scope: it lives for one generation. Forward code frees by scope (nn/chain.ts).
  */
 import type { Gpu } from '../../runtime/gpu.js';
 import type { Tensor } from '../../runtime/tensor.js';
@@ -21,11 +29,13 @@ import { Linear } from '../../nn/linear.js';
 import { rmsNorm } from '../../ops/norm.js';
 import { linear } from '../../ops/linear.js';
 import { mropeCosSin } from '../../ops/rope-tables.js';
+import { attention } from '../../ops/attention.js';
 import { ExitCode, fail } from '../../errors.js';
-import { EMBED_TOKENS, LM_HEAD, gatherEmbeddingRows } from './loader.js';
+import type { QwenTextConfig } from './config.js';
+import { EMBED_TOKENS, LM_HEAD, gatherEmbeddingRows, type DecoderLayerWeights } from './loader.js';
+import { residualLayer } from './text.js';
 import { getRopeIndex } from './positions.js';
 import type { QwenInput, QwenVL } from './model.js';
-import { KvCache, cachedDecoderLayer, type CachedStep } from './kv-cache.js';
 import { chainAsync } from '../../nn/chain.js';
 
 export interface GenerateOptions {
@@ -155,4 +165,50 @@ export class QwenGenerator {
   dispose(): void {
     this.lmHead.dispose();
   }
+}
+
+// ---- KV cache ------------------------------------------------------------------------------------
+
+export class KvCache {
+  readonly k: Tensor[];
+  readonly v: Tensor[];
+  /** Rows filled (the same in every layer once a step has gone through all layers). */
+  len = 0;
+
+  /** Tensors of the open scope: made inside generate()'s, they go when the generation ends. */
+  constructor(g: Gpu, readonly cfg: QwenTextConfig, readonly maxLen: number) {
+    const row = cfg.numKeyValueHeads * cfg.headDim;
+    const layers = (kind: string) => Array.from({ length: cfg.numHiddenLayers }, (_, i) => g.empty([maxLen, row], 'f32', `kv.${kind}.${i}`));
+    this.k = layers('k');
+    this.v = layers('v');
+  }
+
+  /** Bytes the cache holds on the GPU. */
+  get bytes(): number {
+    return 2 * this.cfg.numHiddenLayers * this.maxLen * this.cfg.numKeyValueHeads * this.cfg.headDim * 4;
+  }
+}
+
+/** One step's inputs: hidden states [1, L, D] and M-RoPE tables [1, L, Dh] of the L new positions. */
+export interface CachedStep {
+  h: Tensor;
+  cos: Tensor;
+  sin: Tensor;
+}
+
+/**
+ * decoderLayer (text.ts) with the cache: the step's k/v rows are appended to layer `i` at row `cache.len`
+ * and its queries attend over every cached row. Returns the new hidden state [1, L, D] (`s.h` left alive).
+ */
+export function cachedDecoderLayer(c: QwenTextConfig, w: DecoderLayerWeights, s: CachedStep, cache: KvCache, i: number): Tensor {
+  const L = s.h.shape[1], Hkv = c.numKeyValueHeads, Dh = c.headDim;
+  const past = cache.len, total = past + L;
+  if (total > cache.maxLen) fail(`generation: ${total} tokens exceed the KV cache of ${cache.maxLen}`, ExitCode.USAGE);
+  const g = s.h.gpu, rowBytes = Hkv * Dh * 4;
+  const upToNow = (t: Tensor) => t.rows(0, total).reshape([1, total, Hkv, Dh]);
+  return residualLayer(c, w, s.h, s, (q, k, v) => {
+    g.copyInto(k, cache.k[i], past * rowBytes);
+    g.copyInto(v, cache.v[i], past * rowBytes);
+    return attention(q, upToNow(cache.k[i]), upToNow(cache.v[i]), { causal: true });
+  });
 }

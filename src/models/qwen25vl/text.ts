@@ -46,7 +46,7 @@ export function decoderLayer(c: QwenTextConfig, w: DecoderLayerWeights, s: TextS
 }
 
 /**
- * Qwen2_5_VLDecoderLayer around an attention (shared with the cached layer, kv-cache.ts):
+ * Qwen2_5_VLDecoderLayer around an attention (shared with the KV-cached layer, generate.ts):
  * h + o_proj(attend(mrope(q), mrope(k), v)) over input_layernorm(h), then + down(silu(gate)·up) over
  * post_attention_layernorm. `attend` gets q [1, L, H, Dh], k/v [1, L, Hkv, Dh] and returns [1, L, H, Dh].
  */
