@@ -16,8 +16,8 @@ import { REPO_ROOT } from './util/golden-path.js';
 /** Weight lifecycle: loading, streaming, freeing, caches held across forwards (nn/module.ts hold). */
 const LIFECYCLE = /^(dispose|close|load\w*|preload|release|abandon|scan|hold|open\w*|stream\w*|pack\w*|merge\w*|upload\w*|fetch)$/;
 
-/** Files whose conversion to scopes is in flight elsewhere (issue 18, the VAE and Qwen: helper 18q). */
-const PENDING = new Set(['src/models/vae.ts', ...['embedder', 'generate', 'kv-cache', 'model', 'text', 'vision'].map((n) => `src/models/qwen25vl/${n}.ts`)]);
+/** Files whose conversion to scopes is in flight elsewhere (none: the DiT, connector, VAE and Qwen are converted). */
+const PENDING = new Set<string>();
 
 function files(dir: string): string[] {
   return readdirSync(dir).flatMap((n) => {

@@ -278,8 +278,8 @@ describe('qwen25vl real-layout load and crop', () => {
       // resident: patch embed (bf16 [1280, 1176]), merger, final norm — never embed_tokens
       const resident = g.pool.liveBytes - live0;
       expect(resident).toBeLessThan(100 * 2 ** 20);
-      expect(m.visual.patch_embed.proj.shape).toEqual([1280, 1176]);
-      expect(m.visual.patch_embed.proj.dtype).toBe('bf16');
+      expect(m.visual.fixed.patch_embed.proj.weight.value.shape).toEqual([1280, 3, 2, 14, 14]);
+      expect(m.visual.fixed.patch_embed.proj.weight.value.dtype).toBe('bf16');
       await m.dispose();
       expect(g.pool.liveBytes).toBe(live0);
     } finally {
@@ -380,10 +380,13 @@ describe('qwen25vl real-size decoder layer (GPU)', () => {
     const saved = g.maxBindingBytes;
     g.maxBindingBytes = 128 * 2 ** 20; // lavapipe's limit, on every device
     const up = (b: Uint16Array, shape: number[]) => g.upload(b, shape, 'bf16');
-    const w = new DecoderLayerWeights(up(W.ln1, [D]), up(W.ln2, [D]),
-      { q_proj: new Linear(up(W.q, [D, D]), up(W.qb, [D])), k_proj: new Linear(up(W.k, [KV, D]), up(W.kb, [KV])),
-        v_proj: new Linear(up(W.v, [KV, D]), up(W.vb, [KV])), o_proj: new Linear(up(W.o, [D, D])) },
-      { gate_proj: new Linear(up(W.gate, [I, D])), up_proj: new Linear(up(W.up, [I, D])), down_proj: new Linear(up(W.down, [D, I])) });
+    // the declared layer, its parameters given directly (Linears built from the tensors)
+    const w = new DecoderLayerWeights(c);
+    w.input_layernorm.weight.set(up(W.ln1, [D]));
+    w.post_attention_layernorm.weight.set(up(W.ln2, [D]));
+    Object.assign(w.self_attn, { q_proj: new Linear(up(W.q, [D, D]), up(W.qb, [D])), k_proj: new Linear(up(W.k, [KV, D]), up(W.kb, [KV])),
+      v_proj: new Linear(up(W.v, [KV, D]), up(W.vb, [KV])), o_proj: new Linear(up(W.o, [D, D])) });
+    Object.assign(w.mlp, { gate_proj: new Linear(up(W.gate, [I, D])), up_proj: new Linear(up(W.up, [I, D])), down_proj: new Linear(up(W.down, [D, I])) });
     expect(w.mlp.gate_proj.weight.byteLength).toBeGreaterThan(g.maxBindingBytes);
     const h = Float32Array.from({ length: L * D }, () => (r() * 2 - 1) * 2);
     const pos = Int32Array.from([0, 1, 2, 0, 1, 5, 0, 1, 6]); // [3, L] t/h/w (distinct axes), token 1 masked (position 1)

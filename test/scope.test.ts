@@ -84,6 +84,35 @@ describe('tensor scopes', () => {
     expect(g.scopes.depth).toBe(0);
   });
 
+  test('an untracked async loader stays untracked across its awaits while scopes around it open and close', async () => {
+    const g = await getGpu();
+    let go: () => void = () => {};
+    const started = new Promise<void>((r) => (go = r));
+    // a block read ahead in the background (nn/block-stream.ts): its tensors appear after awaits,
+    // while the forward's scope is the innermost one
+    const readAhead = g.untracked(async () => {
+      const first = mk(g);
+      await started;
+      return [first, mk(g)];
+    });
+    let mid: Tensor | undefined, inner: Tensor | undefined;
+    let weights: Tensor[] = [];
+    const out = await g.scopeAsync(async () => {
+      mid = mk(g);
+      go();
+      weights = await readAhead;
+      return mk(g);
+    });
+    expect(mid!.isDisposed).toBe(true); // the forward still tracks while the loader is pending
+    expect(weights.map((t) => t.isDisposed)).toEqual([false, false]);
+    // a scope opened inside an untracked window tracks its own creations again
+    const kept = g.untracked(() => g.scope(() => ((inner = mk(g)), mk(g))));
+    expect(inner!.isDisposed).toBe(true);
+    expect(kept.isDisposed).toBe(false);
+    [out, kept, ...weights].forEach((t) => t.dispose());
+    expect(g.scopes.depth).toBe(0);
+  });
+
   test('storage is returned to the pool', async () => {
     const g = await getGpu();
     const before = g.pool.liveBytes;

@@ -1,10 +1,10 @@
 /**
  * FLUX AutoEncoder hyper-parameters: the real values, the exact checkpoint key set they imply
- * (`AutoEncoder(cfg).state_dict()` names and shapes) and their inference from a checkpoint's shapes.
+ * (`AutoEncoder(cfg).state_dict()` names and shapes, derived from the module declarations) and their
+ * inference from a checkpoint's shapes.
  */
 import { Checkpoint, checkKeys } from '../io/checkpoint.js';
-
-type Shapes = Map<string, number[]>;
+import { Decoder, Encoder } from './vae-blocks.js';
 
 export interface AeConfig {
   resolution: number;
@@ -25,66 +25,9 @@ export const REAL_AE: AeConfig = {
 };
 
 
-// ---- key set ------------------------------------------------------------------------------------
-
-function convKeys(m: Shapes, p: string, o: number, c: number, k: number): void {
-  m.set(`${p}.weight`, [o, c, k, k]);
-  m.set(`${p}.bias`, [o]);
-}
-function normKeys(m: Shapes, p: string, c: number): void {
-  m.set(`${p}.weight`, [c]);
-  m.set(`${p}.bias`, [c]);
-}
-function resnetKeys(m: Shapes, p: string, cin: number, cout: number): void {
-  normKeys(m, `${p}.norm1`, cin);
-  convKeys(m, `${p}.conv1`, cout, cin, 3);
-  normKeys(m, `${p}.norm2`, cout);
-  convKeys(m, `${p}.conv2`, cout, cout, 3);
-  if (cin !== cout) convKeys(m, `${p}.nin_shortcut`, cout, cin, 1);
-}
-function attnKeys(m: Shapes, p: string, c: number): void {
-  normKeys(m, `${p}.norm`, c);
-  for (const n of ['q', 'k', 'v', 'proj_out']) convKeys(m, `${p}.${n}`, c, c, 1);
-}
-function midKeys(m: Shapes, p: string, c: number): void {
-  resnetKeys(m, `${p}.block_1`, c, c);
-  attnKeys(m, `${p}.attn_1`, c);
-  resnetKeys(m, `${p}.block_2`, c, c);
-}
-
-/** Every key and shape of `AutoEncoder(cfg).state_dict()`. */
+/** Every key and shape of `AutoEncoder(cfg).state_dict()`, from the module declarations (models/vae-blocks.ts). */
 export function expectedVaeKeys(cfg: AeConfig): Map<string, number[]> {
-  const m: Shapes = new Map();
-  const { ch, ch_mult: mult, num_res_blocks: nrb, z_channels: z } = cfg;
-  const L = mult.length;
-  convKeys(m, 'encoder.conv_in', ch, cfg.in_channels, 3);
-  let cin = ch;
-  for (let i = 0; i < L; i++) {
-    cin = ch * (i === 0 ? 1 : mult[i - 1]);
-    const cout = ch * mult[i];
-    for (let j = 0; j < nrb; j++) {
-      resnetKeys(m, `encoder.down.${i}.block.${j}`, cin, cout);
-      cin = cout;
-    }
-    if (i !== L - 1) convKeys(m, `encoder.down.${i}.downsample.conv`, cin, cin, 3);
-  }
-  midKeys(m, 'encoder.mid', cin);
-  normKeys(m, 'encoder.norm_out', cin);
-  convKeys(m, 'encoder.conv_out', 2 * z, cin, 3);
-  cin = ch * mult[L - 1];
-  convKeys(m, 'decoder.conv_in', cin, z, 3);
-  midKeys(m, 'decoder.mid', cin);
-  for (let i = L - 1; i >= 0; i--) {
-    const cout = ch * mult[i];
-    for (let j = 0; j < nrb + 1; j++) {
-      resnetKeys(m, `decoder.up.${i}.block.${j}`, cin, cout);
-      cin = cout;
-    }
-    if (i !== 0) convKeys(m, `decoder.up.${i}.upsample.conv`, cin, cin, 3);
-  }
-  normKeys(m, 'decoder.norm_out', cin);
-  convKeys(m, 'decoder.conv_out', cfg.out_ch, cin, 3);
-  return m;
+  return new Map([...new Encoder(cfg).expectedKeys('encoder'), ...new Decoder(cfg).expectedKeys('decoder')]);
 }
 
 /**

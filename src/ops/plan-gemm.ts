@@ -301,7 +301,8 @@ const counters = new WeakMap<Gpu, Tensor>();
 export function overflowCounter(g: Gpu): Tensor {
   let t = counters.get(g);
   if (!t) {
-    t = g.upload(new Uint32Array(4), [4], 'u32', 'gemm overflow counter');
+    // lives as long as the device: never owned by the tensor scope of the forward that first needs it
+    t = g.untracked(() => g.upload(new Uint32Array(4), [4], 'u32', 'gemm overflow counter'));
     counters.set(g, t);
   }
   return t;

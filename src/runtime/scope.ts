@@ -8,25 +8,30 @@
  *
  * Rules that keep it sound:
  * - Tensors made outside any scope (weights, caches, the sampler's state) are never tracked;
- *   `untracked(fn)` opens a window inside a scope where creations are not tracked (weights streamed
- *   in mid-forward, caches that outlive the call), and `keep(t)` takes one tensor out of its scope.
+ *   `untracked(fn)` runs fn so that its creations are not tracked (weights streamed in mid-forward,
+ *   caches that outlive the call), and `keep(t)` takes one tensor out of its scope. An async fn stays
+ *   untracked across its awaits while the code around it goes on tracking (an AsyncLocalStorage
+ *   context, not a frame): a block read ahead in the background while a forward's scopes open and
+ *   close is never claimed by one of them.
  * - Scopes nest strictly. An async scope (`scopeAsync`) may await, but no other scope of the same
  *   runtime may open and stay open across its end: that would interleave lifetimes, so it fails.
  * - A tensor disposed by hand inside a scope is simply skipped when the scope closes.
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { fail } from '../errors.js';
 import { Tensor } from './tensor.js';
 
-/** null marks an untracked window: creations inside it belong to nobody. */
-type Frame = Set<Tensor> | null;
+type Frame = Set<Tensor>;
 
 export class ScopeStack {
   private readonly frames: Frame[] = [];
+  /** true inside `untracked(fn)` and every async continuation of it; false again inside a scope opened there. */
+  private readonly free = new AsyncLocalStorage<boolean>();
 
   /** Tensor's constructor calls this for every tensor made on the runtime. */
   track(t: Tensor): void {
-    const top = this.frames[this.frames.length - 1];
-    if (top) top.add(t);
+    if (this.free.getStore()) return;
+    this.frames[this.frames.length - 1]?.add(t);
   }
 
   get depth(): number {
@@ -37,7 +42,7 @@ export class ScopeStack {
     const frame = this.open(new Set());
     let result: T;
     try {
-      result = fn();
+      result = this.free.run(false, fn);
     } catch (e) {
       this.close(frame, undefined);
       throw e;
@@ -54,7 +59,7 @@ export class ScopeStack {
     const frame = this.open(new Set());
     let result: T;
     try {
-      result = await fn();
+      result = await this.free.run(false, fn);
     } catch (e) {
       this.close(frame, undefined);
       throw e;
@@ -64,21 +69,12 @@ export class ScopeStack {
   }
 
   untracked<T>(fn: () => T): T {
-    const frame = this.open(null);
-    try {
-      const r = fn();
-      if (r instanceof Promise) return r.finally(() => this.pop(frame)) as T;
-      this.pop(frame);
-      return r;
-    } catch (e) {
-      this.pop(frame);
-      throw e;
-    }
+    return this.free.run(true, fn);
   }
 
   /** Take tensors out of whatever scope holds them: the caller now owns them. */
   keep<T extends Tensor | undefined>(t: T): T {
-    if (t) for (const f of this.frames) f?.delete(t);
+    if (t) for (const f of this.frames) f.delete(t);
     return t;
   }
 
@@ -97,7 +93,7 @@ export class ScopeStack {
     const survivors = new Set<Tensor>();
     collect(result, survivors, 0);
     const parent = this.frames[this.frames.length - 1];
-    for (const t of frame as Set<Tensor>) {
+    for (const t of frame) {
       if (survivors.has(t)) parent?.add(t);
       else t.dispose();
     }

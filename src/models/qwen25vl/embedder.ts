@@ -51,16 +51,15 @@ export async function embedPrompts(g: Gpu, model: QwenVL, inputs: QwenInput[], o
     embeddings: new Float32Array(B * M * D), embeddingsF32: new Float32Array(B * M * D), mask: new Int32Array(B * M),
     batch: B, maxLength: M, hidden: D,
   };
-  const finals = await model.forward(g, inputs, opts.trace);
-  try {
+  // the final states go when this scope closes: only the host copies are kept
+  await g.scopeAsync(async () => {
+    const finals = await model.forward(g, inputs, opts.trace);
     for (let b = 0; b < B; b++) {
       const L = inputs[b].inputIds.length;
       const data = await g.readF32(finals[b]);
       if (opts.onFinalNorm) await opts.onFinalNorm(b, data, L);
       cropInto(out, b, data, L, drop);
     }
-  } finally {
-    for (const t of finals) t.dispose();
-  }
+  });
   return out;
 }

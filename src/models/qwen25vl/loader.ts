@@ -1,6 +1,7 @@
 /**
  * Qwen2.5-VL checkpoint loading: the exact hub key set (`model.*`, `visual.*`; `lm_head.weight`
- * ignored), per-block weight holders whose field names mirror the checkpoint, and `LayerSet`, which
+ * ignored), derived from module declarations whose field names are the checkpoint keys (nn/module.ts:
+ * the same declarations load, free and count bytes), and `LayerSet`, which
  * keeps blocks resident when they fit the GPU byte budget and otherwise streams them from disk
  * (load block i — prefetching i+1 — run, free). Both modes run the same kernels on the same
  * tensors, so results are identical.
@@ -13,62 +14,34 @@ import type { Gpu } from '../../runtime/gpu.js';
 import type { Tensor } from '../../runtime/tensor.js';
 import { Checkpoint, checkKeys } from '../../io/checkpoint.js';
 import { bytesToF32 } from '../../io/safetensors.js';
-import { loadWeight } from '../../nn/weights.js';
 import { Linear } from '../../nn/linear.js';
+import { Module, param, type TensorParam } from '../../nn/module.js';
 import { BlockStream } from '../../nn/block-stream.js';
-import { gpuTensorBytes, weightPolicy } from '../../nn/weight.js';
 import { ExitCode, fail } from '../../errors.js';
-import type { QwenVLConfig } from './config.js';
+import type { QwenTextConfig, QwenVisionConfig, QwenVLConfig } from './config.js';
 
 export const LM_HEAD = 'lm_head.weight';
 export const EMBED_TOKENS = 'model.embed_tokens.weight';
 export const ignoreLmHead = (name: string): boolean => name === LM_HEAD;
 
-/** name → shape of every tensor the model needs, from the config (728 for the real 7B; + lm_head on the hub = 729). */
+/** name → shape of every tensor the model needs, from the module declarations (728 for the real 7B; + lm_head on the hub = 729). */
 export function qwenExpectedShapes(cfg: QwenVLConfig): Map<string, number[]> {
-  const m = new Map<string, number[]>();
   const t = cfg.text, v = cfg.vision;
-  const D = t.hiddenSize, I = t.intermediateSize, KV = t.numKeyValueHeads * t.headDim;
-  m.set(EMBED_TOKENS, [t.vocabSize, D]);
-  for (let i = 0; i < t.numHiddenLayers; i++) {
-    const p = `model.layers.${i}`;
-    m.set(`${p}.input_layernorm.weight`, [D]);
-    m.set(`${p}.post_attention_layernorm.weight`, [D]);
-    m.set(`${p}.self_attn.q_proj.weight`, [D, D]);
-    m.set(`${p}.self_attn.q_proj.bias`, [D]);
-    m.set(`${p}.self_attn.k_proj.weight`, [KV, D]);
-    m.set(`${p}.self_attn.k_proj.bias`, [KV]);
-    m.set(`${p}.self_attn.v_proj.weight`, [KV, D]);
-    m.set(`${p}.self_attn.v_proj.bias`, [KV]);
-    m.set(`${p}.self_attn.o_proj.weight`, [D, D]);
-    m.set(`${p}.mlp.gate_proj.weight`, [I, D]);
-    m.set(`${p}.mlp.up_proj.weight`, [I, D]);
-    m.set(`${p}.mlp.down_proj.weight`, [D, I]);
-  }
-  m.set('model.norm.weight', [D]);
-  const Dv = v.hiddenSize, Iv = v.intermediateSize, M = Dv * v.spatialMergeSize ** 2;
-  m.set('visual.patch_embed.proj.weight', [Dv, v.inChans, v.temporalPatchSize, v.patchSize, v.patchSize]);
-  for (let i = 0; i < v.depth; i++) {
-    const p = `visual.blocks.${i}`;
-    m.set(`${p}.norm1.weight`, [Dv]);
-    m.set(`${p}.norm2.weight`, [Dv]);
-    m.set(`${p}.attn.qkv.weight`, [3 * Dv, Dv]);
-    m.set(`${p}.attn.qkv.bias`, [3 * Dv]);
-    m.set(`${p}.attn.proj.weight`, [Dv, Dv]);
-    m.set(`${p}.attn.proj.bias`, [Dv]);
-    for (const n of ['gate_proj', 'up_proj']) {
-      m.set(`${p}.mlp.${n}.weight`, [Iv, Dv]);
-      m.set(`${p}.mlp.${n}.bias`, [Iv]);
-    }
-    m.set(`${p}.mlp.down_proj.weight`, [Dv, Iv]);
-    m.set(`${p}.mlp.down_proj.bias`, [Dv]);
-  }
-  m.set('visual.merger.ln_q.weight', [Dv]);
-  m.set('visual.merger.mlp.0.weight', [M, M]);
-  m.set('visual.merger.mlp.0.bias', [M]);
-  m.set('visual.merger.mlp.2.weight', [v.outHiddenSize, M]);
-  m.set('visual.merger.mlp.2.bias', [v.outHiddenSize]);
+  // embed_tokens is never uploaded: text.ts gathers its rows on the host by this name
+  const m = new Map<string, number[]>([[EMBED_TOKENS, [t.vocabSize, t.hiddenSize]]]);
+  const add = (mod: Module, prefix: string) => mod.expectedKeys(prefix).forEach((shape, name) => m.set(name, shape));
+  for (let i = 0; i < t.numHiddenLayers; i++) add(new DecoderLayerWeights(t), `model.layers.${i}`);
+  add(new TextFixed(t), 'model');
+  add(new VisionFixed(v), 'visual');
+  for (let i = 0; i < v.depth; i++) add(new VisionBlockWeights(v), `visual.blocks.${i}`);
   return m;
+}
+
+/** GPU bytes of `count` blocks declared by `block` under `prefix.i` and of the always-resident `fixed` module. */
+export function towerBytes(ckpt: Checkpoint, block: Module, prefix: string, count: number, fixed: Module, fixedPrefix: string): { blocks: number; fixed: number } {
+  let blocks = 0;
+  for (let i = 0; i < count; i++) blocks += block.gpuBytes(ckpt, `${prefix}.${i}`);
+  return { blocks, fixed: fixed.gpuBytes(ckpt, fixedPrefix) };
 }
 
 /** Open a Qwen2.5-VL checkpoint (dir with index, single file, or a list of files) and check its key set against the config. */
@@ -103,93 +76,161 @@ export async function gatherEmbeddingRows(ckpt: Checkpoint, ids: Int32Array, nam
   return out;
 }
 
-/** Bytes the named tensors occupy on the GPU (as stored: bf16 stays 2 bytes). */
-export function tensorBytes(ckpt: Checkpoint, names: string[]): number {
-  const p = weightPolicy(ckpt); // --weights: Linear weights as they will be held (nn/weight.ts)
-  let n = 0;
-  for (const k of names) for (const b of gpuTensorBytes(ckpt.info(k), p)) n += b;
-  return n;
+/** A module with one `weight`: Qwen2RMSNorm (`norm1`, `ln_q`, `input_layernorm`, `model.norm`), the Conv3d patch_embed.proj. */
+export class Weighted extends Module {
+  readonly weight: TensorParam;
+  constructor(...shape: number[]) {
+    super();
+    this.weight = param(...shape);
+  }
 }
 
-/** visual.blocks.N: fields mirror the checkpoint (attn.qkv is split into q/k/v at load, rows (3, H, Dh)). */
-export class VisionBlockWeights {
-  constructor(
-    readonly norm1: Tensor,
-    readonly norm2: Tensor,
-    readonly attn: { q: Linear; k: Linear; v: Linear; proj: Linear },
-    readonly mlp: { gate_proj: Linear; up_proj: Linear; down_proj: Linear },
-  ) {}
-
-  static names(i: number): string[] {
-    const p = `visual.blocks.${i}`;
-    return ['norm1.weight', 'norm2.weight', 'attn.qkv.weight', 'attn.qkv.bias', 'attn.proj.weight', 'attn.proj.bias',
-      ...['gate_proj', 'up_proj', 'down_proj'].flatMap((n) => [`mlp.${n}.weight`, `mlp.${n}.bias`])].map((s) => `${p}.${s}`);
+/** `mlp`: down(silu(gate)·up), biased in the vision tower, not in the LLM. */
+export class GatedMlp extends Module {
+  readonly gate_proj: Linear;
+  readonly up_proj: Linear;
+  readonly down_proj: Linear;
+  constructor(D: number, I: number, bias: boolean) {
+    super();
+    this.gate_proj = new Linear(I, D, { bias });
+    this.up_proj = new Linear(I, D, { bias });
+    this.down_proj = new Linear(D, I, { bias });
   }
+}
 
-  static async load(g: Gpu, ckpt: Checkpoint, i: number): Promise<VisionBlockWeights> {
-    const p = `visual.blocks.${i}`;
-    // q, k, v as row views of the fused Linear (its Weight carries scales when packed)
-    const qkv = await Linear.load(g, ckpt, `${p}.attn.qkv`, { bias: true });
-    const Dv = qkv.outFeatures / 3;
-    const [q, k, v] = [0, 1, 2].map((i) => qkv.rows(i * Dv, Dv));
-    qkv.dispose();
-    return new VisionBlockWeights(
-      await loadWeight(g, ckpt, `${p}.norm1.weight`),
-      await loadWeight(g, ckpt, `${p}.norm2.weight`),
-      { q, k, v,
-        proj: await Linear.load(g, ckpt, `${p}.attn.proj`, { bias: true }) },
-      { gate_proj: await Linear.load(g, ckpt, `${p}.mlp.gate_proj`, { bias: true }),
-        up_proj: await Linear.load(g, ckpt, `${p}.mlp.up_proj`, { bias: true }),
-        down_proj: await Linear.load(g, ckpt, `${p}.mlp.down_proj`, { bias: true }) },
-    );
+/** visual.blocks.N: the fused attn.qkv is split into q/k/v row views (rows (3, H, Dh)) per forward. */
+export class VisionBlockWeights extends Module {
+  readonly norm1: Weighted;
+  readonly norm2: Weighted;
+  readonly attn: VisionAttention;
+  readonly mlp: GatedMlp;
+  constructor(v: QwenVisionConfig) {
+    super();
+    this.norm1 = new Weighted(v.hiddenSize);
+    this.norm2 = new Weighted(v.hiddenSize);
+    this.attn = new VisionAttention(v.hiddenSize);
+    this.mlp = new GatedMlp(v.hiddenSize, v.intermediateSize, true);
   }
+}
 
-  dispose(): void {
-    this.norm1.dispose();
-    this.norm2.dispose();
-    for (const l of [...Object.values(this.attn), ...Object.values(this.mlp)]) l.dispose();
+export class VisionAttention extends Module {
+  readonly qkv: Linear;
+  readonly proj: Linear;
+  constructor(Dv: number) {
+    super();
+    this.qkv = new Linear(3 * Dv, Dv);
+    this.proj = new Linear(Dv, Dv);
+  }
+}
+
+/** visual.* outside the blocks: patch_embed (Conv3d, no bias) and the merger (ln_q, mlp.0 → GELU → mlp.2). */
+export class VisionFixed extends Module {
+  readonly patch_embed: PatchEmbed;
+  readonly merger: Merger;
+  constructor(v: QwenVisionConfig) {
+    super();
+    this.patch_embed = new PatchEmbed(v);
+    this.merger = new Merger(v);
+  }
+}
+
+class PatchEmbed extends Module {
+  readonly proj: Weighted;
+  constructor(v: QwenVisionConfig) {
+    super();
+    this.proj = new Weighted(v.hiddenSize, v.inChans, v.temporalPatchSize, v.patchSize, v.patchSize);
+  }
+}
+
+class Merger extends Module {
+  readonly ln_q: Weighted;
+  /** torch Sequential(Linear, GELU, Linear): keys `mlp.0`, `mlp.2`. */
+  readonly mlp: [Linear, 'gelu_erf', Linear];
+  constructor(v: QwenVisionConfig) {
+    super();
+    const M = v.hiddenSize * v.spatialMergeSize ** 2;
+    this.ln_q = new Weighted(v.hiddenSize);
+    this.mlp = [new Linear(M, M), 'gelu_erf', new Linear(v.outHiddenSize, M)];
   }
 }
 
 /** model.layers.N: q/k/v with bias, o_proj and the MLP without. */
-export class DecoderLayerWeights {
-  constructor(
-    readonly input_layernorm: Tensor,
-    readonly post_attention_layernorm: Tensor,
-    readonly self_attn: { q_proj: Linear; k_proj: Linear; v_proj: Linear; o_proj: Linear },
-    readonly mlp: { gate_proj: Linear; up_proj: Linear; down_proj: Linear },
-  ) {}
-
-  static names(i: number): string[] {
-    const p = `model.layers.${i}`;
-    return ['input_layernorm.weight', 'post_attention_layernorm.weight', 'self_attn.q_proj.weight', 'self_attn.q_proj.bias',
-      'self_attn.k_proj.weight', 'self_attn.k_proj.bias', 'self_attn.v_proj.weight', 'self_attn.v_proj.bias',
-      'self_attn.o_proj.weight', 'mlp.gate_proj.weight', 'mlp.up_proj.weight', 'mlp.down_proj.weight'].map((s) => `${p}.${s}`);
-  }
-
-  static async load(g: Gpu, ckpt: Checkpoint, i: number): Promise<DecoderLayerWeights> {
-    const p = `model.layers.${i}`;
-    const lin = (n: string, bias: boolean) => Linear.load(g, ckpt, `${p}.${n}`, { bias });
-    return new DecoderLayerWeights(
-      await loadWeight(g, ckpt, `${p}.input_layernorm.weight`),
-      await loadWeight(g, ckpt, `${p}.post_attention_layernorm.weight`),
-      { q_proj: await lin('self_attn.q_proj', true), k_proj: await lin('self_attn.k_proj', true),
-        v_proj: await lin('self_attn.v_proj', true), o_proj: await lin('self_attn.o_proj', false) },
-      { gate_proj: await lin('mlp.gate_proj', false), up_proj: await lin('mlp.up_proj', false), down_proj: await lin('mlp.down_proj', false) },
-    );
-  }
-
-  dispose(): void {
-    this.input_layernorm.dispose();
-    this.post_attention_layernorm.dispose();
-    for (const l of [...Object.values(this.self_attn), ...Object.values(this.mlp)]) l.dispose();
+export class DecoderLayerWeights extends Module {
+  readonly input_layernorm: Weighted;
+  readonly post_attention_layernorm: Weighted;
+  readonly self_attn: TextAttention;
+  readonly mlp: GatedMlp;
+  constructor(t: QwenTextConfig) {
+    super();
+    this.input_layernorm = new Weighted(t.hiddenSize);
+    this.post_attention_layernorm = new Weighted(t.hiddenSize);
+    this.self_attn = new TextAttention(t);
+    this.mlp = new GatedMlp(t.hiddenSize, t.intermediateSize, false);
   }
 }
 
-/** A tower's blocks, all resident or all streamed, on the shared streaming engine (nn/block-stream.ts). */
+export class TextAttention extends Module {
+  readonly q_proj: Linear;
+  readonly k_proj: Linear;
+  readonly v_proj: Linear;
+  readonly o_proj: Linear;
+  constructor(t: QwenTextConfig) {
+    super();
+    const D = t.hiddenSize, KV = t.numKeyValueHeads * t.headDim;
+    this.q_proj = new Linear(D, D);
+    this.k_proj = new Linear(KV, D);
+    this.v_proj = new Linear(KV, D);
+    this.o_proj = new Linear(D, D, { bias: false });
+  }
+}
+
+/** model.* outside the layers (embed_tokens stays on the host). */
+export class TextFixed extends Module {
+  readonly norm: Weighted;
+  constructor(t: QwenTextConfig) {
+    super();
+    this.norm = new Weighted(t.hiddenSize);
+  }
+}
+
+/**
+ * A tower's blocks, all resident or all streamed, on the shared streaming engine (nn/block-stream.ts).
+ * Blocks load untracked (runtime/scope.ts): one read ahead in the background appears while some forward
+ * scope is open, and must outlive it.
+ */
 export class LayerSet<T extends { dispose(): void }> extends BlockStream<T> {
-  constructor(count: number, loader: (i: number) => Promise<T>, readonly streamed: boolean) {
-    super(count, loader, () => !streamed);
+  constructor(g: Gpu, count: number, loader: (i: number) => Promise<T>, readonly streamed: boolean) {
+    super(count, (i) => g.untracked(() => loader(i)), () => !streamed);
+  }
+
+  /** A streamed block kept loaded for the next stream() of the same index (`again`). */
+  private kept: { i: number; b: T } | undefined;
+
+  /**
+   * Streams block i through fn: a streamed block is freed once fn has returned (its work is recorded by
+   * then), or with `again` kept for the next stream(i) (layer-major passes over several sequences). The
+   * block's lifetime is handled here, so forward code frees nothing by hand.
+   */
+  async stream<R>(i: number, fn: (block: T) => R | Promise<R>, opts: { again?: boolean } = {}): Promise<R> {
+    const k = this.kept;
+    this.kept = undefined;
+    if (k && k.i !== i) this.release(k.i, k.b);
+    const b = k?.i === i ? k.b : await this.get(i);
+    let again = false;
+    try {
+      const r = await fn(b);
+      again = !!opts.again;
+      return r;
+    } finally {
+      if (again) this.kept = { i, b };
+      else this.release(i, b);
+    }
+  }
+
+  override async dispose(): Promise<void> {
+    if (this.kept) this.release(this.kept.i, this.kept.b);
+    this.kept = undefined;
+    await super.dispose();
   }
 }
 

@@ -10,7 +10,7 @@ import type { Checkpoint } from '../../io/checkpoint.js';
 import { loadQwenConfig, type QwenVLConfig } from './config.js';
 import { openQwenCheckpoint, residencyPlan } from './loader.js';
 import { QwenVisionTower, type VisionTrace } from './vision.js';
-import { QwenTextModel, type TextAttention } from './text.js';
+import { QwenTextModel, type TextAttention, type TextSequence } from './text.js';
 import { getRopeIndex, type GridThw } from './positions.js';
 import { fail } from '../../errors.js';
 import { setWeightPolicy, type WeightPolicy } from '../../nn/weight.js';
@@ -94,9 +94,10 @@ export class QwenVL {
    * [1, L_i, D] per prompt (= outputs.hidden_states[-1]).
    */
   async forward(g: Gpu, inputs: QwenInput[], trace: QwenTrace = {}): Promise<Tensor[]> {
-    const vis = new Map<Float32Array, Tensor>();
-    const seqs = [];
-    try {
+    // the first step of the text chain: image embeddings (freed before layer 0) and each prompt's state
+    const sequences = async (): Promise<TextSequence[]> => {
+      const vis = new Map<Float32Array, Tensor>();
+      const seqs: TextSequence[] = [];
       for (const inp of inputs) {
         let img: Tensor | null = null;
         if (inp.imageEmbeds) {
@@ -121,14 +122,10 @@ export class QwenVL {
         seqs.push(s);
         if (trace.inputsEmbeds) await trace.inputsEmbeds(s.h);
       }
-    } catch (e) {
-      for (const s of seqs) for (const t of [s.h, s.cos, s.sin, s.keyMask, s.queryMask]) t?.dispose();
-      throw e;
-    } finally {
-      for (const t of vis.values()) t.dispose();
-    }
+      return seqs;
+    };
     const onLayer = trace.layer;
-    return this.model.forward(seqs, onLayer ? (i, s, h) => onLayer(i, h, s) : undefined);
+    return this.model.forward(g, inputs.length, sequences, onLayer ? (i, s, h) => onLayer(i, h, s) : undefined);
   }
 
   async dispose(): Promise<void> {

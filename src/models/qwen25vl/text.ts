@@ -12,19 +12,20 @@
  *   norm           final RMSNorm (f32)
  * Several sequences (e.g. [instruction, ""]) run layer-major: each layer's weights are loaded
  * once (streamed or resident) and applied to every sequence, each at its own length (B = 1 each).
+ * Intermediates are freed by scope (nn/chain.ts), each as soon as the next value exists.
  */
 import type { Gpu } from '../../runtime/gpu.js';
 import type { Tensor } from '../../runtime/tensor.js';
 import type { Checkpoint } from '../../io/checkpoint.js';
-import { loadWeight } from '../../nn/weights.js';
 import { rmsNorm, swiglu } from '../../ops/norm.js';
 import { add } from '../../ops/elementwise.js';
 import { attention } from '../../ops/attention.js';
 import { applyRopeHalf } from '../../ops/rope.js';
 import { mropeCosSin } from '../../ops/rope-tables.js';
+import { chain, chainAsync } from '../../nn/chain.js';
 import { ExitCode, fail } from '../../errors.js';
 import type { QwenTextConfig } from './config.js';
-import { DecoderLayerWeights, LayerSet, gatherEmbeddingRows, tensorBytes } from './loader.js';
+import { DecoderLayerWeights, LayerSet, TextFixed, gatherEmbeddingRows, towerBytes } from './loader.js';
 
 /** How masked text tokens' own rows attend: 'sdpa' (eager semantics, current official) or 'flash' (zeroed, May 2025). */
 export type TextAttention = 'sdpa' | 'flash';
@@ -41,41 +42,30 @@ export interface TextSequence {
 
 /** One decoder layer on one sequence: returns the new hidden state [1, L, D] (input `s.h` left alive). */
 export function decoderLayer(c: QwenTextConfig, w: DecoderLayerWeights, s: TextSequence): Tensor {
-  const L = s.h.shape[1], H = c.numAttentionHeads, Hkv = c.numKeyValueHeads, Dh = c.headDim;
-  const x = rmsNorm(s.h, w.input_layernorm, c.rmsNormEps);
-  const q0 = w.self_attn.q_proj.forward(x), k0 = w.self_attn.k_proj.forward(x), v0 = w.self_attn.v_proj.forward(x);
-  x.dispose();
-  const q1 = q0.reshape([1, L, H, Dh]), k1 = k0.reshape([1, L, Hkv, Dh]), v = v0.reshape([1, L, Hkv, Dh]);
-  q0.dispose(); k0.dispose(); v0.dispose();
-  const q = applyRopeHalf(q1, s.cos, s.sin), k = applyRopeHalf(k1, s.cos, s.sin);
-  q1.dispose(); k1.dispose();
-  const a = attention(q, k, v, { causal: true, keyMask: s.keyMask, queryMask: s.queryMask });
-  q.dispose(); k.dispose(); v.dispose();
-  return layerOutput(c, w, s.h, a);
+  return residualLayer(c, w, s.h, s, (q, k, v) => attention(q, k, v, { causal: true, keyMask: s.keyMask, queryMask: s.queryMask }));
 }
 
 /**
- * The rest of a decoder layer after attention (shared with the cached layer, kv-cache.ts): h + o_proj(a),
- * then + down(silu(gate)·up) over post_attention_layernorm. `a` [1, L, H, Dh] is consumed, `h` left alive.
+ * Qwen2_5_VLDecoderLayer around an attention (shared with the KV-cached layer, generate.ts):
+ * h + o_proj(attend(mrope(q), mrope(k), v)) over input_layernorm(h), then + down(silu(gate)·up) over
+ * post_attention_layernorm. `attend` gets q [1, L, H, Dh], k/v [1, L, Hkv, Dh] and returns [1, L, H, Dh].
  */
-export function layerOutput(c: QwenTextConfig, w: DecoderLayerWeights, h: Tensor, a: Tensor): Tensor {
-  const L = h.shape[1];
-  const a2 = a.reshape([1, L, c.numAttentionHeads * c.headDim]);
-  a.dispose();
-  const o = w.self_attn.o_proj.forward(a2);
-  a2.dispose();
-  const h1 = add(h, o);
-  o.dispose();
-  const x2 = rmsNorm(h1, w.post_attention_layernorm, c.rmsNormEps);
-  const gate = w.mlp.gate_proj.forward(x2), up = w.mlp.up_proj.forward(x2);
-  x2.dispose();
-  const act = swiglu(gate, up);
-  gate.dispose(); up.dispose();
-  const d = w.mlp.down_proj.forward(act);
-  act.dispose();
-  const h2 = add(h1, d);
-  h1.dispose(); d.dispose();
-  return h2;
+export function residualLayer(c: QwenTextConfig, w: DecoderLayerWeights, h: Tensor, rope: { cos: Tensor; sin: Tensor },
+  attend: (q: Tensor, k: Tensor, v: Tensor) => Tensor): Tensor {
+  const g = h.gpu, L = h.shape[1], H = c.numAttentionHeads, Hkv = c.numKeyValueHeads, Dh = c.headDim, eps = c.rmsNormEps;
+  const sa = w.self_attn, mlp = w.mlp;
+  return chain(g,
+    () => add(h, chain(g,
+      () => rmsNorm(h, w.input_layernorm.weight.value, eps),
+      (x) => [sa.q_proj.forward(x).reshape([1, L, H, Dh]), sa.k_proj.forward(x).reshape([1, L, Hkv, Dh]), sa.v_proj.forward(x).reshape([1, L, Hkv, Dh])],
+      ([q, k, v]) => [applyRopeHalf(q, rope.cos, rope.sin), applyRopeHalf(k, rope.cos, rope.sin), v],
+      ([q, k, v]) => attend(q, k, v).reshape([1, L, H * Dh]),
+      (a) => sa.o_proj.forward(a))),
+    (h1) => add(h1, chain(g,
+      () => rmsNorm(h1, w.post_attention_layernorm.weight.value, eps),
+      (x) => [mlp.gate_proj.forward(x), mlp.up_proj.forward(x)],
+      ([gate, up]) => swiglu(gate, up),
+      (act) => mlp.down_proj.forward(act))));
 }
 
 export class QwenTextModel {
@@ -83,17 +73,22 @@ export class QwenTextModel {
     readonly cfg: QwenTextConfig,
     readonly ckpt: Checkpoint,
     readonly layers: LayerSet<DecoderLayerWeights>,
-    readonly norm: Tensor,
+    /** `model.norm` (embed_tokens stays on the host), always resident. */
+    readonly fixed: TextFixed,
   ) {}
 
+  get norm(): Tensor {
+    return this.fixed.norm.weight.value;
+  }
+
+  /** Bytes of all layers (streaming decision) and of the always-resident parts, from the declarations. */
   static sizes(ckpt: Checkpoint, cfg: QwenTextConfig): { blocks: number; fixed: number } {
-    const names = Array.from({ length: cfg.numHiddenLayers }, (_, i) => DecoderLayerWeights.names(i)).flat();
-    return { blocks: tensorBytes(ckpt, names), fixed: tensorBytes(ckpt, ['model.norm.weight']) };
+    return towerBytes(ckpt, new DecoderLayerWeights(cfg), 'model.layers', cfg.numHiddenLayers, new TextFixed(cfg), 'model');
   }
 
   static async load(g: Gpu, ckpt: Checkpoint, cfg: QwenTextConfig, streamed: boolean): Promise<QwenTextModel> {
-    const layers = new LayerSet(cfg.numHiddenLayers, (i) => DecoderLayerWeights.load(g, ckpt, i), streamed);
-    const m = new QwenTextModel(cfg, ckpt, layers, await loadWeight(g, ckpt, 'model.norm.weight'));
+    const layers = new LayerSet(g, cfg.numHiddenLayers, (i) => new DecoderLayerWeights(cfg).load(g, ckpt, `model.layers.${i}`), streamed);
+    const m = new QwenTextModel(cfg, ckpt, layers, await new TextFixed(cfg).load(g, ckpt, 'model'));
     try {
       await layers.preload();
     } catch (e) {
@@ -124,9 +119,7 @@ export class QwenTextModel {
       const n = j - i;
       if (!imageEmbeds || used + n > imageEmbeds.shape[0])
         fail(`image features and image tokens do not match: more than ${imageEmbeds?.shape[0] ?? 0} image tokens (id ${imageTokenId}) in input_ids`, ExitCode.USAGE);
-      const src = imageEmbeds.rows(used, n);
-      g.copyInto(src, h, i * D * 4);
-      src.dispose();
+      g.copyInto(imageEmbeds.rows(used, n), h, i * D * 4); // the view goes with the caller's scope
       used += n;
       i = j;
     }
@@ -153,30 +146,29 @@ export class QwenTextModel {
   }
 
   /**
-   * Run all layers over every sequence (layer-major) and the final norm. `onLayer(i, s, h)` sees
-   * each raw decoder-layer output [1, L, D]. Returns the final normed states; the sequences'
-   * tensors are disposed.
+   * Run all layers over `count` sequences (layer-major) and the final norm: the final normed states
+   * [1, L, D] in order. `first()` makes the sequences; what it makes on the way (image embeddings) is
+   * freed before layer 0, and each sequence's state as soon as its next one exists, as if by hand.
+   * `onLayer(i, s, h)` sees each raw decoder-layer output [1, L, D].
    */
-  async forward(seqs: TextSequence[], onLayer?: (layer: number, seq: number, h: Tensor) => Promise<void>): Promise<Tensor[]> {
-    try {
-      for (let i = 0; i < this.cfg.numHiddenLayers; i++) {
-        const w = await this.layers.get(i);
-        for (let s = 0; s < seqs.length; s++) {
-          const h = this.layer(w, seqs[s]);
-          seqs[s].h.dispose();
-          seqs[s].h = h;
-        }
-        this.layers.release(i, w);
-        if (onLayer) for (let s = 0; s < seqs.length; s++) await onLayer(i, s, seqs[s].h);
-      }
-      return seqs.map((s) => rmsNorm(s.h, this.norm, this.cfg.rmsNormEps));
-    } finally {
-      for (const s of seqs) for (const t of [s.h, s.cos, s.sin, s.keyMask, s.queryMask]) t?.dispose();
-    }
+  async forward(g: Gpu, count: number, first: () => Promise<TextSequence[]>,
+    onLayer?: (layer: number, seq: number, h: Tensor) => Promise<void>): Promise<Tensor[]> {
+    const steps: ((seqs: TextSequence[]) => Promise<TextSequence[]>)[] = [];
+    for (let i = 0; i < this.cfg.numHiddenLayers; i++)
+      for (let s = 0; s < count; s++)
+        steps.push(async (seqs) => {
+          // a streamed layer stays loaded for the next sequence
+          const h = await this.layers.stream(i, (w) => this.layer(w, seqs[s]), { again: s < count - 1 });
+          if (onLayer) await onLayer(i, s, h);
+          return seqs.map((q, k) => (k === s ? { ...q, h } : q));
+        });
+    steps.push(async (seqs) => seqs.map((q) => ({ ...q, h: rmsNorm(q.h, this.norm, this.cfg.rmsNormEps) })));
+    // the tables and masks go when this scope closes
+    return g.scopeAsync(async () => (await chainAsync(g, first, steps)).map((q) => q.h));
   }
 
   async dispose(): Promise<void> {
-    this.norm.dispose();
+    this.fixed.dispose();
     await this.layers.dispose();
   }
 }

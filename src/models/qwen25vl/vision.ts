@@ -15,8 +15,6 @@
 import type { Gpu } from '../../runtime/gpu.js';
 import type { Tensor } from '../../runtime/tensor.js';
 import type { Checkpoint } from '../../io/checkpoint.js';
-import { loadWeight } from '../../nn/weights.js';
-import { Linear } from '../../nn/linear.js';
 import { linear } from '../../ops/linear.js';
 import { rmsNorm, swiglu } from '../../ops/norm.js';
 import { add } from '../../ops/elementwise.js';
@@ -24,9 +22,10 @@ import { gatherRows } from '../../ops/layout.js';
 import { attention } from '../../ops/attention.js';
 import { applyRopeHalf } from '../../ops/rope.js';
 import { visionRopeCosSin } from '../../ops/rope-tables.js';
+import { chain, chainAsync } from '../../nn/chain.js';
 import { fail, fmtShape } from '../../errors.js';
 import type { QwenVisionConfig } from './config.js';
-import { LayerSet, VisionBlockWeights, tensorBytes } from './loader.js';
+import { LayerSet, VisionBlockWeights, VisionFixed, towerBytes } from './loader.js';
 import {
   cuSeqlensToSegments, fullAttentionCuSeqlens, getWindowIndex, invertPermutation, permuteRows, type GridThw,
 } from './positions.js';
@@ -43,29 +42,20 @@ const EPS = 1e-6;
 export class QwenVisionTower {
   private constructor(
     readonly cfg: QwenVisionConfig,
-    readonly patch_embed: { proj: Tensor /* [Dv, C·T·P·P] view of the Conv3d weight */ },
+    /** patch_embed and merger (`visual.*` outside the blocks), always resident. */
+    readonly fixed: VisionFixed,
     readonly blocks: LayerSet<VisionBlockWeights>,
-    readonly merger: { ln_q: Tensor; mlp0: Linear; mlp2: Linear },
   ) {}
 
-  /** Bytes of all blocks (streaming decision) and of the always-resident parts. */
+  /** Bytes of all blocks (streaming decision) and of the always-resident parts, from the declarations. */
   static sizes(ckpt: Checkpoint, cfg: QwenVisionConfig): { blocks: number; fixed: number } {
-    const blocks = Array.from({ length: cfg.depth }, (_, i) => VisionBlockWeights.names(i)).flat();
-    const fixed = ['visual.patch_embed.proj.weight', 'visual.merger.ln_q.weight', 'visual.merger.mlp.0.weight',
-      'visual.merger.mlp.0.bias', 'visual.merger.mlp.2.weight', 'visual.merger.mlp.2.bias'];
-    return { blocks: tensorBytes(ckpt, blocks), fixed: tensorBytes(ckpt, fixed) };
+    return towerBytes(ckpt, new VisionBlockWeights(cfg), 'visual.blocks', cfg.depth, new VisionFixed(cfg), 'visual');
   }
 
   static async load(g: Gpu, ckpt: Checkpoint, cfg: QwenVisionConfig, streamed: boolean): Promise<QwenVisionTower> {
-    const w = await loadWeight(g, ckpt, 'visual.patch_embed.proj.weight');
-    const proj = w.reshape([w.shape[0], w.numel / w.shape[0]]);
-    w.dispose();
-    const blocks = new LayerSet(cfg.depth, (i) => VisionBlockWeights.load(g, ckpt, i), streamed);
-    const tower = new QwenVisionTower(cfg, { proj }, blocks, {
-      ln_q: await loadWeight(g, ckpt, 'visual.merger.ln_q.weight'),
-      mlp0: await Linear.load(g, ckpt, 'visual.merger.mlp.0', { bias: true }),
-      mlp2: await Linear.load(g, ckpt, 'visual.merger.mlp.2', { bias: true }),
-    });
+    const fixed = await new VisionFixed(cfg).load(g, ckpt, 'visual');
+    const blocks = new LayerSet(g, cfg.depth, (i) => new VisionBlockWeights(cfg).load(g, ckpt, `visual.blocks.${i}`), streamed);
+    const tower = new QwenVisionTower(cfg, fixed, blocks);
     try {
       await blocks.preload();
     } catch (e) {
@@ -82,7 +72,8 @@ export class QwenVisionTower {
   async forward(g: Gpu, pixelValues: Float32Array, grids: readonly GridThw[], trace: VisionTrace = {}): Promise<Tensor> {
     const c = this.cfg;
     const unit = c.spatialMergeSize ** 2;
-    const K = this.patch_embed.proj.shape[1];
+    const proj = this.fixed.patch_embed.proj.weight.value;
+    const K = proj.numel / proj.shape[0];
     const N = grids.reduce((s, [t, h, w]) => s + t * h * w, 0);
     if (pixelValues.length !== N * K)
       fail(`vision: pixel_values has ${pixelValues.length} values, expected [${N}, ${K}] for image_grid_thw ${JSON.stringify(grids)}`);
@@ -92,86 +83,69 @@ export class QwenVisionTower {
     const { windowIndex, cuWindowSeqlens } = getWindowIndex(grids, c.windowSize, c.spatialMergeSize, c.patchSize);
     // 2-D rope tables in the processor's patch order, then reordered like the hidden states
     const tables = visionRopeCosSin(grids.map((x) => [...x] as [number, number, number]), c.spatialMergeSize, Dh);
-    const cosT = g.upload(permuteRows(tables.cos, unit * Dh, windowIndex), [1, N, Dh], 'f32', 'vision.cos');
-    const sinT = g.upload(permuteRows(tables.sin, unit * Dh, windowIndex), [1, N, Dh], 'f32', 'vision.sin');
-    const segWin = g.upload(cuSeqlensToSegments(cuWindowSeqlens, N), [N], 'i32', 'vision.window_segments');
-    const segFull = g.upload(cuSeqlensToSegments(fullAttentionCuSeqlens(grids), N), [N], 'i32', 'vision.frame_segments');
-
-    const px = g.upload(pixelValues, [N, K], 'f32', 'pixel_values');
-    const pe = linear(px, this.patch_embed.proj); // [N, Dv]
-    px.dispose();
-    if (trace.patchEmbed) await trace.patchEmbed(pe);
-    const peUnits = pe.reshape([N / unit, unit * Dv]);
-    const reordered = gatherRows(peUnits, windowIndex);
-    peUnits.dispose();
-    pe.dispose();
-    let h = reordered.reshape([1, N, Dv]);
-    reordered.dispose();
-
-    const heads = (t: Tensor) => {
-      const r = t.reshape([1, N, H, Dh]);
-      t.dispose();
-      return r;
-    };
-    try {
-      for (let i = 0; i < c.depth; i++) {
-        const w = await this.blocks.get(i);
-        const x = rmsNorm(h, w.norm1, EPS);
-        const q0 = heads(w.attn.q.forward(x)), k0 = heads(w.attn.k.forward(x)), v = heads(w.attn.v.forward(x));
-        x.dispose();
-        const q = applyRopeHalf(q0, cosT, sinT), k = applyRopeHalf(k0, cosT, sinT);
-        q0.dispose();
-        k0.dispose();
+    return g.scopeAsync(async () => {
+      // alive for the whole tower, freed when it returns
+      const cos = g.upload(permuteRows(tables.cos, unit * Dh, windowIndex), [1, N, Dh], 'f32', 'vision.cos');
+      const sin = g.upload(permuteRows(tables.sin, unit * Dh, windowIndex), [1, N, Dh], 'f32', 'vision.sin');
+      const segWin = g.upload(cuSeqlensToSegments(cuWindowSeqlens, N), [N], 'i32', 'vision.window_segments');
+      const segFull = g.upload(cuSeqlensToSegments(fullAttentionCuSeqlens(grids), N), [N], 'i32', 'vision.frame_segments');
+      const blocks = Array.from({ length: c.depth }, (_, i) => async (h: Tensor) => {
         const segments = c.fullattBlockIndexes.includes(i) ? segFull : segWin;
-        const a = attention(q, k, v, { segments });
-        q.dispose(); k.dispose(); v.dispose();
-        const a2 = a.reshape([1, N, Dv]);
-        a.dispose();
-        const o = w.attn.proj.forward(a2);
-        a2.dispose();
-        const h1 = add(h, o);
-        o.dispose();
-        h.dispose();
-        const x2 = rmsNorm(h1, w.norm2, EPS);
-        const gate = w.mlp.gate_proj.forward(x2), up = w.mlp.up_proj.forward(x2);
-        x2.dispose();
-        const act = swiglu(gate, up);
-        gate.dispose();
-        up.dispose();
-        const d = w.mlp.down_proj.forward(act);
-        act.dispose();
-        h = add(h1, d);
-        h1.dispose();
-        d.dispose();
-        this.blocks.release(i, w);
-        if (trace.block) {
-          const v2 = h.reshape([N, Dv]);
-          await trace.block(i, v2);
-          v2.dispose();
-        }
-      }
-      const ln = rmsNorm(h, this.merger.ln_q, EPS);
-      const units = ln.reshape([N / unit, unit * Dv]);
-      ln.dispose();
-      const m0 = this.merger.mlp0.forward(units, 'gelu_erf');
-      units.dispose();
-      const m2 = this.merger.mlp2.forward(m0);
-      m0.dispose();
-      const out = gatherRows(m2, invertPermutation(windowIndex));
-      m2.dispose();
+        const y = await this.blocks.stream(i, (w) => visionBlock(w, h, { cos, sin }, segments, H));
+        if (trace.block) await trace.block(i, y.reshape([N, Dv]));
+        return y;
+      });
+      const out = await chainAsync(g,
+        async () => {
+          // the Conv3d weight viewed as [Dv, C·T·P·P]: one GEMM
+          const pe = linear(g.upload(pixelValues, [N, K], 'f32', 'pixel_values'), proj.reshape([proj.shape[0], K])); // [N, Dv]
+          if (trace.patchEmbed) await trace.patchEmbed(pe);
+          return pe;
+        }, [
+          // merged units (4 patches, one [4·Dv] row each) in window order
+          (pe) => gatherRows(pe.reshape([N / unit, unit * Dv]), windowIndex).reshape([1, N, Dv]),
+          ...blocks,
+          (h) => this.merge(h, windowIndex),
+        ]);
       if (out.shape[0] !== N / unit) fail(`vision: merger output ${fmtShape(out.shape)} for ${N} patches`);
       return out;
-    } finally {
-      h.dispose();
-      for (const t of [cosT, sinT, segWin, segFull]) t.dispose();
-    }
+    });
+  }
+
+  /** merger: ln_q, 4 consecutive patches as one [4·Dv] row, Linear → GELU(erf) → Linear, rows back to the processor's order. */
+  private merge(h: Tensor, windowIndex: Int32Array): Tensor {
+    const { ln_q, mlp: [fc1, act, fc2] } = this.fixed.merger, [, N, Dv] = h.shape, unit = this.cfg.spatialMergeSize ** 2;
+    return chain(h.gpu,
+      () => rmsNorm(h, ln_q.weight.value, EPS).reshape([N / unit, unit * Dv]),
+      (u) => fc1.forward(u, act),
+      (u) => fc2.forward(u),
+      (u) => gatherRows(u, invertPermutation(windowIndex)));
   }
 
   async dispose(): Promise<void> {
-    this.patch_embed.proj.dispose();
-    this.merger.ln_q.dispose();
-    this.merger.mlp0.dispose();
-    this.merger.mlp2.dispose();
+    this.fixed.dispose();
     await this.blocks.dispose();
   }
+}
+
+/**
+ * Qwen2_5_VLVisionBlock: h + proj(attn(rope(q), rope(k), v)) over norm1(h) within `segments`, then
+ * + down(silu(gate)·up) over norm2; h [1, N, Dv], rope tables [1, N, Dh].
+ */
+export function visionBlock(w: VisionBlockWeights, h: Tensor, rope: { cos: Tensor; sin: Tensor }, segments: Tensor, H: number): Tensor {
+  const g = h.gpu, [, N, Dv] = h.shape, Dh = Dv / H;
+  const heads = (t: Tensor) => t.reshape([1, N, H, Dh]);
+  const [q, k, v] = [0, 1, 2].map((i) => w.attn.qkv.rows(i * Dv, Dv)); // views of the fused qkv, rows (3, H, Dh)
+  return chain(g,
+    () => add(h, chain(g,
+      () => rmsNorm(h, w.norm1.weight.value, EPS),
+      (x) => [heads(q.forward(x)), heads(k.forward(x)), heads(v.forward(x))],
+      ([q, k, v]) => [applyRopeHalf(q, rope.cos, rope.sin), applyRopeHalf(k, rope.cos, rope.sin), v],
+      ([q, k, v]) => attention(q, k, v, { segments }).reshape([1, N, Dv]),
+      (o) => w.attn.proj.forward(o))),
+    (h1) => add(h1, chain(g,
+      () => rmsNorm(h1, w.norm2.weight.value, EPS),
+      (x) => [w.mlp.gate_proj.forward(x), w.mlp.up_proj.forward(x)],
+      ([gate, up]) => swiglu(gate, up),
+      (act) => w.mlp.down_proj.forward(act))));
 }

@@ -1,0 +1,91 @@
+/**
+ * nn/chain.ts on the device: a chain of steps frees each value as soon as the next one exists (the
+ * peak of freeing by hand), leaves its input to the caller, passes tensors through steps, and the
+ * async form does the same across awaits. The pool's live bytes show the storage really goes.
+ */
+import { getGpu, releaseGpu } from '../kernels-test/harness.js';
+import { chain, chainAsync } from '../src/nn/chain.js';
+import type { Gpu } from '../src/runtime/gpu.js';
+import type { Tensor } from '../src/runtime/tensor.js';
+
+afterAll(releaseGpu);
+
+const N = 4096; // floats: 16 KiB per tensor
+const mk = (g: Gpu): Tensor => g.upload(new Float32Array(N).fill(1), [N]);
+
+describe('chain', () => {
+  test('each value is freed once the next exists; the input stays; what a step does not return goes with it', async () => {
+    const g = await getGpu();
+    const x = mk(g);
+    const made: Tensor[] = [];
+    const scratch: Tensor[] = [];
+    const live: number[] = [];
+    const base = g.pool.liveBytes;
+    // every step makes a scratch tensor it drops and a result; checks what is alive when it runs
+    const step = (h: Tensor): Tensor => {
+      live.push(g.pool.liveBytes - base);
+      expect(h.isDisposed).toBe(false);
+      made.slice(0, -1).forEach((t) => expect(t.isDisposed).toBe(true)); // all but the step's input are gone
+      scratch.forEach((t) => expect(t.isDisposed).toBe(true));
+      scratch.push(mk(g));
+      const y = mk(g);
+      made.push(y);
+      return y;
+    };
+    const out = chain(g, () => step(x), step, step, step, step);
+    expect(x.isDisposed).toBe(false);
+    expect(out.isDisposed).toBe(false);
+    expect(made.filter((t) => t.isDisposed).length).toBe(4);
+    expect(scratch.every((t) => t.isDisposed)).toBe(true);
+    // when a step starts only its input (and the chain's own input) is alive: one tensor past the first
+    expect(live).toEqual([0, 1, 1, 1, 1].map((k) => k * N * 4));
+    expect(g.pool.liveBytes - base).toBe(N * 4);
+    out.dispose();
+    x.dispose();
+  });
+
+  test('several tensors per step: one passed through survives, the others go after the next step', async () => {
+    const g = await getGpu();
+    let first: Tensor[] = [];
+    const [a, b] = chain(g,
+      () => (first = [mk(g), mk(g)]),
+      ([p, q]) => [p, q.reshape([N / 2, 2])], // p passes through, only a view of q goes on
+      ([p, v]) => [p, v]);
+    expect(a).toBe(first[0]);
+    expect(a.isDisposed).toBe(false);
+    expect(first[1].isDisposed).toBe(true); // its storage lives on in the view
+    expect(b.shape).toEqual([N / 2, 2]);
+    expect(await g.readF32(b)).toEqual(new Float32Array(N).fill(1));
+    [a, b].forEach((t) => t.dispose());
+  });
+
+  test('chainAsync awaits between steps with the same lifetimes', async () => {
+    const g = await getGpu();
+    const made: Tensor[] = [];
+    const step = async (h?: Tensor): Promise<Tensor> => {
+      await new Promise((r) => setTimeout(r, 2));
+      made.slice(0, -1).forEach((t) => expect(t.isDisposed).toBe(true));
+      if (h) expect(h.isDisposed).toBe(false);
+      const y = mk(g);
+      made.push(y);
+      return y;
+    };
+    const base = g.pool.liveBytes;
+    const out = await chainAsync(g, () => step(), [step, step, step]);
+    expect(made.slice(0, -1).every((t) => t.isDisposed)).toBe(true);
+    expect(g.pool.liveBytes - base).toBe(N * 4);
+    expect(g.scopes.depth).toBe(0);
+    out.dispose();
+  });
+
+  test('a throwing step frees what the chain made', async () => {
+    const g = await getGpu();
+    const base = g.pool.liveBytes;
+    expect(() => chain(g, () => mk(g), () => {
+      mk(g);
+      throw new Error('boom');
+    })).toThrow('boom');
+    expect(g.pool.liveBytes).toBe(base);
+    expect(g.scopes.depth).toBe(0);
+  });
+});
