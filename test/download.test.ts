@@ -99,9 +99,9 @@ test('a checksum mismatch removes the partial file and names the file', async ()
   corrupt = false;
 });
 
-test('plan: DiT (v1.1 by default, v1.0 when asked), VAE and the top-level Qwen weight/config files', async () => {
+test('plan: the DiT of the version asked for (v1.1, v1.0), VAE and the top-level Qwen weight/config files', async () => {
   expect((await modelDownloadPlan('/m', base, 'v1.0'))[0].dest).toBe('/m/step1x-edit-i1258.safetensors');
-  const plan = await modelDownloadPlan('/m', base);
+  const plan = await modelDownloadPlan('/m', base, 'v1.1');
   expect(plan.map((p) => p.dest)).toEqual([
     '/m/step1x-edit-v1p1-official.safetensors',
     '/m/vae.safetensors',

@@ -151,7 +151,7 @@ const QWEN_FILE_RE = /\.(safetensors|json|txt|jinja)$|\.json\.gz$/;
  * THE file list of a model (one place to extend): the DiT of `version`, the VAE and `step1x.json` (tiny
  * test models) from the Step1X repo, and the Qwen repo's top-level weights, configs and tokenizer files.
  */
-export async function modelDownloadSpec(base = endpoint(), version: ModelVersion = 'v1.1'): Promise<RepoSpec[]> {
+export async function modelDownloadSpec(base = endpoint(), version: ModelVersion): Promise<RepoSpec[]> {
   if (version === 'v1.2') return [await diffusersDownloadSpec(HF_REPO_DIFFUSERS['v1.2'], base)];
   const dit = DIT_FILE_OF[version];
   let step: RepoListing;
@@ -186,7 +186,7 @@ export async function diffusersDownloadSpec(repo: string, base = endpoint()): Pr
 }
 
 /** What a model directory in the official layout needs (`--local-dir DIR`). */
-export async function modelDownloadPlan(dir: string, base = endpoint(), version: ModelVersion = 'v1.1'): Promise<DownloadItem[]> {
+export async function modelDownloadPlan(dir: string, base = endpoint(), version: ModelVersion): Promise<DownloadItem[]> {
   const spec = await modelDownloadSpec(base, version);
   return spec.flatMap((r) =>
     r.files.map(({ file, layoutPath }) => ({ repo: r.listing.repo, file: file.path, dest: join(dir, layoutPath), size: file.size, sha256: file.sha256 })),
@@ -202,7 +202,7 @@ export function hfRepoDir(repo: string, hub = hfHubDir()): string {
  * Plan for the Hugging Face cache: per repo, the snapshot of `main`'s commit; each file as a blob named by
  * its etag (LFS sha256, else the git blob id) and a relative symlink in the snapshot.
  */
-export async function hfCachePlan(hub = hfHubDir(), base = endpoint(), version: ModelVersion = 'v1.1'): Promise<{ repo: string; revision: string; items: DownloadItem[] }[]> {
+export async function hfCachePlan(hub = hfHubDir(), base = endpoint(), version: ModelVersion): Promise<{ repo: string; revision: string; items: DownloadItem[] }[]> {
   const spec = await modelDownloadSpec(base, version);
   return spec.map((r) => {
     const { repo, revision } = r.listing;
