@@ -145,30 +145,36 @@ export async function runVaeEncode(g: Gpu, files: ModelFiles, ref: RgbImage, o: 
 
 /** The VAE of `files` for `fn`: kept by `models` in keep mode, else loaded and freed around it. */
 function withVae<R>(g: Gpu, files: ModelFiles, models: ModelHost | undefined, fn: (vae: AutoEncoder) => Promise<R>): Promise<R> {
-  return (models ?? new ModelHost()).use('vae', files.vae, () => AutoEncoder.load(g, files.vae, aeBase(files)), (vae) => {
+  return hostVae(g, models, files.vae, () => AutoEncoder.load(g, files.vae, aeBase(files)), fn);
+}
+
+/** The VAE at `path` (either layout) for `fn`: kept by `models` in keep mode, else loaded and freed around it. */
+export function hostVae<R>(g: Gpu, models: ModelHost | undefined, path: string, load: () => Promise<AutoEncoder>, fn: (vae: AutoEncoder) => Promise<R>): Promise<R> {
+  return (models ?? new ModelHost()).use('vae', path, load, (vae) => {
     vae.dispose();
     g.pool.trim();
   }, fn);
 }
 
+/**
+ * Host pixels [1, 3, h, w] → VAE encoder → host latent [1, 16, h/8, w/8] (posterior mean, or sampled with
+ * `eps`); `trace` gets the moments and the latent as `name`. The GPU tensors live in one scope.
+ */
+export function encodeLatent(g: Gpu, vae: AutoEncoder, pixels: Float32Array, h: number, w: number, o: { eps?: Float32Array; tap?: (name: string) => Promise<void>; trace?: Trace; name: string }): Promise<Float32Array> {
+  return g.scopeAsync(async () => {
+    const r = await vae.encode(g.upload(pixels, [1, 3, h, w]), { ...(o.eps ? { sample: o.eps } : {}), ...(o.tap ? { tap: o.tap } : {}) });
+    o.trace?.('mid.ref_moments', await g.readF32(r.moments), [...r.moments.shape]);
+    const latent = await g.readF32(r.latent);
+    o.trace?.(o.name, latent, [...r.latent.shape]);
+    return latent;
+  });
+}
+
 async function vaeEncode(g: Gpu, vae: AutoEncoder, ref: RgbImage, o: { sampleSeed?: number; eps?: Float32Array; trace?: Trace; onProgress?: (done: number, total: number) => void }): Promise<Float32Array> {
-  const x = g.upload(imageToModelInput(ref), [1, 3, ref.height, ref.width]);
-  try {
-    const zc = vae.config.z_channels, lh = ref.height / 8, lw = ref.width / 8;
-    const eps = o.eps ?? (o.sampleSeed !== undefined ? posteriorEps(o.sampleSeed, lh, lw, zc) : undefined);
-    const tap = vaeProgressTap(vae.config.ch_mult.length, o.onProgress);
-    const r = await vae.encode(x, { ...(eps ? { sample: eps } : {}), ...(tap ? { tap } : {}) });
-    try {
-      o.trace?.('mid.ref_moments', await g.readF32(r.moments), [...r.moments.shape]);
-      const latent = await g.readF32(r.latent);
-      o.trace?.(eps ? 'mid.ref_latent_sampled' : 'mid.ref_latent', latent, [...r.latent.shape]);
-      return latent;
-    } finally {
-      for (const t of [r.moments, r.mean, r.logvar, r.latent]) t.dispose();
-    }
-  } finally {
-    x.dispose();
-  }
+  const zc = vae.config.z_channels, lh = ref.height / 8, lw = ref.width / 8;
+  const eps = o.eps ?? (o.sampleSeed !== undefined ? posteriorEps(o.sampleSeed, lh, lw, zc) : undefined);
+  const tap = vaeProgressTap(vae.config.ch_mult.length, o.onProgress);
+  return encodeLatent(g, vae, imageToModelInput(ref), ref.height, ref.width, { eps, tap, trace: o.trace, name: eps ? 'mid.ref_latent_sampled' : 'mid.ref_latent' });
 }
 
 export interface DenoiseStageOptions {

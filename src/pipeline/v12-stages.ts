@@ -29,7 +29,7 @@ import { v12TextIds } from './v12-ids.js';
 import { v12Denoise as denoiseLoop, v12Schedule } from './v12-sampling.js';
 import { imageIds, referenceIds } from './prepare.js';
 import { ModelHost } from './model-host.js';
-import { withOomFallback } from './stages.js';
+import { encodeLatent, hostVae, withOomFallback } from './stages.js';
 import { TeaCache, type CacheOption } from './teacache.js';
 import { blendLatent } from './mask.js';
 
@@ -136,10 +136,7 @@ export async function v12Embed(g: Gpu, d: DiffusersModelDir, prompts: Record<Sid
 
 /** The VAE of `d` for `fn`: kept by `models` in keep mode, else loaded and freed around it. */
 function withVae<R>(g: Gpu, d: DiffusersModelDir, models: ModelHost | undefined, fn: (vae: AutoEncoder) => Promise<R>): Promise<R> {
-  return (models ?? new ModelHost()).use('vae', d.vaeDir, () => AutoEncoder.load(g, d.vaeDir), (vae) => {
-    vae.dispose();
-    g.pool.trim();
-  }, fn);
+  return hostVae(g, models, d.vaeDir, () => AutoEncoder.load(g, d.vaeDir), fn);
 }
 
 /** The reference latent [1, 16, h/8, w/8]: bilinear AA of the ORIGINAL photo to w × h, posterior sampled with `eps`. */
@@ -148,22 +145,7 @@ export async function v12Encode(g: Gpu, d: DiffusersModelDir, photo: RgbImage, w
   for (let c = 0; c < 3; c++) for (let q = 0; q < n; q++) planes[c * n + q] = fr(fr(photo.data[q * 3 + c] / 255) * 2 - 1);
   const vin = resizeTorchF32Bilinear(planes, photo.height, photo.width, h, w);
   emit?.('mid.vae_input', vin, [1, 3, h, w]);
-  return withVae(g, d, o.models, async (vae) => {
-    const x = g.upload(vin, [1, 3, h, w]);
-    try {
-      const enc = await vae.encode(x, { sample: eps });
-      try {
-        if (emit) emit('mid.ref_moments', await g.readF32(enc.moments), [...enc.moments.shape]);
-        const latent = await g.readF32(enc.latent);
-        emit?.('mid.ref_latent', latent, [...enc.latent.shape]);
-        return latent;
-      } finally {
-        for (const t of [enc.moments, enc.mean, enc.logvar, enc.latent]) t.dispose();
-      }
-    } finally {
-      x.dispose();
-    }
-  });
+  return withVae(g, d, o.models, (vae) => encodeLatent(g, vae, vin, h, w, { eps, trace: emit, name: 'mid.ref_latent' }));
 }
 
 export interface V12DenoiseInputs {
