@@ -27,7 +27,7 @@ import { join } from 'node:path';
 import { Gpu } from '../src/runtime/gpu.js';
 import { Checkpoint } from '../src/io/checkpoint.js';
 import { buildHeader, type HeaderEntry } from '../src/io/safetensors.js';
-import { loadLinearWeight, setWeightPolicy, type Weight, type WeightsOption } from '../src/nn/weight.js';
+import { loadLinearWeight, withWeightPolicy, type Weight, type WeightsOption } from '../src/nn/weight.js';
 import { loadWeight } from '../src/nn/weights.js';
 import { packQuantChunk } from '../src/ops/pack-quant.js';
 import { quantScaleTable } from '../src/io/quant.js';
@@ -98,8 +98,7 @@ function freshMemoryMBs(bytes: number): number {
  * `each`: free each tensor as soon as it is loaded (the Null backend holds at most 512 MiB).
  */
 async function load(g: Gpu, path: string, weights: WeightsOption, each = false): Promise<number> {
-  const ck = await Checkpoint.open(path);
-  setWeightPolicy(ck, { weights });
+  const ck = withWeightPolicy(await Checkpoint.open(path), { weights });
   const held: (Weight | Tensor)[] = [];
   try {
     const t0 = performance.now();

@@ -19,7 +19,7 @@ import { Checkpoint } from '../src/io/checkpoint.js';
 import { writeSafetensors, type WriteTensor } from '../src/io/safetensors.js';
 import { DoubleStreamBlock, RopePe } from '../src/models/dit-blocks.js';
 import { fluxPe } from '../src/ops/rope-tables.js';
-import { setWeightPolicy, type WeightsOption } from '../src/nn/weight.js';
+import { withWeightPolicy, type WeightsOption } from '../src/nn/weight.js';
 import { relL2, QBLOCK } from '../src/io/quant.js';
 import type { DitParams } from '../src/models/dit-config.js';
 
@@ -104,8 +104,7 @@ async function main(): Promise<void> {
     const pe = RopePe.build(g, fluxPe(ids, 1, T + L, [16, 56, 56], 10000), 1, T + L, HD);
     const outs: Record<string, { img: Float32Array; txt: Float32Array; ms: number; bytes: number }> = {};
     for (const w of ['bf16', 'fp8', 'q8', 'q4'] as WeightsOption[]) {
-      const ck = await Checkpoint.open(file);
-      setWeightPolicy(ck, { weights: w });
+      const ck = withWeightPolicy(await Checkpoint.open(file), { weights: w });
       await g.sync();
       const base = g.pool.liveBytes;
       const blk = await new DoubleStreamBlock(cfg).load(g, ck, 'double_blocks.0');

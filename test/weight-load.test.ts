@@ -16,7 +16,7 @@ import { Checkpoint } from '../src/io/checkpoint.js';
 import { bf16ToE4m3Codes, quantizeBf16Into, quantizeBlocks, QBLOCK } from '../src/io/quant.js';
 import { bf16ArrayToF32, f16ArrayToF32 } from '../src/runtime/half.js';
 import { loadWeight } from '../src/nn/weights.js';
-import { loadLinearWeight, setPackOnGpu, setWeightPolicy, type WeightsOption } from '../src/nn/weight.js';
+import { loadLinearWeight, withWeightPolicy, type WeightsOption } from '../src/nn/weight.js';
 
 let dir = '';
 beforeAll(() => {
@@ -156,9 +156,7 @@ describe('streamed loads read back exactly', () => {
     ['fp8', 'host'],
   ] as [WeightsOption, string][])('Linear weight under --weights %s, packed on the %s', async (opt, where) => {
     const g = await getGpu();
-    const ck = await Checkpoint.open(ckptPath);
-    setWeightPolicy(ck, { weights: opt });
-    setPackOnGpu(where === 'GPU');
+    const ck = withWeightPolicy(await Checkpoint.open(ckptPath), { weights: opt, pack: where === 'GPU' ? 'gpu' : 'host' });
     try {
       const w = await loadLinearWeight(g, ck, 'lin.weight');
       const data = await g.readBytes(w.data);
@@ -178,7 +176,6 @@ describe('streamed loads read back exactly', () => {
         if (e >= 0) throw new Error(`${opt}: scale ${e} is ${s[e]}, expected ${wantScales[e]}`);
       } else expect(scales).toBeUndefined();
     } finally {
-      setPackOnGpu(true);
       await ck.close();
     }
   }, 300_000);

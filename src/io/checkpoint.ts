@@ -29,6 +29,8 @@ export interface ViewEntry {
 export class Checkpoint {
   /** name → its source parts and header, for a renamed view (another layout's names under ours). */
   private views?: Map<string, { parts: { name: string; start: number; count: number; whole: boolean }[]; info: TensorInfo }>;
+  /** How the loaders above read these tensors (nn/weight.ts WeightPolicy), carried by this object: withPolicy. */
+  private loadPolicy?: object;
 
   private constructor(
     /** What the user passed (file or directory). */
@@ -181,6 +183,22 @@ export class Checkpoint {
     return new Checkpoint(dir, files, owner, meta);
   }
 
+  /**
+   * These tensors under a load policy (nn/weight.ts `withWeightPolicy`: target format, LoRAs, keep-list, where
+   * packing runs): a new Checkpoint over the same files and names that the loaders it is passed to read the
+   * policy from, so that a load's settings travel with its argument (this object keeps its own). Closing
+   * either closes the shared files.
+   */
+  withPolicy(policy: object | undefined): Checkpoint {
+    const c = new Checkpoint(this.path, this.files, this.owner, this.metadata);
+    c.views = this.views;
+    c.loadPolicy = policy;
+    return c;
+  }
+  get policy(): object | undefined {
+    return this.loadPolicy;
+  }
+
   keys(): string[] {
     return [...this.owner.keys()];
   }
@@ -228,6 +246,22 @@ export class Checkpoint {
     if (!v) return yield* this.fileOf(name).tensorChunks(name, chunkBytes);
     if (v.parts.length === 1 && v.parts[0].whole) return yield* this.ownerOfPart(v.parts[0].name).tensorChunks(v.parts[0].name, chunkBytes);
     yield await this.readBytes(name); // a joined view (split q/k/v): its bytes in one piece
+  }
+  /**
+   * A positional reader of one tensor's raw bytes: `read(dst, at)` fills `dst` with bytes [at, at + dst.length)
+   * (streamed loads read straight into GPU staging memory, nn/upload.ts). A joined view (split q/k/v) is
+   * read whole once, on the first call, and copied from.
+   */
+  tensorReader(name: string): (dst: Uint8Array, at: number) => Promise<void> {
+    const v = this.views?.get(name);
+    const whole = !v ? { f: this.fileOf(name), n: name } : v.parts.length === 1 && v.parts[0].whole ? { f: this.ownerOfPart(v.parts[0].name), n: v.parts[0].name } : null;
+    if (whole) return (dst, at) => whole.f.readTensorInto(whole.n, dst, at);
+    let joined: Promise<Uint8Array> | null = null;
+    return async (dst, at) => {
+      const all = await (joined ??= this.readBytes(name));
+      if (at < 0 || at + dst.length > all.length) throw new Step1xError(`${this.path}: bytes [${at}, ${at + dst.length}) out of range for "${name}" (${all.length} bytes)`, ExitCode.USAGE);
+      dst.set(all.subarray(at, at + dst.length));
+    };
   }
   async readF32(name: string): Promise<Float32Array> {
     const v = this.views?.get(name);

@@ -8,7 +8,7 @@ import type { Gpu } from '../runtime/gpu.js';
 import type { Tensor } from '../runtime/tensor.js';
 import { Checkpoint, checkKeys } from '../io/checkpoint.js';
 import { Linear } from '../nn/linear.js';
-import { setWeightPolicy } from '../nn/weight.js';
+import { withWeightPolicy } from '../nn/weight.js';
 import { BlockStream } from '../nn/block-stream.js';
 import { Module, hold } from '../nn/module.js';
 import { silu, add, sub } from '../ops/elementwise.js';
@@ -145,7 +145,7 @@ export class Step1XEdit extends Module {
    * activation reserve and room for two streamed blocks of each kind (current + read-ahead; dit-config.ts streamReserve).
    */
   static async load(g: Gpu, ckpt: Checkpoint, cfg: Step1xConfig, opts: DitLoadOptions = {}): Promise<Step1XEdit> {
-    if (opts.weights) setWeightPolicy(ckpt, ditWeightPolicy(opts.weights)); // streamed blocks load under it too
+    if (opts.weights) ckpt = withWeightPolicy(ckpt, ditWeightPolicy(opts.weights)); // streamed blocks load under it too
     const m = new Step1XEdit(cfg);
     const plan = planResidency(ckpt, cfg.dit, opts);
     const all: Block[] = [...m.double_blocks, ...m.single_blocks];

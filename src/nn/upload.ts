@@ -1,46 +1,26 @@
 /**
- * Streamed weight upload: a checkpoint tensor goes to its GPU buffer chunk by chunk (4 MiB reads into two
- * reused host buffers, the next read in flight while the current chunk is written or converted; see
- * io/safetensors.ts readChunks), never as one host copy of the whole tensor.
- *
- * Pacing: `queue.writeBuffer` stages each chunk in the driver's memory until a submit carries it to the
- * GPU. A load records no dispatch, so nothing would submit until the next forward pass and the staged
- * copies of a 24 GB model would pile up in host memory. Every SUBMIT_BYTES of writes are submitted, with at
- * most two such batches in flight (the GPU copies one while the host reads and stages the next).
+ * Streamed weight upload: a checkpoint tensor goes to its GPU buffer through the Gpu's upload ring
+ * (runtime/upload-ring.ts), never as one host copy of the whole tensor. A tensor kept as stored is read from
+ * the file straight into mapped staging memory (read → staging → GPU buffer: one host copy per byte); a
+ * converted one is read in chunks into reused buffers (io/chunk-reader.ts), converted, and copied into the
+ * staging memory. The ring's slots are the backpressure: a load waits for the GPU's copy of an earlier slot
+ * before it reuses it, so staged bytes stay bounded however large the model (no pacing state of its own).
  */
 import type { Gpu } from '../runtime/gpu.js';
-import type { Tensor } from '../runtime/tensor.js';
+import { DTYPE_BYTES, type Tensor } from '../runtime/tensor.js';
 import type { Checkpoint } from '../io/checkpoint.js';
 import { LOAD_CHUNK_BYTES } from '../io/safetensors.js';
 
-const SUBMIT_BYTES = 256 << 20;
-const pacing = new WeakMap<Gpu, { since: number; done: Promise<unknown> | null }>();
-
-/** Write `bytes` (a reused buffer: copied before this returns) into `t` at `byteOffset`, then pace. */
-export async function writeChunk(g: Gpu, t: Tensor, byteOffset: number, bytes: Uint8Array): Promise<void> {
-  g.writeBytes(t, byteOffset, bytes);
-  await pace(g, bytes.byteLength);
-}
-
-/** Count `n` written bytes; every SUBMIT_BYTES submit them and wait for the batch before the previous one. */
-export async function pace(g: Gpu, n: number): Promise<void> {
-  let p = pacing.get(g);
-  if (!p) pacing.set(g, (p = { since: 0, done: null }));
-  p.since += n;
-  if (p.since < SUBMIT_BYTES) return;
-  p.since = 0;
-  const prev = p.done;
-  g.device.queue.submit([]);
-  const done = g.device.queue.onSubmittedWorkDone();
-  done.catch(() => undefined); // a lost device surfaces at the runtime's next sync
-  p.done = done;
-  if (prev) await prev.catch(() => undefined);
+/** Write `bytes` (a reused buffer: copied into staging before this returns) into `t` at `byteOffset`. */
+export function writeChunk(g: Gpu, t: Tensor, byteOffset: number, bytes: Uint8Array): Promise<void> {
+  return g.writeStreamed(t, byteOffset, bytes);
 }
 
 /**
- * `name`'s bytes as stored into `t` (same byte size, e.g. BF16 → 'bf16'), or through `convert`, which maps
- * each chunk of whole elements (`elemBytes` each) to the bytes to write; its output may be a reused scratch
- * buffer (it is copied before the next chunk is converted). The tensor is disposed if the load fails.
+ * `name`'s bytes as stored into `t` (same byte size, e.g. BF16 → 'bf16'), read straight into staging memory;
+ * or through `convert`, which maps each chunk of whole elements (`elemBytes` each) to the bytes to write; its
+ * output may be a reused scratch buffer (it is copied before the next chunk is converted). The tensor is
+ * disposed if the load fails.
  */
 export async function streamTensor(
   g: Gpu,
@@ -50,11 +30,16 @@ export async function streamTensor(
   convert?: { elemBytes: number; outBytes: number; fn: (chunk: Uint8Array) => Uint8Array },
 ): Promise<Tensor> {
   try {
+    if (!convert) {
+      const read = ckpt.tensorReader(name);
+      await g.writeVia(t, 0, t.numel * DTYPE_BYTES[t.dtype], read);
+      return t;
+    }
     let out = 0;
-    // Chunks of whole elements whose converted size is whole words (writeBuffer offsets).
-    const unit = convert ? convert.elemBytes * Math.max(1, 4 / gcd(4, convert.outBytes)) : 4;
+    // Chunks of whole elements whose converted size is whole words (writeVia offsets).
+    const unit = convert.elemBytes * Math.max(1, 4 / gcd(4, convert.outBytes));
     for await (const c of ckpt.tensorChunks(name, Math.floor(LOAD_CHUNK_BYTES / unit) * unit)) {
-      const b = convert ? convert.fn(c) : c;
+      const b = convert.fn(c);
       await writeChunk(g, t, out, b);
       out += b.byteLength;
     }

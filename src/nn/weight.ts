@@ -8,8 +8,8 @@
  *   adapters  unmerged LoRA (down [r, K] f32, up [N, r] f32 pre-multiplied by multiplier·alpha/r):
  *           y = W x + b + up(down(x)), used on packed weights so they stay compact
  *
- * How a checkpoint's Linear weights load is its WeightPolicy (`setWeightPolicy(ckpt, …)`, set by the
- * model loaders from the user's `--weights` / `--lora`): the target format, converted on load when the
+ * How a checkpoint's Linear weights load is its WeightPolicy, carried by the Checkpoint the loaders are
+ * given (`withWeightPolicy(ckpt, …)`, made by the model loaders from the user's `--weights` / `--lora`): the target format, converted on load when the
  * file holds another one, and the LoRAs (merged exactly as the official code into plain weights,
  * unmerged on packed ones). Which weights may be packed: 2-D Linear weights whose K is a multiple of 4
  * (fp8) or of QBLOCK (q8 / q4); everything else (norms, biases, embeddings, convolutions) loads as
@@ -110,16 +110,20 @@ export interface WeightPolicy {
   loras?: readonly LoraFile[];
   /** Linear weights that stay as stored whatever `weights` says (the documented keep-list). */
   keep?: (name: string) => boolean;
+  /**
+   * Where bf16 → q8 / q4 packing runs: 'gpu' (default: ops/pack-quant.ts, also on lavapipe, where the kernel
+   * measured ≈ 2× the host loop on the same cores) or 'host' (quantizeBf16Into; tests of that path).
+   */
+  pack?: 'gpu' | 'host';
 }
 
-const policies = new WeakMap<Checkpoint, WeightPolicy>();
-
-export function setWeightPolicy(ckpt: Checkpoint, p: WeightPolicy | undefined): void {
-  if (p) policies.set(ckpt, p);
-  else policies.delete(ckpt);
+/** `ckpt` under policy `p` (a new Checkpoint over the same files: io/checkpoint.ts withPolicy); the loaders read it. */
+export function withWeightPolicy(ckpt: Checkpoint, p: WeightPolicy | undefined): Checkpoint {
+  return ckpt.withPolicy(p);
 }
+/** The policy `ckpt` carries (withWeightPolicy), or none: Linear weights as stored, no LoRA. */
 export function weightPolicy(ckpt: Checkpoint): WeightPolicy {
-  return policies.get(ckpt) ?? {};
+  return (ckpt.policy as WeightPolicy | undefined) ?? {};
 }
 
 /** The packed format a tensor is stored in, if any. */
@@ -236,7 +240,7 @@ export async function loadLinearWeight(g: Gpu, ckpt: Checkpoint, name: string, o
 
   // Packed. From bf16 (the checkpoints' dtype) and as stored: in row chunks, straight into the GPU buffers.
   if (info.dtype === 'BF16' && !info.quant && (fmt === 'q8' || fmt === 'q4' || fmt === 'fp8_e4m3'))
-    return new Weight(fmt, N, K, ...(await packBf16Streamed(g, ckpt, name, N, K, fmt)), uploadAdapters(g, factors, N, K, modulePath));
+    return new Weight(fmt, N, K, ...(await packBf16Streamed(g, ckpt, name, N, K, fmt, p.pack ?? 'gpu')), uploadAdapters(g, factors, N, K, modulePath));
   if (stored === fmt) return new Weight(fmt, N, K, ...(await streamStored(g, ckpt, name, N, K, fmt)), uploadAdapters(g, factors, N, K, modulePath));
   // Other sources (f32 / f16 / fp8 files, q8 ↔ q4): the whole tensor through f32.
   let codes: Uint8Array;
@@ -281,9 +285,9 @@ async function* bf16RowChunks(ckpt: Checkpoint, name: string, K: number, rows: n
   for await (const c of ckpt.tensorChunks(name, step)) for (let at = 0; at < c.byteLength; at += step) yield c.subarray(at, Math.min(c.byteLength, at + step));
 }
 
-async function packBf16Streamed(g: Gpu, ckpt: Checkpoint, name: string, N: number, K: number, fmt: 'q8' | 'q4' | 'fp8_e4m3'): Promise<[Tensor, Tensor | undefined]> {
+async function packBf16Streamed(g: Gpu, ckpt: Checkpoint, name: string, N: number, K: number, fmt: 'q8' | 'q4' | 'fp8_e4m3', where: 'gpu' | 'host'): Promise<[Tensor, Tensor | undefined]> {
   const [data, sc] = packedTensors(g, name, N, K, fmt);
-  if (fmt !== 'fp8_e4m3' && data.byteLength <= g.maxBindingBytes && packOnGpu && QBLOCK === PACK_BLOCK) return packBf16OnGpu(g, ckpt, name, N, K, fmt, data, sc!);
+  if (fmt !== 'fp8_e4m3' && data.byteLength <= g.maxBindingBytes && where === 'gpu' && QBLOCK === PACK_BLOCK) return packBf16OnGpu(g, ckpt, name, N, K, fmt, data, sc!);
   try {
     const rows = Math.max(2, Math.floor(LOAD_CHUNK_BYTES / (2 * K) / 2) * 2);
     let r0 = 0;
@@ -299,7 +303,7 @@ async function packBf16Streamed(g: Gpu, ckpt: Checkpoint, name: string, N: numbe
       else {
         const scales = new Uint16Array(buf, r * K * 4 + Math.ceil(codeBytes / 4) * 4, nb);
         quantizeBf16Into(bits, r, K, fmt, codes, scales, new Float32Array(buf, 0, r * K));
-        g.writeBytes(sc!, (r0 * K / QBLOCK) * 2, new Uint8Array(scales.buffer, scales.byteOffset, scales.byteLength));
+        await writeChunk(g, sc!, (r0 * K / QBLOCK) * 2, new Uint8Array(scales.buffer, scales.byteOffset, scales.byteLength));
       }
       await writeChunk(g, data, r0 * packedRowBytes(fmt, K), codes);
       r0 += r;
@@ -320,29 +324,23 @@ function scaleTableHost(fmt: 'q8' | 'q4'): Uint32Array {
   return t;
 }
 
-/** Pack q8 / q4 on the GPU (ops/pack-quant.ts) rather than on the host: off for tests of the host path. */
-let packOnGpu = true;
-export function setPackOnGpu(on: boolean): void {
-  packOnGpu = on;
-}
-
 /**
  * bf16 → q8 / q4 with the packing on the GPU: each chunk of whole rows (an even count) is written into a
  * staging tensor and packed by ops/pack-quant.ts straight into the weight's tensors (bit-identical to
  * quantizeBlocks). The host only reads and copies, so the load runs near the upload speed.
  */
 async function packBf16OnGpu(g: Gpu, ckpt: Checkpoint, name: string, N: number, K: number, fmt: 'q8' | 'q4', data: Tensor, sc: Tensor): Promise<[Tensor, Tensor]> {
-  const rows = Math.max(2, Math.floor(LOAD_CHUNK_BYTES / (2 * K) / 2) * 2);
+  // chunks of one upload-ring write each: the rows' bf16 bytes go from the file into staging memory directly
+  const rows = Math.max(2, Math.floor(g.uploads.chunkBytes / (2 * K) / 2) * 2);
   const staging = weightGpu(g).empty([Math.ceil((rows * K) / 2)], 'u32', `${name} (bf16 staging)`);
   const table = weightGpu(g).upload(scaleTableHost(fmt), [1 << 15], 'u32', `${fmt} scale table`); // untracked: held across awaits
+  const read = ckpt.tensorReader(name);
   try {
-    let r0 = 0;
-    for await (const c of bf16RowChunks(ckpt, name, K, rows)) {
-      const r = c.byteLength / (2 * K);
-      // writeBytes submits the previous chunk's pack first, so the staging tensor is free again
-      await writeChunk(g, staging, 0, c);
+    for (let r0 = 0; r0 < N; r0 += rows) {
+      const r = Math.min(rows, N - r0);
+      // writeVia submits the previous chunk's pack before this copy, so the staging tensor is free again
+      await g.writeVia(staging, 0, r * 2 * K, (v, at) => read(v, r0 * 2 * K + at));
       packQuantChunk(staging, table, data, sc, fmt, (r0 * K) / QBLOCK, (r * K) / QBLOCK);
-      r0 += r;
     }
     return [data, sc];
   } catch (e) {

@@ -34,7 +34,7 @@ import { inputProcessSize, smartResize, STEP1X_MAX_PIXELS } from '../models/qwen
 import { V12_DROP_PREFIX } from '../models/qwen25vl/prompt-v12.js';
 import { V12_DEFAULTS } from './v12-sampling.js';
 import { STEP1X_MAX_LENGTH } from '../models/qwen25vl/embedder.js';
-import { gpuTensorBytes, setWeightPolicy, type WeightPolicy, type WeightsOption } from '../nn/weight.js';
+import { gpuTensorBytes, withWeightPolicy, type WeightPolicy, type WeightsOption } from '../nn/weight.js';
 import type { LoraFile } from '../nn/lora.js';
 import type { ModelFiles } from '../io/model-files.js';
 
@@ -236,9 +236,9 @@ export async function planEdit(files: Pick<ModelFiles, 'dit' | 'vae' | 'qwenDir'
   let qwen: StagePlan;
   let qwenAll: number;
   try {
-    setWeightPolicy(qck, qwenPolicy);
-    const vs = QwenVisionTower.sizes(qck, qcfg.vision);
-    const ts = QwenTextModel.sizes(qck, qcfg.text);
+    const qckp = withWeightPolicy(qck, qwenPolicy);
+    const vs = QwenVisionTower.sizes(qckp, qcfg.vision);
+    const ts = QwenTextModel.sizes(qckp, qcfg.text);
     const maxPixels = files.hparams?.embedder?.max_pixels ?? STEP1X_MAX_PIXELS;
     const unit = qcfg.vision.patchSize * qcfg.vision.spatialMergeSize;
     const imageTokens = v12 ? v12Tokens : Math.min(Math.floor(maxPixels / (unit * unit)), Math.ceil(width / unit) * Math.ceil(height / unit));

@@ -11,6 +11,7 @@ import { bf16ArrayToF32, f16ArrayToF32 } from './half.js';
 import { ExitCode, Step1xError, fail, fmtShape } from '../errors.js';
 import { appendFileSync } from 'node:fs';
 import { GpuEncoder } from './gpu-encode.js';
+import { Uploader, type Fill, type UploadMode } from './upload-ring.js';
 
 export { f32u, i32u, type Kernel, type Uniform } from './gpu-encode.js';
 
@@ -24,14 +25,23 @@ export type HostData = Float32Array | Int32Array | Uint32Array | Uint16Array;
 export interface GpuOptions extends DeviceOptions {
   /** Installs the device's tuned tiles; called once, at the first GEMM plan (ops/plan-gemm.ts). */
   tiles?: (g: Gpu) => void;
+  /**
+   * How streamed weight loads reach GPU buffers (runtime/upload-ring.ts): 'ring' (read into mapped staging)
+   * or 'write' (queue.writeBuffer); default 'write' on CPU adapters, where it measured faster, else 'ring'.
+   */
+  upload?: UploadMode;
 }
 
 export class Gpu extends GpuEncoder {
   private staging: GPUBuffer | null = null;
   private stagingBusy = false;
+  private uploader: Uploader | null = null;
+  /** How streamed loads reach GPU buffers (GpuOptions.upload). */
+  uploadMode: UploadMode = 'ring';
 
   static async create(opts: GpuOptions = {}): Promise<Gpu> {
     const g = new Gpu(await createDevice(opts), opts.tiles);
+    g.uploadMode = opts.upload ?? (g.caps.cpu ? 'write' : 'ring');
     if (process.env.STEP1X_PROFILE === '1') g.enableProfiling();
     return g;
   }
@@ -136,6 +146,54 @@ export class Gpu extends GpuEncoder {
     this.device.queue.writeBuffer(t.storage.pooled.buffer, t.byteOffset + byteOffset, b as Uint8Array<ArrayBuffer>);
     this.uploadCount++;
     this.uploadBytes += b.byteLength;
+  }
+
+  /**
+   * The streamed-load uploader (runtime/upload-ring.ts). 'write': 4 MiB pieces, the size of Dawn's upload
+   * ring buffers (a larger writeBuffer gets a fresh staging buffer of its own); 'ring': 4 slots of 8 MiB.
+   */
+  get uploads(): Uploader {
+    return (this.uploader ??= new Uploader(this.device, this.uploadMode, this.uploadMode === 'write' ? 4 << 20 : 8 << 20, 4));
+  }
+
+  /**
+   * Write `n` bytes at `byteOffset` of `t`, produced by `fill` piece by piece (at most `uploads.chunkBytes`
+   * each; `at` is the piece's offset within the n bytes) straight into upload memory: a file read lands in
+   * mapped staging ('ring') or a reused host buffer ('write'). Resolves once the last piece is queued; waits
+   * while the uploader's pieces in flight are at their bound (the load's backpressure). Same bounds and
+   * ordering rules as writeBytes; what follows may overwrite the source as soon as it resolves.
+   */
+  async writeVia(t: Tensor, byteOffset: number, n: number, fill: Fill): Promise<void> {
+    this.checkWrite('writeVia', t, byteOffset, n);
+    const before = () => {
+      t.assertAlive();
+      if (this.pending) this.flush();
+    };
+    const w0 = this.uploads.writes, b0 = this.uploads.bytes;
+    await this.uploads.stream(t.storage.pooled.buffer, t.byteOffset + byteOffset, n, fill, before);
+    this.uploadCount += this.uploads.writes - w0;
+    this.uploadBytes += this.uploads.bytes - b0;
+  }
+
+  /** writeVia of host bytes (a reused buffer: copied or queued before this resolves). */
+  async writeStreamed(t: Tensor, byteOffset: number, bytes: Uint8Array): Promise<void> {
+    this.checkWrite('writeStreamed', t, byteOffset, bytes.byteLength);
+    const w0 = this.uploads.writes, b0 = this.uploads.bytes;
+    await this.uploads.write(t.storage.pooled.buffer, t.byteOffset + byteOffset, bytes, () => {
+      t.assertAlive();
+      if (this.pending) this.flush();
+    });
+    this.uploadCount += this.uploads.writes - w0;
+    this.uploadBytes += this.uploads.bytes - b0;
+  }
+
+  private checkWrite(what: string, t: Tensor, byteOffset: number, n: number): void {
+    t.assertAlive();
+    const room = t.storage.bytes - t.byteOffset;
+    if (byteOffset % 4 || byteOffset < 0 || byteOffset + n > Math.min(room, Math.ceil(t.byteLength / 4) * 4))
+      fail(`${what}: ${n} bytes at byte ${byteOffset} do not fit ${t.toString()} (${t.byteLength} bytes, offsets in whole words)`);
+    if (n % 4 && t.byteOffset + byteOffset + n < t.storage.bytes)
+      fail(`${what}: ${n} bytes (not whole words) end inside ${t.toString()}'s storage, the pad would overwrite the next element`);
   }
 
   // ---- readback and sync ------------------------------------------------------------------------
@@ -272,6 +330,8 @@ export class Gpu extends GpuEncoder {
     this.bindGroups.clear();
     this.staging?.destroy();
     this.staging = null;
+    this.uploader?.destroy();
+    this.uploader = null;
     this.uniformBuf.destroy();
     this.profiler?.destroy();
     this.profiler = null;

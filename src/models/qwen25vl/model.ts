@@ -13,7 +13,7 @@ import { QwenVisionTower, type VisionTrace } from './vision.js';
 import { QwenTextModel, type TextAttention, type TextSequence } from './text.js';
 import { getRopeIndex, type GridThw } from './positions.js';
 import { fail } from '../../errors.js';
-import { setWeightPolicy, type WeightPolicy } from '../../nn/weight.js';
+import { withWeightPolicy, type WeightPolicy } from '../../nn/weight.js';
 
 export interface QwenLoadOptions {
   /** GPU bytes the weights may occupy (default: unlimited = everything resident). */
@@ -65,8 +65,7 @@ export class QwenVL {
   /** `dir` holds config.json and the weights (sharded with index, or one .safetensors). */
   static async load(g: Gpu, dir: string, opts: QwenLoadOptions = {}): Promise<QwenVL> {
     const cfg = await loadQwenConfig(dir);
-    const ckpt = await openQwenCheckpoint(opts.weights ?? dir, cfg);
-    setWeightPolicy(ckpt, opts.policy);
+    const ckpt = withWeightPolicy(await openQwenCheckpoint(opts.weights ?? dir, cfg), opts.policy);
     const budget = opts.gpuBudgetBytes ?? Infinity;
     const mode = opts.stream ?? 'auto';
     let visual: QwenVisionTower | null = null;
