@@ -10,12 +10,15 @@
  *   fresh memory    first write of newly allocated host memory (page faults; lavapipe's GPU memory is host
  *                   memory, so this bounds any load into new GPU buffers on the same machine)
  *   load bf16 / q8  the real load path (`loadLinearWeight` / `loadWeight`, as `Linear.load` calls them) into
- *                   GPU buffers, until the GPU has them (`g.sync()`): into new buffers (the first load), then
- *                   into the buffers the first load freed (kept by the pool), which is the loader's own speed
+ *                   GPU buffers, until the GPU has them (`g.sync()`), with the device's default upload mode
+ *                   (runtime/upload-ring.ts: 'write' on CPU adapters, else 'ring'): into new buffers (the first
+ *                   load), then into the buffers the first load freed (kept by the pool), which is the
+ *                   loader's own speed; then the same with the other upload mode
  *   pack kernel     the q8 packing kernel alone over 64 MiB of bf16 (on lavapipe it runs on the same CPU),
- *                   and the share of the q8 load's time that it accounts for
+ *                   and the share of the q8 load's time that it accounts for; next to it the host quantizer
+ *                   (quantizeBf16Into, one thread) over the same bytes: the conversion's CPU cost either way
  *   Null backend    the same loads on Dawn's Null backend (no GPU work: the copies into GPU memory and the
- *                   packing kernel cost nothing), i.e. the host side of each path
+ *                   packing kernel cost nothing), i.e. the host side of each path, in both upload modes
  * The raw read and the reused-buffer loads run in ROUNDS interleaved rounds and each row reports its best
  * round, so that load from other processes on a shared machine hits every row alike; MB/s are of checkpoint
  * bytes, ratios against the best raw read.
@@ -25,12 +28,13 @@ import { open, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Gpu } from '../src/runtime/gpu.js';
+import type { UploadMode } from '../src/runtime/upload-ring.js';
 import { Checkpoint } from '../src/io/checkpoint.js';
 import { buildHeader, type HeaderEntry } from '../src/io/safetensors.js';
 import { loadLinearWeight, withWeightPolicy, type Weight, type WeightsOption } from '../src/nn/weight.js';
 import { loadWeight } from '../src/nn/weights.js';
 import { packQuantChunk } from '../src/ops/pack-quant.js';
-import { quantScaleTable } from '../src/io/quant.js';
+import { quantizeBf16Into, quantScaleTable } from '../src/io/quant.js';
 import type { Tensor } from '../src/runtime/tensor.js';
 
 const CHUNK = 4 << 20;
@@ -140,10 +144,23 @@ async function packKernelMs(g: Gpu, bytes: number, rounds: number): Promise<numb
   }
 }
 
+/** Wall ms of the host q8 quantizer (one thread) over `bytes` of bf16, in 4 MiB chunks of [rows, 3072]. */
+function hostQuantMs(bytes: number): number {
+  const K = 3072, rows = Math.floor(CHUNK / (2 * K) / 2) * 2, n = rows * K;
+  const bits = new Uint16Array(n).map((_, i) => 0x3c00 + ((i * 2654435761) >>> 24)); // finite, varied
+  const codes = new Uint8Array(n), scales = new Uint16Array(n / 32), wf = new Float32Array(n);
+  const chunks = Math.ceil(bytes / (n * 2));
+  const t0 = performance.now();
+  for (let i = 0; i < chunks; i++) quantizeBf16Into(bits, rows, K, 'q8', codes, scales, wf);
+  return ((performance.now() - t0) * bytes) / (chunks * n * 2);
+}
+
 export async function benchLoading(targetBytes = 1e9): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'step1x-load-bench-'));
   let g = await Gpu.create();
-  g.pool.maxCachedBytes = 4 * targetBytes; // keep the first load's buffers for the later ones
+  const mode = g.uploadMode, other: UploadMode = mode === 'ring' ? 'write' : 'ring';
+  let g2 = await Gpu.create({ upload: other });
+  for (const x of [g, g2]) x.pool.maxCachedBytes = 4 * targetBytes; // keep the first load's buffers for the later ones
   try {
     const path = join(dir, 'dit-like.safetensors');
     const size = await writeCheckpoint(path, targetBytes);
@@ -156,37 +173,53 @@ export async function benchLoading(targetBytes = 1e9): Promise<void> {
     const rawFresh = mbs(performance.now() - t0);
     const fresh = freshMemoryMBs(256 << 20);
     const first = { bf16: mbs(await load(g, path, 'bf16')), q8: mbs(await load(g, path, 'q8')) };
+    await load(g2, path, 'bf16'); // the other mode's buffers, for its reused-buffer rows
+    await load(g2, path, 'q8');
     // Interleaved rounds: raw read, then each load into the pool's buffers; best round of each row.
-    const best = { raw: Infinity, bf16: Infinity, q8: Infinity, pack: Infinity, nullBf16: Infinity, nullQ8: Infinity };
+    const best = { raw: Infinity, bf16: Infinity, q8: Infinity, bf16b: Infinity, q8b: Infinity, pack: Infinity, host: Infinity };
+    const nul = { bf16: Infinity, q8: Infinity, bf16b: Infinity, q8b: Infinity };
     for (let r = 0; r < ROUNDS; r++) {
       best.raw = Math.min(best.raw, await rawRead(path));
       best.bf16 = Math.min(best.bf16, await load(g, path, 'bf16'));
       best.q8 = Math.min(best.q8, await load(g, path, 'q8'));
+      best.bf16b = Math.min(best.bf16b, await load(g2, path, 'bf16'));
+      best.q8b = Math.min(best.q8b, await load(g2, path, 'q8'));
       best.pack = Math.min(best.pack, await packKernelMs(g, 64 << 20, 2));
+      best.host = Math.min(best.host, hostQuantMs(64 << 20));
     }
     g.destroy();
-    g = await Gpu.create({ dawnFlags: ['backend=null'] });
+    g2.destroy();
+    g = await Gpu.create({ dawnFlags: ['backend=null'], upload: mode });
+    g2 = await Gpu.create({ dawnFlags: ['backend=null'], upload: other });
     for (let r = 0; r < ROUNDS; r++) {
       best.raw = Math.min(best.raw, await rawRead(path));
-      best.nullBf16 = Math.min(best.nullBf16, await load(g, path, 'bf16', true));
-      best.nullQ8 = Math.min(best.nullQ8, await load(g, path, 'q8', true));
+      nul.bf16 = Math.min(nul.bf16, await load(g, path, 'bf16', true));
+      nul.q8 = Math.min(nul.q8, await load(g, path, 'q8', true));
+      nul.bf16b = Math.min(nul.bf16b, await load(g2, path, 'bf16', true));
+      nul.q8b = Math.min(nul.q8b, await load(g2, path, 'q8', true));
     }
     const raw = mbs(best.raw);
     const row = (what: string, v: number, note = `${((100 * v) / raw).toFixed(0).padStart(3)} % of raw`) =>
-      console.log(`  ${what.padEnd(52)}${v.toFixed(0).padStart(6)} MB/s  ${note}`);
+      console.log(`  ${what.padEnd(60)}${v.toFixed(0).padStart(6)} MB/s  ${note}`);
     row(`raw read, 4 MiB reused buffer (best of ${2 * ROUNDS})`, raw, '100 % (the ceiling)');
     row('raw read into fresh memory (readFile)', rawFresh);
     row('fresh host memory, first write', fresh, "(page faults; lavapipe's GPU memory is host memory)");
-    row('load bf16 into new GPU buffers', first.bf16);
-    row('load q8   into new GPU buffers', first.q8);
-    row(`load bf16 into reused GPU buffers (best of ${ROUNDS})`, mbs(best.bf16));
-    row(`load q8   into reused GPU buffers (best of ${ROUNDS})`, mbs(best.q8));
-    const packMBs = (64 << 20) / best.pack / 1e3;
+    row(`load bf16 into new GPU buffers ('${mode}')`, first.bf16);
+    row(`load q8   into new GPU buffers ('${mode}')`, first.q8);
+    row(`load bf16 into reused GPU buffers ('${mode}', best of ${ROUNDS})`, mbs(best.bf16));
+    row(`load q8   into reused GPU buffers ('${mode}', best of ${ROUNDS})`, mbs(best.q8));
+    row(`load bf16 into reused GPU buffers ('${other}', best of ${ROUNDS})`, mbs(best.bf16b));
+    row(`load q8   into reused GPU buffers ('${other}', best of ${ROUNDS})`, mbs(best.q8b));
+    const packMBs = (64 << 20) / best.pack / 1e3, hostMBs = (64 << 20) / best.host / 1e3;
     row(`q8 pack kernel alone, 64 MiB of bf16 (best of ${2 * ROUNDS})`, packMBs, `${((100 * packMBs) / raw).toFixed(0).padStart(3)} % of raw; ${((100 * (size / packMBs / 1e3)) / best.q8).toFixed(0)} % of the q8 load's time`);
-    row(`Null backend: load bf16, host side (best of ${ROUNDS})`, mbs(best.nullBf16));
-    row(`Null backend: load q8, host side (best of ${ROUNDS})`, mbs(best.nullQ8));
+    row(`q8 host quantizer alone, one thread (best of ${ROUNDS})`, hostMBs);
+    row(`Null backend: load bf16, host side ('${mode}')`, mbs(nul.bf16));
+    row(`Null backend: load q8, host side ('${mode}')`, mbs(nul.q8));
+    row(`Null backend: load bf16, host side ('${other}')`, mbs(nul.bf16b));
+    row(`Null backend: load q8, host side ('${other}')`, mbs(nul.q8b));
   } finally {
     g.destroy();
+    g2.destroy();
     rmSync(dir, { recursive: true, force: true });
   }
 }

@@ -219,18 +219,13 @@ export class SafetensorsFile {
     return this.readChunks(t.begin, t.end - t.begin, chunkBytes);
   }
 
-  /** Bytes [pos, pos + dst.length) into `dst` (a caller's buffer: mapped GPU staging memory when loading). */
-  async readInto(dst: Uint8Array, pos: number): Promise<void> {
-    if (!this.fh) throw new Step1xError(`${this.path}: read after close()`, ExitCode.USAGE);
-    await readFully(this.fh, this.path, dst, pos);
-  }
-
-  /** `dst.length` bytes of tensor `name` from byte `at` of its data into `dst` (see readInto). */
-  readTensorInto(name: string, dst: Uint8Array, at: number): Promise<void> {
+  /** Bytes [at, at + dst.length) of tensor `name` into `dst` (a caller's buffer: upload memory when loading). */
+  async readTensorInto(name: string, dst: Uint8Array, at: number): Promise<void> {
     const t = this.info(name);
     if (at < 0 || at + dst.length > t.end - t.begin)
       throw new Step1xError(`${this.path}: bytes [${at}, ${at + dst.length}) out of range for "${name}" (${t.end - t.begin} bytes)`, ExitCode.USAGE);
-    return this.readInto(dst, t.begin + at);
+    if (!this.fh) throw new Step1xError(`${this.path}: read after close()`, ExitCode.USAGE);
+    await readFully(this.fh, this.path, dst, t.begin + at);
   }
 
   async readRange(pos: number, len: number): Promise<Uint8Array> {

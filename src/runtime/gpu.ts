@@ -27,9 +27,18 @@ export interface GpuOptions extends DeviceOptions {
   tiles?: (g: Gpu) => void;
   /**
    * How streamed weight loads reach GPU buffers (runtime/upload-ring.ts): 'ring' (read into mapped staging)
-   * or 'write' (queue.writeBuffer); default 'write' on CPU adapters, where it measured faster, else 'ring'.
+   * or 'write' (queue.writeBuffer); default STEP1X_UPLOAD, else 'write' on CPU adapters (measured faster
+   * there) and 'ring' on others (one host copy fewer; faster on Dawn's Null backend, unmeasured on a GPU).
    */
   upload?: UploadMode;
+}
+
+/** STEP1X_UPLOAD=ring|write (like STEP1X_KERNELS: the CLI's way to override the default without a flag). */
+function envUpload(): UploadMode | undefined {
+  const v = process.env.STEP1X_UPLOAD;
+  if (v === undefined || v === '') return undefined;
+  if (v !== 'ring' && v !== 'write') throw new Step1xError(`STEP1X_UPLOAD must be 'ring' or 'write', got '${v}'`, ExitCode.USAGE);
+  return v;
 }
 
 export class Gpu extends GpuEncoder {
@@ -41,7 +50,7 @@ export class Gpu extends GpuEncoder {
 
   static async create(opts: GpuOptions = {}): Promise<Gpu> {
     const g = new Gpu(await createDevice(opts), opts.tiles);
-    g.uploadMode = opts.upload ?? (g.caps.cpu ? 'write' : 'ring');
+    g.uploadMode = opts.upload ?? envUpload() ?? (g.caps.cpu ? 'write' : 'ring');
     if (process.env.STEP1X_PROFILE === '1') g.enableProfiling();
     return g;
   }

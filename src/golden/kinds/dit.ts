@@ -11,13 +11,13 @@
 import { join } from 'node:path';
 import type { GoldenContext } from '../registry.js';
 import { Checkpoint, checkKeys } from '../../io/checkpoint.js';
-import { configFromCheckpoint, expectedDitKeys, type Step1xConfig } from '../../models/dit-config.js';
+import { configFromCheckpoint, ditWeightPolicy, expectedDitKeys, type Step1xConfig } from '../../models/dit-config.js';
 import { Step1XEdit, type DitLoadOptions } from '../../models/dit.js';
 import type { Tap } from '../../models/connector.js';
 import { prepare } from '../../pipeline/prepare.js';
 import { fail, fmtShape } from '../../errors.js';
 import { LoraFile, checkLoras } from '../../nn/lora.js';
-import { loadLinearWeight, WEIGHTS_OPTIONS, type WeightsOption } from '../../nn/weight.js';
+import { loadLinearWeight, withWeightPolicy, WEIGHTS_OPTIONS, type WeightsOption } from '../../nn/weight.js';
 
 /** Open, size, key-check and load the case's DiT (shared with the `sampler` kind). */
 export async function loadCaseDit(ctx: GoldenContext, load: DitLoadOptions = {}): Promise<{ model: Step1XEdit; ckpt: Checkpoint; cfg: Step1xConfig }> {
@@ -89,7 +89,7 @@ export async function runDit(ctx: GoldenContext, load: DitLoadOptions = {}): Pro
       // every weight the LoRA file touches, as the model holds it after the merge
       for (const key of ckpt.keys()) {
         if (!key.endsWith('.weight') || !lora.module(key.slice(0, -'.weight'.length))) continue;
-        const w = await loadLinearWeight(ctx.gpu, ckpt, key);
+        const w = await loadLinearWeight(ctx.gpu, withWeightPolicy(ckpt, load.weights && ditWeightPolicy(load.weights)), key); // as the model loaded it
         // packed weights (spec.weights) keep the LoRA unmerged: there is no merged matrix to show
         if (!w.packed) ctx.emit(`out.merged.${key}`, await ctx.gpu.readF32(w.data), [w.N, w.K]);
         w.dispose();
