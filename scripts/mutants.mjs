@@ -52,6 +52,20 @@ const MUTANTS = [
     filter: 'batch',
   },
   {
+    id: 'upload-streams-overlap',
+    what: 'streamed uploads started together share the uploader\'s buffers at once (no queue)',
+    edits: [{ file: 'src/runtime/upload-ring.ts', from: '    this.lock = new Promise((r) => (release = r));\n    await prev;\n', to: '    this.lock = new Promise((r) => (release = r));\n    void prev;\n' }],
+    tests: ['test/upload-modes.test.ts'],
+    filter: 'bit-identical',
+  },
+  {
+    id: 'upload-ring-pad-kept',
+    what: 'the ring leaves an odd tail\'s pad bytes as the slot held them (stale bytes past the data)',
+    edits: [{ file: 'src/runtime/upload-ring.ts', from: '    s.view!.fill(0, len, len4);\n', to: '' }],
+    tests: ['test/upload-modes.test.ts'],
+    filter: 'Uploader',
+  },
+  {
     id: 'ignore-exif-inverted',
     what: '--ignore-exif inverted (orientation applied only when asked to ignore it)',
     edits: [{ file: 'src/io/image.ts', from: 'const applyOrientation = !opts.ignoreExif && orientation !== 1;', to: 'const applyOrientation = !!opts.ignoreExif && orientation !== 1;' }],

@@ -77,6 +77,7 @@ export class Checkpoint {
     }
     const c = new Checkpoint(src.path, src.files, owner, src.metadata);
     c.views = views;
+    c.loadPolicy = src.loadPolicy;
     return c;
   }
 
