@@ -49,8 +49,9 @@ export class Gpu extends GpuEncoder {
   uploadMode: UploadMode = 'ring';
 
   static async create(opts: GpuOptions = {}): Promise<Gpu> {
+    const upload = opts.upload ?? envUpload(); // a bad value fails before a device exists
     const g = new Gpu(await createDevice(opts), opts.tiles);
-    g.uploadMode = opts.upload ?? envUpload() ?? (g.caps.cpu ? 'write' : 'ring');
+    g.uploadMode = upload ?? (g.caps.cpu ? 'write' : 'ring');
     if (process.env.STEP1X_PROFILE === '1') g.enableProfiling();
     return g;
   }
