@@ -1,8 +1,8 @@
 /**
  * The stages of the v1.2 edit (pipeline/v12-edit.ts), shaped like the v1.0/v1.1 ones (stages.ts): each takes
  * its model from a ModelHost (kept across stages and images when the plan fits them all, else loaded and
- * freed per stage) under the budget the one plan gives it (plan.ts stageBudget), and is retried with every
- * block streamed on GPU out-of-memory without a budget. Host arrays go in and out.
+ * freed per stage) under the budget the one plan gives it (plan.ts stageBudget), and is retried once under
+ * a new plan on GPU out-of-memory (run-plan.ts). Host arrays go in and out.
  *   embed   Qwen2.5-VL over [prompt, ""] at their own lengths (no attention mask, M-RoPE from ids > 0),
  *           vision once → kept span, text embeddings (embed_tokens rows, vision features on image tokens), txt_ids
  *   encode  bilinear AA of the original photo → VAE posterior sampled with ε
@@ -29,7 +29,7 @@ import { v12TextIds } from './v12-ids.js';
 import { v12Denoise as denoiseLoop, v12Schedule } from './v12-sampling.js';
 import { imageIds, referenceIds } from './prepare.js';
 import { ModelHost } from './model-host.js';
-import { encodeLatent, hostVae, withOomFallback } from './stages.js';
+import { encodeLatent, hostVae, withOomFallback, type Replan } from './stages.js';
 import { TeaCache, type CacheOption } from './teacache.js';
 import { blendLatent } from './mask.js';
 
@@ -44,6 +44,8 @@ export interface V12StageOptions {
   models?: ModelHost;
   /** The plan's loader budgets (plan.ts stageBudget); undefined: resident. */
   budget?: { embed?: number; sample?: number };
+  /** Re-plan on GPU out-of-memory (stages.ts withOomFallback; pipeline/run-plan.ts). */
+  replan?: { embed?: Replan; sample?: Replan };
   /** `--weights` for the DiT's and Qwen's Linear layers. */
   weights?: WeightsOption;
   /** `--lora`, merged into the DiT under its official names (the diffusers transformer is opened under them). */
@@ -72,13 +74,13 @@ const qwenStreamNote = (m: QwenVL) => `Qwen2.5-VL: streaming ${m.streamed.text ?
 /** Qwen2.5-VL over both prompts with the same image (vision once) → each side's conditioning. */
 export async function v12Embed(g: Gpu, d: DiffusersModelDir, prompts: Record<Side, V12Prompt>, pixelValues: Float32Array, gridThw: [number, number, number], refWh: [number, number], resizedWh: [number, number], o: V12StageOptions, emit?: V12Emit): Promise<Record<Side, V12Side>> {
   const e: V12Emit = emit ?? (() => undefined);
-  return withOomFallback(g, 'Qwen2.5-VL', o.budget?.embed, async (budget, streamAll) => {
-    const load = () => QwenVL.load(g, d.textEncoderDir, { ...(streamAll ? { stream: 'always' as const } : budget !== undefined ? { gpuBudgetBytes: budget } : {}), policy: { weights: o.weights } });
+  return withOomFallback(g, 'Qwen2.5-VL', o.budget?.embed, async (budget) => {
+    const load = () => QwenVL.load(g, d.textEncoderDir, { ...(budget !== undefined ? { gpuBudgetBytes: budget } : {}), policy: { weights: o.weights } });
     const free = async (m: QwenVL) => {
       await m.dispose();
       g.pool.trim();
     };
-    return (o.models ?? new ModelHost()).use('qwen', `${d.textEncoderDir}|${o.weights}${streamAll ? '|streamed' : ''}`, load, free, async (qwen) => {
+    return (o.models ?? new ModelHost()).use('qwen', `${d.textEncoderDir}|${o.weights}`, load, free, async (qwen) => {
       if (qwen.streamed.text || qwen.streamed.vision) o.onInfo?.('embed', qwenStreamNote(qwen));
       const D = qwen.cfg.text.hiddenSize, layers = qwen.cfg.text.numHiddenLayers;
       const inputs = SIDES.map((side) => {
@@ -130,8 +132,8 @@ export async function v12Embed(g: Gpu, d: DiffusersModelDir, prompts: Record<Sid
       }
       e('mid.vision_out', visionOut, [visionOut.length / D, D]);
       return sides;
-    }, !!streamAll);
-  }, (m) => o.onInfo?.('embed', m));
+    });
+  }, o.replan?.embed, (m) => o.onInfo?.('embed', m));
 }
 
 /** The VAE of `d` for `fn`: kept by `models` in keep mode, else loaded and freed around it. */
@@ -177,9 +179,9 @@ export async function v12Denoise(g: Gpu, d: DiffusersModelDir, x: V12DenoiseInpu
   emit?.('mid.sigmas', sched.sigmas, [sched.sigmas.length]);
   emit?.('mid.timesteps', sched.timesteps, [sched.timesteps.length]);
   const weights = o.weights || o.loras?.length ? { weights: o.weights, loras: o.loras } : undefined;
-  return withOomFallback(g, 'DiT', o.budget?.sample, async (budget, streamAll) => {
-    const open = () => Step1XEdit.open(g, d.transformerDir, {}, { ...(streamAll ? { streamAll: true } : budget !== undefined ? { budgetBytes: budget } : {}), weights });
-    const key = `${d.transformerDir}|v1.2|${o.weights}|${(o.loras ?? []).map((l) => `${l.path}:${l.multiplier}`).join(',')}${streamAll ? '|streamed' : ''}`;
+  return withOomFallback(g, 'DiT', o.budget?.sample, async (budget) => {
+    const open = () => Step1XEdit.open(g, d.transformerDir, {}, { ...(budget !== undefined ? { budgetBytes: budget } : {}), weights });
+    const key = `${d.transformerDir}|v1.2|${o.weights}|${(o.loras ?? []).map((l) => `${l.path}:${l.multiplier}`).join(',')}`;
     const close = async (m: Step1XEdit) => {
       await m.close();
       g.pool.trim();
@@ -247,8 +249,8 @@ export async function v12Denoise(g: Gpu, d: DiffusersModelDir, x: V12DenoiseInpu
           p.cache?.residual?.dispose();
         }
       }
-    }, !!streamAll);
-  }, (m) => o.onInfo?.('sample', m));
+    });
+  }, o.replan?.sample, (m) => o.onInfo?.('sample', m));
 }
 
 /** Decode the latent [1, 16, lh, lw] → the working-size image, rounded (the fork's postprocess). */
