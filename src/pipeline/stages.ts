@@ -105,10 +105,11 @@ export async function runEmbed(g: Gpu, files: ModelFiles, prompts: Step1xPrompt[
   const inputs = prompts.map((p) => ({ inputIds: p.inputIds, attentionMask: p.attentionMask, pixelValues: qp.pixelValues, gridThw: [qp.gridThw] as [number, number, number][], textAttention: o.textAttention }));
   return withOomFallback(g, 'Qwen2.5-VL', o.budget, async (budget) => {
     const load = () => QwenVL.load(g, files.qwenDir, { ...(budget !== undefined ? { gpuBudgetBytes: budget } : {}), policy: o.weights });
-    return (o.models ?? new ModelHost()).use('qwen', `${files.qwenDir}|${o.weights?.weights}`, load, async (m) => {
+    const close = async (m: QwenVL) => {
       await m.dispose();
       g.pool.trim();
-    }, async (model) => {
+    };
+    return (o.models ?? new ModelHost()).use('qwen', `${files.qwenDir}|${o.weights?.weights}`, load, close, async (model) => {
       if (model.streamed.text || model.streamed.vision) o.onInfo?.(`Qwen2.5-VL: streaming ${model.streamed.text ? 'text' : ''}${model.streamed.text && model.streamed.vision ? ' and ' : ''}${model.streamed.vision ? 'vision' : ''} layers from disk under the GPU budget`);
       const names = ['cond', 'uncond'];
       const out = await embedPrompts(g, model, inputs, {
@@ -166,10 +167,11 @@ function withVae<R>(g: Gpu, files: ModelFiles, models: ModelHost | undefined, fn
 
 /** The VAE at `path` (either layout) for `fn`: kept by `models` in keep mode, else loaded and freed around it. */
 export function hostVae<R>(g: Gpu, models: ModelHost | undefined, path: string, load: () => Promise<AutoEncoder>, fn: (vae: AutoEncoder) => Promise<R>): Promise<R> {
-  return (models ?? new ModelHost()).use('vae', path, load, (vae) => {
+  const close = (vae: AutoEncoder) => {
     vae.dispose();
     g.pool.trim();
-  }, fn);
+  };
+  return (models ?? new ModelHost()).use('vae', path, load, close, fn);
 }
 
 /**
@@ -286,17 +288,13 @@ export async function runVaeDecode(g: Gpu, files: ModelFiles, packed: Float32Arr
 }
 
 async function vaeDecode(g: Gpu, vae: AutoEncoder, latent: Float32Array, lh: number, lw: number, trace?: Trace, onProgress?: (done: number, total: number) => void): Promise<RgbImage> {
-  const z = g.upload(latent, [1, 16, lh, lw]);
-  try {
-    const dec = await vae.decode(z, vaeProgressTap(vae.config.ch_mult.length, onProgress));
-    const [, , H, W] = dec.shape;
-    const x = await g.readF32(dec);
-    dec.dispose();
-    trace?.('mid.decoded', x, [1, 3, H, W]);
-    const img = modelOutputToImage(x, H, W);
-    trace?.('out.rgb_small_u8', img.data, [H, W, 3], 'u8');
-    return img;
-  } finally {
-    z.dispose();
-  }
+  // the latent and the decoded image on the GPU live in this scope
+  const x = await g.scopeAsync(async () => {
+    const dec = await vae.decode(g.upload(latent, [1, 16, lh, lw]), vaeProgressTap(vae.config.ch_mult.length, onProgress));
+    return { data: await g.readF32(dec), H: dec.shape[2], W: dec.shape[3] };
+  });
+  trace?.('mid.decoded', x.data, [1, 3, x.H, x.W]);
+  const img = modelOutputToImage(x.data, x.H, x.W);
+  trace?.('out.rgb_small_u8', img.data, [x.H, x.W, 3], 'u8');
+  return img;
 }
