@@ -32,8 +32,8 @@ const MUTANTS = [
   },
   {
     id: 'oom-retry-removed',
-    what: 'the out-of-memory → streaming retry removed (the error is rethrown)',
-    edits: [{ file: 'src/pipeline/stages.ts', from: '    return stage(undefined, true);', to: '    throw e;' }],
+    what: 'the out-of-memory re-plan and retry removed (the error is rethrown)',
+    edits: [{ file: 'src/pipeline/stages.ts', from: '    return stage(next.budget);', to: '    throw e;' }],
     tests: ['test/pipeline.test.ts'],
     filter: 'out of GPU memory',
   },

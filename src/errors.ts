@@ -26,6 +26,16 @@ export class Step1xError extends Error {
   }
 }
 
+/**
+ * The device could not back an allocation (GPU_OOM): the pipeline re-plans under a smaller budget
+ * (pipeline/stages.ts withOomFallback). A plan refusing a budget is a plain Step1xError(GPU_OOM).
+ */
+export class GpuOutOfMemory extends Step1xError {
+  constructor(message: string) {
+    super(message, ExitCode.GPU_OOM);
+  }
+}
+
 export function fail(message: string, code: ExitCodeValue = ExitCode.USAGE): never {
   throw new Step1xError(message, code);
 }

@@ -4,7 +4,8 @@
  * async form does the same across awaits. The pool's live bytes show the storage really goes.
  */
 import { getGpu, releaseGpu } from '../kernels-test/harness.js';
-import { chain, chainAsync } from '../src/nn/chain.js';
+import { chain, scan } from '../src/nn/chain.js';
+import { add } from '../src/ops/elementwise.js';
 import type { Gpu } from '../src/runtime/gpu.js';
 import type { Tensor } from '../src/runtime/tensor.js';
 
@@ -12,6 +13,7 @@ afterAll(releaseGpu);
 
 const N = 4096; // floats: 16 KiB per tensor
 const mk = (g: Gpu): Tensor => g.upload(new Float32Array(N).fill(1), [N]);
+const add1 = (g: Gpu, x: Tensor): Tensor => add(x, g.upload(new Float32Array(N).fill(1), [N]));
 
 describe('chain', () => {
   test('each value is freed once the next exists; the input stays; what a step does not return goes with it', async () => {
@@ -59,7 +61,7 @@ describe('chain', () => {
     [a, b].forEach((t) => t.dispose());
   });
 
-  test('chainAsync awaits between steps with the same lifetimes', async () => {
+  test('scan awaits between steps with the same lifetimes', async () => {
     const g = await getGpu();
     const made: Tensor[] = [];
     const step = async (h?: Tensor): Promise<Tensor> => {
@@ -71,11 +73,47 @@ describe('chain', () => {
       return y;
     };
     const base = g.pool.liveBytes;
-    const out = await chainAsync(g, () => step(), [step, step, step]);
+    const out = await scan(g, () => step(), [step, step, step]);
     expect(made.slice(0, -1).every((t) => t.isDisposed)).toBe(true);
     expect(g.pool.liveBytes - base).toBe(N * 4);
     expect(g.scopes.depth).toBe(0);
     out.dispose();
+  });
+
+  test('scan paces before every step and submits after it (backpressure for every layer loop)', async () => {
+    const g = await getGpu();
+    const calls: string[] = [];
+    const pace = g.pace.bind(g), flush = g.flush.bind(g);
+    g.pace = async () => { calls.push('pace'); await pace(); };
+    g.flush = () => { calls.push('flush'); flush(); };
+    try {
+      const step = (h: Tensor, i: number): Tensor => {
+        calls.push(`step${i}`);
+        return add1(g, h);
+      };
+      const out = await scan(g, () => mk(g), [step, step, step]);
+      expect(calls).toEqual(['pace', 'step0', 'flush', 'pace', 'step1', 'flush', 'pace', 'step2', 'flush']);
+      expect(await g.readF32(out)).toEqual(new Float32Array(N).fill(4));
+      out.dispose();
+    } finally {
+      g.pace = pace;
+      g.flush = flush;
+    }
+  });
+
+  test('scan frees a replaced carry the caller made, except what `keep` names; passed-through tensors stay', async () => {
+    const g = await getGpu();
+    const [a, b, c] = [mk(g), mk(g), mk(g)];
+    const base = g.pool.liveBytes;
+    const out = await scan(g, () => [a, b, c], [([x, y, z]) => [add1(g, x), y, z], ([x, , z]) => [x, z]], { keep: [c] });
+    expect(a.isDisposed).toBe(true); // replaced after step 0
+    expect(b.isDisposed).toBe(true); // dropped by step 1
+    expect(c.isDisposed).toBe(false);
+    expect(out[1]).toBe(c);
+    expect(g.pool.liveBytes - base).toBe(-N * 4); // a and b gone, one new tensor
+    out[0].dispose();
+    c.dispose();
+    expect(g.scopes.depth).toBe(0);
   });
 
   test('a throwing step frees what the chain made', async () => {

@@ -12,6 +12,7 @@ import { ditConfigFromDiffusers, expectedDiffusersDitKeys } from '../src/models/
 import { DoubleStreamBlock, RopePe, SingleStreamBlock, Step1XEdit } from '../src/models/dit.js';
 import { configFromCheckpoint, expectedDitKeys, pooledBytes, REAL_CONNECTOR, REAL_DIT } from '../src/models/dit-config.js';
 import { goldenCase, REPO_ROOT } from './util/golden-path.js';
+import { setWeightPolicy } from '../src/nn/weight.js';
 
 afterAll(releaseGpu);
 const shapes = (file: string) => new Map<string, number[]>(JSON.parse(readFileSync(file, 'utf8')).tensors.map((t: { name: string; shape: number[] }) => [t.name, t.shape]));
@@ -56,6 +57,26 @@ describe('load, bytes, dispose and scoped forwards (GPU, dit_tiny)', () => {
         expect(g.pool.liveBytes - base).toBe(blk.gpuBytes(ck, prefix, pooledBytes));
         blk.dispose();
       }
+    } finally {
+      await ck.close();
+    }
+  });
+
+  test('a declared Linear is named by its checkpoint key once loaded (a packed weight read as a plain tensor says which)', async () => {
+    const g = await getGpu();
+    const dir = goldenCase('dit_tiny');
+    const spec = JSON.parse(readFileSync(join(dir, 'case.json'), 'utf8')).spec;
+    const ck = await Checkpoint.open(join(dir, 'dit.safetensors'));
+    try {
+      setWeightPolicy(ck, { weights: 'q8' });
+      const cfg = configFromCheckpoint(ck.keys(), (n) => (ck.has(n) ? ck.info(n).shape : undefined), { dit: spec.dit, connector: spec.connector });
+      const blk = new DoubleStreamBlock(cfg.dit);
+      expect(blk.img_attn.qkv.name).toBe('');
+      await blk.load(g, ck, 'double_blocks.0');
+      expect(blk.img_attn.qkv.name).toBe('double_blocks.0.img_attn.qkv');
+      expect(() => blk.img_attn.qkv.weight).toThrow(/^Linear double_blocks\.0\.img_attn\.qkv: weight is q8, not a plain tensor$/);
+      expect(blk.img_attn.qkv.rows(0, 4).name).toBe('double_blocks.0.img_attn.qkv');
+      blk.dispose();
     } finally {
       await ck.close();
     }

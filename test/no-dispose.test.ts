@@ -1,5 +1,5 @@
 /**
- * Issue 18's rule for the models and their layers: forward code frees nothing by hand. Intermediates end
+ * Issue 18's rule for the models and their layers (and the pipeline's stages): forward code frees nothing by hand. Intermediates end
  * with their tensor scope (runtime/scope.ts); weights with their module's dispose() (nn/module.ts).
  * Every `.dispose()` / `.release()` / `disposeAll(` call under src/models and src/nn must sit inside weight
  * lifecycle code: a function, method or property whose name says so (dispose, close, load…, release, the
@@ -18,6 +18,19 @@ const LIFECYCLE = /^(dispose|close|load\w*|preload|release|abandon|scan|hold|ope
 
 /** Files whose conversion to scopes is in flight elsewhere (none: the DiT, connector, VAE and Qwen are converted). */
 const PENDING = new Set<string>();
+
+/**
+ * src/pipeline frees no tensor by hand either (its stages read results inside g.scope / g.scopeAsync); what it
+ * does free are objects that live for a stage or a run, where that stage or run ends: models in the model
+ * host, a denoise loop's predictor (its prepared text), the thinker's client. Listed call by call.
+ */
+const RUN_LIFETIMES = new Set([
+  'src/pipeline/model-host.ts in use: this.release(kind)',
+  'src/pipeline/model-host.ts in releaseAll: this.release(k)',
+  'src/pipeline/sampling.ts in sampleLatent: predictor.dispose()',
+  'src/pipeline/stages.ts in runDenoise: pred.dispose()',
+  'src/pipeline/reason-edit.ts in runReasonEdit: client.dispose()',
+]);
 
 function files(dir: string): string[] {
   return readdirSync(dir).flatMap((n) => {
@@ -67,6 +80,12 @@ describe('no dispose()/release() in forward code (issue 18)', () => {
     const found = all.filter((f) => !pending(f)).flatMap((f) => handFrees(f, readFileSync(join(REPO_ROOT, f), 'utf8')));
     expect(found).toEqual([]);
     expect(all.filter((f) => !pending(f)).length).toBeGreaterThan(10);
+  });
+
+  test('src/pipeline: no hand free but the listed stage and run lifetimes; each listed one still exists', () => {
+    const found = files(join(REPO_ROOT, 'src/pipeline')).flatMap((p) => handFrees(relative(REPO_ROOT, p), readFileSync(p, 'utf8'))).map((h) => h.replace(/:\d+ in /, ' in '));
+    expect(found.filter((h) => !RUN_LIFETIMES.has(h))).toEqual([]);
+    expect([...RUN_LIFETIMES].filter((h) => !found.includes(h))).toEqual([]);
   });
 
   test('the pending list holds only files that still free by hand (drop a file from it once converted)', () => {

@@ -1,8 +1,9 @@
 /**
  * The edit pipeline against the official one: pipeline_tiny (fixed MLLM embeddings) and tiny_e2e (the whole
  * edit from a model directory) through the golden runner, every stage at the cases' tolerances; the
- * out-of-memory fallback (an injected OOM on the first resident load of Qwen2.5-VL and of the DiT: each
- * stage retries with its blocks streamed, says so, and the image is the golden one); and an edit under a
+ * out-of-memory re-plan (an injected OOM on Qwen2.5-VL's resident load: the run plans again below what was
+ * held, says so in one line, streams what planEdit gives for that budget, and the image is the golden one;
+ * with no plan below it, one error naming the minimum); and an edit under a
  * GPU budget that streams the Qwen2.5-VL layers (golden embedding) and refuses a DiT budget below its floor.
  */
 import { join } from 'node:path';
@@ -15,6 +16,8 @@ import { Checkpoint } from '../src/io/checkpoint.js';
 import { configFromCheckpoint, planResidency } from '../src/models/dit-config.js';
 import { EditPipeline, type EditRequest } from '../src/pipeline/edit-pipeline.js';
 import { oomInjection } from '../src/pipeline/stages.js';
+import { planEdit } from '../src/pipeline/plan.js';
+import { OOM_MARGIN, planSummary } from '../src/pipeline/run-plan.js';
 import { behaviourOfCase } from '../src/pipeline/official.js';
 import { SafetensorsFile } from '../src/io/safetensors.js';
 
@@ -65,27 +68,63 @@ function expectGolden(what: string, img: Uint8Array): void {
   if (max > 1 || differ / img.length > 0.02) throw new Error(`${what}: out.rgb_u8 max |diff| ${max} (≤ 1), differing ${(differ / img.length).toFixed(4)} (≤ 0.02)`);
 }
 
-async function editCollecting(opts: { vramBudget?: number }): Promise<{ image: Uint8Array; messages: string[] }> {
+async function editCollecting(opts: { vramBudget?: number }): Promise<{ image: Uint8Array; messages: string[]; workingSize: [number, number] }> {
   const g = await getGpu();
   const messages: string[] = [];
   const pipe = await EditPipeline.load(files, { gpu: g, ...opts, onProgress: (p) => p.message && messages.push(p.message) });
   const res = await pipe.edit(req, (p) => p.message && messages.push(p.message));
-  return { image: res.image.data, messages };
+  return { image: res.image.data, messages, workingSize: res.workingSize };
 }
 
-test('out of GPU memory on the first resident load: Qwen2.5-VL and the DiT retry streamed, say so, and give the golden image', async () => {
-  oomInjection.residentLoads = 2; // the embed stage's load, then the denoise stage's
+/** What the run said it streams: DiT blocks and Qwen towers, in the plan's `streams` words. */
+function runStreams(notes: string[]): { dit: string[]; qwen: string[] } {
+  const dit = notes.map((m) => /^DiT: streaming (\d+) blocks/.exec(m)?.[1]).find(Boolean);
+  const qwen = notes.map((m) => /^Qwen2\.5-VL: streaming (text)?(?: and )?(vision)? layers/.exec(m)).find(Boolean);
+  return { dit: dit ? [`${dit} blocks`] : [], qwen: qwen ? (qwen.slice(1).filter(Boolean) as string[]) : [] };
+}
+
+test('out of GPU memory on a resident load: the run re-plans below what it held, says what changed in one line, runs what `plan` prints for that budget, and gives the golden image', async () => {
+  // the injected failure reports a little more than the smallest budget any plan fits, held when it failed
+  const [W, H] = [req.image!.width, req.image!.height];
+  const min = (await planEdit(files, { size: req.size })).minimum_budget_bytes;
+  const held = Math.ceil(min / (1 - OOM_MARGIN)) + 4096;
+  oomInjection.residentLoads = 2; // Qwen2.5-VL's resident load; the DiT's too if the new plan kept it resident
+  oomInjection.heldBytes = held;
   try {
     const r = await editCollecting({});
-    expect(oomInjection.residentLoads).toBe(0);
-    const said = r.messages.join('\n');
-    expect(said).toMatch(/Qwen2\.5-VL: out of GPU memory with all weights resident; retrying with weights streamed from disk/);
-    expect(said).toMatch(/Qwen2\.5-VL: streaming text and vision layers from disk/);
-    expect(said).toMatch(/DiT: out of GPU memory with all weights resident; retrying with weights streamed from disk/);
-    expect(said).toMatch(/DiT: streaming 2 blocks from disk/);
-    expectGolden('OOM fallback', r.image);
+    const said = r.messages.filter((m) => /out of GPU memory/.test(m));
+    expect(said).toHaveLength(1);
+    const m = /^Qwen2\.5-VL: out of GPU memory with [0-9.]+ [MG]B allocated; re-planned under a (\d+)-byte budget \([0-9.]+ [MG]B\): (.+)$/.exec(said[0]);
+    expect(m).not.toBeNull();
+    const budget = Number(m![1]);
+    expect(budget).toBe(Math.floor(held * (1 - OOM_MARGIN)));
+    // what `step1x plan --vram-budget <budget>` prints for this working size is what ran
+    const plan = await planEdit(files, { width: r.workingSize[0], height: r.workingSize[1], budget });
+    const streams = (stage: string) => plan.stages.find((s) => s.stage === stage)!.streams;
+    process.stderr.write(`  OOM re-plan (${W}x${H} photo): held ${held}, budget ${budget}: ${m![2]}; plan dit ${JSON.stringify(streams('sample'))} qwen ${JSON.stringify(streams('embed'))}\n`);
+    expect(m![2]).toBe(planSummary(plan));
+    expect(plan.keep_resident).toBe(false);
+    expect(oomInjection.residentLoads).toBe(1); // the DiT loaded under the new plan's budget: not a resident load
+    expect(runStreams(r.messages)).toEqual({ dit: streams('sample'), qwen: streams('embed') });
+    // (at every budget some plan fits, the tiny models stream nothing: the DiT's floor is above Qwen's resident
+    // size. The real-size dry run streams under budgets: test/dryrun.test.ts compares plan and run there.)
+    expectGolden('OOM re-plan', r.image);
   } finally {
     oomInjection.residentLoads = 0;
+    oomInjection.heldBytes = 0;
+  }
+});
+
+test('out of GPU memory with no plan below what was held: one error naming the least the edit needs, exit code 6', async () => {
+  oomInjection.residentLoads = 1;
+  oomInjection.heldBytes = 1000;
+  try {
+    const err = await editCollecting({}).catch((e) => e);
+    expect(err.code).toBe(6);
+    expect(String(err.message)).toMatch(/^Qwen2\.5-VL: out of GPU memory with 0\.0 MB allocated, and no plan fits below that \(the edit needs at least [0-9.]+ [MG]B\)/);
+  } finally {
+    oomInjection.residentLoads = 0;
+    oomInjection.heldBytes = 0;
   }
 });
 

@@ -3,8 +3,8 @@
  * model of v12_e2e_tiny (diffusers layout; its photo at size level 80 → 80×64, 3 steps):
  *   - plan == run on the GPU: under the plan's smallest budget the run streams what `planEdit` says and loads
  *     per stage (the VAE twice), the image bit-identical to the resident run; a budget that fits every model
- *     keeps them loaded once across two edits (as `batch` does); on GPU out-of-memory Qwen and the DiT are
- *     retried streamed from disk, the image unchanged;
+ *     keeps them loaded once across two edits (as `batch` does); on GPU out-of-memory the run re-plans below
+ *     what it held and loads what the plan gives for that budget, the image unchanged;
  *   - --weights q8 stays close to the stored weights; a kohya LoRA in the official names changes the edit,
  *     its module names matching the diffusers transformer (no warning);
  *   - TeaCache skips the middle step at a huge threshold; an all-white mask is the plain edit exactly, a
@@ -21,6 +21,7 @@ import { diffusersModelFiles } from '../src/io/model-files.js';
 import { EditPipeline, type EditRequest, type LoadOptions, type Progress } from '../src/pipeline/edit-pipeline.js';
 import { planEdit } from '../src/pipeline/plan.js';
 import { oomInjection } from '../src/pipeline/stages.js';
+import { OOM_MARGIN, planSummary } from '../src/pipeline/run-plan.js';
 import { LoraFile, checkLoras } from '../src/nn/lora.js';
 import { openDitWeights } from '../src/models/diffusers-map.js';
 import { Step1XEdit } from '../src/models/dit.js';
@@ -90,15 +91,28 @@ test('plan == run: at the plan\'s smallest budget the run streams what the plan 
   for (const x of roomy.all) expect(diffs(x.image.data, plain.data).n).toBe(0);
 }, 900_000);
 
-test('out of GPU memory with everything resident: Qwen and the DiT are retried streamed from disk, the image unchanged', async () => {
-  oomInjection.residentLoads = 2; // the next two resident loads (Qwen, then the DiT) fail as GPU OOM
+test('out of GPU memory with everything resident: the run re-plans below what it held, says so once, loads what the plan gives for that budget, the image unchanged', async () => {
+  const held = Math.ceil((await planEdit(files, { width: 80, height: 64 })).minimum_budget_bytes / (1 - OOM_MARGIN)) + 4096;
+  oomInjection.residentLoads = 2; // Qwen's resident load; the DiT's too if the new plan kept it resident
+  oomInjection.heldBytes = held;
   try {
     const r = await edit({});
-    expect(r.notes.filter((m) => /out of GPU memory with all weights resident; retrying with weights streamed from disk/.test(m)).map((m) => m.split(':')[0])).toEqual(['Qwen2.5-VL', 'DiT']);
-    expect(r.notes.some((m) => /^DiT: streaming 2 blocks from disk/.test(m))).toBe(true);
+    const said = r.notes.filter((m) => /out of GPU memory/.test(m));
+    expect(said.map((m) => m.split(':')[0])).toEqual(['Qwen2.5-VL']);
+    const budget = Number(/re-planned under a (\d+)-byte budget/.exec(said[0])?.[1]);
+    expect(budget).toBe(Math.floor(held * (1 - OOM_MARGIN)));
+    const plan = await planEdit(files, { width: 80, height: 64, budget });
+    expect(said[0].endsWith(`: ${planSummary(plan)}`)).toBe(true);
+    const streams = (s: string) => plan.stages.find((x) => x.stage === s)!.streams;
+    const ditRun = r.notes.map((m) => /DiT: streaming (\d+) blocks/.exec(m)?.[1]).find(Boolean);
+    const qwenRun = r.notes.map((m) => /Qwen2\.5-VL: streaming (text)?(?: and )?(vision)? layers/.exec(m)).find(Boolean);
+    expect(ditRun ? [`${ditRun} blocks`] : []).toEqual(streams('sample'));
+    expect(qwenRun ? qwenRun.slice(1).filter(Boolean) : []).toEqual(streams('embed'));
+    expect(oomInjection.residentLoads).toBe(plan.keep_resident ? 0 : 1);
     expect(diffs(r.res.image.data, plain.data).n).toBe(0);
   } finally {
     oomInjection.residentLoads = 0;
+    oomInjection.heldBytes = 0;
   }
 }, 900_000);
 

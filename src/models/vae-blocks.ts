@@ -19,7 +19,7 @@ import type { Checkpoint } from '../io/checkpoint.js';
 import type { AeConfig } from './vae-config.js';
 import { Module, TensorParam } from '../nn/module.js';
 import { loadWeight } from '../nn/weights.js';
-import { chain, chainAsync } from '../nn/chain.js';
+import { chain, scan } from '../nn/chain.js';
 import { conv2d, groupNorm, type Conv2dOpts } from '../ops/conv.js';
 import { attention } from '../ops/attention.js';
 
@@ -155,7 +155,7 @@ function runSteps(x: Tensor, [first, ...rest]: Step[], tap: VaeTap | undefined):
     if (tap) for (const name of s.taps) await tap(name, y);
     return y;
   };
-  return chainAsync(x.gpu, () => tapped(first)(x), rest.map(tapped));
+  return scan(x.gpu, () => tapped(first)(x), rest.map(tapped));
 }
 
 export class Encoder extends Module {

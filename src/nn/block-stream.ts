@@ -6,13 +6,14 @@
  * recorded (the buffer pool hands memory back only to later dispatches, which WebGPU orders after it).
  * Which blocks are resident is the caller's residency plan (models/dit-config.ts planResidency for the DiT,
  * models/qwen25vl/loader.ts residencyPlan for Qwen, both counted by nn/weight.ts gpuTensorBytes).
- * `scan` runs a forward pass over all blocks with their lifetimes handled here, not in the model: each
- * block's step is a tensor scope, streamed weights are freed after it, and the carried residual streams
- * are replaced (JAX `lax.scan`'s carry).
+ * `scan` runs a forward pass over all blocks with their lifetimes handled here, not in the model, on the
+ * layer-chain runner the VAE and Qwen use too (nn/chain.ts scan: a tensor scope per block, the carried
+ * residual streams replaced, backpressure); `stream` runs one block and frees it if streamed.
  */
 import type { Gpu } from '../runtime/gpu.js';
 import type { Tensor } from '../runtime/tensor.js';
 import { fail } from '../errors.js';
+import { scan } from './chain.js';
 
 export class BlockStream<T extends { dispose(): void }> {
   private readonly held = new Map<number, T>();
@@ -74,32 +75,42 @@ export class BlockStream<T extends { dispose(): void }> {
   }
 
   /**
-   * One pass over every block: `step(block, i, carry)` runs in its own tensor scope and returns the next
-   * carry (tensors made in the step survive only through it). The carry it replaces is freed as soon as the
-   * next exists, except tensors in `keep` (and the caller's first carry stays the caller's to free: it lives
-   * in the caller's scope, freeing it here is only early). Backpressure before each block (runtime/gpu.ts
-   * pace); a flush after it lets the GPU run the block while the next one is read.
+   * One pass over every block on the layer-chain runner (nn/chain.ts scan: a scope per block, the replaced
+   * carry freed once the next exists except `keep`, backpressure before each block and a submit after it,
+   * so the GPU runs block i while block i + 1 is read). `step(block, i, carry)` returns the next carry; a
+   * streamed block is freed once its step has returned (its commands are recorded, queue order protects
+   * the reuse of its memory).
    */
   async scan<C extends Tensor[]>(g: Gpu, init: C, step: (block: T, i: number, carry: C) => Promise<C>, opts: { keep?: readonly Tensor[] } = {}): Promise<C> {
-    let carry = init;
     try {
-      for (let i = 0; i < this.count; i++) {
-        await g.pace(); // at most g.maxInFlight submits ahead of the GPU
-        const block = await this.get(i);
-        let next: C;
-        try {
-          next = await g.scopeAsync(() => step(block, i, carry));
-        } finally {
-          this.release(i, block); // streamed: freed; commands using it are recorded, queue order protects reuse
-        }
-        for (const t of carry) if (!next.includes(t) && !opts.keep?.includes(t)) t.dispose();
-        carry = next;
-        g.flush();
-      }
-      return carry;
+      return await scan(g, () => init, Array.from({ length: this.count }, (_, i) => (carry: C) => this.stream(i, (block) => step(block, i, carry))), opts);
     } catch (e) {
       this.abandon();
       throw e;
+    }
+  }
+
+  /** A streamed block kept loaded for the next stream() of the same index (`again`). */
+  private kept: { i: number; b: T } | undefined;
+
+  /**
+   * Block i through fn: a streamed block is freed once fn has returned (its work is recorded by then),
+   * or with `again` kept for the next stream(i) (Qwen's layer-major passes over several sequences). The
+   * block's lifetime is handled here, so forward code frees nothing by hand.
+   */
+  async stream<R>(i: number, fn: (block: T) => R | Promise<R>, opts: { again?: boolean } = {}): Promise<R> {
+    const k = this.kept;
+    this.kept = undefined;
+    if (k && k.i !== i) this.release(k.i, k.b);
+    const b = k?.i === i ? k.b : await this.get(i);
+    let again = false;
+    try {
+      const r = await fn(b);
+      again = !!opts.again;
+      return r;
+    } finally {
+      if (again) this.kept = { i, b };
+      else this.release(i, b);
     }
   }
 
@@ -114,6 +125,8 @@ export class BlockStream<T extends { dispose(): void }> {
   }
 
   async dispose(): Promise<void> {
+    if (this.kept) this.release(this.kept.i, this.kept.b);
+    this.kept = undefined;
     for (const b of this.held.values()) b.dispose();
     this.held.clear();
     this.preloaded = false;

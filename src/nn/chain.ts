@@ -13,6 +13,8 @@
  * the scope that called chain (or to the caller when none is open).
  */
 import type { Gpu } from '../runtime/gpu.js';
+import type { Tensor } from '../runtime/tensor.js';
+import { tensorsIn } from '../runtime/scope.js';
 
 type Step<A, B> = (a: A) => B;
 
@@ -28,11 +30,27 @@ export function chain(g: Gpu, f0: () => unknown, ...steps: Step<unknown, unknown
 }
 
 /**
- * `chain` over a list of steps of one type that may await (taps, blocks streamed in): `first()`, then
- * each step on the previous result. Scopes nest as in `chain`, so no other scope may be opened and left
- * open across one of these awaits (runtime/scope.ts).
+ * The one runner of a layer chain (the DiT's blocks through BlockStream.scan, the VAE's encoder and
+ * decoder steps, Qwen's vision blocks and text layers, a generated token's pass): `first()`, then each
+ * step on the previous result, JAX `lax.scan`'s carry. Each step runs in its own tensor scope; the carry
+ * it replaces is freed as soon as the next exists (tensors passed through, and those in `keep`, stay; a
+ * first carry made by the caller is freed early too, unless kept). Backpressure before every step (at most
+ * g.maxInFlight submits ahead of the GPU, runtime/gpu-encode.ts pace) and a submit after it, so the GPU
+ * runs step i while the host records step i + 1 (or reads the next streamed block) and Dawn's deferred
+ * frees of step i - 2 complete: without it a chain records whole stages into one submit.
+ * A carry is what a scope may return: a Tensor, or arrays / plain objects of them.
  */
-export function chainAsync<T>(g: Gpu, first: () => T | Promise<T>, steps: readonly Step<T, T | Promise<T>>[]): Promise<T> {
-  const run = (i: number): Promise<T> => g.scopeAsync(async () => (i < 0 ? first() : steps[i](await run(i - 1))));
-  return run(steps.length - 1);
+export async function scan<C>(g: Gpu, first: () => C | Promise<C>, steps: readonly ((carry: C, i: number) => C | Promise<C>)[], opts: { keep?: readonly Tensor[] } = {}): Promise<C> {
+  return g.scopeAsync(async () => {
+    let carry = await g.scopeAsync(async () => first());
+    for (let i = 0; i < steps.length; i++) {
+      await g.pace();
+      const prev = carry;
+      carry = await g.scopeAsync(async () => steps[i](prev, i));
+      const live = tensorsIn(carry);
+      for (const t of tensorsIn(prev)) if (!live.has(t) && !opts.keep?.includes(t)) t.dispose();
+      g.flush();
+    }
+    return carry;
+  });
 }

@@ -26,7 +26,7 @@ export interface LinearLoadOptions {
 export class Linear extends Module {
   private readonly wp: WeightParam;
   private readonly bp: TensorParam | undefined;
-  readonly name: string;
+  private readonly given: string | undefined;
 
   constructor(outFeatures: number, inFeatures: number, opts?: { bias?: boolean; as?: 'native' | 'f32' });
   constructor(weight: Tensor | Weight, bias?: Tensor, name?: string);
@@ -34,7 +34,6 @@ export class Linear extends Module {
     super();
     if (typeof a === 'number') {
       const o = (c ?? {}) as { bias?: boolean; as?: 'native' | 'f32' };
-      this.name = '';
       this.wp = new WeightParam([a, b as number], o.as);
       this.bp = o.bias === false ? undefined : new TensorParam([a], o.as);
       return;
@@ -45,7 +44,7 @@ export class Linear extends Module {
     const w = a instanceof Weight ? a : Weight.plain(a);
     if (bias && (bias.rank !== 1 || bias.shape[0] !== w.N))
       throw new Step1xError(`Linear ${name}: bias ${fmtShape(bias.shape)} does not match weight ${fmtShape(w.shape)}`, ExitCode.WEIGHTS);
-    this.name = name;
+    this.given = name;
     this.wp = new WeightParam(w.shape).set(w);
     this.bp = bias ? new TensorParam(bias.shape).set(bias) : undefined;
   }
@@ -55,6 +54,10 @@ export class Linear extends Module {
     return this.bp ? [['weight', this.wp], ['bias', this.bp]] : [['weight', this.wp]];
   }
 
+  /** For messages: the name it was built with, else its checkpoint key once loaded (`single_blocks.3.linear1`). */
+  get name(): string {
+    return this.given ?? this.wp.modulePath;
+  }
   get w(): Weight {
     return this.wp.value;
   }

@@ -47,8 +47,11 @@ export abstract class Param<V extends { dispose(): void } = Tensor> {
     this.v = v;
     return this;
   }
+  /** The checkpoint path of the module holding it, once loaded (`double_blocks.0.img_attn.qkv`): error messages. */
+  modulePath = '';
   async load(g: Gpu, ckpt: Checkpoint, name: string, modulePath: string): Promise<void> {
     this.v = await this.read(g, ckpt, name, modulePath);
+    this.modulePath = modulePath;
   }
   protected abstract read(g: Gpu, ckpt: Checkpoint, name: string, modulePath: string): Promise<V>;
   dispose(): void {

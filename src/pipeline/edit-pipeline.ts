@@ -34,7 +34,7 @@ import { checkVersion, versionOfKeys, type DitVersion } from '../models/dit-conf
 import { Checkpoint } from '../io/checkpoint.js';
 import { runDenoise, runEmbed, runVaeDecode, runVaeEncode, type Trace } from './stages.js';
 import { ModelHost } from './model-host.js';
-import { planEdit, stageBudget } from './plan.js';
+import { RunPlan } from './run-plan.js';
 import type { CacheOption } from './teacache.js';
 import { validateModelFiles } from './model-check.js';
 import { compositeImage, packedMask, prepareMask, resizeMask, type Mask } from './mask.js';
@@ -230,19 +230,15 @@ export class EditPipeline {
     // One plan (pipeline/plan.ts) decides residency, and the stages follow it: all models at once within
     // the budget (--vram-budget, else the device's memory when known) -> kept across stages and images;
     // otherwise each stage loads its model against the budget less its activations. No budget at all
-    // (a real GPU's size is unknown to WebGPU): one model at a time, everything resident.
-    const plan = await planEdit(this.files, { width: outW, height: outH, weights: this.opts.weights, loras: this.opts.loras, budget: this.fullBudget, deviceBytes: g.memoryBytes }).catch(() => undefined);
-    this.models.keep = plan?.plan_budget_bytes != null && plan.keep_resident;
-    if (!this.models.keep) await this.models.releaseAll();
-    if (g.dryrun) g.dryrun.planPeak = plan?.peak_bytes ?? null;
-    // a budget no plan fits: the loaders get it whole and say what does not fit
-    const budgetFor = (stage: 'embed' | 'sample') => (plan ? stageBudget(plan, stage) : this.fullBudget);
+    // (a real GPU's size is unknown to WebGPU): one model at a time, everything resident. Out of GPU
+    // memory anyway: the run re-plans under a smaller budget and follows that (run-plan.ts).
+    const run = await RunPlan.make(g, this.files, { width: outW, height: outH, weights: this.opts.weights, loras: this.opts.loras, budget: this.fullBudget, deviceBytes: g.memoryBytes }, this.models);
 
     // -- embed: Qwen2.5-VL, loaded for this stage only --------------------------------------------
     yield { stage: 'embed', message: 'Qwen2.5-VL: embedding the instruction and the image' };
     await this.stage('embed');
     const report = (stage: Progress['stage']) => (step: number, total: number) => this.opts.onProgress?.({ stage, step, total });
-    const embedded = await runEmbed(g, this.files, prompts, qp, { textAttention: beh.textAttention, budget: budgetFor('embed'), models: this.models, weights: { weights: this.opts.weights }, maxLength: emb.max_length, drop: emb.drop_prefix_tokens, trace, onInfo: (m) => this.opts.onProgress?.({ stage: 'embed', message: m }), onProgress: report('embed') });
+    const embedded = await runEmbed(g, this.files, prompts, qp, { textAttention: beh.textAttention, budget: run.budgetFor('embed'), replan: (what, held) => run.replan('embed', what, held), models: this.models, weights: { weights: this.opts.weights }, maxLength: emb.max_length, drop: emb.drop_prefix_tokens, trace, onInfo: (m) => this.opts.onProgress?.({ stage: 'embed', message: m }), onProgress: report('embed') });
     lap('embed');
     yield { stage: 'embed', done: true, message: `embedded ${prompts.map((p) => p.inputIds.length).join(' + ')} tokens (${timings.embed}s)` };
 
@@ -266,7 +262,7 @@ export class EditPipeline {
     const sampling = runDenoise(g, this.files, {
       noise, refLatent, lh, lw, llmEmbedding: embedded.embeddings, mask: embedded.mask, T: embedded.maxLength, steps, cfg,
       cfgTruncate: beh.cfgTruncate, version: req.version,
-      budget: budgetFor('sample'), models: this.models, weights: { weights: this.opts.weights, loras: this.opts.loras }, trace, cache: req.cache, maskPacked,
+      budget: run.budgetFor('sample'), replan: (what, held) => run.replan('sample', what, held), models: this.models, weights: { weights: this.opts.weights, loras: this.opts.loras }, trace, cache: req.cache, maskPacked,
       onVersion: (v) => (version = v),
       onInfo: (m) => this.opts.onProgress?.({ stage: 'sample', message: m }),
       onStep: (i, n, sk) => {

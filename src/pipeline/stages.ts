@@ -1,7 +1,7 @@
 /**
  * The model stages of an edit, each loading its model, running it, and freeing it before returning.
- * Without a GPU budget the weights are kept resident; when that runs out of GPU memory, the stage is
- * retried once with its blocks streamed from disk, and the fallback is reported. Host arrays go in and
+ * Each loads under the budget the run's plan gives it (pipeline/run-plan.ts); when the device runs out of
+ * memory anyway, the run re-plans under a smaller budget and the stage is retried once under the new plan. Host arrays go in and
  * out, so the GPU holds at most one model at a time.
  *
  * `Trace` receives intermediates under the golden `e2e` names (mid.*, out.*); golden kinds and
@@ -9,7 +9,7 @@
  */
 import type { Gpu } from '../runtime/gpu.js';
 import type { Tensor } from '../runtime/tensor.js';
-import { ExitCode, Step1xError } from '../errors.js';
+import { ExitCode, GpuOutOfMemory, Step1xError } from '../errors.js';
 import type { ModelFiles } from '../io/model-files.js';
 import type { RgbImage } from '../io/resize.js';
 import { AutoEncoder, type AeConfig } from '../models/vae.js';
@@ -32,27 +32,41 @@ export type Trace = (name: string, data: Float32Array | Int32Array | Uint8Array,
 
 /**
  * Test seam: the next `residentLoads` stage loads with every weight resident (no budget) fail as GPU
- * out-of-memory, as a failed allocation would; tests of the streaming fallback set it, nothing else does.
+ * out-of-memory after `heldBytes` allocated, as a failed allocation would; tests of the re-plan set it,
+ * nothing else does.
  */
-export const oomInjection = { residentLoads: 0 };
+export const oomInjection = { residentLoads: 0, heldBytes: 0 };
+
+/** A stage's re-plan after GPU out-of-memory (pipeline/run-plan.ts RunPlan.replan, bound to the stage). */
+export type Replan = (what: string, heldBytes: number) => Promise<{ budget: number | undefined; note: string }>;
 
 /**
- * Run `stage(budget)`; on GPU out-of-memory without a budget, free everything and retry with every block
- * streamed (`stage(undefined, true)`).
+ * Run `stage(budget)`; when the device refuses an allocation (GpuOutOfMemory), free everything, re-plan
+ * under a budget below the bytes held when it failed (the attempt's peak plus the pool's cache), say so,
+ * and run the stage once more under the new plan's budget. Without `replan` (a stage run outside a
+ * pipeline: golden kinds) the error stands.
  */
-export async function withOomFallback<T>(g: Gpu, what: string, budget: number | undefined, stage: (budget: number | undefined, streamAll?: boolean) => Promise<T>, info?: (m: string) => void): Promise<T> {
+export async function withOomFallback<T>(g: Gpu, what: string, budget: number | undefined, stage: (budget: number | undefined) => Promise<T>, replan?: Replan, info?: (m: string) => void): Promise<T> {
+  const peak = g.pool.peakLiveBytes;
+  g.pool.resetPeak(); // this attempt's high-water mark: what the device held when it failed
+  let injected = false;
   try {
     if (budget === undefined && oomInjection.residentLoads > 0) {
       oomInjection.residentLoads--;
-      throw new Step1xError(`${what}: out of GPU memory (injected by a test)`, ExitCode.GPU_OOM);
+      injected = true;
+      throw new GpuOutOfMemory(`${what}: out of GPU memory (injected by a test)`);
     }
     return await stage(budget);
   } catch (e) {
-    if (!(e instanceof Step1xError) || e.code !== ExitCode.GPU_OOM || budget !== undefined) throw e;
+    if (!(e instanceof GpuOutOfMemory) || !replan) throw e;
+    const held = injected ? oomInjection.heldBytes : g.pool.peakLiveBytes + g.pool.cachedBytes;
     g.pool.trim();
     g.flush();
-    info?.(`${what}: out of GPU memory with all weights resident; retrying with weights streamed from disk`);
-    return stage(undefined, true);
+    const next = await replan(what, held);
+    info?.(next.note);
+    return stage(next.budget);
+  } finally {
+    g.pool.peakLiveBytes = Math.max(peak, g.pool.peakLiveBytes);
   }
 }
 
@@ -60,6 +74,8 @@ export interface EmbedOptions {
   /** Masked text tokens' own rows: 'sdpa' (current official) or 'flash' (May 2025). */
   textAttention?: TextAttention;
   budget?: number;
+  /** Re-plan on GPU out-of-memory (withOomFallback). */
+  replan?: Replan;
   /** Keeps models resident across stages and images when the plan says they fit (model-host.ts). */
   models?: ModelHost;
   /** How Linear weights load (`--weights`). */
@@ -87,12 +103,13 @@ function vaeProgressTap(levels: number, onProgress?: (done: number, total: numbe
 /** Qwen2.5-VL over the prompts (cond, uncond) with the same image → llm_embedding [B, maxLength, D], mask. */
 export async function runEmbed(g: Gpu, files: ModelFiles, prompts: Step1xPrompt[], qp: QwenProcessed, o: EmbedOptions = {}): Promise<EmbedderOutput> {
   const inputs = prompts.map((p) => ({ inputIds: p.inputIds, attentionMask: p.attentionMask, pixelValues: qp.pixelValues, gridThw: [qp.gridThw] as [number, number, number][], textAttention: o.textAttention }));
-  return withOomFallback(g, 'Qwen2.5-VL', o.budget, async (budget, streamAll) => {
-    const load = () => QwenVL.load(g, files.qwenDir, { ...(streamAll ? { stream: 'always' as const } : budget !== undefined ? { gpuBudgetBytes: budget } : {}), policy: o.weights });
-    return (o.models ?? new ModelHost()).use('qwen', `${files.qwenDir}|${o.weights?.weights}${streamAll ? '|streamed' : ''}`, load, async (m) => {
+  return withOomFallback(g, 'Qwen2.5-VL', o.budget, async (budget) => {
+    const load = () => QwenVL.load(g, files.qwenDir, { ...(budget !== undefined ? { gpuBudgetBytes: budget } : {}), policy: o.weights });
+    const close = async (m: QwenVL) => {
       await m.dispose();
       g.pool.trim();
-    }, async (model) => {
+    };
+    return (o.models ?? new ModelHost()).use('qwen', `${files.qwenDir}|${o.weights?.weights}`, load, close, async (model) => {
       if (model.streamed.text || model.streamed.vision) o.onInfo?.(`Qwen2.5-VL: streaming ${model.streamed.text ? 'text' : ''}${model.streamed.text && model.streamed.vision ? ' and ' : ''}${model.streamed.vision ? 'vision' : ''} layers from disk under the GPU budget`);
       const names = ['cond', 'uncond'];
       const out = await embedPrompts(g, model, inputs, {
@@ -108,7 +125,7 @@ export async function runEmbed(g: Gpu, files: ModelFiles, prompts: Step1xPrompt[
       o.trace?.('mid.mask', out.mask, [out.batch, out.maxLength], 'i64');
       return out;
     }, budget === 0);
-  }, o.onInfo);
+  }, o.replan, o.onInfo);
 }
 
 /** to_tensor(img)·2 − 1 as [1, 3, H, W] f32 (u8/255 in f32, then ×2 − 1 in f32 like torch). */
@@ -150,10 +167,11 @@ function withVae<R>(g: Gpu, files: ModelFiles, models: ModelHost | undefined, fn
 
 /** The VAE at `path` (either layout) for `fn`: kept by `models` in keep mode, else loaded and freed around it. */
 export function hostVae<R>(g: Gpu, models: ModelHost | undefined, path: string, load: () => Promise<AutoEncoder>, fn: (vae: AutoEncoder) => Promise<R>): Promise<R> {
-  return (models ?? new ModelHost()).use('vae', path, load, (vae) => {
+  const close = (vae: AutoEncoder) => {
     vae.dispose();
     g.pool.trim();
-  }, fn);
+  };
+  return (models ?? new ModelHost()).use('vae', path, load, close, fn);
 }
 
 /**
@@ -193,6 +211,8 @@ export interface DenoiseStageOptions {
   /** `--version`: must agree with the weights (which tell it anyway). */
   version?: DitVersion;
   budget?: number;
+  /** Re-plan on GPU out-of-memory (withOomFallback). */
+  replan?: Replan;
   models?: ModelHost;
   /** How Linear weights load (`--weights`, `--lora`). */
   weights?: WeightPolicy;
@@ -213,9 +233,9 @@ export async function runDenoise(g: Gpu, files: ModelFiles, o: DenoiseStageOptio
   const timesteps = getSchedule(o.steps, imageSeqLen(o.lh, o.lw));
   o.trace?.('mid.timesteps', timesteps, [timesteps.length]);
   const mask = Float32Array.from(o.mask);
-  return withOomFallback(g, 'DiT', o.budget, async (budget, streamAll) => {
-    const open = () => Step1XEdit.open(g, files.dit, { ...(files.hparams ?? {}), version: o.version }, { ...(streamAll ? { streamAll: true } : budget !== undefined ? { budgetBytes: budget } : {}), weights: o.weights });
-    const key = `${files.dit}|${o.version}|${o.weights?.weights}|${(o.weights?.loras ?? []).map((l) => `${l.path}:${l.multiplier}`).join(',')}${streamAll ? '|streamed' : ''}`;
+  return withOomFallback(g, 'DiT', o.budget, async (budget) => {
+    const open = () => Step1XEdit.open(g, files.dit, { ...(files.hparams ?? {}), version: o.version }, { ...(budget !== undefined ? { budgetBytes: budget } : {}), weights: o.weights });
+    const key = `${files.dit}|${o.version}|${o.weights?.weights}|${(o.weights?.loras ?? []).map((l) => `${l.path}:${l.multiplier}`).join(',')}`;
     return (o.models ?? new ModelHost()).use('dit', key, open, async (m) => {
       await m.close();
       g.pool.trim();
@@ -257,7 +277,7 @@ export async function runDenoise(g: Gpu, files: ModelFiles, o: DenoiseStageOptio
         pred.dispose();
       }
     }, budget === 0);
-  }, o.onInfo);
+  }, o.replan, o.onInfo);
 }
 
 /** Unpack [1, N, 64] → latent [1, 16, lh, lw], VAE decode, clamp, truncate to u8. */
@@ -268,17 +288,13 @@ export async function runVaeDecode(g: Gpu, files: ModelFiles, packed: Float32Arr
 }
 
 async function vaeDecode(g: Gpu, vae: AutoEncoder, latent: Float32Array, lh: number, lw: number, trace?: Trace, onProgress?: (done: number, total: number) => void): Promise<RgbImage> {
-  const z = g.upload(latent, [1, 16, lh, lw]);
-  try {
-    const dec = await vae.decode(z, vaeProgressTap(vae.config.ch_mult.length, onProgress));
-    const [, , H, W] = dec.shape;
-    const x = await g.readF32(dec);
-    dec.dispose();
-    trace?.('mid.decoded', x, [1, 3, H, W]);
-    const img = modelOutputToImage(x, H, W);
-    trace?.('out.rgb_small_u8', img.data, [H, W, 3], 'u8');
-    return img;
-  } finally {
-    z.dispose();
-  }
+  // the latent and the decoded image on the GPU live in this scope
+  const x = await g.scopeAsync(async () => {
+    const dec = await vae.decode(g.upload(latent, [1, 16, lh, lw]), vaeProgressTap(vae.config.ch_mult.length, onProgress));
+    return { data: await g.readF32(dec), H: dec.shape[2], W: dec.shape[3] };
+  });
+  trace?.('mid.decoded', x.data, [1, 3, x.H, x.W]);
+  const img = modelOutputToImage(x.data, x.H, x.W);
+  trace?.('out.rgb_small_u8', img.data, [x.H, x.W, 3], 'u8');
+  return img;
 }

@@ -16,7 +16,8 @@ import { runV12Edit, V12_DEFAULTS, type V12StageOptions } from './v12-edit.js';
 import { describeReasonEvent, pumpEvents, reasonParameters, runReasonEdit, type ReasonEditResult } from './reason-edit.js';
 import { behaviour as officialBehaviour } from './official.js';
 import type { ModelHost } from './model-host.js';
-import { planEdit, stageBudget, v12ImageTokens, V12_PLAN_PROMPT_TOKENS } from './plan.js';
+import { v12ImageTokens, V12_PLAN_PROMPT_TOKENS } from './plan.js';
+import { RunPlan } from './run-plan.js';
 import { compositeImage, packedMask, prepareMask, resizeMask, type Mask } from './mask.js';
 import type { EditRequest, EditResult, LoadOptions, Progress } from './edit-pipeline.js';
 
@@ -84,12 +85,8 @@ export async function* runV12Request(host: V12Host, req: EditRequest): AsyncGene
   const imageTokens = v12ImageTokens(w, h);
   const keep = buildV12InputIds(host.tokenizer, req.instruction, imageTokens).keepLen;
   const textTokens = Math.max(imageTokens + V12_PLAN_PROMPT_TOKENS, keep);
-  const plan = await planEdit(host.files, { width: w, height: h, weights: host.opts.weights, loras: host.opts.loras, budget: host.fullBudget, deviceBytes: g.memoryBytes, textTokens }).catch(() => undefined);
   // a reasoning edit loads its own Qwen for the thinker between rounds: models go per stage then
-  host.models.keep = plan?.plan_budget_bytes != null && plan.keep_resident && !req.reason;
-  if (!host.models.keep) await host.models.releaseAll();
-  if (g.dryrun) g.dryrun.planPeak = plan?.peak_bytes ?? null;
-  const budgetFor = (stage: 'embed' | 'sample') => (plan ? stageBudget(plan, stage) : host.fullBudget);
+  const run = await RunPlan.make(g, host.files, { width: w, height: h, weights: host.opts.weights, loras: host.opts.loras, budget: host.fullBudget, deviceBytes: g.memoryBytes, textTokens }, host.models, !req.reason);
   const STAGE_NOTE = { embed: 'Qwen2.5-VL: embedding the instruction and the image', encode: 'VAE: encoding the reference image', sample: 'sampling', decode: 'VAE: decoding' } as const;
   let skipped = 0;
   // seconds per stage, summed over the rounds of a reasoning edit
@@ -101,7 +98,9 @@ export async function* runV12Request(host: V12Host, req: EditRequest): AsyncGene
   };
   const runOpts = (emit: (p: Progress) => void): V12StageOptions => {
     return {
-      models: host.models, budget: { embed: budgetFor('embed'), sample: budgetFor('sample') }, weights: host.opts.weights, loras: host.opts.loras, cache: req.cache, maskPacked,
+      // read when each stage loads: a re-plan in one stage sets the next one's budget
+      models: host.models, budget: { get embed() { return run.budgetFor('embed'); }, get sample() { return run.budgetFor('sample'); } },
+      replan: { embed: (what, held) => run.replan('embed', what, held), sample: (what, held) => run.replan('sample', what, held) }, weights: host.opts.weights, loras: host.opts.loras, cache: req.cache, maskPacked,
       onStage: async (s) => {
         lap(s);
         emit({ stage: s, message: STAGE_NOTE[s] });

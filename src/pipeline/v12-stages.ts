@@ -1,8 +1,8 @@
 /**
  * The stages of the v1.2 edit (pipeline/v12-edit.ts), shaped like the v1.0/v1.1 ones (stages.ts): each takes
  * its model from a ModelHost (kept across stages and images when the plan fits them all, else loaded and
- * freed per stage) under the budget the one plan gives it (plan.ts stageBudget), and is retried with every
- * block streamed on GPU out-of-memory without a budget. Host arrays go in and out.
+ * freed per stage) under the budget the one plan gives it (plan.ts stageBudget), and is retried once under
+ * a new plan on GPU out-of-memory (run-plan.ts). Host arrays go in and out.
  *   embed   Qwen2.5-VL over [prompt, ""] at their own lengths (no attention mask, M-RoPE from ids > 0),
  *           vision once → kept span, text embeddings (embed_tokens rows, vision features on image tokens), txt_ids
  *   encode  bilinear AA of the original photo → VAE posterior sampled with ε
@@ -29,7 +29,7 @@ import { v12TextIds } from './v12-ids.js';
 import { v12Denoise as denoiseLoop, v12Schedule } from './v12-sampling.js';
 import { imageIds, referenceIds } from './prepare.js';
 import { ModelHost } from './model-host.js';
-import { encodeLatent, hostVae, withOomFallback } from './stages.js';
+import { encodeLatent, hostVae, withOomFallback, type Replan } from './stages.js';
 import { TeaCache, type CacheOption } from './teacache.js';
 import { blendLatent } from './mask.js';
 
@@ -44,6 +44,8 @@ export interface V12StageOptions {
   models?: ModelHost;
   /** The plan's loader budgets (plan.ts stageBudget); undefined: resident. */
   budget?: { embed?: number; sample?: number };
+  /** Re-plan on GPU out-of-memory (stages.ts withOomFallback; pipeline/run-plan.ts). */
+  replan?: { embed?: Replan; sample?: Replan };
   /** `--weights` for the DiT's and Qwen's Linear layers. */
   weights?: WeightsOption;
   /** `--lora`, merged into the DiT under its official names (the diffusers transformer is opened under them). */
@@ -72,13 +74,13 @@ const qwenStreamNote = (m: QwenVL) => `Qwen2.5-VL: streaming ${m.streamed.text ?
 /** Qwen2.5-VL over both prompts with the same image (vision once) → each side's conditioning. */
 export async function v12Embed(g: Gpu, d: DiffusersModelDir, prompts: Record<Side, V12Prompt>, pixelValues: Float32Array, gridThw: [number, number, number], refWh: [number, number], resizedWh: [number, number], o: V12StageOptions, emit?: V12Emit): Promise<Record<Side, V12Side>> {
   const e: V12Emit = emit ?? (() => undefined);
-  return withOomFallback(g, 'Qwen2.5-VL', o.budget?.embed, async (budget, streamAll) => {
-    const load = () => QwenVL.load(g, d.textEncoderDir, { ...(streamAll ? { stream: 'always' as const } : budget !== undefined ? { gpuBudgetBytes: budget } : {}), policy: { weights: o.weights } });
-    const free = async (m: QwenVL) => {
+  return withOomFallback(g, 'Qwen2.5-VL', o.budget?.embed, async (budget) => {
+    const load = () => QwenVL.load(g, d.textEncoderDir, { ...(budget !== undefined ? { gpuBudgetBytes: budget } : {}), policy: { weights: o.weights } });
+    const close = async (m: QwenVL) => {
       await m.dispose();
       g.pool.trim();
     };
-    return (o.models ?? new ModelHost()).use('qwen', `${d.textEncoderDir}|${o.weights}${streamAll ? '|streamed' : ''}`, load, free, async (qwen) => {
+    return (o.models ?? new ModelHost()).use('qwen', `${d.textEncoderDir}|${o.weights}`, load, close, async (qwen) => {
       if (qwen.streamed.text || qwen.streamed.vision) o.onInfo?.('embed', qwenStreamNote(qwen));
       const D = qwen.cfg.text.hiddenSize, layers = qwen.cfg.text.numHiddenLayers;
       const inputs = SIDES.map((side) => {
@@ -90,16 +92,17 @@ export async function v12Embed(g: Gpu, d: DiffusersModelDir, prompts: Record<Sid
       });
       const pos: { ids: Int32Array; delta: number }[] = [];
       let visionOut: Float32Array | undefined;
-      const hs = await qwen.forward(g, inputs, {
-        positions: async (ids, delta) => void pos.push({ ids, delta }),
-        visionOut: async (t) => void (visionOut = await g.readF32(t)),
-        ...(o.onProgress ? { layer: async (i: number, _h: unknown, s: number) => void (s === SIDES.length - 1 && o.onProgress!('embed', i + 1, layers)) } : {}),
+      // the final hidden states on the GPU live in this scope
+      const lasts = await g.scopeAsync(async () => {
+        const hs = await qwen.forward(g, inputs, {
+          positions: async (ids, delta) => void pos.push({ ids, delta }),
+          visionOut: async (t) => void (visionOut = await g.readF32(t)),
+          ...(o.onProgress ? { layer: async (i: number, _h: unknown, s: number) => void (s === SIDES.length - 1 && o.onProgress!('embed', i + 1, layers)) } : {}),
+        });
+        const out: Float32Array[] = [];
+        for (const t of hs) out.push(await g.readF32(t));
+        return out;
       });
-      const lasts: Float32Array[] = [];
-      for (const t of hs) {
-        lasts.push(await g.readF32(t));
-        t.dispose();
-      }
       if (pos.length !== SIDES.length || !visionOut) fail('v1.2 edit: the Qwen forward reported no position ids or vision features', ExitCode.GPU);
       const sides = {} as Record<Side, V12Side>;
       for (const [k, side] of SIDES.entries()) {
@@ -130,8 +133,8 @@ export async function v12Embed(g: Gpu, d: DiffusersModelDir, prompts: Record<Sid
       }
       e('mid.vision_out', visionOut, [visionOut.length / D, D]);
       return sides;
-    }, !!streamAll);
-  }, (m) => o.onInfo?.('embed', m));
+    });
+  }, o.replan?.embed, (m) => o.onInfo?.('embed', m));
 }
 
 /** The VAE of `d` for `fn`: kept by `models` in keep mode, else loaded and freed around it. */
@@ -166,6 +169,14 @@ interface Prepared {
   cache?: BlockCacheState;
 }
 
+/** What the steps shared, held out of any scope: each side's prepared text and TeaCache residual. */
+function release(prep: Partial<Record<Side, Prepared>>): void {
+  for (const p of Object.values(prep)) {
+    p.text.dispose();
+    p.cache?.residual?.dispose();
+  }
+}
+
 /** The denoise loop over the noise tokens with the reference tokens beside them → packed latent [1, N, 64]. */
 export async function v12Denoise(g: Gpu, d: DiffusersModelDir, x: V12DenoiseInputs, o: V12StageOptions, emit?: V12Emit): Promise<Float32Array> {
   const N = (x.lh / 2) * (x.lw / 2), Cp = x.noise.length / N, L = 2 * N;
@@ -177,9 +188,9 @@ export async function v12Denoise(g: Gpu, d: DiffusersModelDir, x: V12DenoiseInpu
   emit?.('mid.sigmas', sched.sigmas, [sched.sigmas.length]);
   emit?.('mid.timesteps', sched.timesteps, [sched.timesteps.length]);
   const weights = o.weights || o.loras?.length ? { weights: o.weights, loras: o.loras } : undefined;
-  return withOomFallback(g, 'DiT', o.budget?.sample, async (budget, streamAll) => {
-    const open = () => Step1XEdit.open(g, d.transformerDir, {}, { ...(streamAll ? { streamAll: true } : budget !== undefined ? { budgetBytes: budget } : {}), weights });
-    const key = `${d.transformerDir}|v1.2|${o.weights}|${(o.loras ?? []).map((l) => `${l.path}:${l.multiplier}`).join(',')}${streamAll ? '|streamed' : ''}`;
+  return withOomFallback(g, 'DiT', o.budget?.sample, async (budget) => {
+    const open = () => Step1XEdit.open(g, d.transformerDir, {}, { ...(budget !== undefined ? { budgetBytes: budget } : {}), weights });
+    const key = `${d.transformerDir}|v1.2|${o.weights}|${(o.loras ?? []).map((l) => `${l.path}:${l.multiplier}`).join(',')}`;
     const close = async (m: Step1XEdit) => {
       await m.close();
       g.pool.trim();
@@ -190,65 +201,63 @@ export async function v12Denoise(g: Gpu, d: DiffusersModelDir, x: V12DenoiseInpu
       const tea = o.cache ? new TeaCache(x.steps, o.cache.threshold) : undefined;
       let condRan = true;
       const prep: Partial<Record<Side, Prepared>> = {};
-      try {
-        for (const side of SIDES) {
-          const s = x.sides[side];
-          const policy: BlockCache | undefined = tea && (side === 'cond' ? { decide: (t) => (condRan = tea.decide(t)) } : { decide: () => condRan });
-          prep[side] = {
-            add: await dit.textTokenMapping(s.text, s.mask, 1, s.T),
-            text: await dit.prepareText(s.emb, new Float32Array(s.T).fill(1), 1, s.T),
-            pe: dit.ropeFor(s.ids, imgIds, 1, s.T, L).pe,
-            ...(policy ? { cache: { policy } } : {}),
-          };
-        }
-        let calls = 0;
-        g.mark('sample', 1);
-        const taps: Record<string, string> = { 'mid.connector.txt': 'connector_out', 'mid.connector.y': 'pooled', 'mid.context_in': 'context_in' };
-        return await denoiseLoop(
-          async (side, lat, t) => {
-            const s = x.sides[side], p = prep[side]!;
-            const first = emit !== undefined && calls++ < 2; // step 0: cond, then uncond
-            const img = new Float32Array(L * Cp);
-            img.set(lat);
-            img.set(x.refPacked, N * Cp);
-            const out = await dit.forward(
-              { img, imgIds, txtIds: s.ids, timesteps: [t], tVec: [t], llmEmbedding: s.emb, mask: new Float32Array(s.T).fill(1), contextAdd: p.add, B: 1, L, T: s.T, pe: p.pe, text: p.text, cache: p.cache },
-              first ? async (name, v, shape) => void (taps[name] && emit!(`mid.step0.${taps[name]}.${side}`, v instanceof Float32Array ? v : await g.readF32(v), shape)) : undefined,
-            );
-            const host = await g.readF32(out);
-            out.dispose();
-            if (first) {
-              if (side === 'cond') emit!('mid.step0.transformer_timestep', Float32Array.of(t), [1]);
-              emit!(`mid.step0.raw_out.${side}`, host, [1, L, Cp]);
-              // the fork records text_token_mapping(text_embeds) before text_mask multiplies it
-              const raw = await dit.textTokenMapping(s.text, new Int32Array(s.T).fill(1), 1, s.T);
-              emit!(`mid.step0.text_token_mapping.${side}`, raw, [1, s.T, raw.length / s.T]);
-            }
-            return host.slice(0, N * Cp);
-          },
-          x.noise, sched,
-          {
-            cfg: x.cfg, channels: Cp,
-            afterStep: o.maskPacked ? (lat, sigmaNext) => blendLatent(lat, o.maskPacked!, x.noise, x.refPacked, sigmaNext) : undefined,
-            onStep: (st) => {
-              emit?.(`mid.step${st.step}.pred_cond`, st.predCond, [1, N, Cp]);
-              emit?.(`mid.step${st.step}.pred_uncond`, st.predUncond, [1, N, Cp]);
-              emit?.(`mid.step${st.step}.pred_guided`, st.predGuided, [1, N, Cp]);
-              emit?.(`mid.step${st.step}.latent_after`, st.latentAfter, [1, N, Cp]);
-              o.onProgress?.('sample', st.step + 1, x.steps, tea?.skipped);
-              g.mark('sample', st.step + 1 < x.steps ? st.step + 2 : undefined);
+      // the rope tables are tensors of this scope; the prepared texts and TeaCache's residuals are held
+      // across the steps (out of any scope) and released after the loop
+      return g.scopeAsync(async () => {
+        try {
+          for (const side of SIDES) {
+            const s = x.sides[side];
+            const policy: BlockCache | undefined = tea && (side === 'cond' ? { decide: (t) => (condRan = tea.decide(t)) } : { decide: () => condRan });
+            prep[side] = {
+              add: await dit.textTokenMapping(s.text, s.mask, 1, s.T),
+              text: await dit.prepareText(s.emb, new Float32Array(s.T).fill(1), 1, s.T),
+              pe: dit.ropeFor(s.ids, imgIds, 1, s.T, L).pe,
+              ...(policy ? { cache: { policy } } : {}),
+            };
+          }
+          let calls = 0;
+          g.mark('sample', 1);
+          const taps: Record<string, string> = { 'mid.connector.txt': 'connector_out', 'mid.connector.y': 'pooled', 'mid.context_in': 'context_in' };
+          return await denoiseLoop(
+            async (side, lat, t) => {
+              const s = x.sides[side], p = prep[side]!;
+              const first = emit !== undefined && calls++ < 2; // step 0: cond, then uncond
+              const img = new Float32Array(L * Cp);
+              img.set(lat);
+              img.set(x.refPacked, N * Cp);
+              const host = await g.scopeAsync(async () => g.readF32(await dit.forward(
+                { img, imgIds, txtIds: s.ids, timesteps: [t], tVec: [t], llmEmbedding: s.emb, mask: new Float32Array(s.T).fill(1), contextAdd: p.add, B: 1, L, T: s.T, pe: p.pe, text: p.text, cache: p.cache },
+                first ? async (name, v, shape) => void (taps[name] && emit!(`mid.step0.${taps[name]}.${side}`, v instanceof Float32Array ? v : await g.readF32(v), shape)) : undefined,
+              )));
+              if (first) {
+                if (side === 'cond') emit!('mid.step0.transformer_timestep', Float32Array.of(t), [1]);
+                emit!(`mid.step0.raw_out.${side}`, host, [1, L, Cp]);
+                // the fork records text_token_mapping(text_embeds) before text_mask multiplies it
+                const raw = await dit.textTokenMapping(s.text, new Int32Array(s.T).fill(1), 1, s.T);
+                emit!(`mid.step0.text_token_mapping.${side}`, raw, [1, s.T, raw.length / s.T]);
+              }
+              return host.slice(0, N * Cp);
             },
-          },
-        );
-      } finally {
-        for (const p of Object.values(prep)) {
-          p.pe.dispose();
-          p.text.dispose();
-          p.cache?.residual?.dispose();
+            x.noise, sched,
+            {
+              cfg: x.cfg, channels: Cp,
+              afterStep: o.maskPacked ? (lat, sigmaNext) => blendLatent(lat, o.maskPacked!, x.noise, x.refPacked, sigmaNext) : undefined,
+              onStep: (st) => {
+                emit?.(`mid.step${st.step}.pred_cond`, st.predCond, [1, N, Cp]);
+                emit?.(`mid.step${st.step}.pred_uncond`, st.predUncond, [1, N, Cp]);
+                emit?.(`mid.step${st.step}.pred_guided`, st.predGuided, [1, N, Cp]);
+                emit?.(`mid.step${st.step}.latent_after`, st.latentAfter, [1, N, Cp]);
+                o.onProgress?.('sample', st.step + 1, x.steps, tea?.skipped);
+                g.mark('sample', st.step + 1 < x.steps ? st.step + 2 : undefined);
+              },
+            },
+          );
+        } finally {
+          release(prep);
         }
-      }
-    }, !!streamAll);
-  }, (m) => o.onInfo?.('sample', m));
+      });
+    });
+  }, o.replan?.sample, (m) => o.onInfo?.('sample', m));
 }
 
 /** Decode the latent [1, 16, lh, lw] → the working-size image, rounded (the fork's postprocess). */
@@ -257,11 +266,7 @@ export async function v12Decode(g: Gpu, d: DiffusersModelDir, latent: Float32Arr
     const C = latent.length / (lh * lw), h = lh * 8, w = lw * 8;
     const z = Float32Array.from(latent, (v) => fr(fr(v / fr(vae.config.scale_factor)) + fr(vae.config.shift_factor)));
     emit?.('mid.vae_decode_input', z, [1, C, lh, lw]);
-    const zt = g.upload(z, [1, C, lh, lw]);
-    const dec = await vae.decoder.forward(zt);
-    zt.dispose();
-    const decoded = await g.readF32(dec);
-    dec.dispose();
+    const decoded = await g.scopeAsync(async () => g.readF32(await vae.decoder.forward(g.upload(z, [1, C, lh, lw]))));
     emit?.('mid.decoded', decoded, [1, 3, h, w]);
     const small = new Uint8Array(h * w * 3);
     for (let c = 0; c < 3; c++) for (let q = 0; q < h * w; q++) small[q * 3 + c] = Math.round(255 * Math.min(1, Math.max(0, fr(fr(decoded[c * h * w + q] / 2) + 0.5))));

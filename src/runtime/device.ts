@@ -8,7 +8,7 @@
  *   (flush / readback), so a bad dispatch surfaces as an error where the caller awaits.
  * - `destroy()` must be called when a command ends: Dawn keeps Node's event loop alive otherwise.
  */
-import { ExitCode, Step1xError } from '../errors.js';
+import { ExitCode, GpuOutOfMemory, Step1xError } from '../errors.js';
 import { dryAdapter, dryRunLag, dryRunProfile, recorderOf, Recorder } from './dryrun/index.js';
 import { readCapabilities, resolveKernels, resolvePrecision, featuresFor, requestedKernels, requestedPrecision, SGMAT_DAWN_FLAGS, type Capabilities, type KernelFamily, type KernelSettings, type Precision } from './caps.js';
 
@@ -178,12 +178,9 @@ export async function createDevice(opts: DeviceOptions = {}): Promise<DeviceHand
     const err = (ev as GPUUncapturedErrorEvent).error;
     if (!handle.pendingError) {
       const oom = err.constructor?.name === 'GPUOutOfMemoryError' || /out of memory/i.test(err.message);
-      handle.pendingError = new Step1xError(
-        oom
-          ? `out of GPU memory: ${err.message.split('\n')[0]}. Try a smaller --size or --vram-budget`
-          : `GPU error: ${err.message}`,
-        oom ? ExitCode.GPU_OOM : ExitCode.GPU,
-      );
+      handle.pendingError = oom
+        ? new GpuOutOfMemory(`out of GPU memory: ${err.message.split('\n')[0]}. Try a smaller --size or --vram-budget`)
+        : new Step1xError(`GPU error: ${err.message}`, ExitCode.GPU);
     }
   });
   void device.lost.then((info) => markDeviceLost(handle, info));

@@ -8,7 +8,7 @@ import { createDevice, type DeviceOptions } from './device.js';
 import { Storage, Tensor, type DType, DTYPE_BYTES, numelOf, storageBytes } from './tensor.js';
 import { Profiler, type ProfileReport } from './profiler.js';
 import { bf16ArrayToF32, f16ArrayToF32 } from './half.js';
-import { ExitCode, Step1xError, fail, fmtShape } from '../errors.js';
+import { ExitCode, GpuOutOfMemory, Step1xError, fail, fmtShape } from '../errors.js';
 import { appendFileSync } from 'node:fs';
 import { GpuEncoder } from './gpu-encode.js';
 import { Uploader, type Fill, type UploadMode } from './upload-ring.js';
@@ -64,7 +64,7 @@ export class Gpu extends GpuEncoder {
     try {
       pb = this.pool.acquire(bytes, label);
     } catch (e) {
-      throw new Step1xError(`cannot allocate ${label || 'tensor'} [${shape}]: ${(e as Error).message}`, ExitCode.GPU_OOM);
+      throw new GpuOutOfMemory(`cannot allocate ${label || 'tensor'} [${shape}]: ${(e as Error).message}`);
     }
     return new Tensor(new Storage(this, pb, numelOf(shape) * DTYPE_BYTES[dtype]), shape, dtype, 0, label);
   }
@@ -90,14 +90,13 @@ export class Gpu extends GpuEncoder {
     // Pop both scopes before awaiting, so that no other work's errors land in them.
     const popped = [this.device.popErrorScope(), this.device.popErrorScope()];
     const [validation, oom] = await Promise.all(popped);
-    if (thrown || !pb) throw new Step1xError(`cannot allocate ${what}: ${(thrown as Error).message}`, ExitCode.GPU_OOM);
+    if (thrown || !pb) throw new GpuOutOfMemory(`cannot allocate ${what}: ${(thrown as Error).message}`);
     const err = oom ?? validation;
     if (err) {
       this.pool.discard(pb);
-      throw new Step1xError(
+      throw new GpuOutOfMemory(
         `out of GPU memory allocating ${what}: ${err.message.split('\n')[0]}. ` +
           'Lower --vram-budget so that weights are streamed, or use a smaller --size',
-        ExitCode.GPU_OOM,
       );
     }
     return new Tensor(new Storage(this, pb, numelOf(shape) * DTYPE_BYTES[dtype]), shape, dtype, 0, label);

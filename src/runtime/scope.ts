@@ -100,6 +100,13 @@ export class ScopeStack {
   }
 }
 
+/** The tensors a scope result holds (a Tensor, or arrays / plain objects / Maps of them, 4 levels deep). */
+export function tensorsIn(v: unknown): Set<Tensor> {
+  const out = new Set<Tensor>();
+  collect(v, out, 0);
+  return out;
+}
+
 function collect(v: unknown, out: Set<Tensor>, depth: number): void {
   if (v === null || typeof v !== 'object' || depth > 4) return;
   if (v instanceof Tensor) {

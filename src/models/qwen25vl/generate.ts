@@ -36,7 +36,7 @@ import { EMBED_TOKENS, LM_HEAD, gatherEmbeddingRows, type DecoderLayerWeights } 
 import { residualLayer } from './text.js';
 import { getRopeIndex } from './positions.js';
 import type { QwenInput, QwenVL } from './model.js';
-import { chainAsync } from '../../nn/chain.js';
+import { scan } from '../../nn/chain.js';
 
 export interface GenerateOptions {
   maxNewTokens: number;
@@ -98,7 +98,7 @@ export class QwenGenerator {
     const layers = Array.from({ length: c.numHiddenLayers }, (_, i) => async (s: CachedStep) =>
       ({ ...s, h: await m.layers.stream(i, (w) => cachedDecoderLayer(c, w, s, cache, i)) }));
     return g.scopeAsync(async () => {
-      const last = await chainAsync(g, first, layers);
+      const last = await scan(g, first, layers);
       cache.len += last.h.shape[1];
       return this.logitsOfLastRow(rmsNorm(last.h, m.norm, c.rmsNormEps));
     });

@@ -202,36 +202,6 @@ export class LayerSet<T extends { dispose(): void }> extends BlockStream<T> {
   constructor(g: Gpu, count: number, loader: (i: number) => Promise<T>, readonly streamed: boolean) {
     super(count, (i) => g.untracked(() => loader(i)), () => !streamed);
   }
-
-  /** A streamed block kept loaded for the next stream() of the same index (`again`). */
-  private kept: { i: number; b: T } | undefined;
-
-  /**
-   * Streams block i through fn: a streamed block is freed once fn has returned (its work is recorded by
-   * then), or with `again` kept for the next stream(i) (layer-major passes over several sequences). The
-   * block's lifetime is handled here, so forward code frees nothing by hand.
-   */
-  async stream<R>(i: number, fn: (block: T) => R | Promise<R>, opts: { again?: boolean } = {}): Promise<R> {
-    const k = this.kept;
-    this.kept = undefined;
-    if (k && k.i !== i) this.release(k.i, k.b);
-    const b = k?.i === i ? k.b : await this.get(i);
-    let again = false;
-    try {
-      const r = await fn(b);
-      again = !!opts.again;
-      return r;
-    } finally {
-      if (again) this.kept = { i, b };
-      else this.release(i, b);
-    }
-  }
-
-  override async dispose(): Promise<void> {
-    if (this.kept) this.release(this.kept.i, this.kept.b);
-    this.kept = undefined;
-    await super.dispose();
-  }
 }
 
 /** Decide residency: stream when the blocks (plus what is always resident) exceed the budget. */

@@ -22,7 +22,7 @@ import { add } from '../../ops/elementwise.js';
 import { attention } from '../../ops/attention.js';
 import { applyRopeHalf } from '../../ops/rope.js';
 import { mropeCosSin } from '../../ops/rope-tables.js';
-import { chain, chainAsync } from '../../nn/chain.js';
+import { chain, scan } from '../../nn/chain.js';
 import { ExitCode, fail } from '../../errors.js';
 import type { QwenTextConfig } from './config.js';
 import { DecoderLayerWeights, LayerSet, TextFixed, gatherEmbeddingRows, towerBytes } from './loader.js';
@@ -164,7 +164,7 @@ export class QwenTextModel {
         });
     steps.push(async (seqs) => seqs.map((q) => ({ ...q, h: rmsNorm(q.h, this.norm, this.cfg.rmsNormEps) })));
     // the tables and masks go when this scope closes
-    return g.scopeAsync(async () => (await chainAsync(g, first, steps)).map((q) => q.h));
+    return g.scopeAsync(async () => (await scan(g, first, steps)).map((q) => q.h));
   }
 
   async dispose(): Promise<void> {

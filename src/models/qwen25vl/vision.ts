@@ -22,7 +22,7 @@ import { gatherRows } from '../../ops/layout.js';
 import { attention } from '../../ops/attention.js';
 import { applyRopeHalf } from '../../ops/rope.js';
 import { visionRopeCosSin } from '../../ops/rope-tables.js';
-import { chain, chainAsync } from '../../nn/chain.js';
+import { chain, scan } from '../../nn/chain.js';
 import { fail, fmtShape } from '../../errors.js';
 import type { QwenVisionConfig } from './config.js';
 import { LayerSet, VisionBlockWeights, VisionFixed, towerBytes } from './loader.js';
@@ -95,7 +95,7 @@ export class QwenVisionTower {
         if (trace.block) await trace.block(i, y.reshape([N, Dv]));
         return y;
       });
-      const out = await chainAsync(g,
+      const out = await scan(g,
         async () => {
           // the Conv3d weight viewed as [Dv, C·T·P·P]: one GEMM
           const pe = linear(g.upload(pixelValues, [N, K], 'f32', 'pixel_values'), proj.reshape([proj.shape[0], K])); // [N, Dv]
