@@ -12,7 +12,7 @@ import { ditConfigFromDiffusers, expectedDiffusersDitKeys } from '../src/models/
 import { DoubleStreamBlock, RopePe, SingleStreamBlock, Step1XEdit } from '../src/models/dit.js';
 import { configFromCheckpoint, expectedDitKeys, pooledBytes, REAL_CONNECTOR, REAL_DIT } from '../src/models/dit-config.js';
 import { goldenCase, REPO_ROOT } from './util/golden-path.js';
-import { setWeightPolicy } from '../src/nn/weight.js';
+import { withWeightPolicy } from '../src/nn/weight.js';
 
 afterAll(releaseGpu);
 const shapes = (file: string) => new Map<string, number[]>(JSON.parse(readFileSync(file, 'utf8')).tensors.map((t: { name: string; shape: number[] }) => [t.name, t.shape]));
@@ -66,9 +66,8 @@ describe('load, bytes, dispose and scoped forwards (GPU, dit_tiny)', () => {
     const g = await getGpu();
     const dir = goldenCase('dit_tiny');
     const spec = JSON.parse(readFileSync(join(dir, 'case.json'), 'utf8')).spec;
-    const ck = await Checkpoint.open(join(dir, 'dit.safetensors'));
+    const ck = withWeightPolicy(await Checkpoint.open(join(dir, 'dit.safetensors')), { weights: 'q8' });
     try {
-      setWeightPolicy(ck, { weights: 'q8' });
       const cfg = configFromCheckpoint(ck.keys(), (n) => (ck.has(n) ? ck.info(n).shape : undefined), { dit: spec.dit, connector: spec.connector });
       const blk = new DoubleStreamBlock(cfg.dit);
       expect(blk.img_attn.qkv.name).toBe('');
