@@ -21,7 +21,7 @@ import { Module, param, type TensorParam } from '../nn/module.js';
 import { layerNormModulate, rmsNorm, gatedResidual } from '../ops/norm.js';
 import { concat, slice } from '../ops/layout.js';
 import { attention } from '../ops/attention.js';
-import { applyRopeFlux } from '../ops/rope.js';
+import { rmsNormRope, type JointRows } from '../ops/qk-norm-rope.js';
 import { fluxPe } from '../ops/rope-tables.js';
 import { chunkLastDim } from './connector.js';
 import { headDim, mlpHidden, type DitParams } from './dit-config.js';
@@ -61,7 +61,7 @@ export class EmbedND {
 
 /**
  * The rope table of one joint sequence on the GPU, [B|1, L, hd/2, 2, 2] (golden `mid.pe`), applied
- * to q or k [B, L, heads, hd] by the fused FLUX apply_rope kernel (interleaved pairs; token-chunked
+ * to q or k [B, L, heads, hd] together with their QK-norm by one kernel (interleaved pairs; token-chunked
  * by the op when over the binding limit). A batch-1 table is broadcast over the batch. Long-lived (a
  * predictor keeps it across steps): made outside any scope.
  */
@@ -72,8 +72,9 @@ export class RopePe {
     return new RopePe(g.upload(table, [Bp, L, hd / 2, 2, 2]));
   }
 
-  apply(x: Tensor): Tensor {
-    return applyRopeFlux(x, this.pe);
+  /** norm(x) then RoPE in one pass (ops/qk-norm-rope.ts): x [B, Ls, heads, hd] → rows [at, at + Ls) of into.out, or a new tensor. */
+  normApply(x: Tensor, norm: RMSNorm, into?: JointRows): Tensor {
+    return rmsNormRope(x, norm.scale.value, this.pe, norm.eps, into);
   }
 
   dispose(): void {
@@ -84,12 +85,13 @@ export class RopePe {
 /** `RMSNorm(dim)`: x / rms(x) · scale over the last dim (f32, eps 1e-6). */
 export class RMSNorm extends Module {
   readonly scale: TensorParam;
+  readonly eps = 1e-6;
   constructor(dim: number) {
     super();
     this.scale = param(dim);
   }
   forward(x: Tensor): Tensor {
-    return rmsNorm(x, this.scale.value, 1e-6);
+    return rmsNorm(x, this.scale.value, this.eps);
   }
 }
 
@@ -130,18 +132,25 @@ export function linearRows(x: Tensor, lin: Linear, start: number, count: number,
   return x.gpu.scope(() => lin.rows(start, count).forward(x, act)); // carries scales and LoRA adapters along (nn/weight.ts)
 }
 
-/** x [B, L, C] through a fused qkv Linear [3H, C] → q, k (RMS-normed over hd), v as [B, L, heads, hd]. */
-function projectQkv(x: Tensor, qkv: Linear, H: number, heads: number, norm: QKNorm): Tensor[] {
+/**
+ * x [B, L, C] through a fused qkv Linear [3H, C] → q, k (RMS-normed over hd and roped: one fused pass each
+ * over the GEMM output) and v as [B, L, heads, hd]. With `joint` ([B, Lj, heads, hd] ×2 and a token row),
+ * q and k are written into rows [at, at + L) of those instead (the double block's [txt ‖ img] sequence).
+ */
+function projectQkv(x: Tensor, qkv: Linear, H: number, heads: number, norm: QKNorm, pe: RopePe, joint?: { qk: Tensor[]; at: number }): Tensor[] {
   const [B, L] = x.shape;
   // "B L (K H D) -> K B L H D": rows [0,H) = q, [H,2H) = k, [2H,3H) = v
   const part = (i: number) => linearRows(x, qkv, i * H, H).reshape([B, L, heads, H / heads]);
-  return [x.gpu.scope(() => norm.query_norm.forward(part(0))), x.gpu.scope(() => norm.key_norm.forward(part(1))), part(2)];
+  const into = (i: number) => (joint ? { out: joint.qk[i], at: joint.at } : undefined);
+  const q = x.gpu.scope(() => pe.normApply(part(0), norm.query_norm, into(0)));
+  const k = x.gpu.scope(() => pe.normApply(part(1), norm.key_norm, into(1)));
+  return [q, k, part(2)];
 }
 
-/** RoPE on q, k then unmasked attention: [B, L, heads, hd] ×3, pe [B, L, hd/2, 2, 2] → [B, L, H]. */
-function attendRope(q: Tensor, k: Tensor, v: Tensor, pe: RopePe): Tensor {
+/** Unmasked attention of normed, roped q, k and v [B, L, heads, hd] → [B, L, H]. */
+function attend(q: Tensor, k: Tensor, v: Tensor): Tensor {
   const [B, L, heads, hd] = q.shape;
-  return q.gpu.scope(() => attention(pe.apply(q), pe.apply(k), v).reshape([B, L, heads * hd])); // softmax scale 1/sqrt(hd)
+  return q.gpu.scope(() => attention(q, k, v).reshape([B, L, heads * hd])); // softmax scale 1/sqrt(hd)
 }
 
 /** `SelfAttention` of a double-block stream: qkv, norm (QKNorm), proj. */
@@ -159,9 +168,9 @@ export class SelfAttention extends Module {
     this.norm = new QKNorm(H / heads);
     this.proj = new Linear(H, H);
   }
-  /** q, k, v [B, L, heads, hd] of the modulated pre-norm of x [B, L, H]. */
-  project(x: Tensor, shift: Tensor, scale: Tensor): Tensor[] {
-    return x.gpu.scope(() => projectQkv(normModulate(x, shift, scale), this.qkv, x.shape[2], this.heads, this.norm));
+  /** q, k (into rows [at, at + L) of joint qk), v [B, L, heads, hd] of the modulated pre-norm of x [B, L, H]. */
+  project(x: Tensor, shift: Tensor, scale: Tensor, pe: RopePe, joint: { qk: Tensor[]; at: number }): Tensor[] {
+    return x.gpu.scope(() => projectQkv(normModulate(x, shift, scale), this.qkv, x.shape[2], this.heads, this.norm, pe, joint));
   }
 }
 
@@ -189,12 +198,16 @@ export class DoubleStreamBlock extends Module {
       const im = this.img_mod.forward(siluVec), tm = this.txt_mod.forward(siluVec);
       const [tAttn, iAttn] = g.scope(() => {
         const attn = g.scope(() => {
-          // joint sequence: text first, then image; [B, T+L, heads, hd]
-          const [q, k, v] = g.scope(() => {
-            const t = this.txt_attn.project(txt, tm[0], tm[1]), i = this.img_attn.project(img, im[0], im[1]);
-            return [0, 1, 2].map((j) => concat([t[j], i[j]], 1));
+          // joint sequence: text first, then image; [B, T+L, heads, hd]. q and k are normed and roped
+          // straight into their rows of the joint tensors; v is joined by a concat.
+          const [B, , H] = img.shape, heads = this.img_attn.heads;
+          const qk = [0, 1].map(() => g.empty([B, T + L, heads, H / heads], 'f32', 'joint qk'));
+          const v = g.scope(() => {
+            const t = this.txt_attn.project(txt, tm[0], tm[1], pe, { qk, at: 0 });
+            const i = this.img_attn.project(img, im[0], im[1], pe, { qk, at: T });
+            return concat([t[2], i[2]], 1);
           });
-          return attendRope(q, k, v, pe); // [B, T+L, H]
+          return attend(qk[0], qk[1], v); // [B, T+L, H]
         });
         return [slice(attn, 1, 0, T), slice(attn, 1, T, L)];
       });
@@ -249,9 +262,9 @@ export class SingleStreamBlock extends Module {
     return g.scope(() => {
       const [q, k, v, mlp] = g.scope(() => {
         const xMod = normModulate(x, shift, scale);
-        return [...projectQkv(xMod, this.linear1, H, this.heads, this.norm), linearRows(xMod, this.linear1, 3 * H, this.mlpHidden, 'gelu_tanh')];
+        return [...projectQkv(xMod, this.linear1, H, this.heads, this.norm, pe), linearRows(xMod, this.linear1, 3 * H, this.mlpHidden, 'gelu_tanh')];
       });
-      return [attendRope(q, k, v, pe), mlp];
+      return [attend(q, k, v), mlp];
     });
   }
 }
