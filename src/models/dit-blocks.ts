@@ -17,9 +17,10 @@ import type { Gpu } from '../runtime/gpu.js';
 import type { Tensor } from '../runtime/tensor.js';
 import type { Activation } from '../ops/linear.js';
 import { Linear } from '../nn/linear.js';
+import type { LinearInto } from '../nn/weight.js';
 import { Module, param, type TensorParam } from '../nn/module.js';
 import { layerNormModulate, rmsNorm, gatedResidual } from '../ops/norm.js';
-import { concat, slice } from '../ops/layout.js';
+import { slice, writeColumns } from '../ops/layout.js';
 import { attention } from '../ops/attention.js';
 import { rmsNormRope, type JointRows } from '../ops/qk-norm-rope.js';
 import { fluxPe } from '../ops/rope-tables.js';
@@ -128,23 +129,46 @@ export const normModulate = (x: Tensor, shift: Tensor, scale: Tensor): Tensor =>
  * Output rows [start, start+count) of a Linear: a GEMM over row views of weight and bias, identical to
  * slicing the full output but without materialising it (fused qkv / linear1 projections).
  */
-export function linearRows(x: Tensor, lin: Linear, start: number, count: number, act?: Activation): Tensor {
-  return x.gpu.scope(() => lin.rows(start, count).forward(x, act)); // carries scales and LoRA adapters along (nn/weight.ts)
+export function linearRows(x: Tensor, lin: Linear, start: number, count: number, act?: Activation, into?: LinearInto): Tensor {
+  return x.gpu.scope(() => lin.rows(start, count).forward(x, act, into)); // carries scales and LoRA adapters along (nn/weight.ts)
+}
+
+/**
+ * Token rows [at, at + L) of joint [B, Lj, N] ← x [B, L, C] through output rows [start, start + N) of a
+ * Linear: one GEMM per batch item writing its row range in place (the double block's joint v, no concat).
+ * Where a range does not start on a 256-byte boundary (tiny widths) the GEMM result is copied in instead.
+ */
+function linearRowsInto(x: Tensor, lin: Linear, start: number, joint: Tensor, at: number): void {
+  const g = x.gpu, [B, L, C] = x.shape, [, Lj] = joint.shape, N = joint.numel / (B * Lj);
+  g.scope(() => {
+    const aligned = Array.from({ length: B }, (_, b) => (joint.byteOffset + (b * Lj + at) * N * 4) % 256 === 0).every(Boolean);
+    if (!aligned) return void writeColumns(linearRows(x, lin, start, N).reshape([B, L * N]), joint.reshape([B, Lj * N]), at * N);
+    const x2 = x.reshape([B * L, C]), j2 = joint.reshape([B * Lj, N]);
+    for (let b = 0; b < B; b++) linearRows(x2.rows(b * L, L), lin, start, N, undefined, { out: j2.rows(b * Lj + at, L) });
+  });
+}
+
+/** The double block's joint [txt ‖ img] q, k, v [B, T+L, heads, hd] and the first token row of a stream. */
+interface Joint {
+  qkv: Tensor[];
+  at: number;
 }
 
 /**
  * x [B, L, C] through a fused qkv Linear [3H, C] → q, k (RMS-normed over hd and roped: one fused pass each
- * over the GEMM output) and v as [B, L, heads, hd]. With `joint` ([B, Lj, heads, hd] ×2 and a token row),
- * q and k are written into rows [at, at + L) of those instead (the double block's [txt ‖ img] sequence).
+ * over the GEMM output) and v as [B, L, heads, hd]. With `joint`, all three are written into token rows
+ * [at, at + L) of the joint tensors instead (no concat) and those are returned.
  */
-function projectQkv(x: Tensor, qkv: Linear, H: number, heads: number, norm: QKNorm, pe: RopePe, joint?: { qk: Tensor[]; at: number }): Tensor[] {
+function projectQkv(x: Tensor, qkv: Linear, H: number, heads: number, norm: QKNorm, pe: RopePe, joint?: Joint): Tensor[] {
   const [B, L] = x.shape;
   // "B L (K H D) -> K B L H D": rows [0,H) = q, [H,2H) = k, [2H,3H) = v
   const part = (i: number) => linearRows(x, qkv, i * H, H).reshape([B, L, heads, H / heads]);
-  const into = (i: number) => (joint ? { out: joint.qk[i], at: joint.at } : undefined);
+  const into = (i: number) => (joint ? { out: joint.qkv[i], at: joint.at } : undefined);
   const q = x.gpu.scope(() => pe.normApply(part(0), norm.query_norm, into(0)));
   const k = x.gpu.scope(() => pe.normApply(part(1), norm.key_norm, into(1)));
-  return [q, k, part(2)];
+  if (!joint) return [q, k, part(2)];
+  linearRowsInto(x, qkv, 2 * H, joint.qkv[2], joint.at);
+  return joint.qkv;
 }
 
 /** Unmasked attention of normed, roped q, k and v [B, L, heads, hd] → [B, L, H]. */
@@ -168,9 +192,9 @@ export class SelfAttention extends Module {
     this.norm = new QKNorm(H / heads);
     this.proj = new Linear(H, H);
   }
-  /** q, k (into rows [at, at + L) of joint qk), v [B, L, heads, hd] of the modulated pre-norm of x [B, L, H]. */
-  project(x: Tensor, shift: Tensor, scale: Tensor, pe: RopePe, joint: { qk: Tensor[]; at: number }): Tensor[] {
-    return x.gpu.scope(() => projectQkv(normModulate(x, shift, scale), this.qkv, x.shape[2], this.heads, this.norm, pe, joint));
+  /** q, k, v of the modulated pre-norm of x [B, L, H] into token rows [at, at + L) of the joint q, k, v. */
+  project(x: Tensor, shift: Tensor, scale: Tensor, pe: RopePe, joint: Joint): void {
+    x.gpu.scope(() => void projectQkv(normModulate(x, shift, scale), this.qkv, x.shape[2], this.heads, this.norm, pe, joint));
   }
 }
 
@@ -198,16 +222,13 @@ export class DoubleStreamBlock extends Module {
       const im = this.img_mod.forward(siluVec), tm = this.txt_mod.forward(siluVec);
       const [tAttn, iAttn] = g.scope(() => {
         const attn = g.scope(() => {
-          // joint sequence: text first, then image; [B, T+L, heads, hd]. q and k are normed and roped
-          // straight into their rows of the joint tensors; v is joined by a concat.
+          // joint sequence: text first, then image; [B, T+L, heads, hd]. Each stream's q and k are normed
+          // and roped straight into their rows of the joint tensors, v projected into its rows: no concat.
           const [B, , H] = img.shape, heads = this.img_attn.heads;
-          const qk = [0, 1].map(() => g.empty([B, T + L, heads, H / heads], 'f32', 'joint qk'));
-          const v = g.scope(() => {
-            const t = this.txt_attn.project(txt, tm[0], tm[1], pe, { qk, at: 0 });
-            const i = this.img_attn.project(img, im[0], im[1], pe, { qk, at: T });
-            return concat([t[2], i[2]], 1);
-          });
-          return attend(qk[0], qk[1], v); // [B, T+L, H]
+          const qkv = [0, 1, 2].map(() => g.empty([B, T + L, heads, H / heads], 'f32', 'joint qkv'));
+          this.txt_attn.project(txt, tm[0], tm[1], pe, { qkv, at: 0 });
+          this.img_attn.project(img, im[0], im[1], pe, { qkv, at: T });
+          return attend(qkv[0], qkv[1], qkv[2]); // [B, T+L, H]
         });
         return [slice(attn, 1, 0, T), slice(attn, 1, T, L)];
       });
@@ -248,24 +269,27 @@ export class SingleStreamBlock extends Module {
     const g = x.gpu;
     return g.scope(() => {
       const [shift, scale, gate] = this.modulation.forward(siluVec);
-      const cat = g.scope(() => concat(this.attnMlp(x, shift, scale, pe), 2)); // [B, T+L, H + M]
+      const cat = g.scope(() => this.attnMlp(x, shift, scale, pe)); // [B, T+L, H + M]
       return gatedResidual(x, gate, this.linear2.forward(cat));
     });
   }
 
   /**
-   * [attention, GELU-tanh(mlp)] of linear1 = [q | k | v | mlp] by output rows, run as GEMMs over row views
-   * of its weight: the same dot products without the [B, T+L, 3H+M] buffer (1.5 GB at 1024²) and its slices.
+   * cat(attention, GELU-tanh(mlp)) [B, T+L, H + M] of linear1 = [q | k | v | mlp] by output rows, run as GEMMs
+   * over row views of its weight: the same dot products without the [B, T+L, 3H+M] buffer (1.5 GB at 1024²)
+   * and its slices. The mlp GEMM writes its columns [H, H+M) of the concatenation in place; only the
+   * attention output is copied into columns [0, H).
    */
-  private attnMlp(x: Tensor, shift: Tensor, scale: Tensor, pe: RopePe): Tensor[] {
-    const g = x.gpu, H = x.shape[2];
-    return g.scope(() => {
-      const [q, k, v, mlp] = g.scope(() => {
-        const xMod = normModulate(x, shift, scale);
-        return [...projectQkv(xMod, this.linear1, H, this.heads, this.norm, pe), linearRows(xMod, this.linear1, 3 * H, this.mlpHidden, 'gelu_tanh')];
-      });
-      return [attend(q, k, v), mlp];
+  private attnMlp(x: Tensor, shift: Tensor, scale: Tensor, pe: RopePe): Tensor {
+    const g = x.gpu, [B, L, H] = x.shape;
+    const cat = g.empty([B, L, H + this.mlpHidden], 'f32', 'attn ‖ mlp');
+    const [q, k, v] = g.scope(() => {
+      const xMod = normModulate(x, shift, scale);
+      const qkv = projectQkv(xMod, this.linear1, H, this.heads, this.norm, pe);
+      linearRows(xMod, this.linear1, 3 * H, this.mlpHidden, 'gelu_tanh', { out: cat, col: H });
+      return qkv;
     });
+    return writeColumns(attend(q, k, v), cat, 0);
   }
 }
 
