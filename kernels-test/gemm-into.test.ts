@@ -4,7 +4,8 @@
  * double block's joint v rows. Columns [col, col + N) of a SENTINEL-filled out [M, D] must equal the plain-TS
  * f64 reference (f32 kernels: 2e-6 + 2e-7·K abs, 1e-6 rel; the subgroup-matrix plan: the f16-operand bound of
  * ref.f16Bound), every other element must still be SENTINEL. Odd shapes (M 1, 3, 17, 255; N and col off every
- * tile and vector width), each kernel family, a split under a small binding limit, a packed q8 weight, LoRA.
+ * tile and vector width), each kernel family, a split under a small binding limit, a packed q8 weight, and a
+ * LoRA weight (bit-equal to its forward without `into`).
  */
 import { getGpu, releaseGpu, randn, uploadAs, expectClose, expectWithin, withBindingLimit } from './harness.js';
 import { planGemm } from '../src/ops/plan-gemm.js';
@@ -106,8 +107,11 @@ describe('linear into columns of a wider out', () => {
       for (let j = 0; j < r; j++) s += up[n * r + j] * down[j * K + k];
       return v + s;
     });
-    expectClose('lora', columns(await g.readF32(out), M, D, col, N), ref.linear(x, eff, M, N, K, undefined, 'silu'), 1e-5, 1e-5);
-    for (const t of [xt, out]) t.dispose();
+    const got = columns(await g.readF32(out), M, D, col, N), plain = weight.forward(xt, undefined, 'silu');
+    // the same kernels as without `into`, bit for bit; on f32 kernels also the f64 reference
+    expect(Array.from(got)).toEqual(Array.from(await g.readF32(plain)));
+    if (planGemm(g, { M, N, K, wdt: 'f32' })?.kind !== 'subgroup-matrix') expectClose('lora', got, ref.linear(x, eff, M, N, K, undefined, 'silu'), 1e-5, 1e-5);
+    for (const t of [xt, out, plain]) t.dispose();
     weight.dispose();
   });
 
