@@ -148,6 +148,22 @@ function linearRowsInto(x: Tensor, lin: Linear, start: number, joint: Tensor, at
   });
 }
 
+/**
+ * lin over token rows [at, at + n) of joint [B, Lj, C] → [B, n, N], the rows read in place: one GEMM per
+ * batch item over a row view, into its rows of the result (no slice copy of the joint attention output).
+ * Where a batch item's result rows would not start on a 256-byte boundary (tiny widths), over a slice.
+ */
+function linearOfRows(joint: Tensor, at: number, n: number, lin: Linear): Tensor {
+  const g = joint.gpu, [B, Lj, C] = joint.shape, N = lin.outFeatures;
+  return g.scope(() => {
+    if (!Array.from({ length: B }, (_, b) => (b * n * N * 4) % 256 === 0).every(Boolean)) return lin.forward(slice(joint, 1, at, n));
+    const out = g.empty([B, n, N], 'f32', 'linear');
+    const j2 = joint.reshape([B * Lj, C]), o2 = out.reshape([B * n, N]);
+    for (let b = 0; b < B; b++) lin.forward(j2.rows(b * Lj + at, n), undefined, { out: o2.rows(b * n, n) });
+    return out;
+  });
+}
+
 /** The double block's joint [txt ‖ img] q, k, v [B, T+L, heads, hd] and the first token row of a stream. */
 interface Joint {
   qkv: Tensor[];
@@ -220,7 +236,7 @@ export class DoubleStreamBlock extends Module {
     return g.scope(() => {
       // (shift1, scale1, gate1, shift2, scale2, gate2), each [B, H]
       const im = this.img_mod.forward(siluVec), tm = this.txt_mod.forward(siluVec);
-      const [tAttn, iAttn] = g.scope(() => {
+      const [tProj, iProj] = g.scope(() => {
         const attn = g.scope(() => {
           // joint sequence: text first, then image; [B, T+L, heads, hd]. Each stream's q and k are normed
           // and roped straight into their rows of the joint tensors, v projected into its rows: no concat.
@@ -230,17 +246,18 @@ export class DoubleStreamBlock extends Module {
           this.img_attn.project(img, im[0], im[1], pe, { qkv, at: T });
           return attend(qkv[0], qkv[1], qkv[2]); // [B, T+L, H]
         });
-        return [slice(attn, 1, 0, T), slice(attn, 1, T, L)];
+        // each stream's proj over its rows of the joint attention output, read in place
+        return [linearOfRows(attn, 0, T, this.txt_attn.proj), linearOfRows(attn, T, L, this.img_attn.proj)];
       });
-      return [this.post(img, iAttn, this.img_attn, this.img_mlp, im), this.post(txt, tAttn, this.txt_attn, this.txt_mlp, tm)];
+      return [this.post(img, iProj, this.img_mlp, im), this.post(txt, tProj, this.txt_mlp, tm)];
     });
   }
 
-  /** x += gate1·proj(attn); x += gate2·MLP((1 + scale2)·LN(x) + shift2). */
-  private post(x: Tensor, attn: Tensor, a: SelfAttention, mlp: Mlp, [, , gate1, shift2, scale2, gate2]: Tensor[]): Tensor {
+  /** x += gate1·proj (proj = attn_proj(attn), computed by the caller); x += gate2·MLP((1 + scale2)·LN(x) + shift2). */
+  private post(x: Tensor, proj: Tensor, mlp: Mlp, [, , gate1, shift2, scale2, gate2]: Tensor[]): Tensor {
     const g = x.gpu;
     return g.scope(() => {
-      const x1 = g.scope(() => gatedResidual(x, gate1, a.proj.forward(attn)));
+      const x1 = g.scope(() => gatedResidual(x, gate1, proj));
       return gatedResidual(x1, gate2, g.scope(() => mlpForward(mlp, normModulate(x1, shift2, scale2))));
     });
   }
