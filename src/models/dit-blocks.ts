@@ -10,6 +10,11 @@
  *   LastLayer: (shift, scale) = adaLN_modulation.1(SiLU(vec)).chunk(2)  — shift FIRST; linear
  *   EmbedND: per axis rope(ids[..., i], axes_dim[i], theta), interleaved-pair 2×2 rotation matrices
  *
+ * Memory-bound passes (same values as the reference's separate ops): q/k norm + RoPE are one kernel per GEMM
+ * output (ops/qk-norm-rope.ts) writing the double block's joint [txt ‖ img] q and k rows in place; joint v
+ * and the single block's mlp half of cat(attn, mlp) are written by their GEMMs into views; the double
+ * block's proj GEMMs read their rows of the joint attention output in place (no concat, no slices).
+ *
  * Lifetimes: every forward is a tensor scope (runtime/scope.ts). Nested scopes end where the reference
  * drops its last use of an intermediate, so the activation peak is that of freeing by hand.
  */
