@@ -5,7 +5,8 @@
  * (scripts/ci-sgmat.sh) fails when no gemm-sgmat dispatch happened there.
  * Shapes: 1, 3, 17, 255 channels and sizes (non-multiples of every tile), 1x1 and 3x3, stride 1 with pad 1 and
  * stride 2 with the VAE Downsample's (0, 1, 0, 1), the fused nearest-2x upsample, token-major in/out, bias and
- * residual, bf16 weights, input/output channel blocks under a small binding limit, the f16→f16 config.
+ * residual, bf16 weights, input/output channel blocks under a small binding limit, the f16→f16 config; vec4
+ * weight loads (WVEC) where K, ldw and the block offset allow, asserted per case on the dispatched defines.
  *
  * Tolerance: the conv is the GEMM im2col(x) [Ho*Wo, C*KH*KW] x W^T, so the per-element f16-operand bound of
  * kernels-test/ref/gemm.ts applies on im2col(x) (f16Bound; f16ResultBound with the k-chunk on the f16→f16
@@ -26,6 +27,8 @@ type Pad = [number, number, number, number];
 interface Case {
   name: string; B: number; C: number; H: number; W: number; O: number; K: 1 | 3; stride: 1 | 2; pad: Pad;
   bias?: boolean; res?: boolean; ups?: boolean; wdt?: 'f32' | 'bf16'; tile?: SgmatTile; chunk?: number; seed?: number;
+  /** The weight rows allow vector loads (WVEC: K, ldw and the block's w_off multiples of 8 bf16 / 4 f32). */
+  wvec?: boolean;
 }
 
 const P1: Pad = [1, 1, 1, 1], P0: Pad = [0, 0, 0, 0], DOWN: Pad = [0, 1, 0, 1];
@@ -38,6 +41,10 @@ const CASES: Case[] = [
   { name: 'Downsample 3→3 3x3 s2, odd size', B: 2, C: 3, H: 17, W: 3, O: 3, K: 3, stride: 2, pad: DOWN },
   { name: 'Upsample 5→17 nearest-2x + 3x3 p1', B: 1, C: 5, H: 5, W: 3, O: 17, K: 3, stride: 1, pad: P1, bias: true, ups: true },
   { name: '33→31 3x3 p1 bf16 weights, many pixels', B: 1, C: 33, H: 23, W: 19, O: 31, K: 3, stride: 1, pad: P1, bias: true, res: true, wdt: 'bf16' },
+  { name: '16→17 3x3 p1 bf16 weights, vec4 weight loads', B: 1, C: 16, H: 9, W: 11, O: 17, K: 3, stride: 1, pad: P1, bias: true, res: true, wdt: 'bf16', wvec: true },
+  { name: '8→19 1x1 f32 weights, vec4 weight loads', B: 2, C: 8, H: 5, W: 3, O: 19, K: 1, stride: 1, pad: P0, bias: true, wvec: true },
+  { name: 'Downsample 24→33 3x3 s2 f32, vec4 weight loads', B: 1, C: 24, H: 17, W: 9, O: 33, K: 3, stride: 2, pad: DOWN, bias: true, wvec: true },
+  { name: 'Upsample 8→3 nearest-2x + 3x3 p1 bf16, vec4 weight loads', B: 1, C: 8, H: 3, W: 5, O: 3, K: 3, stride: 1, pad: P1, ups: true, wdt: 'bf16', wvec: true },
 ];
 
 async function sgmatGpu(): Promise<Gpu | null> {
@@ -78,7 +85,21 @@ async function run(g: Gpu, c: Case, limit?: number): Promise<Float32Array> {
   const rt = rv ? g.upload(rv, [c.B, c.O, e.Ho, e.Wo]) : undefined;
   const ran = g.fileCounts.get('gemm-sgmat.wgsl') ?? 0;
   const go = () => conv2d(xt, wt, bt, { stride: c.stride, pad: c.pad, residual: rt, upsample2x: c.ups, variant: 'subgroup-matrix', tile: c.tile });
-  const y = limit ? await withBindingLimit(g, limit, async () => go()) : go();
+  // every implicit-GEMM dispatch of the case takes the weight staging its shape allows
+  const wvec: boolean[] = [];
+  const dispatch = g.dispatch;
+  g.dispatch = (k) => {
+    if (k.file === 'gemm-sgmat.wgsl') wvec.push(!!k.defines?.WVEC);
+    return dispatch.call(g, k);
+  };
+  let y;
+  try {
+    y = limit ? await withBindingLimit(g, limit, async () => go()) : go();
+  } finally {
+    g.dispatch = dispatch;
+  }
+  expect(wvec.length).toBeGreaterThan(0);
+  expect(wvec.every((v) => v === !!c.wvec)).toBe(true);
   expect(y.shape).toEqual([c.B, c.O, e.Ho, e.Wo]);
   expect(g.fileCounts.get('gemm-sgmat.wgsl') ?? 0).toBeGreaterThan(ran);
   const got = await g.readF32(y);

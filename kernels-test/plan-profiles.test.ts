@@ -7,7 +7,7 @@ import { PROFILES, byName, type DeviceProfile } from './device-profiles.js';
 import { planGemmFor, sgmatPlan, sgmatStorageBytes, gemmConfig, matrixConfig, type GemmPlan, type GemmShape } from '../src/ops/plan-gemm.js';
 import { planAttentionFor, attentionBinding, attentionSgmatTile, attentionSgmatBytes } from '../src/ops/plan-attention.js';
 import { resolveKernels, resolvePrecision, hasMatrixUnits } from '../src/runtime/caps.js';
-import { planConvFor, type ConvShape } from '../src/ops/plan-conv.js';
+import { planConvFor, convWeightVectors, type ConvShape } from '../src/ops/plan-conv.js';
 
 const TOKENS = 2 * 4096 + 640; // one image's noise + reference tokens and the text at 1024²
 const M = 2 * TOKENS;
@@ -150,6 +150,25 @@ describe('plans per device profile at 1024²', () => {
     }
     // --precision f32 keeps the direct f32 kernel on every device
     expect(planConvFor(p.caps, family, 'f32', VAE_SHAPES[1]).kind).toBe('direct');
+  });
+
+  test('VAE convs stage their weights with vector loads, all but the RGB conv_in (27 taps per row)', () => {
+    for (const s of VAE_SHAPES) {
+      const K = s.C * s.KH * s.KW; // one channel block: the whole row from w_off 0
+      for (const wdt of ['f32', 'bf16'] as const) expect([s.what, wdt, convWeightVectors(wdt, K, 0, K)]).toEqual([s.what, wdt, s.C !== 3]);
+    }
+    // a block starting mid-row keeps vectors only when its first tap does
+    expect(convWeightVectors('bf16', 8 * 9, 3 * 9, 512 * 9)).toBe(false);
+    expect(convWeightVectors('bf16', 8 * 9, 8 * 9, 512 * 9)).toBe(true);
+  });
+
+  test('f32→f32 configs: recorded where offered (Metal), used by no plan; lavapipe offers none to test one on', () => {
+    const m2 = byName('M2 Max').caps;
+    expect(m2.f32Configs.map((c) => [c.M, c.N, c.K])).toEqual([[8, 8, 8]]);
+    // mixed: the f16→f16 config (above); --precision f32: the workgroup-tiled f32 GEMM, the direct f32 conv
+    expect(planGemmFor(m2, 'subgroup-matrix', 'f32', DIT[0])!.kind).toBe('workgroup');
+    expect(planConvFor(m2, 'subgroup-matrix', 'f32', VAE_SHAPES[1]).kind).toBe('direct');
+    for (const p of PROFILES.filter((q) => !q.name.startsWith('M2 Max'))) expect([p.name, p.caps.f32Configs]).toEqual([p.name, []]);
   });
 
   test('a 128 MiB binding limit: DiT attention at 1024² runs one batch item per dispatch (q is 217 MB)', () => {

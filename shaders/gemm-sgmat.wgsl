@@ -40,6 +40,8 @@ diagnostic(off, chromium.subgroup_matrix_uniformity);
 //   CONV, RESIDUAL, B_RES       implicit-GEMM conv (src/ops/conv.ts, plan src/ops/plan-conv.ts): A is gathered
 //                               from the conv input and the output written NCHW / token-major with bias,
 //                               residual and block accumulation (common/conv-gather.wgsl); never VEC / OVEC
+//   WVEC                        (CONV; implied by VEC) vec4 weight loads: ldw, w_off and K multiples of the vector
+//                               width (8 packed bf16/f16, 4 f32)
 // Tile: BM = SGM*PM*SM rows by BN = SGN*PN*SN columns per workgroup. K loop: the next k-tile is staged into
 //   the other buffer while the current one is multiplied: one barrier per k-tile.
 // Dispatch: tiles_n * ceil(M / BM) groups folded as (wg_x, y). Tile order: groups of group_m row blocks
@@ -71,13 +73,16 @@ struct Params {
 #else
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 #endif
+#ifdef VEC
+#define WVEC 1
+#endif
 #ifdef QUANT
 @group(0) @binding(2) var<storage, read> w: array<u32>;
 #ifdef BLOCKED
 @group(0) @binding(3) var<storage, read> scales: array<u32>;
 #endif
 #else
-#ifdef VEC
+#ifdef WVEC
 #if WDT == f32
 @group(0) @binding(2) var<storage, read> w: array<vec4<f32>>;
 #else
@@ -146,7 +151,7 @@ fn w_word(i: u32) -> u32 {
 #if WDT == f32
   return 0u;
 #else
-#ifdef VEC
+#ifdef WVEC
   return w[i >> 2u][i & 3u];
 #else
   return w[i];
@@ -156,7 +161,7 @@ fn w_word(i: u32) -> u32 {
 
 fn w_at(e: u32) -> f32 {
 #if WDT == f32
-#ifdef VEC
+#ifdef WVEC
   return w[e >> 2u][e & 3u];
 #else
   return w[e];
@@ -311,6 +316,9 @@ fn stage(buf: u32, m0: u32, n0: u32, k0: u32, li: u32, bad: ptr<function, bool>)
     As[ab + r * BKP + kk] = narrow(v, bad);
   }
 #endif
+#ifdef WVEC
+  stage_w_vec(bb, n0, k0, li, bad);   // CONV with vector-aligned weight rows (common/conv-gather.wgsl)
+#else
   for (var e = li; e < BN * BK; e += WG) {
     let c = e / BK;
     let kk = e % BK;
@@ -320,6 +328,7 @@ fn stage(buf: u32, m0: u32, n0: u32, k0: u32, li: u32, bad: ptr<function, bool>)
     if (n < U.N && k < U.K) { v = wval(n, k); }
     Bs[bb + c * BKP + kk] = narrow(v, bad);
   }
+#endif
 #endif
 }
 

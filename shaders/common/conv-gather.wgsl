@@ -8,7 +8,8 @@
 // token-major), ups = 1 convolves the nearest-2x upsampled input without materialising it, out(n, m) =
 // out[o_off + n*os_o + m*os_m]; accum != 0 adds the partial sums of earlier input-channel blocks already in
 // `out`, fin != 0 (the last block) adds bias(o0 + n) (b_off = o0) and res (at r_off, layout of out).
-// Needs from gemm-sgmat.wgsl: U (Params with the CONV fields), x (f32, scalar), w_at, out, bias_at, res.
+// WVEC (the op's choice when ldw, w_off and K are multiples of the vector width): W staged with vec4 loads.
+// Needs from gemm-sgmat.wgsl: U (Params with the CONV fields), x (f32, scalar), w, w_at, out, bias_at, res, Bs, narrow.
 
 // Top-left input tap (virtual, upsampled coordinates) of output pixel m.
 fn a_base(m: u32) -> vec2<i32> {
@@ -45,3 +46,45 @@ fn put(m: u32, n: u32, s: f32) {
   }
   out[U.o_off + oi] = v;
 }
+
+#ifdef WVEC
+// W rows [n0, n0 + BN) x k-tile k0 into Bs at bb by vectors: 4 f32 or 8 packed bf16/f16 per load (each pair
+// unpacked once). ldw, w_off and K are multiples of the vector width and k0, BK of 8, so a vector lies
+// wholly inside or outside [0, K) and starts on a vector boundary.
+fn stage_w_vec(bb: u32, n0: u32, k0: u32, li: u32, bad: ptr<function, bool>) {
+#if WDT == f32
+  for (var e = li; e < BN * BK / 4u; e += WG) {
+    let c = e / (BK / 4u);
+    let kk = (e % (BK / 4u)) * 4u;
+    let n = n0 + c;
+    let k = k0 + kk;
+    var v = vec4<f32>();
+    if (n < U.N && k < U.K) { v = w[(U.w_off + n * U.ldw + k) >> 2u]; }
+    let o = bb + c * BKP + kk;
+    Bs[o] = narrow(v.x, bad); Bs[o + 1u] = narrow(v.y, bad); Bs[o + 2u] = narrow(v.z, bad); Bs[o + 3u] = narrow(v.w, bad);
+  }
+#else
+  for (var e = li; e < BN * BK / 8u; e += WG) {
+    let c = e / (BK / 8u);
+    let kk = (e % (BK / 8u)) * 8u;
+    let n = n0 + c;
+    let k = k0 + kk;
+    var v = vec4<u32>();
+    if (n < U.N && k < U.K) { v = w[(U.w_off + n * U.ldw + k) >> 3u]; }
+    let o = bb + c * BKP + kk;
+    for (var j = 0u; j < 4u; j++) {
+#if WDT == bf16
+      let lo = bitcast<f32>(v[j] << 16u);
+      let hi = bitcast<f32>(v[j] & 0xffff0000u);
+#else
+      let p = unpack2x16float(v[j]);
+      let lo = p.x;
+      let hi = p.y;
+#endif
+      Bs[o + 2u * j] = narrow(lo, bad);
+      Bs[o + 2u * j + 1u] = narrow(hi, bad);
+    }
+  }
+#endif
+}
+#endif

@@ -10,6 +10,11 @@
  *   LastLayer: (shift, scale) = adaLN_modulation.1(SiLU(vec)).chunk(2)  — shift FIRST; linear
  *   EmbedND: per axis rope(ids[..., i], axes_dim[i], theta), interleaved-pair 2×2 rotation matrices
  *
+ * Memory-bound passes (same values as the reference's separate ops): q/k norm + RoPE are one kernel per GEMM
+ * output (ops/qk-norm-rope.ts) writing the double block's joint [txt ‖ img] q and k rows in place; joint v
+ * and the single block's mlp half of cat(attn, mlp) are written by their GEMMs into views; the double
+ * block's proj GEMMs read their rows of the joint attention output in place (no concat, no slices).
+ *
  * Lifetimes: every forward is a tensor scope (runtime/scope.ts). Nested scopes end where the reference
  * drops its last use of an intermediate, so the activation peak is that of freeing by hand.
  */
@@ -17,11 +22,12 @@ import type { Gpu } from '../runtime/gpu.js';
 import type { Tensor } from '../runtime/tensor.js';
 import type { Activation } from '../ops/linear.js';
 import { Linear } from '../nn/linear.js';
+import type { LinearInto } from '../nn/weight.js';
 import { Module, param, type TensorParam } from '../nn/module.js';
 import { layerNormModulate, rmsNorm, gatedResidual } from '../ops/norm.js';
-import { concat, slice } from '../ops/layout.js';
+import { slice, writeColumns } from '../ops/layout.js';
 import { attention } from '../ops/attention.js';
-import { applyRopeFlux } from '../ops/rope.js';
+import { rmsNormRope, type JointRows } from '../ops/qk-norm-rope.js';
 import { fluxPe } from '../ops/rope-tables.js';
 import { chunkLastDim } from './connector.js';
 import { headDim, mlpHidden, type DitParams } from './dit-config.js';
@@ -61,7 +67,7 @@ export class EmbedND {
 
 /**
  * The rope table of one joint sequence on the GPU, [B|1, L, hd/2, 2, 2] (golden `mid.pe`), applied
- * to q or k [B, L, heads, hd] by the fused FLUX apply_rope kernel (interleaved pairs; token-chunked
+ * to q or k [B, L, heads, hd] together with their QK-norm by one kernel (interleaved pairs; token-chunked
  * by the op when over the binding limit). A batch-1 table is broadcast over the batch. Long-lived (a
  * predictor keeps it across steps): made outside any scope.
  */
@@ -72,8 +78,9 @@ export class RopePe {
     return new RopePe(g.upload(table, [Bp, L, hd / 2, 2, 2]));
   }
 
-  apply(x: Tensor): Tensor {
-    return applyRopeFlux(x, this.pe);
+  /** norm(x) then RoPE in one pass (ops/qk-norm-rope.ts): x [B, Ls, heads, hd] → rows [at, at + Ls) of into.out, or a new tensor. */
+  normApply(x: Tensor, norm: RMSNorm, into?: JointRows): Tensor {
+    return rmsNormRope(x, norm.scale.value, this.pe, norm.eps, into);
   }
 
   dispose(): void {
@@ -84,12 +91,13 @@ export class RopePe {
 /** `RMSNorm(dim)`: x / rms(x) · scale over the last dim (f32, eps 1e-6). */
 export class RMSNorm extends Module {
   readonly scale: TensorParam;
+  readonly eps = 1e-6;
   constructor(dim: number) {
     super();
     this.scale = param(dim);
   }
   forward(x: Tensor): Tensor {
-    return rmsNorm(x, this.scale.value, 1e-6);
+    return rmsNorm(x, this.scale.value, this.eps);
   }
 }
 
@@ -126,22 +134,68 @@ export const normModulate = (x: Tensor, shift: Tensor, scale: Tensor): Tensor =>
  * Output rows [start, start+count) of a Linear: a GEMM over row views of weight and bias, identical to
  * slicing the full output but without materialising it (fused qkv / linear1 projections).
  */
-export function linearRows(x: Tensor, lin: Linear, start: number, count: number, act?: Activation): Tensor {
-  return x.gpu.scope(() => lin.rows(start, count).forward(x, act)); // carries scales and LoRA adapters along (nn/weight.ts)
+export function linearRows(x: Tensor, lin: Linear, start: number, count: number, act?: Activation, into?: LinearInto): Tensor {
+  return x.gpu.scope(() => lin.rows(start, count).forward(x, act, into)); // carries scales and LoRA adapters along (nn/weight.ts)
 }
 
-/** x [B, L, C] through a fused qkv Linear [3H, C] → q, k (RMS-normed over hd), v as [B, L, heads, hd]. */
-function projectQkv(x: Tensor, qkv: Linear, H: number, heads: number, norm: QKNorm): Tensor[] {
+/**
+ * Token rows [at, at + L) of joint [B, Lj, N] ← x [B, L, C] through output rows [start, start + N) of a
+ * Linear: one GEMM per batch item writing its row range in place (the double block's joint v, no concat).
+ * Where a range does not start on a 256-byte boundary (tiny widths) the GEMM result is copied in instead.
+ */
+function linearRowsInto(x: Tensor, lin: Linear, start: number, joint: Tensor, at: number): void {
+  const g = x.gpu, [B, L, C] = x.shape, [, Lj] = joint.shape, N = joint.numel / (B * Lj);
+  g.scope(() => {
+    const aligned = Array.from({ length: B }, (_, b) => (joint.byteOffset + (b * Lj + at) * N * 4) % 256 === 0).every(Boolean);
+    if (!aligned) return void writeColumns(linearRows(x, lin, start, N).reshape([B, L * N]), joint.reshape([B, Lj * N]), at * N);
+    const x2 = x.reshape([B * L, C]), j2 = joint.reshape([B * Lj, N]);
+    for (let b = 0; b < B; b++) linearRows(x2.rows(b * L, L), lin, start, N, undefined, { out: j2.rows(b * Lj + at, L) });
+  });
+}
+
+/**
+ * lin over token rows [at, at + n) of joint [B, Lj, C] → [B, n, N], the rows read in place: one GEMM per
+ * batch item over a row view, into its rows of the result (no slice copy of the joint attention output).
+ * Where a batch item's result rows would not start on a 256-byte boundary (tiny widths), over a slice.
+ */
+function linearOfRows(joint: Tensor, at: number, n: number, lin: Linear): Tensor {
+  const g = joint.gpu, [B, Lj, C] = joint.shape, N = lin.outFeatures;
+  return g.scope(() => {
+    if (!Array.from({ length: B }, (_, b) => (b * n * N * 4) % 256 === 0).every(Boolean)) return lin.forward(slice(joint, 1, at, n));
+    const out = g.empty([B, n, N], 'f32', 'linear');
+    const j2 = joint.reshape([B * Lj, C]), o2 = out.reshape([B * n, N]);
+    for (let b = 0; b < B; b++) lin.forward(j2.rows(b * Lj + at, n), undefined, { out: o2.rows(b * n, n) });
+    return out;
+  });
+}
+
+/** The double block's joint [txt ‖ img] q, k, v [B, T+L, heads, hd] and the first token row of a stream. */
+interface Joint {
+  qkv: Tensor[];
+  at: number;
+}
+
+/**
+ * x [B, L, C] through a fused qkv Linear [3H, C] → q, k (RMS-normed over hd and roped: one fused pass each
+ * over the GEMM output) and v as [B, L, heads, hd]. With `joint`, all three are written into token rows
+ * [at, at + L) of the joint tensors instead (no concat) and those are returned.
+ */
+function projectQkv(x: Tensor, qkv: Linear, H: number, heads: number, norm: QKNorm, pe: RopePe, joint?: Joint): Tensor[] {
   const [B, L] = x.shape;
   // "B L (K H D) -> K B L H D": rows [0,H) = q, [H,2H) = k, [2H,3H) = v
   const part = (i: number) => linearRows(x, qkv, i * H, H).reshape([B, L, heads, H / heads]);
-  return [x.gpu.scope(() => norm.query_norm.forward(part(0))), x.gpu.scope(() => norm.key_norm.forward(part(1))), part(2)];
+  const into = (i: number) => (joint ? { out: joint.qkv[i], at: joint.at } : undefined);
+  const q = x.gpu.scope(() => pe.normApply(part(0), norm.query_norm, into(0)));
+  const k = x.gpu.scope(() => pe.normApply(part(1), norm.key_norm, into(1)));
+  if (!joint) return [q, k, part(2)];
+  linearRowsInto(x, qkv, 2 * H, joint.qkv[2], joint.at);
+  return joint.qkv;
 }
 
-/** RoPE on q, k then unmasked attention: [B, L, heads, hd] ×3, pe [B, L, hd/2, 2, 2] → [B, L, H]. */
-function attendRope(q: Tensor, k: Tensor, v: Tensor, pe: RopePe): Tensor {
+/** Unmasked attention of normed, roped q, k and v [B, L, heads, hd] → [B, L, H]. */
+function attend(q: Tensor, k: Tensor, v: Tensor): Tensor {
   const [B, L, heads, hd] = q.shape;
-  return q.gpu.scope(() => attention(pe.apply(q), pe.apply(k), v).reshape([B, L, heads * hd])); // softmax scale 1/sqrt(hd)
+  return q.gpu.scope(() => attention(q, k, v).reshape([B, L, heads * hd])); // softmax scale 1/sqrt(hd)
 }
 
 /** `SelfAttention` of a double-block stream: qkv, norm (QKNorm), proj. */
@@ -159,9 +213,9 @@ export class SelfAttention extends Module {
     this.norm = new QKNorm(H / heads);
     this.proj = new Linear(H, H);
   }
-  /** q, k, v [B, L, heads, hd] of the modulated pre-norm of x [B, L, H]. */
-  project(x: Tensor, shift: Tensor, scale: Tensor): Tensor[] {
-    return x.gpu.scope(() => projectQkv(normModulate(x, shift, scale), this.qkv, x.shape[2], this.heads, this.norm));
+  /** q, k, v of the modulated pre-norm of x [B, L, H] into token rows [at, at + L) of the joint q, k, v. */
+  project(x: Tensor, shift: Tensor, scale: Tensor, pe: RopePe, joint: Joint): void {
+    x.gpu.scope(() => void projectQkv(normModulate(x, shift, scale), this.qkv, x.shape[2], this.heads, this.norm, pe, joint));
   }
 }
 
@@ -187,26 +241,28 @@ export class DoubleStreamBlock extends Module {
     return g.scope(() => {
       // (shift1, scale1, gate1, shift2, scale2, gate2), each [B, H]
       const im = this.img_mod.forward(siluVec), tm = this.txt_mod.forward(siluVec);
-      const [tAttn, iAttn] = g.scope(() => {
+      const [tProj, iProj] = g.scope(() => {
         const attn = g.scope(() => {
-          // joint sequence: text first, then image; [B, T+L, heads, hd]
-          const [q, k, v] = g.scope(() => {
-            const t = this.txt_attn.project(txt, tm[0], tm[1]), i = this.img_attn.project(img, im[0], im[1]);
-            return [0, 1, 2].map((j) => concat([t[j], i[j]], 1));
-          });
-          return attendRope(q, k, v, pe); // [B, T+L, H]
+          // joint sequence: text first, then image; [B, T+L, heads, hd]. Each stream's q and k are normed
+          // and roped straight into their rows of the joint tensors, v projected into its rows: no concat.
+          const [B, , H] = img.shape, heads = this.img_attn.heads;
+          const qkv = [0, 1, 2].map(() => g.empty([B, T + L, heads, H / heads], 'f32', 'joint qkv'));
+          this.txt_attn.project(txt, tm[0], tm[1], pe, { qkv, at: 0 });
+          this.img_attn.project(img, im[0], im[1], pe, { qkv, at: T });
+          return attend(qkv[0], qkv[1], qkv[2]); // [B, T+L, H]
         });
-        return [slice(attn, 1, 0, T), slice(attn, 1, T, L)];
+        // each stream's proj over its rows of the joint attention output, read in place
+        return [linearOfRows(attn, 0, T, this.txt_attn.proj), linearOfRows(attn, T, L, this.img_attn.proj)];
       });
-      return [this.post(img, iAttn, this.img_attn, this.img_mlp, im), this.post(txt, tAttn, this.txt_attn, this.txt_mlp, tm)];
+      return [this.post(img, iProj, this.img_mlp, im), this.post(txt, tProj, this.txt_mlp, tm)];
     });
   }
 
-  /** x += gate1·proj(attn); x += gate2·MLP((1 + scale2)·LN(x) + shift2). */
-  private post(x: Tensor, attn: Tensor, a: SelfAttention, mlp: Mlp, [, , gate1, shift2, scale2, gate2]: Tensor[]): Tensor {
+  /** x += gate1·proj (proj = attn_proj(attn), computed by the caller); x += gate2·MLP((1 + scale2)·LN(x) + shift2). */
+  private post(x: Tensor, proj: Tensor, mlp: Mlp, [, , gate1, shift2, scale2, gate2]: Tensor[]): Tensor {
     const g = x.gpu;
     return g.scope(() => {
-      const x1 = g.scope(() => gatedResidual(x, gate1, a.proj.forward(attn)));
+      const x1 = g.scope(() => gatedResidual(x, gate1, proj));
       return gatedResidual(x1, gate2, g.scope(() => mlpForward(mlp, normModulate(x1, shift2, scale2))));
     });
   }
@@ -235,24 +291,27 @@ export class SingleStreamBlock extends Module {
     const g = x.gpu;
     return g.scope(() => {
       const [shift, scale, gate] = this.modulation.forward(siluVec);
-      const cat = g.scope(() => concat(this.attnMlp(x, shift, scale, pe), 2)); // [B, T+L, H + M]
+      const cat = g.scope(() => this.attnMlp(x, shift, scale, pe)); // [B, T+L, H + M]
       return gatedResidual(x, gate, this.linear2.forward(cat));
     });
   }
 
   /**
-   * [attention, GELU-tanh(mlp)] of linear1 = [q | k | v | mlp] by output rows, run as GEMMs over row views
-   * of its weight: the same dot products without the [B, T+L, 3H+M] buffer (1.5 GB at 1024²) and its slices.
+   * cat(attention, GELU-tanh(mlp)) [B, T+L, H + M] of linear1 = [q | k | v | mlp] by output rows, run as GEMMs
+   * over row views of its weight: the same dot products without the [B, T+L, 3H+M] buffer (1.5 GB at 1024²)
+   * and its slices. The mlp GEMM writes its columns [H, H+M) of the concatenation in place; only the
+   * attention output is copied into columns [0, H).
    */
-  private attnMlp(x: Tensor, shift: Tensor, scale: Tensor, pe: RopePe): Tensor[] {
-    const g = x.gpu, H = x.shape[2];
-    return g.scope(() => {
-      const [q, k, v, mlp] = g.scope(() => {
-        const xMod = normModulate(x, shift, scale);
-        return [...projectQkv(xMod, this.linear1, H, this.heads, this.norm), linearRows(xMod, this.linear1, 3 * H, this.mlpHidden, 'gelu_tanh')];
-      });
-      return [attendRope(q, k, v, pe), mlp];
+  private attnMlp(x: Tensor, shift: Tensor, scale: Tensor, pe: RopePe): Tensor {
+    const g = x.gpu, [B, L, H] = x.shape;
+    const cat = g.empty([B, L, H + this.mlpHidden], 'f32', 'attn ‖ mlp');
+    const [q, k, v] = g.scope(() => {
+      const xMod = normModulate(x, shift, scale);
+      const qkv = projectQkv(xMod, this.linear1, H, this.heads, this.norm, pe);
+      linearRows(xMod, this.linear1, 3 * H, this.mlpHidden, 'gelu_tanh', { out: cat, col: H });
+      return qkv;
     });
+    return writeColumns(attend(q, k, v), cat, 0);
   }
 }
 

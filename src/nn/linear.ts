@@ -12,7 +12,7 @@ import type { Tensor } from '../runtime/tensor.js';
 import type { Checkpoint } from '../io/checkpoint.js';
 import type { Activation } from '../ops/linear.js';
 import { ExitCode, Step1xError, fmtShape } from '../errors.js';
-import { Weight } from './weight.js';
+import { Weight, type LinearInto } from './weight.js';
 import { Module, TensorParam, WeightParam } from './module.js';
 
 export interface LinearLoadOptions {
@@ -90,7 +90,8 @@ export class Linear extends Module {
     return lin.load(g, ckpt, prefix);
   }
 
-  forward(x: Tensor, act?: Activation): Tensor {
-    return this.w.forward(x, this.bias, act);
+  /** x [..., K] → [..., N]; with `into`, written into columns [col, col + N) of into.out (returned). */
+  forward(x: Tensor, act?: Activation, into?: LinearInto): Tensor {
+    return this.w.forward(x, this.bias, act, into);
   }
 }

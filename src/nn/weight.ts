@@ -22,6 +22,7 @@ import type { TensorInfo } from '../io/safetensors.js';
 import { linear, type Activation } from '../ops/linear.js';
 import { linearPacked } from '../ops/linear-quant.js';
 import { add, silu, geluTanh, geluErf } from '../ops/elementwise.js';
+import { writeColumns } from '../ops/layout.js';
 import { bf16ToE4m3Codes, canPack, encodeFp8Array, isLinearWeightName, packedRowBytes, quantizeBf16Into, quantizeBlocks, quantScaleTable, QBLOCK, type PackedFormat } from '../io/quant.js';
 import { LOAD_CHUNK_BYTES } from '../io/safetensors.js';
 import { scratch, streamTensor, writeChunk } from './upload.js';
@@ -39,6 +40,12 @@ export const WEIGHTS_OPTIONS: readonly WeightsOption[] = ['bf16', 'fp8', 'q8', '
 export interface Adapter {
   down: Tensor; // [r, K] f32
   up: Tensor; // [N, r] f32, scaled
+}
+
+/** Where a GEMM writes: columns [col, col + N) of `out` (col 0 and out [..., N]: the whole tensor). */
+export interface LinearInto {
+  out: Tensor;
+  col?: number;
 }
 
 export class Weight {
@@ -78,17 +85,22 @@ export class Weight {
     return new Weight(this.format, count, this.K, this.data.rows(start, count), this.scales?.rows(start, count), adapters);
   }
 
-  /** x [..., K] → act(x Wᵀ + b (+ Σ up(down(x)))) [..., N]. */
-  forward(x: Tensor, b?: Tensor, act?: Activation): Tensor {
-    const base = (a?: Activation) =>
+  /**
+   * x [..., K] → act(x Wᵀ + b (+ Σ up(down(x)))) [..., N]; with `into`, written into columns [col, col + N)
+   * of into.out (ops/linear.ts `out` / `outCol`) and into.out returned.
+   */
+  forward(x: Tensor, b?: Tensor, act?: Activation, into?: LinearInto): Tensor {
+    const o = into ? { out: into.out, outCol: into.col } : {};
+    const base = (a?: Activation, to = {}) =>
       this.packed
-        ? linearPacked(x, { format: this.format as PackedFormat, data: this.data, scales: this.scales, block: QBLOCK, N: this.N, K: this.K }, b, { act: a })
-        : linear(x, this.data, b, a ? { act: a } : undefined);
-    if (!this.adapters.length) return base(act);
+        ? linearPacked(x, { format: this.format as PackedFormat, data: this.data, scales: this.scales, block: QBLOCK, N: this.N, K: this.K }, b, { act: a, ...to })
+        : linear(x, this.data, b, { ...(a ? { act: a } : {}), ...to });
+    if (!this.adapters.length) return base(act, o);
     return x.gpu.scope(() => {
       let y = base();
       for (const a of this.adapters) y = add(y, linear(linear(x, a.down), a.up));
-      return !act ? y : act === 'silu' ? silu(y) : act === 'gelu_tanh' ? geluTanh(y) : geluErf(y);
+      y = !act ? y : act === 'silu' ? silu(y) : act === 'gelu_tanh' ? geluTanh(y) : geluErf(y);
+      return into ? writeColumns(y, into.out, into.col ?? 0) : y;
     });
   }
 

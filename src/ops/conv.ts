@@ -20,7 +20,7 @@ import { f32u } from '../runtime/gpu.js';
 import { fail, fmtShape } from '../errors.js';
 import { grid1d, requireF32 } from './util.js';
 import { warnNoMatrixUnits, overflowCounter } from './plan-gemm.js';
-import { planConv, type ConvPlan, type ConvVariant } from './plan-conv.js';
+import { planConv, convWeightVectors, type ConvPlan, type ConvVariant } from './plan-conv.js';
 import type { SgmatTile } from './plan-gemm.js';
 
 /** A binding window over elements [start, start + count) of t: the view and the offset of `start` in it. */
@@ -193,6 +193,7 @@ function implicitGemm(plan: ConvPlan, bindings: Tensor[], bias: boolean, c: Gemm
   if (res) defines.B_RES = slot++;
   defines.B_OUT = slot++;
   defines.B_OVF = slot;
+  if (convWeightVectors(bindings[1].dtype, c.K, c.wOff, c.ldw)) defines.WVEC = true; // vec4 weight staging
   const tilesN = Math.ceil(c.no / p.bn);
   const groups = tilesN * Math.ceil(c.M / p.bm);
   const gx = Math.min(groups, g.maxWorkgroupsPerDim), gy = Math.ceil(groups / gx);

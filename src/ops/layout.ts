@@ -155,6 +155,18 @@ export function concat(ts: Tensor[], dim: number): Tensor {
   return out;
 }
 
+/** dst[..., col:col+C] = src [..., C] for dst [..., D] with the same leading elements (a concat part written in place); returns dst. */
+export function writeColumns(src: Tensor, dst: Tensor, col: number): Tensor {
+  requireWord('writeColumns', 'src', src);
+  requireWord('writeColumns', 'dst', dst);
+  const C = src.rank ? src.shape[src.rank - 1] : 1, D = dst.rank ? dst.shape[dst.rank - 1] : 1;
+  const outer = C ? src.numel / C : 0;
+  if (src.dtype !== dst.dtype || !Number.isInteger(col) || col < 0 || col + C > D || outer * D !== dst.numel)
+    fail(`writeColumns: src ${src.dtype}${fmtShape(src.shape)} does not fit columns [${col}, ${col + C}) of dst ${dst.dtype}${fmtShape(dst.shape)}`);
+  copyRows('writeColumns', src, dst, outer, C, D, C, 0, col);
+  return dst;
+}
+
 /** x[..., start:start+len, ...] along `dim`, as a new contiguous tensor. */
 export function slice(x: Tensor, dim: number, start: number, len: number): Tensor {
   requireWord('slice', 'x', x);

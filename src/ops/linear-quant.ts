@@ -16,7 +16,7 @@ import type { Tensor } from '../runtime/tensor.js';
 import { DTYPE_BYTES, storageBytes } from '../runtime/tensor.js';
 import type { Gpu } from '../runtime/gpu.js';
 import { fail, fmtShape } from '../errors.js';
-import type { Activation } from './linear.js';
+import { checkOut, type Activation } from './linear.js';
 import { warnNoMatrixUnits, planGemm, sgmatBindings, overflowCounter } from './plan-gemm.js';
 
 /** Packed weight formats (the host codecs and their layout: src/io/quant.ts). */
@@ -71,7 +71,7 @@ function foldGrid(g: Gpu, groups: number): [number, number] {
   return [Math.ceil(groups / y), y];
 }
 
-export function linearPacked(x: Tensor, w: PackedWeight, b?: Tensor, opts: { act?: Activation; out?: Tensor } = {}): Tensor {
+export function linearPacked(x: Tensor, w: PackedWeight, b?: Tensor, opts: { act?: Activation; out?: Tensor; outCol?: number } = {}): Tensor {
   const g = x.gpu;
   const { N, K, format } = w;
   const QBLOCK = w.block ?? 32;
@@ -87,9 +87,10 @@ export function linearPacked(x: Tensor, w: PackedWeight, b?: Tensor, opts: { act
   const M = x.numel / K;
   const outShape = [...x.shape.slice(0, -1), N];
   let out = opts.out;
-  if (out) {
-    if (out.dtype !== 'f32' || out.numel !== M * N) fail(`linearPacked: out ${out.dtype}${fmtShape(out.shape)} must be f32 ${fmtShape(outShape)}`);
-  } else out = g.empty(outShape, 'f32', 'linear');
+  const col = opts.outCol ?? 0; // as linear(): columns [col, col + N) of an out with row stride ldo
+  if (out) checkOut('linearPacked', out, outShape, M, N, col);
+  else out = g.empty(outShape, 'f32', 'linear');
+  const ldo = out.dim(-1);
   if (M === 0 || N === 0) return out;
   // Matrix units where the device's GEMM plan uses them: the same gemm-sgmat tile, codes dequantized into it.
   const plan = planGemm(g, { M, N, K, wdt: 'f32' });
@@ -106,13 +107,13 @@ export function linearPacked(x: Tensor, w: PackedWeight, b?: Tensor, opts: { act
       Math.max(spanBytes(w.data, n0 * rowWords, c * rowWords), blocked ? spanBytes(w.scales!, n0 * nb, c * nb) : 0, b ? spanBytes(b, n0, c) : 0, c * 4 + 256));
     if (nc === 0) fail(`linearPacked: one weight row of ${format} ${fmtShape([N, K])} does not fit the binding limit ${limit}`);
     for (let m0 = 0; m0 < M; ) {
-      const mc = largestFitting(M - m0, limit, (c) => Math.max(spanBytes(x, m0 * K, c * K) + 16, spanBytes(out!, m0 * N + n0, (c - 1) * N + nc)));
+      const mc = largestFitting(M - m0, limit, (c) => Math.max(spanBytes(x, m0 * K, c * K) + 16, spanBytes(out!, m0 * ldo + col + n0, (c - 1) * ldo + nc)));
       if (mc === 0) fail(`linearPacked: one activation row of x ${fmtShape(x.shape)} does not fit the binding limit ${limit}`);
       const xs = span(x, m0 * K, mc * K);
       const ws = span(w.data, n0 * rowWords, nc * rowWords);
       const ss = blocked ? span(w.scales!, n0 * nb, nc * nb) : null;
       const bs = b ? span(b, n0, nc) : null;
-      const os = span(out, m0 * N + n0, (mc - 1) * N + nc);
+      const os = span(out, m0 * ldo + col + n0, (mc - 1) * ldo + nc);
       const tilesN = Math.ceil(nc / (sg ? sg.bn : TILE.wgn * TILE.tn));
       const [gx, gy] = foldGrid(g, tilesN * Math.ceil(mc / (sg ? sg.bm : TILE.tm)));
       const bindings = [xs.view, ws.view, ...(ss ? [ss.view] : []), ...(bs ? [bs.view] : []), os.view];
@@ -120,12 +121,12 @@ export function linearPacked(x: Tensor, w: PackedWeight, b?: Tensor, opts: { act
         if (sg) {
           // Vector loads of x and vec4 stores where the chunk allows them (only how the same values move).
           const vec = K % 8 === 0 && xs.off % 4 === 0;
-          const ovec = N % 4 === 0 && nc % 4 === 0 && os.off % 4 === 0;
+          const ovec = ldo % 4 === 0 && nc % 4 === 0 && os.off % 4 === 0;
           g.dispatch({
             file: sg.file,
             defines: { ...defines, ...(vec ? { VEC: true } : {}), ...(ovec ? { OVEC: true } : {}) },
             // M, N, K, K4, x_off, w_off, b_off, o_off, ldo, tiles_n, wg_x, group_m, s_off, row_words, nb, pad
-            uniforms: [mc, nc, K, K >> 2, xs.off, ws.off, bs ? bs.off : 0, os.off, N, tilesN, gx, sg.groupM, ss ? ss.off : 0, rowWords, nb, 0],
+            uniforms: [mc, nc, K, K >> 2, xs.off, ws.off, bs ? bs.off : 0, os.off, ldo, tilesN, gx, sg.groupM, ss ? ss.off : 0, rowWords, nb, 0],
             bindings: [...bindings, overflowCounter(g)],
             workgroups: [gx, gy],
           });
@@ -135,7 +136,7 @@ export function linearPacked(x: Tensor, w: PackedWeight, b?: Tensor, opts: { act
             entry: 'tiled',
             defines,
             // M, N, K, K4, x_off, w_off, s_off, b_off, o_off, ldo, tiles_n, wg_x, row_words, nb, pad, pad
-            uniforms: [mc, nc, K, K >> 2, xs.off, ws.off, ss ? ss.off : 0, bs ? bs.off : 0, os.off, N, tilesN, gx, rowWords, nb, 0, 0],
+            uniforms: [mc, nc, K, K >> 2, xs.off, ws.off, ss ? ss.off : 0, bs ? bs.off : 0, os.off, ldo, tilesN, gx, rowWords, nb, 0, 0],
             bindings,
             workgroups: [gx, gy],
           });

@@ -42,8 +42,13 @@ export interface LinearOptions {
   act?: Activation;
   /** Kernel selection; 'auto' (default) = gemv for M <= 4, tiled otherwise. */
   variant?: GemmVariant;
-  /** Write into this f32 tensor of shape [..., N] (must start 256-byte aligned) instead of a new one. */
+  /**
+   * Write into this f32 tensor instead of a new one (must start 256-byte aligned): [..., N], or with
+   * `outCol` [..., D ≥ outCol + N] whose columns [outCol, outCol + N) receive the result (a GEMM writing
+   * its part of a concatenation in place: row stride D).
+   */
   out?: Tensor;
+  outCol?: number;
   /** Override the tile geometry (benchmarks). */
   tile?: TileConfig;
 }
@@ -109,11 +114,10 @@ export function linear(x: Tensor, w: Tensor, b?: Tensor, opts: LinearOptions = {
   const M = x.numel / K;
   const outShape = [...x.shape.slice(0, -1), N];
   let out = opts.out;
-  if (out) {
-    if (out.dtype !== 'f32' || out.numel !== M * N || out.dim(-1) !== N)
-      fail(`linear: out ${out.dtype}${fmtShape(out.shape)} must be f32 ${fmtShape(outShape)}`);
-    if (out.byteOffset % 256 !== 0) fail(`linear: out view must start on a 256-byte boundary (byteOffset ${out.byteOffset})`);
-  } else out = g.empty(outShape, 'f32', 'linear');
+  const col = opts.outCol ?? 0;
+  if (out) checkOut('linear', out, outShape, M, N, col);
+  else out = g.empty(outShape, 'f32', 'linear');
+  const ldo = out.dim(-1);
   if (M === 0 || N === 0) return out;
 
   const variant = opts.variant ?? 'auto';
@@ -147,9 +151,9 @@ export function linear(x: Tensor, w: Tensor, b?: Tensor, opts: LinearOptions = {
     if (nc === 0) tooBig('weight row');
     for (let m0 = 0; m0 < M; ) {
       // Tokens [m0, m0 + mc): x rows and the matching rows of this column block of the output.
-      const mc = largestFitting(M - m0, limit, (c) => Math.max(spanBytes(x, m0 * K, c * K), spanBytes(out!, m0 * N + n0, (c - 1) * N + nc)));
+      const mc = largestFitting(M - m0, limit, (c) => Math.max(spanBytes(x, m0 * K, c * K), spanBytes(out!, m0 * ldo + col + n0, (c - 1) * ldo + nc)));
       if (mc === 0) tooBig('activation row');
-      dispatchChunk(g, entry, defines, tile, { x, w, b, out, m0, mc, n0, nc, K, N }, plan);
+      dispatchChunk(g, entry, defines, tile, { x, w, b, out, m0, mc, n0: col + n0, wn0: n0, nc, K, N: ldo }, plan);
       m0 += mc;
     }
     n0 += nc;
@@ -157,6 +161,7 @@ export function linear(x: Tensor, w: Tensor, b?: Tensor, opts: LinearOptions = {
   return out;
 }
 
+/** Rows [m0, m0 + mc) × weight rows [wn0, wn0 + nc) → out columns [n0, n0 + nc) of row stride N. */
 interface Chunk {
   x: Tensor;
   w: Tensor;
@@ -165,15 +170,25 @@ interface Chunk {
   m0: number;
   mc: number;
   n0: number;
+  wn0: number;
   nc: number;
   K: number;
   N: number;
 }
 
+/** An `out` option: f32, 256-byte aligned, M rows of D ≥ col + N columns (D = N when col is 0 and shape given). */
+export function checkOut(op: string, out: Tensor, outShape: number[], M: number, N: number, col: number): void {
+  const D = out.rank ? out.dim(-1) : 0;
+  const ok = col === 0 ? D === N : Number.isInteger(col) && col > 0 && D >= col + N;
+  if (out.dtype !== 'f32' || !ok || out.numel !== M * D)
+    fail(`${op}: out ${out.dtype}${fmtShape(out.shape)} must be f32 ${col ? `[..., ≥ ${col + N}] with ${M} rows (columns from ${col})` : fmtShape(outShape)}`);
+  if (out.byteOffset % 256 !== 0) fail(`${op}: out view must start on a 256-byte boundary (byteOffset ${out.byteOffset})`);
+}
+
 function dispatchChunk(g: Gpu, entry: string, defines: Kernel['defines'], tile: TileConfig, c: Chunk, plan: GemmPlan | null): void {
   const xs = span(c.x, c.m0 * c.K, c.mc * c.K);
-  const ws = span(c.w, c.n0 * c.K, c.nc * c.K);
-  const bs = c.b ? span(c.b, c.n0, c.nc) : null;
+  const ws = span(c.w, c.wn0 * c.K, c.nc * c.K);
+  const bs = c.b ? span(c.b, c.wn0, c.nc) : null;
   const os = span(c.out, c.m0 * c.N + c.n0, (c.mc - 1) * c.N + c.nc);
   let groups: number, tilesN = 0;
   let chunkDefines = defines;

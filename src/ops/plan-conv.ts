@@ -64,3 +64,13 @@ export function planConv(g: Gpu, s: ConvShape, variant: ConvVariant = 'auto', ti
 export function planConvFor(caps: Capabilities, family: Exclude<KernelFamily, 'auto'>, precision: Precision, s: ConvShape): ConvPlan {
   return of(planGemmFor(caps, family, precision, convGemmShape(s)));
 }
+
+/**
+ * Whether the implicit GEMM stages the weight with vector loads (gemm-sgmat WVEC: 4 f32 or 8 packed bf16/f16
+ * per load): the chunk's K = channels·KH·KW, its first element wOff and the row stride ldw = C·KH·KW all fall
+ * on vectors. The VAE's 3x3 convs over multiples of 8 channels and its 1x1 convs do; RGB conv_in (27 taps) not.
+ */
+export function convWeightVectors(wdt: DType, K: number, wOff: number, ldw: number): boolean {
+  const v = wdt === 'f32' ? 4 : 8;
+  return K % v === 0 && wOff % v === 0 && ldw % v === 0;
+}

@@ -48,6 +48,13 @@ export interface Capabilities {
   matrixConfigs: MatrixConfig[];
   /** f16-operand configs with f16 results (Metal's only f16 ones; the GEMM adds each k-chunk into f32). */
   f16ResultConfigs: MatrixConfig[];
+  /**
+   * f32→f32 configs (Dawn's Metal backend: 8x8x8). Recorded, used by no plan: at --precision mixed every
+   * adapter reporting them also reports f16→f16, which the GEMM runs (twice the operand rate, half the
+   * workgroup memory); at --precision f32 an f32-operand gemm-sgmat would have no environment to be tested
+   * in (lavapipe offers f16/u8/i8 configs only, NVIDIA none of f32), so the f32 workgroup-tiled kernel runs.
+   */
+  f32Configs: MatrixConfig[];
   /** Every config the adapter reports (printed by `step1x devices`). */
   allMatrixConfigs: MatrixConfig[];
   maxWorkgroupStorage: number;
@@ -89,15 +96,16 @@ export function readCapabilities(adapter: GPUAdapter): Capabilities {
     allMatrixConfigs: all,
     matrixConfigs: configsOf(all, 'f32'),
     f16ResultConfigs: configsOf(all, 'f16'),
+    f32Configs: configsOf(all, 'f32', 'f32'),
     maxWorkgroupStorage: l.maxComputeWorkgroupStorageSize,
     maxInvocations: l.maxComputeInvocationsPerWorkgroup,
     maxWorkgroupSizeX: l.maxComputeWorkgroupSizeX,
   };
 }
 
-/** f16-operand configs with `result` results, largest first. */
-export function configsOf(all: MatrixConfig[], result: 'f32' | 'f16'): MatrixConfig[] {
-  return all.filter((c) => c.component === 'f16' && c.result === result).sort((a, b) => b.M * b.N * b.K - a.M * a.N * a.K);
+/** `component`-operand (default f16) configs with `result` results, largest first. */
+export function configsOf(all: MatrixConfig[], result: 'f32' | 'f16', component: 'f16' | 'f32' = 'f16'): MatrixConfig[] {
+  return all.filter((c) => c.component === component && c.result === result).sort((a, b) => b.M * b.N * b.K - a.M * a.N * a.K);
 }
 
 /** Whether the adapter can run our subgroup-matrix GEMM (the feature, f16, subgroups, an f16→f32 or f16→f16 config). */

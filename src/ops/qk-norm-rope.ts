@@ -1,0 +1,86 @@
+/**
+ * FLUX QK-norm + RoPE as one pass (shaders/qk-norm-rope.wgsl): rmsNorm over Dh times w, then applyRopeFlux,
+ * written into token rows [at, at + Ls) of a joint tensor (the double block's [txt ‖ img] q and k), so the
+ * normed tensor, the roped tensor and the concat never go through memory. Same f32 arithmetic as
+ * rmsNorm + applyRopeFlux (bit-identical for Dh <= 128, see the shader header).
+ *
+ * Splitting: when x, out or pe exceed g.maxBindingBytes (img q at 1024² is 201 MB f32), per batch item in
+ * token chunks; every binding is a flat view from a 256-byte boundary with the element offset in uniforms,
+ * so no chunk needs aligned rows and out is written in place.
+ */
+import type { Tensor } from '../runtime/tensor.js';
+import { DTYPE_BYTES } from '../runtime/tensor.js';
+import { f32u } from '../runtime/gpu.js';
+import { fail, fmtShape } from '../errors.js';
+import { grid1d, requireF32 } from './util.js';
+
+const WIDEN: Record<string, string> = { bf16: 'bf16_at', f16: 'f16_at' };
+
+/** Rows [at, at + Ls) of `out` [B, Lt, heads, Dh] receive the result (out made when absent: Lt = Ls, at = 0). */
+export interface JointRows {
+  out: Tensor;
+  at: number;
+}
+
+/** Flat view of t from a 256-byte boundary at or below element e0 through e0 + count, and e0's offset in it. */
+function span(t: Tensor, e0: number, count: number): { view: Tensor; off: number } {
+  const eb = DTYPE_BYTES[t.dtype];
+  const start = Math.max(0, e0 - Math.floor(((t.byteOffset + e0 * eb) % 256) / eb));
+  const flat = t.reshape([t.numel]);
+  const view = flat.rows(start, e0 + count - start);
+  flat.dispose();
+  return { view, off: e0 - start };
+}
+
+/** x [B, Ls, heads, Dh] f32, w [Dh], pe [B|1, Lt, Dh/2, 2, 2] (rows [at, at + Ls) used) → out [B, Lt, heads, Dh]. */
+export function rmsNormRope(x: Tensor, w: Tensor, pe: Tensor, eps: number, into?: JointRows): Tensor {
+  const op = 'rmsNormRope';
+  requireF32(op, ['x', x], ['pe', pe]);
+  if (x.rank !== 4 || x.shape[3] % 2 !== 0) fail(`${op}: x ${fmtShape(x.shape)} must be [B, L, heads, Dh] with even Dh`);
+  const [B, Ls, heads, Dh] = x.shape;
+  const at = into?.at ?? 0;
+  const Lt = into ? into.out.shape[1] : Ls;
+  if (w.rank !== 1 || w.shape[0] !== Dh) fail(`${op}: w ${fmtShape(w.shape)} must be [${Dh}] for x ${fmtShape(x.shape)}`);
+  if (w.dtype !== 'f32' && w.dtype !== 'bf16' && w.dtype !== 'f16') fail(`${op}: w dtype ${w.dtype} not supported (expected f32/bf16/f16)`);
+  const Bp = pe.shape[0];
+  if (pe.rank !== 5 || (Bp !== 1 && Bp !== B) || pe.shape[1] !== Lt || pe.shape[2] * 2 !== Dh || pe.shape[3] !== 2 || pe.shape[4] !== 2)
+    fail(`${op}: pe ${fmtShape(pe.shape)} must be [${B}|1, ${Lt}, ${Dh / 2}, 2, 2] for x ${fmtShape(x.shape)}`);
+  if (into) {
+    const o = into.out;
+    requireF32(op, ['out', o]);
+    if (o.rank !== 4 || o.shape[0] !== B || o.shape[2] !== heads || o.shape[3] !== Dh || !Number.isInteger(at) || at < 0 || at + Ls > Lt)
+      fail(`${op}: out ${fmtShape(o.shape)} must be [${B}, L ≥ ${at + Ls}, ${heads}, ${Dh}] to take rows [${at}, ${at + Ls}) of x ${fmtShape(x.shape)}`);
+  }
+  const g = x.gpu;
+  const out = into?.out ?? g.empty(x.shape, 'f32', op);
+  if (x.numel === 0) return out;
+
+  const W = heads * Dh, P = 2 * Dh; // floats per token of x / out and of pe
+  const pbs = Bp === 1 ? 0 : Lt * P;
+  const wdt = w.dtype;
+  const dispatch = (b0: number, nb: number, l0: number, nl: number): void => {
+    const xs = span(x, (b0 * Ls + l0) * W, ((nb - 1) * Ls + nl) * W);
+    const os = span(out, (b0 * Lt + at + l0) * W, ((nb - 1) * Lt + nl) * W);
+    const ps = span(pe, (Bp === 1 ? 0 : b0 * Lt) * P + (at + l0) * P, (pbs ? (nb - 1) * Lt : 0) * P + nl * P);
+    const rows = nb * nl * heads;
+    const [wx, wy] = grid1d(g, rows, 1);
+    g.dispatch({
+      file: 'qk-norm-rope.wgsl',
+      defines: { W_DT: wdt, W_AT: WIDEN[wdt] ?? 'none' },
+      uniforms: [rows, nl, heads, Dh, xs.off, Ls * W, os.off, Lt * W, ps.off, pbs, wx, f32u(eps)],
+      bindings: [xs.view, w, ps.view, os.view],
+      workgroups: [wx, wy],
+    });
+    for (const t of [xs.view, os.view, ps.view]) t.dispose();
+  };
+  const limit = g.maxBindingBytes - 256; // a span's alignment slop is under 256 bytes
+  const maxBytes = Math.max(x.byteLength, out.byteLength, pe.byteLength);
+  if (maxBytes <= limit) {
+    dispatch(0, B, 0, Ls);
+    return out;
+  }
+  const n = Math.floor(limit / (Math.max(W, P) * 4));
+  if (n < 1) fail(`${op}: one token of x ${fmtShape(x.shape)} exceeds the binding limit ${g.maxBindingBytes}`);
+  for (let b = 0; b < B; b++) for (let l0 = 0; l0 < Ls; l0 += n) dispatch(b, 1, l0, Math.min(n, Ls - l0));
+  return out;
+}
