@@ -1,0 +1,86 @@
+/**
+ * f16 activation storage (issue 19 item 1): the storage dtype of the activations an op creates, and the
+ * redo of a step whose f16 stores overflowed.
+ *
+ * Which tensors: GEMM outputs and inputs (q/k/v/o projections, the MLP hidden) on the subgroup-matrix
+ * plan, where the f16 operands are staged anyway; the residual streams and norm/softmax statistics stay
+ * f32 (FLUX-family residual streams exceed 65504). Where: only inside `withActivations(g, 'f16', …)`, and
+ * only on a device that can (`canStoreF16`: --precision mixed on the subgroup-matrix family, which has
+ * shader-f16); everywhere else, `--precision f32` and the host lavapipe included, every op keeps f32 and
+ * runs the same kernels as before (bit-identical).
+ *
+ * Overflow: a kernel writing f16 storage clamps a value beyond ±65504 (or inf) and counts it in word 2 of
+ * the device's overflow counter (ops/plan-gemm.ts overflowCounter); `withF16Redo` reads the counter after
+ * the step and, when it moved, runs the step again with f32 storage, says so once on stderr and counts it
+ * (`f16Redos`). The step must be a pure function of inputs it does not free.
+ */
+import type { Gpu } from '../runtime/gpu.js';
+import type { DType } from '../runtime/tensor.js';
+import { hasMatrixUnits } from '../runtime/caps.js';
+import { overflowCounter } from './plan-gemm.js';
+
+export type ActDtype = 'f32' | 'f16';
+
+const current = new WeakMap<Gpu, ActDtype>();
+const redos = new WeakMap<Gpu, number>();
+
+/** Whether g may store activations in f16: mixed precision on the subgroup-matrix family (shader-f16 there). */
+export function canStoreF16(g: Gpu): boolean {
+  return g.precision === 'mixed' && g.kernels === 'subgroup-matrix' && hasMatrixUnits(g.caps) && g.hasFeature('shader-f16');
+}
+
+/** The storage dtype of the activations ops create on g now: f32 outside `withActivations(g, 'f16', …)`. */
+export function activationDtype(g: Gpu): ActDtype {
+  return current.get(g) ?? 'f32';
+}
+
+/** The storage of an op's new output: f16 only where the policy stores activations in f16 and the kernel can write it. */
+export function outputDtype(g: Gpu, kernelWritesF16: boolean): DType {
+  return kernelWritesF16 && activationDtype(g) === 'f16' ? 'f16' : 'f32';
+}
+
+/** Run f with activations stored as `dt` (f16 falls back to f32 where the device cannot); restores the previous setting. */
+export function withActivations<T>(g: Gpu, dt: ActDtype, f: () => T): T {
+  const saved = current.get(g);
+  current.set(g, dt === 'f16' && canStoreF16(g) ? 'f16' : 'f32');
+  const restore = () => (saved ? current.set(g, saved) : current.delete(g));
+  let r: T;
+  try {
+    r = f();
+  } catch (e) {
+    restore();
+    throw e;
+  }
+  if (r instanceof Promise) return r.finally(restore) as T;
+  restore();
+  return r;
+}
+
+/** Values clamped while written to f16 storage since the device was created (waits for queued work). */
+export async function f16Overflows(g: Gpu): Promise<number> {
+  return (await g.read(overflowCounter(g)))[2];
+}
+
+/** Steps redone with f32 storage on g. */
+export function f16Redos(g: Gpu): number {
+  return redos.get(g) ?? 0;
+}
+
+/**
+ * One step with f16 activation storage where g can; when any f16 store of the step overflowed, its result
+ * is dropped (`drop`) and the step runs again with f32 storage. `what` names the step on stderr.
+ */
+export async function withF16Redo<T>(g: Gpu, what: string, step: () => Promise<T>, drop?: (r: T) => void): Promise<T> {
+  if (!canStoreF16(g)) return withActivations(g, 'f32', step);
+  const before = await f16Overflows(g);
+  const r = await withActivations(g, 'f16', step);
+  const after = await f16Overflows(g);
+  if (after === before) return r;
+  drop?.(r);
+  redos.set(g, f16Redos(g) + 1);
+  if (!g.saidOnce.has('f16 redo')) {
+    g.saidOnce.add('f16 redo');
+    process.stderr.write(`step1x: note: ${what}: ${after - before} value(s) beyond the f16 range in f16 activation storage; redone with f32 storage (said once)\n`);
+  }
+  return withActivations(g, 'f32', step);
+}
