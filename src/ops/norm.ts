@@ -6,12 +6,18 @@
  * larger than the device's binding limit. Elementwise ops (modulate, gatedResidual, swiglu) split the
  * same way along token rows; the [B, C] operands are indexed by the global row, so chunks may cross
  * batch boundaries.
+ *
+ * f16 activation storage (ops/act-dtype.ts): layerNorm / rmsNorm / layerNormModulate read x stored f16 or
+ * f32 and write the policy's dtype (statistics in f32 either way); gatedResidual reads an f16 branch output
+ * y and keeps the residual stream f32.
  */
 import type { Tensor, DType } from '../runtime/tensor.js';
 import { f32u } from '../runtime/gpu.js';
 import type { Defines } from '../runtime/shader-source.js';
 import { fail, fmtShape } from '../errors.js';
 import { grid1d, requireF32, sameShape } from './util.js';
+import { outputDtype } from './act-dtype.js';
+import { overflowCounter } from './plan-gemm.js';
 import { rowChunks } from './layout.js';
 
 const WIDEN: Record<string, string> = { bf16: 'bf16_at', f16: 'f16_at' };
@@ -42,11 +48,13 @@ interface Mod {
 }
 
 function rowOp(op: RowOp, x: Tensor, w: Tensor | undefined, b: Tensor | undefined, eps: number, mod?: Mod): Tensor {
-  requireF32(op, ['x', x]);
+  if (op === 'softmax' || x.dtype !== 'f16') requireF32(op, ['x', x]);
   const C = lastDim(op, x);
   const rows = x.numel / C;
   const g = x.gpu;
+  const odt = outputDtype(g, op !== 'softmax');
   const defines: Defines = { ROWS: true, OP: op };
+  if (x.dtype === 'f16') Object.assign(defines, { F16: true, X16: true });
   const params: Tensor[] = [];
   if (w) {
     const dt = checkParam(op, 'w', w, C, x);
@@ -59,10 +67,15 @@ function rowOp(op: RowOp, x: Tensor, w: Tensor | undefined, b: Tensor | undefine
     params.push(b);
   }
   if (mod) Object.assign(defines, { MOD: true, B_SHIFT: 3 + params.length, B_SCALE: 4 + params.length });
-  const out = g.empty(x.shape, 'f32', mod ? 'layer_norm_modulate' : op);
+  const extra = mod ? [mod.shift, mod.scale] : [];
+  if (odt === 'f16') {
+    Object.assign(defines, { F16: true, O16: true, B_OVF: 3 + params.length + extra.length });
+    extra.push(overflowCounter(g));
+  }
+  const out = g.empty(x.shape, odt, mod ? 'layer_norm_modulate' : op);
   const x2 = x.reshape([rows, C]);
   const o2 = out.reshape([rows, C]);
-  const chunks = rowChunks(op, rows, [C * 4], g.maxBindingBytes);
+  const chunks = rowChunks(op, rows, [C * 4, C * 2], g.maxBindingBytes);
   for (const [start, count] of chunks) {
     const whole = chunks.length === 1;
     const xs = whole ? x2 : x2.rows(start, count);
@@ -72,7 +85,7 @@ function rowOp(op: RowOp, x: Tensor, w: Tensor | undefined, b: Tensor | undefine
       file: 'norm.wgsl',
       defines,
       uniforms: [count, C, wx, f32u(eps), mod?.L ?? 1, start],
-      bindings: [xs, os, ...params, ...(mod ? [mod.shift, mod.scale] : [])],
+      bindings: [xs, os, ...params, ...extra],
       workgroups: [wx, wy],
     });
     if (!whole) {
@@ -128,13 +141,13 @@ function checkPerBatch(op: string, name: string, v: Tensor, x: Tensor): void {
   if (!ok) fail(`${op}: ${name} ${fmtShape(v.shape)} must be [${B}, ${C}] to match x ${fmtShape(x.shape)}`);
 }
 
-function ew(op: 'modulate' | 'gated' | 'swiglu', x: Tensor, big: Tensor[], small: Tensor[], L: number, C: number): Tensor {
+function ew(op: 'modulate' | 'gated' | 'swiglu', x: Tensor, big: Tensor[], small: Tensor[], L: number, C: number, y16 = false): Tensor {
   const g = x.gpu;
   const rows = x.numel / C;
   const out = g.empty(x.shape, 'f32', op);
   const flat = (t: Tensor) => t.reshape([rows, C]);
   const x2 = flat(x), o2 = flat(out), big2 = big.map(flat);
-  const chunks = rowChunks(op, rows, [C * 4], g.maxBindingBytes);
+  const chunks = rowChunks(op, rows, [C * 4, C * 2], g.maxBindingBytes);
   for (const [start, count] of chunks) {
     const whole = chunks.length === 1;
     const view = (t: Tensor) => (whole ? t : t.rows(start, count));
@@ -143,7 +156,7 @@ function ew(op: 'modulate' | 'gated' | 'swiglu', x: Tensor, big: Tensor[], small
     const [wx, wy] = grid1d(g, n);
     // binding order per OP: see shaders/norm.wgsl header
     const bindings = op === 'modulate' ? [xs, ...small, os] : op === 'gated' ? [xs, small[0], bigs[0], os] : [xs, bigs[0], os];
-    g.dispatch({ file: 'norm.wgsl', entry: 'ew', defines: { EW: true, OP: op }, uniforms: [n, C, L, start, wx], bindings, workgroups: [wx, wy] });
+    g.dispatch({ file: 'norm.wgsl', entry: 'ew', defines: { EW: true, OP: op, ...(y16 ? { F16: true, Y16: true } : {}) }, uniforms: [n, C, L, start, wx], bindings, workgroups: [wx, wy] });
     if (!whole) for (const t of [xs, os, ...bigs]) t.dispose();
   }
   for (const t of [x2, o2, ...big2]) t.dispose();
@@ -168,9 +181,9 @@ export function modulate(x: Tensor, shift: Tensor, scale: Tensor): Tensor {
 export function gatedResidual(x: Tensor, gate: Tensor, y: Tensor): Tensor {
   const [L, C] = checkTokens('gatedResidual', x);
   checkPerBatch('gatedResidual', 'gate', gate, x);
-  requireF32('gatedResidual', ['y', y]);
+  if (y.dtype !== 'f16') requireF32('gatedResidual', ['y', y]);
   sameShape('gatedResidual', x, y, 'x', 'y');
-  return ew('gated', x, [y], [gate], L, C);
+  return ew('gated', x, [y], [gate], L, C, y.dtype === 'f16');
 }
 
 /** silu(gate) * up, same shapes (any rank). */
