@@ -12,6 +12,7 @@
  * y and keeps the residual stream f32.
  */
 import type { Tensor, DType } from '../runtime/tensor.js';
+import { DTYPE_BYTES } from '../runtime/tensor.js';
 import { f32u } from '../runtime/gpu.js';
 import type { Defines } from '../runtime/shader-source.js';
 import { fail, fmtShape } from '../errors.js';
@@ -75,7 +76,7 @@ function rowOp(op: RowOp, x: Tensor, w: Tensor | undefined, b: Tensor | undefine
   const out = g.empty(x.shape, odt, mod ? 'layer_norm_modulate' : op);
   const x2 = x.reshape([rows, C]);
   const o2 = out.reshape([rows, C]);
-  const chunks = rowChunks(op, rows, [C * 4, C * 2], g.maxBindingBytes);
+  const chunks = rowChunks(op, rows, [C * DTYPE_BYTES[x.dtype], C * DTYPE_BYTES[odt]], g.maxBindingBytes);
   for (const [start, count] of chunks) {
     const whole = chunks.length === 1;
     const xs = whole ? x2 : x2.rows(start, count);
@@ -147,7 +148,7 @@ function ew(op: 'modulate' | 'gated' | 'swiglu', x: Tensor, big: Tensor[], small
   const out = g.empty(x.shape, 'f32', op);
   const flat = (t: Tensor) => t.reshape([rows, C]);
   const x2 = flat(x), o2 = flat(out), big2 = big.map(flat);
-  const chunks = rowChunks(op, rows, [C * 4, C * 2], g.maxBindingBytes);
+  const chunks = rowChunks(op, rows, [C * 4, ...big.map((t) => C * DTYPE_BYTES[t.dtype])], g.maxBindingBytes);
   for (const [start, count] of chunks) {
     const whole = chunks.length === 1;
     const view = (t: Tensor) => (whole ? t : t.rows(start, count));
