@@ -15,9 +15,10 @@
  * (`f16Redos`). The step must be a pure function of inputs it does not free.
  */
 import type { Gpu } from '../runtime/gpu.js';
-import type { DType } from '../runtime/tensor.js';
+import type { DType, Tensor } from '../runtime/tensor.js';
 import { hasMatrixUnits } from '../runtime/caps.js';
 import { overflowCounter } from './plan-gemm.js';
+import { cast } from './layout.js';
 
 export type ActDtype = 'f32' | 'f16';
 
@@ -37,6 +38,24 @@ export function activationDtype(g: Gpu): ActDtype {
 /** The storage of an op's new output: f16 only where the policy stores activations in f16 and the kernel can write it. */
 export function outputDtype(g: Gpu, kernelWritesF16: boolean): DType {
   return kernelWritesF16 && activationDtype(g) === 'f16' ? 'f16' : 'f32';
+}
+
+/**
+ * An f32 operand for a kernel that reads f32 only: t itself, or a widened copy of an f16 t (the caller
+ * disposes it when it is not t). Small per-batch vectors and rare mixes take this path, not the main tensors.
+ */
+export function widen(t: Tensor): Tensor {
+  return t.dtype === 'f16' ? cast(t, 'f32') : t;
+}
+
+/** Run `f` on the operands widened where f16, freeing the copies afterwards. */
+export function withWidened<T>(ts: Tensor[], f: (w: Tensor[]) => T): T {
+  const w = ts.map(widen);
+  try {
+    return f(w);
+  } finally {
+    w.forEach((t, i) => t !== ts[i] && t.dispose());
+  }
 }
 
 /** Run f with activations stored as `dt` (f16 falls back to f32 where the device cannot); restores the previous setting. */

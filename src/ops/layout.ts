@@ -144,6 +144,15 @@ function copyRows(op: string, src: Tensor, dst: Tensor, outer: number, srcRow: n
 /** Concatenate along `dim` (same rank, dtype and other dims). */
 export function concat(ts: Tensor[], dim: number): Tensor {
   if (ts.length === 0) fail('concat: no tensors given');
+  // f16 activation storage (ops/act-dtype.ts): a mix of f16 and f32 parts is joined in f32
+  if (ts.some((t) => t.dtype === 'f16') && ts.some((t) => t.dtype !== 'f16')) {
+    const w = ts.map((t) => (t.dtype === 'f16' ? cast(t, 'f32') : t));
+    try {
+      return concat(w, dim);
+    } finally {
+      w.forEach((t, i) => t !== ts[i] && t.dispose());
+    }
+  }
   const first = ts[0];
   const d = normDim('concat', dim, first.rank);
   ts.forEach((t, i) => {

@@ -18,7 +18,7 @@ import type { Tensor, DType } from '../runtime/tensor.js';
 import { DTYPE_BYTES, storageBytes } from '../runtime/tensor.js';
 import type { Gpu, Kernel } from '../runtime/gpu.js';
 import { fail, fmtShape } from '../errors.js';
-import { outputDtype } from './act-dtype.js';
+import { outputDtype, withWidened } from './act-dtype.js';
 import { planGemm, overflowCounter, sgmatBindings, type GemmPlan } from './plan-gemm.js';
 
 export type Activation = 'silu' | 'gelu_tanh' | 'gelu_erf';
@@ -115,8 +115,11 @@ export function linear(x: Tensor, w: Tensor, b?: Tensor, opts: LinearOptions = {
   const outShape = [...x.shape.slice(0, -1), N];
   const variant = opts.variant ?? 'auto';
   const plan = planGemm(g, { M, N, K, wdt: w.dtype, xdt: x.dtype }, variant);
+  // an f16 x where the plan is not the subgroup-matrix GEMM (the register path reads f32) is widened
+  if (x.dtype === 'f16' && plan?.kind !== 'subgroup-matrix') return withWidened([x], ([x2]) => linear(x2, w, b, opts));
   let out = opts.out;
-  const odt = out?.dtype ?? opts.dtype ?? outputDtype(g, plan?.kind === 'subgroup-matrix');
+  // per-batch vectors (M <= 4: modulation, timestep embeddings) stay f32: nothing to save, and their consumers read f32
+  const odt = out?.dtype ?? opts.dtype ?? outputDtype(g, plan?.kind === 'subgroup-matrix' && M > 4);
   if ((x.dtype === 'f16' || odt === 'f16') && plan?.kind !== 'subgroup-matrix')
     fail(`linear: f16 x / output storage needs the subgroup-matrix GEMM (x ${x.dtype}${fmtShape(x.shape)}, out ${odt}, variant ${variant})`);
   if (out) {

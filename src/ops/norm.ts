@@ -17,7 +17,7 @@ import { f32u } from '../runtime/gpu.js';
 import type { Defines } from '../runtime/shader-source.js';
 import { fail, fmtShape } from '../errors.js';
 import { grid1d, requireF32, sameShape } from './util.js';
-import { outputDtype } from './act-dtype.js';
+import { outputDtype, withWidened } from './act-dtype.js';
 import { overflowCounter } from './plan-gemm.js';
 import { rowChunks } from './layout.js';
 
@@ -112,6 +112,8 @@ export function layerNorm(x: Tensor, w?: Tensor, b?: Tensor, eps = 1e-6): Tensor
  * before, so the f32 path stays bit-identical to layerNorm + modulate.
  */
 export function layerNormModulate(x: Tensor, shift: Tensor, scale: Tensor, eps = 1e-6, fused = x.gpu.precision === 'mixed'): Tensor {
+  if (shift.dtype === 'f16' || scale.dtype === 'f16') return withWidened([shift, scale], ([s, c]) => layerNormModulate(x, s, c, eps, fused));
+  if (!fused && x.dtype === 'f16') return withWidened([x], ([x2]) => layerNormModulate(x2, shift, scale, eps, fused));
   const [L] = checkTokens('layerNormModulate', x);
   checkPerBatch('layerNormModulate', 'shift', shift, x);
   checkPerBatch('layerNormModulate', 'scale', scale, x);
@@ -172,6 +174,7 @@ function checkTokens(op: string, x: Tensor): [number, number] {
 
 /** (1 + scale) * x + shift, with shift/scale [B, C] broadcast over the L tokens of x [B, L, C]. */
 export function modulate(x: Tensor, shift: Tensor, scale: Tensor): Tensor {
+  if ([x, shift, scale].some((t) => t.dtype === 'f16')) return withWidened([x, shift, scale], ([a, b, c]) => modulate(a, b, c));
   const [L, C] = checkTokens('modulate', x);
   checkPerBatch('modulate', 'shift', shift, x);
   checkPerBatch('modulate', 'scale', scale, x);
@@ -180,6 +183,8 @@ export function modulate(x: Tensor, shift: Tensor, scale: Tensor): Tensor {
 
 /** x + gate * y, gate [B, C] broadcast over tokens; x, y [B, L, C]. */
 export function gatedResidual(x: Tensor, gate: Tensor, y: Tensor): Tensor {
+  // the residual stream is f32: an f16 stream start (img_in's output) or gate is widened; y may stay f16
+  if (x.dtype === 'f16' || gate.dtype === 'f16') return withWidened([x, gate], ([a, b]) => gatedResidual(a, b, y));
   const [L, C] = checkTokens('gatedResidual', x);
   checkPerBatch('gatedResidual', 'gate', gate, x);
   if (y.dtype !== 'f16') requireF32('gatedResidual', ['y', y]);
@@ -189,6 +194,7 @@ export function gatedResidual(x: Tensor, gate: Tensor, y: Tensor): Tensor {
 
 /** silu(gate) * up, same shapes (any rank). */
 export function swiglu(gate: Tensor, up: Tensor): Tensor {
+  if (gate.dtype === 'f16' || up.dtype === 'f16') return withWidened([gate, up], ([a, b]) => swiglu(a, b));
   requireF32('swiglu', ['gate', gate], ['up', up]);
   sameShape('swiglu', gate, up, 'gate', 'up');
   // purely elementwise: treat as [numel, 1] so chunks can split anywhere (64-element granularity)
