@@ -114,7 +114,7 @@ export function layerNorm(x: Tensor, w?: Tensor, b?: Tensor, eps = 1e-6): Tensor
 export function layerNormModulate(x: Tensor, shift: Tensor, scale: Tensor, eps = 1e-6, fused = x.gpu.precision === 'mixed'): Tensor {
   if (shift.dtype === 'f16' || scale.dtype === 'f16') return withWidened([shift, scale], ([s, c]) => layerNormModulate(x, s, c, eps, fused));
   if (!fused && x.dtype === 'f16') return withWidened([x], ([x2]) => layerNormModulate(x2, shift, scale, eps, fused));
-  const [L] = checkTokens('layerNormModulate', x);
+  const [L] = checkTokens('layerNormModulate', x, true);
   checkPerBatch('layerNormModulate', 'shift', shift, x);
   checkPerBatch('layerNormModulate', 'scale', scale, x);
   if (fused) return rowOp('layer_norm', x, undefined, undefined, eps, { shift, scale, L });
@@ -131,6 +131,7 @@ export function rmsNorm(x: Tensor, w: Tensor, eps = 1e-6): Tensor {
 
 /** Max-subtracted softmax over the last dim. */
 export function softmax(x: Tensor): Tensor {
+  if (x.dtype === 'f16') return withWidened([x], ([w]) => softmax(w));
   return rowOp('softmax', x, undefined, undefined, 0);
 }
 
@@ -166,8 +167,8 @@ function ew(op: 'modulate' | 'gated' | 'swiglu', x: Tensor, big: Tensor[], small
   return out;
 }
 
-function checkTokens(op: string, x: Tensor): [number, number] {
-  requireF32(op, ['x', x]);
+function checkTokens(op: string, x: Tensor, f16 = false): [number, number] {
+  if (!f16 || x.dtype !== 'f16') requireF32(op, ['x', x]);
   if (x.rank !== 3 || x.shape[2] < 1) fail(`${op}: x must be [B, L, C], got ${fmtShape(x.shape)}`);
   return [x.shape[1], x.shape[2]];
 }
