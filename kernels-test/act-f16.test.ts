@@ -2,7 +2,8 @@
  * f16 activation storage (src/ops/act-dtype.ts) vs the f64 reference:
  *   GEMM (shaders/gemm-sgmat.wgsl X16 / O16): x read from f16 storage, the output written to f16 storage,
  *     at odd shapes (1, 3, 17, 255), weight dtypes, bias, activations, the split paths and a forced
- *     non-default tile; a value beyond 65504 written to f16 is clamped and counted in overflow word 2;
+ *     non-default tile, and the quantized formats (fp8 / q8 / q4 codes dequantized into the same tiles);
+ *     a value beyond 65504 written to f16 is clamped and counted in overflow word 2;
  *   the step redo (withF16Redo): a step whose f16 stores overflowed yields exactly the f32-storage result,
  *     one without overflow keeps its f16 storage.
  * The f16 kernels run on an adapter with chromium-experimental-subgroup-matrix at --precision mixed (the
@@ -19,6 +20,8 @@ import { activationDtype, canStoreF16, f16Overflows, f16Redos, withActivations, 
 import { setTunedTiles, matrixConfig, sgmatFits } from '../src/ops/plan-gemm.js';
 import type { Gpu } from '../src/runtime/gpu.js';
 import type { DType, Tensor } from '../src/runtime/tensor.js';
+import { linearPacked } from '../src/ops/linear-quant.js';
+import { quantizeBlocks, dequantizeBlocks, encodeFp8Array, decodeFp8Array, QBLOCK, type PackedFormat } from '../src/io/quant.js';
 
 afterAll(releaseGpu);
 
@@ -96,6 +99,34 @@ describe('GEMM with f16 activation storage (subgroup-matrix)', () => {
       await gemmCase(g, { M: 29, K: 43, N: 53, xdt: 'f16', odt: 'f16', bdt: 'f32' });
     } finally {
       setTunedTiles(g, undefined);
+    }
+  });
+  test('quantized weights (fp8, q8, q4): f16 x, f16 out', async () => {
+    const g = await f16Gpu('f16 quantized GEMM');
+    if (!g) return;
+    for (const [fmt, M, K, N] of [['q8', 17, 64, 19], ['q4', 255, 32, 3], ['fp8_e4m3', 3, 36, 17], ['fp8_e5m2', 1, 4, 255]] as [PackedFormat, number, number, number][]) {
+      const raw = randn(N * K, K + N);
+      let words: Uint32Array, scales: Tensor | undefined, exact: Float32Array;
+      if (fmt === 'q8' || fmt === 'q4') {
+        const q = quantizeBlocks(raw, N, K, fmt);
+        words = new Uint32Array(q.data.buffer, 0, q.data.length / 4);
+        scales = g.upload(q.scales, [N, K / QBLOCK], 'f16');
+        exact = dequantizeBlocks(q, N, K, fmt);
+      } else {
+        const codes = encodeFp8Array(raw, fmt);
+        words = new Uint32Array(codes.buffer, 0, codes.length / 4);
+        exact = decodeFp8Array(codes, fmt);
+      }
+      const data = g.upload(words, [N, words.length / N], 'u32');
+      const x = uploadAs(g, randn(M * K, M + K), [M, K], 'f16');
+      const out = poisoned(g, [M, N], 'f16');
+      linearPacked(x.t, { format: fmt, data, scales, block: QBLOCK, N, K }, undefined, { out });
+      const got = await g.readF32(out);
+      const want = ref.linear(x.exact, exact, M, N, K);
+      const bound = ref.f16Bound(x.exact, exact, M, N, K);
+      for (let i = 0; i < bound.length; i++) bound[i] += 2 ** -11 * (Math.abs(want[i]) + bound[i]) + 2 ** -25;
+      expectWithin(`${fmt} x=f16 out=f16 M=${M} K=${K} N=${N}`, got, want, bound);
+      for (const t of [data, scales, x.t, out]) t?.dispose();
     }
   });
   test('outputs beyond 65504 are clamped and counted in word 2', async () => {
