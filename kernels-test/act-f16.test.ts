@@ -149,16 +149,22 @@ describe('GEMM with f16 activation storage (subgroup-matrix)', () => {
 });
 
 /** Two chained linears under the policy (hidden and output stored as it says); x [17, 40]. */
-function twoLayers(g: Gpu, x: Tensor, w1: Tensor, w2: Tensor, dts: DType[]): () => Promise<Float32Array> {
+function twoLayers(g: Gpu, x: Tensor, w1: Tensor, w2: Tensor, dts: DType[]): () => Promise<Tensor> {
   return async () => {
     const h = linear(x, w1, undefined, { act: 'gelu_tanh' });
     const y = linear(h, w2);
     dts.push(h.dtype, y.dtype);
-    const r = await g.readF32(y);
     h.dispose();
-    y.dispose();
-    return r;
+    return y;
   };
+}
+
+/** The step's output on the host (freed after). */
+async function hostOf(g: Gpu, step: () => Promise<Tensor>): Promise<Float32Array> {
+  const y = await step();
+  const r = await g.readF32(y);
+  y.dispose();
+  return r;
 }
 
 describe('activation policy and the f16 step redo', () => {
@@ -168,7 +174,7 @@ describe('activation policy and the f16 step redo', () => {
     const x = g.upload(randn(17 * 40, 5), [17, 40]);
     const w1 = g.upload(randn(33 * 40, 6), [33, 40]), w2 = g.upload(randn(9 * 33, 7), [9, 33]);
     const dts: DType[] = [];
-    const plain = await twoLayers(g, x, w1, w2, dts)();
+    const plain = await hostOf(g, twoLayers(g, x, w1, w2, dts));
     expect(dts).toEqual(['f32', 'f32']);
     if (!canStoreF16(g)) {
       const inScope: DType[] = [];
@@ -184,7 +190,7 @@ describe('activation policy and the f16 step redo', () => {
     const x = g.upload(randn(17 * 40, 5), [17, 40]);
     const w1 = g.upload(randn(33 * 40, 6), [33, 40]), w2 = g.upload(randn(9 * 33, 7), [9, 33]);
     const f32: DType[] = [], f16: DType[] = [];
-    const want = await withActivations(g, 'f32', twoLayers(g, x, w1, w2, f32));
+    const want = await withActivations(g, 'f32', () => hostOf(g, twoLayers(g, x, w1, w2, f32)));
     const redos = f16Redos(g);
     const got = await withF16Redo(g, 'test step', twoLayers(g, x, w1, w2, f16));
     expect(f16).toEqual(['f16', 'f16']);
@@ -200,7 +206,7 @@ describe('activation policy and the f16 step redo', () => {
     const x = g.upload(xh, [17, 40]);
     const w1 = g.upload(randn(33 * 40, 6).map((v) => 1 + v * 0.1), [33, 40]), w2 = g.upload(randn(9 * 33, 7), [9, 33]);
     const f32: DType[] = [], f16: DType[] = [];
-    const want = await withActivations(g, 'f32', twoLayers(g, x, w1, w2, f32));
+    const want = await withActivations(g, 'f32', () => hostOf(g, twoLayers(g, x, w1, w2, f32)));
     const redos = f16Redos(g);
     const got = await withF16Redo(g, 'test step', twoLayers(g, x, w1, w2, f16));
     expect(f16).toEqual(['f16', 'f16', 'f32', 'f32']); // the f16 try, then the f32 redo

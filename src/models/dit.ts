@@ -289,10 +289,10 @@ export class Step1XEdit extends Module {
           llmEmbedding, mask, B, L, T, pe, cache: cacheState, text,
           ...(c.contextAdd ? { contextAdd: c.contextAdd.subarray(0, (c.contextAdd.length / (c.mask.length / T)) * B) } : {}),
         };
-        const step = () => g.scopeAsync(async () => g.readF32(await this.forward(inputs)));
         // f16 activation storage where the device can, the step redone in f32 on an f16 overflow (ops/act-dtype.ts);
         // TeaCache's state advances with every forward, so cached runs keep f32 storage
-        return cacheState ? step() : withF16Redo(g, 'DiT step', step);
+        if (cacheState) return g.scopeAsync(async () => g.readF32(await this.forward(inputs)));
+        return withF16Redo(g, 'DiT step', () => this.forward(inputs));
       },
       cacheState,
       dispose: () => {

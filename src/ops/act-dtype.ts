@@ -10,8 +10,8 @@
  * runs the same kernels as before (bit-identical).
  *
  * Overflow: a kernel writing f16 storage clamps a value beyond ±65504 (or inf) and counts it in word 2 of
- * the device's overflow counter (ops/plan-gemm.ts overflowCounter); `withF16Redo` reads the counter after
- * the step and, when it moved, runs the step again with f32 storage, says so once on stderr and counts it
+ * the device's overflow counter (ops/plan-gemm.ts overflowCounter); `withF16Redo` zeroes that word as a
+ * step begins, reads it with the step's output (one readback) and, when it is not 0, runs the step again with f32 storage, says so once on stderr and counts it
  * (`f16Redos`). The step must be a pure function of inputs it does not free.
  */
 import type { Gpu } from '../runtime/gpu.js';
@@ -19,6 +19,7 @@ import type { DType, Tensor } from '../runtime/tensor.js';
 import { hasMatrixUnits } from '../runtime/caps.js';
 import { overflowCounter } from './plan-gemm.js';
 import { cast } from './layout.js';
+import { f16ArrayToF32 } from '../runtime/half.js';
 
 export type ActDtype = 'f32' | 'f16';
 
@@ -75,7 +76,7 @@ export function withActivations<T>(g: Gpu, dt: ActDtype, f: () => T): T {
   return r;
 }
 
-/** Values clamped while written to f16 storage since the device was created (waits for queued work). */
+/** Values clamped while written to f16 storage since the last `withF16Redo` step began (waits for queued work). */
 export async function f16Overflows(g: Gpu): Promise<number> {
   return (await g.read(overflowCounter(g)))[2];
 }
@@ -86,20 +87,39 @@ export function f16Redos(g: Gpu): number {
 }
 
 /**
- * One step with f16 activation storage where g can; when any f16 store of the step overflowed, its result
- * is dropped (`drop`) and the step runs again with f32 storage. `what` names the step on stderr.
+ * One step's output [..] read to the host as f32 together with overflow word 2, in one submit and one
+ * wait (the sampler's one readback per step): both are copied into one u32 tensor.
  */
-export async function withF16Redo<T>(g: Gpu, what: string, step: () => Promise<T>, drop?: (r: T) => void): Promise<T> {
-  if (!canStoreF16(g)) return withActivations(g, 'f32', step);
-  const before = await f16Overflows(g);
-  const r = await withActivations(g, 'f16', step);
-  const after = await f16Overflows(g);
-  if (after === before) return r;
-  drop?.(r);
+async function readWithOverflows(g: Gpu, y: Tensor): Promise<[Float32Array, number]> {
+  const words = y.byteLength / 4;
+  const both = g.empty([words + 4], 'u32', 'step readback');
+  try {
+    g.copyInto(y, both);
+    g.copyInto(overflowCounter(g), both, words * 4);
+    const r = (await g.read(both)) as Uint32Array;
+    const host = y.dtype === 'f16' ? f16ArrayToF32(new Uint16Array(r.buffer, r.byteOffset, y.numel)) : new Float32Array(r.buffer, r.byteOffset, y.numel).slice();
+    return [host, r[words + 2]];
+  } finally {
+    both.dispose();
+  }
+}
+
+/**
+ * One step, `step()` giving its output tensor (f32 or f16, freed here), read to the host as f32: with f16
+ * activation storage where g can; when any f16 store of the step overflowed (word 2 of the overflow
+ * counter, zeroed as the step begins and read with the output), the step runs again with f32 storage.
+ * `what` names the step on stderr. The step must be a pure function of inputs it does not free.
+ */
+export async function withF16Redo(g: Gpu, what: string, step: () => Promise<Tensor>): Promise<Float32Array> {
+  const run = (dt: ActDtype) => g.scopeAsync(async () => readWithOverflows(g, await withActivations(g, dt, step)));
+  if (!canStoreF16(g)) return (await run('f32'))[0];
+  g.writeBytes(overflowCounter(g), 8, new Uint8Array(4));
+  const [host, over] = await run('f16');
+  if (over === 0) return host;
   redos.set(g, f16Redos(g) + 1);
   if (!g.saidOnce.has('f16 redo')) {
     g.saidOnce.add('f16 redo');
-    process.stderr.write(`step1x: note: ${what}: ${after - before} value(s) beyond the f16 range in f16 activation storage; redone with f32 storage (said once)\n`);
+    process.stderr.write(`step1x: note: ${what}: ${over} value(s) beyond the f16 range in f16 activation storage; redone with f32 storage (said once)\n`);
   }
-  return withActivations(g, 'f32', step);
+  return (await run('f32'))[0];
 }
