@@ -118,7 +118,7 @@ describe('linear into columns of a wider out', () => {
   test('argument errors name the shapes', async () => {
     const g = await getGpu();
     const xt = g.upload(randn(6, 1), [2, 3]), w = g.upload(randn(12, 2), [4, 3]), out = g.empty([2, 6]);
-    expect(() => linear(xt, w, undefined, { out, outCol: 3 })).toThrow(/out f32\[2,6\] must be f32 \[\.\.\., ≥ 7\] with 2 rows \(columns from 3\)/);
+    expect(() => linear(xt, w, undefined, { out, outCol: 3 })).toThrow(/out f32\[2,6\] must be f32\/f16 \[\.\.\., ≥ 7\] with 2 rows \(columns from 3\)/);
     expect(() => writeColumns(g.empty([2, 4]), out, 3)).toThrow(/writeColumns: src f32\[2,4\] does not fit columns \[3, 7\) of dst f32\[2,6\]/);
     for (const t of [xt, w, out]) t.dispose();
   });

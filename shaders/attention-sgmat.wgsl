@@ -18,7 +18,8 @@ diagnostic(off, subgroup_uniformity);
 // more than TAU (log2 units), so P = exp2(s - m) <= 2^TAU (exact in f16's range) and O needs rescaling
 // only on those rare tiles (through workgroup memory, one fragment at a time, workgroup-uniform).
 //
-// Bindings: 0 uniform Params; 1 q; 2 k; 3 v (array<vec4<f32>> with VEC4, else array<f32>); 4 out;
+// Bindings: 0 uniform Params; 1 q; 2 k; 3 v (array<vec4<f32>> with VEC4, else array<f32>; QKV16: f16,
+//   f16 activation storage, src/ops/act-dtype.ts); 4 out (O16: f16, a convex combination of v, so in range);
 //   5 ovf (array<atomic<u32>>, word 1 counts workgroups recomputed in f32, word 3 KV tiles that
 //   rescaled O); then when defined, numbered by
 //   the host: keymask [B, LK] f32 (B_KEYMASK), mask [B, LQ, LK] f32 (B_MASK), seg [LQ] i32 (B_SEG),
@@ -45,29 +46,39 @@ struct Params {
   scale_log2: f32, _p0: u32, _p1: u32, _p2: u32,
 }
 @group(0) @binding(0) var<uniform> U: Params;
-#ifdef VEC4
-@group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> v: array<vec4<f32>>;
-fn ldq(i: u32) -> f32 { return q[i >> 2u][i & 3u]; }
-fn ldk(i: u32) -> f32 { return k[i >> 2u][i & 3u]; }
-fn ldv(i: u32) -> f32 { return v[i >> 2u][i & 3u]; }
-fn ldq4(i: u32, n: u32) -> vec4<f32> { return q[i >> 2u]; }
-fn ldk4(i: u32, n: u32) -> vec4<f32> { return k[i >> 2u]; }
-fn ldv4(i: u32, n: u32) -> vec4<f32> { return v[i >> 2u]; }
+#ifdef QKV16
+#define IT f16
 #else
-@group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k: array<f32>;
-@group(0) @binding(3) var<storage, read> v: array<f32>;
-fn ldq(i: u32) -> f32 { return q[i]; }
-fn ldk(i: u32) -> f32 { return k[i]; }
-fn ldv(i: u32) -> f32 { return v[i]; }
-// n of the 4 elements lie inside the row (DH % 4 != 0).
-fn ldq4(i: u32, n: u32) -> vec4<f32> { var r = vec4<f32>(0.0); for (var c = 0u; c < n; c++) { r[c] = q[i + c]; } return r; }
-fn ldk4(i: u32, n: u32) -> vec4<f32> { var r = vec4<f32>(0.0); for (var c = 0u; c < n; c++) { r[c] = k[i + c]; } return r; }
-fn ldv4(i: u32, n: u32) -> vec4<f32> { var r = vec4<f32>(0.0); for (var c = 0u; c < n; c++) { r[c] = v[i + c]; } return r; }
+#define IT f32
 #endif
-@group(0) @binding(4) var<storage, read_write> o: array<f32>;
+#ifdef O16
+#define OT f16
+#else
+#define OT f32
+#endif
+#ifdef VEC4
+@group(0) @binding(1) var<storage, read> q: array<vec4<IT>>;
+@group(0) @binding(2) var<storage, read> k: array<vec4<IT>>;
+@group(0) @binding(3) var<storage, read> v: array<vec4<IT>>;
+fn ldq(i: u32) -> f32 { return f32(q[i >> 2u][i & 3u]); }
+fn ldk(i: u32) -> f32 { return f32(k[i >> 2u][i & 3u]); }
+fn ldv(i: u32) -> f32 { return f32(v[i >> 2u][i & 3u]); }
+fn ldq4(i: u32, n: u32) -> vec4<f32> { return vec4<f32>(q[i >> 2u]); }
+fn ldk4(i: u32, n: u32) -> vec4<f32> { return vec4<f32>(k[i >> 2u]); }
+fn ldv4(i: u32, n: u32) -> vec4<f32> { return vec4<f32>(v[i >> 2u]); }
+#else
+@group(0) @binding(1) var<storage, read> q: array<IT>;
+@group(0) @binding(2) var<storage, read> k: array<IT>;
+@group(0) @binding(3) var<storage, read> v: array<IT>;
+fn ldq(i: u32) -> f32 { return f32(q[i]); }
+fn ldk(i: u32) -> f32 { return f32(k[i]); }
+fn ldv(i: u32) -> f32 { return f32(v[i]); }
+// n of the 4 elements lie inside the row (DH % 4 != 0).
+fn ldq4(i: u32, n: u32) -> vec4<f32> { var r = vec4<f32>(0.0); for (var c = 0u; c < n; c++) { r[c] = f32(q[i + c]); } return r; }
+fn ldk4(i: u32, n: u32) -> vec4<f32> { var r = vec4<f32>(0.0); for (var c = 0u; c < n; c++) { r[c] = f32(k[i + c]); } return r; }
+fn ldv4(i: u32, n: u32) -> vec4<f32> { var r = vec4<f32>(0.0); for (var c = 0u; c < n; c++) { r[c] = f32(v[i + c]); } return r; }
+#endif
+@group(0) @binding(4) var<storage, read_write> o: array<OT>;
 @group(0) @binding(5) var<storage, read_write> ovf: array<atomic<u32>>;
 #ifdef KEYMASK
 @group(0) @binding(B_KEYMASK) var<storage, read> keymask: array<f32>;
@@ -311,7 +322,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 #ifdef QMASK
       keep = keep && qmask[b * U.lq + i] != 0.0;
 #endif
-      for (var d = 0u; d < DH; d++) { o[q_base + i * q_rs + d] = select(0.0, acc[d] / l, keep); }
+      for (var d = 0u; d < DH; d++) { o[q_base + i * q_rs + d] = OT(select(0.0, acc[d] / l, keep)); }
     }
     return;
   }
@@ -331,7 +342,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 #ifdef QMASK
       keep = keep && qmask[b * U.lq + i] != 0.0;
 #endif
-      o[q_base + i * q_rs + d] = select(0.0, Ss[e] / l, keep);
+      o[q_base + i * q_rs + d] = OT(select(0.0, Ss[e] / l, keep));
     }
   }
 }

@@ -11,10 +11,11 @@ diagnostic(off, chromium.subgroup_matrix_uniformity);
 // double-buffered workgroup tiles, f32 sums (f64 reference: kernels-test/ref/gemm.ts; plan: src/ops/plan-gemm.ts).
 //
 // Bindings (same Params and order as gemm.wgsl, so src/ops/linear.ts splits both alike): 0 uniform Params;
-//   1 x f32 [M, K] from x_off; 2 w [N, K] (nn.Linear layout; WDT f32 or packed bf16/f16) from w_off, or
+//   1 x f32 (X16: f16) [M, K] from x_off; 2 w [N, K] (nn.Linear layout; WDT f32 or packed bf16/f16) from w_off, or
 //   (QUANT) packed codes, row n at w_off + n*row_words; 3 (QUANT q8/q4) f16 scales, (n, k/QBLOCK) at
-//   s_off + n*nb + k/QBLOCK; then bias (HAS_BIAS); then out f32 (element (m, n) at o_off + m*ldo + n);
-//   last ovf: array<atomic<u32>>, word 0 counts workgroups that took the f32 recompute.
+//   s_off + n*nb + k/QBLOCK; then bias (HAS_BIAS); then out f32 (O16: f16) (element (m, n) at o_off + m*ldo + n);
+//   last ovf: array<atomic<u32>>, word 0 counts workgroups that took the f32 recompute, word 2 (O16) output
+//   elements beyond the f16 range.
 // Defines:
 //   WDT, BDT, HAS_BIAS, ACT     as in gemm.wgsl
 //   QUANT, FMT, QBLOCK, BLOCKED packed weights instead of WDT (formats and decoders: common/quant.wgsl, as in
@@ -32,6 +33,10 @@ diagnostic(off, chromium.subgroup_matrix_uniformity);
 //                               16, AMD's need 32); without it SGSIZE is the adapter's maximum
 //   VEC                         K % 8 == 0 and x_off % 4 == w_off % 8 == 0: x and w staged with vec4 loads
 //                               (bf16/f16: 8 weights per load, each packed pair unpacked once)
+//   X16                         x is stored f16 (f16 activation storage, src/ops/act-dtype.ts): staged as is,
+//                               read exactly by the f32 recompute
+//   O16                         out is stored f16: a value with |v| > 65504 (or inf) is stored clamped to
+//                               ±65504 and counted in ovf[2]; the caller redoes the work with f32 storage
 //   OVEC                        ldo, o_off and the column count are multiples of 4: vec4 output stores
 //   ER                          epilogue rounds: the f32 fragment scratch holds SGM*SGN/ER fragments (ER = 2
 //                               lets a 128x128x32 tile fit 48 KiB)
@@ -68,10 +73,15 @@ struct Params {
 #endif
 }
 @group(0) @binding(0) var<uniform> U: Params;
-#ifdef VEC
-@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+#ifdef X16
+#define XT f16
 #else
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+#define XT f32
+#endif
+#ifdef VEC
+@group(0) @binding(1) var<storage, read> x: array<vec4<XT>>;
+#else
+@group(0) @binding(1) var<storage, read> x: array<XT>;
 #endif
 #ifdef VEC
 #define WVEC 1
@@ -103,10 +113,15 @@ struct Params {
 @group(0) @binding(B_BIAS) var<storage, read> bias: array<u32>;
 #endif
 #endif
-#ifdef OVEC
-@group(0) @binding(B_OUT) var<storage, read_write> out: array<vec4<f32>>;
+#ifdef O16
+#define OT f16
 #else
-@group(0) @binding(B_OUT) var<storage, read_write> out: array<f32>;
+#define OT f32
+#endif
+#ifdef OVEC
+@group(0) @binding(B_OUT) var<storage, read_write> out: array<vec4<OT>>;
+#else
+@group(0) @binding(B_OUT) var<storage, read_write> out: array<OT>;
 #endif
 #ifdef RESIDUAL
 @group(0) @binding(B_RES) var<storage, read> res: array<f32>;
@@ -132,9 +147,9 @@ var<workgroup> ovf_flag: u32;
 
 fn x_at(e: u32) -> f32 {
 #ifdef VEC
-  return x[e >> 2u][e & 3u];
+  return f32(x[e >> 2u][e & 3u]);
 #else
-  return x[e];
+  return f32(x[e]);
 #endif
 }
 
@@ -185,11 +200,24 @@ fn wval(n: u32, k: u32) -> f32 {
 }
 #endif
 
+#ifdef O16
+// f16 storage: out-of-range values are clamped and counted (the caller redoes the step in f32).
+fn to_out(v: f32) -> f16 {
+  let over = abs(v) > F16_MAX;
+  if (over) { atomicAdd(&ovf[2], 1u); }
+  return f16(select(v, clamp(v, -F16_MAX, F16_MAX), over));
+}
+#else
+fn to_out(v: f32) -> f32 {
+  return v;
+}
+#endif
+
 fn store_out(e: u32, v: f32) {
 #ifdef OVEC
-  out[e >> 2u][e & 3u] = v;
+  out[e >> 2u][e & 3u] = to_out(v);
 #else
-  out[e] = v;
+  out[e] = to_out(v);
 #endif
 }
 
@@ -227,7 +255,7 @@ fn stage(buf: u32, m0: u32, n0: u32, k0: u32, li: u32, bad: ptr<function, bool>)
     let m = m0 + r;
     let k = k0 + kk;
     var v = vec4<f32>();
-    if (m < U.M && k < U.K) { v = x[(U.x_off + m * U.K + k) >> 2u]; }
+    if (m < U.M && k < U.K) { v = vec4<f32>(x[(U.x_off + m * U.K + k) >> 2u]); }
     let o = ab + r * BKP + kk;
     As[o] = narrow(v.x, bad); As[o + 1u] = narrow(v.y, bad); As[o + 2u] = narrow(v.z, bad); As[o + 3u] = narrow(v.w, bad);
   }
@@ -474,7 +502,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let c = slot + e;
 #ifdef OVEC
             if (n + 3u < U.N) {
-              out[o >> 2u] = vec4<f32>(finish(Cs[c], n), finish(Cs[c + 1u], n + 1u), finish(Cs[c + 2u], n + 2u), finish(Cs[c + 3u], n + 3u));
+              out[o >> 2u] = vec4<OT>(to_out(finish(Cs[c], n)), to_out(finish(Cs[c + 1u], n + 1u)), to_out(finish(Cs[c + 2u], n + 2u)), to_out(finish(Cs[c + 3u], n + 3u)));
               continue;
             }
 #endif

@@ -1,8 +1,12 @@
+#ifdef HALF
+enable f16;
+#endif
 // Layout kernels: a generic rank-6 strided copy (permute, slice, concat, chunkLast, pack/unpack 2x2)
 // and a row gather (embedding lookup).
 //
 // Entry `main` (define COPY): for each logical index (i0..i5) of the shape d0..d5 (d5 innermost),
 //   dst[dst_base + Σ ik·tk] = src[src_base + Σ ik·sk]       (4-byte elements copied as raw bits: f32/i32/u32)
+//   HALF: 2-byte elements (f16 activation storage, src/ops/act-dtype.ts: concat / slice of f16 tensors).
 //   Bindings: 0 uniform {n, wg_x, d0..d5, s0..s5, t0..t5, src_base, dst_base}; 1 src (u32); 2 dst (u32, rw).
 //   Dispatch: ceil(n / 256) workgroups of 256 folded into (wg_x, y); n = d0·…·d5 (the host collapses
 //   contiguous dims and pads the shape with leading 1s to rank 6).
@@ -24,8 +28,13 @@ struct Params {
   src_base: u32, dst_base: u32,
 }
 @group(0) @binding(0) var<uniform> U: Params;
+#ifdef HALF
+@group(0) @binding(1) var<storage, read> src: array<f16>;
+@group(0) @binding(2) var<storage, read_write> dst: array<f16>;
+#else
 @group(0) @binding(1) var<storage, read> src: array<u32>;
 @group(0) @binding(2) var<storage, read_write> dst: array<u32>;
+#endif
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {

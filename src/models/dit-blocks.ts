@@ -19,7 +19,7 @@
  * drops its last use of an intermediate, so the activation peak is that of freeing by hand.
  */
 import type { Gpu } from '../runtime/gpu.js';
-import type { Tensor } from '../runtime/tensor.js';
+import { DTYPE_BYTES, type Tensor } from '../runtime/tensor.js';
 import type { Activation } from '../ops/linear.js';
 import { Linear } from '../nn/linear.js';
 import type { LinearInto } from '../nn/weight.js';
@@ -27,6 +27,7 @@ import { Module, param, type TensorParam } from '../nn/module.js';
 import { layerNormModulate, rmsNorm, gatedResidual } from '../ops/norm.js';
 import { slice, writeColumns } from '../ops/layout.js';
 import { attention } from '../ops/attention.js';
+import { activationDtype } from '../ops/act-dtype.js';
 import { rmsNormRope, type JointRows } from '../ops/qk-norm-rope.js';
 import { fluxPe } from '../ops/rope-tables.js';
 import { chunkLastDim } from './connector.js';
@@ -146,7 +147,8 @@ export function linearRows(x: Tensor, lin: Linear, start: number, count: number,
 function linearRowsInto(x: Tensor, lin: Linear, start: number, joint: Tensor, at: number): void {
   const g = x.gpu, [B, L, C] = x.shape, [, Lj] = joint.shape, N = joint.numel / (B * Lj);
   g.scope(() => {
-    const aligned = Array.from({ length: B }, (_, b) => (joint.byteOffset + (b * Lj + at) * N * 4) % 256 === 0).every(Boolean);
+    const eb = DTYPE_BYTES[joint.dtype];
+    const aligned = Array.from({ length: B }, (_, b) => (joint.byteOffset + (b * Lj + at) * N * eb) % 256 === 0).every(Boolean);
     if (!aligned) return void writeColumns(linearRows(x, lin, start, N).reshape([B, L * N]), joint.reshape([B, Lj * N]), at * N);
     const x2 = x.reshape([B * L, C]), j2 = joint.reshape([B * Lj, N]);
     for (let b = 0; b < B; b++) linearRows(x2.rows(b * L, L), lin, start, N, undefined, { out: j2.rows(b * Lj + at, L) });
@@ -246,7 +248,8 @@ export class DoubleStreamBlock extends Module {
           // joint sequence: text first, then image; [B, T+L, heads, hd]. Each stream's q and k are normed
           // and roped straight into their rows of the joint tensors, v projected into its rows: no concat.
           const [B, , H] = img.shape, heads = this.img_attn.heads;
-          const qkv = [0, 1, 2].map(() => g.empty([B, T + L, heads, H / heads], 'f32', 'joint qkv'));
+          // stored as the step's activations are (ops/act-dtype.ts: f16 inside an f16 DiT step, else f32)
+          const qkv = [0, 1, 2].map(() => g.empty([B, T + L, heads, H / heads], activationDtype(g), 'joint qkv'));
           this.txt_attn.project(txt, tm[0], tm[1], pe, { qkv, at: 0 });
           this.img_attn.project(img, im[0], im[1], pe, { qkv, at: T });
           return attend(qkv[0], qkv[1], qkv[2]); // [B, T+L, H]
@@ -304,14 +307,17 @@ export class SingleStreamBlock extends Module {
    */
   private attnMlp(x: Tensor, shift: Tensor, scale: Tensor, pe: RopePe): Tensor {
     const g = x.gpu, [B, L, H] = x.shape;
-    const cat = g.empty([B, L, H + this.mlpHidden], 'f32', 'attn ‖ mlp');
-    const [q, k, v] = g.scope(() => {
+    return g.scope(() => {
       const xMod = normModulate(x, shift, scale);
-      const qkv = projectQkv(xMod, this.linear1, H, this.heads, this.norm, pe);
+      const attn = g.scope(() => {
+        const [q, k, v] = projectQkv(xMod, this.linear1, H, this.heads, this.norm, pe);
+        return attend(q, k, v);
+      });
+      // stored as the attention output is (f16 under f16 activation storage where attention writes f16)
+      const cat = g.empty([B, L, H + this.mlpHidden], attn.dtype, 'attn ‖ mlp');
       linearRows(xMod, this.linear1, 3 * H, this.mlpHidden, 'gelu_tanh', { out: cat, col: H });
-      return qkv;
+      return writeColumns(attn, cat, 0);
     });
-    return writeColumns(attend(q, k, v), cat, 0);
   }
 }
 

@@ -14,6 +14,7 @@ import { Module, hold } from '../nn/module.js';
 import { silu, add, sub } from '../ops/elementwise.js';
 import { layerNorm } from '../ops/norm.js';
 import { concat, slice } from '../ops/layout.js';
+import { withF16Redo } from '../ops/act-dtype.js';
 import { Qwen2Connector, timestepEmbedding, type ConnectorText, type Tap } from './connector.js';
 import { configFromCheckpoint, ditWeightPolicy, expectedDitKeys, planResidency, TIME_FREQ_DIM, type DitHparams, type DitLoadOptions, type DitParams, type DitVersion, type Slot, type Step1xConfig } from './dit-config.js';
 import { fail } from '../errors.js';
@@ -288,7 +289,10 @@ export class Step1XEdit extends Module {
           llmEmbedding, mask, B, L, T, pe, cache: cacheState, text,
           ...(c.contextAdd ? { contextAdd: c.contextAdd.subarray(0, (c.contextAdd.length / (c.mask.length / T)) * B) } : {}),
         };
-        return g.scopeAsync(async () => g.readF32(await this.forward(inputs)));
+        // f16 activation storage where the device can, the step redone in f32 on an f16 overflow (ops/act-dtype.ts);
+        // TeaCache's state advances with every forward, so cached runs keep f32 storage
+        if (cacheState) return g.scopeAsync(async () => g.readF32(await this.forward(inputs)));
+        return withF16Redo(g, 'DiT step', () => this.forward(inputs));
       },
       cacheState,
       dispose: () => {

@@ -18,6 +18,9 @@ export interface SgmatAttentionArgs {
 
 export function attentionSgmat(g: Gpu, plan: AttentionPlan, a: SgmatAttentionArgs): void {
   const defines: Record<string, number | boolean> = { ...plan.defines };
+  // f16 activation storage (ops/act-dtype.ts): q, k, v share one storage dtype; the output has its own.
+  if (a.q.dtype === 'f16') defines.QKV16 = true;
+  if (a.out.dtype === 'f16') defines.O16 = true;
   const bindings = [a.q, a.k, a.v, a.out, overflowCounter(g)];
   const add = (name: string, t: Tensor | undefined, flag: string): void => {
     if (!t) return;

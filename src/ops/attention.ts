@@ -15,6 +15,8 @@ import { grid1d, requireF32 } from './util.js';
 import { planAttention, attentionBinding } from './plan-attention.js';
 import { warnNoMatrixUnits } from './plan-gemm.js';
 import { attentionSgmat } from './attention-sgmat.js';
+import { outputDtype } from './act-dtype.js';
+import { cast } from './layout.js';
 
 export interface AttentionOptions {
   /** Default 1/sqrt(Dh). */
@@ -75,7 +77,12 @@ function check(cond: boolean, msg: string): void {
 }
 
 export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions = {}): Tensor {
-  requireF32('attention', ['q', q], ['k', k], ['v', v]);
+  // f16 activation storage (ops/act-dtype.ts): q, k, v all f16 on the subgroup-matrix kernel; the register
+  // kernel and the split path read f32 (widened copies, with the f32 result stored as the policy says).
+  const half = [q, k, v].filter((t) => t.dtype === 'f16').length;
+  if (half === 3 || half === 0) {
+    if (!half) requireF32('attention', ['q', q], ['k', k], ['v', v]);
+  } else fail(`attention: q, k, v must share one storage dtype (f32 or f16), got ${q.dtype}/${k.dtype}/${v.dtype}`);
   check(q.rank === 4 && k.rank === 4 && v.rank === 4, `q ${fmtShape(q.shape)}, k ${fmtShape(k.shape)}, v ${fmtShape(v.shape)} must be [B, L, H, Dh]`);
   const [B, Lq, H, Dh] = q.shape;
   const [Bk, Lk, Hkv, Dhk] = k.shape;
@@ -101,16 +108,25 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
     check(Lq === Lk && segments.numel === Lq, `segments ${fmtShape(segments.shape)} must be [Lq] with Lq == Lk (q ${fmtShape(q.shape)}, k ${fmtShape(k.shape)})`);
   }
   const g = q.gpu;
-  const out = g.empty([B, Lq, H, Dh], 'f32', 'attention');
+  const limit = g.maxBindingBytes;
+  const qRow = H * Dh * 4, kRow = Hkv * Dh * 4, mRow = mask ? Lk * 4 : 0; // f32 rows (f16 ones fit where these do)
+  const whole = B * Lq * Math.max(qRow, mRow) <= limit && B * Lk * kRow <= limit;
+  const plan = planAttention(g, { Lq, Lk, Dh }, opts.kernel);
+  const sgmat = plan.kind === 'subgroup-matrix' && (whole || attentionBinding(limit, B, Lq, Lk, qRow, kRow, mRow) === 'per-item');
+  if (half && !sgmat) {
+    const wide = [q, k, v].map((t) => cast(t, 'f32'));
+    try {
+      return attention(wide[0], wide[1], wide[2], opts);
+    } finally {
+      for (const t of wide) t.dispose();
+    }
+  }
+  const out = g.empty([B, Lq, H, Dh], outputDtype(g, sgmat), 'attention');
   if (B * Lq * H === 0) return out;
 
   const scale = opts.scale ?? 1 / Math.sqrt(Dh);
   const vr = attentionVariant(Dh);
-  const limit = g.maxBindingBytes;
-  const qRow = H * Dh * 4, kRow = Hkv * Dh * 4, mRow = mask ? Lk * 4 : 0;
-  const whole = B * Lq * Math.max(qRow, mRow) <= limit && B * Lk * kRow <= limit;
   const ctx: Ctx = { g, vr, B, Lq, Lk, H, Hkv, Dh, scale, causal: !!opts.causal, keyMask, mask, segments, queryMask };
-  const plan = planAttention(g, { Lq, Lk, Dh }, opts.kernel);
   if (plan.kind === 'subgroup-matrix') {
     const sg = { B, Lq, Lk, H, Hkv, scale, causal: !!opts.causal, segments };
     if (whole) {
@@ -127,10 +143,10 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
         return v;
       };
       for (let b = 0; b < B; b++) {
-        const outOff = b * Lq * qRow;
+        const outOff = b * Lq * H * Dh * (out.dtype === 'f16' ? 2 : 4);
         const views = [item(q, b)!, item(k, b)!, item(v, b)!, item(keyMask, b), item(mask, b), item(queryMask, b)];
         // Output views must be bound in place (the runtime copies misaligned views: writes would be lost).
-        const ov = outOff % 256 === 0 ? item(out, b)! : g.empty([Lq, H * Dh], 'f32', 'attention item');
+        const ov = outOff % 256 === 0 ? item(out, b)! : g.empty([Lq, H * Dh], out.dtype, 'attention item');
         const [qv, kv, vv, kmv, mv, qmv] = views;
         attentionSgmat(g, plan, { ...sg, B: 1, q: qv!, k: kv!, v: vv!, out: ov, keyMask: kmv, mask: mv, queryMask: qmv });
         if (ov.byteOffset !== outOff) g.copyInto(ov, out, outOff);

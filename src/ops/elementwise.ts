@@ -3,10 +3,14 @@ import type { Tensor } from '../runtime/tensor.js';
 import { f32u } from '../runtime/gpu.js';
 import { fail, fmtShape } from '../errors.js';
 import { grid1d, requireF32 } from './util.js';
+import { withWidened } from './act-dtype.js';
 
 type Unary = 'silu' | 'gelu_tanh' | 'gelu_erf';
 
-function unary(op: Unary | 'scale', x: Tensor, alpha = 1, beta = 0): Tensor {
+function unary(op: Unary | 'scale', x0: Tensor, alpha = 1, beta = 0): Tensor {
+  // f16 activation storage (ops/act-dtype.ts): these kernels read f32, an f16 operand is widened first
+  if (x0.dtype === 'f16') return withWidened([x0], ([x]) => unary(op, x, alpha, beta));
+  const x = x0;
   requireF32(op, ['x', x]);
   const out = x.gpu.empty(x.shape, 'f32', op);
   const [wx, wy] = grid1d(x.gpu, x.numel);
@@ -31,6 +35,7 @@ export const scale = (x: Tensor, alpha: number, beta = 0): Tensor => unary('scal
  * equals a's trailing dims, e.g. a [L, C] + b [C]).
  */
 function binary(op: 'add' | 'sub' | 'mul', a: Tensor, b: Tensor): Tensor {
+  if (a.dtype === 'f16' || b.dtype === 'f16') return withWidened([a, b], ([a2, b2]) => binary(op, a2, b2));
   requireF32(op, ['a', a], ['b', b]);
   const tail = a.shape.slice(a.rank - b.rank);
   const trailing = b.rank <= a.rank && b.shape.every((d, i) => d === tail[i]);

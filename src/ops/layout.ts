@@ -3,6 +3,7 @@
  * unpack2x2, cast, gatherRows; plus `rowChunks`, the binding-limit splitter the other ops share.
  */
 import type { Tensor, DType } from '../runtime/tensor.js';
+import { DTYPE_BYTES } from '../runtime/tensor.js';
 import { fail, fmtShape } from '../errors.js';
 import { grid1d } from './util.js';
 
@@ -33,6 +34,11 @@ export function rowChunks(op: string, rows: number, rowBytes: number[], maxBytes
 // ---- strided copy engine ------------------------------------------------------------------------
 
 const WORD_TYPES: readonly DType[] = ['f32', 'i32', 'u32'];
+
+/** concat / slice also move f16 tensors (f16 activation storage, ops/act-dtype.ts) as 2-byte elements. */
+function requireWordOrF16(op: string, name: string, t: Tensor): void {
+  if (t.dtype !== 'f16') requireWord(op, name, t);
+}
 
 function requireWord(op: string, name: string, t: Tensor): void {
   if (!WORD_TYPES.includes(t.dtype))
@@ -88,7 +94,7 @@ function stridedCopy(op: string, src: Tensor, dst: Tensor, dims: number[], s: nu
   const [wx, wy] = grid1d(src.gpu, n);
   src.gpu.dispatch({
     file: 'layout.wgsl',
-    defines: { COPY: true },
+    defines: { COPY: true, ...(src.dtype === 'f16' ? { HALF: true } : {}) },
     uniforms: [n, wx, ...D, ...S, ...T, srcBase, dstBase],
     bindings: [src, dst],
     workgroups: [wx, wy],
@@ -96,26 +102,29 @@ function stridedCopy(op: string, src: Tensor, dst: Tensor, dims: number[], s: nu
 }
 
 /**
- * For o < outer, j < len: dst[o·dstRow + dstOff + j] = src[o·srcRow + srcOff + j] (4-byte elements).
- * Long contiguous runs use buffer copies (no binding limit); otherwise the strided kernel, split into
- * 256-byte-aligned row chunks when src or dst is over the binding limit.
+ * For o < outer, j < len: dst[o·dstRow + dstOff + j] = src[o·srcRow + srcOff + j] (4-byte or f16 elements).
+ * Long contiguous runs use buffer copies (no binding limit; f16 only where every run starts and ends on a
+ * 4-byte boundary); otherwise the strided kernel, split into 256-byte-aligned row chunks when src or dst is
+ * over the binding limit.
  */
 function copyRows(op: string, src: Tensor, dst: Tensor, outer: number, srcRow: number, dstRow: number, len: number, srcOff: number, dstOff: number): void {
   if (outer === 0 || len === 0) return;
   const g = src.gpu;
   const max = g.maxBindingBytes;
-  const rowsTooWide = Math.max(srcRow, dstRow) * 4 * 64 > max;
-  if (outer === 1 || rowsTooWide || (len >= 16384 && outer <= 256)) {
+  const eb = DTYPE_BYTES[src.dtype];
+  const rowsTooWide = Math.max(srcRow, dstRow) * eb * 64 > max;
+  const words = eb === 4 || [srcRow, dstRow, len, srcOff, dstOff].every((v) => v % 2 === 0) || (outer === 1 && srcOff % 2 === 0 && dstOff % 2 === 0 && len % 2 === 0);
+  if (words && (outer === 1 || rowsTooWide || (len >= 16384 && outer <= 256))) {
     const flat = src.reshape([src.numel]);
     for (let o = 0; o < outer; o++) {
       const v = flat.rows(o * srcRow + srcOff, len);
-      g.copyInto(v, dst, 4 * (o * dstRow + dstOff));
+      g.copyInto(v, dst, eb * (o * dstRow + dstOff));
       v.dispose();
     }
     flat.dispose();
     return;
   }
-  const chunks = rowChunks(op, outer, [srcRow * 4, dstRow * 4], max);
+  const chunks = rowChunks(op, outer, [srcRow * eb, dstRow * eb], max);
   const s2 = src.reshape([outer, srcRow]), d2 = dst.reshape([outer, dstRow]);
   for (const [start, count] of chunks) {
     const whole = chunks.length === 1;
@@ -135,10 +144,19 @@ function copyRows(op: string, src: Tensor, dst: Tensor, outer: number, srcRow: n
 /** Concatenate along `dim` (same rank, dtype and other dims). */
 export function concat(ts: Tensor[], dim: number): Tensor {
   if (ts.length === 0) fail('concat: no tensors given');
+  // f16 activation storage (ops/act-dtype.ts): a mix of f16 and f32 parts is joined in f32
+  if (ts.some((t) => t.dtype === 'f16') && ts.some((t) => t.dtype !== 'f16')) {
+    const w = ts.map((t) => (t.dtype === 'f16' ? cast(t, 'f32') : t));
+    try {
+      return concat(w, dim);
+    } finally {
+      w.forEach((t, i) => t !== ts[i] && t.dispose());
+    }
+  }
   const first = ts[0];
   const d = normDim('concat', dim, first.rank);
   ts.forEach((t, i) => {
-    requireWord('concat', `ts[${i}]`, t);
+    requireWordOrF16('concat', `ts[${i}]`, t);
     const ok = t.dtype === first.dtype && t.rank === first.rank && t.shape.every((v, k) => k === d || v === first.shape[k]);
     if (!ok) fail(`concat: ts[${i}] ${t.dtype}${fmtShape(t.shape)} does not match ts[0] ${first.dtype}${fmtShape(first.shape)} outside dim ${d}`);
   });
@@ -157,8 +175,8 @@ export function concat(ts: Tensor[], dim: number): Tensor {
 
 /** dst[..., col:col+C] = src [..., C] for dst [..., D] with the same leading elements (a concat part written in place); returns dst. */
 export function writeColumns(src: Tensor, dst: Tensor, col: number): Tensor {
-  requireWord('writeColumns', 'src', src);
-  requireWord('writeColumns', 'dst', dst);
+  requireWordOrF16('writeColumns', 'src', src);
+  requireWordOrF16('writeColumns', 'dst', dst);
   const C = src.rank ? src.shape[src.rank - 1] : 1, D = dst.rank ? dst.shape[dst.rank - 1] : 1;
   const outer = C ? src.numel / C : 0;
   if (src.dtype !== dst.dtype || !Number.isInteger(col) || col < 0 || col + C > D || outer * D !== dst.numel)
@@ -169,7 +187,7 @@ export function writeColumns(src: Tensor, dst: Tensor, col: number): Tensor {
 
 /** x[..., start:start+len, ...] along `dim`, as a new contiguous tensor. */
 export function slice(x: Tensor, dim: number, start: number, len: number): Tensor {
-  requireWord('slice', 'x', x);
+  requireWordOrF16('slice', 'x', x);
   const d = normDim('slice', dim, x.rank);
   const D = x.shape[d];
   if (!Number.isInteger(start) || !Number.isInteger(len) || start < 0 || len < 0 || start + len > D)

@@ -17,6 +17,7 @@ import { DTYPE_BYTES, storageBytes } from '../runtime/tensor.js';
 import type { Gpu } from '../runtime/gpu.js';
 import { fail, fmtShape } from '../errors.js';
 import { checkOut, type Activation } from './linear.js';
+import { outputDtype, withWidened } from './act-dtype.js';
 import { warnNoMatrixUnits, planGemm, sgmatBindings, overflowCounter } from './plan-gemm.js';
 
 /** Packed weight formats (the host codecs and their layout: src/io/quant.ts). */
@@ -77,7 +78,7 @@ export function linearPacked(x: Tensor, w: PackedWeight, b?: Tensor, opts: { act
   const QBLOCK = w.block ?? 32;
   const blocked = format === 'q8' || format === 'q4';
   const rowWords = format === 'q4' ? K / 8 : K / 4;
-  if (x.dtype !== 'f32') fail(`linearPacked: x must be f32, got ${x.dtype} ${fmtShape(x.shape)}`);
+  if (x.dtype !== 'f32' && x.dtype !== 'f16') fail(`linearPacked: x must be f32 or f16, got ${x.dtype} ${fmtShape(x.shape)}`);
   if (x.rank < 1 || x.dim(-1) !== K) fail(`linearPacked: x ${fmtShape(x.shape)} last dim must equal K = ${K}`);
   if (K <= 0 || K % (blocked ? QBLOCK : 4) !== 0) fail(`linearPacked: K = ${K} is not a multiple of ${blocked ? QBLOCK : 4} (${format})`);
   if (w.data.dtype !== 'u32' || w.data.numel !== N * rowWords) fail(`linearPacked: ${format} data ${w.data.dtype}${fmtShape(w.data.shape)} must hold ${N} x ${rowWords} u32 words`);
@@ -86,25 +87,33 @@ export function linearPacked(x: Tensor, w: PackedWeight, b?: Tensor, opts: { act
   if (b && (b.rank !== 1 || b.shape[0] !== N)) fail(`linearPacked: bias ${fmtShape(b.shape)} must be [${N}]`);
   const M = x.numel / K;
   const outShape = [...x.shape.slice(0, -1), N];
+  // Matrix units where the device's GEMM plan uses them: the same gemm-sgmat tile, codes dequantized into it.
+  const plan = planGemm(g, { M, N, K, wdt: 'f32', xdt: x.dtype });
+  const sg = plan?.kind === 'subgroup-matrix' ? plan : null;
+  // f16 activation storage (ops/act-dtype.ts): gemm-sgmat reads f16 x (X16) and writes the policy's dtype
+  // (O16); the register tile reads f32, so an f16 x is widened for it.
+  if (x.dtype === 'f16' && !sg) return withWidened([x], ([x2]) => linearPacked(x2, w, b, opts));
   let out = opts.out;
   const col = opts.outCol ?? 0; // as linear(): columns [col, col + N) of an out with row stride ldo
-  if (out) checkOut('linearPacked', out, outShape, M, N, col);
-  else out = g.empty(outShape, 'f32', 'linear');
+  const odt = out?.dtype ?? outputDtype(g, !!sg && M > 4);
+  if (out) {
+    checkOut('linearPacked', out, outShape, M, N, col);
+    if (out.dtype === 'f16' && !sg) fail(`linearPacked: an f16 out ${fmtShape(out.shape)} needs the subgroup-matrix GEMM (the register tile writes f32)`);
+  } else out = g.empty(outShape, odt, 'linear');
   const ldo = out.dim(-1);
   if (M === 0 || N === 0) return out;
-  // Matrix units where the device's GEMM plan uses them: the same gemm-sgmat tile, codes dequantized into it.
-  const plan = planGemm(g, { M, N, K, wdt: 'f32' });
-  const sg = plan?.kind === 'subgroup-matrix' ? plan : null;
   if (!sg && M > 4) warnNoMatrixUnits(g, `quantized GEMM (${format})`, 'the device plan for this shape is not subgroup-matrix, so the gemm-quant.wgsl register tile runs');
   const defines: Record<string, string | number | boolean> = sg
     ? { ...sg.defines, QUANT: true, FMT: format, QBLOCK, ...(blocked ? { BLOCKED: true } : {}), ACT: opts.act ?? 'none', HAS_BIAS: !!b, ...sgmatBindings(blocked, !!b) }
     : { FMT: format, QBLOCK, ACT: opts.act ?? 'none', HAS_BIAS: !!b, TM: TILE.tm, TN: TILE.tn, WGN: TILE.wgn };
   if (b) defines.BDT = b.dtype;
+  if (sg && x.dtype === 'f16') defines.X16 = true;
+  if (sg && odt === 'f16') defines.O16 = true;
   const nb = blocked ? K / QBLOCK : 0;
   const limit = g.maxBindingBytes;
   for (let n0 = 0; n0 < N; ) {
     const nc = largestFitting(N - n0, limit, (c) =>
-      Math.max(spanBytes(w.data, n0 * rowWords, c * rowWords), blocked ? spanBytes(w.scales!, n0 * nb, c * nb) : 0, b ? spanBytes(b, n0, c) : 0, c * 4 + 256));
+      Math.max(spanBytes(w.data, n0 * rowWords, c * rowWords), blocked ? spanBytes(w.scales!, n0 * nb, c * nb) : 0, b ? spanBytes(b, n0, c) : 0, c * (odt === 'f16' ? 2 : 4) + 256));
     if (nc === 0) fail(`linearPacked: one weight row of ${format} ${fmtShape([N, K])} does not fit the binding limit ${limit}`);
     for (let m0 = 0; m0 < M; ) {
       const mc = largestFitting(M - m0, limit, (c) => Math.max(spanBytes(x, m0 * K, c * K) + 16, spanBytes(out!, m0 * ldo + col + n0, (c - 1) * ldo + nc)));

@@ -2,6 +2,8 @@
  * Linear layers and matmul (shaders/gemm.wgsl).
  *
  * linear(x [..., K] f32, w [N, K] f32|f16|bf16, b? [N]) -> [..., N] f32, bias and activation fused.
+ * On the subgroup-matrix plan x may also be stored f16 and the output written f16 (`dtype`; f16 activation
+ * storage, src/ops/act-dtype.ts): out-of-range f16 outputs are counted in overflow word 2.
  * Kernel choice: M <= 4 -> `gemv` (split-K over a workgroup, weights streamed once), otherwise the
  * register-tiled `tiled` kernel; `variant: 'naive'` forces the one-output-per-invocation kernel
  * (test oracle and benchmark baseline).
@@ -16,6 +18,7 @@ import type { Tensor, DType } from '../runtime/tensor.js';
 import { DTYPE_BYTES, storageBytes } from '../runtime/tensor.js';
 import type { Gpu, Kernel } from '../runtime/gpu.js';
 import { fail, fmtShape } from '../errors.js';
+import { outputDtype, withWidened } from './act-dtype.js';
 import { planGemm, overflowCounter, sgmatBindings, type GemmPlan } from './plan-gemm.js';
 
 export type Activation = 'silu' | 'gelu_tanh' | 'gelu_erf';
@@ -43,12 +46,14 @@ export interface LinearOptions {
   /** Kernel selection; 'auto' (default) = gemv for M <= 4, tiled otherwise. */
   variant?: GemmVariant;
   /**
-   * Write into this f32 tensor instead of a new one (must start 256-byte aligned): [..., N], or with
-   * `outCol` [..., D ≥ outCol + N] whose columns [outCol, outCol + N) receive the result (a GEMM writing
-   * its part of a concatenation in place: row stride D).
+   * Write into this tensor instead of a new one (must start 256-byte aligned; f32, or f16 on the
+   * subgroup-matrix plan): [..., N], or with `outCol` [..., D ≥ outCol + N] whose columns
+   * [outCol, outCol + N) receive the result (a GEMM writing its part of a concatenation in place: row stride D).
    */
   out?: Tensor;
   outCol?: number;
+  /** Storage of a new output (default: the activation policy's, ops/act-dtype.ts); f16 needs the subgroup-matrix plan. */
+  dtype?: 'f32' | 'f16';
   /** Override the tile geometry (benchmarks). */
   tile?: TileConfig;
 }
@@ -102,7 +107,7 @@ function foldGrid(g: Gpu, groups: number): [number, number] {
 
 export function linear(x: Tensor, w: Tensor, b?: Tensor, opts: LinearOptions = {}): Tensor {
   const g = x.gpu;
-  if (x.dtype !== 'f32') fail(`linear: x must be f32, got ${x.dtype} ${fmtShape(x.shape)}`);
+  if (x.dtype !== 'f32' && x.dtype !== 'f16') fail(`linear: x must be f32 or f16, got ${x.dtype} ${fmtShape(x.shape)}`);
   if (x.rank < 1) fail(`linear: x must have a feature dimension, got ${fmtShape(x.shape)}`);
   if (w.rank !== 2) fail(`linear: w must be [N, K], got ${fmtShape(w.shape)}`);
   if (!WEIGHT_DTYPES.includes(w.dtype)) fail(`linear: w dtype ${w.dtype} not supported (f32/f16/bf16)`);
@@ -113,15 +118,21 @@ export function linear(x: Tensor, w: Tensor, b?: Tensor, opts: LinearOptions = {
   if (b && !WEIGHT_DTYPES.includes(b.dtype)) fail(`linear: bias dtype ${b.dtype} not supported (f32/f16/bf16)`);
   const M = x.numel / K;
   const outShape = [...x.shape.slice(0, -1), N];
+  const variant = opts.variant ?? 'auto';
+  const plan = planGemm(g, { M, N, K, wdt: w.dtype, xdt: x.dtype }, variant);
+  // an f16 x where the plan is not the subgroup-matrix GEMM (the register path reads f32) is widened
+  if (x.dtype === 'f16' && plan?.kind !== 'subgroup-matrix') return withWidened([x], ([x2]) => linear(x2, w, b, opts));
   let out = opts.out;
   const col = opts.outCol ?? 0;
+  // per-batch vectors (M <= 4: modulation, timestep embeddings) stay f32: nothing to save, and their consumers read f32
+  const odt = out?.dtype ?? opts.dtype ?? outputDtype(g, plan?.kind === 'subgroup-matrix' && M > 4);
+  if ((x.dtype === 'f16' || odt === 'f16') && plan?.kind !== 'subgroup-matrix')
+    fail(`linear: f16 x / output storage needs the subgroup-matrix GEMM (x ${x.dtype}${fmtShape(x.shape)}, out ${odt}, variant ${variant})`);
   if (out) checkOut('linear', out, outShape, M, N, col);
-  else out = g.empty(outShape, 'f32', 'linear');
+  else out = g.empty(outShape, odt, 'linear');
   const ldo = out.dim(-1);
   if (M === 0 || N === 0) return out;
 
-  const variant = opts.variant ?? 'auto';
-  const plan = planGemm(g, { M, N, K, wdt: w.dtype }, variant);
   const entry = plan ? 'main' : variant === 'auto' ? (M <= 4 ? 'gemv' : 'tiled') : variant;
   if (entry === 'gemv' && M > 4) fail(`linear: variant 'gemv' needs M <= 4, x is ${fmtShape(x.shape)}`);
   const tile = opts.tile ?? DEFAULT_TILE;
@@ -139,15 +150,18 @@ export function linear(x: Tensor, w: Tensor, b?: Tensor, opts: LinearOptions = {
     // gemm-sgmat / gemm-wg read scalars whatever the alignment and fuse the epilogue themselves.
     for (const k of ['WLAYOUT', 'ALIGNED', 'EPILOGUE']) delete defines[k];
     Object.assign(defines, plan.defines);
+    if (x.dtype === 'f16') defines.X16 = true;
+    if (odt === 'f16') defines.O16 = true;
   }
 
   const limit = g.maxBindingBytes;
+  const ob = DTYPE_BYTES[odt];
   const tooBig = (what: string) =>
     fail(`linear: one ${what} of x ${fmtShape(x.shape)} / w ${w.dtype}${fmtShape(w.shape)} does not fit the binding limit ${limit} bytes`);
   for (let n0 = 0; n0 < N; ) {
     // Weight rows [n0, n0 + nc) and bias entries in one binding each; one output row of the block
     // (plus alignment slop) must fit too, or no token chunk could.
-    const nc = largestFitting(N - n0, limit, (c) => Math.max(spanBytes(w, n0 * K, c * K), b ? spanBytes(b, n0, c) : 0, c * 4 + 256));
+    const nc = largestFitting(N - n0, limit, (c) => Math.max(spanBytes(w, n0 * K, c * K), b ? spanBytes(b, n0, c) : 0, c * ob + 256));
     if (nc === 0) tooBig('weight row');
     for (let m0 = 0; m0 < M; ) {
       // Tokens [m0, m0 + mc): x rows and the matching rows of this column block of the output.
@@ -177,11 +191,12 @@ interface Chunk {
 }
 
 /** An `out` option: f32, 256-byte aligned, M rows of D ≥ col + N columns (D = N when col is 0 and shape given). */
+/** An `out` option: f32 or f16, 256-byte aligned, M rows of D ≥ col + N columns (D = N when col is 0). */
 export function checkOut(op: string, out: Tensor, outShape: number[], M: number, N: number, col: number): void {
   const D = out.rank ? out.dim(-1) : 0;
   const ok = col === 0 ? D === N : Number.isInteger(col) && col > 0 && D >= col + N;
-  if (out.dtype !== 'f32' || !ok || out.numel !== M * D)
-    fail(`${op}: out ${out.dtype}${fmtShape(out.shape)} must be f32 ${col ? `[..., ≥ ${col + N}] with ${M} rows (columns from ${col})` : fmtShape(outShape)}`);
+  if ((out.dtype !== 'f32' && out.dtype !== 'f16') || !ok || out.numel !== M * D)
+    fail(`${op}: out ${out.dtype}${fmtShape(out.shape)} must be f32/f16 ${col ? `[..., ≥ ${col + N}] with ${M} rows (columns from ${col})` : fmtShape(outShape)}`);
   if (out.byteOffset % 256 !== 0) fail(`${op}: out view must start on a 256-byte boundary (byteOffset ${out.byteOffset})`);
 }
 

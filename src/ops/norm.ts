@@ -6,12 +6,19 @@
  * larger than the device's binding limit. Elementwise ops (modulate, gatedResidual, swiglu) split the
  * same way along token rows; the [B, C] operands are indexed by the global row, so chunks may cross
  * batch boundaries.
+ *
+ * f16 activation storage (ops/act-dtype.ts): layerNorm / rmsNorm / layerNormModulate read x stored f16 or
+ * f32 and write the policy's dtype (statistics in f32 either way); gatedResidual reads an f16 branch output
+ * y and keeps the residual stream f32.
  */
 import type { Tensor, DType } from '../runtime/tensor.js';
+import { DTYPE_BYTES } from '../runtime/tensor.js';
 import { f32u } from '../runtime/gpu.js';
 import type { Defines } from '../runtime/shader-source.js';
 import { fail, fmtShape } from '../errors.js';
 import { grid1d, requireF32, sameShape } from './util.js';
+import { outputDtype, withWidened } from './act-dtype.js';
+import { overflowCounter } from './plan-gemm.js';
 import { rowChunks } from './layout.js';
 
 const WIDEN: Record<string, string> = { bf16: 'bf16_at', f16: 'f16_at' };
@@ -42,11 +49,13 @@ interface Mod {
 }
 
 function rowOp(op: RowOp, x: Tensor, w: Tensor | undefined, b: Tensor | undefined, eps: number, mod?: Mod): Tensor {
-  requireF32(op, ['x', x]);
+  if (op === 'softmax' || x.dtype !== 'f16') requireF32(op, ['x', x]);
   const C = lastDim(op, x);
   const rows = x.numel / C;
   const g = x.gpu;
+  const odt = outputDtype(g, op !== 'softmax');
   const defines: Defines = { ROWS: true, OP: op };
+  if (x.dtype === 'f16') Object.assign(defines, { F16: true, X16: true });
   const params: Tensor[] = [];
   if (w) {
     const dt = checkParam(op, 'w', w, C, x);
@@ -59,10 +68,15 @@ function rowOp(op: RowOp, x: Tensor, w: Tensor | undefined, b: Tensor | undefine
     params.push(b);
   }
   if (mod) Object.assign(defines, { MOD: true, B_SHIFT: 3 + params.length, B_SCALE: 4 + params.length });
-  const out = g.empty(x.shape, 'f32', mod ? 'layer_norm_modulate' : op);
+  const extra = mod ? [mod.shift, mod.scale] : [];
+  if (odt === 'f16') {
+    Object.assign(defines, { F16: true, O16: true, B_OVF: 3 + params.length + extra.length });
+    extra.push(overflowCounter(g));
+  }
+  const out = g.empty(x.shape, odt, mod ? 'layer_norm_modulate' : op);
   const x2 = x.reshape([rows, C]);
   const o2 = out.reshape([rows, C]);
-  const chunks = rowChunks(op, rows, [C * 4], g.maxBindingBytes);
+  const chunks = rowChunks(op, rows, [C * DTYPE_BYTES[x.dtype], C * DTYPE_BYTES[odt]], g.maxBindingBytes);
   for (const [start, count] of chunks) {
     const whole = chunks.length === 1;
     const xs = whole ? x2 : x2.rows(start, count);
@@ -72,7 +86,7 @@ function rowOp(op: RowOp, x: Tensor, w: Tensor | undefined, b: Tensor | undefine
       file: 'norm.wgsl',
       defines,
       uniforms: [count, C, wx, f32u(eps), mod?.L ?? 1, start],
-      bindings: [xs, os, ...params, ...(mod ? [mod.shift, mod.scale] : [])],
+      bindings: [xs, os, ...params, ...extra],
       workgroups: [wx, wy],
     });
     if (!whole) {
@@ -98,7 +112,9 @@ export function layerNorm(x: Tensor, w?: Tensor, b?: Tensor, eps = 1e-6): Tensor
  * before, so the f32 path stays bit-identical to layerNorm + modulate.
  */
 export function layerNormModulate(x: Tensor, shift: Tensor, scale: Tensor, eps = 1e-6, fused = x.gpu.precision === 'mixed'): Tensor {
-  const [L] = checkTokens('layerNormModulate', x);
+  if (shift.dtype === 'f16' || scale.dtype === 'f16') return withWidened([shift, scale], ([s, c]) => layerNormModulate(x, s, c, eps, fused));
+  if (!fused && x.dtype === 'f16') return withWidened([x], ([x2]) => layerNormModulate(x2, shift, scale, eps, fused));
+  const [L] = checkTokens('layerNormModulate', x, true);
   checkPerBatch('layerNormModulate', 'shift', shift, x);
   checkPerBatch('layerNormModulate', 'scale', scale, x);
   if (fused) return rowOp('layer_norm', x, undefined, undefined, eps, { shift, scale, L });
@@ -115,6 +131,7 @@ export function rmsNorm(x: Tensor, w: Tensor, eps = 1e-6): Tensor {
 
 /** Max-subtracted softmax over the last dim. */
 export function softmax(x: Tensor): Tensor {
+  if (x.dtype === 'f16') return withWidened([x], ([w]) => softmax(w));
   return rowOp('softmax', x, undefined, undefined, 0);
 }
 
@@ -128,13 +145,13 @@ function checkPerBatch(op: string, name: string, v: Tensor, x: Tensor): void {
   if (!ok) fail(`${op}: ${name} ${fmtShape(v.shape)} must be [${B}, ${C}] to match x ${fmtShape(x.shape)}`);
 }
 
-function ew(op: 'modulate' | 'gated' | 'swiglu', x: Tensor, big: Tensor[], small: Tensor[], L: number, C: number): Tensor {
+function ew(op: 'modulate' | 'gated' | 'swiglu', x: Tensor, big: Tensor[], small: Tensor[], L: number, C: number, y16 = false): Tensor {
   const g = x.gpu;
   const rows = x.numel / C;
   const out = g.empty(x.shape, 'f32', op);
   const flat = (t: Tensor) => t.reshape([rows, C]);
   const x2 = flat(x), o2 = flat(out), big2 = big.map(flat);
-  const chunks = rowChunks(op, rows, [C * 4], g.maxBindingBytes);
+  const chunks = rowChunks(op, rows, [C * 4, ...big.map((t) => C * DTYPE_BYTES[t.dtype])], g.maxBindingBytes);
   for (const [start, count] of chunks) {
     const whole = chunks.length === 1;
     const view = (t: Tensor) => (whole ? t : t.rows(start, count));
@@ -143,21 +160,22 @@ function ew(op: 'modulate' | 'gated' | 'swiglu', x: Tensor, big: Tensor[], small
     const [wx, wy] = grid1d(g, n);
     // binding order per OP: see shaders/norm.wgsl header
     const bindings = op === 'modulate' ? [xs, ...small, os] : op === 'gated' ? [xs, small[0], bigs[0], os] : [xs, bigs[0], os];
-    g.dispatch({ file: 'norm.wgsl', entry: 'ew', defines: { EW: true, OP: op }, uniforms: [n, C, L, start, wx], bindings, workgroups: [wx, wy] });
+    g.dispatch({ file: 'norm.wgsl', entry: 'ew', defines: { EW: true, OP: op, ...(y16 ? { F16: true, Y16: true } : {}) }, uniforms: [n, C, L, start, wx], bindings, workgroups: [wx, wy] });
     if (!whole) for (const t of [xs, os, ...bigs]) t.dispose();
   }
   for (const t of [x2, o2, ...big2]) t.dispose();
   return out;
 }
 
-function checkTokens(op: string, x: Tensor): [number, number] {
-  requireF32(op, ['x', x]);
+function checkTokens(op: string, x: Tensor, f16 = false): [number, number] {
+  if (!f16 || x.dtype !== 'f16') requireF32(op, ['x', x]);
   if (x.rank !== 3 || x.shape[2] < 1) fail(`${op}: x must be [B, L, C], got ${fmtShape(x.shape)}`);
   return [x.shape[1], x.shape[2]];
 }
 
 /** (1 + scale) * x + shift, with shift/scale [B, C] broadcast over the L tokens of x [B, L, C]. */
 export function modulate(x: Tensor, shift: Tensor, scale: Tensor): Tensor {
+  if ([x, shift, scale].some((t) => t.dtype === 'f16')) return withWidened([x, shift, scale], ([a, b, c]) => modulate(a, b, c));
   const [L, C] = checkTokens('modulate', x);
   checkPerBatch('modulate', 'shift', shift, x);
   checkPerBatch('modulate', 'scale', scale, x);
@@ -166,15 +184,18 @@ export function modulate(x: Tensor, shift: Tensor, scale: Tensor): Tensor {
 
 /** x + gate * y, gate [B, C] broadcast over tokens; x, y [B, L, C]. */
 export function gatedResidual(x: Tensor, gate: Tensor, y: Tensor): Tensor {
+  // the residual stream is f32: an f16 stream start (img_in's output) or gate is widened; y may stay f16
+  if (x.dtype === 'f16' || gate.dtype === 'f16') return withWidened([x, gate], ([a, b]) => gatedResidual(a, b, y));
   const [L, C] = checkTokens('gatedResidual', x);
   checkPerBatch('gatedResidual', 'gate', gate, x);
-  requireF32('gatedResidual', ['y', y]);
+  if (y.dtype !== 'f16') requireF32('gatedResidual', ['y', y]);
   sameShape('gatedResidual', x, y, 'x', 'y');
-  return ew('gated', x, [y], [gate], L, C);
+  return ew('gated', x, [y], [gate], L, C, y.dtype === 'f16');
 }
 
 /** silu(gate) * up, same shapes (any rank). */
 export function swiglu(gate: Tensor, up: Tensor): Tensor {
+  if (gate.dtype === 'f16' || up.dtype === 'f16') return withWidened([gate, up], ([a, b]) => swiglu(a, b));
   requireF32('swiglu', ['gate', gate], ['up', up]);
   sameShape('swiglu', gate, up, 'gate', 'up');
   // purely elementwise: treat as [numel, 1] so chunks can split anywhere (64-element granularity)

@@ -65,6 +65,8 @@ export interface GemmShape {
   N: number;
   K: number;
   wdt: DType;
+  /** x storage (f16 activation storage, src/ops/act-dtype.ts); f32 when unset. */
+  xdt?: DType;
 }
 
 /** CPU adapters (lavapipe): a small tile, its matrix "units" are emulated per lane. */
@@ -259,7 +261,7 @@ export function planGemm(g: Gpu, s: GemmShape, variant = 'auto'): GemmPlan | nul
     return kind === 'subgroup-matrix' ? sgmatPlan(caps, t as SgmatTile | undefined) : wgPlan(caps, t as WgTile | undefined);
   };
   const plan = variant === 'subgroup-matrix' || variant === 'workgroup' ? pick(variant) : variant === 'auto' ? planFor(g.kernels, g.precision, g.kernelsForced, s, pick) : null;
-  if (plan?.kind === 'subgroup-matrix') plan.groupM = groupRows(plan.bm, s.K, 4); // x is f32
+  if (plan?.kind === 'subgroup-matrix') plan.groupM = groupRows(plan.bm, s.K, s.xdt === 'f16' ? 2 : 4);
   return plan;
 }
 
@@ -296,7 +298,8 @@ const counters = new WeakMap<Gpu, Tensor>();
 
 /**
  * Per-device u32 counters: [0] gemm-sgmat.wgsl tiles recomputed in f32, [1] attention-sgmat.wgsl workgroups
- * recomputed in f32, [3] attention-sgmat.wgsl KV tiles whose O was rescaled (lazy softmax rescale).
+ * recomputed in f32, [2] values beyond the f16 range written to f16 activation storage (any kernel; the
+ * step that wrote them is redone with f32 storage, src/ops/act-dtype.ts), [3] attention-sgmat.wgsl KV tiles whose O was rescaled (lazy softmax rescale).
  */
 export function overflowCounter(g: Gpu): Tensor {
   let t = counters.get(g);

@@ -13,6 +13,8 @@ import { DTYPE_BYTES } from '../runtime/tensor.js';
 import { f32u } from '../runtime/gpu.js';
 import { fail, fmtShape } from '../errors.js';
 import { grid1d, requireF32 } from './util.js';
+import { outputDtype } from './act-dtype.js';
+import { overflowCounter } from './plan-gemm.js';
 
 const WIDEN: Record<string, string> = { bf16: 'bf16_at', f16: 'f16_at' };
 
@@ -32,10 +34,14 @@ function span(t: Tensor, e0: number, count: number): { view: Tensor; off: number
   return { view, off: e0 - start };
 }
 
-/** x [B, Ls, heads, Dh] f32, w [Dh], pe [B|1, Lt, Dh/2, 2, 2] (rows [at, at + Ls) used) → out [B, Lt, heads, Dh]. */
+/**
+ * x [B, Ls, heads, Dh] f32 or f16 (f16 activation storage, ops/act-dtype.ts), w [Dh], pe [B|1, Lt, Dh/2, 2, 2] (rows [at, at + Ls) used) → out [B, Lt, heads, Dh]
+ * (f32, or f16 where the policy stores activations in f16; an `into` out keeps its own dtype).
+ */
 export function rmsNormRope(x: Tensor, w: Tensor, pe: Tensor, eps: number, into?: JointRows): Tensor {
   const op = 'rmsNormRope';
-  requireF32(op, ['x', x], ['pe', pe]);
+  requireF32(op, ['pe', pe]);
+  if (x.dtype !== 'f32' && x.dtype !== 'f16') fail(`${op}: x ${x.toString()} must be f32 or f16`);
   if (x.rank !== 4 || x.shape[3] % 2 !== 0) fail(`${op}: x ${fmtShape(x.shape)} must be [B, L, heads, Dh] with even Dh`);
   const [B, Ls, heads, Dh] = x.shape;
   const at = into?.at ?? 0;
@@ -47,17 +53,19 @@ export function rmsNormRope(x: Tensor, w: Tensor, pe: Tensor, eps: number, into?
     fail(`${op}: pe ${fmtShape(pe.shape)} must be [${B}|1, ${Lt}, ${Dh / 2}, 2, 2] for x ${fmtShape(x.shape)}`);
   if (into) {
     const o = into.out;
-    requireF32(op, ['out', o]);
+    if (o.dtype !== 'f32' && o.dtype !== 'f16') fail(`${op}: out ${o.toString()} must be f32 or f16`);
     if (o.rank !== 4 || o.shape[0] !== B || o.shape[2] !== heads || o.shape[3] !== Dh || !Number.isInteger(at) || at < 0 || at + Ls > Lt)
       fail(`${op}: out ${fmtShape(o.shape)} must be [${B}, L ≥ ${at + Ls}, ${heads}, ${Dh}] to take rows [${at}, ${at + Ls}) of x ${fmtShape(x.shape)}`);
   }
   const g = x.gpu;
-  const out = into?.out ?? g.empty(x.shape, 'f32', op);
+  const out = into?.out ?? g.empty(x.shape, outputDtype(g, true), op);
+  const defines: Record<string, string | boolean> = { W_DT: w.dtype, W_AT: WIDEN[w.dtype] ?? 'none' };
+  if (x.dtype === 'f16') Object.assign(defines, { F16: true, X16: true });
+  if (out.dtype === 'f16') Object.assign(defines, { F16: true, O16: true });
   if (x.numel === 0) return out;
 
   const W = heads * Dh, P = 2 * Dh; // floats per token of x / out and of pe
   const pbs = Bp === 1 ? 0 : Lt * P;
-  const wdt = w.dtype;
   const dispatch = (b0: number, nb: number, l0: number, nl: number): void => {
     const xs = span(x, (b0 * Ls + l0) * W, ((nb - 1) * Ls + nl) * W);
     const os = span(out, (b0 * Lt + at + l0) * W, ((nb - 1) * Lt + nl) * W);
@@ -66,9 +74,9 @@ export function rmsNormRope(x: Tensor, w: Tensor, pe: Tensor, eps: number, into?
     const [wx, wy] = grid1d(g, rows, 1);
     g.dispatch({
       file: 'qk-norm-rope.wgsl',
-      defines: { W_DT: wdt, W_AT: WIDEN[wdt] ?? 'none' },
+      defines,
       uniforms: [rows, nl, heads, Dh, xs.off, Ls * W, os.off, Lt * W, ps.off, pbs, wx, f32u(eps)],
-      bindings: [xs.view, w, ps.view, os.view],
+      bindings: [xs.view, w, ps.view, os.view, ...(out.dtype === 'f16' ? [overflowCounter(g)] : [])],
       workgroups: [wx, wy],
     });
     for (const t of [xs.view, os.view, ps.view]) t.dispose();

@@ -8,12 +8,15 @@
 import type { Tensor } from '../runtime/tensor.js';
 import { fail, fmtShape } from '../errors.js';
 import { grid1d, requireF32 } from './util.js';
+import { outputDtype } from './act-dtype.js';
+import { overflowCounter } from './plan-gemm.js';
 
 type Op = 'flux' | 'half';
 
 function run(op: Op, x: Tensor, tables: Tensor[], tblRow: number): Tensor {
   const name = op === 'flux' ? 'applyRopeFlux' : 'applyRopeHalf';
-  requireF32(name, ['x', x], ...tables.map((t, i) => [['pe', 'cos', 'sin'][op === 'flux' ? 0 : i + 1], t] as [string, Tensor]));
+  if (x.dtype !== 'f16') requireF32(name, ['x', x]);
+  requireF32(name, ...tables.map((t, i) => [['pe', 'cos', 'sin'][op === 'flux' ? 0 : i + 1], t] as [string, Tensor]));
   if (x.rank !== 4 || x.shape[3] % 2 !== 0) fail(`${name}: x ${fmtShape(x.shape)} must be [B, L, H, Dh] with even Dh`);
   const [B, L, H, Dh] = x.shape;
   for (const t of tables) {
@@ -23,7 +26,12 @@ function run(op: Op, x: Tensor, tables: Tensor[], tblRow: number): Tensor {
     if (!ok) fail(`${name}: table ${fmtShape(t.shape)} must be ${want} for x ${fmtShape(x.shape)}`);
   }
   const g = x.gpu;
-  const out = g.empty(x.shape, 'f32', name);
+  // f16 activation storage (ops/act-dtype.ts): x may be stored f16, out is the policy's dtype.
+  const odt = outputDtype(g, true);
+  const out = g.empty(x.shape, odt, name);
+  const defines: Record<string, string | boolean | number> = { OP: op };
+  if (x.dtype === 'f16') Object.assign(defines, { F16: true, X16: true });
+  if (odt === 'f16') Object.assign(defines, { F16: true, O16: true, B_OVF: 3 + tables.length });
   if (x.numel === 0) return out;
   const bcast = tables[0].shape[0] === 1 && B > 1;
   const dispatch = (xv: Tensor, tv: Tensor[], ov: Tensor, nb: number, l: number, bstride: number): void => {
@@ -31,14 +39,14 @@ function run(op: Op, x: Tensor, tables: Tensor[], tblRow: number): Tensor {
     const [wx, wy] = grid1d(g, n);
     g.dispatch({
       file: 'rope.wgsl',
-      defines: { OP: op },
+      defines,
       uniforms: [n, l, H, Dh / 2, tblRow, bstride, wx],
-      bindings: [xv, ...tv, ov],
+      bindings: [xv, ...tv, ov, ...(odt === 'f16' ? [overflowCounter(g)] : [])],
       workgroups: [wx, wy],
     });
   };
   const limit = g.maxBindingBytes;
-  const xRow = H * Dh * 4, tRow = tblRow * 4;
+  const xRow = H * Dh * 4, tRow = tblRow * 4; // f16 rows are half as wide: the same chunks fit
   if (x.byteLength <= limit && tables[0].byteLength <= limit) {
     dispatch(x, tables, out, B, L, bcast ? 0 : L * tblRow);
     return out;
@@ -54,9 +62,9 @@ function run(op: Op, x: Tensor, tables: Tensor[], tblRow: number): Tensor {
       const nl = Math.min(n, L - l0);
       const xv = x2.rows(b * L + l0, nl);
       const tv = t2.map((t, i) => t.rows((tables[i].shape[0] === 1 ? 0 : b * L) + l0, nl));
-      const off = (b * L + l0) * xRow;
+      const off = (b * L + l0) * H * Dh * (odt === 'f16' ? 2 : 4);
       // The output is bound in place when aligned; otherwise through a temporary (misaligned views are copied).
-      const ov = off % 256 === 0 ? o2.rows(b * L + l0, nl) : g.empty([nl, H * Dh], 'f32', name);
+      const ov = off % 256 === 0 ? o2.rows(b * L + l0, nl) : g.empty([nl, H * Dh], odt, name);
       dispatch(xv, tv, ov, 1, nl, 0);
       if (ov.byteOffset !== off) g.copyInto(ov, out, off);
       for (const t of [xv, ...tv, ov]) t.dispose();

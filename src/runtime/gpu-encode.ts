@@ -73,6 +73,10 @@ export abstract class GpuEncoder {
   readonly fileCounts = new Map<string, number>();
   /** Messages this runtime has said once already (fallback warnings: one line per device and op). */
   readonly saidOnce = new Set<string>();
+  /** Storage of the activations ops create now (ops/act-dtype.ts withActivations sets it around a DiT step). */
+  activations: 'f32' | 'f16' = 'f32';
+  /** Steps redone with f32 activation storage after an f16 overflow (ops/act-dtype.ts withF16Redo). */
+  f16Redos = 0;
 
   protected constructor(
     readonly handle: DeviceHandle,
