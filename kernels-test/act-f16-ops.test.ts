@@ -5,6 +5,7 @@
  *               with an f16 branch output (the residual stream stays f32); a norm output beyond 65504
  *               clamped and counted in overflow word 2
  *   rope.wgsl   FLUX rope, f16 in and out
+ *   qk-norm-rope.wgsl  fused QK-norm + RoPE, f16 x into rows of an f16 joint tensor or a new f16 tensor
  *   layout.wgsl concat / slice of f16 tensors (exact), odd extents included (the 2-byte copy kernel)
  *   attention-sgmat.wgsl  f16 q/k/v, f16 out
  * at odd sizes (1, 3, 17, 255). Only where the device can store f16 (the trixie root, scripts/sgmat-env.sh,
@@ -20,6 +21,7 @@ import * as lref from './ref/layout.js';
 import { canStoreF16, f16Overflows, withActivations } from '../src/ops/act-dtype.js';
 import { layerNorm, rmsNorm, layerNormModulate, gatedResidual } from '../src/ops/norm.js';
 import { applyRopeFlux } from '../src/ops/rope.js';
+import { rmsNormRope } from '../src/ops/qk-norm-rope.js';
 import { attention } from '../src/ops/attention.js';
 import { concat, slice } from '../src/ops/layout.js';
 import type { Gpu } from '../src/runtime/gpu.js';
@@ -93,6 +95,28 @@ describe('norms with f16 storage', () => {
 });
 
 describe('rope, layout and attention with f16 storage', () => {
+  test('QK-norm + RoPE (qk-norm-rope.wgsl X16 / O16): f16 x into rows of an f16 joint, and into a new f16 tensor', async () => {
+    const g = await f16Gpu('f16 qk-norm-rope');
+    if (!g) return;
+    // B, Ls, heads, Dh, Lt, at: odd token counts, Dh past the 64-lane loop, rows not on 256-byte boundaries
+    for (const [B, Ls, H, Dh, Lt, at] of [[1, 1, 1, 2, 1, 0], [2, 3, 17, 12, 7, 4], [2, 17, 3, 130, 20, 3], [1, 255, 1, 10, 258, 3]]) {
+      const x = uploadAs(g, randn(B * Ls * H * Dh, Dh + Ls, 3), [B, Ls, H, Dh], 'f16');
+      const wv = randn(Dh, Dh + 1), pe = randn(Lt * Dh * 2, Lt + 7);
+      const w = g.upload(wv, [Dh]), pt = g.upload(pe, [1, Lt, Dh / 2, 2, 2]);
+      const joint = uploadAs(g, new Float32Array(B * Lt * H * Dh).fill(7.25), [B, Lt, H, Dh], 'f16');
+      const rowsPe = pe.subarray(at * 2 * Dh, (at + Ls) * 2 * Dh);
+      const r = ropeFluxRef(nref.rmsNorm(x.exact, Dh, wv, 1e-6), rowsPe, B, Ls, H, Dh, 1);
+      const want = new Float64Array(B * Lt * H * Dh).fill(7.25), W = H * Dh;
+      for (let b = 0; b < B; b++) want.set(r.subarray(b * Ls * W, (b + 1) * Ls * W), (b * Lt + at) * W);
+      expect(rmsNormRope(x.t, w, pt, 1e-6, { out: joint.t, at })).toBe(joint.t);
+      await expectF16(`rmsNormRope into f16 joint B=${B} Ls=${Ls} H=${H} Dh=${Dh} at=${at}`, joint.t, want, 2 ** -11 * 1.001);
+      const ptS = g.upload(rowsPe.slice(), [1, Ls, Dh / 2, 2, 2]);
+      const o = withActivations(g, 'f16', () => rmsNormRope(x.t, w, ptS, 1e-6));
+      await expectF16(`rmsNormRope new f16 B=${B} Ls=${Ls} H=${H} Dh=${Dh}`, o, r, 2 ** -11 * 1.001);
+      for (const t of [x.t, w, pt, ptS, joint.t, o]) t.dispose();
+    }
+  });
+
   test('FLUX rope f16 in / out', async () => {
     const g = await f16Gpu('f16 rope');
     if (!g) return;
