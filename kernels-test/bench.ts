@@ -22,7 +22,11 @@
 import { Gpu } from '../src/runtime/gpu.js';
 import type { Tensor, DType } from '../src/runtime/tensor.js';
 import { benchLoading } from './load-bench.js';
-import { f32ArrayToBf16 } from '../src/runtime/half.js';
+import { f32ArrayToBf16, f32ArrayToF16 } from '../src/runtime/half.js';
+import { canStoreF16, withActivations } from '../src/ops/act-dtype.js';
+import { rmsNormRope } from '../src/ops/qk-norm-rope.js';
+import { rmsNorm } from '../src/ops/norm.js';
+import { applyRopeFlux } from '../src/ops/rope.js';
 import { linear, DEFAULT_TILE, type LinearOptions, type TileConfig } from '../src/ops/linear.js';
 import { randn } from './harness.js';
 import { hasMatrixUnits } from '../src/runtime/caps.js';
@@ -82,6 +86,7 @@ function record(shape: string, variant: string, t: { ms: number; cpu: number }, 
 
 function upload(g: Gpu, n: number, shape: number[], dtype: DType, seed: number): Tensor {
   const x = randn(n, seed, 0.5);
+  if (dtype === 'f16') return g.upload(f32ArrayToF16(x), shape, 'f16');
   return dtype === 'bf16' ? g.upload(f32ArrayToBf16(x), shape, 'bf16') : g.upload(x, shape, 'f32');
 }
 
@@ -103,6 +108,50 @@ async function benchLinear(g: Gpu, M: number, K: number, N: number, wdt: DType, 
   } finally {
     x?.dispose();
     w?.dispose();
+  }
+}
+
+/** The subgroup-matrix GEMM with f16 activation storage: x f16, out f16 (X16 / O16), bf16 weights. */
+async function benchLinearF16(g: Gpu, M: number, K: number, N: number): Promise<Row | null> {
+  const shape = `linear M=${M} K=${K} N=${N} w=bf16`;
+  let x: Tensor | null = null, w: Tensor | null = null;
+  try {
+    x = upload(g, M * K, [M, K], 'f16', 1);
+    w = upload(g, N * K, [N, K], 'bf16', 2);
+    const xt = x, wt = w;
+    const t = await time(g, () => withActivations(g, 'f16', () => linear(xt, wt, undefined, { variant: 'subgroup-matrix' })));
+    return record(shape, 'subgroup-matrix f16 x/out', t, 2 * M * N * K, M * K * 2 + N * K * 2 + M * N * 2);
+  } catch (e) {
+    console.log(`(${shape} f16 x/out failed: ${(e as Error).message.split('\n')[0]})`);
+    return null;
+  } finally {
+    x?.dispose();
+    w?.dispose();
+  }
+}
+
+/** QK-norm + RoPE of one q [B, L, heads, Dh]: the fused pass (qk-norm-rope.wgsl) against rmsNorm then rope. */
+async function benchQkNormRope(g: Gpu, B: number, L: number, H: number, Dh: number): Promise<void> {
+  const shape = `qk-norm-rope B=${B} L=${L} H=${H} Dh=${Dh}`;
+  const n = B * L * H * Dh;
+  const x = upload(g, n, [B, L, H, Dh], 'f32', 1), w = upload(g, Dh, [Dh], 'bf16', 2);
+  const pe = upload(g, L * Dh * 2, [1, L, Dh / 2, 2, 2], 'f32', 3);
+  try {
+    const bytes = 2 * n * 4 + L * Dh * 2 * 4;
+    const base = record(shape, 'rmsNorm + rope', await time(g, () => g.scope(() => applyRopeFlux(rmsNorm(x, w, 1e-6), pe))), 0, bytes + 2 * n * 4);
+    const r = record(shape, 'fused', await time(g, () => rmsNormRope(x, w, pe, 1e-6)), 0, bytes);
+    console.log(`  fused / rmsNorm + rope: ${(base.ms / r.ms).toFixed(2)}x`);
+    if (canStoreF16(g)) {
+      const x16 = upload(g, n, [B, L, H, Dh], 'f16', 1);
+      try {
+        const r16 = record(shape, 'fused f16 x/out', await time(g, () => withActivations(g, 'f16', () => rmsNormRope(x16, w, pe, 1e-6))), 0, 2 * n * 2 + L * Dh * 2 * 4);
+        console.log(`  fused f16 / rmsNorm + rope: ${(base.ms / r16.ms).toFixed(2)}x`);
+      } finally {
+        x16.dispose();
+      }
+    }
+  } finally {
+    for (const t of [x, w, pe]) t.dispose();
   }
 }
 
@@ -184,6 +233,11 @@ async function benchVariants(g: Gpu): Promise<void> {
       if (name === 'register') base = r;
       else if (r && base) console.log(`  ${name} / register at M=${M} K=${K} N=${N}: ${(base.ms / r.ms).toFixed(2)}x`);
     }
+    // f16 activation storage (ops/act-dtype.ts, what a DiT step of the run does): x read and out written in f16
+    if (canStoreF16(g)) {
+      const r = await benchLinearF16(g, M, K, N);
+      if (r && base) console.log(`  subgroup-matrix f16 x/out / register at M=${M} K=${K} N=${N}: ${(base.ms / r.ms).toFixed(2)}x`);
+    }
     for (const [name, t] of sgTiles) {
       setTunedTiles(g, { lookup: (kind) => (kind === 'subgroup-matrix' ? t : undefined) });
       try {
@@ -205,9 +259,21 @@ async function benchVariants(g: Gpu): Promise<void> {
       const r = record(`attention L=${L} H=${H} Dh=${Dh}`, 'subgroup-matrix', await time(g, () => attention(q, k, v, { kernel: 'subgroup-matrix' })), flops, 4 * n * 4);
       console.log(`  subgroup-matrix / register attention: ${(base.ms / r.ms).toFixed(2)}x`);
     }
+    if (sg && canStoreF16(g)) {
+      const [q16, k16, v16] = [1, 2, 3].map((s) => upload(g, n, [1, L, H, Dh], 'f16', s));
+      try {
+        const run = () => withActivations(g, 'f16', () => attention(q16, k16, v16, { kernel: 'subgroup-matrix' }));
+        const r = record(`attention L=${L} H=${H} Dh=${Dh}`, 'subgroup-matrix f16 q/k/v/out', await time(g, run), flops, 4 * n * 2);
+        console.log(`  subgroup-matrix f16 / register attention: ${(base.ms / r.ms).toFixed(2)}x`);
+      } finally {
+        for (const t of [q16, k16, v16]) t.dispose();
+      }
+    }
   } finally {
     for (const t of [q, k, v]) t.dispose();
   }
+  // The DiT's fused QK-norm + RoPE (one q or k of the joint sequence, batch 2 under CFG)
+  await benchQkNormRope(g, 2, L, H, Dh);
   // VAE convs: the implicit GEMM on subgroup matrices (src/ops/plan-conv.ts) against the direct f32 kernel
   // (first, so bench/torch_ref.py's summary compares the implicit GEMM where it runs).
   for (const [C, O, S] of VAE_CONVS) {

@@ -21,6 +21,7 @@ import { Weight } from '../src/nn/weight.js';
 import { DoubleStreamBlock, SingleStreamBlock, RopePe } from '../src/models/dit-blocks.js';
 import { REAL_DIT, type DitParams } from '../src/models/dit-config.js';
 import { fluxPe } from '../src/ops/rope-tables.js';
+import { canStoreF16, withActivations, type ActDtype } from '../src/ops/act-dtype.js';
 
 const argv = process.argv.slice(2);
 const SMALL = argv.includes('--small');
@@ -160,6 +161,11 @@ async function main(): Promise<void> {
     const siluVec = g.upload(randF32(B * H, 1), [B, H], 'f32', 'siluVec');
     const inputBytes = g.pool.liveBytes;
 
+    // Activation storage as a DiT step of the run stores it (ops/act-dtype.ts: f16 where the device can,
+    // rows 'double' / 'single', compared with PyTorch), and f32 storage beside it ('… f32-act') for the ratio.
+    const acts: [string, ActDtype][] = canStoreF16(g) ? [['', 'f16'], [' f32-act', 'f32']] : [['', 'f32']];
+    console.log(`activation storage: ${acts.map(([n, a]) => `${n ? n.trim() : 'default'} ${a}`).join(', ')}`);
+
     // attention FLOPs over the joint sequence: QKᵀ and PV, 2·2·L²·hd per head
     const attnFlops = 4 * B * HEADS * L * L * HD;
 
@@ -168,9 +174,11 @@ async function main(): Promise<void> {
       const blk = randomize(g, new DoubleStreamBlock(blockCfg()));
       const weightBytes = g.pool.liveBytes - live0;
       const linFlops = 2 * B * L * (H * 3 * H + H * H + 2 * H * M) + 2 * 2 * B * 6 * H * H;
-      const t = await timeBlock(g, () => blk.forward(img, txt, siluVec, pe));
       const flops = linFlops + attnFlops;
-      results.push({ block: 'double', ...t, weightBytes, inputBytes, flops, tflops: flops / t.minMs / 1e9 });
+      for (const [name, act] of acts) {
+        const t = await timeBlock(g, () => withActivations(g, act, () => blk.forward(img, txt, siluVec, pe)));
+        results.push({ block: `double${name}`, activations: act, ...t, weightBytes, inputBytes, flops, tflops: flops / t.minMs / 1e9 });
+      }
       blk.dispose();
     }
     {
@@ -178,9 +186,11 @@ async function main(): Promise<void> {
       const blk = randomize(g, new SingleStreamBlock(blockCfg()));
       const weightBytes = g.pool.liveBytes - live0;
       const linFlops = 2 * B * L * (H * (3 * H + M) + (H + M) * H) + 2 * B * 3 * H * H;
-      const t = await timeBlock(g, () => [blk.forward(joint, siluVec, pe)]);
       const flops = linFlops + attnFlops;
-      results.push({ block: 'single', ...t, weightBytes, inputBytes, flops, tflops: flops / t.minMs / 1e9 });
+      for (const [name, act] of acts) {
+        const t = await timeBlock(g, () => withActivations(g, act, () => [blk.forward(joint, siluVec, pe)]));
+        results.push({ block: `single${name}`, activations: act, ...t, weightBytes, inputBytes, flops, tflops: flops / t.minMs / 1e9 });
+      }
       blk.dispose();
     }
     for (const t of [img, txt, joint, siluVec]) t.dispose();
