@@ -32,6 +32,7 @@ import { ModelHost } from './model-host.js';
 import { encodeLatent, hostVae, withOomFallback, type Replan } from './stages.js';
 import { TeaCache, type CacheOption } from './teacache.js';
 import { blendLatent } from './mask.js';
+import { withF16Redo } from '../ops/act-dtype.js';
 
 const fr = Math.fround;
 
@@ -225,10 +226,14 @@ export async function v12Denoise(g: Gpu, d: DiffusersModelDir, x: V12DenoiseInpu
               const img = new Float32Array(L * Cp);
               img.set(lat);
               img.set(x.refPacked, N * Cp);
-              const host = await g.scopeAsync(async () => g.readF32(await dit.forward(
+              const forward = () => dit.forward(
                 { img, imgIds, txtIds: s.ids, timesteps: [t], tVec: [t], llmEmbedding: s.emb, mask: new Float32Array(s.T).fill(1), contextAdd: p.add, B: 1, L, T: s.T, pe: p.pe, text: p.text, cache: p.cache },
                 first ? async (name, v, shape) => void (taps[name] && emit!(`mid.step0.${taps[name]}.${side}`, v instanceof Float32Array ? v : await g.readF32(v), shape)) : undefined,
-              )));
+              );
+              // f16 activation storage where the device can, the step redone in f32 on an f16 overflow
+              // (ops/act-dtype.ts), as v1.0 / v1.1 steps; TeaCache's state advances with every forward and the
+              // traced first steps emit while they run, so those keep f32 storage
+              const host = first || p.cache ? await g.scopeAsync(async () => g.readF32(await forward())) : await withF16Redo(g, 'DiT step', forward);
               if (first) {
                 if (side === 'cond') emit!('mid.step0.transformer_timestep', Float32Array.of(t), [1]);
                 emit!(`mid.step0.raw_out.${side}`, host, [1, L, Cp]);
