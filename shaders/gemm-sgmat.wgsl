@@ -190,13 +190,18 @@ fn w_at(e: u32) -> f32 {
 #endif
 }
 
-// W(n, k) of the chunk (conv: rows of all CT*KH*KW taps, the chunk's input channels from w_off).
-fn wval(n: u32, k: u32) -> f32 {
+// The row stride of W in elements (conv: rows of all CT*KH*KW taps, the chunk's input channels from w_off).
+fn w_ld() -> u32 {
 #ifdef CONV
-  return w_at(U.w_off + n * U.ldw + k);
+  return U.ldw;
 #else
-  return w_at(U.w_off + n * U.K + k);
+  return U.K;
 #endif
+}
+
+// W(n, k) of the chunk.
+fn wval(n: u32, k: u32) -> f32 {
+  return w_at(U.w_off + n * w_ld() + k);
 }
 #endif
 
@@ -243,6 +248,51 @@ fn narrow(v: f32, bad: ptr<function, bool>) -> f16 {
   return f16(select(v, 0.0, over));
 }
 
+#ifdef WVEC
+#ifndef QUANT
+// W rows [n0, n0 + BN) x k-tile k0 into Bs at bb by vectors: 4 f32 or 8 packed bf16/f16 per load (each pair
+// unpacked once); the GEMM (VEC) and the conv (WVEC) alike. The row stride w_ld(), w_off and K are multiples
+// of the vector width and k0, BK of 8, so a vector lies wholly inside or outside [0, K) and starts on a
+// vector boundary.
+fn stage_w_vec(bb: u32, n0: u32, k0: u32, li: u32, bad: ptr<function, bool>) {
+#if WDT == f32
+  for (var e = li; e < BN * BK / 4u; e += WG) {
+    let c = e / (BK / 4u);
+    let kk = (e % (BK / 4u)) * 4u;
+    let n = n0 + c;
+    let k = k0 + kk;
+    var v = vec4<f32>();
+    if (n < U.N && k < U.K) { v = w[(U.w_off + n * w_ld() + k) >> 2u]; }
+    let o = bb + c * BKP + kk;
+    Bs[o] = narrow(v.x, bad); Bs[o + 1u] = narrow(v.y, bad); Bs[o + 2u] = narrow(v.z, bad); Bs[o + 3u] = narrow(v.w, bad);
+  }
+#else
+  for (var e = li; e < BN * BK / 8u; e += WG) {
+    let c = e / (BK / 8u);
+    let kk = (e % (BK / 8u)) * 8u;
+    let n = n0 + c;
+    let k = k0 + kk;
+    var v = vec4<u32>();
+    if (n < U.N && k < U.K) { v = w[(U.w_off + n * w_ld() + k) >> 3u]; }
+    let o = bb + c * BKP + kk;
+    for (var j = 0u; j < 4u; j++) {
+#if WDT == bf16
+      let lo = bitcast<f32>(v[j] << 16u);
+      let hi = bitcast<f32>(v[j] & 0xffff0000u);
+#else
+      let p = unpack2x16float(v[j]);
+      let lo = p.x;
+      let hi = p.y;
+#endif
+      Bs[o + 2u * j] = narrow(lo, bad);
+      Bs[o + 2u * j + 1u] = narrow(hi, bad);
+    }
+  }
+#endif
+}
+#endif
+#endif
+
 // Stage k-tile k0 of x rows [m0, m0+BM) and W rows [n0, n0+BN) into buffer `buf` (zeros outside the matrix).
 fn stage(buf: u32, m0: u32, n0: u32, k0: u32, li: u32, bad: ptr<function, bool>) {
   let ab = buf * ABUF;
@@ -273,40 +323,7 @@ fn stage(buf: u32, m0: u32, n0: u32, k0: u32, li: u32, bad: ptr<function, bool>)
     Bs[o] = narrow(v.x, bad); Bs[o + 1u] = narrow(v.y, bad); Bs[o + 2u] = narrow(v.z, bad); Bs[o + 3u] = narrow(v.w, bad);
   }
 #else
-#if WDT == f32
-  for (var e = li; e < BN * BK / 4u; e += WG) {
-    let c = e / (BK / 4u);
-    let kk = (e % (BK / 4u)) * 4u;
-    let n = n0 + c;
-    let k = k0 + kk;
-    var v = vec4<f32>();
-    if (n < U.N && k < U.K) { v = w[(U.w_off + n * U.K + k) >> 2u]; }
-    let o = bb + c * BKP + kk;
-    Bs[o] = narrow(v.x, bad); Bs[o + 1u] = narrow(v.y, bad); Bs[o + 2u] = narrow(v.z, bad); Bs[o + 3u] = narrow(v.w, bad);
-  }
-#else
-  for (var e = li; e < BN * BK / 8u; e += WG) {
-    let c = e / (BK / 8u);
-    let kk = (e % (BK / 8u)) * 8u;
-    let n = n0 + c;
-    let k = k0 + kk;
-    var v = vec4<u32>();
-    if (n < U.N && k < U.K) { v = w[(U.w_off + n * U.K + k) >> 3u]; }
-    let o = bb + c * BKP + kk;
-    for (var j = 0u; j < 4u; j++) {
-#if WDT == bf16
-      let lo = bitcast<f32>(v[j] << 16u);
-      let hi = bitcast<f32>(v[j] & 0xffff0000u);
-#else
-      let p = unpack2x16float(v[j]);
-      let lo = p.x;
-      let hi = p.y;
-#endif
-      Bs[o + 2u * j] = narrow(lo, bad);
-      Bs[o + 2u * j + 1u] = narrow(hi, bad);
-    }
-  }
-#endif
+  stage_w_vec(bb, n0, k0, li, bad);
 #endif
 #else
 #ifdef CONV
@@ -345,7 +362,7 @@ fn stage(buf: u32, m0: u32, n0: u32, k0: u32, li: u32, bad: ptr<function, bool>)
   }
 #endif
 #ifdef WVEC
-  stage_w_vec(bb, n0, k0, li, bad);   // CONV with vector-aligned weight rows (common/conv-gather.wgsl)
+  stage_w_vec(bb, n0, k0, li, bad);   // CONV with vector-aligned weight rows
 #else
   for (var e = li; e < BN * BK; e += WG) {
     let c = e / BK;
