@@ -80,24 +80,44 @@ describe('chain', () => {
     out.dispose();
   });
 
-  test('scan paces before every step and submits after it (backpressure for every layer loop)', async () => {
+  test('scan paces before every step and submits once the queued work is due (bytes, commands, deferred frees)', async () => {
     const g = await getGpu();
     const calls: string[] = [];
     const pace = g.pace.bind(g), flush = g.flush.bind(g);
+    const { submitBytes, submitCommands } = g, cap = g.pool.maxCachedBytes;
     g.pace = async () => { calls.push('pace'); await pace(); };
     g.flush = () => { calls.push('flush'); flush(); };
-    try {
-      const step = (h: Tensor, i: number): Tensor => {
-        calls.push(`step${i}`);
-        return add1(g, h);
-      };
+    const one = mk(g); // no upload inside the steps: a host write submits the work before it
+    const step = (h: Tensor, i: number): Tensor => {
+      calls.push(`step${i}`);
+      return add(h, one);
+    };
+    const run = async (): Promise<string[]> => {
+      g.flush(); // start from an empty batch
+      calls.length = 0;
       const out = await scan(g, () => mk(g), [step, step, step]);
-      expect(calls).toEqual(['pace', 'step0', 'flush', 'pace', 'step1', 'flush', 'pace', 'step2', 'flush']);
+      const seen = [...calls];
       expect(await g.readF32(out)).toEqual(new Float32Array(N).fill(4));
       out.dispose();
+      return seen;
+    };
+    try {
+      // tiny steps: one submit for the whole chain, at the readback
+      expect(await run()).toEqual(['pace', 'step0', 'pace', 'step1', 'pace', 'step2']);
+      // each add binds x, y and out (3 · 16 KiB): due after every second step
+      g.submitBytes = 2 * 3 * N * 4;
+      expect(await run()).toEqual(['pace', 'step0', 'pace', 'step1', 'flush', 'pace', 'step2']);
+      g.submitBytes = submitBytes;
+      g.submitCommands = 1;
+      expect(await run()).toEqual(['pace', 'step0', 'flush', 'pace', 'step1', 'flush', 'pace', 'step2', 'flush']);
+      g.submitCommands = submitCommands;
+      // a replaced carry that the pool destroys instead of caching: submitted at once, as its memory waits for it
+      g.pool.maxCachedBytes = 0;
+      expect(await run()).toEqual(['pace', 'step0', 'flush', 'pace', 'step1', 'flush', 'pace', 'step2', 'flush']);
     } finally {
-      g.pace = pace;
-      g.flush = flush;
+      Object.assign(g, { pace, flush, submitBytes, submitCommands });
+      g.pool.maxCachedBytes = cap;
+      one.dispose();
     }
   });
 

@@ -76,7 +76,8 @@ export class BlockStream<T extends { dispose(): void }> {
 
   /**
    * One pass over every block on the layer-chain runner (nn/chain.ts scan: a scope per block, the replaced
-   * carry freed once the next exists except `keep`, backpressure before each block and a submit after it,
+   * carry freed once the next exists except `keep`, backpressure before each block and a submit after it once
+   * the queued work is due (a real-size block always is),
    * so the GPU runs block i while block i + 1 is read). `step(block, i, carry)` returns the next carry; a
    * streamed block is freed once its step has returned (its commands are recorded, queue order protects
    * the reuse of its memory).

@@ -35,9 +35,12 @@ export function chain(g: Gpu, f0: () => unknown, ...steps: Step<unknown, unknown
  * step on the previous result, JAX `lax.scan`'s carry. Each step runs in its own tensor scope; the carry
  * it replaces is freed as soon as the next exists (tensors passed through, and those in `keep`, stay; a
  * first carry made by the caller is freed early too, unless kept). Backpressure before every step (at most
- * g.maxInFlight submits ahead of the GPU, runtime/gpu-encode.ts pace) and a submit after it, so the GPU
- * runs step i while the host records step i + 1 (or reads the next streamed block) and Dawn's deferred
- * frees of step i - 2 complete: without it a chain records whole stages into one submit.
+ * g.maxInFlight submits ahead of the GPU, runtime/gpu-encode.ts pace) and a submit after it once the
+ * queued work is large enough (g.flushIfDue: ≥ 1 GiB bound, ≥ 128 commands, or freed buffers waiting to
+ * be destroyed), so the GPU runs step i while the host records step i + 1 (or reads the next streamed
+ * block) and Dawn's deferred frees of step i - 2 complete: without it a chain records whole stages into
+ * one submit. A real-size DiT block is one submit; a generated token's layers (M = 1) share them: 10
+ * submits a token on the h100 dry run instead of 29 (one per layer + the logits' readback).
  * A carry is what a scope may return: a Tensor, or arrays / plain objects of them.
  */
 export async function scan<C>(g: Gpu, first: () => C | Promise<C>, steps: readonly ((carry: C, i: number) => C | Promise<C>)[], opts: { keep?: readonly Tensor[] } = {}): Promise<C> {
@@ -49,7 +52,7 @@ export async function scan<C>(g: Gpu, first: () => C | Promise<C>, steps: readon
       carry = await g.scopeAsync(async () => steps[i](prev, i));
       const live = tensorsIn(carry);
       for (const t of tensorsIn(prev)) if (!live.has(t) && !opts.keep?.includes(t)) t.dispose();
-      g.flush();
+      g.flushIfDue();
     }
     return carry;
   });

@@ -106,6 +106,11 @@ export class BufferPool {
     pb.buffer.destroy();
   }
 
+  /** Freed buffers waiting for the next submit to be destroyed (their memory is held until then). */
+  get destroyPending(): number {
+    return this.toDestroy.length;
+  }
+
   /** Called by the runtime right after a submit: nothing unsubmitted refers to these any more. */
   collect(): void {
     for (const pb of this.toDestroy) this.destroy(pb);

@@ -1,7 +1,8 @@
 /**
  * The batched command encoder under Gpu (runtime/gpu.ts): the device's fields and limits, tensor scopes,
  * and recording — pipelines, `dispatch` (uniform slots, binding checks, cached bind groups, realigned
- * views), copies, `flush` (one submit per batch) and `pace` (backpressure on the submits in flight).
+ * views), copies, `flush` (one submit per batch), `flushIfDue` (a submit once enough work is queued)
+ * and `pace` (backpressure on the submits in flight).
  * Allocation, readback and profiling are Gpu's own (gpu.ts); `empty` is declared here for the copies.
  *
  * Kernel binding convention (every shader follows it):
@@ -41,6 +42,14 @@ const UNIFORM_SLOT = 256;
 const MAX_BATCH = 256;
 /** Submits the GPU may be behind before `pace()` waits (STEP1X_MAX_INFLIGHT overrides). */
 const MAX_IN_FLIGHT = 2;
+/**
+ * Queued work at which `flushIfDue` submits: bytes bound since the last submit (the dry run's bound_bytes)
+ * or commands. A real-size DiT block binds several GB: one submit; a generated token's layer (M = 1) binds
+ * ≈ 0.47 GB of bf16 weights: ≈ 3 layers a submit. 1 GiB is 0.3 ms at 3.35 TB/s (2.7 ms at 400 GB/s), far
+ * above a submit's host cost; 128 commands start the GPU early on a long chain of small dispatches.
+ */
+const SUBMIT_BYTES = 2 ** 30;
+const SUBMIT_COMMANDS = 128;
 
 /** Recording and submitting: the part of Gpu below allocation, readback and profiling. */
 export abstract class GpuEncoder {
@@ -56,6 +65,11 @@ export abstract class GpuEncoder {
   private uniformCount = 0;
   protected uniformBuf: GPUBuffer;
   protected pending = 0;
+  /** Bytes bound by the commands recorded since the last submit (flushIfDue). */
+  private pendingBytes = 0;
+  /** Queued work at which flushIfDue submits (tests lower them). */
+  submitBytes = SUBMIT_BYTES;
+  submitCommands = SUBMIT_COMMANDS;
   private passPipeline: GPUComputePipeline | null = null;
   private readonly keyMemo = new Map<string, string>();
   private readonly dynOffset = [0];
@@ -237,6 +251,7 @@ export abstract class GpuEncoder {
     pass.dispatchWorkgroups(x, y, z);
     if (timestampWrites) pass.end();
     this.pending++;
+    for (const t of k.bindings) this.pendingBytes += t.byteLength;
     this.dispatchCount++;
     this.fileCounts.set(k.file, (this.fileCounts.get(k.file) ?? 0) + 1);
     for (const t of temps) {
@@ -264,6 +279,7 @@ export abstract class GpuEncoder {
     this.endPass();
     this.enc().copyBufferToBuffer(src.storage.pooled.buffer, src.byteOffset, dst.storage.pooled.buffer, dst.byteOffset + dstByteOffset, n);
     this.pending++;
+    this.pendingBytes += 2 * n;
   }
 
   protected enc(): GPUCommandEncoder {
@@ -320,8 +336,17 @@ export abstract class GpuEncoder {
     this.encoder = null;
     this.uniformCount = 0;
     this.pending = 0;
+    this.pendingBytes = 0;
     this.pool.collect();
     this.throwPending();
+  }
+
+  /**
+   * Submit once the queued work is due (submitBytes, submitCommands), or when freed buffers wait for a
+   * submit to be destroyed (their memory is held until then). scan (nn/chain.ts) calls it after each step.
+   */
+  flushIfDue(): void {
+    if (this.pending >= this.submitCommands || this.pendingBytes >= this.submitBytes || this.pool.destroyPending > 0) this.flush();
   }
 
   /** Remember the submit's completion for `pace()` (the dry run models the bound itself). */
@@ -359,6 +384,7 @@ export abstract class GpuEncoder {
     this.encoder = null;
     this.uniformCount = 0;
     this.pending = 0;
+    this.pendingBytes = 0;
     this.pool.collect();
     this.profiler?.discard();
   }
