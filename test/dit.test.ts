@@ -214,7 +214,7 @@ describe('dit_tiny golden (GPU)', () => {
     // the tightest budget streaming could need: the non-block weights, the streaming reserve (two blocks
     // of each kind) and the activations. With 2 double + 2 single blocks the reserve is all the blocks, so
     // the planner keeps them resident; planned streaming of the real model is in the dry-run test, and
-    // streamed forwards are checked bit-exactly below (maxResidentBlocks) and with streamAll.
+    // streamed forwards are checked bit-exactly below (maxResidentBlocks: a prefix resident, or none).
     for (const extra of [0]) {
       const budget = all.fixedBytes + streamReserve(all.slots) + act + extra;
       const plan = planResidency(ck, cfg.dit, { budgetBytes: budget, activationBytes: act });
@@ -232,7 +232,7 @@ describe('dit_tiny golden (GPU)', () => {
     }
     await ck.close();
     // mixed: a resident prefix, the rest streamed (read-ahead skips resident blocks)
-    for (const k of [1, 3]) {
+    for (const k of [0, 1, 3]) {
       emitted.clear();
       await runDit(ctx, { maxResidentBlocks: k });
       expect(compare(`first ${k} resident`, emitted.get('out.pred')!.data, resident, 0, 0).pass).toBe(true);
@@ -245,7 +245,7 @@ describe('dit_tiny golden (GPU)', () => {
     const dir = join(goldenCase('tiny_e2e'), 'model');
     const hp = JSON.parse(readFileSync(join(dir, 'step1x.json'), 'utf8'));
     const g = await getGpu();
-    const m = await Step1XEdit.open(g, join(dir, 'step1x-edit-i1258.safetensors'), hp, { streamAll: true });
+    const m = await Step1XEdit.open(g, join(dir, 'step1x-edit-i1258.safetensors'), hp, { maxResidentBlocks: 0 });
     expect(m.cfg).toEqual(hp.dit);
     expect(m.connector.cfg).toEqual(hp.connector);
     expect(m.streamedBlocks).toBe(hp.dit.depth + hp.dit.depth_single_blocks);
@@ -283,7 +283,7 @@ describe('dit_tiny golden (GPU)', () => {
     const saved = g.maxBindingBytes;
     g.maxBindingBytes = 16384; // q/k/v [2, 64, 2, 64] f32 are 64 KiB: every op must split
     try {
-      await runDit(ctx, { streamAll: true });
+      await runDit(ctx, { maxResidentBlocks: 0 }); // every block streamed
     } finally {
       g.maxBindingBytes = saved;
     }

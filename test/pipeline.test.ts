@@ -162,7 +162,7 @@ test('under a GPU budget the Qwen2.5-VL layers stream and give the golden embedd
   const ck = await Checkpoint.open(files.dit);
   try {
     const cfg = configFromCheckpoint(ck.keys(), (n) => (ck.has(n) ? ck.info(n).shape : undefined), files.hparams ?? {});
-    const all = planResidency(ck, cfg.dit, { streamAll: true });
+    const all = planResidency(ck, cfg.dit);
     const floor = all.fixedBytes + all.slots.reduce((a, x) => a + x.bytes, 0);
     expect(all.slots.length).toBe(2);
     expect(planResidency(ck, cfg.dit, { budgetBytes: floor }).resident.size).toBe(2);

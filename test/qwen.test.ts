@@ -124,10 +124,10 @@ describe('qwen25vl loader', () => {
       const vs = QwenVisionTower.sizes(ck, cfg.vision), ts = QwenTextModel.sizes(ck, cfg.text);
       expect(vs.blocks + vs.fixed + ts.blocks + ts.fixed).toBe(2 * (8292166656 - 152064 * 3584 * 2)); // all but embed_tokens, lm_head
       const GiB = 2 ** 30;
-      expect(residencyPlan('auto', vs, ts, 28, 16 * GiB)).toEqual({ streamVision: false, streamText: false });
-      expect(residencyPlan('auto', vs, ts, 28, 3 * GiB)).toEqual({ streamVision: false, streamText: true });
-      expect(residencyPlan('auto', vs, ts, 28, 1 * GiB)).toEqual({ streamVision: true, streamText: true });
-      expect(residencyPlan('never', vs, ts, 28, 1)).toEqual({ streamVision: false, streamText: false });
+      expect(residencyPlan(vs, ts, 28, 16 * GiB)).toEqual({ streamVision: false, streamText: false });
+      expect(residencyPlan(vs, ts, 28, 3 * GiB)).toEqual({ streamVision: false, streamText: true });
+      expect(residencyPlan(vs, ts, 28, 1 * GiB)).toEqual({ streamVision: true, streamText: true });
+      expect(residencyPlan(vs, ts, 28, Infinity)).toEqual({ streamVision: false, streamText: false }); // no budget
       // a few embedding rows are read by byte range (sparse file: zeros), never the whole table
       const { gatherEmbeddingRows } = await import('../src/models/qwen25vl/loader.js');
       const rows = await gatherEmbeddingRows(ck, Int32Array.from([0, 151655, 152063]));

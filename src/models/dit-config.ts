@@ -235,8 +235,6 @@ export interface DitLoadOptions {
   budgetBytes?: number;
   /** Bytes to reserve for activations when planning against the budget (see estimateActivationBytes). */
   activationBytes?: number;
-  /** Stream every block whatever the budget (tests). */
-  streamAll?: boolean;
   /** Keep at most this many blocks resident (the first in execution order); the rest are streamed. */
   maxResidentBlocks?: number;
   /** How Linear weights load (`--weights`, `--lora`; nn/weight.ts); also what the plan counts. */
@@ -313,8 +311,8 @@ export function planResidency(ckpt: Checkpoint, d: DitParams, opts: DitLoadOptio
   const act = opts.activationBytes ?? 0;
   const resident = new Set<number>();
   const budget = opts.budgetBytes;
-  if (!opts.streamAll && (budget === undefined || fixedBytes + blockTotal + act <= budget)) slots.forEach((_, j) => resident.add(j));
-  else if (!opts.streamAll) {
+  if (budget === undefined || fixedBytes + blockTotal + act <= budget) slots.forEach((_, j) => resident.add(j));
+  else {
     const b = budget as number;
     const reserve = streamReserve(slots);
     let avail = b - fixedBytes - act - reserve;

@@ -22,11 +22,10 @@ export class ModelHost {
 
   /**
    * Run `fn` with the model of `kind` (identified by `key`: files + options). In keep mode a model with
-   * the same key is reused and not freed after `fn`; `streamed` (a fallback under a budget) always loads
-   * a fresh one and frees it.
+   * the same key is reused and not freed after `fn`; otherwise it is loaded for `fn` and freed after it.
    */
-  async use<T, R>(kind: ModelKind, key: string, load: () => Promise<T>, dispose: (m: T) => Promise<void> | void, fn: (m: T) => Promise<R>, streamed = false): Promise<R> {
-    const keep = this.keep && !streamed;
+  async use<T, R>(kind: ModelKind, key: string, load: () => Promise<T>, dispose: (m: T) => Promise<void> | void, fn: (m: T) => Promise<R>): Promise<R> {
+    const keep = this.keep;
     const h = this.held.get(kind);
     if (h && (!keep || h.key !== key)) await this.release(kind);
     if (keep) {

@@ -247,7 +247,7 @@ export async function planEdit(files: Pick<ModelFiles, 'dit' | 'vae' | 'qwenDir'
     qwenAll = vs.blocks + vs.fixed + ts.blocks + ts.fixed;
     const textLayer = ts.blocks / qcfg.text.numHiddenLayers, visionBlock = vs.blocks / qcfg.vision.depth;
     const min = vs.fixed + ts.fixed + 2 * textLayer + 2 * visionBlock + act;
-    const { streamVision, streamText } = modelBudget === undefined ? { streamVision: false, streamText: false } : residencyPlan('auto', vs, ts, qcfg.text.numHiddenLayers, Math.max(1, modelBudget - act));
+    const { streamVision, streamText } = modelBudget === undefined ? { streamVision: false, streamText: false } : residencyPlan(vs, ts, qcfg.text.numHiddenLayers, Math.max(1, modelBudget - act));
     const res = vs.fixed + ts.fixed + (streamVision ? 0 : vs.blocks) + (streamText ? 0 : ts.blocks);
     const working = (streamVision ? 2 * visionBlock : 0) + (streamText ? 2 * textLayer : 0);
     const streams = [...(streamText ? ['text'] : []), ...(streamVision ? ['vision'] : [])];

@@ -124,7 +124,7 @@ export async function runEmbed(g: Gpu, files: ModelFiles, prompts: Step1xPrompt[
       o.trace?.('mid.llm_embedding', out.embeddings, [out.batch, out.maxLength, out.hidden]);
       o.trace?.('mid.mask', out.mask, [out.batch, out.maxLength], 'i64');
       return out;
-    }, budget === 0);
+    });
   }, o.replan, o.onInfo);
 }
 
@@ -276,7 +276,7 @@ export async function runDenoise(g: Gpu, files: ModelFiles, o: DenoiseStageOptio
       } finally {
         pred.dispose();
       }
-    }, budget === 0);
+    });
   }, o.replan, o.onInfo);
 }
 

@@ -205,9 +205,7 @@ export class LayerSet<T extends { dispose(): void }> extends BlockStream<T> {
 }
 
 /** Decide residency: stream when the blocks (plus what is always resident) exceed the budget. */
-export function shouldStream(mode: 'auto' | 'always' | 'never', blockBytes: number, fixedBytes: number, budgetBytes: number): boolean {
-  if (mode === 'always') return true;
-  if (mode === 'never') return false;
+export function shouldStream(blockBytes: number, fixedBytes: number, budgetBytes: number): boolean {
   if (!(budgetBytes > 0)) fail(`GPU budget must be a positive byte count, got ${budgetBytes}`, ExitCode.USAGE);
   return blockBytes + fixedBytes > budgetBytes;
 }
@@ -223,10 +221,9 @@ export interface TowerBytes {
  * parts and the two text layers a streamed step holds (current + prefetched), since both towers'
  * weights are live at the same time.
  */
-export function residencyPlan(mode: 'auto' | 'always' | 'never', vision: TowerBytes, text: TowerBytes, textLayers: number, budgetBytes: number): { streamVision: boolean; streamText: boolean } {
-  if (mode !== 'auto') return { streamVision: mode === 'always', streamText: mode === 'always' };
+export function residencyPlan(vision: TowerBytes, text: TowerBytes, textLayers: number, budgetBytes: number): { streamVision: boolean; streamText: boolean } {
   const fixed = vision.fixed + text.fixed;
-  const streamText = shouldStream(mode, vision.blocks + text.blocks, fixed, budgetBytes);
+  const streamText = shouldStream(vision.blocks + text.blocks, fixed, budgetBytes);
   const textWorking = streamText ? (2 * text.blocks) / textLayers : text.blocks;
-  return { streamVision: streamText && shouldStream(mode, vision.blocks, fixed + textWorking, budgetBytes), streamText };
+  return { streamVision: streamText && shouldStream(vision.blocks, fixed + textWorking, budgetBytes), streamText };
 }

@@ -18,8 +18,6 @@ import { withWeightPolicy, type WeightPolicy } from '../../nn/weight.js';
 export interface QwenLoadOptions {
   /** GPU bytes the weights may occupy (default: unlimited = everything resident). */
   gpuBudgetBytes?: number;
-  /** Override the budget decision ('auto' default). */
-  stream?: 'auto' | 'always' | 'never';
   /** Checkpoint path(s) when they differ from the config directory (e.g. a single model.safetensors). */
   weights?: string | string[];
   /** How Linear weights load (`--weights`; nn/weight.ts); the residency plan counts them that way. */
@@ -67,12 +65,11 @@ export class QwenVL {
     const cfg = await loadQwenConfig(dir);
     const ckpt = withWeightPolicy(await openQwenCheckpoint(opts.weights ?? dir, cfg), opts.policy);
     const budget = opts.gpuBudgetBytes ?? Infinity;
-    const mode = opts.stream ?? 'auto';
     let visual: QwenVisionTower | null = null;
     try {
       const vs = QwenVisionTower.sizes(ckpt, cfg.vision);
       const ts = QwenTextModel.sizes(ckpt, cfg.text);
-      const { streamVision, streamText } = residencyPlan(mode, vs, ts, cfg.text.numHiddenLayers, budget);
+      const { streamVision, streamText } = residencyPlan(vs, ts, cfg.text.numHiddenLayers, budget);
       visual = await QwenVisionTower.load(g, ckpt, cfg.vision, streamVision);
       const text = await QwenTextModel.load(g, ckpt, cfg.text, streamText);
       return new QwenVL(cfg, ckpt, visual, text);
