@@ -13,7 +13,7 @@
  * file holds another one, and the LoRAs (merged exactly as the official code into plain weights,
  * unmerged on packed ones). Which weights may be packed: 2-D Linear weights whose K is a multiple of 4
  * (fp8) or of QBLOCK (q8 / q4); everything else (norms, biases, embeddings, convolutions) loads as
- * stored (fp8 widened to bf16, exactly).
+ * stored (fp8 widened to bf16, exactly). The chunked conversions into packed formats are nn/weight-pack.ts.
  */
 import type { Gpu } from '../runtime/gpu.js';
 import type { Tensor } from '../runtime/tensor.js';
@@ -23,11 +23,10 @@ import { linear, type Activation } from '../ops/linear.js';
 import { linearPacked } from '../ops/linear-quant.js';
 import { add, silu, geluTanh, geluErf } from '../ops/elementwise.js';
 import { writeColumns } from '../ops/layout.js';
-import { bf16ToE4m3Codes, canPack, encodeFp8Array, isLinearWeightName, packedRowBytes, quantizeBf16Into, quantizeBlocks, quantScaleTable, QBLOCK, type PackedFormat } from '../io/quant.js';
-import { LOAD_CHUNK_BYTES } from '../io/safetensors.js';
-import { scratch, streamTensor, writeChunk } from './upload.js';
+import { canPack, encodeFp8Array, isLinearWeightName, quantizeBlocks, QBLOCK, type PackedFormat } from '../io/quant.js';
+import { streamTensor } from './upload.js';
 import { weightGpu } from './weights.js';
-import { PACK_BLOCK, packQuantChunk } from '../ops/pack-quant.js';
+import { packBf16Streamed, streamStored } from './weight-pack.js';
 import { f32ArrayToBf16, f32ArrayToF16 } from '../runtime/half.js';
 import { ExitCode, Step1xError, fail, fmtShape } from '../errors.js';
 import type { LoraFile } from './lora.js';
@@ -273,117 +272,6 @@ function uploadAdapters(g: Gpu, factors: Factors[], N: number, K: number, module
     const up = Float32Array.from(f.up, (v) => v * f.scale);
     return { down: weightGpu(g).upload(f.down, [f.rank, K], 'f32', `${modulePath}.lora_down`), up: weightGpu(g).upload(up, [N, f.rank], 'f32', `${modulePath}.lora_up`) };
   });
-}
-
-/** GPU tensors of a packed [N, K] weight: u32 words [N, row words] (+ f16 scales [N, K / QBLOCK]). */
-function packedTensors(g: Gpu, name: string, N: number, K: number, fmt: PackedFormat): [Tensor, Tensor | undefined] {
-  const words = (packedRowBytes(fmt, K) * N) / 4;
-  const data = weightGpu(g).empty([N, words / N], 'u32', name);
-  return [data, fmt === 'q8' || fmt === 'q4' ? weightGpu(g).empty([N, K / QBLOCK], 'f16', `${name}.scales`) : undefined];
-}
-
-/**
- * bf16 [N, K] → q8 / q4 / fp8_e4m3 in chunks of whole rows (an even count, so that each chunk's scales are
- * whole words). q8 / q4 are packed on the GPU (packBf16OnGpu) unless the packed weight is over the binding
- * limit; otherwise, and for fp8, each chunk is packed into scratch on the host (quantizeBf16Into /
- * bf16ToE4m3Codes: bit-identical to quantizeBlocks / the whole-tensor path) and written at its rows' offsets.
- */
-/**
- * A bf16 [N, K] tensor's bytes in chunks of at most `rows` rows, through the checkpoint (a renamed view of the
- * diffusers layout joins to_q/to_k/to_v and swaps halves: its bytes are not one range of one file).
- */
-async function* bf16RowChunks(ckpt: Checkpoint, name: string, K: number, rows: number): AsyncGenerator<Uint8Array> {
-  const step = rows * 2 * K;
-  for await (const c of ckpt.tensorChunks(name, step)) for (let at = 0; at < c.byteLength; at += step) yield c.subarray(at, Math.min(c.byteLength, at + step));
-}
-
-async function packBf16Streamed(g: Gpu, ckpt: Checkpoint, name: string, N: number, K: number, fmt: 'q8' | 'q4' | 'fp8_e4m3', where: 'gpu' | 'host'): Promise<[Tensor, Tensor | undefined]> {
-  const [data, sc] = packedTensors(g, name, N, K, fmt);
-  if (fmt !== 'fp8_e4m3' && data.byteLength <= g.maxBindingBytes && where === 'gpu' && QBLOCK === PACK_BLOCK) return packBf16OnGpu(g, ckpt, name, N, K, fmt, data, sc!);
-  try {
-    const rows = Math.max(2, Math.floor(LOAD_CHUNK_BYTES / (2 * K) / 2) * 2);
-    let r0 = 0;
-    for await (const c of bf16RowChunks(ckpt, name, K, rows)) {
-      const r = c.byteLength / (2 * K);
-      const bits = new Uint16Array(c.buffer, c.byteOffset, r * K);
-      const codeBytes = packedRowBytes(fmt, K) * r;
-      const nb = (r * K) / QBLOCK;
-      // scratch layout: [f32 widened rows | codes | scales]
-      const buf = scratch(r * K * 4 + codeBytes + nb * 2 + 8);
-      const codes = new Uint8Array(buf, r * K * 4, codeBytes);
-      if (fmt === 'fp8_e4m3') bf16ToE4m3Codes(bits, codes);
-      else {
-        const scales = new Uint16Array(buf, r * K * 4 + Math.ceil(codeBytes / 4) * 4, nb);
-        quantizeBf16Into(bits, r, K, fmt, codes, scales, new Float32Array(buf, 0, r * K));
-        await writeChunk(g, sc!, (r0 * K / QBLOCK) * 2, new Uint8Array(scales.buffer, scales.byteOffset, scales.byteLength));
-      }
-      await writeChunk(g, data, r0 * packedRowBytes(fmt, K), codes);
-      r0 += r;
-    }
-    return [data, sc];
-  } catch (e) {
-    data.dispose();
-    sc?.dispose();
-    throw e;
-  }
-}
-
-const scaleTables = new Map<'q8' | 'q4', Uint32Array>();
-/** quantScaleTable, computed once per format on the host (uploaded per weight: no GPU memory outlives a load). */
-function scaleTableHost(fmt: 'q8' | 'q4'): Uint32Array {
-  let t = scaleTables.get(fmt);
-  if (!t) scaleTables.set(fmt, (t = quantScaleTable(fmt)));
-  return t;
-}
-
-/**
- * bf16 → q8 / q4 with the packing on the GPU: each chunk of whole rows (an even count) is written into a
- * staging tensor and packed by ops/pack-quant.ts straight into the weight's tensors (bit-identical to
- * quantizeBlocks). The host only reads and copies, so the load runs near the upload speed.
- */
-async function packBf16OnGpu(g: Gpu, ckpt: Checkpoint, name: string, N: number, K: number, fmt: 'q8' | 'q4', data: Tensor, sc: Tensor): Promise<[Tensor, Tensor]> {
-  // chunks of one upload-ring write each: the rows' bf16 bytes go from the file into staging memory directly
-  const rows = Math.max(2, Math.floor(g.uploads.chunkBytes / (2 * K) / 2) * 2);
-  const staging = weightGpu(g).empty([Math.ceil((rows * K) / 2)], 'u32', `${name} (bf16 staging)`);
-  const table = weightGpu(g).upload(scaleTableHost(fmt), [1 << 15], 'u32', `${fmt} scale table`); // untracked: held across awaits
-  const read = ckpt.tensorReader(name);
-  try {
-    for (let r0 = 0; r0 < N; r0 += rows) {
-      const r = Math.min(rows, N - r0);
-      // writeVia submits the previous chunk's pack before this copy, so the staging tensor is free again
-      await g.writeVia(staging, 0, r * 2 * K, (v, at) => read(v, r0 * 2 * K + at));
-      packQuantChunk(staging, table, data, sc, fmt, (r0 * K) / QBLOCK, (r * K) / QBLOCK);
-    }
-    return [data, sc];
-  } catch (e) {
-    data.dispose();
-    sc.dispose();
-    throw e;
-  } finally {
-    staging.dispose();
-    table.dispose();
-  }
-}
-
-/** A packed weight already in the target format on disk: codes and scales streamed as stored. */
-async function streamStored(g: Gpu, ckpt: Checkpoint, name: string, N: number, K: number, fmt: PackedFormat): Promise<[Tensor, Tensor | undefined]> {
-  const [data, sc] = packedTensors(g, name, N, K, fmt);
-  try {
-    await streamTensor(g, ckpt, name, data);
-    const q = ckpt.info(name).quant;
-    if (q && sc) {
-      let off = 0;
-      for await (const c of ckpt.fileOf(name).readChunks(q.scale.begin, q.scale.end - q.scale.begin)) {
-        await writeChunk(g, sc, off, c);
-        off += c.byteLength;
-      }
-    }
-    return [data, sc];
-  } catch (e) {
-    data.dispose();
-    sc?.dispose();
-    throw e;
-  }
 }
 
 /** Dry run (STEP1X_DRYRUN): the buffers loadLinearWeight would upload, nothing read or converted. */
