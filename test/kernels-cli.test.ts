@@ -40,6 +40,8 @@ test('devices prints the plan of each main shape for the forced families', () =>
   expect(r.code).toBe(0);
   expect(r.stdout).toMatch(/kernels: +tiled/);
   expect(r.stdout).toMatch(/DiT qkv GEMM M=17664 K=3072 N=9216 +workgroup-tiled f32/);
+  // the VAE conv's plan (ops/plan-conv.ts): the implicit GEMM needs matrix units, the other families run the direct kernel
+  expect(r.stdout).toMatch(/VAE conv3x3 512ch at 128² +direct conv2d\.wgsl, f32 register tiles/);
   const reg = step1x(['devices', '--kernels', 'register', '--json']);
   expect(reg.code).toBe(0);
   const j = JSON.parse(reg.stdout);
@@ -59,7 +61,8 @@ test('edit --kernels subgroup-matrix: matches the register run (u8 ±2 on ≥ 98
   const info = JSON.parse(dev.stdout);
   expect(info.featuresUsed).toContain('chromium-experimental-subgroup-matrix');
   expect(info.precision).toBe('mixed');
-  expect(info.plans.find((p: { shape: string }) => p.shape.startsWith('DiT qkv')).plan).toMatch(/^subgroup-matrix/);
+  expect(info.plans.find((p: { shape: string }) => p.shape.startsWith('DiT qkv')).plan).toMatch(/^subgroup-matrix .*; x and out stored f16, groups of \d+ row blocks$/);
+  expect(info.plans.find((p: { shape: string }) => p.shape.startsWith('VAE conv')).plan).toMatch(/^implicit GEMM, subgroup-matrix /);
 
   const dir = mkdtempSync(join(tmpdir(), 'step1x-kernels-'));
   const io = await SafetensorsFile.open(join(CASE, 'io.safetensors'));

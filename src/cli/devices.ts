@@ -7,6 +7,8 @@ import type { Command } from 'commander';
 import { Gpu } from '../runtime/gpu.js';
 import { planGemm } from '../ops/plan-gemm.js';
 import { planAttention } from '../ops/plan-attention.js';
+import { planConv } from '../ops/plan-conv.js';
+import { canStoreF16 } from '../ops/act-dtype.js';
 import { gpuOptions, type KernelCliOptions } from './gpu-options.js';
 import { exitQuietlyOnEpipe, humanBytes } from './inspect.js';
 
@@ -49,26 +51,39 @@ export async function describeDevices(opts: { json?: boolean } & KernelCliOption
   }
 }
 
-/** The kernel plan for the main shapes of the DiT (1024², CFG batch 2), Qwen2.5-VL and the VAE. */
+/**
+ * The kernel plan for the main shapes of the DiT (1024², CFG batch 2), Qwen2.5-VL and the VAE, as the run
+ * plans them: the DiT's GEMMs and attention with the activation storage of its steps (f16 where the device
+ * can store it: --precision mixed on the subgroup-matrix family, ops/act-dtype.ts), the VAE's 3x3 conv
+ * through planConv (an implicit GEMM on matrix units, or the direct kernel).
+ */
 export function mainPlans(g: Gpu): { shape: string; plan: string }[] {
-  const gemm = (what: string, M: number, K: number, N: number) => {
-    const p = planGemm(g, { M, N, K, wdt: 'bf16' });
-    return { shape: `${what} GEMM M=${M} K=${K} N=${N}`, plan: p ? p.describe : M <= 4 ? 'register gemv (split-K)' : 'register-tiled f32 (gemm.wgsl tiled)' };
+  const f16 = canStoreF16(g);
+  const gemm = (what: string, M: number, K: number, N: number, act = false) => {
+    const half = act && f16;
+    const p = planGemm(g, { M, N, K, wdt: 'bf16', ...(half ? { xdt: 'f16' as const } : {}) });
+    const plan = p ? p.describe : M <= 4 ? 'register gemv (split-K)' : 'register-tiled f32 (gemm.wgsl tiled)';
+    return { shape: `${what} GEMM M=${M} K=${K} N=${N}`, plan: half && p ? `${plan}; x and out stored f16, groups of ${p.groupM} row blocks` : plan };
   };
-  const att = (what: string, L: number, H: number, Dh: number) => ({ shape: `${what} attention L=${L} H=${H} Dh=${Dh}`, plan: planAttention(g, { Lq: L, Lk: L, Dh }).describe });
+  const att = (what: string, L: number, H: number, Dh: number, act = false) => {
+    const p = planAttention(g, { Lq: L, Lk: L, Dh });
+    const storage = !(act && f16) ? '' : p.kind === 'subgroup-matrix' ? '; q, k, v and out stored f16' : '; q, k, v stored f16, widened to f32 for it';
+    return { shape: `${what} attention L=${L} H=${H} Dh=${Dh}`, plan: p.describe + storage };
+  };
+  const conv = planConv(g, { C: 512, O: 512, KH: 3, KW: 3, Ho: 128, Wo: 128, wdt: 'f32' });
   const M = 2 * (4096 + 4096 + 640);
   return [
-    gemm('DiT qkv', M, 3072, 9216),
-    gemm('DiT mlp', M, 3072, 12288),
-    gemm('DiT single', M, 3072, 21504),
-    gemm('DiT proj', M, 3072, 3072),
-    att('DiT', 8832, 24, 128),
+    gemm('DiT qkv', M, 3072, 9216, true),
+    gemm('DiT mlp', M, 3072, 12288, true),
+    gemm('DiT single', M, 3072, 21504, true),
+    gemm('DiT proj', M, 3072, 3072, true),
+    att('DiT', 8832, 24, 128, true),
     gemm('Qwen mlp', 1024, 3584, 18944),
     gemm('Qwen vision', 4096, 1280, 3420),
     att('Qwen text', 1024, 28, 128),
     att('Qwen vision', 4096, 16, 80),
     gemm('VAE attn', 16384, 512, 512),
-    { shape: 'VAE conv3x3 512ch at 128²', plan: 'conv2d.wgsl (register path; no matrix plan yet)' },
+    { shape: 'VAE conv3x3 512ch at 128²', plan: conv.describe },
   ];
 }
 
