@@ -27,7 +27,7 @@ import { Module, param, type TensorParam } from '../nn/module.js';
 import { layerNormModulate, rmsNorm, gatedResidual } from '../ops/norm.js';
 import { slice, writeColumns } from '../ops/layout.js';
 import { attention } from '../ops/attention.js';
-import { activationDtype } from '../ops/act-dtype.js';
+import { activationDtype, widen } from '../ops/act-dtype.js';
 import { rmsNormRope, type JointRows } from '../ops/qk-norm-rope.js';
 import { fluxPe } from '../ops/rope-tables.js';
 import { chunkLastDim } from './connector.js';
@@ -142,14 +142,18 @@ export function linearRows(x: Tensor, lin: Linear, start: number, count: number,
 /**
  * Token rows [at, at + L) of joint [B, Lj, N] ← x [B, L, C] through output rows [start, start + N) of a
  * Linear: one GEMM per batch item writing its row range in place (the double block's joint v, no concat).
- * Where a range does not start on a 256-byte boundary (tiny widths) the GEMM result is copied in instead.
+ * Where a range does not start on a 256-byte boundary (tiny widths) the GEMM result is copied in instead,
+ * widened where it came out f16 and the joint is f32 (jointDtype: a stream of ≤ 4 rows beside one of more).
  */
 function linearRowsInto(x: Tensor, lin: Linear, start: number, joint: Tensor, at: number): void {
   const g = x.gpu, [B, L, C] = x.shape, [, Lj] = joint.shape, N = joint.numel / (B * Lj);
   g.scope(() => {
     const eb = DTYPE_BYTES[joint.dtype];
     const aligned = Array.from({ length: B }, (_, b) => (joint.byteOffset + (b * Lj + at) * N * eb) % 256 === 0).every(Boolean);
-    if (!aligned) return void writeColumns(linearRows(x, lin, start, N).reshape([B, L * N]), joint.reshape([B, Lj * N]), at * N);
+    if (!aligned) {
+      const y = linearRows(x, lin, start, N);
+      return void writeColumns((y.dtype === joint.dtype ? y : widen(y)).reshape([B, L * N]), joint.reshape([B, Lj * N]), at * N);
+    }
     const x2 = x.reshape([B * L, C]), j2 = joint.reshape([B * Lj, N]);
     for (let b = 0; b < B; b++) linearRows(x2.rows(b * L, L), lin, start, N, undefined, { out: j2.rows(b * Lj + at, L) });
   });
@@ -169,6 +173,15 @@ function linearOfRows(joint: Tensor, at: number, n: number, lin: Linear): Tensor
     for (let b = 0; b < B; b++) lin.forward(j2.rows(b * Lj + at, n), undefined, { out: o2.rows(b * n, n) });
     return out;
   });
+}
+
+/**
+ * Storage of the double block's joint q, k, v: the step's activation dtype, but f32 when a stream has at
+ * most 4 token rows per batch item (T or L ≤ 4, test sizes only): its per-item v GEMM is then the gemv,
+ * which writes f32 only (ops/plan-gemm.ts leaves M ≤ 4 to it), and there is nothing to save at that size.
+ */
+export function jointDtype(g: Gpu, T: number, L: number): 'f32' | 'f16' {
+  return Math.min(T, L) <= 4 ? 'f32' : activationDtype(g);
 }
 
 /** The double block's joint [txt ‖ img] q, k, v [B, T+L, heads, hd] and the first token row of a stream. */
@@ -248,8 +261,8 @@ export class DoubleStreamBlock extends Module {
           // joint sequence: text first, then image; [B, T+L, heads, hd]. Each stream's q and k are normed
           // and roped straight into their rows of the joint tensors, v projected into its rows: no concat.
           const [B, , H] = img.shape, heads = this.img_attn.heads;
-          // stored as the step's activations are (ops/act-dtype.ts: f16 inside an f16 DiT step, else f32)
-          const qkv = [0, 1, 2].map(() => g.empty([B, T + L, heads, H / heads], activationDtype(g), 'joint qkv'));
+          // stored as the step's activations are (ops/act-dtype.ts: f16 inside an f16 DiT step, else f32; jointDtype)
+          const qkv = [0, 1, 2].map(() => g.empty([B, T + L, heads, H / heads], jointDtype(g, T, L), 'joint qkv'));
           this.txt_attn.project(txt, tm[0], tm[1], pe, { qkv, at: 0 });
           this.img_attn.project(img, im[0], im[1], pe, { qkv, at: T });
           return attend(qkv[0], qkv[1], qkv[2]); // [B, T+L, H]
