@@ -5,7 +5,8 @@
  * fall back to staging, 17 and 255 end in a clamped partial row block), K a multiple of 8 but not of the
  * k-tile, N not a multiple of any tile; bf16 / f16 / f32 / fp8 / q8 / q4 weights, the f16→f16 config, an f16
  * output into a column window, a weight beyond f16 (f32 recompute); and the fallbacks: K % 8 != 0, a
- * misaligned x view, fewer rows than a fragment.
+ * misaligned x view, fewer rows than a fragment; `step1x tune`'s candidates with and without it, and that
+ * cache entries written before it (no `adirect` field) still load.
  * Runs where f16 activation storage can (the trixie root: scripts/sgmat-env.sh with
  * STEP1X_KERNELS=subgroup-matrix); elsewhere it says so and returns, and under STEP1X_KERNELS=subgroup-matrix
  * an adapter that cannot is an error, not a skip. Few pipelines, small N and K (CI runs on 2 loaded cores).
@@ -17,6 +18,10 @@ import { linearPacked } from '../src/ops/linear-quant.js';
 import { canStoreF16 } from '../src/ops/act-dtype.js';
 import { planGemm, sgmatDirect, overflowCount, setTunedTiles, gemmConfig, DEFAULT_SGMAT_TILE, type SgmatTile } from '../src/ops/plan-gemm.js';
 import { quantizeBlocks, dequantizeBlocks, encodeFp8Array, decodeFp8Array, QBLOCK, type PackedFormat } from '../src/io/quant.js';
+import { candidates, loadTuned, adapterKey, shapeClass } from '../src/ops/tune.js';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { Gpu, Kernel } from '../src/runtime/gpu.js';
 import type { DType, Tensor } from '../src/runtime/tensor.js';
 
@@ -113,6 +118,31 @@ describe('gemm-sgmat: A straight from f16 storage (ADIRECT)', () => {
       expect(planGemm(g, s, 'subgroup-matrix')!.direct).toBeUndefined(); // the tuner's staged candidate
     } finally {
       setTunedTiles(g, undefined);
+    }
+  });
+
+  test('tune: f16-x candidates with and without it; cache entries from before (no adirect field) stay valid', async () => {
+    const g = await f16Gpu('tune candidates');
+    if (!g) return;
+    const f32 = candidates(g, 'subgroup-matrix') as SgmatTile[];
+    const f16 = candidates(g, 'subgroup-matrix', 'f16') as SgmatTile[];
+    expect(f32.every((t) => !('adirect' in t))).toBe(true);
+    expect(f16).toEqual(f32.flatMap((t) => [t, { ...t, adirect: false }]));
+    const s = { M: 255, K: 40, N: 19, wdt: 'bf16' as DType, xdt: 'f16' as DType };
+    const dir = mkdtempSync(join(tmpdir(), 'step1x-adirect-'));
+    const saved = process.env.STEP1X_TUNE_CACHE;
+    process.env.STEP1X_TUNE_CACHE = join(dir, 'tune.json');
+    try {
+      for (const [entry, direct] of [[{ ...f32[0] }, true], [{ ...f32[0], adirect: false }, false]] as const) {
+        writeFileSync(process.env.STEP1X_TUNE_CACHE, JSON.stringify({ [adapterKey(g)]: { [shapeClass('subgroup-matrix', s)]: entry } }));
+        expect(loadTuned(g)).toBe(1);
+        expect([entry, !!planGemm(g, s, 'subgroup-matrix')!.direct]).toEqual([entry, direct]);
+      }
+    } finally {
+      setTunedTiles(g, undefined);
+      if (saved === undefined) delete process.env.STEP1X_TUNE_CACHE;
+      else process.env.STEP1X_TUNE_CACHE = saved;
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 
