@@ -32,7 +32,8 @@ diagnostic(off, chromium.subgroup_matrix_uniformity);
 //   SGCTL                       pin the subgroup size to SGSIZE (@subgroup_size; Intel's 8x16x16 configs need
 //                               16, AMD's need 32); without it SGSIZE is the adapter's maximum
 //   VEC                         K % 8 == 0 and x_off % 4 == w_off % 8 == 0: x and w staged with vec4 loads
-//                               (bf16/f16: 8 weights per load, each packed pair unpacked once)
+//                               (bf16/f16: 8 weights per load, each packed pair unpacked once); with ADIRECT
+//                               only w (x_off may be any multiple of 8, x stays bound scalar)
 //   X16                         x is stored f16 (f16 activation storage, src/ops/act-dtype.ts): staged as is,
 //                               read exactly by the f32 recompute
 //   ADIRECT                     (X16, not CONV) A is not staged: each subgroup loads its left fragments straight

@@ -214,8 +214,8 @@ function directAllowed(cfg: MatrixConfig, tile: SgmatTile, s?: GemmShape): boole
  * The ADIRECT defines for one chunk of a plan (null: stage A as before): the chunk's x element offset must
  * keep row starts 16-byte aligned and the chunk must have SM rows. Why it pays: A is no longer copied
  * through workgroup memory (the staging loop, its f16 narrow and half the workgroup stores per k-tile go),
- * and the tile's workgroup storage drops by the two A buffers (a 128x128x32 tile: 49 KiB → 29 KiB, one
- * epilogue round instead of two, more workgroups resident per SM). The cost: each of the SGN subgroups of a
+ * and the tile's workgroup storage drops by the two A buffers (a 128x128x32 tile on 16x16 fragments: 44 KiB
+ * in two epilogue rounds → 28 KiB in one, more workgroups resident per SM). The cost: each of the SGN subgroups of a
  * row loads the same A fragments, served by L1 (ONNX Runtime's subgroup_matrix_matmul_nbits does the same).
  */
 export function sgmatDirect(plan: GemmPlan, K: number, xOff: number, rows: number): { ADIRECT: true; ER: number } | null {
