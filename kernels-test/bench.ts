@@ -112,19 +112,28 @@ async function benchLinear(g: Gpu, M: number, K: number, N: number, wdt: DType, 
 }
 
 /** The subgroup-matrix GEMM with f16 activation storage: x f16, out f16 (X16 / O16), bf16 weights. */
-async function benchLinearF16(g: Gpu, M: number, K: number, N: number): Promise<Row | null> {
+/**
+ * f16 x and out on the default tile: A read straight from storage where the shape allows (gemm-sgmat ADIRECT,
+ * the plan's choice), or (`staged`) the same tile with A staged through workgroup memory (`adirect: false`).
+ */
+async function benchLinearF16(g: Gpu, M: number, K: number, N: number, staged = false): Promise<Row | null> {
   const shape = `linear M=${M} K=${K} N=${N} w=bf16`;
+  const name = `subgroup-matrix f16 x/out${staged ? ' A staged' : ''}`;
   let x: Tensor | null = null, w: Tensor | null = null;
+  const cfg = gemmConfig(g.caps);
+  const tile = cfg ? defaultSgmatTiles(g.caps, cfg)[0] : undefined;
+  if (staged && tile) setTunedTiles(g, { lookup: (kind) => (kind === 'subgroup-matrix' ? { ...tile, adirect: false } : undefined) });
   try {
     x = upload(g, M * K, [M, K], 'f16', 1);
     w = upload(g, N * K, [N, K], 'bf16', 2);
     const xt = x, wt = w;
     const t = await time(g, () => withActivations(g, 'f16', () => linear(xt, wt, undefined, { variant: 'subgroup-matrix' })));
-    return record(shape, 'subgroup-matrix f16 x/out', t, 2 * M * N * K, M * K * 2 + N * K * 2 + M * N * 2);
+    return record(shape, name, t, 2 * M * N * K, M * K * 2 + N * K * 2 + M * N * 2);
   } catch (e) {
-    console.log(`(${shape} f16 x/out failed: ${(e as Error).message.split('\n')[0]})`);
+    console.log(`(${shape} ${name} failed: ${(e as Error).message.split('\n')[0]})`);
     return null;
   } finally {
+    if (staged) setTunedTiles(g, undefined);
     x?.dispose();
     w?.dispose();
   }
@@ -237,6 +246,9 @@ async function benchVariants(g: Gpu): Promise<void> {
     if (canStoreF16(g)) {
       const r = await benchLinearF16(g, M, K, N);
       if (r && base) console.log(`  subgroup-matrix f16 x/out / register at M=${M} K=${K} N=${N}: ${(base.ms / r.ms).toFixed(2)}x`);
+      // A from storage (ADIRECT; K % 8 == 0) against the same tile with A staged
+      const s = await benchLinearF16(g, M, K, N, true);
+      if (r && s) console.log(`  f16 x: A from storage / A staged at M=${M} K=${K} N=${N}${K % 8 ? ' (K % 8 != 0: both staged)' : ''}: ${(s.ms / r.ms).toFixed(2)}x`);
     }
     for (const [name, t] of sgTiles) {
       setTunedTiles(g, { lookup: (kind) => (kind === 'subgroup-matrix' ? t : undefined) });

@@ -4,7 +4,7 @@
  * Measured speed lives in `npm run bench`; these are the structural promises of the plans.
  */
 import { PROFILES, byName, type DeviceProfile } from './device-profiles.js';
-import { planGemmFor, sgmatPlan, sgmatStorageBytes, gemmConfig, matrixConfig, type GemmPlan, type GemmShape } from '../src/ops/plan-gemm.js';
+import { planGemmFor, sgmatPlan, sgmatStorageBytes, sgmatDirect, gemmConfig, matrixConfig, type GemmPlan, type GemmShape, type SgmatTile } from '../src/ops/plan-gemm.js';
 import { planAttentionFor, attentionBinding, attentionSgmatTile, attentionSgmatBytes } from '../src/ops/plan-attention.js';
 import { resolveKernels, resolvePrecision, hasMatrixUnits } from '../src/runtime/caps.js';
 import { planConvFor, convWeightVectors, type ConvShape } from '../src/ops/plan-conv.js';
@@ -65,6 +65,17 @@ describe('plans per device profile at 1024²', () => {
         const q = planGemmFor(p.caps, 'subgroup-matrix', 'mixed', { ...s, wdt: 'f32' })!;
         expect([q.kind, q.bm, q.bn]).toEqual(['subgroup-matrix', 128, 128]);
       }
+      // f16 activations (DiT steps): A is loaded straight from storage (ADIRECT), bf16 and quantized alike;
+      // without the A tiles the 128x128x32 tile needs one epilogue round instead of two
+      for (const s of DIT)
+        for (const wdt of ['bf16', 'f32'] as const) {
+          const d = planGemmFor(p.caps, 'subgroup-matrix', 'mixed', { ...s, wdt, xdt: 'f16' })!;
+          expect([d.bm, d.bn, d.describe]).toEqual([128, 128, expect.stringMatching(/A from storage/)]);
+          expect(sgmatDirect(d, s.K, 0, s.M)).toEqual({ ADIRECT: true, ER: 1 });
+          const t = { sgm: d.defines.SGM, sgn: d.defines.SGN, pm: d.defines.PM, pn: d.defines.PN, bk: d.defines.BK } as SgmatTile;
+          expect(sgmatStorageBytes(gemmConfig(p.caps)!, t, 1, true)).toBeLessThanOrEqual(p.caps.maxWorkgroupStorage);
+          expect(planGemmFor(p.caps, 'subgroup-matrix', 'mixed', { ...s, wdt })!.direct).toBeUndefined(); // f32 x: staged
+        }
     }
   });
 

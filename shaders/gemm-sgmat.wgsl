@@ -32,9 +32,25 @@ diagnostic(off, chromium.subgroup_matrix_uniformity);
 //   SGCTL                       pin the subgroup size to SGSIZE (@subgroup_size; Intel's 8x16x16 configs need
 //                               16, AMD's need 32); without it SGSIZE is the adapter's maximum
 //   VEC                         K % 8 == 0 and x_off % 4 == w_off % 8 == 0: x and w staged with vec4 loads
-//                               (bf16/f16: 8 weights per load, each packed pair unpacked once)
+//                               (bf16/f16: 8 weights per load, each packed pair unpacked once); with ADIRECT
+//                               only w (x_off may be any multiple of 8, x stays bound scalar)
 //   X16                         x is stored f16 (f16 activation storage, src/ops/act-dtype.ts): staged as is,
 //                               read exactly by the f32 recompute
+//   ADIRECT                     (X16, not CONV) A is not staged: each subgroup loads its left fragments straight
+//                               from x with subgroupMatrixLoad (row-major, stride K), as ONNX Runtime's
+//                               subgroup_matrix_matmul_nbits does; only W goes through workgroup memory. The
+//                               host sets it only where K % max(8, SK) == 0, x_off % 8 == 0 and M >= SM:
+//                               Vulkan (VUID-RuntimeSpirv-OpCooperativeMatrixLoadKHR-08986) wants the pointer
+//                               and stride of a cooperative-matrix load aligned to min(16 bytes, one row of
+//                               the matrix) = 16 bytes for f16 rows of SK >= 8, so every fragment row starts
+//                               on a multiple of 8 elements (binding offsets are 256-byte aligned). Bounds:
+//                               Dawn's robustness predicates (older) or clamps (newer) a matrix load reaching
+//                               past the binding as a whole, so no load may: fragments of the last row block
+//                               start at min(row, M - SM) (rows below M, in the array; the rows they repeat
+//                               are masked at the store), and k-steps at or beyond K are skipped (K % SK == 0:
+//                               a fragment is wholly inside or outside a row). x (ADIRECT: bound scalar) is
+//                               f16 storage, in range by construction (writers clamp), so only W and (RES ==
+//                               f16) the partial sums can set the overflow flag
 //   O16                         out is stored f16: a value with |v| > 65504 (or inf) is stored clamped to
 //                               ±65504 and counted in ovf[2]; the caller redoes the work with f32 storage
 //   OVEC                        ldo, o_off and the column count are multiples of 4: vec4 output stores
@@ -79,12 +95,15 @@ struct Params {
 #define XT f32
 #endif
 #ifdef VEC
+#define WVEC 1
+#ifndef ADIRECT
+#define XVEC 1
+#endif
+#endif
+#ifdef XVEC
 @group(0) @binding(1) var<storage, read> x: array<vec4<XT>>;
 #else
 @group(0) @binding(1) var<storage, read> x: array<XT>;
-#endif
-#ifdef VEC
-#define WVEC 1
 #endif
 #ifdef QUANT
 @group(0) @binding(2) var<storage, read> w: array<u32>;
@@ -139,14 +158,16 @@ const FE: u32 = (SM * SN + SGMIN - 1u) / SGMIN;   // (RES == f16) fragment eleme
 const CSLOTS: u32 = (SGM * SGN + ER - 1u) / ER;
 const F16_MAX: f32 = 65504.0;
 
+#ifndef ADIRECT
 var<workgroup> As: array<f16, 2u * ABUF>;     // x tiles, row-major [2][BM][BKP]
+#endif
 var<workgroup> Bs: array<f16, 2u * BBUF>;     // W tiles, [2][BN][BKP] = the K x N operand in column-major
 var<workgroup> Cs: array<RES, CSLOTS * SM * SN>; // one fragment per computing subgroup (per epilogue round)
 var<workgroup> ovf_any: atomic<u32>;
 var<workgroup> ovf_flag: u32;
 
 fn x_at(e: u32) -> f32 {
-#ifdef VEC
+#ifdef XVEC
   return f32(x[e >> 2u][e & 3u]);
 #else
   return f32(x[e]);
@@ -293,11 +314,25 @@ fn stage_w_vec(bb: u32, n0: u32, k0: u32, li: u32, bad: ptr<function, bool>) {
 #endif
 #endif
 
-// Stage k-tile k0 of x rows [m0, m0+BM) and W rows [n0, n0+BN) into buffer `buf` (zeros outside the matrix).
+// The first row a fragment of nominal first row r0 computes: r0, or (ADIRECT) clamped so that its SM rows
+// end at row M (the load stays inside x); the epilogue stores only its rows >= r0.
+fn frag_row(r0: u32) -> u32 {
+#ifdef ADIRECT
+  return min(r0, U.M - SM);
+#else
+  return r0;
+#endif
+}
+
+// Stage k-tile k0 of x rows [m0, m0+BM) (not with ADIRECT) and W rows [n0, n0+BN) into buffer `buf`
+// (zeros outside the matrix).
 fn stage(buf: u32, m0: u32, n0: u32, k0: u32, li: u32, bad: ptr<function, bool>) {
-  let ab = buf * ABUF;
   let bb = buf * BBUF;
+#ifndef ADIRECT
+  let ab = buf * ABUF;
+#endif
 #ifdef VEC
+#ifdef XVEC
   // K % 8 == 0 and k0 % 8 == 0: a vector is wholly inside or wholly outside [0, K).
   for (var e = li; e < BM * BK / 4u; e += WG) {
     let r = e / (BK / 4u);
@@ -309,6 +344,7 @@ fn stage(buf: u32, m0: u32, n0: u32, k0: u32, li: u32, bad: ptr<function, bool>)
     let o = ab + r * BKP + kk;
     As[o] = narrow(v.x, bad); As[o + 1u] = narrow(v.y, bad); As[o + 2u] = narrow(v.z, bad); As[o + 3u] = narrow(v.w, bad);
   }
+#endif
 #ifdef QUANT
   // K % 4 == 0 (every packed format): a quad of codes is wholly inside or outside [0, K); codes times the
   // block scale are narrowed to f16 once, here.
@@ -351,6 +387,7 @@ fn stage(buf: u32, m0: u32, n0: u32, k0: u32, li: u32, bad: ptr<function, bool>)
     }
   }
 #else
+#ifndef ADIRECT
   for (var e = li; e < BM * BK; e += WG) {
     let r = e / BK;
     let kk = e % BK;
@@ -360,6 +397,7 @@ fn stage(buf: u32, m0: u32, n0: u32, k0: u32, li: u32, bad: ptr<function, bool>)
     if (m < U.M && k < U.K) { v = a_val(m, k); }
     As[ab + r * BKP + kk] = narrow(v, bad);
   }
+#endif
 #endif
 #ifdef WVEC
   stage_w_vec(bb, n0, k0, li, bad);   // CONV with vector-aligned weight rows
@@ -409,6 +447,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   var accf: array<f32, NF * FE>;
 #endif
   var acc: array<subgroup_matrix_result<RES, SN, SM>, NF>;
+#ifdef ADIRECT
+  // Element offset in x of each left fragment's first row (row starts clamped as frag_row says).
+  var arow: array<u32, PM>;
+  for (var i = 0u; i < PM; i++) { arow[i] = U.x_off + frag_row(m0 + (sy * PM + i) * SM) * U.K; }
+#endif
   let n_kt = (U.K + BK - 1u) / BK;
   stage(0u, m0, n0, 0u, li, &bad);
   workgroupBarrier();
@@ -417,13 +460,25 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     // The other buffer was last read in step kt-1, which ended with a barrier.
     if (kt + 1u < n_kt) { stage(cur ^ 1u, m0, n0, (kt + 1u) * BK, li, &bad); }
     if (computes) {
-      let ab = cur * ABUF;
       let bb = cur * BBUF;
+#ifdef ADIRECT
+      let k0 = kt * BK;
+#else
+      let ab = cur * ABUF;
+#endif
       for (var ks = 0u; ks < BK; ks += SK) {
         var lt: array<subgroup_matrix_left<f16, SK, SM>, PM>;
+#ifdef ADIRECT
+        // K tail: a fragment at or beyond K would read the next row, or past the binding (workgroup-uniform).
+        if (k0 + ks >= U.K) { break; }
+        for (var i = 0u; i < PM; i++) {
+          lt[i] = subgroupMatrixLoad<subgroup_matrix_left<f16, SK, SM>, row_major>(&x, arow[i] + k0 + ks, U.K);
+        }
+#else
         for (var i = 0u; i < PM; i++) {
           lt[i] = subgroupMatrixLoad<subgroup_matrix_left<f16, SK, SM>, row_major>(&As, ab + ((sy * PM + i) * SM) * BKP + ks, BKP);
         }
+#endif
         for (var j = 0u; j < PN; j++) {
           let rt = subgroupMatrixLoad<subgroup_matrix_right<f16, SN, SK>, col_major>(&Bs, bb + ((sx * PN + j) * SN) * BKP + ks, BKP);
           for (var i = 0u; i < PM; i++) {
@@ -482,12 +537,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   if (computes) {
     for (var f = 0u; f < NF; f++) {
       let fm0 = m0 + (sy * PM + f / PN) * SM;
+      let fa = frag_row(fm0);
       let fn0 = n0 + (sx * PN + f % PN) * SN;
       for (var j = 0u; j < FE; j++) {
         let e = lane + j * sg_size;
-        let m = fm0 + e / SN;
+        let m = fa + e / SN;
         let n = fn0 + e % SN;
-        if (e < SM * SN && m < U.M && n < U.N) { put(m, n, accf[f * FE + j]); }
+        if (e < SM * SN && m >= fm0 && m < U.M && n < U.N) { put(m, n, accf[f * FE + j]); }
       }
     }
   }
@@ -511,10 +567,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
           if (m < U.M && n < U.N) { put(m, n, Cs[slot + (e % SM) * SN + e / SM]); }
         }
 #else
+        let fa = frag_row(fm0);
         for (var e = lane * 4u; e < SM * SN; e += sg_size * 4u) {
-          let m = fm0 + e / SN;
+          let m = fa + e / SN;
           let n = fn0 + e % SN;
-          if (m < U.M) {
+          if (m >= fm0 && m < U.M) {
             let o = ob + m * U.ldo + n;
             let c = slot + e;
 #ifdef OVEC

@@ -153,6 +153,10 @@ describe('step1x edit on a dry-run device at real size (header-only v1.1 fakes)'
     const big = d.kernels.filter((k) => k.shape.startsWith('dit.gemm') && Number(/M=(\d+)/.exec(k.shape)![1]) > 4);
     expect(big.length).toBeGreaterThan(5);
     for (const k of big) expect([k.variant.startsWith('gemm-sgmat.wgsl'), k.matrix_units, k.tile]).toEqual([true, true, expect.stringContaining('SM=16')]);
+    // those reading f16 activations load A straight from storage (gemm-sgmat ADIRECT; every DiT K is a multiple of 16)
+    const f16x = big.filter((k) => /\bX16\b/.test(k.variant));
+    expect(f16x.length).toBeGreaterThan(5);
+    for (const k of f16x) expect([k.shape, k.variant]).toEqual([k.shape, expect.stringMatching(/\bADIRECT\b/)]);
     // every VAE conv (encode and decode, 1x1 and 3x3, stride 2, fused upsample) is an implicit GEMM on the matrix units
     const convs = d.kernels.filter((k) => k.shape.startsWith('vae.conv'));
     expect(convs.length).toBeGreaterThan(10);

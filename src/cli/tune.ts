@@ -8,6 +8,7 @@ import type { Command } from 'commander';
 import { Gpu } from '../runtime/gpu.js';
 import { fail } from '../errors.js';
 import { tune, modelShapes, tuneCachePath } from '../ops/tune.js';
+import { canStoreF16 } from '../ops/act-dtype.js';
 import { gpuOptions, type KernelCliOptions } from './gpu-options.js';
 
 export function register(program: Command): void {
@@ -29,7 +30,8 @@ export function register(program: Command): void {
         if (!Number.isInteger(maxDim) || maxDim < 0) fail(`--max-dim must be a non-negative integer, got "${o.maxDim}"`);
         const log = o.json ? () => {} : (m: string) => process.stdout.write(m + '\n');
         log(`tune: ${g.kernels} kernels, precision ${g.precision}, size ${size}${maxDim ? `, dims capped at ${maxDim}` : ''}`);
-        const res = await tune(g, modelShapes(size, maxDim), { reps, log });
+        // DiT steps store activations in f16 where the device can (ops/act-dtype.ts): their GEMMs are tuned so
+        const res = await tune(g, modelShapes(size, maxDim, 'bf16', canStoreF16(g) ? 'f16' : 'f32'), { reps, log });
         if (o.json) process.stdout.write(JSON.stringify({ cache: tuneCachePath(), kernels: g.kernels, results: res }) + '\n');
         else log(`tune: ${res.length} shape classes cached in ${tuneCachePath()}`);
       } finally {

@@ -18,7 +18,7 @@ import type { Gpu } from '../runtime/gpu.js';
 import { fail, fmtShape } from '../errors.js';
 import { checkOut, type Activation } from './linear.js';
 import { outputDtype, withWidened } from './act-dtype.js';
-import { warnNoMatrixUnits, planGemm, sgmatBindings, overflowCounter } from './plan-gemm.js';
+import { warnNoMatrixUnits, planGemm, sgmatBindings, sgmatDirect, overflowCounter } from './plan-gemm.js';
 
 /** Packed weight formats (the host codecs and their layout: src/io/quant.ts). */
 export type PackedFormat = 'fp8_e4m3' | 'fp8_e5m2' | 'q8' | 'q4';
@@ -128,12 +128,14 @@ export function linearPacked(x: Tensor, w: PackedWeight, b?: Tensor, opts: { act
       const bindings = [xs.view, ws.view, ...(ss ? [ss.view] : []), ...(bs ? [bs.view] : []), os.view];
       try {
         if (sg) {
-          // Vector loads of x and vec4 stores where the chunk allows them (only how the same values move).
-          const vec = K % 8 === 0 && xs.off % 4 === 0;
+          // Vector loads of x and vec4 stores where the chunk allows them (only how the same values move);
+          // f16 x in a 16-byte aligned chunk is read straight from storage (ADIRECT, plan-gemm sgmatDirect).
+          const direct = x.dtype === 'f16' ? sgmatDirect(sg, K, xs.off, mc) : null;
+          const vec = K % 8 === 0 && (!!direct || xs.off % 4 === 0);
           const ovec = ldo % 4 === 0 && nc % 4 === 0 && os.off % 4 === 0;
           g.dispatch({
             file: sg.file,
-            defines: { ...defines, ...(vec ? { VEC: true } : {}), ...(ovec ? { OVEC: true } : {}) },
+            defines: { ...defines, ...(vec ? { VEC: true } : {}), ...(ovec ? { OVEC: true } : {}), ...direct },
             // M, N, K, K4, x_off, w_off, b_off, o_off, ldo, tiles_n, wg_x, group_m, s_off, row_words, nb, pad
             uniforms: [mc, nc, K, K >> 2, xs.off, ws.off, bs ? bs.off : 0, os.off, ldo, tilesN, gx, sg.groupM, ss ? ss.off : 0, rowWords, nb, 0],
             bindings: [...bindings, overflowCounter(g)],

@@ -19,7 +19,7 @@ import { DTYPE_BYTES, storageBytes } from '../runtime/tensor.js';
 import type { Gpu, Kernel } from '../runtime/gpu.js';
 import { fail, fmtShape } from '../errors.js';
 import { outputDtype, withWidened } from './act-dtype.js';
-import { planGemm, overflowCounter, sgmatBindings, type GemmPlan } from './plan-gemm.js';
+import { planGemm, overflowCounter, sgmatBindings, sgmatDirect, type GemmPlan } from './plan-gemm.js';
 
 export type Activation = 'silu' | 'gelu_tanh' | 'gelu_erf';
 /** 'subgroup-matrix' / 'workgroup' force those kernels (src/ops/plan-gemm.ts); 'auto' follows the device's plan. */
@@ -209,10 +209,12 @@ function dispatchChunk(g: Gpu, entry: string, defines: Kernel['defines'], tile: 
   let chunkDefines = defines;
   if (plan?.kind === 'subgroup-matrix') {
     // Vector staging needs whole vectors in every row and vector-aligned starts (bf16/f16: 8 per vec4<u32>);
-    // vector stores need the same of the output rows. Both only change how the same values move.
-    const vec = c.K % 8 === 0 && xs.off % 4 === 0 && ws.off % 8 === 0;
+    // vector stores need the same of the output rows. Both only change how the same values move. With A
+    // read from storage (ADIRECT, f16 x whose chunk is 16-byte aligned) only W is staged.
+    const direct = c.x.dtype === 'f16' ? sgmatDirect(plan, c.K, xs.off, c.mc) : null;
+    const vec = c.K % 8 === 0 && (!!direct || xs.off % 4 === 0) && ws.off % 8 === 0;
     const ovec = c.N % 4 === 0 && c.nc % 4 === 0 && os.off % 4 === 0;
-    chunkDefines = { ...defines, ...sgmatBindings(false, !!c.b), ...(vec ? { VEC: true } : {}), ...(ovec ? { OVEC: true } : {}) };
+    chunkDefines = { ...defines, ...sgmatBindings(false, !!c.b), ...(vec ? { VEC: true } : {}), ...(ovec ? { OVEC: true } : {}), ...direct };
   }
   if (plan) {
     tilesN = Math.ceil(c.nc / plan.bn);

@@ -25,7 +25,8 @@ export type GemmKind = 'subgroup-matrix' | 'workgroup';
 /**
  * gemm-sgmat.wgsl geometry: SGM x SGN subgroups, each PM x PN fragments, k-tile BK. `res` picks the
  * config's result type (default: f16→f32 where offered, else f16→f16); `flush` is the number of k-tiles
- * summed in f16 before they are added into f32 (f16 results only).
+ * summed in f16 before they are added into f32 (f16 results only). `adirect: false` keeps A staged even
+ * where its layout allows loading it straight from storage (a `step1x tune` candidate; see sgmatDirect).
  */
 export interface SgmatTile {
   sgm: number;
@@ -35,6 +36,7 @@ export interface SgmatTile {
   bk: number;
   res?: 'f32' | 'f16';
   flush?: number;
+  adirect?: false;
 }
 /** gemm-wg.wgsl geometry: BM x BN tile, BK k-slice, TM x TN per lane. */
 export interface WgTile {
@@ -56,6 +58,11 @@ export interface GemmPlan {
   groupM: number;
   /** Binds the overflow counter (subgroup-matrix only). */
   ovf: boolean;
+  /**
+   * (subgroup-matrix, f16 x) A may be loaded straight from storage (gemm-sgmat ADIRECT) in chunks whose
+   * layout allows it (sgmatDirect): the epilogue rounds that tile needs then, and the fragment shape.
+   */
+  direct?: { er: number; sm: number; sk: number };
   /** One line for `step1x devices` and the bench. */
   describe: string;
 }
@@ -154,15 +161,18 @@ export function sgmatSubgroup(caps: Capabilities): SubgroupChoice {
 
 const resBytes = (cfg: MatrixConfig): number => (cfg.result === 'f16' ? 2 : 4);
 
-/** Workgroup storage of a tile: two A and two B k-tiles in f16, the epilogue scratch, two flag words. */
-export function sgmatStorageBytes(cfg: MatrixConfig, t: SgmatTile, er = 1): number {
+/**
+ * Workgroup storage of a tile: two A (not when A is read from storage, `direct`) and two B k-tiles in f16,
+ * the epilogue scratch, two flag words.
+ */
+export function sgmatStorageBytes(cfg: MatrixConfig, t: SgmatTile, er = 1, direct = false): number {
   const bm = t.sgm * t.pm * cfg.M, bn = t.sgn * t.pn * cfg.N;
-  return 2 * (bm + bn) * (t.bk + 8) * 2 + Math.ceil((t.sgm * t.sgn) / er) * cfg.M * cfg.N * resBytes(cfg) + 8;
+  return 2 * ((direct ? 0 : bm) + bn) * (t.bk + 8) * 2 + Math.ceil((t.sgm * t.sgn) / er) * cfg.M * cfg.N * resBytes(cfg) + 8;
 }
 
 /** Epilogue rounds that make the tile fit (f32 results only; f16 results need one slot per subgroup), or 0. */
-export function sgmatRounds(caps: Capabilities, cfg: MatrixConfig, t: SgmatTile): number {
-  for (const er of cfg.result === 'f16' ? [1] : [1, 2, 4]) if (sgmatStorageBytes(cfg, t, er) <= caps.maxWorkgroupStorage) return er;
+export function sgmatRounds(caps: Capabilities, cfg: MatrixConfig, t: SgmatTile, direct = false): number {
+  for (const er of cfg.result === 'f16' ? [1] : [1, 2, 4]) if (sgmatStorageBytes(cfg, t, er, direct) <= caps.maxWorkgroupStorage) return er;
   return 0;
 }
 
@@ -189,7 +199,32 @@ export function defaultSgmatTiles(caps: Capabilities, cfg: MatrixConfig): SgmatT
   return list.filter((t): t is SgmatTile => !!t && sgmatFits(caps, cfg, t));
 }
 
-export function sgmatPlan(caps: Capabilities, t?: SgmatTile): GemmPlan {
+/**
+ * Whether a shape lets gemm-sgmat read A straight from storage (ADIRECT): x stored f16 (the fragments are
+ * loaded as they are, no narrowing), K a multiple of 8 and of SK (16-byte aligned row starts, Vulkan's rule for
+ * cooperative-matrix loads; fragments wholly inside or outside a row) and at least SM rows (the last row
+ * block's fragments are moved up to end at row M instead of reading past x). The per-chunk x offset is
+ * checked by sgmatDirect.
+ */
+function directAllowed(cfg: MatrixConfig, tile: SgmatTile, s?: GemmShape): boolean {
+  return !!s && s.xdt === 'f16' && tile.adirect !== false && s.K % 8 === 0 && s.K % cfg.K === 0 && s.M >= cfg.M;
+}
+
+/**
+ * The ADIRECT defines for one chunk of a plan (null: stage A as before): the chunk's x element offset must
+ * keep row starts 16-byte aligned and the chunk must have SM rows. Why it pays: A is no longer copied
+ * through workgroup memory (the staging loop, its f16 narrow and half the workgroup stores per k-tile go),
+ * and the tile's workgroup storage drops by the two A buffers (a 128x128x32 tile on 16x16 fragments: 44 KiB
+ * in two epilogue rounds → 28 KiB in one, more workgroups resident per SM). The cost: each of the SGN subgroups of a
+ * row loads the same A fragments, served by L1 (ONNX Runtime's subgroup_matrix_matmul_nbits does the same).
+ */
+export function sgmatDirect(plan: GemmPlan, K: number, xOff: number, rows: number): { ADIRECT: true; ER: number } | null {
+  const d = plan.direct;
+  return d && K % 8 === 0 && K % d.sk === 0 && xOff % 8 === 0 && rows >= d.sm ? { ADIRECT: true, ER: d.er } : null;
+}
+
+/** The subgroup-matrix plan of a tile (default: the device's first default tile); `s`: the shape, for ADIRECT. */
+export function sgmatPlan(caps: Capabilities, t?: SgmatTile, s?: GemmShape): GemmPlan {
   const cfg = gemmConfig(caps, t?.res);
   if (!cfg) fail(`gemm: the adapter reports no ${t?.res ? `f16→${t.res}` : 'f16-operand'} subgroup-matrix config (it reports: ${caps.allMatrixConfigs.map((c) => `${c.component}→${c.result} ${c.M}x${c.N}x${c.K}`).join(', ') || 'none'})`);
   const tile = t ?? defaultSgmatTiles(caps, cfg)[0];
@@ -206,6 +241,7 @@ export function sgmatPlan(caps: Capabilities, t?: SgmatTile): GemmPlan {
     SGSIZE: sgc.size, SGMIN: sgc.pinned ? sgc.size : Math.min(caps.subgroupMinSize, sgc.size), ER: er, FLUSH: f16 ? flush : 1,
   };
   if (sgc.pinned) defines.SGCTL = true;
+  const direct = directAllowed(cfg, tile, s) ? { er: sgmatRounds(caps, cfg, tile, true), sm: cfg.M, sk: cfg.K } : undefined;
   return {
     kind: 'subgroup-matrix',
     file: 'gemm-sgmat.wgsl',
@@ -214,9 +250,10 @@ export function sgmatPlan(caps: Capabilities, t?: SgmatTile): GemmPlan {
     bn,
     groupM: GROUP_M,
     ovf: true,
+    direct,
     describe:
       `subgroup-matrix ${cfg.M}x${cfg.N}x${cfg.K} f16→${cfg.result}${f16 ? ` (f32 sums every ${flush * tile.bk} k)` : ''}, tile ${bm}x${bn}x${tile.bk} double-buffered, ` +
-      `${tile.sgm}x${tile.sgn} subgroups of ${sgc.size}${sgc.pinned ? ' (pinned)' : ''}`,
+      `${tile.sgm}x${tile.sgn} subgroups of ${sgc.size}${sgc.pinned ? ' (pinned)' : ''}${direct ? ', A from storage (16-byte aligned chunks)' : ''}`,
   };
 }
 
@@ -258,7 +295,7 @@ export function planGemm(g: Gpu, s: GemmShape, variant = 'auto'): GemmPlan | nul
   const caps = g.caps;
   const pick = (kind: GemmKind): GemmPlan => {
     const t = tunedFor(g)?.lookup(kind, s);
-    return kind === 'subgroup-matrix' ? sgmatPlan(caps, t as SgmatTile | undefined) : wgPlan(caps, t as WgTile | undefined);
+    return kind === 'subgroup-matrix' ? sgmatPlan(caps, t as SgmatTile | undefined, s) : wgPlan(caps, t as WgTile | undefined);
   };
   const plan = variant === 'subgroup-matrix' || variant === 'workgroup' ? pick(variant) : variant === 'auto' ? planFor(g.kernels, g.precision, g.kernelsForced, s, pick) : null;
   if (plan?.kind === 'subgroup-matrix') plan.groupM = groupRows(plan.bm, s.K, s.xdt === 'f16' ? 2 : 4);
@@ -267,7 +304,7 @@ export function planGemm(g: Gpu, s: GemmShape, variant = 'auto'): GemmPlan | nul
 
 /** The family/precision rule of planGemm, on a capabilities object alone (plan tests, `step1x devices`). */
 export function planGemmFor(caps: Capabilities, family: Exclude<KernelFamily, 'auto'>, precision: Precision, s: GemmShape, forced = false): GemmPlan | null {
-  return planFor(family, precision, forced, s, (kind) => (kind === 'subgroup-matrix' ? sgmatPlan(caps) : wgPlan(caps)));
+  return planFor(family, precision, forced, s, (kind) => (kind === 'subgroup-matrix' ? sgmatPlan(caps, undefined, s) : wgPlan(caps)));
 }
 
 function planFor(family: Exclude<KernelFamily, 'auto'>, precision: Precision, forced: boolean, s: GemmShape, pick: (k: GemmKind) => GemmPlan): GemmPlan | null {

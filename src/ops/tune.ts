@@ -113,7 +113,7 @@ export function loadTuned(g: Gpu): number {
   // Only a tile this step1x could have written: one of the candidates for its kind on this device (a
   // `null`, `bk: 0` or huge tile would reach the kernels as a Dawn validation error).
   const allowed = {
-    sgmat: g.caps.matrixConfigs.length ? candidates(g, 'subgroup-matrix').map((t) => tileKey(t, SG_KEYS)) : [],
+    sgmat: g.caps.matrixConfigs.length ? candidates(g, 'subgroup-matrix', 'f16').map((t) => tileKey(t, SG_KEYS)) : [],
     wg: candidates(g, 'workgroup').map((t) => tileKey(t, WG_KEYS)),
   };
   const valid: [string, Tile][] = [];
@@ -128,12 +128,15 @@ export function loadTuned(g: Gpu): number {
   return map.size;
 }
 
-const SG_KEYS = ['sgm', 'sgn', 'pm', 'pn', 'bk', 'res'] as const; // res: the config's result type (f16→f16 on Metal)
+// res: the config's result type (f16→f16 on Metal); adirect: false keeps f16 x staged (absent in caches written
+// before it existed, which thus stay valid and mean the default: A from storage where the layout allows)
+const SG_KEYS = ['sgm', 'sgn', 'pm', 'pn', 'bk', 'res', 'adirect'] as const;
 const WG_KEYS = ['bm', 'bn', 'bk', 'tm', 'tn'] as const;
 /** A tile's fields in a fixed order (a cache entry may list them in any order). */
 const tileKey = (t: Tile, keys: readonly string[]) => JSON.stringify(Object.fromEntries(keys.map((k) => [k, (t as unknown as Record<string, number>)[k]])));
 const isSgmatTile = (t: Tile): t is SgmatTile =>
-  ['sgm', 'sgn', 'pm', 'pn', 'bk'].every((k) => Number.isInteger((t as unknown as Record<string, number>)[k])) && [undefined, 'f32', 'f16'].includes((t as SgmatTile).res);
+  ['sgm', 'sgn', 'pm', 'pn', 'bk'].every((k) => Number.isInteger((t as unknown as Record<string, number>)[k])) && [undefined, 'f32', 'f16'].includes((t as SgmatTile).res) &&
+  [undefined, false].includes((t as SgmatTile).adirect);
 const isWgTile = (t: Tile): t is WgTile => ['bm', 'bn', 'bk', 'tm', 'tn'].every((k) => Number.isInteger((t as unknown as Record<string, number>)[k]));
 const sgmatOk = (g: Gpu, t: SgmatTile): boolean => {
   const cfg = gemmConfig(g.caps, t.res);
@@ -142,9 +145,10 @@ const sgmatOk = (g: Gpu, t: SgmatTile): boolean => {
 
 /**
  * Candidate tiles for a kind, filtered by the device's limits; the plan's default first. Subgroup-matrix:
- * the default list (128x128 on GPUs), 256x128 and 128x256, then the historical grid of small tiles.
+ * the default list (128x128 on GPUs), 256x128 and 128x256, then the historical grid of small tiles; for f16
+ * x (`xdt`) each also with A staged (`adirect: false`) next to the default A-from-storage plan.
  */
-export function candidates(g: Gpu, kind: GemmKind): Tile[] {
+export function candidates(g: Gpu, kind: GemmKind, xdt: DType = 'f32'): Tile[] {
   if (kind === 'subgroup-matrix') {
     const cfg = gemmConfig(g.caps);
     if (!cfg) return [];
@@ -154,7 +158,8 @@ export function candidates(g: Gpu, kind: GemmKind): Tile[] {
       for (const [pm, pn] of [[2, 2], [4, 2], [2, 4], [4, 4]])
         for (const bk of [32, 64]) out.push({ sgm, sgn, pm, pn, bk });
     const seen = new Set<string>();
-    return out.filter((t): t is SgmatTile => !!t && sgmatFits(g.caps, cfg, t) && !seen.has(JSON.stringify(t)) && !!seen.add(JSON.stringify(t)));
+    const fit = out.filter((t): t is SgmatTile => !!t && sgmatFits(g.caps, cfg, t) && !seen.has(JSON.stringify(t)) && !!seen.add(JSON.stringify(t)));
+    return xdt === 'f16' ? fit.flatMap((t) => [t, { ...t, adirect: false as const }]) : fit;
   }
   const out: WgTile[] = [DEFAULT_WG_TILE, { bm: 32, bn: 64, bk: 16, tm: 2, tn: 4 }, { bm: 64, bn: 64, bk: 8, tm: 4, tn: 4 }, { bm: 128, bn: 64, bk: 16, tm: 8, tn: 4 }, { bm: 32, bn: 32, bk: 16, tm: 2, tn: 2 }];
   return out.filter((t) => wgFits(g.caps, t));
@@ -172,7 +177,7 @@ export interface TuneResult {
 
 async function timeTile(g: Gpu, s: GemmShape, kind: GemmKind, t: Tile, reps: number): Promise<number> {
   setTunedTiles(g, { lookup: (k) => (k === kind ? t : undefined) });
-  const x = g.empty([s.M, s.K], 'f32', 'tune x');
+  const x = g.empty([s.M, s.K], s.xdt === 'f16' ? 'f16' : 'f32', 'tune x');
   const w = g.empty([s.N, s.K], s.wdt, 'tune w'); // contents do not matter for timing
   const out = g.empty([s.M, s.N], 'f32', 'tune out');
   try {
@@ -212,7 +217,7 @@ export async function tune(g: Gpu, shapes: GemmShape[], opts: { reps?: number; l
       const cls = shapeClass(plan.kind, s);
       if (results.some((r) => r.cls === cls)) continue; // one timing per class per run
       const tried: { tile: Tile; ms: number }[] = [];
-      for (const t of candidates(g, plan.kind).slice(0, opts.maxCandidates)) tried.push({ tile: t, ms: await timeTile(g, s, plan.kind, t, opts.reps ?? 2) });
+      for (const t of candidates(g, plan.kind, s.xdt).slice(0, opts.maxCandidates)) tried.push({ tile: t, ms: await timeTile(g, s, plan.kind, t, opts.reps ?? 2) });
       const best = tried.reduce((a, b) => (b.ms < a.ms ? b : a));
       mine[cls] = best.tile;
       results.push({ shape: s, cls, kind: plan.kind, best: best.tile, ms: best.ms, tried });
@@ -226,8 +231,12 @@ export async function tune(g: Gpu, shapes: GemmShape[], opts: { reps?: number; l
   return results;
 }
 
-/** The main GEMM shapes of a size (DiT at CFG batch 2, Qwen2.5-VL prefill, VAE attention), capped at maxDim. */
-export function modelShapes(size: number, maxDim = 0, wdt: DType = 'bf16'): GemmShape[] {
+/**
+ * The main GEMM shapes of a size (DiT at CFG batch 2, Qwen2.5-VL prefill, VAE attention), capped at maxDim;
+ * `ditX`: the DiT's activation storage (f16 where the device stores activations in f16: its GEMMs then read A
+ * straight from storage, and the tuner times both).
+ */
+export function modelShapes(size: number, maxDim = 0, wdt: DType = 'bf16', ditX: DType = 'f32'): GemmShape[] {
   const img = (size / 16) ** 2; // DiT tokens per image (VAE /8, patch 2)
   const cap = (v: number) => (maxDim > 0 ? Math.min(v, maxDim) : v);
   const M = 2 * (2 * img + 640);
@@ -235,7 +244,7 @@ export function modelShapes(size: number, maxDim = 0, wdt: DType = 'bf16'): Gemm
     [M, 3072, 9216], [M, 3072, 12288], [M, 3072, 21504], [M, 3072, 3072], [M, 12288, 3072],
     [1024, 3584, 18944], [1024, 18944, 3584], [(size / 8) ** 2 / 4, 512, 512],
   ];
-  return list.map(([m, k, n]) => ({ M: cap(m), K: cap(k), N: cap(n), wdt }));
+  return list.map(([m, k, n], i) => ({ M: cap(m), K: cap(k), N: cap(n), wdt, ...(i < 5 && ditX === 'f16' ? { xdt: ditX } : {}) }));
 }
 
 let noticed = false;
