@@ -40,15 +40,25 @@ done
 # case runs in phase 3 below (subgroup-matrix environment, f32) and on the host.
 CHAINED=(test/golden/v12_loop_scripted)
 phase "golden suite (--kernels subgroup-matrix): ${#cases[@]} cases, ${#CHAINED[@]} chained-edit case(s) left to phase 3: ${CHAINED[*]}"
+# One case through the CLI's own `step1x golden` (option parsing, exit code); the others of a phase in one
+# process on one runtime (scripts/golden-cases.mjs: the runner and device options of `step1x golden`, one
+# PASS/FAIL line per case, every case run, exit 1 when any failed), so the pipelines the cases share compile
+# once per phase instead of once per case (as test/golden-strict.test.ts shares one runtime on the host).
+CLI_CASE=test/golden/vae_tiny
+GOLDEN_LINES='^(PASS [^ ]+ \(kind|FAIL |step1x: error|golden-cases:)'
+mixed=()
 for c in "${cases[@]}"; do
-  [[ " ${CHAINED[*]} " == *" $c "* ]] && { echo "ci-sgmat: $c: chained edits, compared at f32 in the next phase (see above)"; continue; }
-  STEP1X_DISPATCH_LOG="$logs/golden.log" node bin/step1x.js golden "$c" --kernels subgroup-matrix 2>&1 | grep -E '^(PASS|FAIL) [^ ]+ \(kind|^step1x: error' || { echo "ci-sgmat: golden $c failed" >&2; exit 1; }
+  if [[ " ${CHAINED[*]} " == *" $c "* ]]; then echo "ci-sgmat: $c: chained edits, compared at f32 in the next phase (see above)"
+  elif [ "$c" = "$CLI_CASE" ]; then
+    STEP1X_DISPATCH_LOG="$logs/golden.log" node bin/step1x.js golden "$c" --kernels subgroup-matrix 2>&1 | grep -E "$GOLDEN_LINES" || { echo "ci-sgmat: golden $c failed" >&2; exit 1; }
+  else mixed+=("$c"); fi
 done
+STEP1X_DISPATCH_LOG="$logs/golden.log" node scripts/golden-cases.mjs --kernels subgroup-matrix "${mixed[@]}" 2>&1 | grep -E "$GOLDEN_LINES" \
+  || { echo "ci-sgmat: golden suite (--kernels subgroup-matrix) failed" >&2; exit 1; }
 node scripts/dispatch-guard.mjs "$logs/golden.log" --min "${SG[@]}"
 
 phase "golden suite (--kernels subgroup-matrix --precision f32)"
-for c in "${cases[@]}"; do
-  STEP1X_DISPATCH_LOG="$logs/golden-f32.log" node bin/step1x.js golden "$c" --kernels subgroup-matrix --precision f32 2>&1 | grep -E '^(PASS|FAIL) [^ ]+ \(kind|^step1x: error' || { echo "ci-sgmat: golden $c (f32) failed" >&2; exit 1; }
-done
+STEP1X_DISPATCH_LOG="$logs/golden-f32.log" node scripts/golden-cases.mjs --kernels subgroup-matrix --precision f32 "${cases[@]}" 2>&1 | grep -E "$GOLDEN_LINES" \
+  || { echo "ci-sgmat: golden suite (f32) failed" >&2; exit 1; }
 node scripts/dispatch-guard.mjs "$logs/golden-f32.log" --none "${SG[@]}"
 phase "done"

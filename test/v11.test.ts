@@ -11,7 +11,6 @@ import { getGpu, randn, releaseGpu } from '../kernels-test/harness.js';
 import { goldenCase, REPO_ROOT } from './util/golden-path.js';
 import { expectU8Within } from './util/u8-image.js';
 import { runGolden } from '../src/golden/runner.js';
-import { formatDetail } from '../src/golden/compare.js';
 import { SafetensorsFile, writeSafetensors } from '../src/io/safetensors.js';
 import { encodePng, readImage } from '../src/io/image.js';
 import { readPngTextChunks } from '../src/io/png-text.js';
@@ -32,16 +31,8 @@ function step1x(args: string[]) {
 }
 
 describe('golden cases of the current official code', () => {
-  test.each(['sampler_v11_tiny', 'pipeline_v11_tiny', 't2i_tiny', 'tiny_e2e_v11'])('%s: every tensor within the case tolerances, nothing skipped', async (name) => {
-    const g = await getGpu();
-    const r = await runGolden(goldenCase(name), { gpu: g, log: () => undefined });
-    const failed = r.details.filter((d) => !d.pass).map(formatDetail);
-    if (failed.length) throw new Error(`${name}:\n${failed.join('\n')}`);
-    expect(r.report.tensors.filter((t) => t.skipped).map((t) => t.name)).toEqual([]);
-    expect(r.report.tensors.filter((t) => t.name.startsWith('out.')).length).toBeGreaterThanOrEqual(1);
-    expect(r.report.pass).toBe(true);
-  });
-
+  // sampler_v11_tiny, pipeline_v11_tiny, t2i_tiny and tiny_e2e_v11 themselves run in test/golden-strict.test.ts
+  // (every tensor of each case produced from in.* alone, within the case tolerances) and in CI's sgmat phases.
   test('which behaviour a case pins: first-generator cases the May 2025 code, later ones what they state', async () => {
     const { readFileSync } = await import('node:fs');
     const cj = (n: string) => JSON.parse(readFileSync(join(goldenCase(n), 'case.json'), 'utf8'));
