@@ -16,12 +16,27 @@
  * Blocks are bound as windows starting at the 256-byte-aligned offset below them (no copies).
  */
 import { Tensor, DTYPE_BYTES } from '../runtime/tensor.js';
-import { f32u } from '../runtime/gpu.js';
+import { uniformStruct, type UniformValues } from '../runtime/uniforms.js';
 import { fail, fmtShape } from '../errors.js';
 import { grid1d, requireF32 } from './util.js';
 import { warnNoMatrixUnits, overflowCounter } from './plan-gemm.js';
 import { planConv, convWeightVectors, type ConvPlan, type ConvVariant } from './plan-conv.js';
 import type { SgmatTile } from './plan-gemm.js';
+import { GEMM_SGMAT_CONV } from './gemm-params.js';
+
+const GEOMETRY = ['H', 'W', 'CT', 'Ho', 'Wo', 'OT', 'KH', 'KW', 'stride', 'ups', 'padT', 'padL', 'xs_c', 'xs_y', 'xs_x', 'os_o', 'os_m'] as const;
+/** The conv's sizes (CT, OT: all channels), stride, upsampling, padding and element strides. */
+type ConvGeometry = UniformValues<(typeof GEOMETRY)[number]>;
+/** One (input block, output block) of the direct conv: C, O are the block's channels from c0, o0. */
+const CONV2D = uniformStruct('conv2d.wgsl', [
+  'C', 'H', 'W', 'CT', 'O', 'Ho', 'Wo', 'OT', 'c0', 'o0', 'padT', 'padL', 'x_off', 'w_off', 'o_off', 'r_off',
+  'accum', 'finish', 'wg_x', 'KH', 'KW', 'stride', 'ups', 'xs_c', 'xs_y', 'xs_x', 'os_o', 'os_m',
+], { UPSAMPLE: false });
+const UPSAMPLE = uniformStruct('conv2d.wgsl', ['n', 'H', 'W', 'x_off', 'o_off', 'wg_x'], { UPSAMPLE: true });
+/** S: elements per group, P: pieces per group, GT: groups in all; q0/nq: pieces, e0/n: elements of this dispatch. */
+const GROUPNORM = uniformStruct('groupnorm.wgsl', [
+  'S', 'P', 'GT', 'q0?', 'nq?', 'base?', 'ybase?', 'e0?', 'n?', 'HW', 'C', 'Cg', 'wg_x?', 'eps:f32', 'xo?', 'yo?',
+]);
 
 /** A binding window over elements [start, start + count) of t: the view and the offset of `start` in it. */
 function win(t: Tensor, start: number, count: number): { v: Tensor; off: number } {
@@ -118,9 +133,12 @@ export function conv2d(x: Tensor, w: Tensor, b?: Tensor, opts: Conv2dOpts = {}):
   if (b) defines.B_BIAS = slot++;
   if (res) defines.B_RES = slot++;
   defines.B_OUT = slot;
-  // element strides (see shaders/conv2d.wgsl): x channel / row / column, out channel / pixel
-  const xs = opts.inTokens ? [1, W * C, C] : [HW, W, 1];
-  const os = opts.outTokens ? [1, O] : [M, 1];
+  // the members conv2d.wgsl and the implicit GEMM share; element strides: x channel / row / column, out channel / pixel
+  const geom: ConvGeometry = {
+    H, W, CT: C, Ho, Wo, OT: O, KH, KW, stride, ups, padT: pt, padL: pl,
+    ...(opts.inTokens ? { xs_c: 1, xs_y: W * C, xs_x: C } : { xs_c: HW, xs_y: W, xs_x: 1 }),
+    ...(opts.outTokens ? { os_o: 1, os_m: O } : { os_o: M, os_m: 1 }),
+  };
   const mTiles = Math.ceil(M / (64 * RM));
   const gx = Math.min(mTiles, g.maxWorkgroupsPerDim), gz = Math.ceil(mTiles / gx);
 
@@ -131,6 +149,7 @@ export function conv2d(x: Tensor, w: Tensor, b?: Tensor, opts: Conv2dOpts = {}):
       const ow = opts.outTokens ? win(out, bi * M * O, M * O) : win(out, (bi * O + o0) * M, no * M);
       const oOff = opts.outTokens ? ow.off + o0 : ow.off;
       const rw = res ? (opts.outTokens ? win(res, bi * M * O, M * O) : win(res, (bi * O + o0) * M, no * M)) : null;
+      const rOff = rw ? (opts.outTokens ? rw.off + o0 : rw.off) : 0;
       const ww = win(w, o0 * C * KK, no * C * KK);
       for (let c0 = 0; c0 < C; c0 += cBlk) {
         const nc = Math.min(cBlk, C - c0);
@@ -142,8 +161,7 @@ export function conv2d(x: Tensor, w: Tensor, b?: Tensor, opts: Conv2dOpts = {}):
         bindings.push(ow.v);
         if (plan.kind === 'subgroup-matrix') {
           implicitGemm(plan, bindings, !!b, {
-            M, no, K: nc * KK, xOff, wOff: ww.off + c0 * KK, o0, oOff, rOff: rw ? (opts.outTokens ? rw.off + o0 : rw.off) : 0,
-            shape: [H, W, C, Ho, Wo, O, KH, KW, stride, ups, pt, pl, ...xs, ...os], accum: c0 > 0, fin: c0 + nc >= C, ldw: C * KK,
+            M, no, K: nc * KK, xOff, wOff: ww.off + c0 * KK, o0, oOff, rOff, geom, accum: c0 > 0, fin: c0 + nc >= C, ldw: C * KK,
           });
           xw.v.dispose();
           continue;
@@ -151,8 +169,10 @@ export function conv2d(x: Tensor, w: Tensor, b?: Tensor, opts: Conv2dOpts = {}):
         g.dispatch({
           file: 'conv2d.wgsl',
           defines,
-          uniforms: [nc, H, W, C, no, Ho, Wo, O, c0, o0, pt, pl, xOff, ww.off, oOff, rw ? (opts.outTokens ? rw.off + o0 : rw.off) : 0,
-            c0 > 0 ? 1 : 0, c0 + nc >= C ? 1 : 0, gx, KH, KW, stride, ups, ...xs, ...os],
+          uniforms: CONV2D({
+            ...geom, C: nc, O: no, c0, o0, x_off: xOff, w_off: ww.off, o_off: oOff, r_off: rOff,
+            accum: c0 > 0 ? 1 : 0, finish: c0 + nc >= C ? 1 : 0, wg_x: gx,
+          }),
           bindings,
           workgroups: [gx, Math.ceil(no / RN), gz],
         });
@@ -175,8 +195,7 @@ interface GemmChunk {
   o0: number;
   oOff: number;
   rOff: number;
-  /** H, W, CT, Ho, Wo, OT, KH, KW, stride, ups, padT, padL, x strides (c, y, x), out strides (o, m). */
-  shape: number[];
+  geom: ConvGeometry;
   accum: boolean;
   fin: boolean;
   ldw: number;
@@ -200,9 +219,11 @@ function implicitGemm(plan: ConvPlan, bindings: Tensor[], bias: boolean, c: Gemm
   g.dispatch({
     file: p.file,
     defines,
-    // gemm-sgmat's Params (M, N, K, K4, x_off, w_off, b_off, o_off, ldo, tiles_n, wg_x, group_m, 4 unused), then the conv's
-    uniforms: [c.M, c.no, c.K, c.K >> 2, c.xOff, c.wOff, c.o0, c.oOff, 0, tilesN, gx, p.groupM, 0, 0, 0, 0,
-      ...c.shape, c.rOff, c.accum ? 1 : 0, c.fin ? 1 : 0, c.ldw, 0, 0, 0],
+    // b_off: the block's first output channel (the bias is bound whole); ldo unused (out strides os_o, os_m)
+    uniforms: GEMM_SGMAT_CONV({
+      ...c.geom, M: c.M, N: c.no, K: c.K, K4: c.K >> 2, x_off: c.xOff, w_off: c.wOff, b_off: c.o0, o_off: c.oOff, ldo: 0,
+      tiles_n: tilesN, wg_x: gx, group_m: p.groupM, r_off: c.rOff, accum: c.accum ? 1 : 0, fin: c.fin ? 1 : 0, ldw: c.ldw,
+    }),
     bindings: [...bindings, overflowCounter(g)],
     workgroups: [gx, gy],
   });
@@ -227,7 +248,7 @@ export function upsampleNearest2x(x: Tensor): Tensor {
       file: 'conv2d.wgsl',
       entry: 'upsample2x',
       defines: { UPSAMPLE: true },
-      uniforms: [n, H, W, xw.off, ow.off, gx],
+      uniforms: UPSAMPLE({ n, H, W, x_off: xw.off, o_off: ow.off, wg_x: gx }),
       bindings: [xw.v, ow.v],
       workgroups: [gx, gy],
     });
@@ -264,9 +285,7 @@ export function groupNorm(x: Tensor, groups: number, w?: Tensor, b?: Tensor, eps
   if (lim < PIECE) fail(`groupNorm: binding limit ${g.maxBindingBytes} bytes is below one ${PIECE}-element piece`);
   const pieceStart = (q: number) => Math.floor(q / P) * S + (q % P) * PIECE;
   const pieceEnd = (q: number) => Math.min(pieceStart(q) + PIECE, (Math.floor(q / P) + 1) * S);
-  const uni = (o: Partial<Record<'q0' | 'nq' | 'base' | 'ybase' | 'e0' | 'n' | 'wgx' | 'xo' | 'yo', number>>) => [
-    S, P, GT, o.q0 ?? 0, o.nq ?? 0, o.base ?? 0, o.ybase ?? 0, o.e0 ?? 0, o.n ?? 0, HW, C, Cg, o.wgx ?? 0, f32u(eps), o.xo ?? 0, o.yo ?? 0,
-  ];
+  const uni = (o: Partial<Parameters<typeof GROUPNORM>[0]>) => GROUPNORM({ S, P, GT, HW, C, Cg, eps, ...o });
   const perDispatch = Math.floor(lim / PIECE);
   for (const pass of ['mean', 'sq'] as const) {
     for (let q0 = 0; q0 < Q; q0 += perDispatch) {
@@ -277,7 +296,7 @@ export function groupNorm(x: Tensor, groups: number, w?: Tensor, b?: Tensor, eps
       g.dispatch({
         file: 'groupnorm.wgsl',
         defines: { ENTRY: 'partial', PASS: pass },
-        uniforms: uni({ q0, nq, base, xo: xw.off, wgx: gx }),
+        uniforms: uni({ q0, nq, base, xo: xw.off, wg_x: gx }),
         bindings: pass === 'mean' ? [xw.v, part] : [xw.v, stats, part],
         workgroups: [gx, gy],
       });
@@ -298,7 +317,7 @@ export function groupNorm(x: Tensor, groups: number, w?: Tensor, b?: Tensor, eps
     g.dispatch({
       file: 'groupnorm.wgsl',
       defines: { ENTRY: 'apply', AFFINE: !!w, SILU: !!opts.silu },
-      uniforms: uni({ e0, n, base: e0, ybase: e0, xo: xw.off, yo: yw.off, wgx: gx }),
+      uniforms: uni({ e0, n, base: e0, ybase: e0, xo: xw.off, yo: yw.off, wg_x: gx }),
       bindings: w && b ? [xw.v, stats, w, b, yw.v] : [xw.v, stats, yw.v],
       workgroups: [gx, gy],
     });

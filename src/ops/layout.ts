@@ -6,6 +6,18 @@ import type { Tensor, DType } from '../runtime/tensor.js';
 import { DTYPE_BYTES } from '../runtime/tensor.js';
 import { fail, fmtShape } from '../errors.js';
 import { grid1d } from './util.js';
+import { uniformStruct } from '../runtime/uniforms.js';
+
+/** The strided copy: n elements, dims d0..d5 (outermost first) with src strides s* and dst strides t*. */
+const COPY = uniformStruct('layout.wgsl', [
+  'n', 'wg_x', 'd0', 'd1', 'd2', 'd3', 'd4', 'd5', 's0', 's1', 's2', 's3', 's4', 's5', 't0', 't1', 't2', 't3', 't4', 't5', 'src_base', 'dst_base',
+], { COPY: true });
+/** gatherRows: n outputs of D-wide rows from a table chunk of nrows rows starting at row0. */
+const GATHER = uniformStruct('layout.wgsl', ['n', 'wg_x', 'D', 'row0', 'nrows'], { GATHER: true });
+const CAST = uniformStruct('cast.wgsl', ['n', 'wg_x']);
+/** Members p0..p5 from the six merged dims of v. */
+const indexed = <P extends string>(p: P, v: readonly number[]) =>
+  Object.fromEntries(v.map((x, i) => [p + i, x])) as Record<`${P}${0 | 1 | 2 | 3 | 4 | 5}`, number>;
 
 function gcd(a: number, b: number): number {
   while (b) [a, b] = [b, a % b];
@@ -95,7 +107,7 @@ function stridedCopy(op: string, src: Tensor, dst: Tensor, dims: number[], s: nu
   src.gpu.dispatch({
     file: 'layout.wgsl',
     defines: { COPY: true, ...(src.dtype === 'f16' ? { HALF: true } : {}) },
-    uniforms: [n, wx, ...D, ...S, ...T, srcBase, dstBase],
+    uniforms: COPY({ n, wg_x: wx, ...indexed('d', D), ...indexed('s', S), ...indexed('t', T), src_base: srcBase, dst_base: dstBase }),
     bindings: [src, dst],
     workgroups: [wx, wy],
   });
@@ -314,7 +326,7 @@ export function cast(x: Tensor, dtype: 'f32'): Tensor {
     const whole = chunks.length === 1;
     const xv = whole ? xf : xf.rows(start, count), ov = whole ? of : of.rows(start, count);
     const [wx, wy] = grid1d(g, count);
-    g.dispatch({ file: 'cast.wgsl', defines: { SRC_DT: x.dtype }, uniforms: [count, wx], bindings: [xv, ov], workgroups: [wx, wy] });
+    g.dispatch({ file: 'cast.wgsl', defines: { SRC_DT: x.dtype }, uniforms: CAST({ n: count, wg_x: wx }), bindings: [xv, ov], workgroups: [wx, wy] });
     if (!whole) {
       xv.dispose();
       ov.dispose();
@@ -356,7 +368,7 @@ export function gatherRows(table: Tensor, idx: Int32Array): Tensor {
         file: 'layout.wgsl',
         entry: 'gather',
         defines: { GATHER: true, T_DT: table.dtype, T_AT: TABLE_AT[table.dtype] },
-        uniforms: [oc * D, wx, D, ts, tc],
+        uniforms: GATHER({ n: oc * D, wg_x: wx, D, row0: ts, nrows: tc }),
         bindings: [tv, iv, ov],
         workgroups: [wx, wy],
       });

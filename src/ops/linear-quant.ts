@@ -19,6 +19,7 @@ import { fail, fmtShape } from '../errors.js';
 import { checkOut, type Activation } from './linear.js';
 import { outputDtype, withWidened } from './act-dtype.js';
 import { warnNoMatrixUnits, planGemm, sgmatBindings, overflowCounter } from './plan-gemm.js';
+import { GEMM_QUANT, GEMM_SGMAT } from './gemm-params.js';
 
 /** Packed weight formats (the host codecs and their layout: src/io/quant.ts). */
 export type PackedFormat = 'fp8_e4m3' | 'fp8_e5m2' | 'q8' | 'q4';
@@ -126,6 +127,7 @@ export function linearPacked(x: Tensor, w: PackedWeight, b?: Tensor, opts: { act
       const tilesN = Math.ceil(nc / (sg ? sg.bn : TILE.wgn * TILE.tn));
       const [gx, gy] = foldGrid(g, tilesN * Math.ceil(mc / (sg ? sg.bm : TILE.tm)));
       const bindings = [xs.view, ws.view, ...(ss ? [ss.view] : []), ...(bs ? [bs.view] : []), os.view];
+      const params = { M: mc, N: nc, K, K4: K >> 2, x_off: xs.off, w_off: ws.off, s_off: ss ? ss.off : 0, b_off: bs ? bs.off : 0, o_off: os.off, ldo, tiles_n: tilesN, wg_x: gx, row_words: rowWords, nb };
       try {
         if (sg) {
           // Vector loads of x and vec4 stores where the chunk allows them (only how the same values move).
@@ -134,8 +136,7 @@ export function linearPacked(x: Tensor, w: PackedWeight, b?: Tensor, opts: { act
           g.dispatch({
             file: sg.file,
             defines: { ...defines, ...(vec ? { VEC: true } : {}), ...(ovec ? { OVEC: true } : {}) },
-            // M, N, K, K4, x_off, w_off, b_off, o_off, ldo, tiles_n, wg_x, group_m, s_off, row_words, nb, pad
-            uniforms: [mc, nc, K, K >> 2, xs.off, ws.off, bs ? bs.off : 0, os.off, ldo, tilesN, gx, sg.groupM, ss ? ss.off : 0, rowWords, nb, 0],
+            uniforms: GEMM_SGMAT({ ...params, group_m: sg.groupM }),
             bindings: [...bindings, overflowCounter(g)],
             workgroups: [gx, gy],
           });
@@ -144,8 +145,7 @@ export function linearPacked(x: Tensor, w: PackedWeight, b?: Tensor, opts: { act
             file: 'gemm-quant.wgsl',
             entry: 'tiled',
             defines,
-            // M, N, K, K4, x_off, w_off, s_off, b_off, o_off, ldo, tiles_n, wg_x, row_words, nb, pad, pad
-            uniforms: [mc, nc, K, K >> 2, xs.off, ws.off, ss ? ss.off : 0, bs ? bs.off : 0, os.off, ldo, tilesN, gx, rowWords, nb, 0, 0],
+            uniforms: GEMM_QUANT(params),
             bindings,
             workgroups: [gx, gy],
           });

@@ -20,6 +20,7 @@ import type { Gpu, Kernel } from '../runtime/gpu.js';
 import { fail, fmtShape } from '../errors.js';
 import { outputDtype, withWidened } from './act-dtype.js';
 import { planGemm, overflowCounter, sgmatBindings, type GemmPlan } from './plan-gemm.js';
+import { GEMM, gemmUniforms } from './gemm-params.js';
 
 export type Activation = 'silu' | 'gelu_tanh' | 'gelu_erf';
 /** 'subgroup-matrix' / 'workgroup' force those kernels (src/ops/plan-gemm.ts); 'auto' follows the device's plan. */
@@ -225,13 +226,16 @@ function dispatchChunk(g: Gpu, entry: string, defines: Kernel['defines'], tile: 
   const [gx, gy] = foldGrid(g, groups);
   const bindings = [xs.view, ws.view, ...(bs ? [bs.view] : []), os.view];
   const extra = plan?.ovf ? [overflowCounter(g)] : [];
+  const file = plan ? plan.file : 'gemm.wgsl';
   try {
     g.dispatch({
-      file: plan ? plan.file : 'gemm.wgsl',
+      file,
       entry,
       defines: chunkDefines,
-      // M, N, K, K4, x_off, w_off, b_off, o_off, ldo, tiles_n, wg_x, group_m, xbs, wbs, obs, pad
-      uniforms: [c.mc, c.nc, c.K, c.K >> 2, xs.off, ws.off, bs ? bs.off : 0, os.off, c.N, tilesN, gx, plan?.groupM ?? 1, 0, 0, 0, 0],
+      uniforms: gemmUniforms(file, {
+        M: c.mc, N: c.nc, K: c.K, K4: c.K >> 2, x_off: xs.off, w_off: ws.off, b_off: bs ? bs.off : 0, o_off: os.off,
+        ldo: c.N, tiles_n: tilesN, wg_x: gx, group_m: plan?.groupM ?? 1,
+      }),
       bindings: [...bindings, ...extra],
       workgroups: [gx, gy],
     });
@@ -268,7 +272,7 @@ export function matmul(a: Tensor, b: Tensor): Tensor {
     file: 'gemm.wgsl',
     entry: 'tiled',
     defines: { WDT: 'f32', WLAYOUT: 'kn', ACT: 'none', TM: t.tm, TN: t.tn, WGM: t.wgm, WGN: t.wgn },
-    uniforms: [M, N, K, K >> 2, 0, 0, 0, 0, N, tilesN, gx, 0, M * K, b.rank === 3 ? K * N : 0, M * N, 0],
+    uniforms: GEMM({ M, N, K, K4: K >> 2, x_off: 0, w_off: 0, b_off: 0, o_off: 0, ldo: N, tiles_n: tilesN, wg_x: gx, xbs: M * K, wbs: b.rank === 3 ? K * N : 0, obs: M * N }),
     bindings: [a, b, out],
     workgroups: [gx, gy, B],
   });

@@ -13,7 +13,7 @@
  */
 import type { Tensor, DType } from '../runtime/tensor.js';
 import { DTYPE_BYTES } from '../runtime/tensor.js';
-import { f32u } from '../runtime/gpu.js';
+import { uniformStruct } from '../runtime/uniforms.js';
 import type { Defines } from '../runtime/shader-source.js';
 import { fail, fmtShape } from '../errors.js';
 import { grid1d, requireF32, sameShape } from './util.js';
@@ -40,6 +40,11 @@ function checkParam(op: string, name: string, p: Tensor, C: number, x: Tensor): 
 }
 
 type RowOp = 'layer_norm' | 'rms_norm' | 'softmax';
+
+/** Row ops: rows of C from row0 (the chunk's first row: MOD's batch item is row / L). */
+const ROWS = uniformStruct('norm.wgsl', ['rows', 'C', 'wg_x', 'eps:f32', 'L', 'row0'], { ROWS: true });
+/** Elementwise ops: n elements of C-wide rows from row0, L rows per batch item. */
+const EW = uniformStruct('norm.wgsl', ['n', 'C', 'L', 'row0', 'wg_x'], { EW: true });
 
 /** layerNormModulate's per-batch operands ([B, C] f32) and the tokens per batch row. */
 interface Mod {
@@ -85,7 +90,7 @@ function rowOp(op: RowOp, x: Tensor, w: Tensor | undefined, b: Tensor | undefine
     g.dispatch({
       file: 'norm.wgsl',
       defines,
-      uniforms: [count, C, wx, f32u(eps), mod?.L ?? 1, start],
+      uniforms: ROWS({ rows: count, C, wg_x: wx, eps, L: mod?.L ?? 1, row0: start }),
       bindings: [xs, os, ...params, ...extra],
       workgroups: [wx, wy],
     });
@@ -160,7 +165,7 @@ function ew(op: 'modulate' | 'gated' | 'swiglu', x: Tensor, big: Tensor[], small
     const [wx, wy] = grid1d(g, n);
     // binding order per OP: see shaders/norm.wgsl header
     const bindings = op === 'modulate' ? [xs, ...small, os] : op === 'gated' ? [xs, small[0], bigs[0], os] : [xs, bigs[0], os];
-    g.dispatch({ file: 'norm.wgsl', entry: 'ew', defines: { EW: true, OP: op, ...(y16 ? { F16: true, Y16: true } : {}) }, uniforms: [n, C, L, start, wx], bindings, workgroups: [wx, wy] });
+    g.dispatch({ file: 'norm.wgsl', entry: 'ew', defines: { EW: true, OP: op, ...(y16 ? { F16: true, Y16: true } : {}) }, uniforms: EW({ n, C, L, row0: start, wg_x: wx }), bindings, workgroups: [wx, wy] });
     if (!whole) for (const t of [xs, os, ...bigs]) t.dispose();
   }
   for (const t of [x2, o2, ...big2]) t.dispose();

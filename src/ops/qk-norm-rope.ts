@@ -10,13 +10,18 @@
  */
 import type { Tensor } from '../runtime/tensor.js';
 import { DTYPE_BYTES } from '../runtime/tensor.js';
-import { f32u } from '../runtime/gpu.js';
+import { uniformStruct } from '../runtime/uniforms.js';
 import { fail, fmtShape } from '../errors.js';
 import { grid1d, requireF32 } from './util.js';
 import { outputDtype } from './act-dtype.js';
 import { overflowCounter } from './plan-gemm.js';
 
 const WIDEN: Record<string, string> = { bf16: 'bf16_at', f16: 'f16_at' };
+
+/** rows of dh (tokens nl x heads per item); x / out / pe element offsets in their windows and per-item strides. */
+const QK_NORM_ROPE = uniformStruct('qk-norm-rope.wgsl', [
+  'rows', 'nl', 'heads', 'dh', 'x_off', 'x_bs', 'o_off', 'o_bs', 'pe_off', 'pe_bs', 'wg_x', 'eps:f32',
+]);
 
 /** Rows [at, at + Ls) of `out` [B, Lt, heads, Dh] receive the result (out made when absent: Lt = Ls, at = 0). */
 export interface JointRows {
@@ -75,7 +80,7 @@ export function rmsNormRope(x: Tensor, w: Tensor, pe: Tensor, eps: number, into?
     g.dispatch({
       file: 'qk-norm-rope.wgsl',
       defines,
-      uniforms: [rows, nl, heads, Dh, xs.off, Ls * W, os.off, Lt * W, ps.off, pbs, wx, f32u(eps)],
+      uniforms: QK_NORM_ROPE({ rows, nl, heads, dh: Dh, x_off: xs.off, x_bs: Ls * W, o_off: os.off, o_bs: Lt * W, pe_off: ps.off, pe_bs: pbs, wg_x: wx, eps }),
       bindings: [xs.view, w, ps.view, os.view, ...(out.dtype === 'f16' ? [overflowCounter(g)] : [])],
       workgroups: [wx, wy],
     });

@@ -10,8 +10,12 @@ import { fail, fmtShape } from '../errors.js';
 import { grid1d, requireF32 } from './util.js';
 import { outputDtype } from './act-dtype.js';
 import { overflowCounter } from './plan-gemm.js';
+import { uniformStruct } from '../runtime/uniforms.js';
 
 type Op = 'flux' | 'half';
+
+/** n rotation pairs of l tokens x h heads; table rows of tbl_row floats, tbl_bstride apart per batch item (0: shared). */
+const ROPE = uniformStruct('rope.wgsl', ['n', 'l', 'h', 'half', 'tbl_row', 'tbl_bstride', 'wg_x']);
 
 function run(op: Op, x: Tensor, tables: Tensor[], tblRow: number): Tensor {
   const name = op === 'flux' ? 'applyRopeFlux' : 'applyRopeHalf';
@@ -40,7 +44,7 @@ function run(op: Op, x: Tensor, tables: Tensor[], tblRow: number): Tensor {
     g.dispatch({
       file: 'rope.wgsl',
       defines,
-      uniforms: [n, l, H, Dh / 2, tblRow, bstride, wx],
+      uniforms: ROPE({ n, l, h: H, half: Dh / 2, tbl_row: tblRow, tbl_bstride: bstride, wg_x: wx }),
       bindings: [xv, ...tv, ov, ...(odt === 'f16' ? [overflowCounter(g)] : [])],
       workgroups: [wx, wy],
     });

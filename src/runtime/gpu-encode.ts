@@ -6,6 +6,7 @@
  *
  * Kernel binding convention (every shader follows it):
  *   @group(0) @binding(0) var<uniform> U : Params;     // when `uniforms` is given: 4-byte scalars in order
+ *                                                      // (runtime/uniforms.ts names them per kernel)
  *   @group(0) @binding(1..n) var<storage, ...>         // `bindings[0..n-1]`, in order
  * Dispatches are recorded into one compute pass and submitted in batches; WebGPU orders dispatches,
  * so each sees the previous one's writes.
@@ -21,18 +22,17 @@ import { fail } from '../errors.js';
 import type { Capabilities, KernelFamily, Precision } from './caps.js';
 import type { Recorder } from './dryrun/recorder.js';
 import { ScopeStack } from './scope.js';
+import { structMismatch, type Uniforms } from './uniforms.js';
 import type { Gpu } from './gpu.js';
 
-/** A uniform scalar: plain numbers are u32; wrap signed or float values. */
-export type Uniform = number | { i32: number } | { f32: number };
-export const f32u = (v: number): Uniform => ({ f32: v });
-export const i32u = (v: number): Uniform => ({ i32: v });
+export { f32u, i32u, type Uniform, type Uniforms } from './uniforms.js';
 
 export interface Kernel {
   file: string;
   entry?: string;
   defines?: Defines;
-  uniforms?: Uniform[];
+  /** The Params block: a UniformStruct's (runtime/uniforms.ts), or scalars in order (test shaders). */
+  uniforms?: Uniforms;
   bindings: Tensor[];
   workgroups: [number, number?, number?];
 }
@@ -193,8 +193,10 @@ export abstract class GpuEncoder {
     }
     if (k.uniforms && k.uniforms.length * 4 > UNIFORM_SLOT) fail(`${k.file}: ${k.uniforms.length} uniforms, at most ${UNIFORM_SLOT / 4}`);
     k.uniforms?.forEach((u, i) => {
-      if (typeof u === 'number' && (!Number.isInteger(u) || u < 0 || u > 0xffffffff)) fail(`${k.file}: uniform ${i} = ${u} is not a u32`);
+      if (typeof u === 'number' && (!Number.isInteger(u) || u < 0 || u > 0xffffffff)) fail(`${k.file}: uniform ${k.uniforms!.struct?.names[i] ?? i} = ${u} is not a u32`);
     });
+    const mismatch = k.uniforms && structMismatch(k.uniforms, k.file, k.defines);
+    if (mismatch) fail(`${k.file}: ${mismatch}`);
     const entry = k.entry ?? 'main';
     const key = this.keyOf(k.file, entry, k.defines);
     const { pipeline: pipe, readOnly, layout, dynamicUniform } = this.pipelines.get(k.file, entry, k.defines ?? {}, key);
