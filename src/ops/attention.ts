@@ -155,7 +155,7 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
         const outOff = b * Lq * H * Dh * (out.dtype === 'f16' ? 2 : 4);
         const views = [item(q, b)!, item(k, b)!, item(v, b)!, item(keyMask, b), item(mask, b), item(queryMask, b)];
         // Output views must be bound in place (the runtime copies misaligned views: writes would be lost).
-        const ov = outOff % 256 === 0 ? item(out, b)! : g.empty([Lq, H * Dh], out.dtype, 'attention item');
+        const ov = outOff % g.storageAlign === 0 ? item(out, b)! : g.empty([Lq, H * Dh], out.dtype, 'attention item');
         const [qv, kv, vv, kmv, mv, qmv] = views;
         attentionSgmat(g, plan, { ...sg, B: 1, q: qv!, k: kv!, v: vv!, out: ov, keyMask: kmv, mask: mv, queryMask: qmv });
         if (ov.byteOffset !== outOff) g.copyInto(ov, out, outOff);
@@ -173,7 +173,7 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
   const fitRows = (rowBytes: number, n: number, what: string): number => {
     let r = Math.floor(limit / rowBytes);
     check(r >= 1, `one ${what} row (${rowBytes} bytes) exceeds the device's binding limit ${limit}`);
-    if (r >= 64) r -= r % 64; // keep chunk views 256-byte aligned where possible
+    if (r >= 64) r -= r % 64; // keep chunk views aligned where possible (64 rows: a multiple of 256 bytes)
     return Math.min(r, n);
   };
   const nqMax = fitRows(Math.max(qRow, mRow), Lq, 'query');
@@ -188,7 +188,7 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
       const mv = mk2?.rows(b * Lq + q0, nq);
       const outOff = (b * Lq + q0) * qRow;
       // Output views must be bound in place (the runtime copies misaligned views: writes would be lost).
-      const ov = outOff % 256 === 0 ? o2.rows(b * Lq + q0, nq) : g.empty([nq, H * Dh], 'f32', 'attention chunk');
+      const ov = outOff % g.storageAlign === 0 ? o2.rows(b * Lq + q0, nq) : g.empty([nq, H * Dh], 'f32', 'attention chunk');
       const nChunks = Math.ceil(Lk / nkMax);
       const ml = nChunks > 1 ? g.empty([nq, H, 2], 'f32', 'attention state') : undefined;
       for (let c = 0; c < nChunks; c++) {

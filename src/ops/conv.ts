@@ -13,9 +13,11 @@
  *   upsample  blocks of whole planes.
  *   groupNorm reductions run over fixed 1024-element pieces (independent of the split), then a
  *             per-element apply pass over arbitrary element ranges.
- * Blocks are bound as windows starting at the 256-byte-aligned offset below them (no copies).
+ * Blocks are bound as windows (runtime/window.ts) from the aligned offset at or below them, with the
+ * element offset in the uniforms (no copies).
  */
-import { Tensor, DTYPE_BYTES } from '../runtime/tensor.js';
+import { DTYPE_BYTES, type Tensor } from '../runtime/tensor.js';
+import { bindWindow, windowElems } from '../runtime/window.js';
 import { uniformStruct, type UniformValues } from '../runtime/uniforms.js';
 import { fail, fmtShape } from '../errors.js';
 import { grid1d, requireF32 } from './util.js';
@@ -37,22 +39,6 @@ const UPSAMPLE = uniformStruct('conv2d.wgsl', ['n', 'H', 'W', 'x_off', 'o_off', 
 const GROUPNORM = uniformStruct('groupnorm.wgsl', [
   'S', 'P', 'GT', 'q0?', 'nq?', 'base?', 'ybase?', 'e0?', 'n?', 'HW', 'C', 'Cg', 'wg_x?', 'eps:f32', 'xo?', 'yo?',
 ]);
-
-/** A binding window over elements [start, start + count) of t: the view and the offset of `start` in it. */
-function win(t: Tensor, start: number, count: number): { v: Tensor; off: number } {
-  t.assertAlive();
-  const eb = DTYPE_BYTES[t.dtype];
-  const abs = t.byteOffset + start * eb;
-  const aligned = abs - (abs % 256);
-  const off = (abs - aligned) / eb;
-  t.storage.retain();
-  return { v: new Tensor(t.storage, [off + count], t.dtype, aligned, t.label), off };
-}
-
-/** Elements of `bytesPerElem` that surely fit one binding window (256 bytes of alignment slack). */
-function budget(t: Tensor, bytesPerElem = 4): number {
-  return Math.floor((t.gpu.maxBindingBytes - 256) / bytesPerElem);
-}
 
 export interface Conv2dOpts {
   stride?: 1 | 2;
@@ -113,7 +99,7 @@ export function conv2d(x: Tensor, w: Tensor, b?: Tensor, opts: Conv2dOpts = {}):
 
   // Block sizes: whole planes per binding (token-major tensors must fit whole per batch item).
   const g = x.gpu;
-  const lim = budget(x), limW = budget(w, DTYPE_BYTES[w.dtype]);
+  const lim = windowElems(x, 4), limW = windowElems(w, DTYPE_BYTES[w.dtype]);
   const cBlk = opts.inTokens ? (HW * C <= lim ? C : 0) : Math.min(C, Math.floor(lim / HW));
   const oBlk = Math.min(O, Math.floor(limW / (C * KK)), opts.outTokens ? (M * O <= lim ? O : 0) : Math.floor(lim / M));
   if (cBlk < 1 || oBlk < 1)
@@ -146,24 +132,24 @@ export function conv2d(x: Tensor, w: Tensor, b?: Tensor, opts: Conv2dOpts = {}):
     for (let o0 = 0; o0 < O; o0 += oBlk) {
       const no = Math.min(oBlk, O - o0);
       // output block: channels [o0, o0+no) of item bi (planes), or the whole token-major item
-      const ow = opts.outTokens ? win(out, bi * M * O, M * O) : win(out, (bi * O + o0) * M, no * M);
+      const ow = opts.outTokens ? bindWindow(out, bi * M * O, M * O) : bindWindow(out, (bi * O + o0) * M, no * M);
       const oOff = opts.outTokens ? ow.off + o0 : ow.off;
-      const rw = res ? (opts.outTokens ? win(res, bi * M * O, M * O) : win(res, (bi * O + o0) * M, no * M)) : null;
+      const rw = res ? (opts.outTokens ? bindWindow(res, bi * M * O, M * O) : bindWindow(res, (bi * O + o0) * M, no * M)) : null;
       const rOff = rw ? (opts.outTokens ? rw.off + o0 : rw.off) : 0;
-      const ww = win(w, o0 * C * KK, no * C * KK);
+      const ww = bindWindow(w, o0 * C * KK, no * C * KK);
       for (let c0 = 0; c0 < C; c0 += cBlk) {
         const nc = Math.min(cBlk, C - c0);
-        const xw = opts.inTokens ? win(x, bi * HW * C, HW * C) : win(x, (bi * C + c0) * HW, nc * HW);
+        const xw = opts.inTokens ? bindWindow(x, bi * HW * C, HW * C) : bindWindow(x, (bi * C + c0) * HW, nc * HW);
         const xOff = opts.inTokens ? xw.off + c0 : xw.off;
-        const bindings = [xw.v, ww.v];
+        const bindings = [xw.view, ww.view];
         if (b) bindings.push(b);
-        if (rw) bindings.push(rw.v);
-        bindings.push(ow.v);
+        if (rw) bindings.push(rw.view);
+        bindings.push(ow.view);
         if (plan.kind === 'subgroup-matrix') {
           implicitGemm(plan, bindings, !!b, {
             M, no, K: nc * KK, xOff, wOff: ww.off + c0 * KK, o0, oOff, rOff, geom, accum: c0 > 0, fin: c0 + nc >= C, ldw: C * KK,
           });
-          xw.v.dispose();
+          xw.view.dispose();
           continue;
         }
         g.dispatch({
@@ -176,11 +162,11 @@ export function conv2d(x: Tensor, w: Tensor, b?: Tensor, opts: Conv2dOpts = {}):
           bindings,
           workgroups: [gx, Math.ceil(no / RN), gz],
         });
-        xw.v.dispose();
+        xw.view.dispose();
       }
-      ow.v.dispose();
-      rw?.v.dispose();
-      ww.v.dispose();
+      ow.view.dispose();
+      rw?.view.dispose();
+      ww.view.dispose();
     }
   }
   return out;
@@ -237,11 +223,11 @@ export function upsampleNearest2x(x: Tensor): Tensor {
   const g = x.gpu;
   const out = g.empty([B, C, 2 * H, 2 * W], 'f32', 'upsample2x');
   const planes = B * C, HW = H * W;
-  const blk = Math.min(planes, Math.floor(budget(x) / (4 * HW)));
+  const blk = Math.min(planes, Math.floor(windowElems(x, 4) / (4 * HW)));
   if (blk < 1) fail(`upsampleNearest2x: a plane of x ${fmtShape(x.shape)} does not fit the binding limit`);
   for (let p0 = 0; p0 < planes; p0 += blk) {
     const np = Math.min(blk, planes - p0);
-    const xw = win(x, p0 * HW, np * HW), ow = win(out, p0 * 4 * HW, np * 4 * HW);
+    const xw = bindWindow(x, p0 * HW, np * HW), ow = bindWindow(out, p0 * 4 * HW, np * 4 * HW);
     const n = np * 4 * HW;
     const [gx, gy] = grid1d(g, n);
     g.dispatch({
@@ -249,11 +235,11 @@ export function upsampleNearest2x(x: Tensor): Tensor {
       entry: 'upsample2x',
       defines: { UPSAMPLE: true },
       uniforms: UPSAMPLE({ n, H, W, x_off: xw.off, o_off: ow.off, wg_x: gx }),
-      bindings: [xw.v, ow.v],
+      bindings: [xw.view, ow.view],
       workgroups: [gx, gy],
     });
-    xw.v.dispose();
-    ow.v.dispose();
+    xw.view.dispose();
+    ow.view.dispose();
   }
   return out;
 }
@@ -281,7 +267,7 @@ export function groupNorm(x: Tensor, groups: number, w?: Tensor, b?: Tensor, eps
   if (x.numel === 0) return out;
   const part = g.empty([Q], 'f32', 'groupnorm.part');
   const stats = g.empty([2 * GT], 'f32', 'groupnorm.stats');
-  const lim = budget(x);
+  const lim = windowElems(x, 4);
   if (lim < PIECE) fail(`groupNorm: binding limit ${g.maxBindingBytes} bytes is below one ${PIECE}-element piece`);
   const pieceStart = (q: number) => Math.floor(q / P) * S + (q % P) * PIECE;
   const pieceEnd = (q: number) => Math.min(pieceStart(q) + PIECE, (Math.floor(q / P) + 1) * S);
@@ -291,16 +277,16 @@ export function groupNorm(x: Tensor, groups: number, w?: Tensor, b?: Tensor, eps
     for (let q0 = 0; q0 < Q; q0 += perDispatch) {
       const nq = Math.min(perDispatch, Q - q0);
       const base = pieceStart(q0);
-      const xw = win(x, base, pieceEnd(q0 + nq - 1) - base);
+      const xw = bindWindow(x, base, pieceEnd(q0 + nq - 1) - base);
       const [gx, gy] = grid1d(g, nq, 1);
       g.dispatch({
         file: 'groupnorm.wgsl',
         defines: { ENTRY: 'partial', PASS: pass },
         uniforms: uni({ q0, nq, base, xo: xw.off, wg_x: gx }),
-        bindings: pass === 'mean' ? [xw.v, part] : [xw.v, stats, part],
+        bindings: pass === 'mean' ? [xw.view, part] : [xw.view, stats, part],
         workgroups: [gx, gy],
       });
-      xw.v.dispose();
+      xw.view.dispose();
     }
     g.dispatch({
       file: 'groupnorm.wgsl',
@@ -312,17 +298,17 @@ export function groupNorm(x: Tensor, groups: number, w?: Tensor, b?: Tensor, eps
   }
   for (let e0 = 0; e0 < x.numel; e0 += lim) {
     const n = Math.min(lim, x.numel - e0);
-    const xw = win(x, e0, n), yw = win(out, e0, n);
+    const xw = bindWindow(x, e0, n), yw = bindWindow(out, e0, n);
     const [gx, gy] = grid1d(g, n);
     g.dispatch({
       file: 'groupnorm.wgsl',
       defines: { ENTRY: 'apply', AFFINE: !!w, SILU: !!opts.silu },
       uniforms: uni({ e0, n, base: e0, ybase: e0, xo: xw.off, yo: yw.off, wg_x: gx }),
-      bindings: w && b ? [xw.v, stats, w, b, yw.v] : [xw.v, stats, yw.v],
+      bindings: w && b ? [xw.view, stats, w, b, yw.view] : [xw.view, stats, yw.view],
       workgroups: [gx, gy],
     });
-    xw.v.dispose();
-    yw.v.dispose();
+    xw.view.dispose();
+    yw.view.dispose();
   }
   part.dispose();
   stats.dispose();

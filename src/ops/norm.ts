@@ -2,7 +2,7 @@
  * Normalisation and modulation ops (shaders/norm.wgsl).
  *
  * Row ops (layerNorm, rmsNorm, softmax) run one workgroup per row of x viewed as [rows, C]; rows are
- * folded into a 2-D grid (row counts over 65535) and split into 256-byte-aligned chunks when x is
+ * folded into a 2-D grid (row counts over 65535) and split into binding-aligned chunks when x is
  * larger than the device's binding limit. Elementwise ops (modulate, gatedResidual, swiglu) split the
  * same way along token rows; the [B, C] operands are indexed by the global row, so chunks may cross
  * batch boundaries.
@@ -81,7 +81,7 @@ function rowOp(op: RowOp, x: Tensor, w: Tensor | undefined, b: Tensor | undefine
   const out = g.empty(x.shape, odt, mod ? 'layer_norm_modulate' : op);
   const x2 = x.reshape([rows, C]);
   const o2 = out.reshape([rows, C]);
-  const chunks = rowChunks(op, rows, [C * DTYPE_BYTES[x.dtype], C * DTYPE_BYTES[odt]], g.maxBindingBytes);
+  const chunks = rowChunks(op, rows, [C * DTYPE_BYTES[x.dtype], C * DTYPE_BYTES[odt]], g.maxBindingBytes, g.storageAlign);
   for (const [start, count] of chunks) {
     const whole = chunks.length === 1;
     const xs = whole ? x2 : x2.rows(start, count);
@@ -156,7 +156,7 @@ function ew(op: 'modulate' | 'gated' | 'swiglu', x: Tensor, big: Tensor[], small
   const out = g.empty(x.shape, 'f32', op);
   const flat = (t: Tensor) => t.reshape([rows, C]);
   const x2 = flat(x), o2 = flat(out), big2 = big.map(flat);
-  const chunks = rowChunks(op, rows, [C * 4, ...big.map((t) => C * DTYPE_BYTES[t.dtype])], g.maxBindingBytes);
+  const chunks = rowChunks(op, rows, [C * 4, ...big.map((t) => C * DTYPE_BYTES[t.dtype])], g.maxBindingBytes, g.storageAlign);
   for (const [start, count] of chunks) {
     const whole = chunks.length === 1;
     const view = (t: Tensor) => (whole ? t : t.rows(start, count));

@@ -68,7 +68,7 @@ function run(op: Op, x: Tensor, tables: Tensor[], tblRow: number): Tensor {
       const tv = t2.map((t, i) => t.rows((tables[i].shape[0] === 1 ? 0 : b * L) + l0, nl));
       const off = (b * L + l0) * H * Dh * (odt === 'f16' ? 2 : 4);
       // The output is bound in place when aligned; otherwise through a temporary (misaligned views are copied).
-      const ov = off % 256 === 0 ? o2.rows(b * L + l0, nl) : g.empty([nl, H * Dh], odt, name);
+      const ov = off % g.storageAlign === 0 ? o2.rows(b * L + l0, nl) : g.empty([nl, H * Dh], odt, name);
       dispatch(xv, tv, ov, 1, nl, 0);
       if (ov.byteOffset !== off) g.copyInto(ov, out, off);
       for (const t of [xv, ...tv, ov]) t.dispose();

@@ -98,6 +98,10 @@ export abstract class GpuEncoder {
       label: 'uniforms',
     });
   }
+  /** Byte alignment of storage binding offsets (minStorageBufferOffsetAlignment: 16, 32 or 256). */
+  get storageAlign(): number {
+    return this.handle.storageAlign;
+  }
   get maxBindingBytes(): number {
     return this.handle.maxBindingBytes;
   }
@@ -215,12 +219,13 @@ export abstract class GpuEncoder {
       // a dynamic offset picks the slot at setBindGroup, so the bind group is the same for every slot
       entries.push({ binding: 0, buffer: this.uniformBuf, id: 0, offset: dynamicUniform ? 0 : slot * UNIFORM_SLOT, size: Math.max(16, Math.ceil(k.uniforms.length / 4) * 16) });
     }
-    // Storage bindings need 256-byte-aligned offsets: bind an aligned copy of a misaligned view, and
+    // Storage bindings need aligned offsets (storageAlign): bind an aligned copy of a misaligned view, and
     // copy it back after the dispatch when the shader may write it (read_write binding).
     const temps: { view: Tensor; copy: Tensor; writeBack: boolean }[] = [];
+    const align = this.handle.storageAlign;
     k.bindings.forEach((t, i) => {
       let b = t;
-      if (t.byteOffset % 256 !== 0) {
+      if (t.byteOffset % align !== 0) {
         b = this.copy(t);
         temps.push({ view: t, copy: b, writeBack: !readOnly.has(i + 1) });
       }
