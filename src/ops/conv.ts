@@ -26,9 +26,10 @@ import { planConv, convWeightVectors, type ConvPlan, type ConvVariant } from './
 import type { SgmatTile } from './plan-gemm.js';
 import { GEMM_SGMAT_CONV } from './gemm-params.js';
 
-const GEOMETRY = ['H', 'W', 'CT', 'Ho', 'Wo', 'OT', 'KH', 'KW', 'stride', 'ups', 'padT', 'padL', 'xs_c', 'xs_y', 'xs_x', 'os_o', 'os_m'] as const;
 /** The conv's sizes (CT, OT: all channels), stride, upsampling, padding and element strides. */
-type ConvGeometry = UniformValues<(typeof GEOMETRY)[number]>;
+type ConvGeometry = UniformValues<
+  'H' | 'W' | 'CT' | 'Ho' | 'Wo' | 'OT' | 'KH' | 'KW' | 'stride' | 'ups' | 'padT' | 'padL' | 'xs_c' | 'xs_y' | 'xs_x' | 'os_o' | 'os_m'
+>;
 /** One (input block, output block) of the direct conv: C, O are the block's channels from c0, o0. */
 const CONV2D = uniformStruct('conv2d.wgsl', [
   'C', 'H', 'W', 'CT', 'O', 'Ho', 'Wo', 'OT', 'c0', 'o0', 'padT', 'padL', 'x_off', 'w_off', 'o_off', 'r_off',
@@ -119,7 +120,7 @@ export function conv2d(x: Tensor, w: Tensor, b?: Tensor, opts: Conv2dOpts = {}):
   if (b) defines.B_BIAS = slot++;
   if (res) defines.B_RES = slot++;
   defines.B_OUT = slot;
-  // the members conv2d.wgsl and the implicit GEMM share; element strides: x channel / row / column, out channel / pixel
+  // members conv2d.wgsl and the implicit GEMM share; element strides: x channel / row / column, out channel / pixel
   const geom: ConvGeometry = {
     H, W, CT: C, Ho, Wo, OT: O, KH, KW, stride, ups, padT: pt, padL: pl,
     ...(opts.inTokens ? { xs_c: 1, xs_y: W * C, xs_x: C } : { xs_c: HW, xs_y: W, xs_x: 1 }),
