@@ -55,7 +55,8 @@ describe('layerNorm / rmsNorm', () => {
 
   test('split along rows over maxBindingBytes', async () => {
     const g = await getGpu();
-    const rows = 200, C = 17; // 68-byte rows: chunks of 64 rows keep offsets 256-aligned
+    // 68-byte rows, 120 fit: chunks of 120 rows at a 16- or 32-byte binding alignment, of 64 at 256
+    const rows = 200, C = 17;
     const x = randn(rows * C, 7, 3).map((v) => v - 2);
     const w = uploadAs(g, randn(C, 8), [C], 'bf16'), b = uploadAs(g, randn(C, 9), [C], 'f32');
     const xt = g.upload(x, [rows, C]);
@@ -63,7 +64,7 @@ describe('layerNorm / rmsNorm', () => {
       const d0 = g.dispatchCount;
       primePoison(g, [rows, C]);
       const y = layerNorm(xt, w.t, b.t);
-      expect(g.dispatchCount - d0).toBe(4);
+      expect(g.dispatchCount - d0).toBe(g.storageAlign === 256 ? 4 : 2);
       expectClose('layerNorm split', await g.readF32(y), ref.layerNorm(x, C, w.exact, b.exact, 1e-6), NORM_ATOL, NORM_RTOL);
       const s = softmax(xt);
       expectClose('softmax split', await g.readF32(s), ref.softmax(x, C), 1e-7, 1e-5);
@@ -97,7 +98,8 @@ describe('layerNormModulate (fused and two-kernel)', () => {
 
   test('split along rows: chunks cross the batch boundary (row0 picks the batch row of shift/scale)', async () => {
     const g = await getGpu();
-    const B = 3, L = 50, C = 17; // 150 rows of 68 bytes: chunks of 64 rows, the second starts inside batch row 1
+    // 150 rows of 68 bytes: chunks of 120 rows (64 at a 256-byte alignment) that cross batch rows
+    const B = 3, L = 50, C = 17;
     const x = randn(B * L * C, 21, 2), sh = randn(B * C, 22), sc = randn(B * C, 23);
     const xt = g.upload(x, [B, L, C]), sht = g.upload(sh, [B, C]), sct = g.upload(sc, [B, C]);
     const want = ref.modulate(ref.layerNorm(x, C, null, null, 1e-6), B, L, C, sh, sc);
@@ -105,7 +107,7 @@ describe('layerNormModulate (fused and two-kernel)', () => {
       const d0 = g.dispatchCount;
       primePoison(g, [B, L, C]);
       const y = layerNormModulate(xt, sht, sct, 1e-6, true);
-      expect(g.dispatchCount - d0).toBe(3);
+      expect(g.dispatchCount - d0).toBe(g.storageAlign === 256 ? 3 : 2);
       expectClose('layerNormModulate split', await g.readF32(y), want, NORM_ATOL * 6, NORM_RTOL);
     });
     expect(() => layerNormModulate(xt, g.upload(sh.subarray(0, C), [1, C]), sct)).toThrow(/shift \[1,17\] must be \[3, 17\]/);

@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { Recorder, type DryRunReport } from '../src/runtime/dryrun/recorder.js';
 import { dryRunProfile, PROFILE_IDS } from '../src/runtime/dryrun/index.js';
 import { L2_REUSE_BYTES } from '../src/runtime/dryrun/traffic.js';
+import { GEMM_SGMAT } from '../src/ops/gemm-params.js';
 import { writeDryRunModel, writeSquarePng, TRAFFIC_BEFORE_GB } from '../kernels-test/dryrun-table.js';
 import { REPO_ROOT } from './util/golden-path.js';
 import { writeFakeV12Model } from './util/fake-model.js';
@@ -62,7 +63,8 @@ describe('recorder memory model', () => {
     r.mark('sample', 1);
     // 128x128 tiles (2x4 subgroups of 4x2 16x16 fragments), M = N = 1000: 8 x 8 tiles, groups of 2 row blocks
     const sg = { SM: 16, SN: 16, SGM: 2, SGN: 4, PM: 4, PN: 2 };
-    const u = (group: number) => [1000, 1000, 64, 16, 0, 0, 0, 0, 1000, 8, 64, group, 0, 0, 0, 0];
+    const u = (group: number) =>
+      GEMM_SGMAT({ M: 1000, N: 1000, K: 64, K4: 16, x_off: 0, w_off: 0, b_off: 0, o_off: 0, ldo: 1000, tiles_n: 8, wg_x: 64, group_m: group });
     // x 100 MB: a group's 256 rows are 25.6 MB > L2_REUSE_BYTES, re-read once per column block (7 more);
     // w 1 MB: read once per group of 2 row blocks (4 groups, 3 more)
     r.kernel('gemm-sgmat.wgsl', 'main', sg, u(2), [100e6, 1e6, 4e6]);

@@ -142,14 +142,14 @@ export function linearRows(x: Tensor, lin: Linear, start: number, count: number,
 /**
  * Token rows [at, at + L) of joint [B, Lj, N] ← x [B, L, C] through output rows [start, start + N) of a
  * Linear: one GEMM per batch item writing its row range in place (the double block's joint v, no concat).
- * Where a range does not start on a 256-byte boundary (tiny widths) the GEMM result is copied in instead,
+ * Where a range does not start on the binding alignment (tiny widths) the GEMM result is copied in instead,
  * widened where it came out f16 and the joint is f32 (jointDtype: a stream of ≤ 4 rows beside one of more).
  */
 function linearRowsInto(x: Tensor, lin: Linear, start: number, joint: Tensor, at: number): void {
   const g = x.gpu, [B, L, C] = x.shape, [, Lj] = joint.shape, N = joint.numel / (B * Lj);
   g.scope(() => {
     const eb = DTYPE_BYTES[joint.dtype];
-    const aligned = Array.from({ length: B }, (_, b) => (joint.byteOffset + (b * Lj + at) * N * eb) % 256 === 0).every(Boolean);
+    const aligned = Array.from({ length: B }, (_, b) => (joint.byteOffset + (b * Lj + at) * N * eb) % g.storageAlign === 0).every(Boolean);
     if (!aligned) {
       const y = linearRows(x, lin, start, N);
       return void writeColumns((y.dtype === joint.dtype ? y : widen(y)).reshape([B, L * N]), joint.reshape([B, Lj * N]), at * N);
@@ -162,12 +162,12 @@ function linearRowsInto(x: Tensor, lin: Linear, start: number, joint: Tensor, at
 /**
  * lin over token rows [at, at + n) of joint [B, Lj, C] → [B, n, N], the rows read in place: one GEMM per
  * batch item over a row view, into its rows of the result (no slice copy of the joint attention output).
- * Where a batch item's result rows would not start on a 256-byte boundary (tiny widths), over a slice.
+ * Where a batch item's result rows would not start on the binding alignment (tiny widths), over a slice.
  */
 function linearOfRows(joint: Tensor, at: number, n: number, lin: Linear): Tensor {
   const g = joint.gpu, [B, Lj, C] = joint.shape, N = lin.outFeatures;
   return g.scope(() => {
-    if (!Array.from({ length: B }, (_, b) => (b * n * N * 4) % 256 === 0).every(Boolean)) return lin.forward(slice(joint, 1, at, n));
+    if (!Array.from({ length: B }, (_, b) => (b * n * N * 4) % g.storageAlign === 0).every(Boolean)) return lin.forward(slice(joint, 1, at, n));
     const out = g.empty([B, n, N], 'f32', 'linear');
     const j2 = joint.reshape([B * Lj, C]), o2 = out.reshape([B * n, N]);
     for (let b = 0; b < B; b++) lin.forward(j2.rows(b * Lj + at, n), undefined, { out: o2.rows(b * n, n) });

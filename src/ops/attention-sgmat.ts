@@ -4,10 +4,14 @@
  */
 import type { Tensor } from '../runtime/tensor.js';
 import type { Gpu } from '../runtime/gpu.js';
-import { f32u } from '../runtime/gpu.js';
+import { uniformStruct } from '../runtime/uniforms.js';
 import type { AttentionPlan } from './plan-attention.js';
 import { overflowCounter } from './plan-gemm.js';
 import { grid1d } from './util.js';
+
+const ATTENTION_SGMAT = uniformStruct('attention-sgmat.wgsl', [
+  'lq', 'lk', 'h', 'hkv', 'n_qt', 'wg_x', 'nb', 'causal', 'scale_log2:f32', '_p0', '_p1', '_p2',
+]);
 
 export interface SgmatAttentionArgs {
   q: Tensor; k: Tensor; v: Tensor; out: Tensor;
@@ -37,8 +41,7 @@ export function attentionSgmat(g: Gpu, plan: AttentionPlan, a: SgmatAttentionArg
   g.dispatch({
     file: 'attention-sgmat.wgsl',
     defines,
-    // lq, lk, h, hkv, n_qt, wg_x, nb, causal, scale_log2
-    uniforms: [a.Lq, a.Lk, a.H, a.Hkv, nQt, wx, a.B, a.causal ? 1 : 0, f32u(a.scale * Math.LOG2E), 0, 0, 0],
+    uniforms: ATTENTION_SGMAT({ lq: a.Lq, lk: a.Lk, h: a.H, hkv: a.Hkv, n_qt: nQt, wg_x: wx, nb: a.B, causal: a.causal ? 1 : 0, scale_log2: a.scale * Math.LOG2E }),
     bindings,
     workgroups: [wx, wy],
   });

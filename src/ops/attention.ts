@@ -8,8 +8,8 @@
  * carried between key chunks in `out` and a small [nq, H, 2] state buffer, then normalised).
  */
 import type { Tensor } from '../runtime/tensor.js';
-import type { Gpu, Uniform } from '../runtime/gpu.js';
-import { f32u } from '../runtime/gpu.js';
+import type { Gpu } from '../runtime/gpu.js';
+import { uniformStruct } from '../runtime/uniforms.js';
 import { fail, fmtShape } from '../errors.js';
 import { grid1d, requireF32 } from './util.js';
 import { planAttention, attentionBinding } from './plan-attention.js';
@@ -37,6 +37,15 @@ export interface AttentionOptions {
 
 /** Workgroup storage we allow ourselves: the WebGPU default, whatever the device offers. */
 const WG_STORAGE = 16384;
+
+/**
+ * One chunk: lq x lk queries x keys from q_off / k_off of the full lq_full x lk_full; b_off: the first
+ * batch item of nb; state_in / finalize: the flash state in ml carried over key chunks.
+ */
+const ATTENTION = uniformStruct('attention.wgsl', [
+  'lq', 'lk', 'h', 'hkv', 'q_off', 'k_off', 'lq_full', 'lk_full', 'b_off', 'nb', 'n_qt', 'wg_x',
+  'causal', 'state_in', 'finalize', 'scale_log2:f32', 'dc_rt', 'vk_rt',
+]);
 
 interface Variant {
   DH: number; BQ: number; TPR: number; BK: number; DC: number; VK: number; SH: number;
@@ -146,7 +155,7 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
         const outOff = b * Lq * H * Dh * (out.dtype === 'f16' ? 2 : 4);
         const views = [item(q, b)!, item(k, b)!, item(v, b)!, item(keyMask, b), item(mask, b), item(queryMask, b)];
         // Output views must be bound in place (the runtime copies misaligned views: writes would be lost).
-        const ov = outOff % 256 === 0 ? item(out, b)! : g.empty([Lq, H * Dh], out.dtype, 'attention item');
+        const ov = outOff % g.storageAlign === 0 ? item(out, b)! : g.empty([Lq, H * Dh], out.dtype, 'attention item');
         const [qv, kv, vv, kmv, mv, qmv] = views;
         attentionSgmat(g, plan, { ...sg, B: 1, q: qv!, k: kv!, v: vv!, out: ov, keyMask: kmv, mask: mv, queryMask: qmv });
         if (ov.byteOffset !== outOff) g.copyInto(ov, out, outOff);
@@ -164,7 +173,7 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
   const fitRows = (rowBytes: number, n: number, what: string): number => {
     let r = Math.floor(limit / rowBytes);
     check(r >= 1, `one ${what} row (${rowBytes} bytes) exceeds the device's binding limit ${limit}`);
-    if (r >= 64) r -= r % 64; // keep chunk views 256-byte aligned where possible
+    if (r >= 64) r -= r % 64; // keep chunk views aligned where possible (64 rows: a multiple of 256 bytes)
     return Math.min(r, n);
   };
   const nqMax = fitRows(Math.max(qRow, mRow), Lq, 'query');
@@ -179,7 +188,7 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
       const mv = mk2?.rows(b * Lq + q0, nq);
       const outOff = (b * Lq + q0) * qRow;
       // Output views must be bound in place (the runtime copies misaligned views: writes would be lost).
-      const ov = outOff % 256 === 0 ? o2.rows(b * Lq + q0, nq) : g.empty([nq, H * Dh], 'f32', 'attention chunk');
+      const ov = outOff % g.storageAlign === 0 ? o2.rows(b * Lq + q0, nq) : g.empty([nq, H * Dh], 'f32', 'attention chunk');
       const nChunks = Math.ceil(Lk / nkMax);
       const ml = nChunks > 1 ? g.empty([nq, H, 2], 'f32', 'attention state') : undefined;
       for (let c = 0; c < nChunks; c++) {
@@ -225,12 +234,10 @@ function run(c: Ctx, ch: Chunk): void {
   if (c.keyMask || ch.mask || c.segments) defines.SKIP = true;
   const nQt = Math.ceil(ch.nq / vr.BQ);
   const [wx, wy] = grid1d(c.g, nQt * c.H * ch.nb, 1);
-  const uniforms: Uniform[] = [
-    ch.nq, ch.nk, c.H, c.Hkv,
-    ch.q0, ch.k0, c.Lq, c.Lk,
-    ch.bOff, ch.nb, nQt, wx,
-    c.causal ? 1 : 0, ch.stateIn ? 1 : 0, ch.finalize ? 1 : 0, f32u(c.scale * Math.LOG2E),
-    vr.DC, vr.VK,
-  ];
+  const uniforms = ATTENTION({
+    lq: ch.nq, lk: ch.nk, h: c.H, hkv: c.Hkv, q_off: ch.q0, k_off: ch.k0, lq_full: c.Lq, lk_full: c.Lk,
+    b_off: ch.bOff, nb: ch.nb, n_qt: nQt, wg_x: wx, causal: c.causal ? 1 : 0, state_in: ch.stateIn ? 1 : 0,
+    finalize: ch.finalize ? 1 : 0, scale_log2: c.scale * Math.LOG2E, dc_rt: vr.DC, vk_rt: vr.VK,
+  });
   c.g.dispatch({ file: 'attention.wgsl', defines, uniforms, bindings, workgroups: [wx, wy] });
 }

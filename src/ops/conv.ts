@@ -13,31 +13,33 @@
  *   upsample  blocks of whole planes.
  *   groupNorm reductions run over fixed 1024-element pieces (independent of the split), then a
  *             per-element apply pass over arbitrary element ranges.
- * Blocks are bound as windows starting at the 256-byte-aligned offset below them (no copies).
+ * Blocks are bound as windows (runtime/window.ts) from the aligned offset at or below them, with the
+ * element offset in the uniforms (no copies).
  */
-import { Tensor, DTYPE_BYTES } from '../runtime/tensor.js';
-import { f32u } from '../runtime/gpu.js';
+import { DTYPE_BYTES, type Tensor } from '../runtime/tensor.js';
+import { bindWindow, windowElems } from '../runtime/window.js';
+import { uniformStruct, type UniformValues } from '../runtime/uniforms.js';
 import { fail, fmtShape } from '../errors.js';
 import { grid1d, requireF32 } from './util.js';
 import { warnNoMatrixUnits, overflowCounter } from './plan-gemm.js';
 import { planConv, convWeightVectors, type ConvPlan, type ConvVariant } from './plan-conv.js';
 import type { SgmatTile } from './plan-gemm.js';
+import { GEMM_SGMAT_CONV } from './gemm-params.js';
 
-/** A binding window over elements [start, start + count) of t: the view and the offset of `start` in it. */
-function win(t: Tensor, start: number, count: number): { v: Tensor; off: number } {
-  t.assertAlive();
-  const eb = DTYPE_BYTES[t.dtype];
-  const abs = t.byteOffset + start * eb;
-  const aligned = abs - (abs % 256);
-  const off = (abs - aligned) / eb;
-  t.storage.retain();
-  return { v: new Tensor(t.storage, [off + count], t.dtype, aligned, t.label), off };
-}
-
-/** Elements of `bytesPerElem` that surely fit one binding window (256 bytes of alignment slack). */
-function budget(t: Tensor, bytesPerElem = 4): number {
-  return Math.floor((t.gpu.maxBindingBytes - 256) / bytesPerElem);
-}
+/** The conv's sizes (CT, OT: all channels), stride, upsampling, padding and element strides. */
+type ConvGeometry = UniformValues<
+  'H' | 'W' | 'CT' | 'Ho' | 'Wo' | 'OT' | 'KH' | 'KW' | 'stride' | 'ups' | 'padT' | 'padL' | 'xs_c' | 'xs_y' | 'xs_x' | 'os_o' | 'os_m'
+>;
+/** One (input block, output block) of the direct conv: C, O are the block's channels from c0, o0. */
+const CONV2D = uniformStruct('conv2d.wgsl', [
+  'C', 'H', 'W', 'CT', 'O', 'Ho', 'Wo', 'OT', 'c0', 'o0', 'padT', 'padL', 'x_off', 'w_off', 'o_off', 'r_off',
+  'accum', 'finish', 'wg_x', 'KH', 'KW', 'stride', 'ups', 'xs_c', 'xs_y', 'xs_x', 'os_o', 'os_m',
+], { UPSAMPLE: false });
+const UPSAMPLE = uniformStruct('conv2d.wgsl', ['n', 'H', 'W', 'x_off', 'o_off', 'wg_x'], { UPSAMPLE: true });
+/** S: elements per group, P: pieces per group, GT: groups in all; q0/nq: pieces, e0/n: elements of this dispatch. */
+const GROUPNORM = uniformStruct('groupnorm.wgsl', [
+  'S', 'P', 'GT', 'q0?', 'nq?', 'base?', 'ybase?', 'e0?', 'n?', 'HW', 'C', 'Cg', 'wg_x?', 'eps:f32', 'xo?', 'yo?',
+]);
 
 export interface Conv2dOpts {
   stride?: 1 | 2;
@@ -98,7 +100,7 @@ export function conv2d(x: Tensor, w: Tensor, b?: Tensor, opts: Conv2dOpts = {}):
 
   // Block sizes: whole planes per binding (token-major tensors must fit whole per batch item).
   const g = x.gpu;
-  const lim = budget(x), limW = budget(w, DTYPE_BYTES[w.dtype]);
+  const lim = windowElems(x, 4), limW = windowElems(w, DTYPE_BYTES[w.dtype]);
   const cBlk = opts.inTokens ? (HW * C <= lim ? C : 0) : Math.min(C, Math.floor(lim / HW));
   const oBlk = Math.min(O, Math.floor(limW / (C * KK)), opts.outTokens ? (M * O <= lim ? O : 0) : Math.floor(lim / M));
   if (cBlk < 1 || oBlk < 1)
@@ -118,9 +120,12 @@ export function conv2d(x: Tensor, w: Tensor, b?: Tensor, opts: Conv2dOpts = {}):
   if (b) defines.B_BIAS = slot++;
   if (res) defines.B_RES = slot++;
   defines.B_OUT = slot;
-  // element strides (see shaders/conv2d.wgsl): x channel / row / column, out channel / pixel
-  const xs = opts.inTokens ? [1, W * C, C] : [HW, W, 1];
-  const os = opts.outTokens ? [1, O] : [M, 1];
+  // members conv2d.wgsl and the implicit GEMM share; element strides: x channel / row / column, out channel / pixel
+  const geom: ConvGeometry = {
+    H, W, CT: C, Ho, Wo, OT: O, KH, KW, stride, ups, padT: pt, padL: pl,
+    ...(opts.inTokens ? { xs_c: 1, xs_y: W * C, xs_x: C } : { xs_c: HW, xs_y: W, xs_x: 1 }),
+    ...(opts.outTokens ? { os_o: 1, os_m: O } : { os_o: M, os_m: 1 }),
+  };
   const mTiles = Math.ceil(M / (64 * RM));
   const gx = Math.min(mTiles, g.maxWorkgroupsPerDim), gz = Math.ceil(mTiles / gx);
 
@@ -128,39 +133,41 @@ export function conv2d(x: Tensor, w: Tensor, b?: Tensor, opts: Conv2dOpts = {}):
     for (let o0 = 0; o0 < O; o0 += oBlk) {
       const no = Math.min(oBlk, O - o0);
       // output block: channels [o0, o0+no) of item bi (planes), or the whole token-major item
-      const ow = opts.outTokens ? win(out, bi * M * O, M * O) : win(out, (bi * O + o0) * M, no * M);
+      const ow = opts.outTokens ? bindWindow(out, bi * M * O, M * O) : bindWindow(out, (bi * O + o0) * M, no * M);
       const oOff = opts.outTokens ? ow.off + o0 : ow.off;
-      const rw = res ? (opts.outTokens ? win(res, bi * M * O, M * O) : win(res, (bi * O + o0) * M, no * M)) : null;
-      const ww = win(w, o0 * C * KK, no * C * KK);
+      const rw = res ? (opts.outTokens ? bindWindow(res, bi * M * O, M * O) : bindWindow(res, (bi * O + o0) * M, no * M)) : null;
+      const rOff = rw ? (opts.outTokens ? rw.off + o0 : rw.off) : 0;
+      const ww = bindWindow(w, o0 * C * KK, no * C * KK);
       for (let c0 = 0; c0 < C; c0 += cBlk) {
         const nc = Math.min(cBlk, C - c0);
-        const xw = opts.inTokens ? win(x, bi * HW * C, HW * C) : win(x, (bi * C + c0) * HW, nc * HW);
+        const xw = opts.inTokens ? bindWindow(x, bi * HW * C, HW * C) : bindWindow(x, (bi * C + c0) * HW, nc * HW);
         const xOff = opts.inTokens ? xw.off + c0 : xw.off;
-        const bindings = [xw.v, ww.v];
+        const bindings = [xw.view, ww.view];
         if (b) bindings.push(b);
-        if (rw) bindings.push(rw.v);
-        bindings.push(ow.v);
+        if (rw) bindings.push(rw.view);
+        bindings.push(ow.view);
         if (plan.kind === 'subgroup-matrix') {
           implicitGemm(plan, bindings, !!b, {
-            M, no, K: nc * KK, xOff, wOff: ww.off + c0 * KK, o0, oOff, rOff: rw ? (opts.outTokens ? rw.off + o0 : rw.off) : 0,
-            shape: [H, W, C, Ho, Wo, O, KH, KW, stride, ups, pt, pl, ...xs, ...os], accum: c0 > 0, fin: c0 + nc >= C, ldw: C * KK,
+            M, no, K: nc * KK, xOff, wOff: ww.off + c0 * KK, o0, oOff, rOff, geom, accum: c0 > 0, fin: c0 + nc >= C, ldw: C * KK,
           });
-          xw.v.dispose();
+          xw.view.dispose();
           continue;
         }
         g.dispatch({
           file: 'conv2d.wgsl',
           defines,
-          uniforms: [nc, H, W, C, no, Ho, Wo, O, c0, o0, pt, pl, xOff, ww.off, oOff, rw ? (opts.outTokens ? rw.off + o0 : rw.off) : 0,
-            c0 > 0 ? 1 : 0, c0 + nc >= C ? 1 : 0, gx, KH, KW, stride, ups, ...xs, ...os],
+          uniforms: CONV2D({
+            ...geom, C: nc, O: no, c0, o0, x_off: xOff, w_off: ww.off, o_off: oOff, r_off: rOff,
+            accum: c0 > 0 ? 1 : 0, finish: c0 + nc >= C ? 1 : 0, wg_x: gx,
+          }),
           bindings,
           workgroups: [gx, Math.ceil(no / RN), gz],
         });
-        xw.v.dispose();
+        xw.view.dispose();
       }
-      ow.v.dispose();
-      rw?.v.dispose();
-      ww.v.dispose();
+      ow.view.dispose();
+      rw?.view.dispose();
+      ww.view.dispose();
     }
   }
   return out;
@@ -175,8 +182,7 @@ interface GemmChunk {
   o0: number;
   oOff: number;
   rOff: number;
-  /** H, W, CT, Ho, Wo, OT, KH, KW, stride, ups, padT, padL, x strides (c, y, x), out strides (o, m). */
-  shape: number[];
+  geom: ConvGeometry;
   accum: boolean;
   fin: boolean;
   ldw: number;
@@ -200,9 +206,11 @@ function implicitGemm(plan: ConvPlan, bindings: Tensor[], bias: boolean, c: Gemm
   g.dispatch({
     file: p.file,
     defines,
-    // gemm-sgmat's Params (M, N, K, K4, x_off, w_off, b_off, o_off, ldo, tiles_n, wg_x, group_m, 4 unused), then the conv's
-    uniforms: [c.M, c.no, c.K, c.K >> 2, c.xOff, c.wOff, c.o0, c.oOff, 0, tilesN, gx, p.groupM, 0, 0, 0, 0,
-      ...c.shape, c.rOff, c.accum ? 1 : 0, c.fin ? 1 : 0, c.ldw, 0, 0, 0],
+    // b_off: the block's first output channel (the bias is bound whole); ldo unused (out strides os_o, os_m)
+    uniforms: GEMM_SGMAT_CONV({
+      ...c.geom, M: c.M, N: c.no, K: c.K, K4: c.K >> 2, x_off: c.xOff, w_off: c.wOff, b_off: c.o0, o_off: c.oOff, ldo: 0,
+      tiles_n: tilesN, wg_x: gx, group_m: p.groupM, r_off: c.rOff, accum: c.accum ? 1 : 0, fin: c.fin ? 1 : 0, ldw: c.ldw,
+    }),
     bindings: [...bindings, overflowCounter(g)],
     workgroups: [gx, gy],
   });
@@ -216,23 +224,23 @@ export function upsampleNearest2x(x: Tensor): Tensor {
   const g = x.gpu;
   const out = g.empty([B, C, 2 * H, 2 * W], 'f32', 'upsample2x');
   const planes = B * C, HW = H * W;
-  const blk = Math.min(planes, Math.floor(budget(x) / (4 * HW)));
+  const blk = Math.min(planes, Math.floor(windowElems(x, 4) / (4 * HW)));
   if (blk < 1) fail(`upsampleNearest2x: a plane of x ${fmtShape(x.shape)} does not fit the binding limit`);
   for (let p0 = 0; p0 < planes; p0 += blk) {
     const np = Math.min(blk, planes - p0);
-    const xw = win(x, p0 * HW, np * HW), ow = win(out, p0 * 4 * HW, np * 4 * HW);
+    const xw = bindWindow(x, p0 * HW, np * HW), ow = bindWindow(out, p0 * 4 * HW, np * 4 * HW);
     const n = np * 4 * HW;
     const [gx, gy] = grid1d(g, n);
     g.dispatch({
       file: 'conv2d.wgsl',
       entry: 'upsample2x',
       defines: { UPSAMPLE: true },
-      uniforms: [n, H, W, xw.off, ow.off, gx],
-      bindings: [xw.v, ow.v],
+      uniforms: UPSAMPLE({ n, H, W, x_off: xw.off, o_off: ow.off, wg_x: gx }),
+      bindings: [xw.view, ow.view],
       workgroups: [gx, gy],
     });
-    xw.v.dispose();
-    ow.v.dispose();
+    xw.view.dispose();
+    ow.view.dispose();
   }
   return out;
 }
@@ -260,28 +268,26 @@ export function groupNorm(x: Tensor, groups: number, w?: Tensor, b?: Tensor, eps
   if (x.numel === 0) return out;
   const part = g.empty([Q], 'f32', 'groupnorm.part');
   const stats = g.empty([2 * GT], 'f32', 'groupnorm.stats');
-  const lim = budget(x);
+  const lim = windowElems(x, 4);
   if (lim < PIECE) fail(`groupNorm: binding limit ${g.maxBindingBytes} bytes is below one ${PIECE}-element piece`);
   const pieceStart = (q: number) => Math.floor(q / P) * S + (q % P) * PIECE;
   const pieceEnd = (q: number) => Math.min(pieceStart(q) + PIECE, (Math.floor(q / P) + 1) * S);
-  const uni = (o: Partial<Record<'q0' | 'nq' | 'base' | 'ybase' | 'e0' | 'n' | 'wgx' | 'xo' | 'yo', number>>) => [
-    S, P, GT, o.q0 ?? 0, o.nq ?? 0, o.base ?? 0, o.ybase ?? 0, o.e0 ?? 0, o.n ?? 0, HW, C, Cg, o.wgx ?? 0, f32u(eps), o.xo ?? 0, o.yo ?? 0,
-  ];
+  const uni = (o: Partial<Parameters<typeof GROUPNORM>[0]>) => GROUPNORM({ S, P, GT, HW, C, Cg, eps, ...o });
   const perDispatch = Math.floor(lim / PIECE);
   for (const pass of ['mean', 'sq'] as const) {
     for (let q0 = 0; q0 < Q; q0 += perDispatch) {
       const nq = Math.min(perDispatch, Q - q0);
       const base = pieceStart(q0);
-      const xw = win(x, base, pieceEnd(q0 + nq - 1) - base);
+      const xw = bindWindow(x, base, pieceEnd(q0 + nq - 1) - base);
       const [gx, gy] = grid1d(g, nq, 1);
       g.dispatch({
         file: 'groupnorm.wgsl',
         defines: { ENTRY: 'partial', PASS: pass },
-        uniforms: uni({ q0, nq, base, xo: xw.off, wgx: gx }),
-        bindings: pass === 'mean' ? [xw.v, part] : [xw.v, stats, part],
+        uniforms: uni({ q0, nq, base, xo: xw.off, wg_x: gx }),
+        bindings: pass === 'mean' ? [xw.view, part] : [xw.view, stats, part],
         workgroups: [gx, gy],
       });
-      xw.v.dispose();
+      xw.view.dispose();
     }
     g.dispatch({
       file: 'groupnorm.wgsl',
@@ -293,17 +299,17 @@ export function groupNorm(x: Tensor, groups: number, w?: Tensor, b?: Tensor, eps
   }
   for (let e0 = 0; e0 < x.numel; e0 += lim) {
     const n = Math.min(lim, x.numel - e0);
-    const xw = win(x, e0, n), yw = win(out, e0, n);
+    const xw = bindWindow(x, e0, n), yw = bindWindow(out, e0, n);
     const [gx, gy] = grid1d(g, n);
     g.dispatch({
       file: 'groupnorm.wgsl',
       defines: { ENTRY: 'apply', AFFINE: !!w, SILU: !!opts.silu },
-      uniforms: uni({ e0, n, base: e0, ybase: e0, xo: xw.off, yo: yw.off, wgx: gx }),
-      bindings: w && b ? [xw.v, stats, w, b, yw.v] : [xw.v, stats, yw.v],
+      uniforms: uni({ e0, n, base: e0, ybase: e0, xo: xw.off, yo: yw.off, wg_x: gx }),
+      bindings: w && b ? [xw.view, stats, w, b, yw.view] : [xw.view, stats, yw.view],
       workgroups: [gx, gy],
     });
-    xw.v.dispose();
-    yw.v.dispose();
+    xw.view.dispose();
+    yw.view.dispose();
   }
   part.dispose();
   stats.dispose();

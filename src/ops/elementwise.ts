@@ -1,11 +1,14 @@
 /** Elementwise ops (shaders/elementwise.wgsl): activations, affine scale, broadcast add/sub/mul. */
 import type { Tensor } from '../runtime/tensor.js';
-import { f32u } from '../runtime/gpu.js';
+import { uniformStruct } from '../runtime/uniforms.js';
 import { fail, fmtShape } from '../errors.js';
 import { grid1d, requireF32 } from './util.js';
 import { withWidened } from './act-dtype.js';
 
 type Unary = 'silu' | 'gelu_tanh' | 'gelu_erf';
+
+/** n elements, b broadcast with period n_b (BINARY), x * alpha + beta (scale). */
+const EW = uniformStruct('elementwise.wgsl', ['n', 'n_b?', 'wg_x', 'alpha:f32', 'beta:f32']);
 
 function unary(op: Unary | 'scale', x0: Tensor, alpha = 1, beta = 0): Tensor {
   // f16 activation storage (ops/act-dtype.ts): these kernels read f32, an f16 operand is widened first
@@ -17,7 +20,7 @@ function unary(op: Unary | 'scale', x0: Tensor, alpha = 1, beta = 0): Tensor {
   x.gpu.dispatch({
     file: 'elementwise.wgsl',
     defines: { OP: op },
-    uniforms: [x.numel, 1, wx, f32u(alpha), f32u(beta)],
+    uniforms: EW({ n: x.numel, n_b: 1, wg_x: wx, alpha, beta }),
     bindings: [x, out],
     workgroups: [wx, wy],
   });
@@ -45,7 +48,7 @@ function binary(op: 'add' | 'sub' | 'mul', a: Tensor, b: Tensor): Tensor {
   a.gpu.dispatch({
     file: 'elementwise.wgsl',
     defines: { OP: op, BINARY: true },
-    uniforms: [a.numel, b.numel, wx, f32u(1), f32u(0)],
+    uniforms: EW({ n: a.numel, n_b: b.numel, wg_x: wx, alpha: 1, beta: 0 }),
     bindings: [a, b, out],
     workgroups: [wx, wy],
   });

@@ -6,6 +6,18 @@ import type { Tensor, DType } from '../runtime/tensor.js';
 import { DTYPE_BYTES } from '../runtime/tensor.js';
 import { fail, fmtShape } from '../errors.js';
 import { grid1d } from './util.js';
+import { uniformStruct } from '../runtime/uniforms.js';
+
+/** The strided copy: n elements, dims d0..d5 (outermost first) with src strides s* and dst strides t*. */
+const COPY = uniformStruct('layout.wgsl', [
+  'n', 'wg_x', 'd0', 'd1', 'd2', 'd3', 'd4', 'd5', 's0', 's1', 's2', 's3', 's4', 's5', 't0', 't1', 't2', 't3', 't4', 't5', 'src_base', 'dst_base',
+], { COPY: true });
+/** gatherRows: n outputs of D-wide rows from a table chunk of nrows rows starting at row0. */
+const GATHER = uniformStruct('layout.wgsl', ['n', 'wg_x', 'D', 'row0', 'nrows'], { GATHER: true });
+const CAST = uniformStruct('cast.wgsl', ['n', 'wg_x']);
+/** Members p0..p5 from the six merged dims of v. */
+const indexed = <P extends string>(p: P, v: readonly number[]) =>
+  Object.fromEntries(v.map((x, i) => [p + i, x])) as Record<`${P}${0 | 1 | 2 | 3 | 4 | 5}`, number>;
 
 function gcd(a: number, b: number): number {
   while (b) [a, b] = [b, a % b];
@@ -14,18 +26,18 @@ function gcd(a: number, b: number): number {
 
 /**
  * Split `rows` rows into chunks [start, count] such that every binding whose rows are `rowBytes[i]`
- * bytes wide stays within `maxBytes`, and every chunk starts on a 256-byte boundary of each binding
- * (the storage-offset alignment: a misaligned output view could not be bound in place).
- * One chunk [0, rows] when everything fits.
+ * bytes wide stays within `maxBytes`, and every chunk starts on an `align`-byte boundary of each binding
+ * (the device's storage-offset alignment, a power of two: a misaligned output view could not be bound in
+ * place). One chunk [0, rows] when everything fits.
  */
-export function rowChunks(op: string, rows: number, rowBytes: number[], maxBytes: number): [number, number][] {
+export function rowChunks(op: string, rows: number, rowBytes: number[], maxBytes: number, align: number): [number, number][] {
   const widest = Math.max(1, ...rowBytes);
   if (rows * widest <= maxBytes) return [[0, rows]];
   let step = 1;
-  for (const rb of rowBytes) if (rb > 0) step = Math.max(step, 256 / gcd(rb, 256)); // powers of two: lcm = max
+  for (const rb of rowBytes) if (rb > 0) step = Math.max(step, align / gcd(rb, align)); // powers of two: lcm = max
   const count = Math.floor(Math.floor(maxBytes / widest) / step) * step;
   if (count < 1)
-    fail(`${op}: cannot split rows of ${widest} bytes into 256-byte-aligned chunks of ${step} rows within the binding limit ${maxBytes}`);
+    fail(`${op}: cannot split rows of ${widest} bytes into ${align}-byte-aligned chunks of ${step} rows within the binding limit ${maxBytes}`);
   const out: [number, number][] = [];
   for (let s = 0; s < rows; s += count) out.push([s, Math.min(count, rows - s)]);
   return out;
@@ -95,7 +107,7 @@ function stridedCopy(op: string, src: Tensor, dst: Tensor, dims: number[], s: nu
   src.gpu.dispatch({
     file: 'layout.wgsl',
     defines: { COPY: true, ...(src.dtype === 'f16' ? { HALF: true } : {}) },
-    uniforms: [n, wx, ...D, ...S, ...T, srcBase, dstBase],
+    uniforms: COPY({ n, wg_x: wx, ...indexed('d', D), ...indexed('s', S), ...indexed('t', T), src_base: srcBase, dst_base: dstBase }),
     bindings: [src, dst],
     workgroups: [wx, wy],
   });
@@ -104,7 +116,7 @@ function stridedCopy(op: string, src: Tensor, dst: Tensor, dims: number[], s: nu
 /**
  * For o < outer, j < len: dst[o·dstRow + dstOff + j] = src[o·srcRow + srcOff + j] (4-byte or f16 elements).
  * Long contiguous runs use buffer copies (no binding limit; f16 only where every run starts and ends on a
- * 4-byte boundary); otherwise the strided kernel, split into 256-byte-aligned row chunks when src or dst is
+ * 4-byte boundary); otherwise the strided kernel, split into aligned row chunks when src or dst is
  * over the binding limit.
  */
 function copyRows(op: string, src: Tensor, dst: Tensor, outer: number, srcRow: number, dstRow: number, len: number, srcOff: number, dstOff: number): void {
@@ -124,7 +136,7 @@ function copyRows(op: string, src: Tensor, dst: Tensor, outer: number, srcRow: n
     flat.dispose();
     return;
   }
-  const chunks = rowChunks(op, outer, [srcRow * eb, dstRow * eb], max);
+  const chunks = rowChunks(op, outer, [srcRow * eb, dstRow * eb], max, g.storageAlign);
   const s2 = src.reshape([outer, srcRow]), d2 = dst.reshape([outer, dstRow]);
   for (const [start, count] of chunks) {
     const whole = chunks.length === 1;
@@ -248,8 +260,8 @@ export function permute(x: Tensor, perm: number[]): Tensor {
   const p = p2[0], q = p2.indexOf(0);
   const inRow = x.numel / inShape[0], outRow = x.numel / dims[0];
   const xs = x.reshape([inShape[0], inRow]), os = out.reshape([dims[0], outRow]);
-  const outChunks = rowChunks('permute', dims[0], [outRow * 4], max);
-  const inChunks = p === 0 ? [[0, 0]] : rowChunks('permute', inShape[0], [inRow * 4], max);
+  const outChunks = rowChunks('permute', dims[0], [outRow * 4], max, g.storageAlign);
+  const inChunks = p === 0 ? [[0, 0]] : rowChunks('permute', inShape[0], [inRow * 4], max, g.storageAlign);
   for (const [o0, co] of outChunks) {
     const dv = os.rows(o0, co);
     for (const [i0, ci] of inChunks) {
@@ -309,12 +321,12 @@ export function cast(x: Tensor, dtype: 'f32'): Tensor {
   const out = g.empty(x.shape, 'f32', 'cast');
   const n = x.numel;
   const xf = x.reshape([n]), of = out.reshape([n]);
-  const chunks = rowChunks('cast', n, [2, 4], g.maxBindingBytes); // 128-element steps: 256-byte aligned in both
+  const chunks = rowChunks('cast', n, [2, 4], g.maxBindingBytes, g.storageAlign); // aligned in both (128-element steps at 256)
   for (const [start, count] of chunks) {
     const whole = chunks.length === 1;
     const xv = whole ? xf : xf.rows(start, count), ov = whole ? of : of.rows(start, count);
     const [wx, wy] = grid1d(g, count);
-    g.dispatch({ file: 'cast.wgsl', defines: { SRC_DT: x.dtype }, uniforms: [count, wx], bindings: [xv, ov], workgroups: [wx, wy] });
+    g.dispatch({ file: 'cast.wgsl', defines: { SRC_DT: x.dtype }, uniforms: CAST({ n: count, wg_x: wx }), bindings: [xv, ov], workgroups: [wx, wy] });
     if (!whole) {
       xv.dispose();
       ov.dispose();
@@ -340,8 +352,8 @@ export function gatherRows(table: Tensor, idx: Int32Array): Tensor {
   if (M === 0 || D === 0) return out;
   const max = g.maxBindingBytes;
   const idxT = g.upload(idx, [M], 'i32', 'gather idx');
-  const tableChunks = rowChunks('gatherRows', N, [D * (table.dtype === 'f32' ? 4 : 2)], max);
-  const outChunks = rowChunks('gatherRows', M, [D * 4, 4], max);
+  const tableChunks = rowChunks('gatherRows', N, [D * (table.dtype === 'f32' ? 4 : 2)], max, g.storageAlign);
+  const outChunks = rowChunks('gatherRows', M, [D * 4, 4], max, g.storageAlign);
   for (const [os, oc] of outChunks) {
     const oneOut = outChunks.length === 1;
     const ov = oneOut ? out : out.rows(os, oc), iv = oneOut ? idxT : idxT.rows(os, oc);
@@ -356,7 +368,7 @@ export function gatherRows(table: Tensor, idx: Int32Array): Tensor {
         file: 'layout.wgsl',
         entry: 'gather',
         defines: { GATHER: true, T_DT: table.dtype, T_AT: TABLE_AT[table.dtype] },
-        uniforms: [oc * D, wx, D, ts, tc],
+        uniforms: GATHER({ n: oc * D, wg_x: wx, D, row0: ts, nrows: tc }),
         bindings: [tv, iv, ov],
         workgroups: [wx, wy],
       });

@@ -9,16 +9,17 @@
  * GPU memory: 1 byte per weight for fp8 / q8, half a byte for q4, plus 2 bytes per QBLOCK for scales).
  *
  * Splitting as ops/linear.ts: weights along N and activations / outputs along M so that no binding
- * exceeds g.maxBindingBytes; every chunk binds flat views starting on a 256-byte boundary at or below
- * its first element and passes the remaining offset in uniforms.
+ * exceeds g.maxBindingBytes; every chunk binds windows (runtime/window.ts) starting on the binding
+ * alignment at or below its first element and passes the remaining offset in uniforms.
  */
 import type { Tensor } from '../runtime/tensor.js';
-import { DTYPE_BYTES, storageBytes } from '../runtime/tensor.js';
+import { bindWindow, windowBytes } from '../runtime/window.js';
 import type { Gpu } from '../runtime/gpu.js';
 import { fail, fmtShape } from '../errors.js';
 import { checkOut, type Activation } from './linear.js';
 import { outputDtype, withWidened } from './act-dtype.js';
 import { warnNoMatrixUnits, planGemm, sgmatBindings, sgmatDirect, overflowCounter } from './plan-gemm.js';
+import { GEMM_QUANT, GEMM_SGMAT } from './gemm-params.js';
 
 /** Packed weight formats (the host codecs and their layout: src/io/quant.ts). */
 export type PackedFormat = 'fp8_e4m3' | 'fp8_e5m2' | 'q8' | 'q4';
@@ -37,22 +38,6 @@ export interface PackedWeight {
 
 /** Register tile of the `tiled` entry (one pipeline per format; measured on lavapipe like gemm.wgsl's). */
 const TILE = { tm: 4, tn: 4, wgn: 32 };
-
-function spanStart(t: Tensor, e0: number): number {
-  const eb = DTYPE_BYTES[t.dtype];
-  const slop = (t.byteOffset + e0 * eb) % 256;
-  return Math.max(0, e0 - Math.floor(slop / eb));
-}
-
-function span(t: Tensor, e0: number, count: number): { view: Tensor; off: number } {
-  const start = spanStart(t, e0);
-  const flat = t.reshape([t.numel]);
-  const view = flat.rows(start, e0 + count - start);
-  flat.dispose();
-  return { view, off: e0 - start };
-}
-
-const spanBytes = (t: Tensor, e0: number, count: number): number => storageBytes(t.dtype, e0 + count - spanStart(t, e0));
 
 function largestFitting(max: number, limit: number, bytes: (c: number) => number): number {
   if (bytes(1) > limit) return 0;
@@ -113,19 +98,20 @@ export function linearPacked(x: Tensor, w: PackedWeight, b?: Tensor, opts: { act
   const limit = g.maxBindingBytes;
   for (let n0 = 0; n0 < N; ) {
     const nc = largestFitting(N - n0, limit, (c) =>
-      Math.max(spanBytes(w.data, n0 * rowWords, c * rowWords), blocked ? spanBytes(w.scales!, n0 * nb, c * nb) : 0, b ? spanBytes(b, n0, c) : 0, c * (odt === 'f16' ? 2 : 4) + 256));
+      Math.max(windowBytes(w.data, n0 * rowWords, c * rowWords), blocked ? windowBytes(w.scales!, n0 * nb, c * nb) : 0, b ? windowBytes(b, n0, c) : 0, c * (odt === 'f16' ? 2 : 4) + g.storageAlign));
     if (nc === 0) fail(`linearPacked: one weight row of ${format} ${fmtShape([N, K])} does not fit the binding limit ${limit}`);
     for (let m0 = 0; m0 < M; ) {
-      const mc = largestFitting(M - m0, limit, (c) => Math.max(spanBytes(x, m0 * K, c * K) + 16, spanBytes(out!, m0 * ldo + col + n0, (c - 1) * ldo + nc)));
+      const mc = largestFitting(M - m0, limit, (c) => Math.max(windowBytes(x, m0 * K, c * K) + 16, windowBytes(out!, m0 * ldo + col + n0, (c - 1) * ldo + nc)));
       if (mc === 0) fail(`linearPacked: one activation row of x ${fmtShape(x.shape)} does not fit the binding limit ${limit}`);
-      const xs = span(x, m0 * K, mc * K);
-      const ws = span(w.data, n0 * rowWords, nc * rowWords);
-      const ss = blocked ? span(w.scales!, n0 * nb, nc * nb) : null;
-      const bs = b ? span(b, n0, nc) : null;
-      const os = span(out, m0 * ldo + col + n0, (mc - 1) * ldo + nc);
+      const xs = bindWindow(x, m0 * K, mc * K);
+      const ws = bindWindow(w.data, n0 * rowWords, nc * rowWords);
+      const ss = blocked ? bindWindow(w.scales!, n0 * nb, nc * nb) : null;
+      const bs = b ? bindWindow(b, n0, nc) : null;
+      const os = bindWindow(out, m0 * ldo + col + n0, (mc - 1) * ldo + nc);
       const tilesN = Math.ceil(nc / (sg ? sg.bn : TILE.wgn * TILE.tn));
       const [gx, gy] = foldGrid(g, tilesN * Math.ceil(mc / (sg ? sg.bm : TILE.tm)));
       const bindings = [xs.view, ws.view, ...(ss ? [ss.view] : []), ...(bs ? [bs.view] : []), os.view];
+      const params = { M: mc, N: nc, K, K4: K >> 2, x_off: xs.off, w_off: ws.off, s_off: ss ? ss.off : 0, b_off: bs ? bs.off : 0, o_off: os.off, ldo, tiles_n: tilesN, wg_x: gx, row_words: rowWords, nb };
       try {
         if (sg) {
           // Vector loads of x and vec4 stores where the chunk allows them (only how the same values move);
@@ -136,8 +122,7 @@ export function linearPacked(x: Tensor, w: PackedWeight, b?: Tensor, opts: { act
           g.dispatch({
             file: sg.file,
             defines: { ...defines, ...(vec ? { VEC: true } : {}), ...(ovec ? { OVEC: true } : {}), ...direct },
-            // M, N, K, K4, x_off, w_off, b_off, o_off, ldo, tiles_n, wg_x, group_m, s_off, row_words, nb, pad
-            uniforms: [mc, nc, K, K >> 2, xs.off, ws.off, bs ? bs.off : 0, os.off, ldo, tilesN, gx, sg.groupM, ss ? ss.off : 0, rowWords, nb, 0],
+            uniforms: GEMM_SGMAT({ ...params, group_m: sg.groupM }),
             bindings: [...bindings, overflowCounter(g)],
             workgroups: [gx, gy],
           });
@@ -146,8 +131,7 @@ export function linearPacked(x: Tensor, w: PackedWeight, b?: Tensor, opts: { act
             file: 'gemm-quant.wgsl',
             entry: 'tiled',
             defines,
-            // M, N, K, K4, x_off, w_off, s_off, b_off, o_off, ldo, tiles_n, wg_x, row_words, nb, pad, pad
-            uniforms: [mc, nc, K, K >> 2, xs.off, ws.off, ss ? ss.off : 0, bs ? bs.off : 0, os.off, ldo, tilesN, gx, rowWords, nb, 0, 0],
+            uniforms: GEMM_QUANT(params),
             bindings,
             workgroups: [gx, gy],
           });

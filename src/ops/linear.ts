@@ -10,16 +10,19 @@
  *
  * Splitting: a binding may not exceed g.maxBindingBytes (128 MiB on most devices; the DiT's 21504x3072
  * bf16 weight is 126 MiB and its f32 outputs reach 1.5 GB). Weights are split along N and activations /
- * outputs along M (tokens). Every chunk binds flat views that start on a 256-byte boundary at or below
- * the chunk's first element and passes the remaining element offset in uniforms; each chunk writes
- * straight into its block of the full output (column offset + row stride), so no gather pass is needed.
+ * outputs along M (tokens). Every chunk binds windows (runtime/window.ts) that start on the binding
+ * alignment at or below the chunk's first element and passes the remaining element offset in uniforms;
+ * each chunk writes straight into its block of the full output (column offset + row stride), so no
+ * gather pass is needed.
  */
 import type { Tensor, DType } from '../runtime/tensor.js';
-import { DTYPE_BYTES, storageBytes } from '../runtime/tensor.js';
+import { DTYPE_BYTES } from '../runtime/tensor.js';
+import { bindWindow, windowBytes } from '../runtime/window.js';
 import type { Gpu, Kernel } from '../runtime/gpu.js';
 import { fail, fmtShape } from '../errors.js';
 import { outputDtype, withWidened } from './act-dtype.js';
 import { planGemm, overflowCounter, sgmatBindings, sgmatDirect, type GemmPlan } from './plan-gemm.js';
+import { GEMM, gemmUniforms } from './gemm-params.js';
 
 export type Activation = 'silu' | 'gelu_tanh' | 'gelu_erf';
 /** 'subgroup-matrix' / 'workgroup' force those kernels (src/ops/plan-gemm.ts); 'auto' follows the device's plan. */
@@ -46,8 +49,8 @@ export interface LinearOptions {
   /** Kernel selection; 'auto' (default) = gemv for M <= 4, tiled otherwise. */
   variant?: GemmVariant;
   /**
-   * Write into this tensor instead of a new one (must start 256-byte aligned; f32, or f16 on the
-   * subgroup-matrix plan): [..., N], or with `outCol` [..., D ≥ outCol + N] whose columns
+   * Write into this tensor instead of a new one (must start on the device's binding alignment; f32, or
+   * f16 on the subgroup-matrix plan): [..., N], or with `outCol` [..., D ≥ outCol + N] whose columns
    * [outCol, outCol + N) receive the result (a GEMM writing its part of a concatenation in place: row stride D).
    */
   out?: Tensor;
@@ -59,32 +62,6 @@ export interface LinearOptions {
 }
 
 const WEIGHT_DTYPES: readonly DType[] = ['f32', 'f16', 'bf16'];
-
-/** A flat view of `count` elements from element `e0` of t, starting on a 256-byte boundary when possible. */
-interface Span {
-  view: Tensor;
-  off: number; // element offset of e0 inside the view
-}
-
-function spanStart(t: Tensor, e0: number): number {
-  const eb = DTYPE_BYTES[t.dtype];
-  const slop = (t.byteOffset + e0 * eb) % 256;
-  // Misaligned source views (byteOffset not a multiple of 256) fall back to 0; the runtime copies them.
-  return Math.max(0, e0 - Math.floor(slop / eb));
-}
-
-function span(t: Tensor, e0: number, count: number): Span {
-  const start = spanStart(t, e0);
-  const flat = t.reshape([t.numel]);
-  const view = flat.rows(start, e0 + count - start);
-  flat.dispose();
-  return { view, off: e0 - start };
-}
-
-/** Bytes a span binding of `count` elements from e0 occupies (alignment slop included). */
-function spanBytes(t: Tensor, e0: number, count: number): number {
-  return storageBytes(t.dtype, e0 + count - spanStart(t, e0));
-}
 
 /** Largest c in [1, max] with bytes(c) <= limit (bytes is monotone); 0 when even c = 1 does not fit. */
 function largestFitting(max: number, limit: number, bytes: (c: number) => number): number {
@@ -161,11 +138,11 @@ export function linear(x: Tensor, w: Tensor, b?: Tensor, opts: LinearOptions = {
   for (let n0 = 0; n0 < N; ) {
     // Weight rows [n0, n0 + nc) and bias entries in one binding each; one output row of the block
     // (plus alignment slop) must fit too, or no token chunk could.
-    const nc = largestFitting(N - n0, limit, (c) => Math.max(spanBytes(w, n0 * K, c * K), b ? spanBytes(b, n0, c) : 0, c * ob + 256));
+    const nc = largestFitting(N - n0, limit, (c) => Math.max(windowBytes(w, n0 * K, c * K), b ? windowBytes(b, n0, c) : 0, c * ob + g.storageAlign));
     if (nc === 0) tooBig('weight row');
     for (let m0 = 0; m0 < M; ) {
       // Tokens [m0, m0 + mc): x rows and the matching rows of this column block of the output.
-      const mc = largestFitting(M - m0, limit, (c) => Math.max(spanBytes(x, m0 * K, c * K), spanBytes(out!, m0 * ldo + col + n0, (c - 1) * ldo + nc)));
+      const mc = largestFitting(M - m0, limit, (c) => Math.max(windowBytes(x, m0 * K, c * K), windowBytes(out!, m0 * ldo + col + n0, (c - 1) * ldo + nc)));
       if (mc === 0) tooBig('activation row');
       dispatchChunk(g, entry, defines, tile, { x, w, b, out, m0, mc, n0: col + n0, wn0: n0, nc, K, N: ldo }, plan);
       m0 += mc;
@@ -190,21 +167,21 @@ interface Chunk {
   N: number;
 }
 
-/** An `out` option: f32, 256-byte aligned, M rows of D ≥ col + N columns (D = N when col is 0 and shape given). */
-/** An `out` option: f32 or f16, 256-byte aligned, M rows of D ≥ col + N columns (D = N when col is 0). */
+/** An `out` option: f32 or f16, on the binding alignment, M rows of D ≥ col + N columns (D = N when col is 0). */
 export function checkOut(op: string, out: Tensor, outShape: number[], M: number, N: number, col: number): void {
   const D = out.rank ? out.dim(-1) : 0;
   const ok = col === 0 ? D === N : Number.isInteger(col) && col > 0 && D >= col + N;
   if ((out.dtype !== 'f32' && out.dtype !== 'f16') || !ok || out.numel !== M * D)
     fail(`${op}: out ${out.dtype}${fmtShape(out.shape)} must be f32/f16 ${col ? `[..., ≥ ${col + N}] with ${M} rows (columns from ${col})` : fmtShape(outShape)}`);
-  if (out.byteOffset % 256 !== 0) fail(`${op}: out view must start on a 256-byte boundary (byteOffset ${out.byteOffset})`);
+  const align = out.gpu.storageAlign;
+  if (out.byteOffset % align !== 0) fail(`${op}: out view must start on a ${align}-byte boundary (byteOffset ${out.byteOffset})`);
 }
 
 function dispatchChunk(g: Gpu, entry: string, defines: Kernel['defines'], tile: TileConfig, c: Chunk, plan: GemmPlan | null): void {
-  const xs = span(c.x, c.m0 * c.K, c.mc * c.K);
-  const ws = span(c.w, c.wn0 * c.K, c.nc * c.K);
-  const bs = c.b ? span(c.b, c.wn0, c.nc) : null;
-  const os = span(c.out, c.m0 * c.N + c.n0, (c.mc - 1) * c.N + c.nc);
+  const xs = bindWindow(c.x, c.m0 * c.K, c.mc * c.K);
+  const ws = bindWindow(c.w, c.wn0 * c.K, c.nc * c.K);
+  const bs = c.b ? bindWindow(c.b, c.wn0, c.nc) : null;
+  const os = bindWindow(c.out, c.m0 * c.N + c.n0, (c.mc - 1) * c.N + c.nc);
   let groups: number, tilesN = 0;
   let chunkDefines = defines;
   if (plan?.kind === 'subgroup-matrix') {
@@ -227,13 +204,16 @@ function dispatchChunk(g: Gpu, entry: string, defines: Kernel['defines'], tile: 
   const [gx, gy] = foldGrid(g, groups);
   const bindings = [xs.view, ws.view, ...(bs ? [bs.view] : []), os.view];
   const extra = plan?.ovf ? [overflowCounter(g)] : [];
+  const file = plan ? plan.file : 'gemm.wgsl';
   try {
     g.dispatch({
-      file: plan ? plan.file : 'gemm.wgsl',
+      file,
       entry,
       defines: chunkDefines,
-      // M, N, K, K4, x_off, w_off, b_off, o_off, ldo, tiles_n, wg_x, group_m, xbs, wbs, obs, pad
-      uniforms: [c.mc, c.nc, c.K, c.K >> 2, xs.off, ws.off, bs ? bs.off : 0, os.off, c.N, tilesN, gx, plan?.groupM ?? 1, 0, 0, 0, 0],
+      uniforms: gemmUniforms(file, {
+        M: c.mc, N: c.nc, K: c.K, K4: c.K >> 2, x_off: xs.off, w_off: ws.off, b_off: bs ? bs.off : 0, o_off: os.off,
+        ldo: c.N, tiles_n: tilesN, wg_x: gx, group_m: plan?.groupM ?? 1,
+      }),
       bindings: [...bindings, ...extra],
       workgroups: [gx, gy],
     });
@@ -270,7 +250,7 @@ export function matmul(a: Tensor, b: Tensor): Tensor {
     file: 'gemm.wgsl',
     entry: 'tiled',
     defines: { WDT: 'f32', WLAYOUT: 'kn', ACT: 'none', TM: t.tm, TN: t.tn, WGM: t.wgm, WGN: t.wgn },
-    uniforms: [M, N, K, K >> 2, 0, 0, 0, 0, N, tilesN, gx, 0, M * K, b.rank === 3 ? K * N : 0, M * N, 0],
+    uniforms: GEMM({ M, N, K, K4: K >> 2, x_off: 0, w_off: 0, b_off: 0, o_off: 0, ldo: N, tiles_n: tilesN, wg_x: gx, xbs: M * K, wbs: b.rank === 3 ? K * N : 0, obs: M * N }),
     bindings: [a, b, out],
     workgroups: [gx, gy, B],
   });

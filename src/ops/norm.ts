@@ -2,7 +2,7 @@
  * Normalisation and modulation ops (shaders/norm.wgsl).
  *
  * Row ops (layerNorm, rmsNorm, softmax) run one workgroup per row of x viewed as [rows, C]; rows are
- * folded into a 2-D grid (row counts over 65535) and split into 256-byte-aligned chunks when x is
+ * folded into a 2-D grid (row counts over 65535) and split into binding-aligned chunks when x is
  * larger than the device's binding limit. Elementwise ops (modulate, gatedResidual, swiglu) split the
  * same way along token rows; the [B, C] operands are indexed by the global row, so chunks may cross
  * batch boundaries.
@@ -13,7 +13,7 @@
  */
 import type { Tensor, DType } from '../runtime/tensor.js';
 import { DTYPE_BYTES } from '../runtime/tensor.js';
-import { f32u } from '../runtime/gpu.js';
+import { uniformStruct } from '../runtime/uniforms.js';
 import type { Defines } from '../runtime/shader-source.js';
 import { fail, fmtShape } from '../errors.js';
 import { grid1d, requireF32, sameShape } from './util.js';
@@ -40,6 +40,11 @@ function checkParam(op: string, name: string, p: Tensor, C: number, x: Tensor): 
 }
 
 type RowOp = 'layer_norm' | 'rms_norm' | 'softmax';
+
+/** Row ops: rows of C from row0 (the chunk's first row: MOD's batch item is row / L). */
+const ROWS = uniformStruct('norm.wgsl', ['rows', 'C', 'wg_x', 'eps:f32', 'L', 'row0'], { ROWS: true });
+/** Elementwise ops: n elements of C-wide rows from row0, L rows per batch item. */
+const EW = uniformStruct('norm.wgsl', ['n', 'C', 'L', 'row0', 'wg_x'], { EW: true });
 
 /** layerNormModulate's per-batch operands ([B, C] f32) and the tokens per batch row. */
 interface Mod {
@@ -76,7 +81,7 @@ function rowOp(op: RowOp, x: Tensor, w: Tensor | undefined, b: Tensor | undefine
   const out = g.empty(x.shape, odt, mod ? 'layer_norm_modulate' : op);
   const x2 = x.reshape([rows, C]);
   const o2 = out.reshape([rows, C]);
-  const chunks = rowChunks(op, rows, [C * DTYPE_BYTES[x.dtype], C * DTYPE_BYTES[odt]], g.maxBindingBytes);
+  const chunks = rowChunks(op, rows, [C * DTYPE_BYTES[x.dtype], C * DTYPE_BYTES[odt]], g.maxBindingBytes, g.storageAlign);
   for (const [start, count] of chunks) {
     const whole = chunks.length === 1;
     const xs = whole ? x2 : x2.rows(start, count);
@@ -85,7 +90,7 @@ function rowOp(op: RowOp, x: Tensor, w: Tensor | undefined, b: Tensor | undefine
     g.dispatch({
       file: 'norm.wgsl',
       defines,
-      uniforms: [count, C, wx, f32u(eps), mod?.L ?? 1, start],
+      uniforms: ROWS({ rows: count, C, wg_x: wx, eps, L: mod?.L ?? 1, row0: start }),
       bindings: [xs, os, ...params, ...extra],
       workgroups: [wx, wy],
     });
@@ -151,7 +156,7 @@ function ew(op: 'modulate' | 'gated' | 'swiglu', x: Tensor, big: Tensor[], small
   const out = g.empty(x.shape, 'f32', op);
   const flat = (t: Tensor) => t.reshape([rows, C]);
   const x2 = flat(x), o2 = flat(out), big2 = big.map(flat);
-  const chunks = rowChunks(op, rows, [C * 4, ...big.map((t) => C * DTYPE_BYTES[t.dtype])], g.maxBindingBytes);
+  const chunks = rowChunks(op, rows, [C * 4, ...big.map((t) => C * DTYPE_BYTES[t.dtype])], g.maxBindingBytes, g.storageAlign);
   for (const [start, count] of chunks) {
     const whole = chunks.length === 1;
     const view = (t: Tensor) => (whole ? t : t.rows(start, count));
@@ -160,7 +165,7 @@ function ew(op: 'modulate' | 'gated' | 'swiglu', x: Tensor, big: Tensor[], small
     const [wx, wy] = grid1d(g, n);
     // binding order per OP: see shaders/norm.wgsl header
     const bindings = op === 'modulate' ? [xs, ...small, os] : op === 'gated' ? [xs, small[0], bigs[0], os] : [xs, bigs[0], os];
-    g.dispatch({ file: 'norm.wgsl', entry: 'ew', defines: { EW: true, OP: op, ...(y16 ? { F16: true, Y16: true } : {}) }, uniforms: [n, C, L, start, wx], bindings, workgroups: [wx, wy] });
+    g.dispatch({ file: 'norm.wgsl', entry: 'ew', defines: { EW: true, OP: op, ...(y16 ? { F16: true, Y16: true } : {}) }, uniforms: EW({ n, C, L, row0: start, wg_x: wx }), bindings, workgroups: [wx, wy] });
     if (!whole) for (const t of [xs, os, ...bigs]) t.dispose();
   }
   for (const t of [x2, o2, ...big2]) t.dispose();

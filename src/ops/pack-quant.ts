@@ -9,10 +9,13 @@
  */
 import type { Tensor } from '../runtime/tensor.js';
 import { fail } from '../errors.js';
+import { uniformStruct } from '../runtime/uniforms.js';
 
 /** Weights per block (the shader's; io/quant.ts QBLOCK, which the caller checks). */
 export const PACK_BLOCK = 32;
 const QBLOCK = PACK_BLOCK;
+/** pairs of blocks this dispatch packs; its first code word and scale word in codes / scales. */
+const PACK_QUANT = uniformStruct('pack-quant.wgsl', ['pairs', 'blocks', 'code_word0', 'scale_word0']);
 
 /**
  * Quantize `blocks` blocks of bf16 held in `x` (u32 words, two weights each, from word 0) into `codes`
@@ -41,7 +44,7 @@ export function packQuantChunk(
   g.dispatch({
     file: 'pack-quant.wgsl',
     defines: quotientSkew === undefined ? { FMT: format } : { FMT: format, QSKEW: quotientSkew.toFixed(12) },
-    uniforms: [pairs, blocks, block0 * wordsPerBlock, block0 / 2],
+    uniforms: PACK_QUANT({ pairs, blocks, code_word0: block0 * wordsPerBlock, scale_word0: block0 / 2 }),
     bindings: [x, table, codes, scales],
     workgroups: [Math.ceil(pairs / 64)],
   });

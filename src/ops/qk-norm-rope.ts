@@ -5,12 +5,12 @@
  * rmsNorm + applyRopeFlux (bit-identical for Dh <= 128, see the shader header).
  *
  * Splitting: when x, out or pe exceed g.maxBindingBytes (img q at 1024² is 201 MB f32), per batch item in
- * token chunks; every binding is a flat view from a 256-byte boundary with the element offset in uniforms,
+ * token chunks; every binding is a window (runtime/window.ts) with the element offset in uniforms,
  * so no chunk needs aligned rows and out is written in place.
  */
 import type { Tensor } from '../runtime/tensor.js';
-import { DTYPE_BYTES } from '../runtime/tensor.js';
-import { f32u } from '../runtime/gpu.js';
+import { bindWindow } from '../runtime/window.js';
+import { uniformStruct } from '../runtime/uniforms.js';
 import { fail, fmtShape } from '../errors.js';
 import { grid1d, requireF32 } from './util.js';
 import { outputDtype } from './act-dtype.js';
@@ -18,20 +18,15 @@ import { overflowCounter } from './plan-gemm.js';
 
 const WIDEN: Record<string, string> = { bf16: 'bf16_at', f16: 'f16_at' };
 
+/** rows of dh (tokens nl x heads per item); x / out / pe element offsets in their windows and per-item strides. */
+const QK_NORM_ROPE = uniformStruct('qk-norm-rope.wgsl', [
+  'rows', 'nl', 'heads', 'dh', 'x_off', 'x_bs', 'o_off', 'o_bs', 'pe_off', 'pe_bs', 'wg_x', 'eps:f32',
+]);
+
 /** Rows [at, at + Ls) of `out` [B, Lt, heads, Dh] receive the result (out made when absent: Lt = Ls, at = 0). */
 export interface JointRows {
   out: Tensor;
   at: number;
-}
-
-/** Flat view of t from a 256-byte boundary at or below element e0 through e0 + count, and e0's offset in it. */
-function span(t: Tensor, e0: number, count: number): { view: Tensor; off: number } {
-  const eb = DTYPE_BYTES[t.dtype];
-  const start = Math.max(0, e0 - Math.floor(((t.byteOffset + e0 * eb) % 256) / eb));
-  const flat = t.reshape([t.numel]);
-  const view = flat.rows(start, e0 + count - start);
-  flat.dispose();
-  return { view, off: e0 - start };
 }
 
 /**
@@ -67,21 +62,21 @@ export function rmsNormRope(x: Tensor, w: Tensor, pe: Tensor, eps: number, into?
   const W = heads * Dh, P = 2 * Dh; // floats per token of x / out and of pe
   const pbs = Bp === 1 ? 0 : Lt * P;
   const dispatch = (b0: number, nb: number, l0: number, nl: number): void => {
-    const xs = span(x, (b0 * Ls + l0) * W, ((nb - 1) * Ls + nl) * W);
-    const os = span(out, (b0 * Lt + at + l0) * W, ((nb - 1) * Lt + nl) * W);
-    const ps = span(pe, (Bp === 1 ? 0 : b0 * Lt) * P + (at + l0) * P, (pbs ? (nb - 1) * Lt : 0) * P + nl * P);
+    const xs = bindWindow(x, (b0 * Ls + l0) * W, ((nb - 1) * Ls + nl) * W);
+    const os = bindWindow(out, (b0 * Lt + at + l0) * W, ((nb - 1) * Lt + nl) * W);
+    const ps = bindWindow(pe, (Bp === 1 ? 0 : b0 * Lt) * P + (at + l0) * P, (pbs ? (nb - 1) * Lt : 0) * P + nl * P);
     const rows = nb * nl * heads;
     const [wx, wy] = grid1d(g, rows, 1);
     g.dispatch({
       file: 'qk-norm-rope.wgsl',
       defines,
-      uniforms: [rows, nl, heads, Dh, xs.off, Ls * W, os.off, Lt * W, ps.off, pbs, wx, f32u(eps)],
+      uniforms: QK_NORM_ROPE({ rows, nl, heads, dh: Dh, x_off: xs.off, x_bs: Ls * W, o_off: os.off, o_bs: Lt * W, pe_off: ps.off, pe_bs: pbs, wg_x: wx, eps }),
       bindings: [xs.view, w, ps.view, os.view, ...(out.dtype === 'f16' ? [overflowCounter(g)] : [])],
       workgroups: [wx, wy],
     });
     for (const t of [xs.view, os.view, ps.view]) t.dispose();
   };
-  const limit = g.maxBindingBytes - 256; // a span's alignment slop is under 256 bytes
+  const limit = g.maxBindingBytes - g.storageAlign; // a window's alignment slop is under storageAlign bytes
   const maxBytes = Math.max(x.byteLength, out.byteLength, pe.byteLength);
   if (maxBytes <= limit) {
     dispatch(0, B, 0, Ls);

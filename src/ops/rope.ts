@@ -10,8 +10,12 @@ import { fail, fmtShape } from '../errors.js';
 import { grid1d, requireF32 } from './util.js';
 import { outputDtype } from './act-dtype.js';
 import { overflowCounter } from './plan-gemm.js';
+import { uniformStruct } from '../runtime/uniforms.js';
 
 type Op = 'flux' | 'half';
+
+/** n rotation pairs of l tokens x h heads; table rows of tbl_row floats, tbl_bstride apart per batch item (0: shared). */
+const ROPE = uniformStruct('rope.wgsl', ['n', 'l', 'h', 'half', 'tbl_row', 'tbl_bstride', 'wg_x']);
 
 function run(op: Op, x: Tensor, tables: Tensor[], tblRow: number): Tensor {
   const name = op === 'flux' ? 'applyRopeFlux' : 'applyRopeHalf';
@@ -40,7 +44,7 @@ function run(op: Op, x: Tensor, tables: Tensor[], tblRow: number): Tensor {
     g.dispatch({
       file: 'rope.wgsl',
       defines,
-      uniforms: [n, l, H, Dh / 2, tblRow, bstride, wx],
+      uniforms: ROPE({ n, l, h: H, half: Dh / 2, tbl_row: tblRow, tbl_bstride: bstride, wg_x: wx }),
       bindings: [xv, ...tv, ov, ...(odt === 'f16' ? [overflowCounter(g)] : [])],
       workgroups: [wx, wy],
     });
@@ -64,7 +68,7 @@ function run(op: Op, x: Tensor, tables: Tensor[], tblRow: number): Tensor {
       const tv = t2.map((t, i) => t.rows((tables[i].shape[0] === 1 ? 0 : b * L) + l0, nl));
       const off = (b * L + l0) * H * Dh * (odt === 'f16' ? 2 : 4);
       // The output is bound in place when aligned; otherwise through a temporary (misaligned views are copied).
-      const ov = off % 256 === 0 ? o2.rows(b * L + l0, nl) : g.empty([nl, H * Dh], odt, name);
+      const ov = off % g.storageAlign === 0 ? o2.rows(b * L + l0, nl) : g.empty([nl, H * Dh], odt, name);
       dispatch(xv, tv, ov, 1, nl, 0);
       if (ov.byteOffset !== off) g.copyInto(ov, out, off);
       for (const t of [xv, ...tv, ov]) t.dispose();

@@ -121,6 +121,8 @@ export interface DeviceHandle {
   maxBufferBytes: number;
   maxWorkgroupStorage: number;
   maxWorkgroupsPerDim: number;
+  /** minStorageBufferOffsetAlignment: storage bindings start on multiples of it (runtime/window.ts). */
+  storageAlign: number;
   /** First uncaptured error or loss reason; thrown at the next sync point. */
   pendingError: Error | null;
   lost: boolean;
@@ -142,7 +144,8 @@ export async function createDevice(opts: DeviceOptions = {}): Promise<DeviceHand
   const al = adapter.limits;
   const requiredLimits: Record<string, number> = {};
   for (const k of LIMIT_NAMES) {
-    if (k.startsWith('min')) continue;
+    // the adapter's binding offset alignment, not WebGPU's default 256 (runtime/window.ts binds at it)
+    if (k.startsWith('min') && k !== 'minStorageBufferOffsetAlignment') continue;
     const v = (al as unknown as Record<string, number>)[k];
     if (typeof v === 'number') requiredLimits[k] = v;
   }
@@ -165,6 +168,7 @@ export async function createDevice(opts: DeviceOptions = {}): Promise<DeviceHand
     maxBufferBytes: device.limits.maxBufferSize,
     maxWorkgroupStorage: device.limits.maxComputeWorkgroupStorageSize,
     maxWorkgroupsPerDim: device.limits.maxComputeWorkgroupsPerDimension,
+    storageAlign: device.limits.minStorageBufferOffsetAlignment,
     pendingError: null,
     lost: false,
     lostError: null,

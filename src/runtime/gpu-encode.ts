@@ -7,6 +7,7 @@
  *
  * Kernel binding convention (every shader follows it):
  *   @group(0) @binding(0) var<uniform> U : Params;     // when `uniforms` is given: 4-byte scalars in order
+ *                                                      // (runtime/uniforms.ts names them per kernel)
  *   @group(0) @binding(1..n) var<storage, ...>         // `bindings[0..n-1]`, in order
  * Dispatches are recorded into one compute pass and submitted in batches; WebGPU orders dispatches,
  * so each sees the previous one's writes.
@@ -22,18 +23,17 @@ import { fail } from '../errors.js';
 import type { Capabilities, KernelFamily, Precision } from './caps.js';
 import type { Recorder } from './dryrun/recorder.js';
 import { ScopeStack } from './scope.js';
+import { structMismatch, type Uniforms } from './uniforms.js';
 import type { Gpu } from './gpu.js';
 
-/** A uniform scalar: plain numbers are u32; wrap signed or float values. */
-export type Uniform = number | { i32: number } | { f32: number };
-export const f32u = (v: number): Uniform => ({ f32: v });
-export const i32u = (v: number): Uniform => ({ i32: v });
+export { f32u, i32u, type Uniform, type Uniforms } from './uniforms.js';
 
 export interface Kernel {
   file: string;
   entry?: string;
   defines?: Defines;
-  uniforms?: Uniform[];
+  /** The Params block: a UniformStruct's (runtime/uniforms.ts), or scalars in order (test shaders). */
+  uniforms?: Uniforms;
   bindings: Tensor[];
   workgroups: [number, number?, number?];
 }
@@ -111,6 +111,10 @@ export abstract class GpuEncoder {
       usage: 0x40 /* UNIFORM */ | 0x8 /* COPY_DST */,
       label: 'uniforms',
     });
+  }
+  /** Byte alignment of storage binding offsets (minStorageBufferOffsetAlignment: 16, 32 or 256). */
+  get storageAlign(): number {
+    return this.handle.storageAlign;
   }
   get maxBindingBytes(): number {
     return this.handle.maxBindingBytes;
@@ -207,8 +211,10 @@ export abstract class GpuEncoder {
     }
     if (k.uniforms && k.uniforms.length * 4 > UNIFORM_SLOT) fail(`${k.file}: ${k.uniforms.length} uniforms, at most ${UNIFORM_SLOT / 4}`);
     k.uniforms?.forEach((u, i) => {
-      if (typeof u === 'number' && (!Number.isInteger(u) || u < 0 || u > 0xffffffff)) fail(`${k.file}: uniform ${i} = ${u} is not a u32`);
+      if (typeof u === 'number' && (!Number.isInteger(u) || u < 0 || u > 0xffffffff)) fail(`${k.file}: uniform ${k.uniforms!.struct?.names[i] ?? i} = ${u} is not a u32`);
     });
+    const mismatch = k.uniforms && structMismatch(k.uniforms, k.file, k.defines);
+    if (mismatch) fail(`${k.file}: ${mismatch}`);
     const entry = k.entry ?? 'main';
     const key = this.keyOf(k.file, entry, k.defines);
     const { pipeline: pipe, readOnly, layout, dynamicUniform } = this.pipelines.get(k.file, entry, k.defines ?? {}, key);
@@ -227,12 +233,13 @@ export abstract class GpuEncoder {
       // a dynamic offset picks the slot at setBindGroup, so the bind group is the same for every slot
       entries.push({ binding: 0, buffer: this.uniformBuf, id: 0, offset: dynamicUniform ? 0 : slot * UNIFORM_SLOT, size: Math.max(16, Math.ceil(k.uniforms.length / 4) * 16) });
     }
-    // Storage bindings need 256-byte-aligned offsets: bind an aligned copy of a misaligned view, and
+    // Storage bindings need aligned offsets (storageAlign): bind an aligned copy of a misaligned view, and
     // copy it back after the dispatch when the shader may write it (read_write binding).
     const temps: { view: Tensor; copy: Tensor; writeBack: boolean }[] = [];
+    const align = this.handle.storageAlign;
     k.bindings.forEach((t, i) => {
       let b = t;
-      if (t.byteOffset % 256 !== 0) {
+      if (t.byteOffset % align !== 0) {
         b = this.copy(t);
         temps.push({ view: t, copy: b, writeBack: !readOnly.has(i + 1) });
       }

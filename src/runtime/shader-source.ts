@@ -51,7 +51,8 @@ function readShader(name: string, from?: string): string {
   return s;
 }
 
-export function preprocess(file: string, defines: Defines = {}): string {
+/** `substitute: false` keeps define names in the text (test/uniform-structs.test.ts reads struct members as written). */
+export function preprocess(file: string, defines: Defines = {}, substitute = true): string {
   const defs = new Map<string, string>();
   for (const [k, v] of Object.entries(defines)) if (v !== false) defs.set(k, v === true ? '1' : String(v));
   const included = new Set<string>();
@@ -112,7 +113,7 @@ export function preprocess(file: string, defines: Defines = {}): string {
   };
   expand(file);
   let text = out.join('\n');
-  if (defs.size) {
+  if (defs.size && substitute) {
     const names = [...defs.keys()].sort((a, b) => b.length - a.length);
     const re = new RegExp(`\\b(${names.join('|')})\\b`, 'g');
     text = text.replace(re, (m) => defs.get(m)!);

@@ -98,7 +98,8 @@ export class Tensor {
 
   /**
    * Contiguous sub-range along dim 0: rows [start, start+count). Shares storage.
-   * Bindings need 256-byte-aligned offsets; the runtime copies a misaligned view when it is bound.
+   * Bindings need offsets on the device's storage alignment (16–256 bytes); the runtime copies a misaligned
+   * view when it is bound (runtime/window.ts makes aligned windows for kernels that take element offsets).
    */
   rows(start: number, count: number): Tensor {
     this.assertAlive();

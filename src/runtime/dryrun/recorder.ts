@@ -57,6 +57,7 @@ export interface Tracked {
 const zero = (): Counts => ({ dispatches: 0, submits: 0, syncs: 0, bind_groups_created: 0, buffers_created: 0, bytes_allocated: 0, peak_bytes: 0, bound_bytes: 0, reread_bytes: 0 });
 
 import { gemmRereadBytes } from './traffic.js';
+import { uniformOf, type Uniforms } from '../uniforms.js';
 
 const MODEL_OF: Record<string, string> = { embed: 'qwen', encode: 'vae', decode: 'vae', sample: 'dit' };
 
@@ -190,20 +191,18 @@ export class Recorder {
    * A dispatch's kernel: its traffic (the bytes of every binding, `bound`, plus the GEMM re-reads of
    * traffic.ts); GEMM, conv and attention shapes are read from their uniform blocks (M, N, K / conv sizes / Lq, Lk, H).
    */
-  kernel(file: string, entry: string, defines: Record<string, string | number | boolean>, uniforms: readonly unknown[] | undefined, bound: readonly number[] = []): void {
-    const u = (i: number) => (typeof uniforms?.[i] === 'number' ? (uniforms[i] as number) : NaN);
+  kernel(file: string, entry: string, defines: Record<string, string | number | boolean>, uniforms: Uniforms | undefined, bound: readonly number[] = []): void {
+    const u = (name: string) => uniformOf(uniforms, name);
     for (const b of bound) this.current.bound_bytes += b;
     this.current.reread_bytes += gemmRereadBytes(file, entry, defines, uniforms, bound);
     const model = MODEL_OF[this.stage] ?? this.stage;
     let shape: string;
-    // convs: direct conv2d.wgsl (H, W, CT at 1–3, OT at 7, KH, KW, stride, ups at 19–22) or the implicit GEMM
-    // (gemm-sgmat.wgsl with CONV: the same fields from 16 on, in the order of src/ops/conv.ts)
-    const conv = file === 'conv2d.wgsl' && entry === 'main' ? [1, 2, 3, 7, 19, 20, 21, 22] : defines.CONV ? [16, 17, 18, 21, 22, 23, 24, 25] : null;
-    if (conv) {
-      const [H, W, C, O, KH, KW, st, ups] = conv.map(u);
+    // convs: direct conv2d.wgsl or the implicit GEMM (gemm-sgmat.wgsl with CONV): the same member names
+    if ((file === 'conv2d.wgsl' && entry === 'main') || defines.CONV) {
+      const [H, W, C, O, KH, KW, st, ups] = ['H', 'W', 'CT', 'OT', 'KH', 'KW', 'stride', 'ups'].map(u);
       shape = `${model}.conv ${KH}x${KW} C=${C} O=${O} ${H}x${W}${ups ? ' up2x' : ''}${st > 1 ? ` s${st}` : ''}`;
-    } else if (file.startsWith('gemm')) shape = `${model}.gemm M=${u(0)} K=${u(2)} N=${u(1)}`;
-    else if (file.startsWith('attention')) shape = `${model}.attention Lq=${u(0)} Lk=${u(1)} H=${u(2)}`;
+    } else if (file.startsWith('gemm')) shape = `${model}.gemm M=${u('M')} K=${u('K')} N=${u('N')}`;
+    else if (file.startsWith('attention')) shape = `${model}.attention Lq=${u('lq')} Lk=${u('lk')} H=${u('h')}`;
     else return;
     const entries = Object.entries(defines).sort(([a], [b]) => (a < b ? -1 : 1));
     const tile = entries.filter(([k, v]) => typeof v === 'number' && !k.startsWith('B_')).map(([k, v]) => `${k}=${v}`).join(',');

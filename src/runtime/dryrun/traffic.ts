@@ -15,6 +15,8 @@
  *   - The output is written once (in bound_bytes). Attention's K/V re-reads per query tile, and L2 hits
  *     of memory-bound ops, are not modelled.
  */
+import { uniformOf, type Uniforms } from '../uniforms.js';
+
 export const L2_REUSE_BYTES = 16 * 2 ** 20;
 
 interface Tile {
@@ -25,12 +27,12 @@ interface Tile {
 
 const num = (v: unknown): number => (typeof v === 'number' ? v : NaN);
 
-function tileOf(file: string, entry: string, d: Record<string, string | number | boolean>, u: (i: number) => number): Tile | null {
-  if (file === 'gemm-sgmat.wgsl') return { bm: num(d.SGM) * num(d.PM) * num(d.SM), bn: num(d.SGN) * num(d.PN) * num(d.SN), group: Math.max(1, u(11)) };
+function tileOf(file: string, entry: string, d: Record<string, string | number | boolean>, u: (name: string) => number): Tile | null {
+  if (file === 'gemm-sgmat.wgsl') return { bm: num(d.SGM) * num(d.PM) * num(d.SM), bn: num(d.SGN) * num(d.PN) * num(d.SN), group: Math.max(1, u('group_m')) };
   if (file === 'gemm-wg.wgsl') return { bm: num(d.BM), bn: num(d.BN), group: 1 };
   if (file === 'gemm-quant.wgsl') return { bm: num(d.TM), bn: num(d.WGN) * num(d.TN), group: 1 };
   if (file === 'gemm.wgsl' && entry === 'tiled') return { bm: num(d.TM) * num(d.WGM), bn: num(d.TN) * num(d.WGN), group: 1 };
-  if (file === 'gemm.wgsl' && entry === 'gemv') return { bm: u(0), bn: 4, group: 1 };
+  if (file === 'gemm.wgsl' && entry === 'gemv') return { bm: u('M'), bn: 4, group: 1 };
   return null; // naive (test oracle): no tile to model
 }
 
@@ -38,12 +40,12 @@ function tileOf(file: string, entry: string, d: Record<string, string | number |
  * Bytes a GEMM dispatch reads beyond one pass over each operand. `bound` lists the bytes of its bindings
  * in order: x (A), w (B), then for BLOCKED quantized weights the scales (part of B).
  */
-export function gemmRereadBytes(file: string, entry: string, defines: Record<string, string | number | boolean>, uniforms: readonly unknown[] | undefined, bound: readonly number[]): number {
+export function gemmRereadBytes(file: string, entry: string, defines: Record<string, string | number | boolean>, uniforms: Uniforms | undefined, bound: readonly number[]): number {
   // The implicit-GEMM conv (CONV) binds the input, not im2col(x): its re-reads are not modelled (VAE stages only).
   if (!file.startsWith('gemm') || defines.CONV || bound.length < 2) return 0;
-  const u = (i: number) => (typeof uniforms?.[i] === 'number' ? (uniforms[i] as number) : NaN);
+  const u = (name: string) => uniformOf(uniforms, name);
   const t = tileOf(file, entry, defines, u);
-  const M = u(0), N = u(1);
+  const M = u('M'), N = u('N');
   if (!t || !(t.bm > 0 && t.bn > 0 && M > 0 && N > 0)) return 0;
   const tilesM = Math.ceil(M / t.bm), tilesN = Math.ceil(N / t.bn);
   const A = bound[0];
