@@ -2,7 +2,7 @@
  * The DiT double block with f16 activation storage (ops/act-dtype.ts) where a stream has at most 4 token
  * rows per batch item (a 1-, 3- or 4-token text, a 2-token image): the joint v is projected per batch item
  * into its rows of the joint [txt ‖ img] q/k/v (models/dit-blocks.ts linearRowsInto: in place, or through a
- * copy where its rows do not start on a 256-byte boundary). Before jointDtype the copy path met an f32 GEMM
+ * copy where its rows do not start on a binding boundary; the test asks for 256-byte bindings). Before jointDtype the copy path met an f32 GEMM
  * result and the f16 joint and stopped; the block's outputs must match the same block with f32 storage
  * within the f16 tolerance of act-f16.test.ts's step (atol 0.05, rtol 0.01), through both paths.
  * Runs on an adapter that can store activations in f16 (the trixie root, scripts/sgmat-env.sh,
@@ -60,7 +60,10 @@ async function blockCase(g: Gpu, H: number, B: number, T: number, L: number): Pr
 
 describe('double block, f16 activation storage, streams of at most 4 rows per batch item', () => {
   test('≤ 4 text or image rows: the f32-storage result within the f16 tolerance (copy and in-place paths)', async () => {
-    const g = await getGpu();
+    // storage bindings at 256 bytes (WebGPU's default, most discrete GPUs): lavapipe's 16 would put every row
+    // of these widths on a binding boundary and the copy path would never run
+    const g = await getGpu({ storageAlign: 256 });
+    expect(g.storageAlign).toBe(256);
     if (!canStoreF16(g)) {
       console.log(`act-f16-block: not run here: adapter "${g.caps.description}" (kernels ${g.kernels}, precision ${g.precision}) cannot store activations in f16 (run in scripts/sgmat-env.sh with STEP1X_KERNELS=subgroup-matrix)`);
       return;

@@ -18,6 +18,11 @@ export const WANTED_FEATURES = ['shader-f16', 'subgroups', 'timestamp-query'] as
 export interface DeviceOptions extends KernelSettings {
   /** Pretend the device can bind at most this many bytes per storage binding (tests the split paths). */
   maxBindingBytes?: number;
+  /**
+   * Request this storage-binding offset alignment instead of the adapter's own (a power of two, at least the
+   * adapter's): tests reach the paths of devices that bind at 256 bytes (WebGPU's default) on lavapipe's 16.
+   */
+  storageAlign?: number;
   /** Vulkan/Dawn backend toggles passed to `create()`. */
   dawnFlags?: string[];
   powerPreference?: GPUPowerPreference;
@@ -147,7 +152,7 @@ export async function createDevice(opts: DeviceOptions = {}): Promise<DeviceHand
     // the adapter's binding offset alignment, not WebGPU's default 256 (runtime/window.ts binds at it)
     if (k.startsWith('min') && k !== 'minStorageBufferOffsetAlignment') continue;
     const v = (al as unknown as Record<string, number>)[k];
-    if (typeof v === 'number') requiredLimits[k] = v;
+    if (typeof v === 'number') requiredLimits[k] = k === 'minStorageBufferOffsetAlignment' && opts.storageAlign ? Math.max(v, opts.storageAlign) : v;
   }
   const caps = readCapabilities(adapter);
   const requested = requestedKernels(opts);
