@@ -13,7 +13,7 @@
  * Tolerance with an f16 output: the f16-operand bound (ref.f16Bound) plus the output's rounding,
  * 2^-11 |v| (normal) or 2^-25 (subnormal).
  */
-import { getGpu, releaseGpu, randn, uploadAs, expectClose, expectWithin } from './harness.js';
+import { getGpu, releaseGpu, randn, uploadAs, uploadPacked, expectClose, expectWithin } from './harness.js';
 import * as ref from './ref/gemm.js';
 import { linear, type Activation } from '../src/ops/linear.js';
 import { activationDtype, canStoreF16, f16Overflows, f16Redos, withActivations, withF16Redo } from '../src/ops/act-dtype.js';
@@ -21,7 +21,7 @@ import { setTunedTiles, matrixConfig, sgmatFits } from '../src/ops/plan-gemm.js'
 import type { Gpu } from '../src/runtime/gpu.js';
 import type { DType, Tensor } from '../src/runtime/tensor.js';
 import { linearPacked } from '../src/ops/linear-quant.js';
-import { quantizeBlocks, dequantizeBlocks, encodeFp8Array, decodeFp8Array, QBLOCK, type PackedFormat } from '../src/io/quant.js';
+import type { PackedFormat } from '../src/io/quant.js';
 
 afterAll(releaseGpu);
 
@@ -105,28 +105,16 @@ describe('GEMM with f16 activation storage (subgroup-matrix)', () => {
     const g = await f16Gpu('f16 quantized GEMM');
     if (!g) return;
     for (const [fmt, M, K, N] of [['q8', 17, 64, 19], ['q4', 255, 32, 3], ['fp8_e4m3', 3, 36, 17], ['fp8_e5m2', 1, 4, 255]] as [PackedFormat, number, number, number][]) {
-      const raw = randn(N * K, K + N);
-      let words: Uint32Array, scales: Tensor | undefined, exact: Float32Array;
-      if (fmt === 'q8' || fmt === 'q4') {
-        const q = quantizeBlocks(raw, N, K, fmt);
-        words = new Uint32Array(q.data.buffer, 0, q.data.length / 4);
-        scales = g.upload(q.scales, [N, K / QBLOCK], 'f16');
-        exact = dequantizeBlocks(q, N, K, fmt);
-      } else {
-        const codes = encodeFp8Array(raw, fmt);
-        words = new Uint32Array(codes.buffer, 0, codes.length / 4);
-        exact = decodeFp8Array(codes, fmt);
-      }
-      const data = g.upload(words, [N, words.length / N], 'u32');
+      const { w, exact } = uploadPacked(g, randn(N * K, K + N), N, K, fmt);
       const x = uploadAs(g, randn(M * K, M + K), [M, K], 'f16');
       const out = poisoned(g, [M, N], 'f16');
-      linearPacked(x.t, { format: fmt, data, scales, block: QBLOCK, N, K }, undefined, { out });
+      linearPacked(x.t, w, undefined, { out });
       const got = await g.readF32(out);
       const want = ref.linear(x.exact, exact, M, N, K);
       const bound = ref.f16Bound(x.exact, exact, M, N, K);
       for (let i = 0; i < bound.length; i++) bound[i] += 2 ** -11 * (Math.abs(want[i]) + bound[i]) + 2 ** -25;
       expectWithin(`${fmt} x=f16 out=f16 M=${M} K=${K} N=${N}`, got, want, bound);
-      for (const t of [data, scales, x.t, out]) t?.dispose();
+      for (const t of [w.data, w.scales, x.t, out]) t?.dispose();
     }
   });
   test('outputs beyond 65504 are clamped and counted in word 2', async () => {

@@ -11,13 +11,13 @@
  * STEP1X_KERNELS=subgroup-matrix); elsewhere it says so and returns, and under STEP1X_KERNELS=subgroup-matrix
  * an adapter that cannot is an error, not a skip. Few pipelines, small N and K (CI runs on 2 loaded cores).
  */
-import { getGpu, releaseGpu, randn, uploadAs, expectWithin, withBindingLimit } from './harness.js';
+import { getGpu, releaseGpu, randn, uploadAs, uploadPacked, expectWithin, withBindingLimit } from './harness.js';
 import * as ref from './ref/gemm.js';
 import { linear, type Activation } from '../src/ops/linear.js';
 import { linearPacked } from '../src/ops/linear-quant.js';
 import { canStoreF16 } from '../src/ops/act-dtype.js';
 import { planGemm, sgmatDirect, overflowCount, setTunedTiles, gemmConfig, DEFAULT_SGMAT_TILE, type SgmatTile } from '../src/ops/plan-gemm.js';
-import { quantizeBlocks, dequantizeBlocks, encodeFp8Array, decodeFp8Array, QBLOCK, type PackedFormat } from '../src/io/quant.js';
+import type { PackedFormat } from '../src/io/quant.js';
 import { candidates, loadTuned, adapterKey, shapeClass } from '../src/ops/tune.js';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -185,25 +185,13 @@ describe('gemm-sgmat: A straight from f16 storage (ADIRECT)', () => {
     const t: SgmatTile = { sgm: 2, sgn: 2, pm: 1, pn: 1, bk: 64 };
     const seen = await recording(g, t, async () => {
       for (const [fmt, M, K, N] of [['fp8_e4m3', 17, 40, 19], ['q8', 255, 96, 21], ['q4', 17, 96, 35]] as [PackedFormat, number, number, number][]) {
-        const raw = randn(N * K, K + N);
-        let words: Uint32Array, scales: Tensor | undefined, exact: Float32Array;
-        if (fmt === 'q8' || fmt === 'q4') {
-          const q = quantizeBlocks(raw, N, K, fmt);
-          words = new Uint32Array(q.data.buffer, 0, q.data.length / 4);
-          scales = g.upload(q.scales, [N, K / QBLOCK], 'f16');
-          exact = dequantizeBlocks(q, N, K, fmt);
-        } else {
-          const codes = encodeFp8Array(raw, fmt);
-          words = new Uint32Array(codes.buffer, 0, codes.length / 4);
-          exact = decodeFp8Array(codes, fmt);
-        }
-        const data = g.upload(words, [N, words.length / N], 'u32');
+        const { w, exact } = uploadPacked(g, randn(N * K, K + N), N, K, fmt);
         const x = uploadAs(g, randn(M * K, M + K), [M, K], 'f16');
         const out = poisoned(g, [M, N], 'f32');
-        linearPacked(x.t, { format: fmt, data, scales, block: QBLOCK, N, K }, undefined, { out });
+        linearPacked(x.t, w, undefined, { out });
         const got = await g.readF32(out);
         expectWithin(`${fmt} x=f16 M=${M} K=${K} N=${N}`, got, ref.linear(x.exact, exact, M, N, K), ref.f16Bound(x.exact, exact, M, N, K));
-        for (const tt of [data, scales, x.t, out]) tt?.dispose();
+        for (const tt of [w.data, w.scales, x.t, out]) tt?.dispose();
       }
     });
     expect(seen.length).toBe(3);

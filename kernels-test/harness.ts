@@ -5,6 +5,7 @@
 import { Gpu, type GpuOptions } from '../src/runtime/gpu.js';
 import type { Tensor, DType } from '../src/runtime/tensor.js';
 import { f32ArrayToBf16, f32ArrayToF16, roundToBf16, bf16ArrayToF32, f16ArrayToF32 } from '../src/runtime/half.js';
+import { quantizeBlocks, dequantizeBlocks, encodeFp8Array, decodeFp8Array, QBLOCK, type PackedFormat } from '../src/io/quant.js';
 
 /** mulberry32: small, seeded, reproducible. */
 export function rng(seed: number): () => number {
@@ -35,6 +36,25 @@ export async function getGpu(opts?: GpuOptions): Promise<Gpu> {
 export function releaseGpu(): void {
   gpu?.destroy();
   gpu = null;
+}
+
+/**
+ * An nn.Linear weight [N, K] of host values packed as `format` (fp8 codes, or q8 / q4 blocks of QBLOCK with
+ * f16 scales) on the GPU, in the shape linearPacked takes, with the values the packed weight stands for.
+ */
+export function uploadPacked(g: Gpu, raw: Float32Array, N: number, K: number, format: PackedFormat): { w: { format: PackedFormat; data: Tensor; scales?: Tensor; block: number; N: number; K: number }; exact: Float32Array } {
+  let words: Uint32Array, scales: Tensor | undefined, exact: Float32Array;
+  if (format === 'q8' || format === 'q4') {
+    const q = quantizeBlocks(raw, N, K, format);
+    words = new Uint32Array(q.data.buffer, 0, q.data.length / 4);
+    scales = g.upload(q.scales, [N, K / QBLOCK], 'f16');
+    exact = dequantizeBlocks(q, N, K, format);
+  } else {
+    const codes = encodeFp8Array(raw, format);
+    words = new Uint32Array(codes.buffer, 0, codes.length / 4);
+    exact = decodeFp8Array(codes, format);
+  }
+  return { w: { format, data: g.upload(words, [N, words.length / N], 'u32'), scales, block: QBLOCK, N, K }, exact };
 }
 
 /** Upload host f32 values as `dtype`; returns the tensor and the values the GPU actually holds. */
