@@ -1,6 +1,6 @@
 /**
  * Golden kind `v12_thinker` (case v12_thinker_greedy_tiny): the thinker's calls on the tiny v1.2 text encoder
- * of `spec.model_from` (relative to the case's parent; its model/ directory), greedy. For each `calls[i]`
+ * of `spec.model_from` (a v12_e2e case beside this one, with that case's `spec.shared_files` applied), greedy. For each `calls[i]`
  * (kinds reformat → think(), score2) the messages are built from `spec.prompt` and `in.photo_u8` by our prompt
  * code, the chat text is checked against `calls[i].chat_text`, and it emits
  *   mid.<call>.input_ids / attention_mask / image_grid_thw / fetched_u8 / pixel_values_rows (the rows of
@@ -8,9 +8,7 @@
  *   out.<call>.top2_ids / top2_scores / top2_gap (processed scores), mid.<call>.raw_logits_top5(_ids);
  * then checks think_returned and what validate_score1_response makes of the score2 reply (score2_result).
  */
-import { existsSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
-import { ExitCode, Step1xError, fail } from '../../errors.js';
+import { ExitCode, Step1xError } from '../../errors.js';
 import type { GoldenContext } from '../registry.js';
 import { readDiffusersDir } from '../../io/diffusers-layout.js';
 import { QwenTokenizer } from '../../models/qwen25vl/tokenizer.js';
@@ -19,7 +17,7 @@ import { QwenGenerator } from '../../models/qwen25vl/generate.js';
 import { PROMPTS, type PromptKind } from '../../pipeline/reason/prompts.js';
 import { analyzeText, validateScoreResponse } from '../../pipeline/reason/parsers.js';
 import { callThinker } from '../../pipeline/reason/thinker.js';
-import type { RgbImage } from '../../io/resize.js';
+import { modelFrom, photoOf } from './v12_e2e.js';
 
 function topK(x: Float32Array, k: number): number[] {
   const idx: number[] = [];
@@ -33,17 +31,17 @@ function topK(x: Float32Array, k: number): number[] {
 
 export async function run(ctx: GoldenContext): Promise<void> {
   const spec = ctx.spec, cj = ctx.caseJson;
-  if (typeof spec.model_from !== 'string') fail(`${ctx.caseDir}: spec.model_from is missing`, ExitCode.USAGE);
-  const modelDir = join(resolve(dirname(resolve(ctx.caseDir)), spec.model_from), 'model');
-  if (!existsSync(modelDir)) fail(`${ctx.caseDir}: model directory ${modelDir} (spec.model_from) not found`, ExitCode.WEIGHTS);
-  const d = readDiffusersDir(modelDir);
-  const tok = QwenTokenizer.load(d.tokenizerDir);
-  const [H, W] = ctx.io.tensors.get('in.photo_u8')?.shape ?? fail(`${ctx.caseDir}: no in.photo_u8`, ExitCode.USAGE);
-  const photo: RgbImage = { width: W, height: H, data: await ctx.io.readBytes('in.photo_u8') };
-  const qwen = await QwenVL.load(ctx.gpu, d.textEncoderDir);
-  const gen = await QwenGenerator.create(ctx.gpu, qwen);
+  // the shared layout stores the text encoder and tokenizer once (in tiny_e2e / tiny_e2e_v11): modelFrom
+  // links them into a temporary copy of the v12_e2e case's model directory, sha256 checked
+  const model = modelFrom(ctx);
   const problems: string[] = [];
+  let qwen: QwenVL | undefined, gen: QwenGenerator | undefined;
   try {
+    const d = readDiffusersDir(model.dir);
+    const tok = QwenTokenizer.load(d.tokenizerDir);
+    const photo = await photoOf(ctx);
+    qwen = await QwenVL.load(ctx.gpu, d.textEncoderDir);
+    gen = await QwenGenerator.create(ctx.gpu, qwen);
     for (const call of cj.calls as any[]) {
       const kind = call.messages.kind as PromptKind;
       const name = call.call as string;
@@ -91,8 +89,9 @@ export async function run(ctx: GoldenContext): Promise<void> {
       }
     }
   } finally {
-    gen.dispose();
-    await qwen.dispose();
+    gen?.dispose();
+    await qwen?.dispose();
+    model.cleanup();
   }
   if (problems.length) throw new Step1xError(`v12_thinker: ${problems.join('; ')}`, ExitCode.MISMATCH);
 }
