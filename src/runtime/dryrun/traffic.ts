@@ -12,6 +12,8 @@
  *     to L2 (read once) when it is at most L2_REUSE_BYTES, else re-read once per column: tiles_n reads.
  *     L2_REUSE_BYTES is a fixed, conservative share of the 40–96 MB last-level caches of the discrete
  *     profiles (WebGPU does not report L2), so the same shape is modelled alike on every profile.
+ *     ADIRECT (A loaded by each subgroup straight from storage, not staged) changes no DRAM count: the SGN
+ *     subgroups of a workgroup load the same A fragments within one k-step, so all but the first hit L1/L2.
  *   - The output is written once (in bound_bytes). Attention's K/V re-reads per query tile, and L2 hits
  *     of memory-bound ops, are not modelled.
  */
