@@ -86,7 +86,7 @@ struct Params {
   s_off: u32, row_words: u32, nb: u32, _pad2: u32,
 #ifdef CONV
   // implicit-GEMM conv (common/conv-gather.wgsl; same order as conv2d.wgsl's shape fields)
-  H: u32, W: u32, CT: u32, Ho: u32, Wo: u32, OT: u32, KH: u32, KW: u32,
+  H: u32, W: u32, CT: u32, Ho: u32, Wo: u32, O_all: u32, KH: u32, KW: u32,
   stride: u32, ups: u32, padT: u32, padL: u32, xs_c: u32, xs_y: u32, xs_x: u32, os_o: u32,
   os_m: u32, r_off: u32, accum: u32, fin: u32, ldw: u32, _c0: u32, _c1: u32, _c2: u32,
 #endif
