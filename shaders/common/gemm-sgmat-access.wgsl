@@ -8,6 +8,7 @@
 //           token-major with accumulation and residual)
 // Defines read: XVEC, WVEC, QUANT, WDT, CONV, O16, OVEC (and, through the includes, HAS_BIAS, BDT, ACT, FMT,
 // QBLOCK, BLOCKED, RESIDUAL). The x / w / out bindings are typed by these defines in gemm-sgmat.wgsl.
+
 fn x_at(e: u32) -> f32 {
 #ifdef XVEC
   return f32(x[e >> 2u][e & 3u]);
