@@ -9,11 +9,11 @@
 //   results are bitwise identical.
 // Bindings: 0 uniform Params; 1 x (f32, window starting at x_off); 2 w (f32, or bf16 packed in u32, at
 //   w_off; row o of the window = output channel o0 + o, row stride CT*KH*KW, column (c0 + c)*KH*KW + ...);
-//   B_BIAS bias (f32 [OT], HAS_BIAS only); B_RES res (f32, layout of out, at r_off; RESIDUAL only);
+//   B_BIAS bias (f32 [O_all], HAS_BIAS only); B_RES res (f32, layout of out, at r_off; RESIDUAL only);
 //   B_OUT out (f32, window at o_off).
 // Layouts (uniform strides, so one pipeline serves every layout): x(c, y, x) = x[x_off + c*xs_c + y*xs_y +
 //   x*xs_x] (NCHW block: H*W, W, 1; token-major [HW, CT]: 1, W*CT, CT with the block's first channel folded
-//   into x_off); out(o, m) = out[o_off + o*os_o + m*os_m] (NCHW: Ho*Wo, 1; token-major: 1, OT).
+//   into x_off); out(o, m) = out[o_off + o*os_o + m*os_m] (NCHW: Ho*Wo, 1; token-major: 1, O_all).
 //   `stride` is the conv stride; with ups == 1 the kernel convolves the nearest-2x upsampled input (pixel
 //   (y, x) of the 2H x 2W image is x(y/2, x/2)) without materialising it (saves the decoder's largest
 //   tensor). Kernel size KH x KW is a uniform too (unrolled 3x3 taps doubled CPU drivers' compile time).
@@ -30,7 +30,7 @@
 
 struct Params {
   C: u32, H: u32, W: u32, CT: u32,
-  O: u32, Ho: u32, Wo: u32, OT: u32,
+  O: u32, Ho: u32, Wo: u32, O_all: u32,
   c0: u32, o0: u32, padT: u32, padL: u32,
   x_off: u32, w_off: u32, o_off: u32, r_off: u32,
   accum: u32, finish: u32, wg_x: u32, KH: u32,

@@ -9,6 +9,9 @@ enable subgroup_size_control;
 diagnostic(off, chromium.subgroup_matrix_uniformity);
 // GEMM on subgroup matrices: out[m, n] = act(sum_k x[m, k] * W(n, k) + bias[n]), f16 operands staged in
 // double-buffered workgroup tiles, f32 sums (f64 reference: kernels-test/ref/gemm.ts; plan: src/ops/plan-gemm.ts).
+// Parts: common/gemm-sgmat-access.wgsl (single-element reads of x / W and stores to out),
+//   common/gemm-sgmat-stage.wgsl (k-tile staging into the f16 tiles); here: bindings, tiles, the k loop, the
+//   f32 recompute and the epilogue. This header documents the defines and bindings of all three.
 //
 // Bindings (same Params and order as gemm.wgsl, so src/ops/linear.ts splits both alike): 0 uniform Params;
 //   1 x f32 (X16: f16) [M, K] from x_off; 2 w [N, K] (nn.Linear layout; WDT f32 or packed bf16/f16) from w_off, or
@@ -83,7 +86,7 @@ struct Params {
   s_off: u32, row_words: u32, nb: u32, _pad2: u32,
 #ifdef CONV
   // implicit-GEMM conv (common/conv-gather.wgsl; same order as conv2d.wgsl's shape fields)
-  H: u32, W: u32, CT: u32, Ho: u32, Wo: u32, OT: u32, KH: u32, KW: u32,
+  H: u32, W: u32, CT: u32, Ho: u32, Wo: u32, O_all: u32, KH: u32, KW: u32,
   stride: u32, ups: u32, padT: u32, padL: u32, xs_c: u32, xs_y: u32, xs_x: u32, os_o: u32,
   os_m: u32, r_off: u32, accum: u32, fin: u32, ldw: u32, _c0: u32, _c1: u32, _c2: u32,
 #endif
@@ -166,153 +169,8 @@ var<workgroup> Cs: array<RES, CSLOTS * SM * SN>; // one fragment per computing s
 var<workgroup> ovf_any: atomic<u32>;
 var<workgroup> ovf_flag: u32;
 
-fn x_at(e: u32) -> f32 {
-#ifdef XVEC
-  return f32(x[e >> 2u][e & 3u]);
-#else
-  return f32(x[e]);
-#endif
-}
-
-#ifdef QUANT
-#include "common/quant.wgsl"
-
-// W(n, k) of the chunk.
-fn wval(n: u32, k: u32) -> f32 {
-  return wquad(U.w_off + n * U.row_words, U.s_off + n * U.nb, k >> 2u)[k & 3u];
-}
-#else
-// Packed word i of a bf16/f16 weight (two elements per word).
-fn w_word(i: u32) -> u32 {
-#if WDT == f32
-  return 0u;
-#else
-#ifdef WVEC
-  return w[i >> 2u][i & 3u];
-#else
-  return w[i];
-#endif
-#endif
-}
-
-fn w_at(e: u32) -> f32 {
-#if WDT == f32
-#ifdef WVEC
-  return w[e >> 2u][e & 3u];
-#else
-  return w[e];
-#endif
-#endif
-#if WDT == bf16
-  return bf16_at(w_word(e >> 1u), e);
-#endif
-#if WDT == f16
-  return f16_at(w_word(e >> 1u), e);
-#endif
-}
-
-// The row stride of W in elements (conv: rows of all CT*KH*KW taps, the chunk's input channels from w_off).
-fn w_ld() -> u32 {
-#ifdef CONV
-  return U.ldw;
-#else
-  return U.K;
-#endif
-}
-
-// W(n, k) of the chunk.
-fn wval(n: u32, k: u32) -> f32 {
-  return w_at(U.w_off + n * w_ld() + k);
-}
-#endif
-
-#ifdef O16
-// f16 storage: out-of-range values are clamped and counted (the caller redoes the step in f32).
-fn to_out(v: f32) -> f16 {
-  let over = abs(v) > F16_MAX;
-  if (over) { atomicAdd(&ovf[2], 1u); }
-  return f16(select(v, clamp(v, -F16_MAX, F16_MAX), over));
-}
-#else
-fn to_out(v: f32) -> f32 {
-  return v;
-}
-#endif
-
-fn store_out(e: u32, v: f32) {
-#ifdef OVEC
-  out[e >> 2u][e & 3u] = to_out(v);
-#else
-  out[e] = to_out(v);
-#endif
-}
-
-#include "common/gemm-epilogue.wgsl"
-#ifdef CONV
-#include "common/conv-gather.wgsl"
-#else
-// A(m, k): row m of x.
-fn a_val(m: u32, k: u32) -> f32 {
-  return x_at(U.x_off + m * U.K + k);
-}
-
-// The finished output element (m, n).
-fn put(m: u32, n: u32, s: f32) {
-  store_out(U.o_off + m * U.ldo + n, finish(s, n));
-}
-#endif
-
-// Narrow to f16; out-of-range values (|v| > 65504, inf) are replaced by 0 and reported.
-fn narrow(v: f32, bad: ptr<function, bool>) -> f16 {
-  let over = abs(v) > F16_MAX;
-  *bad = *bad || over;
-  return f16(select(v, 0.0, over));
-}
-
-#ifdef WVEC
-#ifndef QUANT
-// W rows [n0, n0 + BN) x k-tile k0 into Bs at bb by vectors: 4 f32 or 8 packed bf16/f16 per load (each pair
-// unpacked once); the GEMM (VEC) and the conv (WVEC) alike. The row stride w_ld(), w_off and K are multiples
-// of the vector width and k0, BK of 8, so a vector lies wholly inside or outside [0, K) and starts on a
-// vector boundary.
-fn stage_w_vec(bb: u32, n0: u32, k0: u32, li: u32, bad: ptr<function, bool>) {
-#if WDT == f32
-  for (var e = li; e < BN * BK / 4u; e += WG) {
-    let c = e / (BK / 4u);
-    let kk = (e % (BK / 4u)) * 4u;
-    let n = n0 + c;
-    let k = k0 + kk;
-    var v = vec4<f32>();
-    if (n < U.N && k < U.K) { v = w[(U.w_off + n * w_ld() + k) >> 2u]; }
-    let o = bb + c * BKP + kk;
-    Bs[o] = narrow(v.x, bad); Bs[o + 1u] = narrow(v.y, bad); Bs[o + 2u] = narrow(v.z, bad); Bs[o + 3u] = narrow(v.w, bad);
-  }
-#else
-  for (var e = li; e < BN * BK / 8u; e += WG) {
-    let c = e / (BK / 8u);
-    let kk = (e % (BK / 8u)) * 8u;
-    let n = n0 + c;
-    let k = k0 + kk;
-    var v = vec4<u32>();
-    if (n < U.N && k < U.K) { v = w[(U.w_off + n * w_ld() + k) >> 3u]; }
-    let o = bb + c * BKP + kk;
-    for (var j = 0u; j < 4u; j++) {
-#if WDT == bf16
-      let lo = bitcast<f32>(v[j] << 16u);
-      let hi = bitcast<f32>(v[j] & 0xffff0000u);
-#else
-      let p = unpack2x16float(v[j]);
-      let lo = p.x;
-      let hi = p.y;
-#endif
-      Bs[o + 2u * j] = narrow(lo, bad);
-      Bs[o + 2u * j + 1u] = narrow(hi, bad);
-    }
-  }
-#endif
-}
-#endif
-#endif
+#include "common/gemm-sgmat-access.wgsl"
+#include "common/gemm-sgmat-stage.wgsl"
 
 // The first row a fragment of nominal first row r0 computes: r0, or (ADIRECT) clamped so that its SM rows
 // end at row M (the load stays inside x); the epilogue stores only its rows >= r0.
@@ -321,97 +179,6 @@ fn frag_row(r0: u32) -> u32 {
   return min(r0, U.M - SM);
 #else
   return r0;
-#endif
-}
-
-// Stage k-tile k0 of x rows [m0, m0+BM) (not with ADIRECT) and W rows [n0, n0+BN) into buffer `buf`
-// (zeros outside the matrix).
-fn stage(buf: u32, m0: u32, n0: u32, k0: u32, li: u32, bad: ptr<function, bool>) {
-  let bb = buf * BBUF;
-#ifndef ADIRECT
-  let ab = buf * ABUF;
-#endif
-#ifdef VEC
-#ifdef XVEC
-  // K % 8 == 0 and k0 % 8 == 0: a vector is wholly inside or wholly outside [0, K).
-  for (var e = li; e < BM * BK / 4u; e += WG) {
-    let r = e / (BK / 4u);
-    let kk = (e % (BK / 4u)) * 4u;
-    let m = m0 + r;
-    let k = k0 + kk;
-    var v = vec4<f32>();
-    if (m < U.M && k < U.K) { v = vec4<f32>(x[(U.x_off + m * U.K + k) >> 2u]); }
-    let o = ab + r * BKP + kk;
-    As[o] = narrow(v.x, bad); As[o + 1u] = narrow(v.y, bad); As[o + 2u] = narrow(v.z, bad); As[o + 3u] = narrow(v.w, bad);
-  }
-#endif
-#ifdef QUANT
-  // K % 4 == 0 (every packed format): a quad of codes is wholly inside or outside [0, K); codes times the
-  // block scale are narrowed to f16 once, here.
-  for (var e = li; e < BN * BK / 4u; e += WG) {
-    let c = e / (BK / 4u);
-    let kk = (e % (BK / 4u)) * 4u;
-    let n = n0 + c;
-    let k = k0 + kk;
-    var v = vec4<f32>();
-    if (n < U.N && k < U.K) { v = wquad(U.w_off + n * U.row_words, U.s_off + n * U.nb, k >> 2u); }
-    let o = bb + c * BKP + kk;
-    Bs[o] = narrow(v.x, bad); Bs[o + 1u] = narrow(v.y, bad); Bs[o + 2u] = narrow(v.z, bad); Bs[o + 3u] = narrow(v.w, bad);
-  }
-#else
-  stage_w_vec(bb, n0, k0, li, bad);
-#endif
-#else
-#ifdef CONV
-  // Gathered A: neighbouring lanes take neighbouring output pixels (neighbouring input pixels in NCHW).
-  // The planned tiles have WG % BM == 0: each lane then keeps one pixel (decoded once) and walks k.
-  if (WG % BM == 0u) {
-    let r = li % BM;
-    let m = m0 + r;
-    let base = a_base(m);
-    for (var kk = li / BM; kk < BK; kk += WG / BM) {
-      let k = k0 + kk;
-      var v = 0.0;
-      if (m < U.M && k < U.K) { v = a_tap(base, k); }
-      As[ab + r * BKP + kk] = narrow(v, bad);
-    }
-  } else {
-    for (var e = li; e < BM * BK; e += WG) {
-      let r = e % BM;
-      let kk = e / BM;
-      let m = m0 + r;
-      let k = k0 + kk;
-      var v = 0.0;
-      if (m < U.M && k < U.K) { v = a_val(m, k); }
-      As[ab + r * BKP + kk] = narrow(v, bad);
-    }
-  }
-#else
-#ifndef ADIRECT
-  for (var e = li; e < BM * BK; e += WG) {
-    let r = e / BK;
-    let kk = e % BK;
-    let m = m0 + r;
-    let k = k0 + kk;
-    var v = 0.0;
-    if (m < U.M && k < U.K) { v = a_val(m, k); }
-    As[ab + r * BKP + kk] = narrow(v, bad);
-  }
-#endif
-#endif
-#ifdef WVEC
-  stage_w_vec(bb, n0, k0, li, bad);   // CONV with vector-aligned weight rows
-#else
-  for (var e = li; e < BN * BK; e += WG) {
-    let c = e / BK;
-    let kk = e % BK;
-    let n = n0 + c;
-    let k = k0 + kk;
-    var v = 0.0;
-    if (n < U.N && k < U.K) { v = wval(n, k); }
-    Bs[bb + c * BKP + kk] = narrow(v, bad);
-  }
-#endif
 #endif
 }
 

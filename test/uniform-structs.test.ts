@@ -26,6 +26,17 @@ function uniformMembers(wgsl: string): string[] {
 
 const described = (s: StructInfo) => s.names.map((n, i) => `${n}: ${s.kinds[i]}`);
 
+/** The names a shader's directives define or test (#define / #ifdef / #ifndef / #if, every branch), includes too. */
+function directiveNames(file: string, seen = new Set<string>()): Set<string> {
+  const names = new Set<string>();
+  if (seen.has(file)) return names;
+  seen.add(file);
+  const raw = readFileSync(join(SHADER_DIR, file), 'utf8');
+  for (const m of raw.matchAll(/^\s*#(?:define|ifdef|ifndef|if)\s+(\w+)/gm)) names.add(m[1]);
+  for (const m of raw.matchAll(/^\s*#include\s+"([^"]+)"/gm)) for (const n of directiveNames(m[1], seen)) names.add(n);
+  return names;
+}
+
 beforeAll(async () => {
   // every op module declares its structs when loaded
   for (const f of readdirSync(join(REPO_ROOT, 'src/ops')).filter((f) => f.endsWith('.ts'))) await import(`../src/ops/${f.replace(/\.ts$/, '.js')}`);
@@ -35,13 +46,23 @@ test('every TS uniform struct matches its shader: names, order, scalar types, pa
   expect(UNIFORM_STRUCTS.length).toBeGreaterThanOrEqual(19);
   const bad: string[] = [];
   for (const s of UNIFORM_STRUCTS) {
-    // members as written: gemm-sgmat's CONV member OT shares its name with the file's output-type define
+    // members as written (the next test keeps every member name clear of the defines)
     const wgsl = uniformMembers(preprocess(s.file, s.defines, false));
     const ts = described(s);
     if (JSON.stringify(wgsl) !== JSON.stringify(ts))
       bad.push(`${s.file} ${JSON.stringify(s.defines)}:\n  wgsl ${wgsl.join(', ')}\n  ts   ${ts.join(', ')}`);
   }
   expect(bad).toEqual([]);
+});
+
+test('no uniform member shares its name with a define of its shader (defines replace whole identifiers)', () => {
+  const clashes: string[] = [];
+  for (const s of UNIFORM_STRUCTS) {
+    const defined = directiveNames(s.file);
+    for (const k of Object.keys(s.defines)) defined.add(k);
+    for (const n of s.names) if (defined.has(n)) clashes.push(`${s.file} ${JSON.stringify(s.defines)}: member ${n}`);
+  }
+  expect(clashes).toEqual([]);
 });
 
 test('every shader with a uniform block has a description per struct it declares', () => {

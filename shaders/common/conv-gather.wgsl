@@ -9,7 +9,8 @@
 // out[o_off + n*os_o + m*os_m]; accum != 0 adds the partial sums of earlier input-channel blocks already in
 // `out`, fin != 0 (the last block) adds bias(o0 + n) (b_off = o0) and res (at r_off, layout of out).
 // WVEC (the op's choice when ldw, w_off and K are multiples of the vector width): W staged with vec4 loads.
-// Needs from gemm-sgmat.wgsl: U (Params with the CONV fields), x (f32, scalar), w, w_at, out, bias_at, res, Bs, narrow.
+// Needs from gemm-sgmat.wgsl: U (Params with the CONV fields), x (f32, scalar), out, res; bias_at from
+// common/gemm-epilogue.wgsl (both included by common/gemm-sgmat-access.wgsl).
 
 // Top-left input tap (virtual, upsampled coordinates) of output pixel m.
 fn a_base(m: u32) -> vec2<i32> {

@@ -154,7 +154,9 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
       for (let b = 0; b < B; b++) {
         const outOff = b * Lq * H * Dh * (out.dtype === 'f16' ? 2 : 4);
         const views = [item(q, b)!, item(k, b)!, item(v, b)!, item(keyMask, b), item(mask, b), item(queryMask, b)];
-        // Output views must be bound in place (the runtime copies misaligned views: writes would be lost).
+        // A misaligned item of out is computed in a temporary and copied into out once (out starts at byte 0:
+        // ov is a temporary iff its byteOffset differs from outOff); bound as a view, the runtime would realign
+        // it by copying it in before the dispatch as well, for a kernel that only writes it.
         const ov = outOff % g.storageAlign === 0 ? item(out, b)! : g.empty([Lq, H * Dh], out.dtype, 'attention item');
         const [qv, kv, vv, kmv, mv, qmv] = views;
         attentionSgmat(g, plan, { ...sg, B: 1, q: qv!, k: kv!, v: vv!, out: ov, keyMask: kmv, mask: mv, queryMask: qmv });
@@ -173,7 +175,7 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
   const fitRows = (rowBytes: number, n: number, what: string): number => {
     let r = Math.floor(limit / rowBytes);
     check(r >= 1, `one ${what} row (${rowBytes} bytes) exceeds the device's binding limit ${limit}`);
-    if (r >= 64) r -= r % 64; // keep chunk views aligned where possible (64 rows: a multiple of 256 bytes)
+    if (r >= 64) r -= r % 64; // 64 rows of whole words span a multiple of 256 bytes, so of every storageAlign (16, 32, 256)
     return Math.min(r, n);
   };
   const nqMax = fitRows(Math.max(qRow, mRow), Lq, 'query');
@@ -187,7 +189,8 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
       const qv = q2.rows(b * Lq + q0, nq);
       const mv = mk2?.rows(b * Lq + q0, nq);
       const outOff = (b * Lq + q0) * qRow;
-      // Output views must be bound in place (the runtime copies misaligned views: writes would be lost).
+      // A misaligned chunk of out gets one temporary for all its key chunks, copied into out at the end: the
+      // runtime would realign it per dispatch, copying it in and back around each key chunk.
       const ov = outOff % g.storageAlign === 0 ? o2.rows(b * Lq + q0, nq) : g.empty([nq, H * Dh], 'f32', 'attention chunk');
       const nChunks = Math.ceil(Lk / nkMax);
       const ml = nChunks > 1 ? g.empty([nq, H, 2], 'f32', 'attention state') : undefined;

@@ -26,13 +26,13 @@ import { planConv, convWeightVectors, type ConvPlan, type ConvVariant } from './
 import type { SgmatTile } from './plan-gemm.js';
 import { GEMM_SGMAT_CONV } from './gemm-params.js';
 
-/** The conv's sizes (CT, OT: all channels), stride, upsampling, padding and element strides. */
+/** The conv's sizes (CT, O_all: all input / output channels), stride, upsampling, padding and element strides. */
 type ConvGeometry = UniformValues<
-  'H' | 'W' | 'CT' | 'Ho' | 'Wo' | 'OT' | 'KH' | 'KW' | 'stride' | 'ups' | 'padT' | 'padL' | 'xs_c' | 'xs_y' | 'xs_x' | 'os_o' | 'os_m'
+  'H' | 'W' | 'CT' | 'Ho' | 'Wo' | 'O_all' | 'KH' | 'KW' | 'stride' | 'ups' | 'padT' | 'padL' | 'xs_c' | 'xs_y' | 'xs_x' | 'os_o' | 'os_m'
 >;
 /** One (input block, output block) of the direct conv: C, O are the block's channels from c0, o0. */
 const CONV2D = uniformStruct('conv2d.wgsl', [
-  'C', 'H', 'W', 'CT', 'O', 'Ho', 'Wo', 'OT', 'c0', 'o0', 'padT', 'padL', 'x_off', 'w_off', 'o_off', 'r_off',
+  'C', 'H', 'W', 'CT', 'O', 'Ho', 'Wo', 'O_all', 'c0', 'o0', 'padT', 'padL', 'x_off', 'w_off', 'o_off', 'r_off',
   'accum', 'finish', 'wg_x', 'KH', 'KW', 'stride', 'ups', 'xs_c', 'xs_y', 'xs_x', 'os_o', 'os_m',
 ], { UPSAMPLE: false });
 const UPSAMPLE = uniformStruct('conv2d.wgsl', ['n', 'H', 'W', 'x_off', 'o_off', 'wg_x'], { UPSAMPLE: true });
@@ -122,7 +122,7 @@ export function conv2d(x: Tensor, w: Tensor, b?: Tensor, opts: Conv2dOpts = {}):
   defines.B_OUT = slot;
   // members conv2d.wgsl and the implicit GEMM share; element strides: x channel / row / column, out channel / pixel
   const geom: ConvGeometry = {
-    H, W, CT: C, Ho, Wo, OT: O, KH, KW, stride, ups, padT: pt, padL: pl,
+    H, W, CT: C, Ho, Wo, O_all: O, KH, KW, stride, ups, padT: pt, padL: pl,
     ...(opts.inTokens ? { xs_c: 1, xs_y: W * C, xs_x: C } : { xs_c: HW, xs_y: W, xs_x: 1 }),
     ...(opts.outTokens ? { os_o: 1, os_m: O } : { os_o: M, os_m: 1 }),
   };

@@ -20,7 +20,7 @@ export const GEMM_SGMAT = uniformStruct('gemm-sgmat.wgsl', SGMAT, { CONV: false 
 /** The conv's shape follows the GEMM's (same names as conv2d.wgsl's members; ldw: w's row stride). */
 export const GEMM_SGMAT_CONV = uniformStruct(
   'gemm-sgmat.wgsl',
-  [...SGMAT, 'H', 'W', 'CT', 'Ho', 'Wo', 'OT', 'KH', 'KW', 'stride', 'ups', 'padT', 'padL', 'xs_c', 'xs_y', 'xs_x', 'os_o', 'os_m',
+  [...SGMAT, 'H', 'W', 'CT', 'Ho', 'Wo', 'O_all', 'KH', 'KW', 'stride', 'ups', 'padT', 'padL', 'xs_c', 'xs_y', 'xs_x', 'os_o', 'os_m',
     'r_off', 'accum', 'fin', 'ldw', '_c0', '_c1', '_c2'],
   { CONV: true },
 );

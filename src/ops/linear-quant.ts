@@ -20,6 +20,7 @@ import { checkOut, type Activation } from './linear.js';
 import { outputDtype, withWidened } from './act-dtype.js';
 import { warnNoMatrixUnits, planGemm, sgmatBindings, sgmatDirect, overflowCounter } from './plan-gemm.js';
 import { GEMM_QUANT, GEMM_SGMAT } from './gemm-params.js';
+import { foldGrid, largestFitting } from './util.js';
 
 /** Packed weight formats (the host codecs and their layout: src/io/quant.ts). */
 export type PackedFormat = 'fp8_e4m3' | 'fp8_e5m2' | 'q8' | 'q4';
@@ -38,24 +39,6 @@ export interface PackedWeight {
 
 /** Register tile of the `tiled` entry (one pipeline per format; measured on lavapipe like gemm.wgsl's). */
 const TILE = { tm: 4, tn: 4, wgn: 32 };
-
-function largestFitting(max: number, limit: number, bytes: (c: number) => number): number {
-  if (bytes(1) > limit) return 0;
-  let lo = 1, hi = max;
-  while (lo < hi) {
-    const mid = Math.ceil((lo + hi) / 2);
-    if (bytes(mid) <= limit) lo = mid;
-    else hi = mid - 1;
-  }
-  return lo;
-}
-
-function foldGrid(g: Gpu, groups: number): [number, number] {
-  const max = g.maxWorkgroupsPerDim;
-  if (groups <= max) return [Math.max(groups, 1), 1];
-  const y = Math.ceil(groups / max);
-  return [Math.ceil(groups / y), y];
-}
 
 export function linearPacked(x: Tensor, w: PackedWeight, b?: Tensor, opts: { act?: Activation; out?: Tensor; outCol?: number } = {}): Tensor {
   const g = x.gpu;

@@ -23,6 +23,7 @@ import { fail, fmtShape } from '../errors.js';
 import { outputDtype, withWidened } from './act-dtype.js';
 import { planGemm, overflowCounter, sgmatBindings, sgmatDirect, type GemmPlan } from './plan-gemm.js';
 import { GEMM, gemmUniforms } from './gemm-params.js';
+import { foldGrid, largestFitting } from './util.js';
 
 export type Activation = 'silu' | 'gelu_tanh' | 'gelu_erf';
 /** 'subgroup-matrix' / 'workgroup' force those kernels (src/ops/plan-gemm.ts); 'auto' follows the device's plan. */
@@ -62,25 +63,6 @@ export interface LinearOptions {
 }
 
 const WEIGHT_DTYPES: readonly DType[] = ['f32', 'f16', 'bf16'];
-
-/** Largest c in [1, max] with bytes(c) <= limit (bytes is monotone); 0 when even c = 1 does not fit. */
-function largestFitting(max: number, limit: number, bytes: (c: number) => number): number {
-  if (bytes(1) > limit) return 0;
-  let lo = 1, hi = max;
-  while (lo < hi) {
-    const mid = Math.ceil((lo + hi) / 2);
-    if (bytes(mid) <= limit) lo = mid;
-    else hi = mid - 1;
-  }
-  return lo;
-}
-
-function foldGrid(g: Gpu, groups: number): [number, number] {
-  const max = g.maxWorkgroupsPerDim;
-  if (groups <= max) return [Math.max(groups, 1), 1];
-  const y = Math.ceil(groups / max);
-  return [Math.ceil(groups / y), y];
-}
 
 export function linear(x: Tensor, w: Tensor, b?: Tensor, opts: LinearOptions = {}): Tensor {
   const g = x.gpu;

@@ -199,7 +199,7 @@ export class Recorder {
     let shape: string;
     // convs: direct conv2d.wgsl or the implicit GEMM (gemm-sgmat.wgsl with CONV): the same member names
     if ((file === 'conv2d.wgsl' && entry === 'main') || defines.CONV) {
-      const [H, W, C, O, KH, KW, st, ups] = ['H', 'W', 'CT', 'OT', 'KH', 'KW', 'stride', 'ups'].map(u);
+      const [H, W, C, O, KH, KW, st, ups] = ['H', 'W', 'CT', 'O_all', 'KH', 'KW', 'stride', 'ups'].map(u);
       shape = `${model}.conv ${KH}x${KW} C=${C} O=${O} ${H}x${W}${ups ? ' up2x' : ''}${st > 1 ? ` s${st}` : ''}`;
     } else if (file.startsWith('gemm')) shape = `${model}.gemm M=${u('M')} K=${u('K')} N=${u('N')}`;
     else if (file.startsWith('attention')) shape = `${model}.attention Lq=${u('lq')} Lk=${u('lk')} H=${u('h')}`;
