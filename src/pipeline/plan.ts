@@ -1,5 +1,6 @@
 /**
- * The VRAM plan of an edit: for every stage (Qwen2.5-VL embed, VAE encode, DiT sample, VAE decode) the
+ * The VRAM plan of an edit: for every stage (Qwen2.5-VL embed, VAE encode, DiT sample, VAE decode; before
+ * them, for a v1.2 --think / --reflect edit, the thinker's generation on the same Qwen: 'reason') the
  * bytes its model keeps resident, the bytes it streams block by block, the working set of streamed
  * blocks (current + read-ahead), its activation peak, and the stage peak; plus the pool's cache
  * allowance. Read from checkpoint headers only (no GPU): `step1x plan` prints it, the stages use the

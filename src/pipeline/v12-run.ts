@@ -1,8 +1,8 @@
 /**
  * The v1.2 side of EditPipeline (pipeline/edit-pipeline.ts): the request's options checked against what a v1.2
  * edit can take, the one plan (plan.ts, v1.2 mode) made and followed through the pipeline's ModelHost and stage
- * marks, the plain or reasoning edit run (v12-edit.ts, reason-edit.ts), the mask composited, and the result with
- * its PNG parameters.
+ * marks, the plain or reasoning edit run (v12-edit.ts, reason-edit.ts; the thinker's calls are 'reason' stages
+ * on the embed stage's hosted Qwen, planned as such), the mask composited, and the result with its PNG parameters.
  */
 import type { Gpu } from '../runtime/gpu.js';
 import { ExitCode, Step1xError, fmtShape } from '../errors.js';

@@ -2,7 +2,8 @@
  * The stages of the v1.2 edit (pipeline/v12-edit.ts), shaped like the v1.0/v1.1 ones (stages.ts): each takes
  * its model from a ModelHost (kept across stages and images when the plan fits them all, else loaded and
  * freed per stage) under the budget the one plan gives it (plan.ts stageBudget), and is retried once under
- * a new plan on GPU out-of-memory (run-plan.ts). Host arrays go in and out.
+ * a new plan on GPU out-of-memory (run-plan.ts). Host arrays go in and out. The text encoder is hosted under
+ * one key (hostV12Qwen) for the embed stage and the reasoning edit's thinker alike (v12-run.ts).
  *   embed   Qwen2.5-VL over [prompt, ""] at their own lengths (no attention mask, M-RoPE from ids > 0),
  *           vision once → kept span, text embeddings (embed_tokens rows, vision features on image tokens), txt_ids
  *   encode  bilinear AA of the original photo → VAE posterior sampled with ε
