@@ -135,7 +135,10 @@ export async function* runV12Request(host: V12Host, req: EditRequest): AsyncGene
       lap('reason');
       await host.stage('reason');
       return withOomFallback(g, 'Qwen2.5-VL (thinker)', run.budgetFor('reason'), (budget) => hostV12Qwen(g, d, { models: host.models, weights: host.opts.weights }, budget, async (qwen) => {
-        if ((qwen.streamed.text || qwen.streamed.vision) && !noted) emit({ stage: 'reason', message: qwenStreamNote(qwen) }), (noted = true);
+        if ((qwen.streamed.text || qwen.streamed.vision) && !noted) {
+          noted = true; // said once a request, as the embed stage says it
+          emit({ stage: 'reason', message: qwenStreamNote(qwen) });
+        }
         return fn(await generatorOf(g, qwen));
       }, true), (what, held) => run.replan('reason', what, held), (m) => emit({ stage: 'reason', message: m }));
     };
