@@ -2,7 +2,8 @@
  * The dry run (STEP1X_DRYRUN, src/runtime/dryrun/): the recorder's deferred-free memory model on a
  * scripted sequence, and `step1x edit` at real size on header-only fakes of the real v1.1 directory
  * (few steps), and of the real v1.2 directory (diffusers layout, real_shapes_v12): the counts the README's
- * table reports, per stage and per DiT step, against the plan; `step1x plan` equals what the run does.
+ * table reports, per stage and per DiT step, against the plan; `step1x plan` equals what the run does, also
+ * for a v1.2 `--think` edit (the thinker on the edit's one Qwen, model loads counted).
  */
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -85,15 +86,15 @@ describe('recorder memory model', () => {
   });
 });
 
-function runCli(profile: string, args: string[]) {
-  const r = spawnSync(process.execPath, [join(REPO_ROOT, 'bin/step1x.js'), ...args], { encoding: 'utf8', env: { ...process.env, STEP1X_DRYRUN: profile }, timeout: 600_000 });
+function runCli(profile: string, args: string[], env: Record<string, string> = {}) {
+  const r = spawnSync(process.execPath, [join(REPO_ROOT, 'bin/step1x.js'), ...args], { encoding: 'utf8', env: { ...process.env, STEP1X_DRYRUN: profile, ...env }, timeout: 600_000 });
   if (r.status !== 0) throw new Error(`step1x ${args.join(' ')}: exit ${r.status}: ${r.stderr.slice(-2000)}`);
   return r;
 }
 
 /** `step1x edit --json` of `image` with `model` on a dry-run device → its report, and the progress text. */
-function dryEdit(profile: string, model: string, image: string, args: string[]): DryRunReport & { stderr: string } {
-  const r = runCli(profile, ['edit', image, 'make it blue', '-o', join(image, '..', 'out.png'), '--model', model, '--json', ...args]);
+function dryEdit(profile: string, model: string, image: string, args: string[], env: Record<string, string> = {}): DryRunReport & { model_loads: Record<string, number>; stderr: string } {
+  const r = runCli(profile, ['edit', image, 'make it blue', '-o', join(image, '..', 'out.png'), '--model', model, '--json', ...args], env);
   return { ...JSON.parse(r.stdout.split('\n').find((l) => l.startsWith('{'))!).dryrun, stderr: r.stderr };
 }
 
@@ -234,5 +235,36 @@ describe('step1x edit v1.2 on a dry-run device at real size (header-only real_sh
       expect(plan.stages.find((s: { stage: string }) => s.stage === 'sample').streams.length > 0).toBe(streamsDit);
       expectPlanIsRun(`v1.2 ${profile} ${w} ${budget}`, plan, dry(profile, ['--steps', '2', '--weights', w, '--vram-budget', budget]));
     }
+  });
+
+  // the thinker shortened to 2 new tokens a call (its KV cache and prefill are planned for the official 128);
+  // a 1024² photo, so the rewrite sees the most image tokens a thinker image can have (1024)
+  const thinking = (profile: string, args: string[]) =>
+    dryEdit(profile, model, writeSquarePng(join(dir, 'in1024.png'), 1024), ['--steps', '2', '--think', ...args], { STEP1X_THINKER_MAX_TOKENS: '2', STEP1X_THINKER_RETRIES: '1' });
+  const stagePeak = (d: { stages: { stage: string; peak_bytes: number }[] }, stage: string) => d.stages.find((s) => s.stage === stage)!.peak_bytes;
+
+  test('--think, rtx4090 q8 12GB: the thinker runs on the edit\'s one Qwen (loaded once, with --weights) inside the printed plan, per stage', () => {
+    const plan = JSON.parse(runCli('rtx4090', ['plan', '--model', model, '--weights', 'q8', '--vram-budget', '12GB', '--think', '--json']).stdout);
+    expect(plan.keep_resident).toBe(false);
+    expect(plan.stages.map((s: { stage: string }) => s.stage)).toEqual(['reason', 'embed', 'encode', 'sample', 'decode']);
+    const d = thinking('rtx4090', ['--weights', 'q8', '--vram-budget', '12GB']);
+    process.stderr.write(`  v1.2 rtx4090 q8 12GB --think: loads ${JSON.stringify(d.model_loads)}, reason stage peak ${stagePeak(d, 'reason')} (plan ${stagePeak(plan, 'reason')} + reserve ${plan.cache_bytes})\n`);
+    expect(d.stages.map((s) => s.stage)).toEqual(['reason', 'embed', 'encode', 'sample', 'decode']);
+    // the thinker's stage alone within its planned peak (Qwen q8 + bf16 lm_head + KV cache + prefill)
+    expect(stagePeak(d, 'reason')).toBeLessThanOrEqual(stagePeak(plan, 'reason') + plan.cache_bytes);
+    // one Qwen: loaded for the rewrite, held into the embed stage, freed before the VAE loads
+    expect(d.model_loads).toEqual({ qwen: 1, vae: 2, dit: 1 });
+    expect(d.stages.find((s) => s.stage === 'embed')!.bytes_allocated).toBeLessThan(1e9); // activations only: no weights loaded
+    expectSteadyState('v1.2 rtx4090 1024 q8 12GB --think', d, 12e9);
+    expectPlanIsRun('v1.2 rtx4090 q8 12GB --think', plan, d);
+  });
+
+  test('--think, h100, no budget: every model kept, Qwen loaded once for the thinker and the embed stage, peak within the plan', () => {
+    const plan = JSON.parse(runCli('h100', ['plan', '--model', model, '--think', '--json']).stdout);
+    expect(plan.keep_resident).toBe(true);
+    const d = thinking('h100', []);
+    expect(d.model_loads).toEqual({ qwen: 1, vae: 1, dit: 1 });
+    expectSteadyState('v1.2 h100 1024 bf16 --think', d, 80e9);
+    expectPlanIsRun('v1.2 h100 bf16 --think', plan, d);
   });
 });

@@ -22,14 +22,15 @@ const PENDING = new Set<string>();
 /**
  * src/pipeline frees no tensor by hand either (its stages read results inside g.scope / g.scopeAsync); what it
  * does free are objects that live for a stage or a run, where that stage or run ends: models in the model
- * host, a denoise loop's predictor (its prepared text), the thinker's client. Listed call by call.
+ * host (the thinker's Qwen, held per stage, when a reasoning edit ends), a denoise loop's predictor (its prepared text). Listed call by call.
  */
 const RUN_LIFETIMES = new Set([
   'src/pipeline/model-host.ts in use: this.release(kind)',
+  'src/pipeline/model-host.ts in use: this.release(other)',
   'src/pipeline/model-host.ts in releaseAll: this.release(k)',
   'src/pipeline/sampling.ts in sampleLatent: predictor.dispose()',
   'src/pipeline/stages.ts in runDenoise: pred.dispose()',
-  'src/pipeline/reason-edit.ts in runReasonEdit: client.dispose()',
+  "src/pipeline/v12-run.ts in runV12Request: host.models.release('qwen')",
 ]);
 
 function files(dir: string): string[] {

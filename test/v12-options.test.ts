@@ -3,7 +3,8 @@
  * model of v12_e2e_tiny (diffusers layout; its photo at size level 80 → 80×64, 3 steps):
  *   - plan == run on the GPU: under the plan's smallest budget the run streams what `planEdit` says and loads
  *     per stage (the VAE twice), the image bit-identical to the resident run; a budget that fits every model
- *     keeps them loaded once across two edits (as `batch` does); on GPU out-of-memory the run re-plans below
+ *     keeps them loaded once across two edits (as `batch` does); a --think edit's thinker uses the edit's own
+ *     Qwen (one load, kept or per stage); on GPU out-of-memory the run re-plans below
  *     what it held and loads what the plan gives for that budget, the image unchanged;
  *   - --weights q8 stays close to the stored weights; a kohya LoRA in the official names changes the edit,
  *     its module names matching the diffusers transformer (no warning);
@@ -89,6 +90,20 @@ test('plan == run: at the plan\'s smallest budget the run streams what the plan 
   expect((await planEdit(files, { width: 80, height: 64, budget: 64e9 })).keep_resident).toBe(true);
   expect(roomy.loads).toEqual({ qwen: 1, vae: 1, dit: 1 });
   for (const x of roomy.all) expect(diffs(x.image.data, plain.data).n).toBe(0);
+}, 900_000);
+
+test('--think runs on the edit\'s own Qwen: kept with every model under a roomy budget, per stage at the smallest --think plan (held from the rewrite into the embed stage); Qwen loaded once either way, the same rewrite and image', async () => {
+  const reason = { think: true, reflect: false, maxRounds: 1, maxNewTokens: 4, maxRetries: 1 };
+  const budget = (await planEdit(files, { width: 80, height: 64, reason: { reflect: false } })).minimum_budget_bytes;
+  expect((await planEdit(files, { width: 80, height: 64, reason: { reflect: false }, budget })).keep_resident).toBe(false);
+  const roomy = await edit({ vramBudget: 64e9 }, { reason });
+  const tight = await edit({ vramBudget: budget }, { reason });
+  process.stderr.write(`  v1.2 tiny --think: roomy loads ${JSON.stringify(roomy.loads)}, at ${budget} B loads ${JSON.stringify(tight.loads)}\n`);
+  expect(roomy.loads).toEqual({ qwen: 1, vae: 1, dit: 1 });
+  expect(tight.loads).toEqual({ qwen: 1, vae: 2, dit: 1 });
+  expect(roomy.res.reason!.calls).toBe(1);
+  expect(tight.res.reason!.rewritten).toBe(roomy.res.reason!.rewritten);
+  expect(diffs(tight.res.image.data, roomy.res.image.data).n).toBe(0);
 }, 900_000);
 
 test('out of GPU memory with everything resident: the run re-plans below what it held, says so once, loads what the plan gives for that budget, the image unchanged', async () => {

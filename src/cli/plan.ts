@@ -1,7 +1,9 @@
 /**
- * `step1x plan [--model DIR] [--size N] [--weights bf16|fp8|q8|q4] [--vram-budget X] [--lora F[:S]] [--json]`:
- * the VRAM plan of an edit (src/pipeline/plan.ts) from the model files' headers, without a GPU. Per stage:
- * resident bytes, streamed bytes, the streamed working set, activation peak, stage peak; then the total.
+ * `step1x plan [--model DIR] [--size N] [--weights bf16|fp8|q8|q4] [--vram-budget X] [--lora F[:S]] [--think]
+ * [--reflect] [--json]`: the VRAM plan of an edit (src/pipeline/plan.ts) from the model files' headers, without a
+ * GPU. Per stage: resident bytes, streamed bytes, the streamed working set, activation peak, stage peak; then
+ * the total. `--think` / `--reflect` (v1.2) add the thinker's stage ('reason': generation on the embed stage's
+ * Qwen, its lm_head, KV cache and prefill), as `edit` with them plans it.
  * `--json` prints one object whose `peak_bytes` is the estimated peak GPU bytes of the whole edit. A budget
  * too small for any plan is refused (exit 6) naming the minimum.
  */
@@ -23,16 +25,21 @@ export function register(program: Command): void {
     .option('--weights <format>', 'bf16, fp8, q8 or q4 (default: as stored)')
     .option('--vram-budget <bytes>', 'GPU memory budget, e.g. 16GB')
     .option('--lora <file[:scale]>', 'LoRA applied to the DiT (repeatable)', collect)
+    .option('--think', 'v1.2 models: plan the edit with the MLLM rewriting the instruction first (as edit --think)')
+    .option('--reflect', 'v1.2 models: plan the edit with the MLLM judging the rounds (as edit --reflect)')
     .option('--json', 'one JSON object on stdout')
-    .action(async (o: { model?: string; size?: string; weights?: string; vramBudget?: string; lora?: string[]; json?: boolean }) => {
+    .action(async (o: { model?: string; size?: string; weights?: string; vramBudget?: string; lora?: string[]; think?: boolean; reflect?: boolean; json?: boolean }) => {
       const size = o.size === undefined ? undefined : Number(o.size);
       if (size !== undefined && (!Number.isInteger(size) || size < 16 || size > 4096)) throw new Step1xError(`--size must be an integer in [16, 4096], got "${o.size}"`, ExitCode.USAGE);
       const budget = o.vramBudget ? parseBytes(o.vramBudget) : undefined;
       const files = resolveModelFiles(o.model);
+      if ((o.think || o.reflect) && files.diffusers?.version !== 'v1.2')
+        throw new Step1xError(`--think / --reflect need a v1.2 model directory (diffusers layout); ${files.source} is ${files.diffusers?.version ?? 'not one'}`, ExitCode.USAGE);
       const wc = await openWeightChoice(o, files.dit, (m) => process.stderr.write(`step1x: warning: ${m}\n`));
       try {
         // under STEP1X_DRYRUN the device's memory is known, and the run plans with it when no budget is given
-        const plan = await planEdit(files, { size, weights: wc.weights, loras: wc.loras, budget, deviceBytes: dryRunProfile()?.memoryBytes });
+        const reason = o.think || o.reflect ? { reflect: !!o.reflect } : undefined;
+        const plan = await planEdit(files, { size, weights: wc.weights, loras: wc.loras, budget, deviceBytes: dryRunProfile()?.memoryBytes, reason });
         const model = modelKind(files);
         if (o.json) {
           process.stdout.write(JSON.stringify({ ...model, ...plan }) + '\n');

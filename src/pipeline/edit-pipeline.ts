@@ -33,7 +33,7 @@ import { behaviour as officialBehaviour, T2I_MLLM_IMAGE_SIDE, T2I_NEGATIVE_PROMP
 import { checkVersion, versionOfKeys, type DitVersion } from '../models/dit-config.js';
 import { Checkpoint } from '../io/checkpoint.js';
 import { runDenoise, runEmbed, runVaeDecode, runVaeEncode, type Trace } from './stages.js';
-import { ModelHost } from './model-host.js';
+import { ModelHost, loadsSince, type ModelKind } from './model-host.js';
 import { RunPlan } from './run-plan.js';
 import type { CacheOption } from './teacache.js';
 import { validateModelFiles } from './model-check.js';
@@ -100,8 +100,8 @@ export interface EditResult {
   parameters: Record<string, string>;
   /** TeaCache: threshold and the steps whose blocks were skipped. */
   cache?: { kind: 'teacache'; threshold: number; skippedSteps: number };
-  /** On a dry-run device (STEP1X_DRYRUN): what the run asked of it (README "Dry run"). */
-  dryrun?: DryRunReport;
+  /** On a dry-run device (STEP1X_DRYRUN): what the run asked of it (README "Dry run"), and the model loads of this request. */
+  dryrun?: DryRunReport & { model_loads: Record<ModelKind, number> };
   /** --think / --reflect: every round (with its image) and the thinker's work; `image` is the final round's. */
   reason?: ReasonEditResult;
 }
@@ -185,6 +185,7 @@ export class EditPipeline {
     };
     g.pool.resetPeak();
     g.dryrun?.reset();
+    const loads0 = { ...this.models.loads }; // the dry run reports this request's model loads
     const emb = this.files.hparams?.embedder ?? {};
 
     // -- preprocess -------------------------------------------------------------------------------
@@ -322,7 +323,7 @@ export class EditPipeline {
     if (req.mask) parameters.mask = `${req.mask.width}x${req.mask.height}${req.maskFeather ? `, feather ${req.maskFeather}px` : ''}`;
     if (req.cache) parameters.cache = `teacache:${req.cache.threshold} (skipped ${skipped} of ${steps} steps)`;
     const cacheInfo = req.cache ? { cache: { kind: 'teacache' as const, threshold: req.cache.threshold, skippedSteps: skipped } } : {};
-    const dry = g.dryrun ? { dryrun: g.dryrun.report() } : {};
+    const dry = g.dryrun ? { dryrun: { ...g.dryrun.report(), model_loads: loadsSince(this.models, loads0) } } : {};
     return { image: out, task, version, behaviour: beh, workingSize: [outW, outH], seed, timings, peakGpuBytes: g.pool.peakLiveBytes, parameters, ...cacheInfo, ...dry };
   }
 
@@ -332,7 +333,7 @@ export class EditPipeline {
    * memory of the model it freed is back before this one allocates (Dawn frees a destroyed buffer only
    * after the submits that used it). The dry run counts from here.
    */
-  private async stage(name: 'embed' | 'encode' | 'sample' | 'decode'): Promise<void> {
+  private async stage(name: 'reason' | 'embed' | 'encode' | 'sample' | 'decode'): Promise<void> {
     this.gpu.pool.trim();
     await this.gpu.sync();
     this.gpu.mark(name);

@@ -1,5 +1,6 @@
 /**
- * The VRAM plan of an edit: for every stage (Qwen2.5-VL embed, VAE encode, DiT sample, VAE decode) the
+ * The VRAM plan of an edit: for every stage (Qwen2.5-VL embed, VAE encode, DiT sample, VAE decode; before
+ * them, for a v1.2 --think / --reflect edit, the thinker's generation on the same Qwen: 'reason') the
  * bytes its model keeps resident, the bytes it streams block by block, the working set of streamed
  * blocks (current + read-ahead), its activation peak, and the stage peak; plus the pool's cache
  * allowance. Read from checkpoint headers only (no GPU): `step1x plan` prints it, the stages use the
@@ -34,12 +35,14 @@ import { inputProcessSize, smartResize, STEP1X_MAX_PIXELS } from '../models/qwen
 import { V12_DROP_PREFIX } from '../models/qwen25vl/prompt-v12.js';
 import { V12_DEFAULTS } from './v12-sampling.js';
 import { STEP1X_MAX_LENGTH } from '../models/qwen25vl/embedder.js';
+import { EMBED_TOKENS, LM_HEAD } from '../models/qwen25vl/loader.js';
+import { THINKER_MAX_NEW_TOKENS, THINKER_MAX_PIXELS } from './reason/thinker.js';
 import { gpuTensorBytes, withWeightPolicy, type WeightPolicy, type WeightsOption } from '../nn/weight.js';
 import type { LoraFile } from '../nn/lora.js';
 import type { ModelFiles } from '../io/model-files.js';
 
 export interface StagePlan {
-  stage: 'embed' | 'encode' | 'sample' | 'decode';
+  stage: 'reason' | 'embed' | 'encode' | 'sample' | 'decode';
   model: 'qwen' | 'vae' | 'dit';
   resident_bytes: number;
   streamed_bytes: number;
@@ -51,6 +54,8 @@ export interface StagePlan {
   min_bytes: number;
   /** What streams: DiT blocks (count), Qwen towers ('vision', 'text'); empty when all is resident. */
   streams: string[];
+  /** --think / --reflect (Qwen's stages): the thinker's lm_head, loaded beside the towers (part of resident_bytes). */
+  lm_head_bytes?: number;
 }
 
 export interface VramPlan {
@@ -159,10 +164,40 @@ export interface PlanOptions {
    * V12_PLAN_PROMPT_TOKENS. The run passes its own when a prompt is longer, so the plan never undercounts.
    */
   textTokens?: number;
+  /**
+   * v1.2 `--think` / `--reflect`: the thinker generates on the embed stage's Qwen (one loaded model, stage
+   * 'reason'); `textTokens` is its longest prompt's text (chat template, instruction, the generated texts it
+   * quotes), default THINKER_PLAN_TEXT_TOKENS. The run passes its own when that is longer.
+   */
+  reason?: { reflect: boolean; textTokens?: number };
 }
 
 /** v1.2: text tokens (template + instruction) the plan assumes beside the image tokens when no prompt is known. */
 export const V12_PLAN_PROMPT_TOKENS = 256;
+
+/**
+ * v1.2 thinker: text tokens of its longest prompt the plan assumes when no instruction is known. The longest
+ * template (the reflection's) is 711 tokens; with it the instruction and up to three generated texts of 128
+ * tokens (a rewritten instruction, the description, the prior reason): instructions up to ~440 tokens fit.
+ */
+export const THINKER_PLAN_TEXT_TOKENS = 1536;
+
+/**
+ * The thinker's generation over its longest prompt (`images` images of at most THINKER_MAX_PIXELS, i.e. 1024
+ * tokens and 4096 patches each, beside `textTokens`) and THINKER_MAX_NEW_TOKENS new ones: the KV cache (one K
+ * and one V buffer [prompt + new, Hkv·Dh] f32 per layer, models/qwen25vl/generate.ts), the prefill's
+ * activations (one prompt through the vision tower and the text layers) and the logits.
+ */
+export function thinkerActivationBytes(cfg: QwenVLConfig, images: number, textTokens: number): number {
+  const t = cfg.text, unit = cfg.vision.patchSize * cfg.vision.spatialMergeSize;
+  const imageTokens = images * Math.floor(THINKER_MAX_PIXELS / (unit * unit));
+  const L = imageTokens + textTokens, rows = L + THINKER_MAX_NEW_TOKENS;
+  const kv = sumPooled([[rows * t.numKeyValueHeads * t.headDim * 4, 2 * t.numHiddenLayers]]);
+  return kv + qwenActivationBytes(cfg, 1, L, imageTokens * cfg.vision.spatialMergeSize ** 2) + sumPooled([[t.vocabSize * 4, 3]]);
+}
+
+/** Images in the thinker's largest call: the rewrite sees the photo; the reflection and score1 the photo and an edit. */
+export const thinkerImages = (reflect: boolean): number => (reflect ? 2 : 1);
 
 /** v1.2: the image tokens Qwen sees for a w × h working image (smart_resize with the fork's processor pixels). */
 export function v12ImageTokens(width: number, height: number): number {
@@ -171,11 +206,16 @@ export function v12ImageTokens(width: number, height: number): number {
   return (rh * rw) / (28 * 28);
 }
 
-/** What a stage's loader plans its residency against: the budget less the stage's activations. */
+/**
+ * What a stage's loader plans its residency against: the budget less the stage's activations. Qwen's stages
+ * (embed, and the thinker's 'reason') share one loaded model, so one budget: less the larger of their
+ * activations and the thinker's lm_head.
+ */
 export function stageBudget(plan: VramPlan, stage: StagePlan['stage']): number | undefined {
   if (plan.plan_budget_bytes === null || plan.keep_resident) return undefined;
   const s = plan.stages.find((x) => x.stage === stage)!;
-  return Math.max(1, plan.plan_budget_bytes - plan.cache_bytes - s.activation_bytes);
+  const reserve = s.model === 'qwen' ? Math.max(...plan.stages.filter((x) => x.model === 'qwen').map((x) => x.activation_bytes)) + (s.lm_head_bytes ?? 0) : s.activation_bytes;
+  return Math.max(1, plan.plan_budget_bytes - plan.cache_bytes - reserve);
 }
 
 function tooSmall(budget: number, minimum: number): never {
@@ -233,7 +273,7 @@ export async function planEdit(files: Pick<ModelFiles, 'dit' | 'vae' | 'qwenDir'
   // ---- Qwen2.5-VL ----
   const qcfg = await loadQwenConfig(files.qwenDir);
   const qck = await openQwenCheckpoint(files.qwenDir, qcfg);
-  let qwen: StagePlan;
+  const qwen: StagePlan[] = [];
   let qwenAll: number;
   try {
     const qckp = withWeightPolicy(qck, qwenPolicy);
@@ -244,14 +284,23 @@ export async function planEdit(files: Pick<ModelFiles, 'dit' | 'vae' | 'qwenDir'
     const imageTokens = v12 ? v12Tokens : Math.min(Math.floor(maxPixels / (unit * unit)), Math.ceil(width / unit) * Math.ceil(height / unit));
     const N = imageTokens * qcfg.vision.spatialMergeSize ** 2;
     const act = qwenActivationBytes(qcfg, 2, v12 ? T + V12_DROP_PREFIX : imageTokens + T, N);
-    qwenAll = vs.blocks + vs.fixed + ts.blocks + ts.fixed;
+    // the thinker (v1.2 --think / --reflect) generates on the same loaded Qwen, with its lm_head beside the
+    // towers (the tied embedding table where there is no lm_head): one residency for both stages
+    const reason = v12 && o.reason ? o.reason : undefined;
+    const actReason = reason ? thinkerActivationBytes(qcfg, thinkerImages(reason.reflect), reason.textTokens ?? THINKER_PLAN_TEXT_TOKENS) : 0;
+    const head = reason ? gpuTensorBytes(qckp.info(qckp.has(LM_HEAD) ? LM_HEAD : EMBED_TOKENS), qwenPolicy).reduce((a, b) => a + pooledBytes(b), 0) : 0;
+    const reserve = Math.max(act, actReason) + head;
+    qwenAll = vs.blocks + vs.fixed + ts.blocks + ts.fixed + head;
     const textLayer = ts.blocks / qcfg.text.numHiddenLayers, visionBlock = vs.blocks / qcfg.vision.depth;
-    const min = vs.fixed + ts.fixed + 2 * textLayer + 2 * visionBlock + act;
-    const { streamVision, streamText } = modelBudget === undefined ? { streamVision: false, streamText: false } : residencyPlan(vs, ts, qcfg.text.numHiddenLayers, Math.max(1, modelBudget - act));
-    const res = vs.fixed + ts.fixed + (streamVision ? 0 : vs.blocks) + (streamText ? 0 : ts.blocks);
+    const min = vs.fixed + ts.fixed + 2 * textLayer + 2 * visionBlock + reserve;
+    const { streamVision, streamText } = modelBudget === undefined ? { streamVision: false, streamText: false } : residencyPlan(vs, ts, qcfg.text.numHiddenLayers, Math.max(1, modelBudget - reserve));
+    const res = vs.fixed + ts.fixed + (streamVision ? 0 : vs.blocks) + (streamText ? 0 : ts.blocks) + head;
     const working = (streamVision ? 2 * visionBlock : 0) + (streamText ? 2 * textLayer : 0);
     const streams = [...(streamText ? ['text'] : []), ...(streamVision ? ['vision'] : [])];
-    qwen = { stage: 'embed', model: 'qwen', resident_bytes: res, streamed_bytes: qwenAll - res, working_bytes: working, activation_bytes: act, peak_bytes: res + working + act, min_bytes: min, streams };
+    const stage = (s: 'reason' | 'embed', a: number): StagePlan =>
+      ({ stage: s, model: 'qwen', resident_bytes: res, streamed_bytes: qwenAll - res, working_bytes: working, activation_bytes: a, peak_bytes: res + working + a, min_bytes: min, streams, ...(reason ? { lm_head_bytes: head } : {}) });
+    if (reason) qwen.push(stage('reason', actReason));
+    qwen.push(stage('embed', act));
   } finally {
     await qck.close();
   }
@@ -274,7 +323,7 @@ export async function planEdit(files: Pick<ModelFiles, 'dit' | 'vae' | 'qwenDir'
   }
   const enc: StagePlan = { stage: 'encode', model: 'vae', resident_bytes: vaeW, streamed_bytes: 0, working_bytes: 0, activation_bytes: encAct, peak_bytes: vaeW + encAct, min_bytes: vaeW + encAct, streams: [] };
   const dec: StagePlan = { ...enc, stage: 'decode', activation_bytes: decAct, peak_bytes: vaeW + decAct, min_bytes: vaeW + decAct };
-  const stages = [qwen, enc, dit, dec];
+  const stages = [...qwen, enc, dit, dec];
   const maxAct = Math.max(...stages.map((s) => s.activation_bytes));
   const together = qwenAll + ditAll + vaeW + maxAct;
   const keep = modelBudget === undefined || together <= modelBudget;

@@ -9,13 +9,18 @@
  *   --think --reflect  the rewrite first, then the rounds (the judges see the rewritten instruction)
  *
  * Round r's edit draws its noise and posterior ε from seed + r (round 0 is the plain edit of the same seed).
- * The thinker stays loaded for the whole request (a second copy of the text encoder beside the edit's).
+ * The thinker is the edit's own text encoder, not a second copy: `model` (v12-run.ts) runs each call on the
+ * Qwen the embed stage uses, from the same model host under the same plan (plan.ts stage 'reason'): kept
+ * resident with the other models when they all fit, else loaded for the thinking calls and freed before the
+ * VAE or the DiT loads.
  */
-import type { Gpu } from '../runtime/gpu.js';
 import type { RgbImage } from '../io/resize.js';
-import type { DiffusersModelDir } from '../io/diffusers-layout.js';
+import type { QwenTokenizer } from '../models/qwen25vl/tokenizer.js';
 import { ReasonLoop, type ReasonEvent } from './reason/loop.js';
-import { QwenThinkerClient } from './reason/client.js';
+import { analyzeText } from './reason/parsers.js';
+import { PROMPTS, type PromptKind } from './reason/prompts.js';
+import { QwenThinkerClient, type ThinkerModel } from './reason/client.js';
+import { renderThinkerChat, THINKER_MAX_NEW_TOKENS } from './reason/thinker.js';
 
 export interface ReasonEditOptions {
   prompt: string;
@@ -60,43 +65,53 @@ export interface ReasonEditResult {
 /** `edit(prompt, image, round)`: one v1.2 edit (the caller's seed handling and progress). */
 export type RoundEdit = (prompt: string, image: RgbImage, round: number) => Promise<RgbImage>;
 
-export async function runReasonEdit(g: Gpu, d: DiffusersModelDir, photo: RgbImage, o: ReasonEditOptions, edit: RoundEdit): Promise<ReasonEditResult> {
-  const client = await QwenThinkerClient.load(g, d.textEncoderDir, d.tokenizerDir, { seed: o.seed, greedy: o.greedy, maxNewTokens: o.maxNewTokens, onToken: o.onToken });
-  try {
-    const names = new Map<RgbImage, string>([[photo, 'original']]);
-    const rounds: ReasonRound[] = [];
-    const loop = new ReasonLoop<RgbImage>({
-      callModel: (m) => client.callModel(m),
-      async edit(prompt, image, round) {
-        const out = await edit(prompt, image, round);
-        names.set(out, `round${round}`);
-        rounds.push({ round, prompt, edits: names.get(image) ?? '?', image: out });
-        return out;
-      },
-      onEvent: (e) => {
-        if (e.type === 'verdict') Object.assign(rounds[e.round], { reflection: e.reflection, success: e.success, score1: e.score1, score2: e.score2 });
-        o.onEvent?.(e);
-      },
-    }, o.maxRetries);
-    let rewritten: string | null = null, finalIndex = 0;
-    if (o.reflect) {
-      const r = await loop.run(photo, { prompt: o.prompt, thinking: o.think, maxRounds: o.maxRounds });
-      rewritten = r.reformatPrompt;
-      r.selectionScores.forEach((s, i) => (rounds[i].selectionScore = s));
-      finalIndex = r.finalIndex;
-    } else {
-      rewritten = o.think ? await loop.think(photo, o.prompt) : null;
-      if (rewritten !== null) o.onEvent?.({ type: 'rewrite', prompt: rewritten });
-      const prompt = rewritten ?? o.prompt;
-      o.onEvent?.({ type: 'round', round: 0, prompt, editsOriginal: true });
-      const out = await edit(prompt, photo, 0);
-      rounds.push({ round: 0, prompt, edits: 'original', image: out });
-    }
-    const sum = (f: (c: (typeof client.log)[number]) => number) => client.log.reduce((a, c) => a + f(c), 0);
-    return { rewritten, rounds, finalIndex, calls: client.log.length, promptTokens: sum((c) => c.promptTokens), generatedTokens: sum((c) => c.newTokens) };
-  } finally {
-    await client.dispose();
+/**
+ * Text tokens of the longest prompt this request's thinker can send (the plan's `reason.textTokens`): each
+ * prompt it will use rendered with the instruction and no generated text, plus 128 tokens for each
+ * generated text a judge's prompt may quote (the rewritten instruction, the description, the prior reason).
+ */
+export function thinkerTextTokens(tok: QwenTokenizer, instruction: string, o: { reflect: boolean }): number {
+  if (!tok.chatTemplate) return 0; // the first call says what is missing
+  const kinds: PromptKind[] = o.reflect ? ['reformat', 'description', 'scoring', 'reflection', 'score1', 'score2'] : ['reformat'];
+  const vars = { instruction, language: analyzeText(instruction), source: null, target: null, description: '', priorScore: '', priorReason: '' };
+  const longest = Math.max(...kinds.map((k) => tok.encode(renderThinkerChat(tok.chatTemplate!, PROMPTS[k](vars))).length));
+  return longest + (o.reflect ? 3 * THINKER_MAX_NEW_TOKENS : 0);
+}
+
+/** `model`: the thinker's calls run on it (a hosted Qwen, reason/client.ts ThinkerModel). */
+export async function runReasonEdit(thinker: { tok: QwenTokenizer; model: ThinkerModel }, photo: RgbImage, o: ReasonEditOptions, edit: RoundEdit): Promise<ReasonEditResult> {
+  const client = new QwenThinkerClient(thinker.tok, thinker.model, { seed: o.seed, greedy: o.greedy, maxNewTokens: o.maxNewTokens, onToken: o.onToken });
+  const names = new Map<RgbImage, string>([[photo, 'original']]);
+  const rounds: ReasonRound[] = [];
+  const loop = new ReasonLoop<RgbImage>({
+    callModel: (m) => client.callModel(m),
+    async edit(prompt, image, round) {
+      const out = await edit(prompt, image, round);
+      names.set(out, `round${round}`);
+      rounds.push({ round, prompt, edits: names.get(image) ?? '?', image: out });
+      return out;
+    },
+    onEvent: (e) => {
+      if (e.type === 'verdict') Object.assign(rounds[e.round], { reflection: e.reflection, success: e.success, score1: e.score1, score2: e.score2 });
+      o.onEvent?.(e);
+    },
+  }, o.maxRetries);
+  let rewritten: string | null = null, finalIndex = 0;
+  if (o.reflect) {
+    const r = await loop.run(photo, { prompt: o.prompt, thinking: o.think, maxRounds: o.maxRounds });
+    rewritten = r.reformatPrompt;
+    r.selectionScores.forEach((s, i) => (rounds[i].selectionScore = s));
+    finalIndex = r.finalIndex;
+  } else {
+    rewritten = o.think ? await loop.think(photo, o.prompt) : null;
+    if (rewritten !== null) o.onEvent?.({ type: 'rewrite', prompt: rewritten });
+    const prompt = rewritten ?? o.prompt;
+    o.onEvent?.({ type: 'round', round: 0, prompt, editsOriginal: true });
+    const out = await edit(prompt, photo, 0);
+    rounds.push({ round: 0, prompt, edits: 'original', image: out });
   }
+  const sum = (f: (c: (typeof client.log)[number]) => number) => client.log.reduce((a, c) => a + f(c), 0);
+  return { rewritten, rounds, finalIndex, calls: client.log.length, promptTokens: sum((c) => c.promptTokens), generatedTokens: sum((c) => c.newTokens) };
 }
 
 /** A model's text on one progress line: whitespace runs (newlines too) as one space. */

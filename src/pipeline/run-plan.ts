@@ -18,14 +18,15 @@ import { planEdit, stageBudget, type PlanOptions, type VramPlan } from './plan.j
 export const OOM_MARGIN = 0.1;
 
 type PlanFiles = Pick<ModelFiles, 'dit' | 'vae' | 'qwenDir' | 'hparams' | 'diffusers'>;
-type LoaderStage = 'embed' | 'sample';
+type LoaderStage = 'reason' | 'embed' | 'sample';
 
 const gb = (x: number) => (x >= 1e9 ? `${(x / 1e9).toFixed(2)} GB` : `${(x / 1e6).toFixed(1)} MB`);
 
 /** What streams under a plan, in words: "DiT streams 20 blocks, Qwen2.5-VL streams text layers". */
 export function planSummary(p: VramPlan): string {
   const name = { dit: 'DiT', qwen: 'Qwen2.5-VL', vae: 'VAE' } as const;
-  const streams = p.stages.filter((s) => s.streams.length).map((s) => `${name[s.model]} streams ${s.streams.join(' and ')}${s.model === 'qwen' ? ' layers' : ''}`);
+  // the thinker's stage streams what the embed stage does (one loaded Qwen): said once
+  const streams = p.stages.filter((s) => s.streams.length && s.stage !== 'reason').map((s) => `${name[s.model]} streams ${s.streams.join(' and ')}${s.model === 'qwen' ? ' layers' : ''}`);
   const mode = p.keep_resident ? 'models kept across stages' : 'models loaded per stage';
   return streams.length ? `${streams.join(', ')}; ${mode}` : `all weights resident; ${mode}`;
 }
@@ -36,14 +37,12 @@ export class RunPlan {
     private readonly files: PlanFiles,
     private readonly opts: PlanOptions,
     private readonly models: ModelHost,
-    /** false: models go per stage even when all fit (a reasoning edit loads its own thinker between rounds). */
-    private readonly keepAllowed: boolean,
     /** undefined: no plan fits the budget (the loaders get it whole and say what does not fit). */
     public plan: VramPlan | undefined,
   ) {}
 
-  static async make(g: Gpu, files: PlanFiles, opts: PlanOptions, models: ModelHost, keepAllowed = true): Promise<RunPlan> {
-    const r = new RunPlan(g, files, opts, models, keepAllowed, await planEdit(files, opts).catch(() => undefined));
+  static async make(g: Gpu, files: PlanFiles, opts: PlanOptions, models: ModelHost): Promise<RunPlan> {
+    const r = new RunPlan(g, files, opts, models, await planEdit(files, opts).catch(() => undefined));
     await r.follow();
     return r;
   }
@@ -51,7 +50,7 @@ export class RunPlan {
   /** The model host's mode and the dry run's plan peak from the current plan. */
   private async follow(): Promise<void> {
     const p = this.plan;
-    this.models.keep = p?.plan_budget_bytes != null && p.keep_resident && this.keepAllowed;
+    this.models.keep = p?.plan_budget_bytes != null && p.keep_resident;
     if (!this.models.keep) await this.models.releaseAll();
     if (this.g.dryrun) this.g.dryrun.planPeak = p?.peak_bytes ?? null;
   }

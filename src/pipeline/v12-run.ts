@@ -1,8 +1,8 @@
 /**
  * The v1.2 side of EditPipeline (pipeline/edit-pipeline.ts): the request's options checked against what a v1.2
  * edit can take, the one plan (plan.ts, v1.2 mode) made and followed through the pipeline's ModelHost and stage
- * marks, the plain or reasoning edit run (v12-edit.ts, reason-edit.ts), the mask composited, and the result with
- * its PNG parameters.
+ * marks, the plain or reasoning edit run (v12-edit.ts, reason-edit.ts; the thinker's calls are 'reason' stages
+ * on the embed stage's hosted Qwen, planned as such), the mask composited, and the result with its PNG parameters.
  */
 import type { Gpu } from '../runtime/gpu.js';
 import { ExitCode, Step1xError, fmtShape } from '../errors.js';
@@ -11,12 +11,15 @@ import { SafetensorsFile } from '../io/safetensors.js';
 import { resize, type RgbImage } from '../io/resize.js';
 import { inputProcessSize } from '../models/qwen25vl/processor.js';
 import { buildV12InputIds } from '../models/qwen25vl/prompt-v12.js';
-import type { QwenTokenizer } from '../models/qwen25vl/tokenizer.js';
+import { QwenTokenizer } from '../models/qwen25vl/tokenizer.js';
 import { runV12Edit, V12_DEFAULTS, type V12StageOptions } from './v12-edit.js';
-import { describeReasonEvent, pumpEvents, reasonParameters, runReasonEdit, type ReasonEditResult } from './reason-edit.js';
+import { generatorOf, hostV12Qwen, qwenStreamNote } from './v12-stages.js';
+import { withOomFallback } from './stages.js';
+import type { ThinkerModel } from './reason/client.js';
+import { describeReasonEvent, pumpEvents, reasonParameters, runReasonEdit, thinkerTextTokens, type ReasonEditResult } from './reason-edit.js';
 import { behaviour as officialBehaviour } from './official.js';
-import type { ModelHost } from './model-host.js';
-import { v12ImageTokens, V12_PLAN_PROMPT_TOKENS } from './plan.js';
+import { loadsSince, type ModelHost } from './model-host.js';
+import { v12ImageTokens, THINKER_PLAN_TEXT_TOKENS, V12_PLAN_PROMPT_TOKENS } from './plan.js';
 import { RunPlan } from './run-plan.js';
 import { compositeImage, packedMask, prepareMask, resizeMask, type Mask } from './mask.js';
 import type { EditRequest, EditResult, LoadOptions, Progress } from './edit-pipeline.js';
@@ -30,7 +33,7 @@ export interface V12Host {
   opts: LoadOptions;
   fullBudget?: number;
   /** A stage begins: pool trim, GPU sync, dry-run mark. */
-  stage: (s: 'embed' | 'encode' | 'sample' | 'decode') => Promise<void>;
+  stage: (s: 'reason' | 'embed' | 'encode' | 'sample' | 'decode') => Promise<void>;
 }
 
 /** `--noise FILE` for a v1.2 edit: one tensor (the noise) or `noise` and `ref_eps`, each [1, 16, h, w]. */
@@ -81,12 +84,16 @@ export async function* runV12Request(host: V12Host, req: EditRequest): AsyncGene
   const tStart = performance.now();
   g.pool.resetPeak();
   g.dryrun?.reset();
+  const loads0 = { ...host.models.loads };
   // the one plan (as for v1.0/v1.1): its text span is the longer of its default and this prompt's
   const imageTokens = v12ImageTokens(w, h);
   const keep = buildV12InputIds(host.tokenizer, req.instruction, imageTokens).keepLen;
   const textTokens = Math.max(imageTokens + V12_PLAN_PROMPT_TOKENS, keep);
-  // a reasoning edit loads its own Qwen for the thinker between rounds: models go per stage then
-  const run = await RunPlan.make(g, host.files, { width: w, height: h, weights: host.opts.weights, loras: host.opts.loras, budget: host.fullBudget, deviceBytes: g.memoryBytes, textTokens }, host.models, !req.reason);
+  // a reasoning edit's thinker runs on the embed stage's Qwen (the plan's 'reason' stage): its longest prompt
+  // is the longer of the plan's default and this instruction's
+  const thinkerTok = req.reason ? (host.tokenizer.dir === d.tokenizerDir ? host.tokenizer : QwenTokenizer.load(d.tokenizerDir)) : undefined;
+  const reasonPlan = req.reason && thinkerTok ? { reflect: req.reason.reflect, textTokens: Math.max(THINKER_PLAN_TEXT_TOKENS, thinkerTextTokens(thinkerTok, req.instruction, req.reason)) } : undefined;
+  const run = await RunPlan.make(g, host.files, { width: w, height: h, weights: host.opts.weights, loras: host.opts.loras, budget: host.fullBudget, deviceBytes: g.memoryBytes, textTokens, reason: reasonPlan }, host.models);
   const STAGE_NOTE = { embed: 'Qwen2.5-VL: embedding the instruction and the image', encode: 'VAE: encoding the reference image', sample: 'sampling', decode: 'VAE: decoding' } as const;
   let skipped = 0;
   // seconds per stage, summed over the rounds of a reasoning edit
@@ -121,14 +128,34 @@ export async function* runV12Request(host: V12Host, req: EditRequest): AsyncGene
   let out: RgbImage, reason: ReasonEditResult | undefined;
   if (req.reason) {
     const ro = req.reason, small = new Map<RgbImage, RgbImage>();
-    reason = yield* pumpEvents<Progress, ReasonEditResult>((emit) => runReasonEdit(g, d, photo, { prompt: req.instruction, ...ro, seed, onEvent: (e) => emit({ stage: 'reason', message: describeReasonEvent(e), done: e.type !== 'round' }),
-      onToken: (kind, text, n) => emit({ stage: 'reason', step: n, total: ro.maxNewTokens ?? 128, detail: `${kind}: ${text.replace(/\s+/g, ' ').slice(-60)}` }) },
-      async (p, img, r) => {
-        const res = await editOf(p, img, r, emit);
-        lap();
-        small.set(res.image, res.small);
-        return res.image;
-      }));
+    let noted = false;
+    // each thinker call: a 'reason' stage on the edit's Qwen (held between calls and into the next embed
+    // stage when models go per stage), under the plan's budget for it, re-planned on GPU out-of-memory
+    const thinker = (emit: (p: Progress) => void): ThinkerModel => async (fn) => {
+      lap('reason');
+      await host.stage('reason');
+      return withOomFallback(g, 'Qwen2.5-VL (thinker)', run.budgetFor('reason'), (budget) => hostV12Qwen(g, d, { models: host.models, weights: host.opts.weights }, budget, async (qwen) => {
+        if ((qwen.streamed.text || qwen.streamed.vision) && !noted) {
+          noted = true; // said once a request, as the embed stage says it
+          emit({ stage: 'reason', message: qwenStreamNote(qwen) });
+        }
+        return fn(await generatorOf(g, qwen));
+      }, true), (what, held) => run.replan('reason', what, held), (m) => emit({ stage: 'reason', message: m }));
+    };
+    try {
+      reason = yield* pumpEvents<Progress, ReasonEditResult>((emit) => runReasonEdit({ tok: thinkerTok!, model: thinker(emit) }, photo, { prompt: req.instruction, ...ro, seed, onEvent: (e) => emit({ stage: 'reason', message: describeReasonEvent(e), done: e.type !== 'round' }),
+        onToken: (kind, text, n) => emit({ stage: 'reason', step: n, total: ro.maxNewTokens ?? 128, detail: `${kind}: ${text.replace(/\s+/g, ' ').slice(-60)}` }) },
+        async (p, img, r) => {
+          const res = await editOf(p, img, r, emit);
+          lap();
+          small.set(res.image, res.small);
+          return res.image;
+        }));
+    } finally {
+      // per stage, the last judge's Qwen is still held: the request leaves nothing loaded but what the plan keeps
+      if (!host.models.keep) await host.models.release('qwen');
+    }
+    lap();
     const fin = reason.rounds[reason.finalIndex].image;
     out = req.nativeSize ? small.get(fin)! : fin;
   } else {
@@ -151,6 +178,6 @@ export async function* runV12Request(host: V12Host, req: EditRequest): AsyncGene
   if (req.cache) parameters.cache = `teacache:${req.cache.threshold} (skipped ${skipped} of ${steps} steps)`;
   if (reason) Object.assign(parameters, reasonParameters(reason, req.reason!));
   const cacheInfo = req.cache ? { cache: { kind: 'teacache' as const, threshold: req.cache.threshold, skippedSteps: skipped } } : {};
-  const dry = g.dryrun ? { dryrun: g.dryrun.report() } : {};
+  const dry = g.dryrun ? { dryrun: { ...g.dryrun.report(), model_loads: loadsSince(host.models, loads0) } } : {};
   return { image: out, task: 'edit', version: 'v1.2', behaviour: officialBehaviour('current'), workingSize: [w, h], seed, timings, peakGpuBytes: g.pool.peakLiveBytes, parameters, reason, ...cacheInfo, ...dry };
 }

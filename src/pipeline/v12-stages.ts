@@ -2,7 +2,8 @@
  * The stages of the v1.2 edit (pipeline/v12-edit.ts), shaped like the v1.0/v1.1 ones (stages.ts): each takes
  * its model from a ModelHost (kept across stages and images when the plan fits them all, else loaded and
  * freed per stage) under the budget the one plan gives it (plan.ts stageBudget), and is retried once under
- * a new plan on GPU out-of-memory (run-plan.ts). Host arrays go in and out.
+ * a new plan on GPU out-of-memory (run-plan.ts). Host arrays go in and out. The text encoder is hosted under
+ * one key (hostV12Qwen) for the embed stage and the reasoning edit's thinker alike (v12-run.ts).
  *   embed   Qwen2.5-VL over [prompt, ""] at their own lengths (no attention mask, M-RoPE from ids > 0),
  *           vision once → kept span, text embeddings (embed_tokens rows, vision features on image tokens), txt_ids
  *   encode  bilinear AA of the original photo → VAE posterior sampled with ε
@@ -19,6 +20,7 @@ import { resizeTorchF32Bilinear } from '../io/resize-torch-f32.js';
 import type { DiffusersModelDir } from '../io/diffusers-layout.js';
 import { ExitCode, fail } from '../errors.js';
 import { QwenVL } from '../models/qwen25vl/model.js';
+import { QwenGenerator } from '../models/qwen25vl/generate.js';
 import { gatherEmbeddingRows } from '../models/qwen25vl/loader.js';
 import type { V12Prompt } from '../models/qwen25vl/prompt-v12.js';
 import { Step1XEdit, type BlockCache, type BlockCacheState, type PreparedText, type RopePe } from '../models/dit.js';
@@ -56,7 +58,7 @@ export interface V12StageOptions {
   maskPacked?: Float32Array;
   /** A stage begins (EditPipeline: pool trim, GPU sync, dry-run mark). */
   onStage?: (stage: 'embed' | 'encode' | 'sample' | 'decode') => Promise<void>;
-  onInfo?: (stage: 'embed' | 'sample', message: string) => void;
+  onInfo?: (stage: 'reason' | 'embed' | 'sample', message: string) => void;
   /** Qwen layers done; sampling steps done (and TeaCache's skipped steps). */
   onProgress?: (stage: 'embed' | 'sample', done: number, total: number, skipped?: number) => void;
 }
@@ -70,18 +72,39 @@ export interface V12Side {
   T: number;
 }
 
-const qwenStreamNote = (m: QwenVL) => `Qwen2.5-VL: streaming ${m.streamed.text ? 'text' : ''}${m.streamed.text && m.streamed.vision ? ' and ' : ''}${m.streamed.vision ? 'vision' : ''} layers from disk under the GPU budget`;
+export const qwenStreamNote = (m: QwenVL) => `Qwen2.5-VL: streaming ${m.streamed.text ? 'text' : ''}${m.streamed.text && m.streamed.vision ? ' and ' : ''}${m.streamed.vision ? 'vision' : ''} layers from disk under the GPU budget`;
+
+/** The thinker's generator (lm_head) on a hosted Qwen: made on the thinker's first call, freed with the model. */
+const generators = new WeakMap<QwenVL, QwenGenerator>();
+
+/**
+ * The v1.2 text encoder for `fn`, from the model host under the one key its two users share (files,
+ * --weights and the plan's loader budget, plan.ts stageBudget: the same for both): the embed stage and the
+ * thinker (v12-run.ts) get the same loaded model. `hold`: it stays loaded after `fn` in per-stage mode too,
+ * until a stage of another model needs the room (model-host.ts).
+ */
+export function hostV12Qwen<R>(g: Gpu, d: DiffusersModelDir, o: Pick<V12StageOptions, 'models' | 'weights'>, budget: number | undefined, fn: (qwen: QwenVL) => Promise<R>, hold = false): Promise<R> {
+  const load = () => QwenVL.load(g, d.textEncoderDir, { ...(budget !== undefined ? { gpuBudgetBytes: budget } : {}), policy: { weights: o.weights } });
+  const close = async (m: QwenVL) => {
+    generators.get(m)?.dispose();
+    await m.dispose();
+    g.pool.trim();
+  };
+  return (o.models ?? new ModelHost()).use('qwen', `${d.textEncoderDir}|${o.weights}|${budget ?? 'resident'}`, load, close, fn, { hold });
+}
+
+/** The generator of a hosted Qwen (its lm_head loaded under the model's --weights on first use). */
+export async function generatorOf(g: Gpu, qwen: QwenVL): Promise<QwenGenerator> {
+  let gen = generators.get(qwen);
+  if (!gen) generators.set(qwen, (gen = await QwenGenerator.create(g, qwen)));
+  return gen;
+}
 
 /** Qwen2.5-VL over both prompts with the same image (vision once) → each side's conditioning. */
 export async function v12Embed(g: Gpu, d: DiffusersModelDir, prompts: Record<Side, V12Prompt>, pixelValues: Float32Array, gridThw: [number, number, number], refWh: [number, number], resizedWh: [number, number], o: V12StageOptions, emit?: V12Emit): Promise<Record<Side, V12Side>> {
   const e: V12Emit = emit ?? (() => undefined);
   return withOomFallback(g, 'Qwen2.5-VL', o.budget?.embed, async (budget) => {
-    const load = () => QwenVL.load(g, d.textEncoderDir, { ...(budget !== undefined ? { gpuBudgetBytes: budget } : {}), policy: { weights: o.weights } });
-    const close = async (m: QwenVL) => {
-      await m.dispose();
-      g.pool.trim();
-    };
-    return (o.models ?? new ModelHost()).use('qwen', `${d.textEncoderDir}|${o.weights}`, load, close, async (qwen) => {
+    return hostV12Qwen(g, d, o, budget, async (qwen) => {
       if (qwen.streamed.text || qwen.streamed.vision) o.onInfo?.('embed', qwenStreamNote(qwen));
       const D = qwen.cfg.text.hiddenSize, layers = qwen.cfg.text.numHiddenLayers;
       const inputs = SIDES.map((side) => {

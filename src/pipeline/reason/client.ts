@@ -4,6 +4,10 @@
  * (thinker.ts): prompt → images → greedy or seeded sampling (128 new tokens, stop 151645) → decoded, stripped
  * text. In sampling mode call k of a request draws from its own xoshiro128** stream seeded with
  * (seed·1000003 + k) mod 2^53, so a `--seed` reproduces the whole transcript. `onToken` streams the text as it is generated (for a terminal).
+ *
+ * Where the model comes from is the caller's: `withModel(fn)` runs one call with a generator. A v1.2 edit
+ * passes the edit's own hosted Qwen (v12-run.ts: the embed stage's model, under the one plan); `load` gives a
+ * client its own copy (tests and golden kinds).
  */
 import type { Gpu } from '../../runtime/gpu.js';
 import type { RgbImage } from '../../io/resize.js';
@@ -19,7 +23,6 @@ export interface ThinkerClientOptions {
   seed?: number;
   /** Default 128 (the contract); lower only to shorten tests. */
   maxNewTokens?: number;
-  load?: QwenLoadOptions;
   /** Each call's text so far, after every token (decoded without special tokens). */
   onToken?(kind: string, textSoFar: string, tokens: number): void;
 }
@@ -33,40 +36,53 @@ export interface CallRecord {
   text: string;
 }
 
+/** Runs `fn` with a generator of the thinker's model (loaded, or taken from a model host, for the call). */
+export type ThinkerModel = <R>(fn: (gen: QwenGenerator) => Promise<R>) => Promise<R>;
+
 export class QwenThinkerClient {
   readonly log: CallRecord[] = [];
   private calls = 0;
-  private constructor(
-    readonly qwen: QwenVL,
-    readonly gen: QwenGenerator,
+  constructor(
     readonly tok: QwenTokenizer,
-    private readonly o: ThinkerClientOptions,
+    private readonly withModel: ThinkerModel,
+    private readonly o: ThinkerClientOptions = {},
+    private readonly close?: () => Promise<void>,
   ) {}
 
-  static async load(g: Gpu, textEncoderDir: string, tokenizerDir: string, o: ThinkerClientOptions = {}): Promise<QwenThinkerClient> {
+  /** A client on its own copy of the text encoder (`o.load`: its weight options), freed by dispose(). */
+  static async load(g: Gpu, textEncoderDir: string, tokenizerDir: string, o: ThinkerClientOptions & { load?: QwenLoadOptions } = {}): Promise<QwenThinkerClient> {
     const tok = QwenTokenizer.load(tokenizerDir);
     const qwen = await QwenVL.load(g, textEncoderDir, o.load);
+    let gen: QwenGenerator;
     try {
-      return new QwenThinkerClient(qwen, await QwenGenerator.create(g, qwen), tok, o);
+      gen = await QwenGenerator.create(g, qwen);
     } catch (e) {
       await qwen.dispose();
       throw e;
     }
+    const close = async () => {
+      gen.dispose();
+      await qwen.dispose();
+    };
+    return new QwenThinkerClient(tok, (fn) => fn(gen), o, close);
   }
 
   /** One call_model (ReasonHooks.callModel). */
   async callModel(m: ThinkerMessages<RgbImage>): Promise<string> {
     const t0 = performance.now();
-    const ids: number[] = [];
-    const onStep = this.o.onToken
-      ? (_s: number, t: number) => {
-          ids.push(t);
-          this.o.onToken!(m.kind, this.tok.decode(ids, true), ids.length);
-        }
-      : undefined;
     // one seed per call, derived from the request's seed and the call's position: reproducible, independent draws
+    // (a call the host retries after GPU out-of-memory draws the same again)
     const seed = Number((BigInt(this.o.seed ?? 0) * 1000003n + BigInt(this.calls++)) % (1n << 53n));
-    const r: ThinkerCallResult = await callThinker(this.gen, this.tok, m, { greedy: !!this.o.greedy, seed, onStep, maxNewTokens: this.o.maxNewTokens });
+    const r: ThinkerCallResult = await this.withModel((gen) => {
+      const ids: number[] = [];
+      const onStep = this.o.onToken
+        ? (_s: number, t: number) => {
+            ids.push(t);
+            this.o.onToken!(m.kind, this.tok.decode(ids, true), ids.length);
+          }
+        : undefined;
+      return callThinker(gen, this.tok, m, { greedy: !!this.o.greedy, seed, onStep, maxNewTokens: this.o.maxNewTokens });
+    });
     this.log.push({
       kind: m.kind, promptTokens: r.generation.promptTokens, newTokens: r.generation.ids.length,
       stoppedBy: r.generation.stoppedBy, ms: performance.now() - t0, text: r.text,
@@ -74,8 +90,8 @@ export class QwenThinkerClient {
     return r.text;
   }
 
+  /** Frees the client's own model (`load`); a hosted model stays with its host. */
   async dispose(): Promise<void> {
-    this.gen.dispose();
-    await this.qwen.dispose();
+    await this.close?.();
   }
 }
