@@ -10,8 +10,9 @@
  * 1024×1024 image with the prompt, the DiT denoises the noise tokens alone (no reference), and the
  * image is decoded at width × height. Which official behaviour (current or May 2025) is followed is
  * `req.compat` (official.ts); the checkpoint version is told by the weights (`req.version` may state it).
- * Each model is loaded when its stage runs and freed after it (Qwen and the DiT never share the GPU),
- * under an optional GPU byte budget that makes the big models stream their blocks from disk.
+ * Where the models live is the one plan's (run-plan.ts, model-host.ts): all kept resident when they fit
+ * the budget together (a batch loads each once), else each loaded when its stage runs and freed after it,
+ * the big models streaming their blocks from disk where even one does not fit.
  * `run()` yields progress events and returns the result; a `trace` sees every intermediate under the
  * golden names of the `e2e` case (`mid.*`, `out.*`), which is how the golden kinds check each stage.
  */

@@ -59,7 +59,8 @@ const zero = (): Counts => ({ dispatches: 0, submits: 0, syncs: 0, bind_groups_c
 import { gemmRereadBytes } from './traffic.js';
 import { uniformOf, type Uniforms } from '../uniforms.js';
 
-const MODEL_OF: Record<string, string> = { embed: 'qwen', encode: 'vae', decode: 'vae', sample: 'dit' };
+// the v1.2 thinker (stage reason) runs the same Qwen as embed: its shapes are Qwen's
+const MODEL_OF: Record<string, string> = { embed: 'qwen', reason: 'qwen', encode: 'vae', decode: 'vae', sample: 'dit' };
 
 export class Recorder {
   /** Submits the GPU runs behind the host (the runtime sets its bound on submits in flight). */
