@@ -11,7 +11,8 @@
 //   [rows, K] of the chunk); 2 table (u32 [32768]: f16 scale bits per m); 3 codes (vec4<u32>, rw: the whole
 //   weight, q8 4 codes per word, q4 8 nibbles, code + 8, low nibble first; a block's codes are whole vectors); 4 scales (u32, rw: f16 pairs).
 // One invocation per two blocks (so that it owns one whole scale word); workgroups of 64 along x. The host
-// starts every chunk on an even block, so scale words never straddle chunks.
+// starts every chunk on an even block, so scale words never straddle chunks; a chunk of an odd block count
+// (the weight's last) leaves its last scale word's high half 0.
 
 struct Params { pairs: u32, blocks: u32, code_word0: u32, scale_word0: u32 }
 @group(0) @binding(0) var<uniform> U: Params;
@@ -64,26 +65,23 @@ fn codes4(w: vec4<f32>, s: f32, r: f32) -> vec4<u32> {
 }
 
 // Codes of the weights of word vector v (two bf16 each: the low halves are the even weights) in a block
-// whose scale bits are sb, as two's complement bits; NaN, Inf and zero scales as the reference.
+// whose scale bits are sb, as two's complement bits; NaN, Inf and zero scales as the reference. Selects, not
+// branches: on CPU backends a branch that differs between invocations masks everything after it.
 fn block_codes(v: vec4<u32>, sb: u32, even: ptr<function, vec4<u32>>, odd: ptr<function, vec4<u32>>) {
-  let sexp = sb & 0x7c00u;
-  if ((sb & 0x7fffu) == 0u || (sexp == 0x7c00u && (sb & 0x3ffu) != 0u)) { // s = 0 or NaN: code 0
-    *even = vec4<u32>(0u);
-    *odd = vec4<u32>(0u);
-    return;
-  }
-  if (sexp == 0x7c00u) {
-    // s = +Inf (a block holding ±Inf, or an f16-overflowing max): w / Inf = 0; ±Inf / Inf = NaN, stored as
-    // byte 0 (q8) / nibble 0 (q4) by the reference's integer conversion
-    let inf = select(0u, 8u, QMIN == -8); // q4: code -8 (nibble 0), q8: code 0
-    *even = select(vec4<u32>(0u), vec4<u32>(0u - inf), (v & vec4<u32>(0x7f80u)) == vec4<u32>(0x7f80u));
-    *odd = select(vec4<u32>(0u), vec4<u32>(0u - inf), ((v >> vec4<u32>(16u)) & vec4<u32>(0x7f80u)) == vec4<u32>(0x7f80u));
-    return;
-  }
   let s = scale_f32(sb);
   let r = 1.0 / s;
-  *even = codes4(bitcast<vec4<f32>>(v << vec4<u32>(16u)), s, r);
-  *odd = codes4(bitcast<vec4<f32>>(v & vec4<u32>(0xffff0000u)), s, r);
+  let e = codes4(bitcast<vec4<f32>>(v << vec4<u32>(16u)), s, r);
+  let o = codes4(bitcast<vec4<f32>>(v & vec4<u32>(0xffff0000u)), s, r);
+  // s = +Inf (a block holding ±Inf, or an f16-overflowing max): w / Inf = 0; ±Inf / Inf = NaN, stored as
+  // byte 0 (q8) / nibble 0 (q4) by the reference's integer conversion
+  let inf = vec4<u32>(select(0u, 0u - 8u, QMIN == -8)); // q4: code -8 (nibble 0), q8: code 0
+  let z = vec4<u32>(0u);
+  let ie = select(z, inf, (v & vec4<u32>(0x7f80u)) == vec4<u32>(0x7f80u));
+  let io = select(z, inf, ((v >> vec4<u32>(16u)) & vec4<u32>(0x7f80u)) == vec4<u32>(0x7f80u));
+  let sinf = (sb & 0x7c00u) == 0x7c00u;
+  let zero = (sb & 0x7fffu) == 0u || (sinf && (sb & 0x3ffu) != 0u); // s = 0 or NaN: code 0
+  *even = select(select(e, ie, sinf), z, zero);
+  *odd = select(select(o, io, sinf), z, zero);
 }
 
 // q8: weights 2k (e[k]) and 2k + 1 (o[k]) of a word are bytes 2k and 2k + 1
@@ -100,14 +98,15 @@ fn q4word(e: vec4<u32>, o: vec4<u32>) -> u32 {
   return ne.x | (no.x << 4u) | (ne.y << 8u) | (no.y << 12u) | (ne.z << 16u) | (no.z << 20u) | (ne.w << 24u) | (no.w << 28u);
 }
 
+// No branch that differs between invocations before the stores (a tail invocation repeats the last pair or
+// block and stores nothing): CPU backends (lavapipe) then load without per-invocation masks, ~1.4× faster.
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let p = gid.x;
-  if (p >= U.pairs) { return; }
+  let p = min(gid.x, U.pairs - 1u);
   var sw = 0u;
   for (var h = 0u; h < 2u; h++) {
-    let j = 2u * p + h;
-    if (j >= U.blocks) { break; }
+    let j = min(2u * p + h, U.blocks - 1u);
+    let own = gid.x < U.pairs && 2u * p + h < U.blocks;
     // the block's 32 bf16 as 4 vectors of 4 words (weights 8i .. 8i + 7 in vector i)
     let v0 = x[4u * j];
     let v1 = x[4u * j + 1u];
@@ -117,7 +116,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let mv = max(max(max(v0 & lo, (v0 >> vec4<u32>(16u)) & lo), max(v1 & lo, (v1 >> vec4<u32>(16u)) & lo)),
                  max(max(v2 & lo, (v2 >> vec4<u32>(16u)) & lo), max(v3 & lo, (v3 >> vec4<u32>(16u)) & lo)));
     let sb = table[max(max(mv.x, mv.y), max(mv.z, mv.w))];
-    sw = sw | (sb << (16u * h));
+    sw = sw | (select(0u, sb, own) << (16u * h));
     var e0: vec4<u32>; var o0: vec4<u32>; var e1: vec4<u32>; var o1: vec4<u32>;
     var e2: vec4<u32>; var o2: vec4<u32>; var e3: vec4<u32>; var o3: vec4<u32>;
     block_codes(v0, sb, &e0, &o0);
@@ -126,13 +125,17 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     block_codes(v3, sb, &e3, &o3);
 #if FMT == q8
     // the block's 8 code words as 2 vectors; word 2i + t holds weights 8i + 4t .. 8i + 4t + 3
-    let c = U.code_word0 / 4u + 2u * j;
-    codes[c] = vec4<u32>(q8word(e0.xy, o0.xy), q8word(e0.zw, o0.zw), q8word(e1.xy, o1.xy), q8word(e1.zw, o1.zw));
-    codes[c + 1u] = vec4<u32>(q8word(e2.xy, o2.xy), q8word(e2.zw, o2.zw), q8word(e3.xy, o3.xy), q8word(e3.zw, o3.zw));
+    let c0 = vec4<u32>(q8word(e0.xy, o0.xy), q8word(e0.zw, o0.zw), q8word(e1.xy, o1.xy), q8word(e1.zw, o1.zw));
+    let c1 = vec4<u32>(q8word(e2.xy, o2.xy), q8word(e2.zw, o2.zw), q8word(e3.xy, o3.xy), q8word(e3.zw, o3.zw));
+    if (own) {
+      codes[U.code_word0 / 4u + 2u * j] = c0;
+      codes[U.code_word0 / 4u + 2u * j + 1u] = c1;
+    }
 #else
     // the block's 4 code words as 1 vector; word i holds weights 8i .. 8i + 7
-    codes[U.code_word0 / 4u + j] = vec4<u32>(q4word(e0, o0), q4word(e1, o1), q4word(e2, o2), q4word(e3, o3));
+    let c0 = vec4<u32>(q4word(e0, o0), q4word(e1, o1), q4word(e2, o2), q4word(e3, o3));
+    if (own) { codes[U.code_word0 / 4u + j] = c0; }
 #endif
   }
-  scales[U.scale_word0 + p] = sw;
+  if (gid.x < U.pairs) { scales[U.scale_word0 + p] = sw; }
 }
