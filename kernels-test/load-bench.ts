@@ -13,7 +13,9 @@
  *                   GPU buffers, until the GPU has them (`g.sync()`), with the device's default upload mode
  *                   (runtime/upload-ring.ts: 'write' on CPU adapters, else 'ring'): into new buffers (the first
  *                   load), then into the buffers the first load freed (kept by the pool), which is the
- *                   loader's own speed; then the same with the other upload mode
+ *                   loader's own speed; then the same with the other upload mode; and the q8 load's CPU time
+ *                   (every thread of the process, lavapipe's included), which over the core count bounds its
+ *                   wall time from below whatever other jobs do
  *   pack kernel     the q8 packing kernel alone over 64 MiB of bf16 (on lavapipe it runs on the same CPU),
  *                   and the share of the q8 load's time that it accounts for; next to it the host quantizer
  *                   (quantizeBf16Into, one thread) over the same bytes: the conversion's CPU cost either way
@@ -25,7 +27,7 @@
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { open, readFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Gpu } from '../src/runtime/gpu.js';
 import type { UploadMode } from '../src/runtime/upload-ring.js';
@@ -97,20 +99,29 @@ function freshMemoryMBs(bytes: number): number {
   return bytes / (performance.now() - t0) / 1e3;
 }
 
+/** CPU ms of this process since `u0` (every thread: the loader's, Dawn's and lavapipe's, which runs the kernels). */
+function cpuMs(u0: NodeJS.CpuUsage): number {
+  const u = process.cpuUsage(u0);
+  return (u.user + u.system) / 1e3;
+}
+
+let lastCpu = 0;
 /**
- * ms to load every tensor under `weights` and have it on the GPU; the tensors are freed (into the pool).
- * `each`: free each tensor as soon as it is loaded (the Null backend holds at most 512 MiB).
+ * ms to load every tensor under `weights` and have it on the GPU (its process CPU ms in `lastCpu`); the
+ * tensors are freed (into the pool). `each`: free each tensor as soon as it is loaded (the Null backend holds
+ * at most 512 MiB).
  */
 async function load(g: Gpu, path: string, weights: WeightsOption, each = false): Promise<number> {
   const ck = withWeightPolicy(await Checkpoint.open(path), { weights });
   const held: (Weight | Tensor)[] = [];
   try {
-    const t0 = performance.now();
+    const t0 = performance.now(), u0 = process.cpuUsage();
     for (const k of ck.keys()) {
       held.push(k.endsWith('.weight') ? await loadLinearWeight(g, ck, k) : await loadWeight(g, ck, k));
       if (each) held.pop()!.dispose();
     }
     await g.sync();
+    lastCpu = cpuMs(u0);
     return performance.now() - t0;
   } finally {
     for (const h of held) h.dispose();
@@ -176,12 +187,13 @@ export async function benchLoading(targetBytes = 1e9): Promise<void> {
     await load(g2, path, 'bf16'); // the other mode's buffers, for its reused-buffer rows
     await load(g2, path, 'q8');
     // Interleaved rounds: raw read, then each load into the pool's buffers; best round of each row.
-    const best = { raw: Infinity, bf16: Infinity, q8: Infinity, bf16b: Infinity, q8b: Infinity, pack: Infinity, host: Infinity };
+    const best = { raw: Infinity, bf16: Infinity, q8: Infinity, bf16b: Infinity, q8b: Infinity, pack: Infinity, host: Infinity, q8cpu: Infinity };
     const nul = { bf16: Infinity, q8: Infinity, bf16b: Infinity, q8b: Infinity };
     for (let r = 0; r < ROUNDS; r++) {
       best.raw = Math.min(best.raw, await rawRead(path));
       best.bf16 = Math.min(best.bf16, await load(g, path, 'bf16'));
       best.q8 = Math.min(best.q8, await load(g, path, 'q8'));
+      best.q8cpu = Math.min(best.q8cpu, lastCpu);
       best.bf16b = Math.min(best.bf16b, await load(g2, path, 'bf16'));
       best.q8b = Math.min(best.q8b, await load(g2, path, 'q8'));
       best.pack = Math.min(best.pack, await packKernelMs(g, 64 << 20, 2));
@@ -210,6 +222,9 @@ export async function benchLoading(targetBytes = 1e9): Promise<void> {
     row(`load q8   into reused GPU buffers ('${mode}', best of ${ROUNDS})`, mbs(best.q8));
     row(`load bf16 into reused GPU buffers ('${other}', best of ${ROUNDS})`, mbs(best.bf16b));
     row(`load q8   into reused GPU buffers ('${other}', best of ${ROUNDS})`, mbs(best.q8b));
+    // CPU adapters: the GPU work runs on the same cores, so CPU time / cores bounds the wall time from below
+    const cores = availableParallelism();
+    row(`q8 load ('${mode}'): ${(best.q8cpu / size * 1e6).toFixed(2)} CPU-s per GB, at best on ${cores} idle cores`, mbs(best.q8cpu / cores));
     const packMBs = (64 << 20) / best.pack / 1e3, hostMBs = (64 << 20) / best.host / 1e3;
     row(`q8 pack kernel alone, 64 MiB of bf16 (best of ${2 * ROUNDS})`, packMBs, `${((100 * packMBs) / raw).toFixed(0).padStart(3)} % of raw; ${((100 * (size / packMBs / 1e3)) / best.q8).toFixed(0)} % of the q8 load's time`);
     row(`q8 host quantizer alone, one thread (best of ${ROUNDS})`, hostMBs);
