@@ -11,7 +11,7 @@ import { SafetensorsFile } from '../io/safetensors.js';
 import { resize, type RgbImage } from '../io/resize.js';
 import { inputProcessSize } from '../models/qwen25vl/processor.js';
 import { buildV12InputIds } from '../models/qwen25vl/prompt-v12.js';
-import { QwenTokenizer } from '../models/qwen25vl/tokenizer.js';
+import type { QwenTokenizer } from '../models/qwen25vl/tokenizer.js';
 import { runV12Edit, V12_DEFAULTS, type V12StageOptions } from './v12-edit.js';
 import { generatorOf, hostV12Qwen, qwenStreamNote } from './v12-stages.js';
 import { withOomFallback } from './stages.js';
@@ -90,9 +90,8 @@ export async function* runV12Request(host: V12Host, req: EditRequest): AsyncGene
   const keep = buildV12InputIds(host.tokenizer, req.instruction, imageTokens).keepLen;
   const textTokens = Math.max(imageTokens + V12_PLAN_PROMPT_TOKENS, keep);
   // a reasoning edit's thinker runs on the embed stage's Qwen (the plan's 'reason' stage): its longest prompt
-  // is the longer of the plan's default and this instruction's
-  const thinkerTok = req.reason ? (host.tokenizer.dir === d.tokenizerDir ? host.tokenizer : QwenTokenizer.load(d.tokenizerDir)) : undefined;
-  const reasonPlan = req.reason && thinkerTok ? { reflect: req.reason.reflect, textTokens: Math.max(THINKER_PLAN_TEXT_TOKENS, thinkerTextTokens(thinkerTok, req.instruction, req.reason)) } : undefined;
+  // is the longer of the plan's default and this instruction's (host.tokenizer is the directory's processor/)
+  const reasonPlan = req.reason ? { reflect: req.reason.reflect, textTokens: Math.max(THINKER_PLAN_TEXT_TOKENS, thinkerTextTokens(host.tokenizer, req.instruction, req.reason)) } : undefined;
   const run = await RunPlan.make(g, host.files, { width: w, height: h, weights: host.opts.weights, loras: host.opts.loras, budget: host.fullBudget, deviceBytes: g.memoryBytes, textTokens, reason: reasonPlan }, host.models);
   const STAGE_NOTE = { embed: 'Qwen2.5-VL: embedding the instruction and the image', encode: 'VAE: encoding the reference image', sample: 'sampling', decode: 'VAE: decoding' } as const;
   let skipped = 0;
@@ -143,7 +142,7 @@ export async function* runV12Request(host: V12Host, req: EditRequest): AsyncGene
       }, true), (what, held) => run.replan('reason', what, held), (m) => emit({ stage: 'reason', message: m }));
     };
     try {
-      reason = yield* pumpEvents<Progress, ReasonEditResult>((emit) => runReasonEdit({ tok: thinkerTok!, model: thinker(emit) }, photo, { prompt: req.instruction, ...ro, seed, onEvent: (e) => emit({ stage: 'reason', message: describeReasonEvent(e), done: e.type !== 'round' }),
+      reason = yield* pumpEvents<Progress, ReasonEditResult>((emit) => runReasonEdit({ tok: host.tokenizer, model: thinker(emit) }, photo, { prompt: req.instruction, ...ro, seed, onEvent: (e) => emit({ stage: 'reason', message: describeReasonEvent(e), done: e.type !== 'round' }),
         onToken: (kind, text, n) => emit({ stage: 'reason', step: n, total: ro.maxNewTokens ?? 128, detail: `${kind}: ${text.replace(/\s+/g, ' ').slice(-60)}` }) },
         async (p, img, r) => {
           const res = await editOf(p, img, r, emit);
