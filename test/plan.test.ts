@@ -54,6 +54,15 @@ describe('plan on the real model directories (header-only fakes)', () => {
       expect(human.stdout).toMatch(/^sample\s+dit/m);
     });
 
+  test('--think / --reflect on a v1.0 / v1.1 directory: a one-line usage error (only v1.2 has the thinker)', () => {
+    for (const flag of ['--think', '--reflect']) {
+      const r = step1x(['plan', '--model', join(dir, 'v1.1'), flag]);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toBe(`step1x: error: --think / --reflect need a v1.2 model directory (diffusers layout); ${join(dir, 'v1.1')} is not one`);
+      expect(r.stdout).toBe('');
+    }
+  });
+
   test('bad --weights is a one-line usage error', () => {
     const r = step1x(['plan', '--model', join(dir, 'v1.0'), '--weights', 'q3']);
     expect(r.code).toBe(2);

@@ -55,6 +55,12 @@ export interface EditCliOptions extends WeightCliOptions, KernelCliOptions {
   keepRounds?: string;
 }
 
+/** --think / --reflect (edit, plan): only a v1.2 directory has the thinker (exit 2 otherwise). */
+export function requireV12Reasoning(files: Pick<ModelFiles, 'source' | 'diffusers'>): void {
+  if (files.diffusers?.version !== 'v1.2')
+    throw new Step1xError(`--think / --reflect need a v1.2 model directory (diffusers layout); ${files.source} is ${files.diffusers?.version ?? 'not one'}`, ExitCode.USAGE);
+}
+
 /** --think / --reflect / --max-rounds / --keep-rounds (v1.2 models only; checked again once the model is known). */
 export function reasonFromOptions(o: EditCliOptions): EditRequest['reason'] {
   if (o.maxRounds !== undefined && !o.reflect) throw new Step1xError('--max-rounds needs --reflect', ExitCode.USAGE);
@@ -259,8 +265,7 @@ export function register(program: Command): void {
     if (o.noise !== undefined) await checkNoiseFile(o.noise, [wh / 8, ww / 8]);
     // a mask is resized to the photo: one far larger only costs memory (a 10000² 16-bit mask took 1.5 GB)
     const mask = o.mask ? await readImage(o.mask, { maxPixels: maskPixelLimit(img.width, img.height) }) : undefined;
-    if (reason && files.diffusers?.version !== 'v1.2')
-      throw new Step1xError(`--think / --reflect need a v1.2 model directory (diffusers layout); ${files.source} is ${files.diffusers?.version ?? 'not one'}`, ExitCode.USAGE);
+    if (reason) requireV12Reasoning(files);
     if (o.keepRounds !== undefined) {
       try {
         mkdirSync(o.keepRounds, { recursive: true });

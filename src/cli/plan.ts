@@ -12,7 +12,7 @@ import { ExitCode, Step1xError } from '../errors.js';
 import { DIT_FILE_OF, resolveModelFiles, type ModelFiles } from '../io/model-files.js';
 import { planEdit } from '../pipeline/plan.js';
 import { dryRunProfile } from '../runtime/dryrun/index.js';
-import { parseBytes } from './edit.js';
+import { parseBytes, requireV12Reasoning } from './edit.js';
 import { collect, openWeightChoice } from './weights.js';
 import { fmtBytes } from './progress.js';
 
@@ -33,8 +33,7 @@ export function register(program: Command): void {
       if (size !== undefined && (!Number.isInteger(size) || size < 16 || size > 4096)) throw new Step1xError(`--size must be an integer in [16, 4096], got "${o.size}"`, ExitCode.USAGE);
       const budget = o.vramBudget ? parseBytes(o.vramBudget) : undefined;
       const files = resolveModelFiles(o.model);
-      if ((o.think || o.reflect) && files.diffusers?.version !== 'v1.2')
-        throw new Step1xError(`--think / --reflect need a v1.2 model directory (diffusers layout); ${files.source} is ${files.diffusers?.version ?? 'not one'}`, ExitCode.USAGE);
+      if (o.think || o.reflect) requireV12Reasoning(files);
       const wc = await openWeightChoice(o, files.dit, (m) => process.stderr.write(`step1x: warning: ${m}\n`));
       try {
         // under STEP1X_DRYRUN the device's memory is known, and the run plans with it when no budget is given
