@@ -133,12 +133,12 @@ export async function* runV12Request(host: V12Host, req: EditRequest): AsyncGene
     const thinker = (emit: (p: Progress) => void): ThinkerModel => async (fn) => {
       lap('reason');
       await host.stage('reason');
-      return withOomFallback(g, 'Qwen2.5-VL (thinker)', run.budgetFor('reason'), (budget) => hostV12Qwen(g, d, { models: host.models, weights: host.opts.weights }, budget, async (qwen) => {
-        if ((qwen.streamed.text || qwen.streamed.vision) && !noted) {
+      return withOomFallback(g, 'Qwen2.5-VL (thinker)', run.budgetFor('reason'), (budget) => hostV12Qwen(g, d, { models: host.models, weights: host.opts.weights }, budget, async (h) => {
+        if ((h.qwen.streamed.text || h.qwen.streamed.vision) && !noted) {
           noted = true; // said once a request, as the embed stage says it
-          emit({ stage: 'reason', message: qwenStreamNote(qwen) });
+          emit({ stage: 'reason', message: qwenStreamNote(h.qwen) });
         }
-        return fn(await generatorOf(g, qwen));
+        return fn(await generatorOf(g, h));
       }, true), (what, held) => run.replan('reason', what, held), (m) => emit({ stage: 'reason', message: m }));
     };
     try {

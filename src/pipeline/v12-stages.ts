@@ -74,8 +74,16 @@ export interface V12Side {
 
 export const qwenStreamNote = (m: QwenVL) => `Qwen2.5-VL: streaming ${m.streamed.text ? 'text' : ''}${m.streamed.text && m.streamed.vision ? ' and ' : ''}${m.streamed.vision ? 'vision' : ''} layers from disk under the GPU budget`;
 
-/** The thinker's generator (lm_head) on a hosted Qwen: made on the thinker's first call, freed with the model. */
-const generators = new WeakMap<QwenVL, QwenGenerator>();
+/** The hosted v1.2 text encoder, and the thinker's generator on it once the thinker has called (freed with it). */
+export interface HostedQwen {
+  qwen: QwenVL;
+  gen?: QwenGenerator;
+}
+
+/** The thinker's generator of a hosted Qwen: its lm_head loaded (under the model's --weights) on first use. */
+export async function generatorOf(g: Gpu, h: HostedQwen): Promise<QwenGenerator> {
+  return (h.gen ??= await QwenGenerator.create(g, h.qwen));
+}
 
 /**
  * The v1.2 text encoder for `fn`, from the model host under the one key its two users share (files,
@@ -83,28 +91,21 @@ const generators = new WeakMap<QwenVL, QwenGenerator>();
  * thinker (v12-run.ts) get the same loaded model. `hold`: it stays loaded after `fn` in per-stage mode too,
  * until a stage of another model needs the room (model-host.ts).
  */
-export function hostV12Qwen<R>(g: Gpu, d: DiffusersModelDir, o: Pick<V12StageOptions, 'models' | 'weights'>, budget: number | undefined, fn: (qwen: QwenVL) => Promise<R>, hold = false): Promise<R> {
-  const load = () => QwenVL.load(g, d.textEncoderDir, { ...(budget !== undefined ? { gpuBudgetBytes: budget } : {}), policy: { weights: o.weights } });
-  const close = async (m: QwenVL) => {
-    generators.get(m)?.dispose();
-    await m.dispose();
+export function hostV12Qwen<R>(g: Gpu, d: DiffusersModelDir, o: Pick<V12StageOptions, 'models' | 'weights'>, budget: number | undefined, fn: (h: HostedQwen) => Promise<R>, hold = false): Promise<R> {
+  const load = async (): Promise<HostedQwen> => ({ qwen: await QwenVL.load(g, d.textEncoderDir, { ...(budget !== undefined ? { gpuBudgetBytes: budget } : {}), policy: { weights: o.weights } }) });
+  const close = async (h: HostedQwen) => {
+    h.gen?.dispose();
+    await h.qwen.dispose();
     g.pool.trim();
   };
   return (o.models ?? new ModelHost()).use('qwen', `${d.textEncoderDir}|${o.weights}|${budget ?? 'resident'}`, load, close, fn, { hold });
-}
-
-/** The generator of a hosted Qwen (its lm_head loaded under the model's --weights on first use). */
-export async function generatorOf(g: Gpu, qwen: QwenVL): Promise<QwenGenerator> {
-  let gen = generators.get(qwen);
-  if (!gen) generators.set(qwen, (gen = await QwenGenerator.create(g, qwen)));
-  return gen;
 }
 
 /** Qwen2.5-VL over both prompts with the same image (vision once) → each side's conditioning. */
 export async function v12Embed(g: Gpu, d: DiffusersModelDir, prompts: Record<Side, V12Prompt>, pixelValues: Float32Array, gridThw: [number, number, number], refWh: [number, number], resizedWh: [number, number], o: V12StageOptions, emit?: V12Emit): Promise<Record<Side, V12Side>> {
   const e: V12Emit = emit ?? (() => undefined);
   return withOomFallback(g, 'Qwen2.5-VL', o.budget?.embed, async (budget) => {
-    return hostV12Qwen(g, d, o, budget, async (qwen) => {
+    return hostV12Qwen(g, d, o, budget, async ({ qwen }) => {
       if (qwen.streamed.text || qwen.streamed.vision) o.onInfo?.('embed', qwenStreamNote(qwen));
       const D = qwen.cfg.text.hiddenSize, layers = qwen.cfg.text.numHiddenLayers;
       const inputs = SIDES.map((side) => {
